@@ -1,0 +1,24 @@
+"""clipsort: sort images into class folders by what they show, with a CLIP model."""
+
+from daemon.errors import (
+    ClipsortError,
+    ConfigError,
+    DatasetError,
+    ImageRejected,
+    ModelLoadError,
+    NoClassesError,
+    UnknownDatasetError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClipsortError",
+    "ConfigError",
+    "DatasetError",
+    "ImageRejected",
+    "ModelLoadError",
+    "NoClassesError",
+    "UnknownDatasetError",
+    "__version__",
+]

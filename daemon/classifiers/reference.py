@@ -1,0 +1,44 @@
+"""Classification by similarity to each class's reference images.
+
+The original ``ClassifyImagesWithEmbeddings`` script: ``max`` takes the class
+of the single most similar reference, ``avg`` the class whose references are
+most similar on average. Classes without references cannot win.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from daemon.classifiers.base import Scores
+from daemon.classindex import ClassIndex
+from daemon.config import Aggregate
+from daemon.encoder import Vectors
+from daemon.errors import NoClassesError
+
+
+@dataclass(frozen=True)
+class ReferenceClassifier:
+    """Cosine similarity to reference images, aggregated per class."""
+
+    aggregate: Aggregate = "max"
+
+    @property
+    def name(self) -> str:
+        return f"reference-{self.aggregate}"
+
+    def check(self, index: ClassIndex) -> None:
+        if len(index.reference_labels) == 0:
+            raise NoClassesError(
+                f"dataset {index.dataset!r} has no reference images in Clases/<class>/; "
+                'add some, or use mode = "text"'
+            )
+
+    def scores(self, vectors: Vectors, index: ClassIndex) -> Scores:
+        similarity = vectors @ index.reference_vectors.T
+        result = np.full((len(vectors), len(index.classes)), -np.inf, dtype=np.float32)
+        for label in np.unique(index.reference_labels):
+            columns = similarity[:, index.reference_labels == label]
+            result[:, label] = columns.max(axis=1) if self.aggregate == "max" else columns.mean(axis=1)
+        return result

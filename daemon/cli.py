@@ -1,0 +1,159 @@
+"""The ``clipsort`` command line: the edge where flags become settings and errors become exit codes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from daemon.config import Settings, load_settings, render_config_toml
+from daemon.encoder import Encoder
+from daemon.errors import ClipsortError, DatasetError
+from daemon.layout import CLASSES_DIR, INBOX_DIR, SORTED_DIR, select
+from daemon.logs import configure_logging
+from daemon.mover import ensure_dir, write_new
+from daemon.pipeline import Outcome
+from daemon.sorter import gather, make_embedder, run
+
+app = typer.Typer(
+    name="clipsort",
+    help="Sort images into class folders by what they show, with a CLIP model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Config file (default ./config.toml, else /etc/clipsort/config.toml).",
+        dir_okay=False,
+    ),
+]
+RootOption = Annotated[Path | None, typer.Option("--root", help="Data root holding one folder per dataset.")]
+ModelOption = Annotated[str | None, typer.Option("--model", help="Model name or local model folder.")]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+USER_ERROR = 2
+
+
+def user_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Report a :class:`ClipsortError` as one line on stderr and exit 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except ClipsortError as exc:
+            typer.echo(f"clipsort: error: {exc}", err=True)
+            raise typer.Exit(USER_ERROR) from None
+
+    return wrapper
+
+
+def settings_from(config: Path | None, **flags: object) -> Settings:
+    """Settings from every source, with logging configured to match."""
+    settings = load_settings(config, flags)
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+@app.command()
+@user_errors
+def sort(
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option("--dataset", "-d", help="Dataset to sort (repeatable; default all)."),
+    ] = None,
+    mode: Annotated[str | None, typer.Option(help="reference or text.")] = None,
+    aggregate: Annotated[str | None, typer.Option(help="Reference mode: max or avg.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and report, move nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per decision on stdout.")] = False,
+    config: ConfigOption = None,
+    root: RootOption = None,
+    model: ModelOption = None,
+) -> None:
+    """Classify every image in the datasets' Images/ folders once, and move each into Dataset/<class>/."""
+    settings = settings_from(config, root=root, model=model, mode=mode, aggregate=aggregate)
+    layouts = select(settings.root, dataset or [])  # before the slow model load
+    embedder = make_embedder(settings, Encoder(settings.model, settings.device))
+    work = gather(layouts, settings, embedder, named=bool(dataset))
+    total = sum(len(item.files) for item in work)
+    outcomes: list[Outcome] = []
+    terminal = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]sorting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=terminal,
+        disable=not terminal.is_terminal,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("sort", total=total)
+
+        def record(outcome: Outcome) -> None:
+            outcomes.append(outcome)
+            if as_json:
+                sys.stdout.write(json.dumps(outcome.as_dict(), ensure_ascii=False) + "\n")
+                sys.stdout.flush()
+            progress.advance(task)
+
+        run(work, settings, embedder, dry_run=dry_run, on_outcome=record)
+    Console(stderr=as_json).print(summary(outcomes, dry_run=dry_run))
+
+
+def summary(outcomes: list[Outcome], *, dry_run: bool) -> Table:
+    """Files per dataset and class (Rejected/ counted apart)."""
+    counts = Counter(
+        (item.dataset, item.decision.label if item.decision else "(rejected)") for item in outcomes
+    )
+    table = Table(title="would sort (dry run)" if dry_run else "sorted")
+    for column in ("dataset", "class", "files"):
+        table.add_column(column, justify="right" if column == "files" else "left")
+    for (dataset, label), count in sorted(counts.items()):
+        table.add_row(dataset, label, str(count))
+    table.add_row("", "total", str(len(outcomes)), style="bold")
+    return table
+
+
+@app.command()
+@user_errors
+def init(
+    name: Annotated[str | None, typer.Argument(help="Dataset to create under the data root.")] = None,
+    config: ConfigOption = None,
+    root: RootOption = None,
+    model: ModelOption = None,
+) -> None:
+    """Create Data/<NAME>/{Clases,Images,Dataset} and a commented config.toml if none exists."""
+    settings = settings_from(config, root=root, model=model)
+    target = Path("config.toml") if config is None else config
+    if write_new(target, render_config_toml()):
+        typer.echo(f"wrote {target}")
+    if name is None:
+        return
+    if not name or name.startswith(".") or "/" in name or name in ("..",):
+        raise DatasetError(f"invalid dataset name {name!r}: use a plain folder name")
+    dataset = settings.root / name
+    for part in (CLASSES_DIR, INBOX_DIR, SORTED_DIR):
+        ensure_dir(dataset / part, boundary=settings.root)
+    typer.echo(f"created {dataset}/{{{CLASSES_DIR},{INBOX_DIR},{SORTED_DIR}}}")
+    typer.echo(
+        f"next: a folder per class in {dataset / CLASSES_DIR}, images to sort in {dataset / INBOX_DIR}"
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

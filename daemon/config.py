@@ -1,0 +1,262 @@
+"""Configuration: defaults < config file < ``CLIPSORT_*`` environment < CLI flags.
+
+The file is the one given by ``--config``, else ``./config.toml``, else
+``/etc/clipsort/config.toml``; none at all is fine (defaults apply). Every
+model forbids unknown keys so a typo is an error, not a silently ignored
+option. Validation errors are mapped to :class:`ConfigError` naming the key
+and the offending value.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from daemon.errors import ConfigError
+
+Mode = Literal["reference", "text"]
+Aggregate = Literal["max", "avg"]
+Action = Literal["move", "copy"]
+
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "a close-up photo of a {}.",
+    "a photo of the {}.",
+    "a good photo of a {}.",
+)
+SYSTEM_CONFIG = Path("/etc/clipsort/config.toml")
+
+
+def _check_templates(value: list[str] | None) -> list[str] | None:
+    if value is None:
+        return value
+    if not value:
+        raise ValueError("needs at least one template")
+    for template in value:
+        if template.count("{}") != 1:
+            raise ValueError(f"template {template!r} must contain '{{}}' exactly once")
+    return value
+
+
+class DatasetOverrides(BaseModel):
+    """Per-dataset values under ``[datasets.<name>]``; unset keys inherit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Mode | None = None
+    aggregate: Aggregate | None = None
+    prompt_templates: list[str] | None = None
+    action: Action | None = None
+
+    _templates = field_validator("prompt_templates")(_check_templates)
+
+
+class DatasetSettings(BaseModel):
+    """The options in force for one dataset, overrides applied."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mode: Mode
+    aggregate: Aggregate
+    prompt_templates: tuple[str, ...]
+    action: Action
+
+
+class Settings(BaseSettings):
+    """Every option clipsort reads; ``config.toml`` documents each one."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CLIPSORT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        toml_file=None,
+    )
+
+    root: Path = Field(
+        Path("Data"),
+        description="Data root: one folder per dataset, each with Clases/, Images/ and Dataset/.",
+    )
+    model: str = Field(
+        "clip-ViT-B-32",
+        description="CLIP model: a sentence-transformers name (downloaded on first use) or a local folder.",
+    )
+    device: str = Field("auto", description="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
+    batch_size: PositiveInt = Field(32, description="Images encoded per forward pass.")
+    decode_workers: PositiveInt = Field(2, description="Threads decoding images while the model runs.")
+    mode: Mode = Field(
+        "reference",
+        description="reference: similarity to Clases/<class>/ images; text: similarity to the class name.",
+    )
+    aggregate: Aggregate = Field(
+        "max", description="Reference mode: max = most similar single reference, avg = mean over a class."
+    )
+    prompt_templates: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TEMPLATES),
+        description="Text mode: phrasings of a class name ({} is the name); their embeddings are averaged.",
+    )
+    action: Action = Field("move", description="move the file into Dataset/<class>/, or copy it there.")
+    max_pixels: PositiveInt = Field(
+        100_000_000, description="Images with more pixels are rejected unread (decompression-bomb guard)."
+    )
+    image_formats: list[str] = Field(
+        default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"],
+        description="Pillow formats that may be decoded; anything else goes to Rejected/.",
+    )
+    log_format: Literal["auto", "console", "json"] = Field(
+        "auto", description="auto = readable on a terminal, JSON lines otherwise (journald)."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Least severe level logged."
+    )
+    datasets: dict[str, DatasetOverrides] = Field(
+        default_factory=dict,
+        description="Per-dataset overrides of mode, aggregate, prompt_templates and action.",
+    )
+
+    _templates = field_validator("prompt_templates")(_check_templates)
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        head, _, index = value.partition(":")
+        if head in ("auto", "cpu", "mps") and not index:
+            return value
+        if head == "cuda" and (not index or index.isdigit()):
+            return value
+        raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
+
+    @field_validator("image_formats")
+    @classmethod
+    def _known_formats(cls, value: list[str]) -> list[str]:
+        Image.init()  # registers every Pillow plugin, so OPEN lists them all
+        names = [name.upper() for name in value]
+        unknown = [name for name in names if name not in Image.OPEN]
+        if unknown:
+            raise ValueError(f"unknown Pillow format(s) {', '.join(unknown)}")
+        return names
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier sources win: flags (init kwargs) > environment > TOML file.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def for_dataset(self, name: str) -> DatasetSettings:
+        """The options for dataset ``name``, its ``[datasets.<name>]`` table applied."""
+        own = self.datasets.get(name, DatasetOverrides())
+        return DatasetSettings(
+            mode=own.mode or self.mode,
+            aggregate=own.aggregate or self.aggregate,
+            prompt_templates=tuple(own.prompt_templates or self.prompt_templates),
+            action=own.action or self.action,
+        )
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value).replace("_", "")
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    # JSON string escapes are valid TOML basic-string escapes.
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def render_config_toml() -> str:
+    """The commented config file: every option, its meaning and its default."""
+    lines = [
+        "# clipsort configuration. Every option is shown commented out at its default.",
+        "# Precedence: command-line flags > CLIPSORT_* environment (nested keys joined",
+        "# with __, e.g. CLIPSORT_DATASETS__SHOES__MODE=text) > this file > defaults.",
+        "",
+    ]
+    for name, info in Settings.model_fields.items():
+        if name == "datasets":
+            continue
+        lines.append(f"# {info.description}")
+        lines.append(f"# {name} = {_toml_value(info.get_default(call_default_factory=True))}")
+        lines.append("")
+    lines += [
+        f"# {Settings.model_fields['datasets'].description}",
+        "# [datasets.example]",
+        '# mode = "text"',
+        '# action = "copy"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def find_config_file(explicit: Path | None) -> Path | None:
+    """The config file in force: ``--config``, else ./config.toml, else /etc."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file {str(explicit)!r} does not exist or is not a file")
+        return explicit
+    for candidate in (Path("config.toml"), SYSTEM_CONFIG):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(config_file: Path | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build the settings from every source, or raise :class:`ConfigError`.
+
+    ``overrides`` are the CLI flags; ``None`` values mean "flag not given".
+    """
+    path = find_config_file(config_file)
+    flags = {key: value for key, value in (overrides or {}).items() if value is not None}
+    # pydantic-settings reads the TOML path from the class's model_config, so
+    # the file chosen at run time is bound through a throwaway subclass.
+    bound = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+    try:
+        settings: Settings = bound(**flags)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, path)) from None
+    # A flag is the most specific thing a user can say: it beats the
+    # per-dataset tables too, not only the global key.
+    datasets = {
+        name: own.model_copy(update=dict.fromkeys(flags.keys() & own.model_fields_set))
+        for name, own in settings.datasets.items()
+    }
+    return settings.model_copy(update={"datasets": datasets})
+
+
+def describe_validation_error(exc: ValidationError, path: Path | None) -> str:
+    """One line per bad key: ``key = value: what is wrong``."""
+    where = f"config file {str(path)!r}, " if path else ""
+    lines = [f"invalid configuration ({where}CLIPSORT_* environment or flags):"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown option")
+        else:
+            lines.append(f"  {key} = {error['input']!r}: {error['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,124 @@
+"""The one place that loads the CLIP model and turns pictures and text into vectors.
+
+A model is a sentence-transformers name (``clip-ViT-B-32``, downloaded once
+on a connected machine) or a local directory (a sentence-transformers folder
+or a plain Hugging Face ``CLIPModel`` folder); a local directory never
+touches the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+import torch
+import transformers
+from PIL import Image
+from sentence_transformers import SentenceTransformer
+
+from daemon.errors import ModelLoadError
+
+log = structlog.get_logger()
+
+Vectors = npt.NDArray[np.float32]
+DEFAULT_IMAGE_SIZE = 224
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` means CUDA, then Apple's MPS, then the CPU."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def looks_like_path(name: str) -> bool:
+    """A model given as a folder rather than a hub name."""
+    return Path(name).expanduser().exists() or name.startswith(("/", ".", "~"))
+
+
+def model_identity(name: str) -> str:
+    """A short stable id of the weights, so caches never mix two models."""
+    if not looks_like_path(name):
+        return name
+    folder = Path(name).expanduser().resolve()
+    digest = hashlib.sha256(str(folder).encode())
+    for item in sorted(folder.rglob("*")):
+        if item.is_file() and item.suffix in (".json", ".safetensors", ".bin", ".txt"):
+            status = item.stat()
+            digest.update(f"{item.relative_to(folder)}:{status.st_size}:{status.st_mtime_ns}".encode())
+    return f"{folder.name}-{digest.hexdigest()[:16]}"
+
+
+class Encoder:
+    """A resident CLIP model that encodes batches into L2-normalised float32 rows."""
+
+    def __init__(self, model: str, device: str = "auto") -> None:
+        self.name = model
+        self.device = resolve_device(device)
+        if looks_like_path(model) and not Path(model).expanduser().is_dir():
+            raise ModelLoadError(f"model path {model!r} does not exist or is not a folder")
+        # transformers' own progress bars and notices would interleave with our
+        # structured log lines; real failures still surface as exceptions.
+        transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+        transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        try:
+            source = str(Path(model).expanduser()) if looks_like_path(model) else model
+            self._model = SentenceTransformer(source, device=self.device)
+        except Exception as exc:  # hub, I/O and format errors all mean "cannot load"
+            raise ModelLoadError(self._explain(model, exc)) from None
+        if self.device.startswith("cuda"):
+            self._model.half()
+        self._model.eval()
+        self.identity = model_identity(model)
+        self.image_size = self._input_size()
+        log.info("model_loaded", model=model, device=self.device, identity=self.identity)
+
+    @staticmethod
+    def _explain(model: str, exc: Exception) -> str:
+        if looks_like_path(model):
+            return f"cannot load the model folder {model!r}: {exc}"
+        return (
+            f"cannot load hub model {model!r} ({type(exc).__name__}: {exc}). "
+            "It is downloaded on first use, which needs a network connection; "
+            "on an offline machine give the path of a local model folder instead."
+        )
+
+    def _input_size(self) -> int:
+        processor = getattr(self._model[0], "processor", None)
+        crop = getattr(getattr(processor, "image_processor", None), "crop_size", None)
+        height = getattr(crop, "height", None)  # transformers' SizeDict
+        return int(height) if height else DEFAULT_IMAGE_SIZE
+
+    def encode_images(self, images: Sequence[Image.Image]) -> Vectors:
+        """One row per picture."""
+        return self._encode(list(images))
+
+    def encode_texts(self, texts: Sequence[str]) -> Vectors:
+        """One row per text."""
+        return self._encode(list(texts))
+
+    def _encode(self, items: list[Image.Image] | list[str]) -> Vectors:
+        if not items:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        with torch.inference_mode():
+            vectors = self._model.encode(
+                items,
+                batch_size=len(items),
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+    @property
+    def dimension(self) -> int:
+        size = self._model.get_embedding_dimension()
+        return int(size) if size else 0

@@ -1,0 +1,47 @@
+"""The one exception hierarchy of clipsort.
+
+Everything clipsort raises on purpose derives from :class:`ClipsortError`;
+lower-level errors (pydantic, tomllib, OSError, Hugging Face) are mapped to
+one of these at the boundary where they happen, so callers catch one family::
+
+    ClipsortError
+    ├── ConfigError          bad config file, environment or flag value
+    ├── DatasetError         the data root or a dataset is unusable
+    │   ├── UnknownDatasetError
+    │   └── NoClassesError
+    ├── ModelLoadError       the CLIP model cannot be loaded
+    └── ImageRejected        one file cannot be read as an image (quarantined)
+
+The CLI turns every ClipsortError except ImageRejected into exit code 2 and
+a one-line message; ImageRejected never escapes: the file goes to Rejected/.
+"""
+
+from __future__ import annotations
+
+
+class ClipsortError(Exception):
+    """Base of every error clipsort raises on purpose."""
+
+
+class ConfigError(ClipsortError):
+    """The configuration (file, environment or flags) is invalid."""
+
+
+class DatasetError(ClipsortError):
+    """The data root or a dataset cannot be used as asked."""
+
+
+class UnknownDatasetError(DatasetError):
+    """A dataset was named that does not exist under the data root."""
+
+
+class NoClassesError(DatasetError):
+    """A dataset has no usable class folders (or no references where needed)."""
+
+
+class ModelLoadError(ClipsortError):
+    """The CLIP model could not be loaded from its name or path."""
+
+
+class ImageRejected(ClipsortError):
+    """One file cannot be classified as an image; the reason is the message."""

@@ -1,0 +1,74 @@
+"""Decoding untrusted image files into model-sized RGB pictures.
+
+Limits: an allow-list of formats, a pixel cap checked from the header before
+any pixel is decoded (so a decompression bomb costs nothing), no
+``LOAD_TRUNCATED_IMAGES``. JPEGs are decoded in draft mode at the smallest
+DCT scale that still covers the model's input, so a 12-megapixel photo is
+never fully decoded to make a 224-pixel input.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from daemon.errors import ImageRejected
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    """RGB, with transparency composited onto white (as a viewer shows it)."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _shrink(image: Image.Image, target: int) -> Image.Image:
+    """Shortest edge down to ``target`` (what CLIP's processor does anyway)."""
+    short = min(image.size)
+    if short <= target:
+        return image
+    scale = target / short
+    size = (max(target, round(image.width * scale)), max(target, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def load_image(path: Path, *, target: int, formats: Sequence[str], max_pixels: int) -> Image.Image:
+    """Open ``path`` as an RGB image whose shortest edge is about ``target``.
+
+    Raises :class:`ImageRejected` with a human-readable reason when the file
+    is not an allowed, complete, reasonably sized image.
+    """
+    try:
+        # O_NOFOLLOW: a symlink swapped in after the scan is refused, not read.
+        # O_NONBLOCK: a FIFO swapped in cannot block the open.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ImageRejected(f"cannot open: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageRejected("not a regular file")
+        try:
+            image = Image.open(handle, formats=list(formats))
+        except UnidentifiedImageError:
+            raise ImageRejected(f"not an image in an allowed format ({', '.join(formats)})") from None
+        except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+            raise ImageRejected(f"unreadable image header: {exc}") from None
+        pixels = image.width * image.height
+        if pixels > max_pixels:
+            raise ImageRejected(f"{image.width}x{image.height} exceeds the {max_pixels}-pixel limit")
+        try:
+            image.draft("RGB", (target, target))
+            image.load()
+        except Exception as exc:  # Pillow raises many types for corrupt data
+            raise ImageRejected(f"corrupt or truncated image: {exc}") from None
+    try:
+        upright = ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block should not cost the picture
+        upright = image
+    return _shrink(_flatten(upright), target)

@@ -1,0 +1,81 @@
+"""Where a dataset's folders are: ``Data/<dataset>/{Clases,Images,Dataset}``.
+
+The layout is the original project's and is kept exactly; ``Rejected/`` (files
+that are not readable images) sits beside them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.errors import DatasetError, UnknownDatasetError
+
+CLASSES_DIR = "Clases"
+INBOX_DIR = "Images"
+SORTED_DIR = "Dataset"
+REJECTED_DIR = "Rejected"
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """The folders of one dataset under the data root."""
+
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def classes(self) -> Path:
+        return self.root / CLASSES_DIR
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / INBOX_DIR
+
+    @property
+    def sorted(self) -> Path:
+        return self.root / SORTED_DIR
+
+    @property
+    def rejected(self) -> Path:
+        return self.root / REJECTED_DIR
+
+    def class_dir(self, label: str) -> Path:
+        """``Dataset/<label>``; labels only ever come from folder names."""
+        return self.sorted / label
+
+
+def is_dataset(path: Path) -> bool:
+    """A real (non-symlink) folder holding ``Clases/`` or ``Images/``."""
+    return (
+        path.is_dir()
+        and not path.is_symlink()
+        and not path.name.startswith(".")
+        and ((path / CLASSES_DIR).is_dir() or (path / INBOX_DIR).is_dir())
+    )
+
+
+def discover(root: Path) -> list[DatasetLayout]:
+    """Every dataset under ``root``, sorted by name."""
+    if not root.is_dir():
+        raise DatasetError(f"data root {str(root)!r} does not exist or is not a folder")
+    return [DatasetLayout(path) for path in sorted(root.iterdir()) if is_dataset(path)]
+
+
+def select(root: Path, names: Sequence[str]) -> list[DatasetLayout]:
+    """The named datasets (all of them when ``names`` is empty)."""
+    found = discover(root)
+    if not names:
+        return found
+    by_name = {layout.name: layout for layout in found}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        existing = ", ".join(by_name) or "none"
+        raise UnknownDatasetError(
+            f"unknown dataset {', '.join(map(repr, unknown))} under {str(root)!r}; existing: {existing}"
+        )
+    return [by_name[name] for name in names]

@@ -1,0 +1,143 @@
+"""One batch of files from pictures to placed files; shared by ``sort`` and the daemon.
+
+A batch may mix datasets: every dataset shares the one resident model, so
+all pictures are encoded together and only the (cheap) scoring is done per
+dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import structlog
+from PIL import Image
+
+from daemon.classifiers import Classifier, Decision, decide
+from daemon.classindex import ClassIndex
+from daemon.config import DatasetSettings
+from daemon.embeddings import Embedder
+from daemon.errors import ImageRejected
+from daemon.layout import DatasetLayout
+from daemon.mover import place, preview
+
+log = structlog.get_logger()
+
+Status = Literal["sorted", "rejected"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one dataset's files are classified with and where they go."""
+
+    layout: DatasetLayout
+    settings: DatasetSettings
+    index: ClassIndex
+    classifier: Classifier
+
+
+@dataclass(frozen=True)
+class Job:
+    """One file of one dataset to classify."""
+
+    dataset: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one file: the unit of work of the canonical log line."""
+
+    dataset: str
+    source: Path
+    status: Status
+    destination: Path
+    decision: Decision | None = None
+    reason: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form printed by ``--json`` and logged."""
+        data: dict[str, Any] = {
+            "dataset": self.dataset,
+            "file": str(self.source),
+            "status": self.status,
+            "destination": str(self.destination),
+        }
+        if self.decision is not None:
+            data |= {
+                "class": self.decision.label,
+                "score": round(self.decision.score, 6),
+                "runner_up": self.decision.runner_up,
+                "runner_up_score": None
+                if self.decision.runner_up_score is None
+                else round(self.decision.runner_up_score, 6),
+            }
+        if self.reason is not None:
+            data["reason"] = self.reason
+        return data | dict(self.extra)
+
+
+def _decode(embedder: Embedder, path: Path) -> Image.Image | ImageRejected:
+    try:
+        return embedder.decode(path)
+    except ImageRejected as exc:
+        return exc
+
+
+def classify(
+    jobs: Sequence[Job], targets: Mapping[str, Target], embedder: Embedder, pool: Executor
+) -> list[Decision | ImageRejected]:
+    """A decision, or the reason it cannot be read, for each job in order."""
+    pictures = list(pool.map(lambda job: _decode(embedder, job.path), jobs))
+    readable = [i for i, picture in enumerate(pictures) if isinstance(picture, Image.Image)]
+    vectors = embedder.encoder.encode_images([pictures[i] for i in readable])  # type: ignore[misc]
+    rows_of: dict[str, list[int]] = {}
+    for row, i in enumerate(readable):
+        rows_of.setdefault(jobs[i].dataset, []).append(row)
+    decided: dict[int, Decision] = {}
+    for dataset, rows in rows_of.items():
+        target = targets[dataset]
+        scores = target.classifier.scores(vectors[np.asarray(rows)], target.index)
+        for row, decision in zip(rows, decide(scores, target.index.classes), strict=True):
+            decided[readable[row]] = decision
+    return [
+        picture if isinstance(picture, ImageRejected) else decided[i] for i, picture in enumerate(pictures)
+    ]
+
+
+def settle(
+    job: Job,
+    verdict: Decision | ImageRejected,
+    target: Target,
+    *,
+    model: str,
+    dry_run: bool,
+) -> Outcome:
+    """Place one classified file (or preview it on a dry run) and log the outcome."""
+    layout = target.layout
+    status: Status
+    if isinstance(verdict, ImageRejected):
+        folder, status, decision, reason = layout.rejected, "rejected", None, str(verdict)
+    else:
+        folder, status, decision, reason = layout.class_dir(verdict.label), "sorted", verdict, None
+    if dry_run:
+        destination = preview(job.path, folder)
+    else:
+        keep = target.settings.action == "copy"
+        destination = place(job.path, folder, boundary=layout.root, keep_source=keep)
+    outcome = Outcome(
+        dataset=job.dataset,
+        source=job.path,
+        status=status,
+        destination=destination,
+        decision=decision,
+        reason=reason,
+        extra={"mode": target.classifier.name, "model": model, "dry_run": dry_run},
+    )
+    (log.warning if status == "rejected" else log.info)(status, **outcome.as_dict())
+    return outcome

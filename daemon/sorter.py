@@ -1,0 +1,92 @@
+"""``clipsort sort``: classify everything now sitting in the inboxes, once.
+
+Everything that can fail for a user's reason (unknown dataset, no classes,
+no model) fails before the first file moves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from daemon.classifiers import make_classifier
+from daemon.classindex import build_class_index
+from daemon.config import Settings
+from daemon.embeddings import DecodeLimits, Embedder
+from daemon.encoder import Encoder
+from daemon.errors import NoClassesError
+from daemon.layout import DatasetLayout
+from daemon.pipeline import Job, Outcome, Target, classify, settle
+from daemon.scanner import scan
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Work:
+    """One dataset's target and the inbox files waiting for it."""
+
+    target: Target
+    files: list[Path]
+
+
+def make_embedder(settings: Settings, encoder: Encoder) -> Embedder:
+    """The embedder with the configured decoding limits."""
+    return Embedder(encoder, DecodeLimits(tuple(settings.image_formats), settings.max_pixels))
+
+
+def make_target(layout: DatasetLayout, settings: Settings, embedder: Embedder) -> Target:
+    """Index a dataset's classes and check its mode can work with them."""
+    own = settings.for_dataset(layout.name)
+    index = build_class_index(layout, embedder, own.prompt_templates)
+    classifier = make_classifier(own)
+    classifier.check(index)
+    return Target(layout=layout, settings=own, index=index, classifier=classifier)
+
+
+def gather(
+    layouts: Sequence[DatasetLayout], settings: Settings, embedder: Embedder, *, named: bool
+) -> list[Work]:
+    """Targets and inbox files of ``layouts``.
+
+    Datasets the user ``named`` must be usable; otherwise (all datasets)
+    those that have no classes yet are skipped with a warning.
+    """
+    work = []
+    for layout in layouts:
+        try:
+            target = make_target(layout, settings, embedder)
+        except NoClassesError as exc:
+            if named:
+                raise
+            log.warning("dataset_skipped", dataset=layout.name, reason=str(exc))
+            continue
+        work.append(Work(target, list(scan(layout.inbox))))
+    if not work:
+        raise NoClassesError(f"no dataset under {str(settings.root)!r} has classes to sort into")
+    return work
+
+
+def run(
+    work: Sequence[Work],
+    settings: Settings,
+    embedder: Embedder,
+    *,
+    dry_run: bool,
+    on_outcome: Callable[[Outcome], None],
+) -> None:
+    """Classify and place every gathered file, batch by batch."""
+    with ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode") as pool:
+        for item in work:
+            targets = {item.target.layout.name: item.target}
+            for start in range(0, len(item.files), settings.batch_size):
+                chunk = item.files[start : start + settings.batch_size]
+                jobs = [Job(item.target.layout.name, path) for path in chunk]
+                for job, verdict in zip(jobs, classify(jobs, targets, embedder, pool), strict=True):
+                    on_outcome(
+                        settle(job, verdict, item.target, model=embedder.encoder.name, dry_run=dry_run)
+                    )

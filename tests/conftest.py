@@ -1,0 +1,49 @@
+"""Shared fixtures: offline mode, the tiny trained CLIP, and dataset builders."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from daemon.encoder import Encoder
+from tests.synthetic import train_tiny_clip
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local folder holding a tiny CLIP trained on coloured shapes."""
+    return train_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def encoder(tiny_model: Path) -> Encoder:
+    """The tiny model loaded once for the whole session."""
+    return Encoder(str(tiny_model), device="cpu")
+
+
+@pytest.fixture
+def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty data root; the working directory is moved next to it so no
+    ./config.toml of the developer's leaks in."""
+    monkeypatch.chdir(tmp_path)
+    for key in list(os.environ):
+        if key.startswith("CLIPSORT_"):
+            monkeypatch.delenv(key)
+    root = tmp_path / "Data"
+    root.mkdir()
+    yield root
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """CLI tests bind structlog to CliRunner's captured stderr; unbind it afterwards."""
+    yield
+    structlog.reset_defaults()

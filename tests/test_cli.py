@@ -1,0 +1,184 @@
+"""Tests for daemon.cli: ``clipsort sort`` and ``clipsort init`` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from daemon.cli import app
+from tests.helpers import tree
+from tests.synthetic import make_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def cli(tiny_model: Path) -> CliRunner:
+    return CliRunner(env={"CLIPSORT_MODEL": str(tiny_model)})
+
+
+def sort(cli: CliRunner, *args: str) -> tuple[int, str, str]:
+    result = cli.invoke(app, ["sort", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_sort_moves_each_file_into_its_class(cli: CliRunner, data_root: Path) -> None:
+    """Before: three pictures in Images/; after: each in Dataset/<its colour>/, Images/ empty."""
+    make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=2, inbox=["red", "blue", "red"])
+    assert tree(data_root / "ds")["Images"] == ["img0000.png", "img0001.jpg", "img0002.png"]
+    code, out, _ = sort(cli, "--root", str(data_root), "--mode", "text")
+    assert code == 0, out
+    assert tree(data_root / "ds") == {
+        "Clases/blue": ["ref0.png", "ref1.png"],
+        "Clases/red": ["ref0.png", "ref1.png"],
+        "Dataset/blue": ["img0001.jpg"],
+        "Dataset/red": ["img0000.png", "img0002.png"],
+    }
+    assert "total" in out
+
+
+def test_dry_run_moves_nothing_and_reports_destinations(cli: CliRunner, data_root: Path) -> None:
+    """--dry-run --json tells where each file would go; the tree is unchanged."""
+    make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=2, inbox=["blue", "red"])
+    before = tree(data_root)
+    code, out, _ = sort(cli, "--root", str(data_root), "--dry-run", "--json")
+    assert code == 0
+    assert tree(data_root) == before
+    records = [json.loads(line) for line in out.splitlines()]
+    assert {(Path(r["file"]).name, r["class"], r["dry_run"]) for r in records} == {
+        ("img0000.png", "blue", True),
+        ("img0001.jpg", "red", True),
+    }
+    assert all(r["destination"].endswith(f"Dataset/{r['class']}/{Path(r['file']).name}") for r in records)
+
+
+def test_json_stdout_holds_only_decisions(cli: CliRunner, data_root: Path) -> None:
+    """Each stdout line is one JSON decision with file, class, score, runner-up and destination."""
+    make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=2, inbox=["red"] * 3)
+    code, out, err = sort(cli, "--root", str(data_root), "--json")
+    assert code == 0
+    records = [json.loads(line) for line in out.splitlines()]
+    assert len(records) == 3
+    for record in records:
+        assert {"file", "class", "score", "runner_up", "destination", "mode", "model"} <= record.keys()
+        assert record["class"] == "red" and record["runner_up"] == "blue"
+    assert "sorted" in err  # the summary table moved to stderr
+
+
+def test_collision_keeps_both_files(cli: CliRunner, data_root: Path) -> None:
+    """A same-named file already in the class folder is kept; the new one gets a suffix."""
+    make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=2, inbox=["red"])
+    (data_root / "ds" / "Dataset" / "red").mkdir(parents=True)
+    (data_root / "ds" / "Dataset" / "red" / "img0000.png").write_bytes(b"earlier")
+    code, _, _ = sort(cli, "--root", str(data_root), "--mode", "text")
+    assert code == 0
+    assert tree(data_root / "ds" / "Dataset") == {"red": ["img0000.png", "img0000_1.png"]}
+    assert (data_root / "ds" / "Dataset" / "red" / "img0000.png").read_bytes() == b"earlier"
+
+
+def test_non_image_goes_to_rejected(cli: CliRunner, data_root: Path) -> None:
+    """A text file in the inbox is quarantined in Rejected/ with the reason logged."""
+    make_dataset(data_root / "ds", {"red": "red"}, references=2)
+    (data_root / "ds" / "Images" / "notes.jpg").write_text("not a picture")
+    code, out, err = sort(cli, "--root", str(data_root), "--json")
+    assert code == 0
+    assert tree(data_root / "ds")["Rejected"] == ["notes.jpg"]
+    assert json.loads(out)["reason"].startswith("not an image")
+    assert "rejected" in err
+
+
+def test_flag_beats_env_beats_file(cli: CliRunner, data_root: Path, tiny_model: Path) -> None:
+    """mode from config.toml < CLIPSORT_MODE < --mode, as seen in the decisions."""
+    make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=2, inbox=["red"])
+    Path("config.toml").write_text(f'mode = "text"\nroot = "{data_root}"\n')
+
+    def mode(*args: str, env: dict[str, str] | None = None) -> str:
+        result = cli.invoke(app, ["sort", "--dry-run", "--json", *args], env=env)
+        return str(json.loads(result.stdout)["mode"])
+
+    assert mode() == "text"
+    assert mode(env={"CLIPSORT_MODE": "reference"}) == "reference-max"
+    assert mode("--mode", "text", "--aggregate", "avg", env={"CLIPSORT_MODE": "reference"}) == "text"
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        ("ok", ["--dataset", "hats"], "unknown dataset 'hats'.*existing: ds"),
+        ("no-classes", ["--dataset", "ds"], "has no classes"),
+        ("ok", ["--model", "/no/such/model"], "model path '/no/such/model' does not exist"),
+        ("ok", ["--mode", "fuzzy"], "mode = 'fuzzy'"),
+        ("bad-config", [], "colour: unknown option"),
+        ("ok", ["--mode", "reference", "--dataset", "textonly"], "no reference images"),
+    ],
+)
+def test_user_errors_exit_2_and_move_nothing(
+    cli: CliRunner, data_root: Path, setup: str, args: list[str], message: str
+) -> None:
+    """Each user error is one clear line on stderr, exit code 2, and an untouched tree."""
+    make_dataset(
+        data_root / "ds", {"red": "red"}, references=1 if setup != "no-classes" else 0, inbox=["red"]
+    )
+    if setup == "no-classes":
+        (data_root / "ds" / "Clases" / "red").rmdir()
+    (data_root / "textonly" / "Clases" / "red").mkdir(parents=True)
+    if setup == "bad-config":
+        Path("config.toml").write_text('colour = "red"\n')
+    before = tree(data_root)
+    code, _, err = sort(cli, "--root", str(data_root), *args)
+    assert code == 2
+    last = err.strip().splitlines()[-1] if "\n" not in message else err
+    assert "clipsort: error:" in err
+    assert re.search(message, err), err
+    assert last
+    assert tree(data_root) == before
+
+
+def test_init_creates_layout_and_config_once(data_root: Path) -> None:
+    """init makes the three folders and a commented config.toml, and never overwrites it."""
+    runner = CliRunner()
+    result = runner.invoke(app, ["init", "shoes", "--root", str(data_root)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (data_root / "shoes").iterdir()) == ["Clases", "Dataset", "Images"]
+    assert Path("config.toml").read_text().startswith("# clipsort configuration")
+    Path("config.toml").write_text("# mine\n")
+    assert runner.invoke(app, ["init", "hats", "--root", str(data_root)]).exit_code == 0
+    assert Path("config.toml").read_text() == "# mine\n"
+    bad = runner.invoke(app, ["init", "../escape", "--root", str(data_root)])
+    assert bad.exit_code == 2 and "invalid dataset name" in bad.stderr
+
+
+def test_python_dash_m_runs_the_cli_in_a_real_process(data_root: Path, tiny_model: Path) -> None:
+    """``python -m daemon sort --json`` works as a subprocess, logs on stderr as JSON lines."""
+    make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=2, inbox=["blue"])
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "daemon",
+            "sort",
+            "--root",
+            str(data_root),
+            "--model",
+            str(tiny_model),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["class"] == "blue"
+    events = [json.loads(line)["event"] for line in done.stderr.splitlines() if line.startswith("{")]
+    assert "model_loaded" in events and "sorted" in events
+    assert tree(data_root / "ds" / "Dataset") == {"blue": ["img0000.png"]}

@@ -1,0 +1,62 @@
+"""Tests for daemon.encoder: loading, device choice and unit-length vectors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.encoder import Encoder, looks_like_path, model_identity, resolve_device
+from daemon.errors import ModelLoadError
+from tests.synthetic import draw
+
+
+def test_vectors_are_unit_length_float32(encoder: Encoder) -> None:
+    """Images and texts both come back as L2-normalised float32 rows."""
+    rng = np.random.default_rng(0)
+    images = encoder.encode_images([draw(rng, "red"), draw(rng, "blue")])
+    texts = encoder.encode_texts(["red", "blue", "a photo of a green square."])
+    assert images.dtype == texts.dtype == np.float32
+    assert images.shape == (2, encoder.dimension)
+    assert np.linalg.norm(texts, axis=1) == pytest.approx(np.ones(3), abs=1e-5)
+
+
+def test_empty_batch_is_an_empty_matrix(encoder: Encoder) -> None:
+    """Nothing to encode gives zero rows of the right width."""
+    assert encoder.encode_images([]).shape == (0, encoder.dimension)
+
+
+def test_input_size_is_read_from_the_processor(encoder: Encoder) -> None:
+    """The tiny model's processor crops to 32 pixels; decoding aims at that."""
+    assert encoder.image_size == 32
+
+
+def test_identity_changes_when_weights_change(tiny_model: Path, tmp_path: Path) -> None:
+    """Caches key on identity, so a copied-over checkpoint must not look the same."""
+    copy = Path(shutil.copytree(tiny_model, tmp_path / "m"))
+    first = Encoder(str(copy), "cpu").identity
+    assert Encoder(str(copy), "cpu").identity == first
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b" ")
+    assert model_identity(str(copy)) != first
+
+
+def test_missing_local_path_says_so(tmp_path: Path) -> None:
+    """A path that is not there is reported as a path, not as a hub lookup."""
+    with pytest.raises(ModelLoadError, match=r"model path .* does not exist"):
+        Encoder(str(tmp_path / "nothing"), "cpu")
+
+
+def test_hub_name_offline_explains_the_way_out() -> None:
+    """With the hub unreachable (HF_HUB_OFFLINE=1) the message says to use a local folder."""
+    with pytest.raises(ModelLoadError, match="on an offline machine give the path of a local model folder"):
+        Encoder("clipsort-test/no-such-model", "cpu")
+
+
+def test_device_resolution() -> None:
+    """Explicit devices are kept; auto falls back to the CPU here."""
+    assert resolve_device("cuda:1") == "cuda:1"
+    assert resolve_device("auto") in {"cpu", "cuda", "mps"}
+    assert looks_like_path("./m") and looks_like_path("/m") and not looks_like_path("org/model")

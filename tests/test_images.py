@@ -1,0 +1,91 @@
+"""Tests for daemon.images: decoding untrusted files safely and cheaply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from daemon.errors import ImageRejected
+from daemon.images import load_image
+
+FORMATS = ("JPEG", "PNG", "GIF")
+
+
+def load(path: Path, target: int = 32, max_pixels: int = 10**8) -> Image.Image:
+    return load_image(path, target=target, formats=FORMATS, max_pixels=max_pixels)
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    """A portrait photo stored sideways with an EXIF rotation comes out upright."""
+    picture = Image.new("RGB", (80, 40), (0, 0, 0))
+    picture.paste((255, 0, 0), (0, 0, 40, 40))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    picture.save(tmp_path / "p.jpg", exif=exif, quality=95)
+    upright = load(tmp_path / "p.jpg", target=40)
+    assert upright.size == (40, 80)
+    top = np.asarray(upright)[:10].mean(axis=(0, 1))
+    assert top[0] > 200 and top[1] < 60  # red ends up on top
+
+
+def test_large_jpeg_is_draft_decoded_to_about_model_size(tmp_path: Path) -> None:
+    """A big JPEG comes back with its short edge at the target, never full-size."""
+    Image.new("RGB", (4000, 3000), (10, 200, 30)).save(tmp_path / "big.jpg")
+    picture = load(tmp_path / "big.jpg", target=224)
+    assert min(picture.size) == 224
+    assert picture.mode == "RGB"
+
+
+def test_transparency_is_flattened_onto_white(tmp_path: Path) -> None:
+    """A transparent PNG shows white where it is transparent, as viewers show it."""
+    Image.new("RGBA", (20, 20), (255, 0, 0, 0)).save(tmp_path / "t.png")
+    assert load(tmp_path / "t.png").getpixel((5, 5)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "not an image"),
+        (b"hello, world", "not an image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not an image"),
+    ],
+)
+def test_non_images_are_rejected_with_a_reason(tmp_path: Path, content: bytes, reason: str) -> None:
+    """Empty files, text and broken headers are rejected, never crash."""
+    (tmp_path / "bad.jpg").write_bytes(content)
+    with pytest.raises(ImageRejected, match=reason):
+        load(tmp_path / "bad.jpg")
+
+
+def test_truncated_jpeg_is_rejected(tmp_path: Path) -> None:
+    """Half a JPEG is not silently padded with grey (no LOAD_TRUNCATED_IMAGES)."""
+    Image.effect_noise((256, 256), 60).convert("RGB").save(tmp_path / "whole.jpg", quality=95)
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "half.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageRejected, match=r"truncated|corrupt"):
+        load(tmp_path / "half.jpg", target=256)
+
+
+def test_pixel_cap_rejects_before_decoding(tmp_path: Path) -> None:
+    """A decompression bomb is refused from its header."""
+    Image.new("L", (1000, 1000)).save(tmp_path / "bomb.png")
+    with pytest.raises(ImageRejected, match="exceeds the 10000-pixel limit"):
+        load(tmp_path / "bomb.png", max_pixels=10_000)
+
+
+def test_format_outside_allow_list_is_rejected(tmp_path: Path) -> None:
+    """A real image in a format that is not allowed is still rejected."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.bmp")
+    with pytest.raises(ImageRejected, match="allowed format"):
+        load(tmp_path / "x.bmp")
+
+
+def test_symlink_is_not_followed(tmp_path: Path) -> None:
+    """Opening refuses a symlink even if it points at a good image."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "real.png")
+    (tmp_path / "link.png").symlink_to(tmp_path / "real.png")
+    with pytest.raises(ImageRejected, match="cannot open"):
+        load(tmp_path / "link.png")

@@ -1,0 +1,42 @@
+"""Tests for daemon.scanner: which files are candidates."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from daemon.scanner import is_ignored, scan
+
+
+def test_scan_recurses_and_skips_temporary_hidden_links_and_fifos(tmp_path: Path) -> None:
+    """Regular files only: no temp names, dotfiles, symlinks or FIFOs."""
+    names = [
+        "a.jpg",
+        "sub/b.png",
+        ".hidden.jpg",
+        "c.jpg.part",
+        "d.tmp",
+        "e.crdownload",
+        "~$f.jpg",
+        "g.partial",
+    ]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "x.jpg").write_bytes(b"x")
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "a.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    found = [path.relative_to(tmp_path).as_posix() for path in scan(tmp_path)]
+    assert found == ["a.jpg", "sub/b.png"]
+
+
+def test_custom_ignore_patterns() -> None:
+    """The pattern list is the caller's."""
+    assert is_ignored("x.lock", ["*.lock"])
+    assert not is_ignored("x.jpg", ["*.lock"])
+
+
+def test_scan_of_missing_folder_is_empty(tmp_path: Path) -> None:
+    """A folder that vanished yields nothing rather than failing."""
+    assert list(scan(tmp_path / "gone")) == []
