@@ -20,6 +20,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     ValidationError,
     field_validator,
@@ -32,6 +35,7 @@ from pydantic_settings import (
 )
 
 from daemon.errors import ConfigError
+from daemon.scanner import DEFAULT_IGNORE
 
 Mode = Literal["reference", "text"]
 Aggregate = Literal["max", "avg"]
@@ -121,6 +125,52 @@ class Settings(BaseSettings):
         default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"],
         description="Pillow formats that may be decoded; anything else goes to Rejected/.",
     )
+    ignore_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_IGNORE),
+        description="Inbox names never touched (temporary names of files still being written).",
+    )
+    state_dir: Path | None = Field(
+        None,
+        description="Caches, status file and journal; unset means <root>/.clipsort.",
+        examples=["/var/lib/clipsort"],
+    )
+    settle_seconds: NonNegativeFloat = Field(
+        0.5, description="Daemon: a file is read only once its size and mtime held still this long."
+    )
+    max_batch_delay_ms: NonNegativeInt = Field(
+        25,
+        description=(
+            "Daemon: how long a batch waits for more files after the first arrives. A burst fills "
+            "batches anyway, so this only adds latency to single files; measured in bench/."
+        ),
+    )
+    queue_capacity: PositiveInt = Field(
+        4096,
+        description="Daemon: most inbox files held in memory at once; beyond it, rescans pick them up.",
+    )
+    rescan_seconds: PositiveFloat = Field(
+        300.0, description="Daemon: full inbox rescan period (with 10% jitter), the net for missed events."
+    )
+    observer: Literal["native", "polling"] = Field(
+        "native",
+        description="Daemon: native = inotify; polling for network file systems inotify cannot see.",
+    )
+    polling_seconds: PositiveFloat = Field(1.0, description="Daemon: polling observer interval.")
+    class_debounce_seconds: NonNegativeFloat = Field(
+        1.0, description="Daemon: quiet time after a change under Clases/ before the classes are reloaded."
+    )
+    shutdown_seconds: PositiveFloat = Field(
+        10.0, description="Daemon: on SIGTERM, how long the in-flight batch may take to finish."
+    )
+    status_seconds: PositiveFloat = Field(2.0, description="Daemon: how often the status file is rewritten.")
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Daemon: serve Prometheus metrics on this port (off when unset).",
+        examples=[9464],
+    )
+    metrics_address: str = Field("127.0.0.1", description="Daemon: address the metrics endpoint binds.")
     log_format: Literal["auto", "console", "json"] = Field(
         "auto", description="auto = readable on a terminal, JSON lines otherwise (journald)."
     )
@@ -166,6 +216,11 @@ class Settings(BaseSettings):
         # Earlier sources win: flags (init kwargs) > environment > TOML file.
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
+    @property
+    def state_path(self) -> Path:
+        """Where caches and the status file live."""
+        return self.state_dir if self.state_dir is not None else self.root / ".clipsort"
+
     def for_dataset(self, name: str) -> DatasetSettings:
         """The options for dataset ``name``, its ``[datasets.<name>]`` table applied."""
         own = self.datasets.get(name, DatasetOverrides())
@@ -199,8 +254,12 @@ def render_config_toml() -> str:
     for name, info in Settings.model_fields.items():
         if name == "datasets":
             continue
+        default = info.get_default(call_default_factory=True)
         lines.append(f"# {info.description}")
-        lines.append(f"# {name} = {_toml_value(info.get_default(call_default_factory=True))}")
+        if default is None and info.examples:
+            lines.append(f"# {name} = {_toml_value(info.examples[0])}  (unset by default)")
+        else:
+            lines.append(f"# {name} = {_toml_value(default)}")
         lines.append("")
     lines += [
         f"# {Settings.model_fields['datasets'].description}",

@@ -11,6 +11,7 @@ one of these at the boundary where they happen, so callers catch one family::
     │   └── NoClassesError
     ├── ModelLoadError       the CLIP model cannot be loaded
     └── ImageRejected        one file cannot be read as an image (quarantined)
+        └── ImageIncomplete  empty or truncated: maybe still arriving
 
 The CLI turns every ClipsortError except ImageRejected into exit code 2 and
 a one-line message; ImageRejected never escapes: the file goes to Rejected/.
@@ -45,3 +46,7 @@ class ModelLoadError(ClipsortError):
 
 class ImageRejected(ClipsortError):
     """One file cannot be classified as an image; the reason is the message."""
+
+
+class ImageIncomplete(ImageRejected):
+    """Empty or truncated: the daemon waits for more bytes before quarantining it."""

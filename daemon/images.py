@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from daemon.errors import ImageRejected
+from daemon.errors import ImageIncomplete, ImageRejected
 
 
 def _flatten(image: Image.Image) -> Image.Image:
@@ -51,8 +51,11 @@ def load_image(path: Path, *, target: int, formats: Sequence[str], max_pixels: i
     except OSError as exc:
         raise ImageRejected(f"cannot open: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
             raise ImageRejected("not a regular file")
+        if status.st_size == 0:
+            raise ImageIncomplete("empty file")
         try:
             image = Image.open(handle, formats=list(formats))
         except UnidentifiedImageError:
@@ -66,7 +69,7 @@ def load_image(path: Path, *, target: int, formats: Sequence[str], max_pixels: i
             image.draft("RGB", (target, target))
             image.load()
         except Exception as exc:  # Pillow raises many types for corrupt data
-            raise ImageRejected(f"corrupt or truncated image: {exc}") from None
+            raise ImageIncomplete(f"corrupt or truncated image: {exc}") from None
     try:
         upright = ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block should not cost the picture

@@ -8,7 +8,7 @@ dataset.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,9 +21,11 @@ from daemon.classifiers import Classifier, Decision, decide
 from daemon.classindex import ClassIndex
 from daemon.config import DatasetSettings
 from daemon.embeddings import Embedder
+from daemon.encoder import Encoder
 from daemon.errors import ImageRejected
 from daemon.layout import DatasetLayout
 from daemon.mover import place, preview
+from daemon.readiness import Job
 
 log = structlog.get_logger()
 
@@ -38,14 +40,6 @@ class Target:
     settings: DatasetSettings
     index: ClassIndex
     classifier: Classifier
-
-
-@dataclass(frozen=True)
-class Job:
-    """One file of one dataset to classify."""
-
-    dataset: str
-    path: Path
 
 
 @dataclass(frozen=True)
@@ -82,20 +76,30 @@ class Outcome:
         return data | dict(self.extra)
 
 
-def _decode(embedder: Embedder, path: Path) -> Image.Image | ImageRejected:
+Picture = Image.Image | ImageRejected
+
+
+def _decode(embedder: Embedder, path: Path) -> Picture:
     try:
         return embedder.decode(path)
     except ImageRejected as exc:
         return exc
 
 
+def start_decoding(jobs: Sequence[Job], embedder: Embedder, pool: Executor) -> list[Future[Picture]]:
+    """Decode in the pool, so the next batch decodes while the model runs this one."""
+    return [pool.submit(_decode, embedder, job.path) for job in jobs]
+
+
 def classify(
-    jobs: Sequence[Job], targets: Mapping[str, Target], embedder: Embedder, pool: Executor
+    jobs: Sequence[Job], pictures: Sequence[Picture], targets: Mapping[str, Target], encoder: Encoder
 ) -> list[Decision | ImageRejected]:
-    """A decision, or the reason it cannot be read, for each job in order."""
-    pictures = list(pool.map(lambda job: _decode(embedder, job.path), jobs))
+    """A decision, or the reason it cannot be read, for each job in order.
+
+    Every job's dataset must be in ``targets``.
+    """
     readable = [i for i, picture in enumerate(pictures) if isinstance(picture, Image.Image)]
-    vectors = embedder.encoder.encode_images([pictures[i] for i in readable])  # type: ignore[misc]
+    vectors = encoder.encode_images([pictures[i] for i in readable])  # type: ignore[misc]
     rows_of: dict[str, list[int]] = {}
     for row, i in enumerate(readable):
         rows_of.setdefault(jobs[i].dataset, []).append(row)
@@ -110,7 +114,7 @@ def classify(
     ]
 
 
-def settle(
+def deliver(
     job: Job,
     verdict: Decision | ImageRejected,
     target: Target,

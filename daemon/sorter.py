@@ -6,6 +6,7 @@ no model) fails before the first file moves.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from daemon.embeddings import DecodeLimits, Embedder
 from daemon.encoder import Encoder
 from daemon.errors import NoClassesError
 from daemon.layout import DatasetLayout
-from daemon.pipeline import Job, Outcome, Target, classify, settle
+from daemon.pipeline import Outcome, Target, classify, deliver, start_decoding
+from daemon.readiness import Job, Signature
 from daemon.scanner import scan
 
 log = structlog.get_logger()
@@ -65,7 +67,7 @@ def gather(
                 raise
             log.warning("dataset_skipped", dataset=layout.name, reason=str(exc))
             continue
-        work.append(Work(target, list(scan(layout.inbox))))
+        work.append(Work(target, list(scan(layout.inbox, settings.ignore_patterns))))
     if not work:
         raise NoClassesError(f"no dataset under {str(settings.root)!r} has classes to sort into")
     return work
@@ -79,14 +81,26 @@ def run(
     dry_run: bool,
     on_outcome: Callable[[Outcome], None],
 ) -> None:
-    """Classify and place every gathered file, batch by batch."""
+    """Classify and place every gathered file; batch k+1 decodes while batch k is encoded."""
+    size = settings.batch_size
+    batches = [
+        (item.target, [job_for(item.target.layout.name, path) for path in item.files[start : start + size]])
+        for item in work
+        for start in range(0, len(item.files), size)
+    ]
     with ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode") as pool:
-        for item in work:
-            targets = {item.target.layout.name: item.target}
-            for start in range(0, len(item.files), settings.batch_size):
-                chunk = item.files[start : start + settings.batch_size]
-                jobs = [Job(item.target.layout.name, path) for path in chunk]
-                for job, verdict in zip(jobs, classify(jobs, targets, embedder, pool), strict=True):
-                    on_outcome(
-                        settle(job, verdict, item.target, model=embedder.encoder.name, dry_run=dry_run)
-                    )
+        upcoming = start_decoding(batches[0][1], embedder, pool) if batches else []
+        for k, (target, jobs) in enumerate(batches):
+            current = upcoming
+            if k + 1 < len(batches):
+                upcoming = start_decoding(batches[k + 1][1], embedder, pool)
+            pictures = [future.result() for future in current]
+            targets = {target.layout.name: target}
+            for job, verdict in zip(jobs, classify(jobs, pictures, targets, embedder.encoder), strict=True):
+                on_outcome(deliver(job, verdict, target, model=embedder.encoder.name, dry_run=dry_run))
+
+
+def job_for(dataset: str, path: Path) -> Job:
+    """A job for a file found by a one-shot scan (no settling: it is read now)."""
+    signature = Signature.of(path) or Signature(0, 0, 0)
+    return Job(dataset, path, signature, time.monotonic())

@@ -48,7 +48,7 @@ def test_transparency_is_flattened_onto_white(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
-        (b"", "not an image"),
+        (b"", "empty file"),
         (b"hello, world", "not an image"),
         (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not an image"),
     ],

@@ -1,0 +1,170 @@
+"""Deciding when an inbox file is complete enough to read.
+
+Events only hint that a file may be ready; the decision rests on the file
+itself: its (size, mtime, inode) must hold still. After a close-after-write
+or moved-in event the writer is done, so a short confirmation suffices
+(``settle_closed``); a file seen only by a scan or a create/modify event
+(polling observers, SMB and NFS writers, chunked uploads) must stay unchanged
+for the full ``settle`` time. A file whose mtime is already older than
+``settle`` (the backlog found at start) is ready at once.
+
+At most ``capacity`` paths are tracked at a time (pending, queued or being
+classified); beyond that :meth:`Readiness.offer` refuses, and the caller
+relies on a later rescan, so a burst of any size costs bounded memory.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What must not change between "ready" and "moved"."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> Signature | None:
+        """The signature of a regular file at ``path`` (never following a symlink), or None."""
+        try:
+            status = path.lstat()
+        except OSError:
+            return None
+        if not stat.S_ISREG(status.st_mode):
+            return None
+        return cls(status.st_size, status.st_mtime_ns, status.st_ino)
+
+
+@dataclass(frozen=True)
+class Hint:
+    """A path that may be ready, and whether its writer has closed it."""
+
+    dataset: str
+    path: Path
+    closed: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    """A settled file handed to the inference worker."""
+
+    dataset: str
+    path: Path
+    signature: Signature
+    first_seen: float  # monotonic seconds: drop-to-move latency and the max-wait clock
+
+
+@dataclass
+class _Candidate:
+    dataset: str
+    signature: Signature
+    first_seen: float
+    due: float
+
+
+@dataclass
+class Readiness:
+    """Tracks hinted paths until they settle; a pure state machine over a clock."""
+
+    settle: float
+    settle_closed: float
+    capacity: int
+    clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    _pending: dict[Path, _Candidate] = field(default_factory=dict)
+    _in_flight: set[Path] = field(default_factory=set)
+    _heap: list[tuple[float, int, Path]] = field(default_factory=list)
+    _order: itertools.count[int] = field(default_factory=itertools.count)
+
+    def __len__(self) -> int:
+        return len(self._pending) + len(self._in_flight)
+
+    def offer(self, hint: Hint) -> bool:
+        """Track ``hint.path``; False only when full (the caller must rescan later)."""
+        path = hint.path
+        if path in self._in_flight:
+            return True  # the worker re-checks the signature before it moves
+        now = self.clock()
+        wait = self.settle_closed if hint.closed else self.settle
+        candidate = self._pending.get(path)
+        if candidate is not None:
+            self._schedule(path, candidate, now + wait)
+            return True
+        if len(self) >= self.capacity:
+            return False
+        signature = Signature.of(path)
+        if signature is None:
+            return True  # vanished, a symlink or a special file: nothing to do
+        if self.wall() - signature.mtime_ns / 1e9 > self.settle:
+            wait = 0.0  # untouched for longer than the settle time already
+        candidate = _Candidate(hint.dataset, signature, now, now)
+        self._pending[path] = candidate
+        self._schedule(path, candidate, now + wait)
+        return True
+
+    def retry(self, job: Job, delay: float) -> None:
+        """Put a job back (still arriving, or a transient failure), keeping its first-seen time."""
+        self._in_flight.discard(job.path)
+        signature = Signature.of(job.path)
+        if signature is None:
+            return
+        candidate = _Candidate(job.dataset, signature, job.first_seen, 0.0)
+        self._pending[job.path] = candidate
+        self._schedule(job.path, candidate, self.clock() + delay)
+
+    def release(self, path: Path) -> None:
+        """The worker is done with ``path`` (moved, rejected or left alone)."""
+        self._in_flight.discard(path)
+
+    def forget_dataset(self, dataset: str) -> None:
+        """Drop pending paths of a dataset that can no longer be classified."""
+        for path in [p for p, c in self._pending.items() if c.dataset == dataset]:
+            del self._pending[path]
+
+    def next_due(self) -> float | None:
+        """When :meth:`ready` may next return something."""
+        return self._heap[0][0] if self._heap else None
+
+    def ready(self) -> list[Job]:
+        """Pending files whose signature held still until their due time."""
+        now = self.clock()
+        jobs = []
+        while self._heap and self._heap[0][0] <= now:
+            due, _, path = heapq.heappop(self._heap)
+            candidate = self._pending.get(path)
+            if candidate is None or candidate.due != due:
+                continue  # superseded by a later schedule
+            signature = Signature.of(path)
+            if signature is None:
+                del self._pending[path]
+            elif signature != candidate.signature:
+                candidate.signature = signature
+                self._schedule(path, candidate, now + self.settle)
+            else:
+                del self._pending[path]
+                self._in_flight.add(path)
+                jobs.append(Job(candidate.dataset, path, signature, candidate.first_seen))
+        return jobs
+
+    def _schedule(self, path: Path, candidate: _Candidate, due: float) -> None:
+        candidate.due = due
+        heapq.heappush(self._heap, (due, next(self._order), path))
+
+
+def is_unchanged(job: Job) -> bool:
+    """Whether the file still is exactly what was classified."""
+    return Signature.of(job.path) == job.signature
+
+
+def age(job: Job, clock: Callable[[], float] = time.monotonic) -> float:
+    """Seconds since the file was first seen."""
+    return clock() - job.first_seen
