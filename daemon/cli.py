@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from daemon.catalog import make_embedder
 from daemon.config import Settings, load_settings, render_config_toml
 from daemon.encoder import Encoder
 from daemon.errors import ClipsortError, DatasetError
@@ -22,7 +24,9 @@ from daemon.layout import CLASSES_DIR, INBOX_DIR, SORTED_DIR, select
 from daemon.logs import configure_logging
 from daemon.mover import ensure_dir, write_new
 from daemon.pipeline import Outcome
-from daemon.sorter import gather, make_embedder, run
+from daemon.service import run_service
+from daemon.sorter import gather, run
+from daemon.status import is_live, read_status
 
 app = typer.Typer(
     name="clipsort",
@@ -46,6 +50,7 @@ ModelOption = Annotated[str | None, typer.Option("--model", help="Model name or 
 P = ParamSpec("P")
 R = TypeVar("R")
 USER_ERROR = 2
+NOT_RUNNING = 1
 
 
 def user_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -126,6 +131,52 @@ def summary(outcomes: list[Outcome], *, dry_run: bool) -> Table:
         table.add_row(dataset, label, str(count))
     table.add_row("", "total", str(len(outcomes)), style="bold")
     return table
+
+
+@app.command("run")
+@user_errors
+def run_daemon(
+    config: ConfigOption = None,
+    root: RootOption = None,
+    model: ModelOption = None,
+) -> None:
+    """Run the daemon: watch every Data/<dataset>/Images/ and sort what arrives (systemd-ready)."""
+    flags: dict[str, object] = {"root": root, "model": model}
+    settings = settings_from(config, **flags)
+    raise typer.Exit(run_service(settings, config, flags))
+
+
+@app.command()
+@user_errors
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+    config: ConfigOption = None,
+    root: RootOption = None,
+    model: ModelOption = None,
+) -> None:
+    """Show what the running daemon is doing (exit 1 when none is running)."""
+    settings = settings_from(config, root=root, model=model)
+    found = read_status(settings.state_path)
+    if found is None or not is_live(found):
+        typer.echo(f"clipsort: no daemon is running (no fresh status in {settings.state_path})", err=True)
+        raise typer.Exit(NOT_RUNNING)
+    if as_json:
+        typer.echo(json.dumps(found.as_dict(), indent=2))
+        return
+    uptime = int(time.time() - found.started_at)
+    console = Console()
+    console.print(
+        f"clipsort {found.version} pid {found.pid}, up {uptime // 3600}h{uptime // 60 % 60:02d}m"
+        f"{uptime % 60:02d}s, {found.model} on {found.device}"
+    )
+    table = Table()
+    for column in ("dataset", "classes", "sorted", "rejected", "queued"):
+        table.add_column(column, justify="left" if column == "dataset" else "right")
+    for name, counts in found.datasets.items():
+        classes = "waiting" if counts.waiting_for_classes else str(counts.classes)
+        table.add_row(name, classes, str(counts.sorted), str(counts.rejected), str(counts.queued))
+    console.print(table)
+    console.print(f"last error: {found.last_error or 'none'}")
 
 
 @app.command()

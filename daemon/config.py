@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     settle_seconds: NonNegativeFloat = Field(
         0.5, description="Daemon: a file is read only once its size and mtime held still this long."
     )
+    max_wait_seconds: PositiveFloat = Field(
+        120.0,
+        description="Daemon: an empty or truncated image is awaited this long before going to Rejected/.",
+    )
     max_batch_delay_ms: NonNegativeInt = Field(
         25,
         description=(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,7 +74,11 @@ class _Candidate:
 
 @dataclass
 class Readiness:
-    """Tracks hinted paths until they settle; a pure state machine over a clock."""
+    """Tracks hinted paths until they settle; a state machine over a clock.
+
+    Thread-safe: the intake thread offers and collects, the worker releases
+    and retries.
+    """
 
     settle: float
     settle_closed: float
@@ -84,76 +89,84 @@ class Readiness:
     _in_flight: set[Path] = field(default_factory=set)
     _heap: list[tuple[float, int, Path]] = field(default_factory=list)
     _order: itertools.count[int] = field(default_factory=itertools.count)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __len__(self) -> int:
-        return len(self._pending) + len(self._in_flight)
+        with self._lock:
+            return len(self._pending) + len(self._in_flight)
 
     def offer(self, hint: Hint) -> bool:
         """Track ``hint.path``; False only when full (the caller must rescan later)."""
-        path = hint.path
-        if path in self._in_flight:
-            return True  # the worker re-checks the signature before it moves
-        now = self.clock()
-        wait = self.settle_closed if hint.closed else self.settle
-        candidate = self._pending.get(path)
-        if candidate is not None:
+        with self._lock:
+            path = hint.path
+            if path in self._in_flight:
+                return True  # the worker re-checks the signature before it moves
+            now = self.clock()
+            wait = self.settle_closed if hint.closed else self.settle
+            candidate = self._pending.get(path)
+            if candidate is not None:
+                self._schedule(path, candidate, now + wait)
+                return True
+            if len(self) >= self.capacity:
+                return False
+            signature = Signature.of(path)
+            if signature is None:
+                return True  # vanished, a symlink or a special file: nothing to do
+            if self.wall() - signature.mtime_ns / 1e9 > self.settle:
+                wait = 0.0  # untouched for longer than the settle time already
+            candidate = _Candidate(hint.dataset, signature, now, now)
+            self._pending[path] = candidate
             self._schedule(path, candidate, now + wait)
             return True
-        if len(self) >= self.capacity:
-            return False
-        signature = Signature.of(path)
-        if signature is None:
-            return True  # vanished, a symlink or a special file: nothing to do
-        if self.wall() - signature.mtime_ns / 1e9 > self.settle:
-            wait = 0.0  # untouched for longer than the settle time already
-        candidate = _Candidate(hint.dataset, signature, now, now)
-        self._pending[path] = candidate
-        self._schedule(path, candidate, now + wait)
-        return True
 
     def retry(self, job: Job, delay: float) -> None:
         """Put a job back (still arriving, or a transient failure), keeping its first-seen time."""
-        self._in_flight.discard(job.path)
-        signature = Signature.of(job.path)
-        if signature is None:
-            return
-        candidate = _Candidate(job.dataset, signature, job.first_seen, 0.0)
-        self._pending[job.path] = candidate
-        self._schedule(job.path, candidate, self.clock() + delay)
+        with self._lock:
+            self._in_flight.discard(job.path)
+            signature = Signature.of(job.path)
+            if signature is None:
+                return
+            candidate = _Candidate(job.dataset, signature, job.first_seen, 0.0)
+            self._pending[job.path] = candidate
+            self._schedule(job.path, candidate, self.clock() + delay)
 
     def release(self, path: Path) -> None:
         """The worker is done with ``path`` (moved, rejected or left alone)."""
-        self._in_flight.discard(path)
+        with self._lock:
+            self._in_flight.discard(path)
 
     def forget_dataset(self, dataset: str) -> None:
         """Drop pending paths of a dataset that can no longer be classified."""
-        for path in [p for p, c in self._pending.items() if c.dataset == dataset]:
-            del self._pending[path]
+        with self._lock:
+            for path in [p for p, c in self._pending.items() if c.dataset == dataset]:
+                del self._pending[path]
 
     def next_due(self) -> float | None:
         """When :meth:`ready` may next return something."""
-        return self._heap[0][0] if self._heap else None
+        with self._lock:
+            return self._heap[0][0] if self._heap else None
 
     def ready(self) -> list[Job]:
         """Pending files whose signature held still until their due time."""
-        now = self.clock()
-        jobs = []
-        while self._heap and self._heap[0][0] <= now:
-            due, _, path = heapq.heappop(self._heap)
-            candidate = self._pending.get(path)
-            if candidate is None or candidate.due != due:
-                continue  # superseded by a later schedule
-            signature = Signature.of(path)
-            if signature is None:
-                del self._pending[path]
-            elif signature != candidate.signature:
-                candidate.signature = signature
-                self._schedule(path, candidate, now + self.settle)
-            else:
-                del self._pending[path]
-                self._in_flight.add(path)
-                jobs.append(Job(candidate.dataset, path, signature, candidate.first_seen))
-        return jobs
+        with self._lock:
+            now = self.clock()
+            jobs = []
+            while self._heap and self._heap[0][0] <= now:
+                due, _, path = heapq.heappop(self._heap)
+                candidate = self._pending.get(path)
+                if candidate is None or candidate.due != due:
+                    continue  # superseded by a later schedule
+                signature = Signature.of(path)
+                if signature is None:
+                    del self._pending[path]
+                elif signature != candidate.signature:
+                    candidate.signature = signature
+                    self._schedule(path, candidate, now + self.settle)
+                else:
+                    del self._pending[path]
+                    self._in_flight.add(path)
+                    jobs.append(Job(candidate.dataset, path, signature, candidate.first_seen))
+            return jobs
 
     def _schedule(self, path: Path, candidate: _Candidate, due: float) -> None:
         candidate.due = due

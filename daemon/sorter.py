@@ -14,11 +14,9 @@ from pathlib import Path
 
 import structlog
 
-from daemon.classifiers import make_classifier
-from daemon.classindex import build_class_index
+from daemon.catalog import make_target
 from daemon.config import Settings
-from daemon.embeddings import DecodeLimits, Embedder
-from daemon.encoder import Encoder
+from daemon.embeddings import Embedder
 from daemon.errors import NoClassesError
 from daemon.layout import DatasetLayout
 from daemon.pipeline import Outcome, Target, classify, deliver, start_decoding
@@ -34,20 +32,6 @@ class Work:
 
     target: Target
     files: list[Path]
-
-
-def make_embedder(settings: Settings, encoder: Encoder) -> Embedder:
-    """The embedder with the configured decoding limits."""
-    return Embedder(encoder, DecodeLimits(tuple(settings.image_formats), settings.max_pixels))
-
-
-def make_target(layout: DatasetLayout, settings: Settings, embedder: Embedder) -> Target:
-    """Index a dataset's classes and check its mode can work with them."""
-    own = settings.for_dataset(layout.name)
-    index = build_class_index(layout, embedder, own.prompt_templates)
-    classifier = make_classifier(own)
-    classifier.check(index)
-    return Target(layout=layout, settings=own, index=index, classifier=classifier)
 
 
 def gather(

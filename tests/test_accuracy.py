@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from daemon.catalog import make_embedder
 from daemon.config import load_settings
 from daemon.encoder import Encoder
 from daemon.layout import discover
 from daemon.pipeline import Outcome
-from daemon.sorter import gather, make_embedder, run
+from daemon.sorter import gather, run
 from tests.synthetic import COLORS, make_dataset
 
 

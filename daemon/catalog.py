@@ -1,0 +1,137 @@
+"""The live class index of every dataset, and how a dataset becomes a classification target.
+
+In the daemon the catalog is rebuilt on the worker thread (the one thread
+that owns the model) between batches. A rebuild never mutates the mapping a
+batch is using: it builds a new one and swaps the reference, so every batch
+is classified entirely with the old classes or entirely with the new.
+Changes under ``Clases/`` are debounced: each event pushes the dataset's
+deadline back, and the rebuild runs once the folder has been quiet.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+import structlog
+
+from daemon.classifiers import make_classifier
+from daemon.classindex import build_class_index
+from daemon.config import Settings
+from daemon.embedcache import EmbeddingCache
+from daemon.embeddings import DecodeLimits, Embedder
+from daemon.encoder import Encoder
+from daemon.errors import NoClassesError
+from daemon.layout import DatasetLayout, is_dataset
+from daemon.pipeline import Target
+
+log = structlog.get_logger()
+
+
+def make_embedder(settings: Settings, encoder: Encoder, cache: EmbeddingCache | None = None) -> Embedder:
+    """The embedder with the configured decoding limits."""
+    limits = DecodeLimits(tuple(settings.image_formats), settings.max_pixels)
+    return Embedder(encoder, limits, cache)
+
+
+def make_target(layout: DatasetLayout, settings: Settings, embedder: Embedder) -> Target:
+    """Index a dataset's classes and check its mode can work with them."""
+    own = settings.for_dataset(layout.name)
+    index = build_class_index(layout, embedder, own.prompt_templates)
+    classifier = make_classifier(own)
+    classifier.check(index)
+    return Target(layout=layout, settings=own, index=index, classifier=classifier)
+
+
+class Catalog:
+    """Targets by dataset name, rebuilt on request after a debounce delay."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_available: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._on_available = on_available
+        self._clock = clock
+        self._targets: Mapping[str, Target] = {}
+        self._due: dict[str, float] = {}
+        self._waiting: set[str] = set()
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> Mapping[str, Target]:
+        """The current targets; never mutated afterwards, so safe to use for a whole batch."""
+        return self._targets
+
+    def waiting(self) -> set[str]:
+        """Datasets that have files but no usable classes yet."""
+        with self._lock:
+            return set(self._waiting)
+
+    def request(self, names: Iterable[str], delay: float) -> None:
+        """Rebuild ``names`` once ``delay`` seconds pass without another request for them."""
+        deadline = self._clock() + delay
+        with self._lock:
+            for name in names:
+                self._due[name] = deadline
+
+    def drop(self, name: str) -> None:
+        """Forget a dataset whose folder is gone."""
+        with self._lock:
+            self._due.pop(name, None)
+            self._waiting.discard(name)
+        self._targets = {key: value for key, value in self._targets.items() if key != name}
+
+    def rebuild_due(self, embedder: Embedder) -> None:
+        """Rebuild every dataset whose debounce delay has passed (worker thread)."""
+        now = self._clock()
+        with self._lock:
+            names = sorted(name for name, deadline in self._due.items() if deadline <= now)
+            for name in names:
+                del self._due[name]
+        for name in names:
+            self._rebuild(name, embedder)
+
+    def rebuild_all(self, embedder: Embedder) -> None:
+        """Rebuild every known dataset now (start-up, new model, new settings)."""
+        with self._lock:
+            names = sorted(set(self._due) | set(self._targets) | self._waiting)
+            self._due.clear()
+        for name in names:
+            self._rebuild(name, embedder)
+
+    def _rebuild(self, name: str, embedder: Embedder) -> None:
+        layout = DatasetLayout(self.settings.root / name)
+        if not is_dataset(layout.root):
+            self.drop(name)
+            return
+        before = embedder.encoded_references
+        try:
+            target = make_target(layout, self.settings, embedder)
+        except NoClassesError as exc:
+            self._targets = {key: value for key, value in self._targets.items() if key != name}
+            with self._lock:
+                first = name not in self._waiting
+                self._waiting.add(name)
+            if first:
+                log.warning("dataset_waiting_for_classes", dataset=name, reason=str(exc))
+            return
+        except OSError as exc:
+            log.error("classes_unreadable", dataset=name, error=str(exc))
+            return
+        was_available = name in self._targets
+        self._targets = {**self._targets, name: target}
+        with self._lock:
+            self._waiting.discard(name)
+        log.info(
+            "classes_loaded",
+            dataset=name,
+            classes=list(target.index.classes),
+            references=len(target.index.reference_paths),
+            newly_embedded=embedder.encoded_references - before,
+            mode=target.classifier.name,
+        )
+        if not was_available:
+            self._on_available(name)

@@ -1,0 +1,263 @@
+"""``clipsort run``: the long-running daemon, wiring the parts together.
+
+Data flows one way: watcher (hints) and rescans (truth) -> intake/readiness
+-> fair queue -> worker (model, class indexes) -> mover -> log and metrics.
+The main thread only supervises: signals, observer health, the status file,
+systemd notifications.
+
+Signals: SIGTERM/SIGINT stop taking new work, finish the batch in flight and
+exit 0 within ``shutdown_seconds``; files not yet moved simply stay in the
+inbox. SIGHUP reloads the configuration (and the model if it changed); a bad
+new configuration is logged and the old one stays in force.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from daemon import __version__
+from daemon.catalog import Catalog, make_embedder
+from daemon.config import Settings, load_settings
+from daemon.embedcache import EmbeddingCache
+from daemon.encoder import Encoder
+from daemon.errors import ConfigError
+from daemon.intake import ALL, Intake
+from daemon.layout import DatasetLayout, discover
+from daemon.logs import configure_logging
+from daemon.metrics import Metrics
+from daemon.mover import make_state_dir
+from daemon.readiness import Hint
+from daemon.sdnotify import notify, reloading, watchdog_interval
+from daemon.status import DatasetStatus, Status, write_status
+from daemon.watcher import Watcher
+from daemon.worker import Worker
+from daemon.workqueue import FairQueue
+
+log = structlog.get_logger()
+
+HEALTH_TICK = 0.5
+EMBEDDINGS_DB = "embeddings.sqlite3"
+
+
+def check_daemon_settings(settings: Settings) -> None:
+    """Options the daemon cannot honour."""
+    names = ["(global)", *settings.datasets]
+    copying = [name for name in names if settings.for_dataset(name).action == "copy"]
+    if copying:
+        raise ConfigError(
+            f'action = "copy" is for one-shot `clipsort sort` only ({", ".join(copying)}): '
+            "the daemon must empty the inbox, so it moves files"
+        )
+
+
+class Service:
+    """The running daemon."""
+
+    def __init__(self, settings: Settings, config_file: Path | None, flags: dict[str, object]) -> None:
+        check_daemon_settings(settings)
+        self.settings = settings
+        self.config_file = config_file
+        self.flags = flags  # command-line values outrank the file on every reload too
+        self.started = time.time()
+        self.metrics = Metrics()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        make_state_dir(settings.state_path)
+        self.cache = EmbeddingCache(settings.state_path / EMBEDDINGS_DB)
+        self.encoder = Encoder(settings.model, settings.device)
+        self.embedder = make_embedder(settings, self.encoder, self.cache)
+        self.work = FairQueue()
+        self.catalog = Catalog(settings, on_available=self._classes_available)
+        self.intake = Intake(settings, self.catalog, self.work, on_datasets=self._datasets_found)
+        self.watcher = self._new_watcher(settings)
+        self.worker = Worker(settings, self.embedder, self.catalog, self.intake, self.work, self.metrics)
+        self._known: set[str] = set()
+
+    def _new_watcher(self, settings: Settings) -> Watcher:
+        return Watcher(
+            settings.root,
+            self,
+            polling=settings.observer == "polling",
+            polling_seconds=settings.polling_seconds,
+            ignore=settings.ignore_patterns,
+        )
+
+    # --- the watcher's sink ---------------------------------------------------------
+    def hint(self, hint: Hint) -> None:
+        self.intake.hint(hint)
+
+    def request_rescan(self, dataset: str = ALL) -> None:
+        self.intake.request_rescan(dataset)
+
+    def classes_changed(self, dataset: str) -> None:
+        self.catalog.request([dataset], self.settings.class_debounce_seconds)
+
+    # --- callbacks from the intake and worker threads -------------------------------
+    def _datasets_found(self, layouts: list[DatasetLayout]) -> None:
+        self.watcher.sync(layouts)
+        names = {layout.name for layout in layouts}
+        new, gone = names - self._known, self._known - names
+        if new:
+            log.info("datasets_found", datasets=sorted(new))
+            self.catalog.request(new, 0.0)
+        for name in gone:
+            log.info("dataset_removed", dataset=name)
+            self.catalog.drop(name)
+            self.intake.readiness.forget_dataset(name)
+        self._known = names
+
+    def _classes_available(self, dataset: str) -> None:
+        self.intake.request_rescan(dataset)
+
+    # --- lifecycle ------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; the process exit code."""
+        self._install_signals()
+        layouts = discover(self.settings.root)
+        self._known = {layout.name for layout in layouts}
+        self.catalog.request(self._known, 0.0)
+        self.catalog.rebuild_due(self.embedder)  # classes ready before the first file is read
+        self.watcher.start()
+        self.watcher.sync(layouts)
+        self.intake.start()  # its first tick scans the backlog
+        self.worker.start()
+        if self.settings.metrics_port is not None:
+            self.metrics.serve(self.settings.metrics_address, self.settings.metrics_port)
+        notify("READY=1", f"STATUS={self._summary()}")
+        log.info("daemon_ready", root=str(self.settings.root), datasets=sorted(self._known), pid=os.getpid())
+        code = self._supervise()
+        self._shutdown()
+        return code
+
+    def _supervise(self) -> int:
+        ping_every = watchdog_interval()
+        last_status = last_ping = 0.0
+        while not self._stop.wait(HEALTH_TICK):
+            if self._reload.is_set():
+                self._reload.clear()
+                self._reload_config()
+            if not self.watcher.is_alive():
+                log.error("observer_died", action="restart")
+                try:
+                    self.watcher.restart()
+                except Exception as exc:
+                    log.exception("observer_restart_failed", error=str(exc))
+                    return 1  # systemd restarts us (Restart=on-failure)
+                self.intake.request_rescan(ALL)
+            now = time.monotonic()
+            self.metrics.queue_depth.set(len(self.work))
+            if now - last_status >= self.settings.status_seconds:
+                self._write_status("running")
+                notify(f"STATUS={self._summary()}")
+                last_status = now
+            if ping_every and now - last_ping >= ping_every and self._healthy(ping_every):
+                notify("WATCHDOG=1")
+                last_ping = now
+        return 0
+
+    def _healthy(self, window: float) -> bool:
+        """Pinging systemd's watchdog only while events flow and the worker makes progress."""
+        return self.watcher.is_alive() and time.monotonic() - self.worker.heartbeat < 2 * window
+
+    def _shutdown(self) -> None:
+        notify("STOPPING=1")
+        log.info("daemon_stopping", queued=len(self.work))
+        self.watcher.stop()
+        self.intake.stop()
+        if not self.worker.stop(self.settings.shutdown_seconds):
+            log.warning("shutdown_timeout", seconds=self.settings.shutdown_seconds)
+        self._write_status("stopped")
+        self.cache.close()
+        log.info("daemon_stopped")
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, frame: FrameType | None) -> None:
+            self._stop.set()
+
+        def reload(signum: int, frame: FrameType | None) -> None:
+            self._reload.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+    def _reload_config(self) -> None:
+        reloading()
+        try:
+            settings = load_settings(self.config_file, self.flags)
+            check_daemon_settings(settings)
+            self._apply(settings)
+        except Exception as exc:  # a bad new config must never take the running daemon down
+            log.error("reload_rejected", error=str(exc), kept="previous configuration")
+            self.metrics.error("reload", str(exc))
+        notify("READY=1", f"STATUS={self._summary()}")
+
+    def _apply(self, settings: Settings) -> None:
+        old = self.settings
+        configure_logging(settings.log_format, settings.log_level)
+        if (settings.model, settings.device) != (old.model, old.device):
+            self.encoder = Encoder(settings.model, settings.device)  # may raise: old one stays
+        embedder = make_embedder(settings, self.encoder, self.cache)
+        self.settings = settings
+        self.catalog.settings = settings
+        self.intake.settings = settings
+        self.worker.settings = settings
+        if (settings.root, settings.observer, settings.polling_seconds) != (
+            old.root,
+            old.observer,
+            old.polling_seconds,
+        ):
+            self.watcher.stop()
+            self.watcher = self._new_watcher(settings)
+            self.watcher.start()
+        self.worker.replace_embedder(embedder)  # rebuilds every class index, then swaps
+        self.intake.request_rescan(ALL)
+        log.info("config_reloaded", model=settings.model)
+
+    def _summary(self) -> str:
+        sorted_total = sum(n for (_, status), n in self.metrics.outcomes.items() if status == "sorted")
+        return f"{sorted_total} sorted, {len(self.work)} queued, {len(self.catalog.snapshot())} datasets"
+
+    def _write_status(self, state: str) -> None:
+        targets = self.catalog.snapshot()
+        depths = self.work.depths()
+        waiting = self.catalog.waiting()
+        datasets = {
+            name: DatasetStatus(
+                sorted=self.metrics.count(name, "sorted"),
+                rejected=self.metrics.count(name, "rejected"),
+                queued=depths.get(name, 0),
+                classes=len(targets[name].index.classes) if name in targets else 0,
+                waiting_for_classes=name in waiting,
+            )
+            for name in sorted(self._known | set(targets))
+        }
+        status = Status(
+            pid=os.getpid(),
+            started_at=self.started,
+            updated_at=time.time(),
+            interval=self.settings.status_seconds,
+            state=state,
+            device=self.encoder.device,
+            model=self.encoder.name,
+            version=__version__,
+            references_embedded=self.worker.embedder.encoded_references,
+            last_error=self.metrics.last_error,
+            datasets=datasets,
+        )
+        try:
+            write_status(self.settings.state_path, status)
+        except OSError as exc:
+            log.warning("status_write_failed", error=str(exc))
+
+
+def run_service(settings: Settings, config_file: Path | None, flags: dict[str, object]) -> int:
+    """Build and run the daemon; the process exit code."""
+    return Service(settings, config_file, flags).run()

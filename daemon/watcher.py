@@ -1,0 +1,203 @@
+"""watchdog glue: file-system events become hints, nothing more.
+
+OS caveats handled here:
+
+- An exception raised in a watchdog handler silently kills the observer's
+  dispatch thread, after which no event is ever delivered again. Every
+  handler therefore runs inside a catch-all, and the service checks
+  :meth:`Watcher.is_alive` and restarts the observer if it died anyway.
+- The kernel's inotify queue holds ``fs.inotify.max_queued_events`` (16,384
+  by default) events; past that it drops events and sends IN_Q_OVERFLOW,
+  which watchdog only logs (watchdog issue 654). We listen for that log
+  record and answer it with a full rescan.
+- A folder moved into the inbox brings its files without a per-file event,
+  so a directory event asks for a rescan of that dataset.
+- inotify does not see writes made by other machines on NFS/SMB mounts; the
+  ``polling`` observer does (at the cost of a periodic listing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+from watchdog.events import (
+    EVENT_TYPE_CLOSED,
+    EVENT_TYPE_CLOSED_NO_WRITE,
+    EVENT_TYPE_CREATED,
+    EVENT_TYPE_DELETED,
+    EVENT_TYPE_MOVED,
+    EVENT_TYPE_OPENED,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.polling import PollingObserver
+
+from daemon.layout import DatasetLayout
+from daemon.readiness import Hint
+from daemon.scanner import is_ignored
+
+log = structlog.get_logger()
+
+QUIET = (EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE)
+ALL_DATASETS = "*"
+
+
+class WatchSink(Protocol):
+    """Where the watcher sends what it saw."""
+
+    def hint(self, hint: Hint) -> None: ...
+
+    def request_rescan(self, dataset: str = ALL_DATASETS) -> None: ...
+
+    def classes_changed(self, dataset: str) -> None: ...
+
+
+def _path(raw: str | bytes) -> Path:
+    return Path(os.fsdecode(raw))
+
+
+class _SafeHandler(FileSystemEventHandler):
+    """Runs :meth:`handle` inside a catch-all (see the module docstring)."""
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        try:
+            self.handle(event)
+        except Exception as exc:
+            log.exception("watch_handler_failed", event=repr(event), error=str(exc))
+
+    def handle(self, event: FileSystemEvent) -> None:
+        raise AssertionError("subclasses handle events")
+
+
+class _InboxHandler(_SafeHandler):
+    def __init__(self, layout: DatasetLayout, sink: WatchSink, ignore: Sequence[str]) -> None:
+        self.layout = layout
+        self.sink = sink
+        self.ignore = ignore
+
+    def handle(self, event: FileSystemEvent) -> None:
+        if event.event_type in (*QUIET, EVENT_TYPE_DELETED):
+            return
+        if event.is_directory:
+            if event.event_type in (EVENT_TYPE_CREATED, EVENT_TYPE_MOVED):
+                self.sink.request_rescan(self.layout.name)
+            return
+        moved = event.event_type == EVENT_TYPE_MOVED
+        path = _path(event.dest_path if moved else event.src_path)
+        try:
+            parts = path.relative_to(self.layout.inbox).parts
+        except ValueError:
+            return  # moved out of the inbox
+        if any(is_ignored(part, self.ignore) for part in parts):
+            return  # a temporary name: its final rename will be seen
+        closed = event.event_type in (EVENT_TYPE_CLOSED, EVENT_TYPE_MOVED)
+        self.sink.hint(Hint(self.layout.name, path, closed=closed))
+
+
+class _ClassesHandler(_SafeHandler):
+    def __init__(self, name: str, sink: WatchSink) -> None:
+        self.name = name
+        self.sink = sink
+
+    def handle(self, event: FileSystemEvent) -> None:
+        if event.event_type not in QUIET:
+            self.sink.classes_changed(self.name)
+
+
+class _StructureHandler(_SafeHandler):
+    """The data root and each dataset folder: new or removed datasets and sub-folders."""
+
+    def __init__(self, sink: WatchSink) -> None:
+        self.sink = sink
+
+    def handle(self, event: FileSystemEvent) -> None:
+        if event.is_directory and event.event_type not in QUIET:
+            self.sink.request_rescan(ALL_DATASETS)
+
+
+class _OverflowListener(logging.Handler):
+    """Turns watchdog's "Inotify queue overflowed" log record into a full rescan."""
+
+    def __init__(self, sink: WatchSink) -> None:
+        super().__init__(level=logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            log.warning("inotify_overflow", action="full rescan")
+            self.sink.request_rescan(ALL_DATASETS)
+
+
+class Watcher:
+    """One observer watching the root, each dataset folder, its inbox and its classes."""
+
+    def __init__(
+        self, root: Path, sink: WatchSink, *, polling: bool, polling_seconds: float, ignore: Sequence[str]
+    ) -> None:
+        self.root = root
+        self.sink = sink
+        self.polling = polling
+        self.polling_seconds = polling_seconds
+        self.ignore = ignore
+        self._watches: dict[Path, ObservedWatch] = {}
+        self._observer = self._new_observer()
+        self._overflow = _OverflowListener(sink)
+
+    def _new_observer(self) -> BaseObserver:
+        if self.polling:
+            return PollingObserver(timeout=self.polling_seconds)
+        return Observer()
+
+    def start(self) -> None:
+        logging.getLogger("watchdog.observers.inotify_c").addHandler(self._overflow)
+        self._observer.start()
+        self._schedule(self.root, _StructureHandler(self.sink), recursive=False)
+
+    def stop(self) -> None:
+        logging.getLogger("watchdog.observers.inotify_c").removeHandler(self._overflow)
+        self._observer.stop()
+        self._observer.join(timeout=5)
+        self._watches.clear()
+
+    def is_alive(self) -> bool:
+        """The dispatch thread and every emitter thread are running."""
+        return self._observer.is_alive() and all(emitter.is_alive() for emitter in self._observer.emitters)
+
+    def restart(self) -> None:
+        """A fresh observer with the same folders (events in between are lost: rescan after)."""
+        folders = list(self._watches)
+        self.stop()
+        self._observer = self._new_observer()
+        self.start()
+        self.sync([DatasetLayout(folder) for folder in folders if folder.parent == self.root])
+
+    def sync(self, layouts: Sequence[DatasetLayout]) -> None:
+        """Watch every part of ``layouts`` that exists; drop watches of folders that are gone."""
+        for folder in [folder for folder in self._watches if folder != self.root and not folder.is_dir()]:
+            self._unschedule(folder)
+        for layout in layouts:
+            self._schedule(layout.root, _StructureHandler(self.sink), recursive=False)
+            self._schedule(layout.inbox, _InboxHandler(layout, self.sink, self.ignore), recursive=True)
+            self._schedule(layout.classes, _ClassesHandler(layout.name, self.sink), recursive=True)
+
+    def _schedule(self, folder: Path, handler: _SafeHandler, *, recursive: bool) -> None:
+        if folder in self._watches or not folder.is_dir() or folder.is_symlink():
+            return
+        try:
+            self._watches[folder] = self._observer.schedule(handler, str(folder), recursive=recursive)
+        except OSError as exc:  # e.g. the inotify watch limit (fs.inotify.max_user_watches)
+            log.error("watch_failed", folder=str(folder), error=str(exc))
+
+    def _unschedule(self, folder: Path) -> None:
+        watch = self._watches.pop(folder)
+        # watchdog may already have dropped the watch of a deleted folder.
+        with contextlib.suppress(KeyError, OSError):
+            self._observer.unschedule(watch)

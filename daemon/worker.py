@@ -1,0 +1,171 @@
+"""The inference worker: the one thread that owns the model.
+
+It takes micro-batches from the fair queue (up to ``batch_size`` files, or
+whatever arrived within ``max_batch_delay_ms`` of the first), decodes batch
+k+1 in the thread pool while the model encodes batch k, and hands every file
+to the mover. Class-index rebuilds and model swaps also run here, between
+batches, so the model is never used by two threads and no batch mixes two
+class indexes or two models.
+
+Nothing is ever dropped: a file that is still arriving, changed after it was
+classified, or hit a transient failure (disk full, inference error) is put
+back with a delay; the file itself stays in the inbox until it is placed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import structlog
+
+from daemon.catalog import Catalog
+from daemon.classifiers import Decision
+from daemon.config import Settings
+from daemon.embeddings import Embedder
+from daemon.errors import ImageIncomplete, ImageRejected
+from daemon.intake import Intake
+from daemon.metrics import Metrics
+from daemon.mover import UnsafeDestination
+from daemon.pipeline import Picture, Target, classify, deliver, start_decoding
+from daemon.readiness import Job, age, is_unchanged
+from daemon.workqueue import FairQueue
+
+log = structlog.get_logger()
+
+IDLE_WAIT = 0.2  # how often an idle worker looks at due class rebuilds
+RETRY_FIRST = 0.5
+RETRY_MAX = 30.0
+
+
+@dataclass
+class _Batch:
+    jobs: list[Job]
+    pictures: list[Future[Picture]]
+
+
+class Worker:
+    """Micro-batching inference over all datasets with one resident model."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder,
+        catalog: Catalog,
+        intake: Intake,
+        work: FairQueue,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self._catalog = catalog
+        self._intake = intake
+        self._work = work
+        self._metrics = metrics
+        self._pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="clipsort-decode")
+        self._stop = threading.Event()
+        self._swap: Embedder | None = None
+        self._retries: dict[str, float] = {}
+        self.heartbeat = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name="clipsort-worker", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float) -> bool:
+        """Finish the batch in flight, hand back the prefetched one; True if it ended in time."""
+        self._stop.set()
+        self.thread.join(timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        return not self.thread.is_alive()
+
+    def replace_embedder(self, embedder: Embedder) -> None:
+        """Use a new model from the next batch on (after every class index is rebuilt with it)."""
+        self._swap = embedder
+
+    def _run(self) -> None:
+        upcoming: _Batch | None = None
+        while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
+            try:
+                self._maintain()
+                jobs = self._work.take(
+                    self.settings.batch_size,
+                    wait=0.0 if upcoming else IDLE_WAIT,
+                    linger=0.0 if upcoming else self.settings.max_batch_delay_ms / 1000,
+                )
+                current, upcoming = (
+                    upcoming,
+                    (_Batch(jobs, start_decoding(jobs, self.embedder, self._pool)) if jobs else None),
+                )
+                if current is not None:
+                    self._process(current)
+            except Exception as exc:  # never let the worker die: systemd's watchdog would restart us
+                log.exception("worker_failed", error=str(exc))
+                self._metrics.error("worker", str(exc))
+                time.sleep(IDLE_WAIT)
+        if upcoming is not None:  # decoded but not classified: it stays in the inbox
+            for job in upcoming.jobs:
+                self._intake.release(job.path)
+
+    def _maintain(self) -> None:
+        if self._swap is not None:
+            self.embedder, self._swap = self._swap, None
+            self._catalog.rebuild_all(self.embedder)
+        self._catalog.rebuild_due(self.embedder)
+
+    def _process(self, batch: _Batch) -> None:
+        targets = self._catalog.snapshot()
+        jobs, pictures = [], []
+        for job, future in zip(batch.jobs, batch.pictures, strict=True):
+            if job.dataset in targets:
+                jobs.append(job)
+                pictures.append(future.result())
+            else:  # its classes went away: it waits in the inbox for new ones
+                self._intake.release(job.path)
+        if not jobs:
+            return
+        try:
+            verdicts = classify(jobs, pictures, targets, self.embedder.encoder)
+        except Exception as exc:  # e.g. CUDA out of memory: the files wait and are tried again
+            log.error("inference_failed", files=len(jobs), error=str(exc))
+            self._metrics.error("inference", str(exc))
+            for job in jobs:
+                self._intake.retry(job, self._backoff("inference"))
+            return
+        self._metrics.batch(len(jobs))
+        for job, verdict in zip(jobs, verdicts, strict=True):
+            self._finish(job, verdict, targets[job.dataset])
+
+    def _finish(self, job: Job, verdict: Decision | ImageRejected, target: Target) -> None:
+        if isinstance(verdict, ImageIncomplete) and age(job) < self.settings.max_wait_seconds:
+            self._intake.retry(job, self.settings.settle_seconds)  # not ready is not bad
+            return
+        if not is_unchanged(job):
+            self._intake.retry(job, self.settings.settle_seconds)  # rewritten since we read it
+            return
+        try:
+            outcome = deliver(job, verdict, target, model=self.embedder.encoder.name, dry_run=False)
+        except UnsafeDestination as exc:
+            log.error("unsafe_destination", file=str(job.path), error=str(exc))
+            self._metrics.error("unsafe_destination", str(exc))
+            self._intake.release(job.path)
+            return
+        except OSError as exc:  # disk full, read-only, permissions: the file stays and is retried
+            cause = f"{type(exc).__name__}:{exc.errno}"
+            if cause not in self._retries:
+                log.error("move_failed", file=str(job.path), error=str(exc))
+            self._metrics.error("move", str(exc))
+            self._intake.retry(job, self._backoff(cause))
+            return
+        self._retries.clear()
+        self._intake.release(job.path)
+        self._metrics.record(outcome, age(job))
+
+    def _backoff(self, cause: str) -> float:
+        """Doubling delay per failure cause, reset by the next success."""
+        delay = min(RETRY_MAX, self._retries.get(cause, RETRY_FIRST / 2) * 2)
+        self._retries[cause] = delay
+        return delay
