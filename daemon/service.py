@@ -106,7 +106,9 @@ class Service:
         new, gone = names - self._known, self._known - names
         if new:
             log.info("datasets_found", datasets=sorted(new))
-            self.catalog.request(new, 0.0)
+        # A dataset waiting for classes may just have got a Clases/ folder, whose
+        # first files were written before its watch existed: look again.
+        self.catalog.request(new | (self.catalog.waiting() & names), self.settings.class_debounce_seconds)
         for name in gone:
             log.info("dataset_removed", dataset=name)
             self.catalog.drop(name)
@@ -130,6 +132,7 @@ class Service:
         self.worker.start()
         if self.settings.metrics_port is not None:
             self.metrics.serve(self.settings.metrics_address, self.settings.metrics_port)
+        self._write_status("running")
         notify("READY=1", f"STATUS={self._summary()}")
         log.info("daemon_ready", root=str(self.settings.root), datasets=sorted(self._known), pid=os.getpid())
         code = self._supervise()

@@ -71,7 +71,7 @@ class _SafeHandler(FileSystemEventHandler):
         try:
             self.handle(event)
         except Exception as exc:
-            log.exception("watch_handler_failed", event=repr(event), error=str(exc))
+            log.exception("watch_handler_failed", fs_event=repr(event), error=str(exc))
 
     def handle(self, event: FileSystemEvent) -> None:
         raise AssertionError("subclasses handle events")

@@ -1,0 +1,142 @@
+"""Running the real daemon (``python -m daemon run``) as a subprocess, as systemd would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from daemon.status import Status, read_status
+from tests.waiting import wait_until
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Daemon:
+    """One daemon process with a notify socket, a config file and a JSON log."""
+
+    def __init__(self, root: Path, model: Path, home: Path, **options: object) -> None:
+        self.root = root
+        self.home = home
+        self.state = home / "state"
+        self.config = home / "config.toml"
+        values: dict[str, object] = {
+            "root": str(root),
+            "model": str(model),
+            "device": "cpu",
+            "state_dir": str(self.state),
+            "settle_seconds": 0.3,
+            "class_debounce_seconds": 0.3,
+            "status_seconds": 0.3,
+            "log_format": "json",
+            **options,
+        }
+        self.write_config(values)
+        self.log = home / f"daemon-{time.monotonic_ns()}.log"  # one per process, even in one home
+        self.messages: list[str] = []
+        self.process: subprocess.Popen[bytes] | None = None
+        self._socket: socket.socket | None = None
+
+    def write_config(self, values: dict[str, object]) -> None:
+        self.config.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items()))
+
+    def start(self, wait: bool = True) -> Daemon:
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        address = self.home / f"notify-{time.monotonic_ns()}"
+        self._socket.bind(str(address))
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "HF_HUB_OFFLINE": "1",
+            "NOTIFY_SOCKET": str(address),
+        }
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "daemon", "run", "--config", str(self.config)],
+                cwd=self.home,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        if wait:
+            self.wait_notify("READY=1", timeout=120)
+        return self
+
+    def wait_notify(self, field: str, timeout: float = 30.0) -> str:
+        """Read notify datagrams until one holds ``field``; return that datagram."""
+        assert self._socket is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log.read_text()}")
+            self._socket.settimeout(0.2)
+            try:
+                message = self._socket.recv(65536).decode()
+            except TimeoutError:
+                continue
+            self.messages.append(message)
+            if field in message.split("\n"):
+                return message
+        raise AssertionError(f"no {field!r} from the daemon within {timeout} s; got {self.messages}")
+
+    def received(self) -> list[str]:
+        """Every notify field received so far (reading what is still queued on the socket)."""
+        assert self._socket is not None
+        self._socket.setblocking(False)
+        try:
+            while True:
+                self.messages.append(self._socket.recv(65536).decode())
+        except BlockingIOError:
+            pass
+        return [field for message in self.messages for field in message.split("\n")]
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """Teardown: make sure no daemon outlives its test."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        if self._socket is not None:
+            self._socket.close()
+
+    def status(self) -> Status:
+        found = read_status(self.state)
+        assert found is not None, "no status file"
+        return found
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The daemon's JSON log lines, optionally only those of one event."""
+        records = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                record = json.loads(line)
+                if name is None or record.get("event") == name:
+                    records.append(record)
+        return records
+
+    def wait_event(self, name: str, predicate: Any = None, timeout: float = 30.0) -> dict[str, Any]:
+        """The first log record of event ``name`` (matching ``predicate``) once it is written."""
+        found: list[dict[str, Any]] = []
+
+        def seen() -> bool:
+            found[:] = [r for r in self.events(name) if predicate is None or predicate(r)]
+            return bool(found)
+
+        wait_until(seen, timeout=timeout)
+        return found[0]

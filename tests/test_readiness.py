@@ -1,0 +1,124 @@
+"""Tests for daemon.readiness: when a file counts as complete."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from daemon.readiness import Hint, Readiness, Signature, is_unchanged
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fresh(path: Path, data: bytes = b"x") -> Path:
+    """A file whose mtime is now (so the old-file shortcut does not apply)."""
+    path.write_bytes(data)
+    return path
+
+
+def make(clock: Clock, capacity: int = 10) -> Readiness:
+    return Readiness(settle=1.0, settle_closed=0.05, capacity=capacity, clock=clock)
+
+
+def test_closed_file_is_ready_after_the_short_confirmation(tmp_path: Path) -> None:
+    """After close-after-write, 50 ms of unchanged size suffice."""
+    clock = Clock()
+    readiness = make(clock)
+    readiness.offer(Hint("d", fresh(tmp_path / "a.jpg"), closed=True))
+    assert readiness.ready() == []
+    clock.now += 0.06
+    [job] = readiness.ready()
+    assert (job.dataset, job.path.name, job.first_seen) == ("d", "a.jpg", 1000.0)
+
+
+def test_growing_file_waits_the_full_settle_time(tmp_path: Path) -> None:
+    """A file that changed since it was hinted waits until it holds still for `settle`."""
+    clock = Clock()
+    readiness = make(clock)
+    path = fresh(tmp_path / "a.jpg")
+    readiness.offer(Hint("d", path))
+    clock.now += 0.5
+    with path.open("ab") as handle:
+        handle.write(b"more")
+    clock.now += 0.6
+    assert readiness.ready() == []  # changed: rescheduled a full second later
+    clock.now += 0.9
+    assert readiness.ready() == []
+    clock.now += 0.2
+    assert [job.signature.size for job in readiness.ready()] == [5]
+
+
+def test_old_untouched_file_is_ready_at_once(tmp_path: Path) -> None:
+    """Backlog found at start (mtime older than settle) needs no waiting."""
+    path = fresh(tmp_path / "a.jpg")
+    os.utime(path, (1, 1))
+    readiness = make(Clock())
+    readiness.offer(Hint("d", path))
+    assert len(readiness.ready()) == 1
+
+
+def test_capacity_refuses_new_paths_but_keeps_known_ones(tmp_path: Path) -> None:
+    """Memory stays bounded: past capacity offers return False (the caller rescans later)."""
+    clock = Clock()
+    readiness = make(clock, capacity=2)
+    paths = [fresh(tmp_path / f"{k}.jpg") for k in range(3)]
+    assert readiness.offer(Hint("d", paths[0]))
+    assert readiness.offer(Hint("d", paths[1]))
+    assert not readiness.offer(Hint("d", paths[2]))
+    assert readiness.offer(Hint("d", paths[0], closed=True))
+    clock.now += 2
+    jobs = readiness.ready()
+    assert len(readiness) == 2  # in flight until released
+    readiness.release(jobs[0].path)
+    assert readiness.offer(Hint("d", paths[2]))
+
+
+def test_retry_keeps_first_seen_and_release_frees(tmp_path: Path) -> None:
+    """A job put back keeps its first-seen time for the max-wait clock."""
+    clock = Clock()
+    readiness = make(clock)
+    readiness.offer(Hint("d", fresh(tmp_path / "a.jpg"), closed=True))
+    clock.now += 1
+    [job] = readiness.ready()
+    readiness.retry(job, delay=5)
+    clock.now += 4
+    assert readiness.ready() == []
+    clock.now += 2
+    [again] = readiness.ready()
+    assert again.first_seen == job.first_seen
+
+
+def test_vanished_symlinked_and_special_paths_are_dropped(tmp_path: Path) -> None:
+    """Nothing that is not a regular file ever becomes a job."""
+    clock = Clock()
+    readiness = make(clock)
+    gone = fresh(tmp_path / "gone.jpg")
+    (tmp_path / "link.jpg").symlink_to(gone)
+    os.mkfifo(tmp_path / "fifo.jpg")
+    for name in ("gone.jpg", "link.jpg", "fifo.jpg"):
+        readiness.offer(Hint("d", tmp_path / name, closed=True))
+    gone.unlink()
+    clock.now += 1
+    assert readiness.ready() == []
+    assert len(readiness) == 0
+
+
+def test_signature_detects_replacement(tmp_path: Path) -> None:
+    """A file replaced after classification (new inode or size) is not 'unchanged'."""
+    clock = Clock()
+    readiness = make(clock)
+    path = fresh(tmp_path / "a.jpg")
+    readiness.offer(Hint("d", path, closed=True))
+    clock.now += 1
+    [job] = readiness.ready()
+    assert is_unchanged(job)
+    (tmp_path / "b.jpg").write_bytes(b"other")
+    os.replace(tmp_path / "b.jpg", path)
+    assert not is_unchanged(job)
+    assert Signature.of(tmp_path / "missing") is None

@@ -1,0 +1,51 @@
+"""Tests for daemon.status: the status file and liveness."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from daemon.status import STATUS_FILE, DatasetStatus, Status, is_live, read_status, write_status
+
+
+def status(pid: int, updated: float) -> Status:
+    return Status(
+        pid=pid,
+        started_at=updated - 60,
+        updated_at=updated,
+        interval=2.0,
+        state="running",
+        device="cpu",
+        model="m",
+        version="0",
+        datasets={"a": DatasetStatus(sorted=3, rejected=1, queued=2, classes=4)},
+    )
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    """What is written is read back, dataset counts included."""
+    write_status(tmp_path, status(os.getpid(), time.time()))
+    found = read_status(tmp_path)
+    assert found is not None and found.datasets["a"].rejected == 1
+    assert [p.name for p in tmp_path.iterdir()] == [STATUS_FILE]
+
+
+def test_liveness_needs_a_live_pid_and_a_fresh_file(tmp_path: Path) -> None:
+    """A stale file, or one left by a dead process, does not count as running."""
+    now = time.time()
+    assert is_live(status(os.getpid(), now))
+    assert not is_live(status(os.getpid(), now - 60))
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True
+    )
+    assert not is_live(status(int(done.stdout), now))
+
+
+def test_missing_or_corrupt_file_reads_as_none(tmp_path: Path) -> None:
+    """No status file, or garbage in it, is 'no daemon'."""
+    assert read_status(tmp_path) is None
+    (tmp_path / STATUS_FILE).write_text("{not json")
+    assert read_status(tmp_path) is None

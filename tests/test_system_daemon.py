@@ -1,0 +1,283 @@
+"""System tests: the real daemon process, real folders, real watchdog, real signals."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from daemon.cli import app
+from tests.daemonproc import Daemon
+from tests.helpers import tree
+from tests.synthetic import draw, make_dataset, save
+from tests.waiting import wait_until
+
+RGB = {"red": "red", "green": "green", "blue": "blue"}
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
+    """Daemons started by a test; killed at teardown if the test did not stop them."""
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.kill()
+
+
+def start(daemons: list[Daemon], root: Path, model: Path, home: Path, **options: object) -> Daemon:
+    home.mkdir(exist_ok=True)
+    daemon = Daemon(root, model, home, **options)
+    daemons.append(daemon)
+    return daemon.start()
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def sorted_files(dataset: Path) -> dict[str, str]:
+    """file name -> class folder it landed in."""
+    return {p.name: p.parent.name for p in (dataset / "Dataset").rglob("*") if p.is_file()}
+
+
+def picture_bytes(tmp: Path, color: str, seed: int, name: str) -> bytes:
+    path = save(draw(np.random.default_rng(seed), color, "square", size=96), tmp / name)
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def test_drops_of_every_kind_land_complete_in_their_class(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """Backlog, slow chunked writers, renames from temporary names, a burst: all sorted, none torn."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, RGB, references=4, inbox=["red", "green", "blue"], seed=3)
+    expected = {f"img{k:04d}.{'jpg' if k % 2 else 'png'}": c for k, c in enumerate(["red", "green", "blue"])}
+    originals: dict[str, str] = {name: sha(dataset / "Images" / name) for name in expected}
+    daemon = start(daemons, root, tiny_model, tmp_path / "home")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    colors = list(RGB)
+
+    def slow_writer(k: int) -> None:
+        data = picture_bytes(staging, colors[k % 3], 100 + k, f"slow{k}.png")
+        target = dataset / "Images" / f"slow{k}.png"
+        chunks = [data[i : i + len(data) // 5 + 1] for i in range(0, len(data), len(data) // 5 + 1)]
+        for chunk in chunks:  # open, append, close: each chunk is a close-after-write
+            with target.open("ab") as handle:
+                handle.write(chunk)
+            time.sleep(0.4)
+
+    writers = [threading.Thread(target=slow_writer, args=(k,)) for k in range(3)]
+    for k in range(3):
+        expected[f"slow{k}.png"] = colors[k % 3]
+        originals[f"slow{k}.png"] = hashlib.sha256(
+            picture_bytes(staging, colors[k % 3], 100 + k, "x.png")
+        ).hexdigest()
+    for writer in writers:
+        writer.start()
+    for k in range(5):
+        name = f"renamed{k}.png"
+        data = picture_bytes(staging, colors[k % 3], 200 + k, name)
+        (dataset / "Images" / f"{name}.part").write_bytes(data)
+        os.rename(dataset / "Images" / f"{name}.part", dataset / "Images" / name)
+        expected[name], originals[name] = colors[k % 3], hashlib.sha256(data).hexdigest()
+    for k in range(300):
+        name = f"burst{k:03d}.png"
+        source = staging / name
+        source.write_bytes(picture_bytes(staging, colors[k % 3], 300 + k, "b.png"))
+        shutil.copy(source, dataset / "Images" / name)
+        expected[name], originals[name] = colors[k % 3], sha(source)
+    for writer in writers:
+        writer.join()
+
+    wait_until(lambda: len(sorted_files(dataset)) == len(expected), timeout=120)
+    landed = sorted_files(dataset)
+    assert not (dataset / "Rejected").exists()
+    assert tree(dataset).get("Images") is None
+    correct = sum(landed[name] == color for name, color in expected.items())
+    assert correct >= 0.97 * len(expected), f"{correct}/{len(expected)}"
+    for name in ("slow0.png", "slow1.png", "slow2.png"):
+        assert landed[name] == expected[name]
+    for path in (dataset / "Dataset").rglob("*"):
+        if path.is_file():
+            assert sha(path) == originals[path.name], f"{path.name} was not moved whole"
+    assert daemon.stop() == 0
+
+
+def test_live_retargeting_new_classes_removed_classes_new_datasets(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """Editing Clases/ while running retargets later arrivals; new datasets are picked up."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, {"red": "red", "blue": "blue"}, references=4, seed=3)
+    daemon = start(daemons, root, tiny_model, tmp_path / "home")
+    rng = np.random.default_rng(11)
+
+    def drop(where: Path, name: str, color: str) -> None:
+        save(draw(rng, color, "circle", 80), where / "Images" / f".{name}")
+        os.rename(where / "Images" / f".{name}", where / "Images" / name)
+
+    # A class folder with references appears: later green pictures go to it.
+    for k in range(3):
+        save(draw(rng, "green", "square"), dataset / "Clases" / "green" / f"g{k}.png")
+    daemon.wait_event("classes_loaded", lambda r: "green" in r["classes"])
+    drop(dataset, "g.png", "green")
+    wait_until(lambda: sorted_files(dataset).get("g.png") == "green")
+
+    # A class folder is removed: nothing more goes there.
+    shutil.rmtree(dataset / "Clases" / "red")
+    daemon.wait_event("classes_loaded", lambda r: r["classes"] == ["blue", "green"])
+    drop(dataset, "r.png", "red")
+    wait_until(lambda: "r.png" in sorted_files(dataset))
+    assert sorted_files(dataset)["r.png"] != "red"
+
+    # A dataset created while running is watched; its files wait until it has classes.
+    second = root / "second"
+    (second / "Images").mkdir(parents=True)
+    drop(second, "early.png", "blue")
+    daemon.wait_event("dataset_waiting_for_classes", lambda r: r["dataset"] == "second")
+    time.sleep(1.0)
+    assert (second / "Images" / "early.png").exists()
+    for k in range(3):
+        save(draw(rng, "blue", "circle"), second / "Clases" / "sky" / f"s{k}.png")
+    save(draw(rng, "red", "circle"), second / "Clases" / "fire" / "f0.png")
+    wait_until(lambda: sorted_files(second).get("early.png") == "sky")
+    drop(second, "late.png", "red")
+    wait_until(lambda: sorted_files(second).get("late.png") == "fire")
+    assert len(daemon.events("dataset_waiting_for_classes")) == 1  # warned once
+    assert daemon.stop() == 0
+
+
+def test_restart_with_a_warm_cache_embeds_no_reference_again(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """The second start reads every reference embedding from the state folder's cache."""
+    root = tmp_path / "Data"
+    make_dataset(root / "rgb", RGB, references=5, seed=3)
+    first = start(daemons, root, tiny_model, tmp_path / "home")
+    wait_until(lambda: first.status().references_embedded == 15)
+    assert first.stop() == 0
+    second = start(daemons, root, tiny_model, tmp_path / "home")
+    loaded = second.wait_event("classes_loaded", lambda r: r["dataset"] == "rgb")
+    assert loaded["references"] == 15 and loaded["newly_embedded"] == 0
+    wait_until(lambda: second.status().state == "running")
+    assert second.status().references_embedded == 0
+    # Replacing one reference's bytes re-embeds exactly that one.
+    save(draw(np.random.default_rng(5), "red", "triangle"), root / "rgb" / "Clases" / "red" / "ref0.png")
+    second.wait_event("classes_loaded", lambda r: r["newly_embedded"] == 1)
+    assert second.stop() == 0
+
+
+def test_sigterm_during_a_stream_loses_and_duplicates_nothing(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """Exit code 0; every file is either still in Images/ or whole in Dataset/, exactly once."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, RGB, references=3, seed=3)
+    daemon = start(daemons, root, tiny_model, tmp_path / "home", settle_seconds=0.05)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    hashes: list[str] = []
+    colors = list(RGB)
+    stop = threading.Event()
+
+    def stream() -> None:
+        for k in range(400):
+            if stop.is_set():
+                return
+            data = picture_bytes(staging, colors[k % 3], k, "s.png")
+            (dataset / "Images" / f"s{k:03d}.png.tmp").write_bytes(data)
+            os.rename(dataset / "Images" / f"s{k:03d}.png.tmp", dataset / "Images" / f"s{k:03d}.png")
+            hashes.append(hashlib.sha256(data).hexdigest())
+            time.sleep(0.005)
+
+    writer = threading.Thread(target=stream)
+    writer.start()
+    wait_until(lambda: len(sorted_files(dataset)) >= 20, timeout=60)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.process is not None
+    assert daemon.process.wait(timeout=30) == 0
+    stop.set()
+    writer.join()
+    present = [sha(p) for p in dataset.rglob("*") if p.is_file() and "Clases" not in p.parts]
+    assert sorted(present) == sorted(hashes)
+    assert not [p for p in dataset.rglob("*clipsort*")], "temporary files left behind"
+    assert "STOPPING=1" in daemon.received()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_systemd_protocol_reload_status_and_metrics(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """READY/STATUS/RELOADING/STOPPING over NOTIFY_SOCKET; SIGHUP reloads or keeps; status; metrics."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, RGB, references=3, inbox=["red"], seed=3)
+    port = free_port()
+    home = tmp_path / "home"
+    daemon = start(daemons, root, tiny_model, home, metrics_port=port)
+    assert any(field.startswith("STATUS=") for field in daemon.received())
+    wait_until(lambda: sorted_files(dataset) == {"img0000.png": "red"})
+
+    runner = CliRunner()
+    shown = runner.invoke(app, ["status", "--config", str(daemon.config)])
+    assert shown.exit_code == 0, shown.output
+    assert "rgb" in shown.stdout and "tiny-clip" in shown.stdout
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'clipsort_files_total{class="red",dataset="rgb",status="sorted"} 1.0' in body
+    assert "clipsort_drop_to_move_seconds_bucket" in body
+
+    # A valid new config is applied (text mode) ...
+    config = daemon.config.read_text()
+    daemon.config.write_text(config + 'mode = "text"\n')
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_notify("RELOADING=1")
+    daemon.wait_notify("READY=1")
+    daemon.wait_event("classes_loaded", lambda r: r["mode"] == "text")
+    # ... a bad one is rejected and the daemon keeps sorting with the old one.
+    daemon.config.write_text(config + 'mode = "psychic"\n')
+    daemon.signal(signal.SIGHUP)
+    rejected = daemon.wait_event("reload_rejected")
+    assert "psychic" in rejected["error"]
+    save(draw(np.random.default_rng(1), "blue", "circle"), dataset / "Images" / "after.png")
+    wait_until(lambda: sorted_files(dataset).get("after.png") == "blue")
+    assert daemon.events("sorted")[-1]["mode"] == "text"
+
+    assert daemon.stop() == 0
+    assert "STOPPING=1" in daemon.received()
+    daemon.config.write_text(config)
+    gone = runner.invoke(app, ["status", "--config", str(daemon.config)])
+    assert gone.exit_code == 1 and "no daemon is running" in gone.stderr
+
+
+def test_copy_action_is_refused_by_the_daemon(tmp_path: Path, tiny_model: Path) -> None:
+    """The daemon must empty its inbox; action = copy is a user error (exit 2)."""
+    (tmp_path / "Data").mkdir()
+    result = CliRunner().invoke(
+        app,
+        ["run", "--root", str(tmp_path / "Data"), "--model", str(tiny_model)],
+        env={"CLIPSORT_ACTION": "copy"},
+    )
+    assert result.exit_code == 2 and "copy" in result.stderr

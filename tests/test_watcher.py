@@ -1,0 +1,160 @@
+"""Tests for daemon.watcher with a real watchdog observer on real folders."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.layout import DatasetLayout
+from daemon.readiness import Hint
+from daemon.scanner import DEFAULT_IGNORE
+from daemon.watcher import ALL_DATASETS, Watcher
+from tests.waiting import wait_until
+
+
+class Sink:
+    """Records what the watcher reports."""
+
+    def __init__(self) -> None:
+        self.hints: list[Hint] = []
+        self.rescans: list[str] = []
+        self.classes: list[str] = []
+        self.lock = threading.Lock()
+
+    def hint(self, hint: Hint) -> None:
+        with self.lock:
+            self.hints.append(hint)
+
+    def request_rescan(self, dataset: str = ALL_DATASETS) -> None:
+        with self.lock:
+            self.rescans.append(dataset)
+
+    def classes_changed(self, dataset: str) -> None:
+        with self.lock:
+            self.classes.append(dataset)
+
+    def hinted(self, name: str, *, closed: bool | None = None) -> bool:
+        with self.lock:
+            return any(h.path.name == name and (closed is None or h.closed == closed) for h in self.hints)
+
+
+@pytest.fixture(params=["native", "polling"])
+def watched(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Watcher, Sink, DatasetLayout]]:
+    layout = DatasetLayout(tmp_path / "ds")
+    layout.inbox.mkdir(parents=True)
+    (layout.classes / "red").mkdir(parents=True)
+    sink = Sink()
+    watcher = Watcher(
+        tmp_path, sink, polling=request.param == "polling", polling_seconds=0.1, ignore=DEFAULT_IGNORE
+    )
+    watcher.start()
+    watcher.sync([layout])
+    yield watcher, sink, layout
+    watcher.stop()
+    assert not watcher.is_alive()
+
+
+def test_written_file_is_hinted(watched: tuple[Watcher, Sink, DatasetLayout]) -> None:
+    """A file written into the inbox produces a hint for its dataset."""
+    _, sink, layout = watched
+    (layout.inbox / "a.jpg").write_bytes(b"x")
+    wait_until(lambda: sink.hinted("a.jpg"), timeout=10)
+    assert all(h.dataset == "ds" for h in sink.hints)
+
+
+def test_temporary_names_are_ignored_until_renamed(watched: tuple[Watcher, Sink, DatasetLayout]) -> None:
+    """x.jpg.part is never hinted; its rename to x.jpg is, as a closed (complete) file."""
+    _, sink, layout = watched
+    (layout.inbox / "x.jpg.part").write_bytes(b"partial")
+    (layout.inbox / ".hidden.jpg").write_bytes(b"h")
+    os.rename(layout.inbox / "x.jpg.part", layout.inbox / "x.jpg")
+    wait_until(lambda: sink.hinted("x.jpg"), timeout=10)
+    assert not sink.hinted("x.jpg.part") and not sink.hinted(".hidden.jpg")
+
+
+def test_class_changes_and_new_folders(watched: tuple[Watcher, Sink, DatasetLayout]) -> None:
+    """A reference added under Clases/ is a class change; a folder in the inbox asks for a rescan."""
+    _, sink, layout = watched
+    (layout.classes / "red" / "ref.png").write_bytes(b"x")
+    (layout.inbox / "album").mkdir()
+    wait_until(lambda: "ds" in sink.classes and "ds" in sink.rescans, timeout=10)
+
+
+def test_native_close_write_is_marked_closed(tmp_path: Path) -> None:
+    """inotify's close-after-write event marks the hint as closed (short confirmation)."""
+    layout = DatasetLayout(tmp_path / "ds")
+    layout.inbox.mkdir(parents=True)
+    sink = Sink()
+    watcher = Watcher(tmp_path, sink, polling=False, polling_seconds=1, ignore=DEFAULT_IGNORE)
+    watcher.start()
+    watcher.sync([layout])
+    try:
+        (layout.inbox / "c.jpg").write_bytes(b"x")
+        wait_until(lambda: sink.hinted("c.jpg", closed=True), timeout=10)
+    finally:
+        watcher.stop()
+
+
+def test_a_failing_sink_does_not_kill_the_observer(tmp_path: Path) -> None:
+    """An exception inside a handler is caught, so later events still arrive."""
+    layout = DatasetLayout(tmp_path / "ds")
+    layout.inbox.mkdir(parents=True)
+    sink = Sink()
+    calls = {"n": 0}
+    original = sink.hint
+
+    def flaky(hint: Hint) -> None:
+        calls["n"] += 1
+        if hint.path.name == "boom.jpg":
+            raise RuntimeError("boom")
+        original(hint)
+
+    sink.hint = flaky  # type: ignore[method-assign]
+    watcher = Watcher(tmp_path, sink, polling=False, polling_seconds=1, ignore=DEFAULT_IGNORE)
+    watcher.start()
+    watcher.sync([layout])
+    try:
+        (layout.inbox / "boom.jpg").write_bytes(b"x")
+        wait_until(lambda: calls["n"] > 0, timeout=10)
+        (layout.inbox / "after.jpg").write_bytes(b"x")
+        wait_until(lambda: sink.hinted("after.jpg"), timeout=10)
+        assert watcher.is_alive()
+    finally:
+        watcher.stop()
+
+
+def test_new_dataset_folder_under_root_asks_for_a_full_rescan(tmp_path: Path) -> None:
+    """Creating Data/<new>/ is seen at the root, so the service can discover and watch it."""
+    sink = Sink()
+    watcher = Watcher(tmp_path, sink, polling=False, polling_seconds=1, ignore=DEFAULT_IGNORE)
+    watcher.start()
+    try:
+        (tmp_path / "newset").mkdir()
+        wait_until(lambda: ALL_DATASETS in sink.rescans, timeout=10)
+        (tmp_path / "newset" / "Images").mkdir()
+        watcher.sync([DatasetLayout(tmp_path / "newset")])
+        (tmp_path / "newset" / "Images" / "n.jpg").write_bytes(b"x")
+        wait_until(lambda: sink.hinted("n.jpg"), timeout=10)
+    finally:
+        watcher.stop()
+
+
+def test_restart_gives_a_working_observer(tmp_path: Path) -> None:
+    """After restart() events flow again through a fresh observer."""
+    layout = DatasetLayout(tmp_path / "ds")
+    layout.inbox.mkdir(parents=True)
+    sink = Sink()
+    watcher = Watcher(tmp_path, sink, polling=False, polling_seconds=1, ignore=DEFAULT_IGNORE)
+    watcher.start()
+    watcher.sync([layout])
+    try:
+        watcher.restart()
+        assert watcher.is_alive()
+        (layout.inbox / "r.jpg").write_bytes(b"x")
+        wait_until(lambda: sink.hinted("r.jpg"), timeout=10)
+    finally:
+        watcher.stop()

@@ -1,0 +1,41 @@
+"""Tests for daemon.workqueue: fair, lingering micro-batches."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from daemon.readiness import Job, Signature
+from daemon.workqueue import FairQueue
+
+
+def job(dataset: str, k: int) -> Job:
+    return Job(dataset, Path(f"/{dataset}/{k}"), Signature(1, 1, k), 0.0)
+
+
+def test_a_flood_in_one_dataset_does_not_starve_another() -> None:
+    """1,000 queued files of A and 3 of B: the first batch already holds all of B."""
+    queue = FairQueue()
+    queue.put(job("a", k) for k in range(1000))
+    queue.put(job("b", k) for k in range(3))
+    batch = queue.take(8, wait=0, linger=0)
+    assert [j.dataset for j in batch] == ["a", "b", "a", "b", "a", "b", "a", "a"]
+    assert len(queue) == 995
+    assert queue.depths() == {"a": 995}
+
+
+def test_take_returns_empty_after_wait() -> None:
+    """An idle queue gives an empty batch after the wait."""
+    started = time.monotonic()
+    assert FairQueue().take(4, wait=0.05, linger=1) == []
+    assert time.monotonic() - started < 0.5
+
+
+def test_linger_collects_late_arrivals_up_to_the_limit() -> None:
+    """Files arriving within the linger window join the batch; a full batch returns at once."""
+    queue = FairQueue()
+    queue.put([job("a", 0)])
+    threading.Timer(0.05, lambda: queue.put([job("a", 1), job("a", 2)])).start()
+    batch = queue.take(3, wait=1, linger=2)
+    assert [j.path.name for j in batch] == ["0", "1", "2"]
