@@ -23,10 +23,17 @@ def notify(*fields: str) -> bool:
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]
+    # Non-blocking: when the reader's queue is full (net.unix.max_dgram_qlen
+    # datagrams), a blocking send would hang the supervisor loop, and with it
+    # the watchdog pings. A dropped STATUS is harmless; the next one follows.
+    flags = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        with socket.socket(socket.AF_UNIX, flags) as sock:
             sock.connect(address)
             sock.sendall("\n".join(fields).encode())
+    except BlockingIOError:
+        log.debug("sd_notify_dropped", fields=list(fields))
+        return False
     except OSError as exc:
         log.warning("sd_notify_failed", error=str(exc))
         return False

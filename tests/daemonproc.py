@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ class Daemon:
         self.write_config(values)
         self.log = home / f"daemon-{time.monotonic_ns()}.log"  # one per process, even in one home
         self.messages: list[str] = []
+        self._seen = 0
+        self._lock = threading.Lock()
         self.process: subprocess.Popen[bytes] | None = None
         self._socket: socket.socket | None = None
 
@@ -50,6 +53,11 @@ class Daemon:
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         address = self.home / f"notify-{time.monotonic_ns()}"
         self._socket.bind(str(address))
+        self._socket.settimeout(0.2)
+        # Read datagrams continuously, as systemd does: the kernel queues only
+        # net.unix.max_dgram_qlen of them (10 by default).
+        self._reader = threading.Thread(target=self._read_notifications, daemon=True)
+        self._reader.start()
         env = {
             **os.environ,
             "PYTHONPATH": str(REPO),
@@ -68,33 +76,37 @@ class Daemon:
             self.wait_notify("READY=1", timeout=120)
         return self
 
-    def wait_notify(self, field: str, timeout: float = 30.0) -> str:
-        """Read notify datagrams until one holds ``field``; return that datagram."""
+    def _read_notifications(self) -> None:
         assert self._socket is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log.read_text()}")
-            self._socket.settimeout(0.2)
+        while self._socket.fileno() != -1:
             try:
                 message = self._socket.recv(65536).decode()
             except TimeoutError:
                 continue
-            self.messages.append(message)
-            if field in message.split("\n"):
-                return message
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append(message)
+
+    def wait_notify(self, field: str, timeout: float = 30.0) -> str:
+        """Wait for a datagram holding ``field`` that arrived after the last one waited for."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                for index in range(self._seen, len(self.messages)):
+                    if field in self.messages[index].split("\n"):
+                        self._seen = index + 1
+                        return self.messages[index]
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log.read_text()}")
+            time.sleep(0.05)
         raise AssertionError(f"no {field!r} from the daemon within {timeout} s; got {self.messages}")
 
     def received(self) -> list[str]:
-        """Every notify field received so far (reading what is still queued on the socket)."""
-        assert self._socket is not None
-        self._socket.setblocking(False)
-        try:
-            while True:
-                self.messages.append(self._socket.recv(65536).decode())
-        except BlockingIOError:
-            pass
-        return [field for message in self.messages for field in message.split("\n")]
+        """Every notify field received so far."""
+        time.sleep(0.3)  # let the reader pick up what is still queued
+        with self._lock:
+            return [field for message in self.messages for field in message.split("\n")]
 
     def signal(self, signum: int) -> None:
         assert self.process is not None

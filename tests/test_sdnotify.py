@@ -48,3 +48,14 @@ def test_watchdog_interval_is_half_of_watchdog_usec(monkeypatch: pytest.MonkeyPa
     assert watchdog_interval() == 15.0
     monkeypatch.setenv("WATCHDOG_PID", "1")
     assert watchdog_interval() is None
+
+
+def test_a_full_reader_queue_drops_instead_of_blocking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that stopped reading must never hang the daemon's supervisor loop."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(tmp_path / "notify"))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+        results = [notify(f"STATUS={k}") for k in range(200)]
+        assert results[0] and not results[-1]

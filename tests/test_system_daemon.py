@@ -281,3 +281,21 @@ def test_copy_action_is_refused_by_the_daemon(tmp_path: Path, tiny_model: Path) 
         env={"CLIPSORT_ACTION": "copy"},
     )
     assert result.exit_code == 2 and "copy" in result.stderr
+
+
+def test_a_burst_of_20000_files_loses_none(daemons: list[Daemon], tmp_path: Path, tiny_model: Path) -> None:
+    """20,000 files dropped at once through a 1,000-file intake: every one is sorted exactly once."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, RGB, references=2, seed=3)
+    daemon = start(daemons, root, tiny_model, tmp_path / "home", queue_capacity=1000, batch_size=64)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    pictures = [picture_bytes(staging, color, k, "p.png") for k, color in enumerate(RGB)]
+    for k in range(20_000):
+        (dataset / "Images" / f"b{k:05d}.png").write_bytes(pictures[k % 3])
+    wait_until(lambda: daemon.status().datasets["rgb"].sorted == 20_000, timeout=600, every=1.0)
+    landed = sorted_files(dataset)
+    assert len(landed) == 20_000
+    assert not list((dataset / "Images").iterdir())
+    assert daemon.stop() == 0
