@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -158,3 +159,19 @@ def test_restart_gives_a_working_observer(tmp_path: Path) -> None:
         wait_until(lambda: sink.hinted("r.jpg"), timeout=10)
     finally:
         watcher.stop()
+
+
+def test_inotify_overflow_record_triggers_a_full_rescan(tmp_path: Path) -> None:
+    """watchdog only logs IN_Q_OVERFLOW; the watcher turns that record into a full rescan."""
+    sink = Sink()
+    watcher = Watcher(tmp_path, sink, polling=False, polling_seconds=1, ignore=DEFAULT_IGNORE)
+    watcher.start()
+    try:
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost"
+        )
+        assert sink.rescans == [ALL_DATASETS]
+    finally:
+        watcher.stop()
+    logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed")
+    assert sink.rescans == [ALL_DATASETS], "a stopped watcher no longer listens"

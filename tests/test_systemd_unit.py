@@ -1,0 +1,56 @@
+"""The shipped systemd unit verifies and keeps its hardening (exposure <= 2.5)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+UNIT = Path(__file__).resolve().parents[1] / "systemd" / "clipsort.service"
+ANALYZE = shutil.which("systemd-analyze")
+pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
+
+
+@pytest.fixture
+def unit(tmp_path: Path) -> Path:
+    """The unit with ExecStart pointing at this environment's clipsort (verify checks it exists)."""
+    program = shutil.which("clipsort")
+    assert program, "clipsort is not installed"
+    text = UNIT.read_text().replace("/usr/local/bin/clipsort", program)
+    target = tmp_path / "clipsort.service"
+    target.write_text(text)
+    return target
+
+
+def test_unit_verifies(unit: Path) -> None:
+    """systemd-analyze verify reports nothing."""
+    done = subprocess.run([str(ANALYZE), "verify", str(unit)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "clipsort.service" not in done.stderr, done.stderr
+
+
+def test_exposure_score_is_at_most_2_5(unit: Path) -> None:
+    """systemd-analyze security rates the unit 2.5 or better."""
+    done = subprocess.run(
+        [str(ANALYZE), "security", "--offline=true", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = re.search(r"Overall exposure level for clipsort\.service: ([0-9.]+)", done.stdout)
+    assert found, done.stdout + done.stderr
+    assert float(found.group(1)) <= 2.5
+
+
+def test_unit_uses_notify_and_avoids_settings_that_break_pytorch() -> None:
+    """Type=notify with a watchdog; no MemoryDenyWriteExecute (PyTorch's JIT needs W+X pages)."""
+    text = UNIT.read_text()
+    directives = {
+        line.split("=", 1)[0] for line in text.splitlines() if "=" in line and not line.startswith("#")
+    }
+    assert {"Type", "WatchdogSec", "StateDirectory", "ReadWritePaths", "NoNewPrivileges"} <= directives
+    assert "Type=notify" in text and "Restart=on-failure" in text
+    assert "MemoryDenyWriteExecute" not in directives
