@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -45,13 +46,21 @@ class Signature:
         return cls(status.st_size, status.st_mtime_ns, status.st_ino)
 
 
+HintKind = Literal["closed", "written", "scanned"]
+
+
 @dataclass(frozen=True)
 class Hint:
-    """A path that may be ready, and whether its writer has closed it."""
+    """A path that may be ready, and what suggested it.
+
+    ``closed``: its writer closed it or it was renamed in (likely complete);
+    ``written``: it is being written (created or modified);
+    ``scanned``: a rescan listed it, which says nothing about activity.
+    """
 
     dataset: str
     path: Path
-    closed: bool = False
+    kind: HintKind = "scanned"
 
 
 @dataclass(frozen=True)
@@ -102,10 +111,11 @@ class Readiness:
             if path in self._in_flight:
                 return True  # the worker re-checks the signature before it moves
             now = self.clock()
-            wait = self.settle_closed if hint.closed else self.settle
+            wait = self.settle_closed if hint.kind == "closed" else self.settle
             candidate = self._pending.get(path)
             if candidate is not None:
-                self._schedule(path, candidate, now + wait)
+                if hint.kind != "scanned":  # a rescan must not postpone a file already waiting
+                    self._schedule(path, candidate, now + wait)
                 return True
             if len(self) >= self.capacity:
                 return False

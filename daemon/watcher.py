@@ -14,6 +14,12 @@ OS caveats handled here:
   so a directory event asks for a rescan of that dataset.
 - inotify does not see writes made by other machines on NFS/SMB mounts; the
   ``polling`` observer does (at the cost of a periodic listing).
+- watchdog holds every IN_MOVED_FROM for 0.5 s to pair it with its
+  IN_MOVED_TO, and its reader sleeps out the whole delay even when the pair
+  arrives at once. Uploaders (rsync, browsers, SMB clients) write a temporary
+  name and rename it in place, so every upload would wait half a second. The
+  kernel queues the two halves of a rename back to back, so a much shorter
+  pairing window suffices; see ``MOVE_PAIRING_SECONDS``.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 from watchdog.observers.polling import PollingObserver
 
 from daemon.layout import DatasetLayout
@@ -47,6 +54,9 @@ from daemon.scanner import is_ignored
 log = structlog.get_logger()
 
 QUIET = (EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE)
+MOVE_PAIRING_SECONDS = 0.02
+if hasattr(InotifyMoveEventGrouper, "delay"):  # absent on other watchdog versions and platforms
+    InotifyMoveEventGrouper.delay = MOVE_PAIRING_SECONDS
 ALL_DATASETS = "*"
 
 
@@ -99,7 +109,7 @@ class _InboxHandler(_SafeHandler):
         if any(is_ignored(part, self.ignore) for part in parts):
             return  # a temporary name: its final rename will be seen
         closed = event.event_type in (EVENT_TYPE_CLOSED, EVENT_TYPE_MOVED)
-        self.sink.hint(Hint(self.layout.name, path, closed=closed))
+        self.sink.hint(Hint(self.layout.name, path, "closed" if closed else "written"))
 
 
 class _ClassesHandler(_SafeHandler):

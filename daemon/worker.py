@@ -141,10 +141,12 @@ class Worker:
 
     def _finish(self, job: Job, verdict: Decision | ImageRejected, target: Target) -> None:
         if isinstance(verdict, ImageIncomplete) and age(job) < self.settings.max_wait_seconds:
+            log.debug("not_ready", file=str(job.path), reason=str(verdict))
             self._intake.retry(job, self.settings.settle_seconds)  # not ready is not bad
             return
         if not is_unchanged(job):
-            self._intake.retry(job, self.settings.settle_seconds)  # rewritten since we read it
+            log.debug("not_ready", file=str(job.path), reason="changed since it was read")
+            self._intake.retry(job, self.settings.settle_seconds)
             return
         try:
             outcome = deliver(job, verdict, target, model=self.embedder.encoder.name, dry_run=False)

@@ -65,7 +65,7 @@ def noise(rng: np.random.Generator, size: int = 64) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
 
 
-def _tokenizer(corpus: list[str]) -> CLIPTokenizer:
+def build_tokenizer(corpus: list[str]) -> CLIPTokenizer:
     bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
     bpe.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(" ", "removed"), pre_tokenizers.ByteLevel(add_prefix_space=False)]
@@ -89,7 +89,7 @@ def train_tiny_clip(out: Path, *, seed: int = 0, steps: int = 300, hidden: int =
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     corpus = [c.format(c=color, s=shape) for c in CAPTIONS for color in COLORS for shape in SHAPES]
-    tokenizer = _tokenizer(corpus * 5)
+    tokenizer = build_tokenizer(corpus * 5)
     images = CLIPImageProcessor(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     )
@@ -129,6 +129,37 @@ def train_tiny_clip(out: Path, *, seed: int = 0, steps: int = 300, hidden: int =
         loss.backward()
         optimiser.step()
     model.eval()
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def random_clip(out: Path, *, seed: int = 0, small: bool = False) -> Path:
+    """A CLIP with the ViT-B/32 architecture (or, ``small``, a two-layer one) and random weights.
+
+    Real compute, no accuracy: for speed and memory measurements only.
+    """
+    torch.manual_seed(seed)
+    corpus = [c.format(c=color, s=shape) for c in CAPTIONS for color in COLORS for shape in SHAPES]
+    tokenizer = build_tokenizer(corpus)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={"patch_size": 32},
+    )
+    if small:
+        tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+        config = CLIPConfig(
+            text_config={**config.text_config.to_dict(), **tiny},
+            vision_config={**config.vision_config.to_dict(), **tiny},
+            projection_dim=32,
+        )
+    model = CLIPModel(config).eval()
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out

@@ -30,7 +30,7 @@ def test_closed_file_is_ready_after_the_short_confirmation(tmp_path: Path) -> No
     """After close-after-write, 50 ms of unchanged size suffice."""
     clock = Clock()
     readiness = make(clock)
-    readiness.offer(Hint("d", fresh(tmp_path / "a.jpg"), closed=True))
+    readiness.offer(Hint("d", fresh(tmp_path / "a.jpg"), "closed"))
     assert readiness.ready() == []
     clock.now += 0.06
     [job] = readiness.ready()
@@ -71,7 +71,7 @@ def test_capacity_refuses_new_paths_but_keeps_known_ones(tmp_path: Path) -> None
     assert readiness.offer(Hint("d", paths[0]))
     assert readiness.offer(Hint("d", paths[1]))
     assert not readiness.offer(Hint("d", paths[2]))
-    assert readiness.offer(Hint("d", paths[0], closed=True))
+    assert readiness.offer(Hint("d", paths[0], "closed"))
     clock.now += 2
     jobs = readiness.ready()
     assert len(readiness) == 2  # in flight until released
@@ -83,7 +83,7 @@ def test_retry_keeps_first_seen_and_release_frees(tmp_path: Path) -> None:
     """A job put back keeps its first-seen time for the max-wait clock."""
     clock = Clock()
     readiness = make(clock)
-    readiness.offer(Hint("d", fresh(tmp_path / "a.jpg"), closed=True))
+    readiness.offer(Hint("d", fresh(tmp_path / "a.jpg"), "closed"))
     clock.now += 1
     [job] = readiness.ready()
     readiness.retry(job, delay=5)
@@ -102,7 +102,7 @@ def test_vanished_symlinked_and_special_paths_are_dropped(tmp_path: Path) -> Non
     (tmp_path / "link.jpg").symlink_to(gone)
     os.mkfifo(tmp_path / "fifo.jpg")
     for name in ("gone.jpg", "link.jpg", "fifo.jpg"):
-        readiness.offer(Hint("d", tmp_path / name, closed=True))
+        readiness.offer(Hint("d", tmp_path / name, "closed"))
     gone.unlink()
     clock.now += 1
     assert readiness.ready() == []
@@ -114,7 +114,7 @@ def test_signature_detects_replacement(tmp_path: Path) -> None:
     clock = Clock()
     readiness = make(clock)
     path = fresh(tmp_path / "a.jpg")
-    readiness.offer(Hint("d", path, closed=True))
+    readiness.offer(Hint("d", path, "closed"))
     clock.now += 1
     [job] = readiness.ready()
     assert is_unchanged(job)
@@ -122,3 +122,20 @@ def test_signature_detects_replacement(tmp_path: Path) -> None:
     os.replace(tmp_path / "b.jpg", path)
     assert not is_unchanged(job)
     assert Signature.of(tmp_path / "missing") is None
+
+
+def test_a_rescan_does_not_postpone_a_waiting_file(tmp_path: Path) -> None:
+    """Listing a pending file again says nothing new: its due time stays; a write pushes it back."""
+    clock = Clock()
+    readiness = make(clock)
+    path = fresh(tmp_path / "a.jpg")
+    readiness.offer(Hint("d", path, "closed"))
+    clock.now += 0.03
+    readiness.offer(Hint("d", path, "scanned"))
+    clock.now += 0.03
+    assert len(readiness.ready()) == 1
+    other = fresh(tmp_path / "b.jpg")
+    readiness.offer(Hint("d", other, "closed"))
+    readiness.offer(Hint("d", other, "written"))
+    clock.now += 0.1
+    assert readiness.ready() == []

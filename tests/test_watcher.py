@@ -38,9 +38,9 @@ class Sink:
         with self.lock:
             self.classes.append(dataset)
 
-    def hinted(self, name: str, *, closed: bool | None = None) -> bool:
+    def hinted(self, name: str, *, kind: str | None = None) -> bool:
         with self.lock:
-            return any(h.path.name == name and (closed is None or h.closed == closed) for h in self.hints)
+            return any(h.path.name == name and (kind is None or h.kind == kind) for h in self.hints)
 
 
 @pytest.fixture(params=["native", "polling"])
@@ -95,7 +95,7 @@ def test_native_close_write_is_marked_closed(tmp_path: Path) -> None:
     watcher.sync([layout])
     try:
         (layout.inbox / "c.jpg").write_bytes(b"x")
-        wait_until(lambda: sink.hinted("c.jpg", closed=True), timeout=10)
+        wait_until(lambda: sink.hinted("c.jpg", kind="closed"), timeout=10)
     finally:
         watcher.stop()
 
