@@ -19,7 +19,7 @@ from rich.table import Table
 from daemon.catalog import make_embedder
 from daemon.config import Settings, load_settings, render_config_toml
 from daemon.encoder import Encoder
-from daemon.errors import ClipsortError, DatasetError
+from daemon.errors import ClipsortError, ConfigError, DatasetError
 from daemon.layout import CLASSES_DIR, INBOX_DIR, SORTED_DIR, select
 from daemon.logs import configure_logging
 from daemon.mover import ensure_dir, write_new
@@ -188,9 +188,14 @@ def init(
     model: ModelOption = None,
 ) -> None:
     """Create Data/<NAME>/{Clases,Images,Dataset} and a commented config.toml if none exists."""
-    settings = settings_from(config, root=root, model=model)
+    # The file --config names is the one being created, so it need not exist yet.
+    settings = settings_from(config if config is None or config.exists() else None, root=root, model=model)
     target = Path("config.toml") if config is None else config
-    if write_new(target, render_config_toml()):
+    try:
+        written = write_new(target, render_config_toml())
+    except OSError as exc:
+        raise ConfigError(f"cannot create config file {str(target)!r}: {exc.strerror}") from None
+    if written:
         typer.echo(f"wrote {target}")
     if name is None:
         return

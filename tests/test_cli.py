@@ -151,6 +151,11 @@ def test_init_creates_layout_and_config_once(data_root: Path) -> None:
     Path("config.toml").write_text("# mine\n")
     assert runner.invoke(app, ["init", "hats", "--root", str(data_root)]).exit_code == 0
     assert Path("config.toml").read_text() == "# mine\n"
+    made = runner.invoke(app, ["init", "--config", "etc/clipsort.toml"])
+    assert made.exit_code == 2, "the folder of the new config file must exist"
+    Path("etc").mkdir()
+    assert runner.invoke(app, ["init", "--config", "etc/clipsort.toml"]).exit_code == 0
+    assert Path("etc/clipsort.toml").read_text().startswith("# clipsort configuration")
     bad = runner.invoke(app, ["init", "../escape", "--root", str(data_root)])
     assert bad.exit_code == 2 and "invalid dataset name" in bad.stderr
 
