@@ -10,6 +10,7 @@ and the offending value.
 from __future__ import annotations
 
 import json
+import textwrap
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -260,7 +261,7 @@ def render_config_toml() -> str:
         if name == "datasets":
             continue
         default = info.get_default(call_default_factory=True)
-        lines.append(f"# {info.description}")
+        lines += [f"# {line}" for line in textwrap.wrap(info.description or "", 98)]
         if default is None and info.examples:
             lines.append(f"# {name} = {_toml_value(info.examples[0])}  (unset by default)")
         else:
