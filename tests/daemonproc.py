@@ -49,7 +49,7 @@ class Daemon:
     def write_config(self, values: dict[str, object]) -> None:
         self.config.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items()))
 
-    def start(self, wait: bool = True) -> Daemon:
+    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> Daemon:
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         address = self.home / f"notify-{time.monotonic_ns()}"
         self._socket.bind(str(address))
@@ -63,6 +63,7 @@ class Daemon:
             "PYTHONPATH": str(REPO),
             "HF_HUB_OFFLINE": "1",
             "NOTIFY_SOCKET": str(address),
+            **(env or {}),
         }
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(

@@ -35,11 +35,18 @@ def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
         daemon.kill()
 
 
-def start(daemons: list[Daemon], root: Path, model: Path, home: Path, **options: object) -> Daemon:
+def start(
+    daemons: list[Daemon],
+    root: Path,
+    model: Path,
+    home: Path,
+    env: dict[str, str] | None = None,
+    **options: object,
+) -> Daemon:
     home.mkdir(exist_ok=True)
     daemon = Daemon(root, model, home, **options)
     daemons.append(daemon)
-    return daemon.start()
+    return daemon.start(env=env)
 
 
 def sha(path: Path) -> str:
@@ -236,8 +243,9 @@ def test_systemd_protocol_reload_status_and_metrics(
     make_dataset(dataset, RGB, references=3, inbox=["red"], seed=3)
     port = free_port()
     home = tmp_path / "home"
-    daemon = start(daemons, root, tiny_model, home, metrics_port=port)
+    daemon = start(daemons, root, tiny_model, home, env={"WATCHDOG_USEC": "600000"}, metrics_port=port)
     assert any(field.startswith("STATUS=") for field in daemon.received())
+    daemon.wait_notify("WATCHDOG=1", timeout=10)
     wait_until(lambda: sorted_files(dataset) == {"img0000.png": "red"})
 
     runner = CliRunner()
