@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import structlog
 
+from daemon.calibration import calibrate
 from daemon.classifiers import make_classifier
 from daemon.classindex import build_class_index
 from daemon.config import Settings
@@ -25,6 +26,7 @@ from daemon.encoder import Encoder
 from daemon.errors import NoClassesError
 from daemon.layout import DatasetLayout, is_dataset
 from daemon.pipeline import Target
+from daemon.review import ReviewPolicy
 
 log = structlog.get_logger()
 
@@ -36,12 +38,46 @@ def make_embedder(settings: Settings, encoder: Encoder, cache: EmbeddingCache | 
 
 
 def make_target(layout: DatasetLayout, settings: Settings, embedder: Embedder) -> Target:
-    """Index a dataset's classes and check its mode can work with them."""
+    """Index a dataset's classes, calibrate what is ``auto``, and check the mode can work."""
     own = settings.for_dataset(layout.name)
-    index = build_class_index(layout, embedder, own.prompt_templates)
-    classifier = make_classifier(own)
+    index = build_class_index(layout, embedder, own.prompt_templates, own.descriptions)
+    calibration = None
+    auto_weights = own.mode == "mixed" and "auto" in (own.alpha, own.beta)
+    if auto_weights or own.min_confidence == "auto":
+        name = make_classifier(own).name
+        calibration = calibrate(
+            index,
+            embedder.encoder.logit_scale,
+            mode=name,
+            alpha=None if own.alpha == "auto" else own.alpha,
+            beta=None if own.beta == "auto" else own.beta,
+            keep=own.auto_keep if own.min_confidence == "auto" else None,
+        )
+        log.info(
+            "calibrated",
+            dataset=layout.name,
+            alpha=calibration.alpha,
+            beta=calibration.beta,
+            references=calibration.samples,
+            loo_accuracy={mode: round(value, 4) for mode, value in calibration.accuracy.items()},
+            min_confidence=calibration.min_confidence,
+        )
+    # A calibration carries explicit numbers through unchanged and fills in "auto".
+    if calibration is not None:
+        alpha, beta = calibration.alpha, calibration.beta
+    else:
+        alpha, beta = _number(own.alpha) or 0.0, _number(own.beta) or 1.0
+    classifier = make_classifier(own, alpha, beta)
     classifier.check(index)
-    return Target(layout=layout, settings=own, index=index, classifier=classifier)
+    threshold = calibration.min_confidence if calibration is not None else None
+    minimum = threshold if own.min_confidence == "auto" else _number(own.min_confidence)
+    review = ReviewPolicy(min_confidence=minimum, min_margin=own.min_margin)
+    return Target(layout=layout, settings=own, index=index, classifier=classifier, review=review)
+
+
+def _number(value: object) -> float | None:
+    """A configured number, or None for "auto" and unset."""
+    return float(value) if isinstance(value, int | float) else None
 
 
 class Catalog:

@@ -1,13 +1,15 @@
 """A dataset's classes as vectors: reference images and class-name text.
 
 Classes are the sub-folders of ``Clases/``; the images in a class folder are
-its references (none is fine: a text-only class); the folder name, with
-``_`` and ``-`` read as spaces, is the class's description.
+its references (none is fine: a text-only class). A class's description is,
+first found: the dataset's ``descriptions`` table in the config,
+``Clases/<class>/description.txt``, or the folder name with ``_`` and ``-``
+read as spaces.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +20,12 @@ from daemon.embeddings import Embedder
 from daemon.encoder import Vectors
 from daemon.errors import NoClassesError
 from daemon.layout import DatasetLayout
-from daemon.scanner import scan
+from daemon.scanner import DEFAULT_IGNORE, scan
 
 Labels = npt.NDArray[np.int64]
+DESCRIPTION_FILE = "description.txt"
+MAX_DESCRIPTION = 1000  # characters; CLIP's text encoder reads 77 tokens anyway
+REFERENCE_IGNORE = (*DEFAULT_IGNORE, DESCRIPTION_FILE)
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,18 @@ def describe(folder_name: str) -> str:
     return " ".join(folder_name.replace("_", " ").replace("-", " ").split())
 
 
+def class_description(folder: Path, configured: Mapping[str, str]) -> str:
+    """What the class in ``folder`` is, in words (see the module docstring)."""
+    if folder.name in configured:
+        return configured[folder.name]
+    file = folder / DESCRIPTION_FILE
+    if file.is_file() and not file.is_symlink():
+        text = " ".join(file.read_text(encoding="utf-8", errors="replace").split())[:MAX_DESCRIPTION]
+        if text:
+            return text
+    return describe(folder.name)
+
+
 def class_folders(layout: DatasetLayout) -> list[Path]:
     """The real (non-hidden, non-symlink) sub-folders of ``Clases/``, sorted."""
     if not layout.classes.is_dir():
@@ -56,7 +73,12 @@ def class_folders(layout: DatasetLayout) -> list[Path]:
     )
 
 
-def build_class_index(layout: DatasetLayout, embedder: Embedder, templates: Sequence[str]) -> ClassIndex:
+def build_class_index(
+    layout: DatasetLayout,
+    embedder: Embedder,
+    templates: Sequence[str],
+    descriptions: Mapping[str, str] | None = None,
+) -> ClassIndex:
     """Embed every class of ``layout``; raises :class:`NoClassesError` if it has none."""
     folders = class_folders(layout)
     if not folders:
@@ -67,16 +89,16 @@ def build_class_index(layout: DatasetLayout, embedder: Embedder, templates: Sequ
     labels: list[int] = []
     paths: list[Path] = []
     for label, folder in enumerate(folders):
-        found, kept = embedder.images(list(scan(folder)))
+        found, kept = embedder.images(list(scan(folder, REFERENCE_IGNORE)))
         vectors.append(found)
         labels.extend([label] * len(kept))
         paths.extend(kept)
-    descriptions = tuple(describe(folder.name) for folder in folders)
+    texts = tuple(class_description(folder, descriptions or {}) for folder in folders)
     return ClassIndex(
         dataset=layout.name,
         classes=tuple(folder.name for folder in folders),
-        descriptions=descriptions,
-        text_vectors=embedder.descriptions(descriptions, templates),
+        descriptions=texts,
+        text_vectors=embedder.descriptions(texts, templates),
         reference_vectors=np.concatenate(vectors, axis=0).astype(np.float32),
         reference_labels=np.asarray(labels, dtype=np.int64),
         reference_paths=tuple(paths),

@@ -14,7 +14,7 @@ import textwrap
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from PIL import Image
 from pydantic import (
@@ -38,9 +38,12 @@ from pydantic_settings import (
 from daemon.errors import ConfigError
 from daemon.scanner import DEFAULT_IGNORE
 
-Mode = Literal["reference", "text"]
+Mode = Literal["reference", "text", "mixed"]
+Auto = Literal["auto"]
 Aggregate = Literal["max", "avg"]
 Action = Literal["move", "copy"]
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 DEFAULT_TEMPLATES = (
     "a photo of a {}.",
@@ -71,6 +74,11 @@ class DatasetOverrides(BaseModel):
     aggregate: Aggregate | None = None
     prompt_templates: list[str] | None = None
     action: Action | None = None
+    alpha: NonNegativeFloat | Auto | None = None
+    beta: PositiveFloat | Auto | None = None
+    min_confidence: Probability | Auto | None = None
+    min_margin: Probability | None = None
+    descriptions: dict[str, str] = Field(default_factory=dict)
 
     _templates = field_validator("prompt_templates")(_check_templates)
 
@@ -84,6 +92,12 @@ class DatasetSettings(BaseModel):
     aggregate: Aggregate
     prompt_templates: tuple[str, ...]
     action: Action
+    alpha: float | Auto
+    beta: float | Auto
+    min_confidence: float | Auto | None
+    min_margin: float | None
+    auto_keep: float
+    descriptions: Mapping[str, str]
 
 
 class Settings(BaseSettings):
@@ -107,9 +121,20 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
     batch_size: PositiveInt = Field(32, description="Images encoded per forward pass.")
     decode_workers: PositiveInt = Field(2, description="Threads decoding images while the model runs.")
+    text_model: str | None = Field(
+        None,
+        description=(
+            "A separate text encoder aligned with the image model, e.g. a multilingual one for class "
+            "names that are not English; unset means the image model encodes text too."
+        ),
+        examples=["clip-ViT-B-32-multilingual-v1"],
+    )
     mode: Mode = Field(
         "reference",
-        description="reference: similarity to Clases/<class>/ images; text: similarity to the class name.",
+        description=(
+            "reference: similarity to Clases/<class>/ images; text: similarity to the class description; "
+            "mixed: both (Tip-Adapter: text logits + alpha * reference-cache affinity)."
+        ),
     )
     aggregate: Aggregate = Field(
         "max", description="Reference mode: max = most similar single reference, avg = mean over a class."
@@ -119,6 +144,33 @@ class Settings(BaseSettings):
         description="Text mode: phrasings of a class name ({} is the name); their embeddings are averaged.",
     )
     action: Action = Field("move", description="move the file into Dataset/<class>/, or copy it there.")
+    alpha: NonNegativeFloat | Auto = Field(
+        "auto",
+        description=(
+            "Mixed mode: weight of the reference images against the text; auto = chosen per dataset by "
+            "leave-one-out over the reference images whenever the classes change."
+        ),
+    )
+    beta: PositiveFloat | Auto = Field(
+        "auto",
+        description="Mixed mode: sharpness of the reference affinity exp(-beta * (1 - cos)); auto as alpha.",
+    )
+    min_confidence: Probability | Auto | None = Field(
+        None,
+        description=(
+            "Files whose best class has a lower probability go to Review/ instead; auto = the value that "
+            "keeps auto_keep of the correctly classified reference images (leave-one-out). Off when unset."
+        ),
+        examples=["auto"],
+    )
+    min_margin: Probability | None = Field(
+        None,
+        description="Files whose two best classes' probabilities differ less go to Review/; off when unset.",
+        examples=[0.1],
+    )
+    auto_keep: Probability = Field(
+        0.95, description="min_confidence = auto keeps this share of correctly classified references."
+    )
     max_pixels: PositiveInt = Field(
         100_000_000, description="Images with more pixels are rejected unread (decompression-bomb guard)."
     )
@@ -185,7 +237,10 @@ class Settings(BaseSettings):
     )
     datasets: dict[str, DatasetOverrides] = Field(
         default_factory=dict,
-        description="Per-dataset overrides of mode, aggregate, prompt_templates and action.",
+        description=(
+            "Per-dataset overrides of mode, aggregate, prompt_templates, action, alpha, beta, "
+            "min_confidence and min_margin, plus descriptions: class name -> text describing it."
+        ),
     )
 
     _templates = field_validator("prompt_templates")(_check_templates)
@@ -235,6 +290,12 @@ class Settings(BaseSettings):
             aggregate=own.aggregate or self.aggregate,
             prompt_templates=tuple(own.prompt_templates or self.prompt_templates),
             action=own.action or self.action,
+            alpha=own.alpha if own.alpha is not None else self.alpha,
+            beta=own.beta if own.beta is not None else self.beta,
+            min_confidence=own.min_confidence if own.min_confidence is not None else self.min_confidence,
+            min_margin=own.min_margin if own.min_margin is not None else self.min_margin,
+            auto_keep=self.auto_keep,
+            descriptions=own.descriptions,
         )
 
 
@@ -270,8 +331,10 @@ def render_config_toml() -> str:
     lines += [
         f"# {Settings.model_fields['datasets'].description}",
         "# [datasets.example]",
-        '# mode = "text"',
-        '# action = "copy"',
+        '# mode = "mixed"',
+        '# min_confidence = "auto"',
+        "# [datasets.example.descriptions]",
+        '# vestido = "a dress"',
         "",
     ]
     return "\n".join(lines)

@@ -99,7 +99,7 @@ class Embedder:
         steadier than any single template.
         """
         keys = [text_key(text, templates) for text in texts]
-        known = self._cached(keys)
+        known = self.cache.get(self.encoder.text_identity, keys) if self.cache is not None else {}
         missing = [text for text, key in zip(texts, keys, strict=True) if key not in known]
         if missing:
             prompts = [template.format(text) for text in missing for template in templates]
@@ -108,7 +108,7 @@ class Embedder:
                 zip([text_key(t, templates) for t in missing], normalise(vectors.mean(axis=1)), strict=True)
             )
             if self.cache is not None:
-                self.cache.put(self.encoder.identity, new)
+                self.cache.put(self.encoder.text_identity, new)
             known = {**known, **new}
         if not keys:
             return np.zeros((0, self.encoder.dimension), dtype=np.float32)

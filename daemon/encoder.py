@@ -26,6 +26,7 @@ log = structlog.get_logger()
 
 Vectors = npt.NDArray[np.float32]
 DEFAULT_IMAGE_SIZE = 224
+DEFAULT_LOGIT_SCALE = 100.0  # OpenAI CLIP's value, for models that do not carry one
 
 
 def resolve_device(device: str) -> str:
@@ -57,39 +58,61 @@ def model_identity(name: str) -> str:
     return f"{folder.name}-{digest.hexdigest()[:16]}"
 
 
-class Encoder:
-    """A resident CLIP model that encodes batches into L2-normalised float32 rows."""
+def load_model(model: str, device: str) -> SentenceTransformer:
+    """A sentence-transformers model from a hub name or a local folder, or ModelLoadError."""
+    if looks_like_path(model) and not Path(model).expanduser().is_dir():
+        raise ModelLoadError(f"model path {model!r} does not exist or is not a folder")
+    # transformers' own progress bars and notices would interleave with our
+    # structured log lines; real failures still surface as exceptions.
+    transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        source = str(Path(model).expanduser()) if looks_like_path(model) else model
+        loaded = SentenceTransformer(source, device=device)
+    except Exception as exc:  # hub, I/O and format errors all mean "cannot load"
+        raise ModelLoadError(_explain(model, exc)) from None
+    if device.startswith("cuda"):
+        loaded.half()
+    return loaded.eval()
 
-    def __init__(self, model: str, device: str = "auto") -> None:
+
+def _explain(model: str, exc: Exception) -> str:
+    if looks_like_path(model):
+        return f"cannot load the model folder {model!r}: {exc}"
+    return (
+        f"cannot load hub model {model!r} ({type(exc).__name__}: {exc}). "
+        "It is downloaded on first use, which needs a network connection; "
+        "on an offline machine give the path of a local model folder instead."
+    )
+
+
+class Encoder:
+    """A resident CLIP model that encodes batches into L2-normalised float32 rows.
+
+    With ``text_model``, texts are encoded by that second model (e.g. a
+    multilingual text encoder trained into CLIP's image space) and images by
+    ``model``.
+    """
+
+    def __init__(self, model: str, device: str = "auto", text_model: str | None = None) -> None:
         self.name = model
         self.device = resolve_device(device)
-        if looks_like_path(model) and not Path(model).expanduser().is_dir():
-            raise ModelLoadError(f"model path {model!r} does not exist or is not a folder")
-        # transformers' own progress bars and notices would interleave with our
-        # structured log lines; real failures still surface as exceptions.
-        transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-        transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        try:
-            source = str(Path(model).expanduser()) if looks_like_path(model) else model
-            self._model = SentenceTransformer(source, device=self.device)
-        except Exception as exc:  # hub, I/O and format errors all mean "cannot load"
-            raise ModelLoadError(self._explain(model, exc)) from None
-        if self.device.startswith("cuda"):
-            self._model.half()
-        self._model.eval()
+        self._model = load_model(model, self.device)
+        self._text = load_model(text_model, self.device) if text_model else self._model
         self.identity = model_identity(model)
+        self.text_identity = f"{self.identity}+{model_identity(text_model)}" if text_model else self.identity
         self.image_size = self._input_size()
-        log.info("model_loaded", model=model, device=self.device, identity=self.identity)
-
-    @staticmethod
-    def _explain(model: str, exc: Exception) -> str:
-        if looks_like_path(model):
-            return f"cannot load the model folder {model!r}: {exc}"
-        return (
-            f"cannot load hub model {model!r} ({type(exc).__name__}: {exc}). "
-            "It is downloaded on first use, which needs a network connection; "
-            "on an offline machine give the path of a local model folder instead."
+        self.logit_scale = self._logit_scale()
+        log.info(
+            "model_loaded", model=model, text_model=text_model, device=self.device, identity=self.identity
         )
+
+    def _logit_scale(self) -> float:
+        """CLIP's learned temperature (100 for OpenAI's models), for turning cosines into probabilities."""
+        scale = getattr(getattr(self._model[0], "model", None), "logit_scale", None)
+        if isinstance(scale, torch.Tensor):
+            return float(scale.detach().float().exp().item())
+        return DEFAULT_LOGIT_SCALE
 
     def _input_size(self) -> int:
         processor = getattr(self._model[0], "processor", None)
@@ -99,17 +122,17 @@ class Encoder:
 
     def encode_images(self, images: Sequence[Image.Image]) -> Vectors:
         """One row per picture."""
-        return self._encode(list(images))
+        return self._encode(self._model, list(images))
 
     def encode_texts(self, texts: Sequence[str]) -> Vectors:
         """One row per text."""
-        return self._encode(list(texts))
+        return self._encode(self._text, list(texts))
 
-    def _encode(self, items: list[Image.Image] | list[str]) -> Vectors:
+    def _encode(self, model: SentenceTransformer, items: list[Image.Image] | list[str]) -> Vectors:
         if not items:
             return np.zeros((0, self.dimension), dtype=np.float32)
         with torch.inference_mode():
-            vectors = self._model.encode(
+            vectors = model.encode(
                 items,
                 batch_size=len(items),
                 convert_to_numpy=True,

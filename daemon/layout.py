@@ -16,6 +16,7 @@ CLASSES_DIR = "Clases"
 INBOX_DIR = "Images"
 SORTED_DIR = "Dataset"
 REJECTED_DIR = "Rejected"
+REVIEW_DIR = "Review"
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,10 @@ class DatasetLayout:
     @property
     def rejected(self) -> Path:
         return self.root / REJECTED_DIR
+
+    @property
+    def review(self) -> Path:
+        return self.root / REVIEW_DIR
 
     def class_dir(self, label: str) -> Path:
         """``Dataset/<label>``; labels only ever come from folder names."""

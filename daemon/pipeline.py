@@ -26,10 +26,11 @@ from daemon.errors import ImageRejected
 from daemon.layout import DatasetLayout
 from daemon.mover import place, preview
 from daemon.readiness import Job
+from daemon.review import ReviewPolicy
 
 log = structlog.get_logger()
 
-Status = Literal["sorted", "rejected"]
+Status = Literal["sorted", "review", "rejected"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Target:
     settings: DatasetSettings
     index: ClassIndex
     classifier: Classifier
+    review: ReviewPolicy = field(default_factory=ReviewPolicy)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,9 @@ class Outcome:
                 "runner_up_score": None
                 if self.decision.runner_up_score is None
                 else round(self.decision.runner_up_score, 6),
+                "margin": round(self.decision.margin, 6),
+                "similarity": round(self.decision.similarity, 6),
+                "top3": [list(pair) for pair in self.decision.top],
             }
         if self.reason is not None:
             data["reason"] = self.reason
@@ -107,7 +112,8 @@ def classify(
     for dataset, rows in rows_of.items():
         target = targets[dataset]
         scores = target.classifier.scores(vectors[np.asarray(rows)], target.index)
-        for row, decision in zip(rows, decide(scores, target.index.classes), strict=True):
+        decisions = decide(scores, target.index.classes, encoder.logit_scale)
+        for row, decision in zip(rows, decisions, strict=True):
             decided[readable[row]] = decision
     return [
         picture if isinstance(picture, ImageRejected) else decided[i] for i, picture in enumerate(pictures)
@@ -125,10 +131,13 @@ def deliver(
     """Place one classified file (or preview it on a dry run) and log the outcome."""
     layout = target.layout
     status: Status
+    decision = verdict if isinstance(verdict, Decision) else None
     if isinstance(verdict, ImageRejected):
-        folder, status, decision, reason = layout.rejected, "rejected", None, str(verdict)
+        folder, status, reason = layout.rejected, "rejected", str(verdict)
+    elif held := target.review.hold_back(verdict):
+        folder, status, reason = layout.review, "review", held
     else:
-        folder, status, decision, reason = layout.class_dir(verdict.label), "sorted", verdict, None
+        folder, status, reason = layout.class_dir(verdict.label), "sorted", None
     if dry_run:
         destination = preview(job.path, folder)
     else:
@@ -143,5 +152,5 @@ def deliver(
         reason=reason,
         extra={"mode": target.classifier.name, "model": model, "dry_run": dry_run},
     )
-    (log.warning if status == "rejected" else log.info)(status, **outcome.as_dict())
+    (log.info if status == "sorted" else log.warning)(status, **outcome.as_dict())
     return outcome

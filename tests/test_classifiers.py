@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from daemon.classifiers import decide, make_classifier
+from daemon.classifiers.mixed import MixedClassifier
 from daemon.classifiers.reference import ReferenceClassifier
 from daemon.classifiers.text import TextClassifier
 from daemon.classindex import ClassIndex
-from daemon.config import DatasetSettings
+from daemon.config import DatasetSettings, load_settings
 from daemon.errors import NoClassesError
+from daemon.review import ReviewPolicy
 
 
 def unit(*rows: list[float]) -> np.ndarray:
@@ -39,16 +41,23 @@ def test_max_takes_the_single_most_similar_reference() -> None:
     scores = ReferenceClassifier("max").scores(QUERY, INDEX)
     assert scores[0, :2] == pytest.approx([1.0, 0.8])
     assert scores[0, 2] == -np.inf
-    assert decide(scores, INDEX.classes)[0].label == "a"
+    assert decide(scores, INDEX.classes, 10.0)[0].label == "a"
 
 
 def test_avg_takes_the_best_mean_over_references() -> None:
     """avg: a's mean is (1 + -1)/2 = 0, b's is (0.8 + 0.6)/2 = 0.7, so b wins."""
     scores = ReferenceClassifier("avg").scores(QUERY, INDEX)
     assert scores[0, :2] == pytest.approx([0.0, 0.7])
-    decision = decide(scores, INDEX.classes)[0]
+    decision = decide(scores, INDEX.classes, 10.0)[0]
     assert (decision.label, decision.runner_up) == ("b", "a")
-    assert decision.score == pytest.approx(0.7)
+    assert decision.similarity == pytest.approx(0.7)
+    # softmax(10 * [0, 0.7, -inf]) = [1, e^7, 0] / (1 + e^7)
+    assert decision.score == pytest.approx(np.exp(7) / (1 + np.exp(7)))
+    assert decision.runner_up_score == pytest.approx(1 / (1 + np.exp(7)))
+    assert decision.top == (
+        ("b", pytest.approx(decision.score, abs=1e-6)),
+        ("a", pytest.approx(0.000911, abs=1e-6)),
+    )
 
 
 def test_text_scores_are_cosines_to_descriptions() -> None:
@@ -59,10 +68,33 @@ def test_text_scores_are_cosines_to_descriptions() -> None:
 
 def test_decide_breaks_ties_towards_the_earlier_class_and_skips_impossible_runner_up() -> None:
     """Equal scores pick the first class; a -inf runner-up is reported as none."""
-    decisions = decide(np.array([[0.5, 0.5], [0.9, -np.inf]], dtype=np.float32), ("x", "y"))
+    decisions = decide(np.array([[0.5, 0.5], [0.9, -np.inf]], dtype=np.float32), ("x", "y"), 100.0)
     assert [d.label for d in decisions] == ["x", "x"]
     assert decisions[0].runner_up == "y"
     assert decisions[1].runner_up is None
+    assert decisions[0].score == pytest.approx(0.5)
+    assert decisions[1].score == pytest.approx(1.0)
+    assert decisions[1].top == (("x", 1.0),)
+
+
+def test_mixed_is_text_plus_alpha_times_mean_affinity() -> None:
+    """mixed = cos(text) + alpha * mean_j exp(-beta (1 - cos(ref_j))), by hand."""
+    scores = MixedClassifier(alpha=2.0, beta=1.0).scores(QUERY, INDEX)
+    cache_a = (np.exp(0.0) + np.exp(-2.0)) / 2  # cos 1 and cos -1
+    cache_b = (np.exp(-0.2) + np.exp(-0.4)) / 2  # cos 0.8 and cos 0.6
+    assert scores[0] == pytest.approx([1.0 + 2 * cache_a, 0.0 + 2 * cache_b, np.sqrt(0.5)], abs=1e-5)
+    assert MixedClassifier(alpha=0.0, beta=1.0).scores(QUERY, INDEX)[0] == pytest.approx(
+        TextClassifier().scores(QUERY, INDEX)[0]
+    )
+
+
+def test_review_policy_holds_back_uncertain_decisions() -> None:
+    """Below min_confidence or min_margin a decision is held back with the reason; off by default."""
+    [sure, torn] = decide(np.array([[0.9, 0.1], [0.5, 0.49]], dtype=np.float32), ("x", "y"), 10.0)
+    assert ReviewPolicy().hold_back(torn) is None
+    assert ReviewPolicy(min_confidence=0.9).hold_back(sure) is None
+    assert "confidence" in (ReviewPolicy(min_confidence=0.9).hold_back(torn) or "")
+    assert "margin" in (ReviewPolicy(min_margin=0.2).hold_back(torn) or "")
 
 
 def test_reference_mode_needs_references() -> None:
@@ -83,6 +115,6 @@ def test_reference_mode_needs_references() -> None:
 
 def test_make_classifier_follows_mode() -> None:
     """The configured mode picks the classifier."""
-    base = {"aggregate": "avg", "prompt_templates": ("{}",), "action": "move"}
-    assert make_classifier(DatasetSettings(mode="text", **base)).name == "text"
-    assert make_classifier(DatasetSettings(mode="reference", **base)).name == "reference-avg"
+    base = load_settings(None, {"aggregate": "avg"}).for_dataset("d").model_dump()
+    for mode, name in (("text", "text"), ("reference", "reference-avg"), ("mixed", "mixed")):
+        assert make_classifier(DatasetSettings(**(base | {"mode": mode}))).name == name

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from daemon.classifiers.base import Classifier, Decision, Scores, decide
+from daemon.classifiers.base import Classifier, Decision, Scores, decide, probabilities
+from daemon.classifiers.mixed import MixedClassifier
 from daemon.classifiers.reference import ReferenceClassifier
 from daemon.classifiers.text import TextClassifier
 from daemon.config import DatasetSettings
 
-__all__ = ["Classifier", "Decision", "Scores", "decide", "make_classifier"]
+__all__ = ["Classifier", "Decision", "Scores", "decide", "make_classifier", "probabilities"]
 
 
-def make_classifier(settings: DatasetSettings) -> Classifier:
-    """The classifier for a dataset's configured mode."""
+def make_classifier(settings: DatasetSettings, alpha: float = 0.0, beta: float = 1.0) -> Classifier:
+    """The classifier for a dataset's mode (``alpha``/``beta``: mixed mode's resolved weights)."""
     if settings.mode == "text":
         return TextClassifier()
+    if settings.mode == "mixed":
+        return MixedClassifier(alpha=alpha, beta=beta)
     return ReferenceClassifier(aggregate=settings.aggregate)

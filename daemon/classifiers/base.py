@@ -35,30 +35,51 @@ class Classifier(Protocol):
 
 @dataclass(frozen=True)
 class Decision:
-    """The winning class of one image and the class that came second."""
+    """The winning class of one image, with probabilities and the runners-up."""
 
     label: str
-    score: float
+    score: float  # probability of ``label``
     runner_up: str | None
     runner_up_score: float | None
+    similarity: float  # the classifier's raw score of ``label`` (cosine units)
+    top: tuple[tuple[str, float], ...]  # the three most probable classes
+
+    @property
+    def margin(self) -> float:
+        """How much more probable the winner is than the runner-up."""
+        return self.score - (self.runner_up_score or 0.0)
 
 
-def decide(scores: Scores, classes: tuple[str, ...]) -> list[Decision]:
-    """The best and second-best class of each row (ties go to the earlier class)."""
+def probabilities(scores: Scores, logit_scale: float) -> Scores:
+    """Softmax of ``logit_scale * scores`` per row; ``-inf`` scores get probability 0."""
+    logits = logit_scale * scores.astype(np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    weights = np.exp(logits)
+    result: Scores = (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+    return result
+
+
+def decide(scores: Scores, classes: tuple[str, ...], logit_scale: float) -> list[Decision]:
+    """The best classes of each row with their probabilities (ties go to the earlier class)."""
     if scores.shape[1] != len(classes):
         raise ValueError(f"{scores.shape[1]} score columns for {len(classes)} classes")
+    probs = probabilities(scores, logit_scale)
     # A stable sort on the negated scores keeps the earlier class first on ties.
     order = np.argsort(-scores, axis=1, kind="stable")
     decisions = []
-    for row, ranked in zip(scores, order, strict=True):
+    for row, prob, ranked in zip(scores, probs, order, strict=True):
         best = int(ranked[0])
         second = int(ranked[1]) if len(ranked) > 1 and np.isfinite(row[ranked[1]]) else None
         decisions.append(
             Decision(
                 label=classes[best],
-                score=float(row[best]),
+                score=float(prob[best]),
                 runner_up=None if second is None else classes[second],
-                runner_up_score=None if second is None else float(row[second]),
+                runner_up_score=None if second is None else float(prob[second]),
+                similarity=float(row[best]),
+                top=tuple(
+                    (classes[int(k)], round(float(prob[k]), 6)) for k in ranked[:3] if np.isfinite(row[k])
+                ),
             )
         )
     return decisions
