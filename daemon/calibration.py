@@ -19,8 +19,8 @@ from daemon.classifiers.base import Scores, probabilities
 from daemon.classifiers.mixed import affinity, class_means
 from daemon.classindex import ClassIndex
 
-ALPHAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
-BETAS = (1.0, 2.0, 4.0, 8.0, 16.0)
+ALPHAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+BETAS = (1.0, 2.0, 4.0, 8.0)
 MAX_SAMPLES = 2000
 
 
@@ -33,6 +33,7 @@ class Calibration:
     samples: int
     accuracy: dict[str, float] = field(default_factory=dict)  # mode name -> leave-one-out accuracy
     min_confidence: float | None = None  # the auto threshold, when asked for
+    visual_weight: float = 0.0  # share of the mixed scores' spread that comes from the pictures
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,10 @@ def calibrate(
     """Leave-one-out accuracy of every mode; alpha/beta where not given; the auto threshold for ``mode``.
 
     Alpha and beta maximise leave-one-out accuracy, then the true class's mean
-    log-probability (which separates settings that classify the references
-    equally well); remaining ties go to the smaller alpha (trust the text).
+    log-probability (a proper scoring rule, so the probabilities stay honest);
+    remaining ties go to the smaller alpha. Because alpha is on the text's
+    scale, how much the pictures actually decide is reported apart, as
+    ``visual_weight``: the cache term's share of the spread of the scores.
     ``mode`` is a classifier name (``text``, ``reference-max``, ``reference-avg``,
     ``mixed``); with ``keep`` the result carries the probability threshold
     that keeps that share of its correctly classified references.
@@ -133,6 +136,8 @@ def calibrate(
                 best = key
     assert best is not None
     chosen_alpha, chosen_beta = -best[2], -best[3]
+    text_spread = float(np.mean(np.std(loo.scores["text"], axis=1)))
+    cache_spread = chosen_alpha * float(np.mean(np.std(loo.scores[f"cache@{chosen_beta}"], axis=1)))
     by_mode = {name: loo.scores[name] for name in ("text", "reference-max", "reference-avg")}
     by_mode["mixed"] = mixed_scores(loo, chosen_alpha, chosen_beta)
     threshold = None
@@ -144,6 +149,7 @@ def calibrate(
         samples=len(loo.truth),
         accuracy={name: accuracy(scores, loo.truth) for name, scores in by_mode.items()},
         min_confidence=threshold,
+        visual_weight=cache_spread / (text_spread + cache_spread) if text_spread + cache_spread else 0.0,
     )
 
 

@@ -58,6 +58,7 @@ def make_target(layout: DatasetLayout, settings: Settings, embedder: Embedder) -
             dataset=layout.name,
             alpha=calibration.alpha,
             beta=calibration.beta,
+            visual_weight=round(calibration.visual_weight, 4),
             references=calibration.samples,
             loo_accuracy={mode: round(value, 4) for mode, value in calibration.accuracy.items()},
             min_confidence=calibration.min_confidence,

@@ -17,9 +17,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from daemon.catalog import make_embedder
+from daemon.classindex import build_class_index
 from daemon.config import Settings, load_settings, render_config_toml
 from daemon.encoder import Encoder
 from daemon.errors import ClipsortError, ConfigError, DatasetError
+from daemon.evaluation import MODES, EvalReport, evaluate, write_report
 from daemon.layout import CLASSES_DIR, INBOX_DIR, SORTED_DIR, select
 from daemon.logs import configure_logging
 from daemon.mover import ensure_dir, write_new
@@ -81,7 +83,7 @@ def sort(
         list[str] | None,
         typer.Option("--dataset", "-d", help="Dataset to sort (repeatable; default all)."),
     ] = None,
-    mode: Annotated[str | None, typer.Option(help="reference or text.")] = None,
+    mode: Annotated[str | None, typer.Option(help="reference, text or mixed.")] = None,
     aggregate: Annotated[str | None, typer.Option(help="Reference mode: max or avg.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and report, move nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per decision on stdout.")] = False,
@@ -92,7 +94,7 @@ def sort(
     """Classify every image in the datasets' Images/ folders once, and move each into Dataset/<class>/."""
     settings = settings_from(config, root=root, model=model, mode=mode, aggregate=aggregate)
     layouts = select(settings.root, dataset or [])  # before the slow model load
-    embedder = make_embedder(settings, Encoder(settings.model, settings.device))
+    embedder = make_embedder(settings, Encoder(settings.model, settings.device, settings.text_model))
     work = gather(layouts, settings, embedder, named=bool(dataset))
     total = sum(len(item.files) for item in work)
     outcomes: list[Outcome] = []
@@ -133,6 +135,91 @@ def summary(outcomes: list[Outcome], *, dry_run: bool) -> Table:
     return table
 
 
+@app.command("eval")
+@user_errors
+def evaluate_modes(
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option("--dataset", "-d", help="Dataset to evaluate (repeatable; default all)."),
+    ] = None,
+    modes: Annotated[
+        list[str] | None,
+        typer.Option("--modes", help=f"Modes to compare (repeatable; default {', '.join(MODES)})."),
+    ] = None,
+    folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write PNG charts into this folder.")
+    ] = None,
+    config: ConfigOption = None,
+    root: RootOption = None,
+    model: ModelOption = None,
+) -> None:
+    """Cross-validated accuracy of every mode on the reference images, and the mode to use."""
+    chosen = list(modes or MODES)
+    unknown = [mode for mode in chosen if mode not in MODES]
+    if unknown:
+        raise ConfigError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    settings = settings_from(config, root=root, model=model)
+    layouts = select(settings.root, dataset or [])
+    encoder = Encoder(settings.model, settings.device, settings.text_model)
+    embedder = make_embedder(settings, encoder)
+    indexes = []
+    for layout in layouts:
+        own = settings.for_dataset(layout.name)
+        indexes.append((own, build_class_index(layout, embedder, own.prompt_templates, own.descriptions)))
+    terminal = Console(stderr=True)
+    results = []
+    with Progress(
+        TextColumn("[bold]evaluating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=terminal,
+        disable=not terminal.is_terminal,
+        transient=True,
+    ) as progress:
+        for own, index in indexes:
+            task = progress.add_task(index.dataset, total=folds * len(chosen))
+            results.append(
+                evaluate(
+                    index,
+                    own,
+                    encoder.logit_scale,
+                    modes=chosen,
+                    folds=folds,
+                    step=functools.partial(progress.advance, task),
+                )
+            )
+    for found in results:
+        charts = write_report(found, report) if report is not None else []
+        if as_json:
+            sys.stdout.write(json.dumps(found.as_dict() | {"charts": [str(c) for c in charts]}) + "\n")
+        else:
+            show_evaluation(found, charts)
+
+
+def show_evaluation(found: EvalReport, charts: list[Path]) -> None:
+    """The evaluation of one dataset as tables."""
+    console = Console()
+    table = Table(title=f"{found.dataset}: {found.folds}-fold accuracy on the reference images")
+    table.add_column("mode")
+    table.add_column("accuracy", justify="right")
+    for name, result in found.modes.items():
+        table.add_row(
+            name + (" (recommended)" if name == found.recommended else ""), f"{result.accuracy:.1%}"
+        )
+    console.print(table)
+    best = found.modes[found.recommended]
+    classes = Table(title=f"per class, {found.recommended}")
+    for column in ("class", "precision", "recall"):
+        classes.add_column(column, justify="left" if column == "class" else "right")
+    for name in found.classes:
+        classes.add_row(name, f"{best.precision[name]:.1%}", f"{best.recall[name]:.1%}")
+    console.print(classes)
+    for chart in charts:
+        console.print(f"wrote {chart}")
+
+
 @app.command("run")
 @user_errors
 def run_daemon(
@@ -170,11 +257,13 @@ def status(
         f"{uptime % 60:02d}s, {found.model} on {found.device}"
     )
     table = Table()
-    for column in ("dataset", "classes", "sorted", "rejected", "queued"):
+    for column in ("dataset", "classes", "sorted", "review", "rejected", "queued"):
         table.add_column(column, justify="left" if column == "dataset" else "right")
     for name, counts in found.datasets.items():
         classes = "waiting" if counts.waiting_for_classes else str(counts.classes)
-        table.add_row(name, classes, str(counts.sorted), str(counts.rejected), str(counts.queued))
+        table.add_row(
+            name, classes, str(counts.sorted), str(counts.review), str(counts.rejected), str(counts.queued)
+        )
     console.print(table)
     console.print(f"last error: {found.last_error or 'none'}")
 

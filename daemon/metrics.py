@@ -1,5 +1,8 @@
 """Counters for the status file and, when enabled, a Prometheus endpoint.
 
+The share of files sent to Review/ per dataset is clipsort_files_total{status="review"}
+over all of that dataset's files; confidence and margin are histograms per dataset.
+
 Prometheus collectors live in a registry of their own, so several daemons in
 one test process do not collide on the global one.
 """
@@ -16,6 +19,7 @@ from daemon.pipeline import Outcome
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+PROBABILITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
 class Metrics:
@@ -39,6 +43,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._confidence = Histogram(
+            "clipsort_confidence",
+            "Probability of the chosen class",
+            ["dataset"],
+            buckets=PROBABILITY_BUCKETS,
+            registry=self.registry,
+        )
+        self._margin = Histogram(
+            "clipsort_margin",
+            "Probability of the chosen class minus the runner-up's",
+            ["dataset"],
+            buckets=PROBABILITY_BUCKETS,
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "clipsort_queue_depth", "Files waiting for the model", registry=self.registry
         )
@@ -53,6 +71,9 @@ class Metrics:
             self.outcomes[(outcome.dataset, outcome.status)] += 1
         self._files.labels(outcome.dataset, label, outcome.status).inc()
         self._latency.labels(outcome.dataset).observe(latency)
+        if outcome.decision is not None:
+            self._confidence.labels(outcome.dataset).observe(outcome.decision.score)
+            self._margin.labels(outcome.dataset).observe(outcome.decision.margin)
 
     def batch(self, size: int) -> None:
         self._batches.observe(size)

@@ -71,7 +71,7 @@ class Service:
         self._reload = threading.Event()
         make_state_dir(settings.state_path)
         self.cache = EmbeddingCache(settings.state_path / EMBEDDINGS_DB)
-        self.encoder = Encoder(settings.model, settings.device)
+        self.encoder = Encoder(settings.model, settings.device, settings.text_model)
         self.embedder = make_embedder(settings, self.encoder, self.cache)
         self.work = FairQueue()
         self.catalog = Catalog(settings, on_available=self._classes_available)
@@ -205,8 +205,8 @@ class Service:
     def _apply(self, settings: Settings) -> None:
         old = self.settings
         configure_logging(settings.log_format, settings.log_level)
-        if (settings.model, settings.device) != (old.model, old.device):
-            self.encoder = Encoder(settings.model, settings.device)  # may raise: old one stays
+        if (settings.model, settings.device, settings.text_model) != (old.model, old.device, old.text_model):
+            self.encoder = Encoder(settings.model, settings.device, settings.text_model)  # may raise
         embedder = make_embedder(settings, self.encoder, self.cache)
         self.settings = settings
         self.catalog.settings = settings
@@ -235,6 +235,7 @@ class Service:
         datasets = {
             name: DatasetStatus(
                 sorted=self.metrics.count(name, "sorted"),
+                review=self.metrics.count(name, "review"),
                 rejected=self.metrics.count(name, "rejected"),
                 queued=depths.get(name, 0),
                 classes=len(targets[name].index.classes) if name in targets else 0,

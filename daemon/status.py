@@ -25,6 +25,7 @@ class DatasetStatus:
     """Counts for one dataset since the daemon started."""
 
     sorted: int = 0
+    review: int = 0
     rejected: int = 0
     queued: int = 0
     classes: int = 0
