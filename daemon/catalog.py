@@ -73,7 +73,14 @@ def make_target(layout: DatasetLayout, settings: Settings, embedder: Embedder) -
     threshold = calibration.min_confidence if calibration is not None else None
     minimum = threshold if own.min_confidence == "auto" else _number(own.min_confidence)
     review = ReviewPolicy(min_confidence=minimum, min_margin=own.min_margin)
-    return Target(layout=layout, settings=own, index=index, classifier=classifier, review=review)
+    return Target(
+        layout=layout,
+        settings=own,
+        index=index,
+        classifier=classifier,
+        review=review,
+        calibration=calibration,
+    )
 
 
 def _number(value: object) -> float | None:

@@ -17,6 +17,7 @@ import numpy as np
 import structlog
 from PIL import Image
 
+from daemon.calibration import Calibration
 from daemon.classifiers import Classifier, Decision, decide
 from daemon.classindex import ClassIndex
 from daemon.config import DatasetSettings
@@ -42,6 +43,7 @@ class Target:
     index: ClassIndex
     classifier: Classifier
     review: ReviewPolicy = field(default_factory=ReviewPolicy)
+    calibration: Calibration | None = None
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ not just shapes of arrays. Training takes seconds on 2 CPU cores.
 
 from __future__ import annotations
 
-import json
 import random
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import pre_tokenizers
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
 from daemon.config import DEFAULT_TEMPLATES
@@ -60,27 +60,39 @@ def draw(rng: np.random.Generator, color: str, shape: str = "circle", size: int 
     return image
 
 
-def noise(rng: np.random.Generator, size: int = 64) -> Image.Image:
-    """A picture unlike anything the tiny model saw: coloured noise."""
-    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+def grid(rng: np.random.Generator, size: int = 64) -> Image.Image:
+    """A picture of a kind the tiny model never saw: black-and-white lines, no colour, no shape."""
+    pixels = np.zeros((size, size, 3), dtype=np.uint8)
+    step, width = int(rng.integers(5, 12)), int(rng.integers(1, 3))
+    for offset in range(width):
+        pixels[:, offset::step] = 255
+        if rng.random() < 0.5:
+            pixels[offset::step, :] = 255
+    return Image.fromarray(pixels)
 
 
 def build_tokenizer(corpus: list[str]) -> CLIPTokenizer:
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(" ", "removed"), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|startoftext|>", "<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    bpe.train_from_iterator(corpus, trainer)
-    model = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    return CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=32)
+    """A CLIP tokenizer whose vocabulary holds every word of ``corpus`` whole.
+
+    Built by hand rather than by a BPE trainer, whose tie-breaking varies from
+    run to run: the same corpus must give the same token ids, or the "same"
+    tiny model would differ between test sessions. Each word gets a
+    left-to-right chain of merges; any other text falls back to bytes.
+    """
+    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(char + "</w>", len(vocab))
+    merges: list[tuple[str, str]] = []
+    words = sorted({word for text in corpus for word in re.findall(r"[a-z]+|[^\sa-z]", text.lower())})
+    for word in words:
+        current, *rest = [*word[:-1], word[-1] + "</w>"]
+        for symbol in rest:
+            if current + symbol not in vocab:
+                vocab[current + symbol] = len(vocab)
+                merges.append((current, symbol))
+            current += symbol
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=32)
 
 
 def train_tiny_clip(out: Path, *, seed: int = 0, steps: int = 300, hidden: int = 64) -> Path:
@@ -89,7 +101,7 @@ def train_tiny_clip(out: Path, *, seed: int = 0, steps: int = 300, hidden: int =
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     corpus = [c.format(c=color, s=shape) for c in CAPTIONS for color in COLORS for shape in SHAPES]
-    tokenizer = build_tokenizer(corpus * 5)
+    tokenizer = build_tokenizer(corpus)
     images = CLIPImageProcessor(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     )

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from daemon.cli import app
 from tests.daemonproc import Daemon
 from tests.helpers import tree
-from tests.synthetic import draw, make_dataset, save
+from tests.synthetic import draw, grid, make_dataset, save
 from tests.waiting import wait_until
 
 RGB = {"red": "red", "green": "green", "blue": "blue"}
@@ -306,4 +306,25 @@ def test_a_burst_of_20000_files_loses_none(daemons: list[Daemon], tmp_path: Path
     landed = sorted_files(dataset)
     assert len(landed) == 20_000
     assert not list((dataset / "Images").iterdir())
+    assert daemon.stop() == 0
+
+
+def test_uncertain_pictures_are_held_for_review_by_the_daemon(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """With min_confidence = auto, a line pattern goes to Review/ and a red picture to its class."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, RGB, references=4, seed=5)
+    daemon = start(daemons, root, tiny_model, tmp_path / "home", min_confidence="auto")
+    calibrated = daemon.wait_event("calibrated")
+    assert 0 < calibrated["min_confidence"] < 1
+    save(grid(np.random.default_rng(3)), dataset / "Images" / "lines.png")
+    save(draw(np.random.default_rng(4), "red", "circle", 80), dataset / "Images" / "red.png")
+    wait_until(
+        lambda: (dataset / "Review" / "lines.png").exists() and sorted_files(dataset).get("red.png") == "red"
+    )
+    held = daemon.wait_event("review")
+    assert len(held["top3"]) == 3 and "confidence" in held["reason"]
+    wait_until(lambda: daemon.status().datasets["rgb"].review == 1)
     assert daemon.stop() == 0

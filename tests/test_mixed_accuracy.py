@@ -1,0 +1,135 @@
+"""Integration: mixed embeddings, descriptions, text_model and Review/ with the tiny trained CLIP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from daemon.catalog import make_embedder, make_target
+from daemon.config import load_settings
+from daemon.encoder import Encoder
+from daemon.layout import DatasetLayout, discover
+from daemon.pipeline import Outcome
+from daemon.sorter import gather, run
+from tests.synthetic import SHAPES, draw, grid, make_dataset, random_clip, save
+
+# Three classes named by what the tiny model learned, two whose names mean nothing to it.
+HALF_OPAQUE = {"red": "red", "green": "green", "blue": "blue", "lote-3": "yellow", "class_07": "purple"}
+
+
+def held_out(root: Path, classes: dict[str, str], per_class: int = 10, seed: int = 77) -> dict[str, str]:
+    """Unseen pictures in Images/: file name -> the class they belong to."""
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for name, color in classes.items():
+        for k in range(per_class):
+            file = f"{name}-{k}.png"
+            save(draw(rng, color, SHAPES[k % 3], size=int(rng.integers(40, 160))), root / "Images" / file)
+            truth[file] = name
+    return truth
+
+
+def sort_all(root: Path, encoder: Encoder, **flags: object) -> list[Outcome]:
+    settings = load_settings(None, {"root": root, **flags})
+    embedder = make_embedder(settings, encoder)
+    outcomes: list[Outcome] = []
+    run(
+        gather(discover(root), settings, embedder, named=False),
+        settings,
+        embedder,
+        dry_run=True,
+        on_outcome=outcomes.append,
+    )
+    return outcomes
+
+
+def accuracy(outcomes: list[Outcome], truth: dict[str, str]) -> float:
+    return float(
+        np.mean([o.decision is not None and o.decision.label == truth[o.source.name] for o in outcomes])
+    )
+
+
+def test_mixed_is_at_least_as_good_as_the_better_single_mode(data_root: Path, encoder: Encoder) -> None:
+    """On held-out pictures, mixed >= max(text, reference) - 2 points, with opaque class names."""
+    make_dataset(data_root / "half", HALF_OPAQUE, references=4, seed=5)
+    truth = held_out(data_root / "half", HALF_OPAQUE)
+    scores = {
+        mode: accuracy(sort_all(data_root, encoder, mode=mode), truth)
+        for mode in ("text", "reference", "mixed")
+    }
+    assert scores["text"] <= 0.9, "the opaque names must really confuse the text mode"
+    assert scores["mixed"] >= max(scores["text"], scores["reference"]) - 0.02, scores
+
+
+def test_auto_calibration_weighs_pictures_more_when_names_are_opaque(
+    data_root: Path, encoder: Encoder
+) -> None:
+    """Same pictures, informative vs meaningless folder names: the visual weight chosen rises."""
+    colors = ["red", "green", "blue", "yellow", "purple"]
+    make_dataset(data_root / "named", {c: c for c in colors}, references=4, seed=5)
+    make_dataset(data_root / "opaque", {f"c{k}": c for k, c in enumerate(colors)}, references=4, seed=5)
+    settings = load_settings(None, {"root": data_root, "mode": "mixed"})
+    embedder = make_embedder(settings, encoder)
+    named = make_target(DatasetLayout(data_root / "named"), settings, embedder)
+    opaque = make_target(DatasetLayout(data_root / "opaque"), settings, embedder)
+    assert named.calibration is not None and opaque.calibration is not None
+    assert opaque.calibration.visual_weight > named.calibration.visual_weight
+    assert opaque.calibration.accuracy["text"] < named.calibration.accuracy["text"]
+
+
+@pytest.mark.parametrize(("threshold", "allowed"), [(0.9, 1), ("auto", 3)])
+def test_out_of_distribution_pictures_go_to_review(
+    data_root: Path, encoder: Encoder, threshold: object, allowed: int
+) -> None:
+    """Line patterns (no colour, no shape) go to Review/; pictures of the classes do not.
+
+    ``auto`` keeps 95% of the correctly classified references, so a few
+    in-distribution pictures may be held back by design.
+    """
+    classes = {"red": "red", "green": "green", "blue": "blue"}
+    make_dataset(data_root / "rgb", classes, references=4, seed=5)
+    truth = held_out(data_root / "rgb", classes)
+    for k in range(10):
+        save(grid(np.random.default_rng(k)), data_root / "rgb" / "Images" / f"lines-{k}.png")
+    outcomes = sort_all(data_root, encoder, min_confidence=threshold)
+    review = {o.source.name for o in outcomes if o.status == "review"}
+    assert {f"lines-{k}.png" for k in range(10)} <= review
+    assert len(review & truth.keys()) <= allowed
+    held = next(o for o in outcomes if o.status == "review")
+    assert held.destination.parent == data_root / "rgb" / "Review"
+    assert held.reason is not None and "confidence" in held.reason
+    assert held.decision is not None and len(held.decision.top) == 3
+
+
+def test_description_file_and_config_table_override_the_folder_name(
+    data_root: Path, encoder: Encoder
+) -> None:
+    """Text mode: a folder called 'xyz' whose description.txt says 'red' gets the red pictures."""
+    root = data_root / "ds"
+    make_dataset(root, {"xyz": "red", "abc": "blue", "green": "green"}, references=0)
+    (root / "Clases" / "xyz" / "description.txt").write_text("red\n")
+    (Path("config.toml")).write_text('[datasets.ds.descriptions]\nabc = "blue"\n')
+    truth = held_out(root, {"xyz": "red", "abc": "blue", "green": "green"}, per_class=5)
+    outcomes = sort_all(data_root, encoder, mode="text")
+    assert accuracy(outcomes, truth) >= 0.9
+    settings = load_settings(None, {"mode": "text"})
+    target = make_target(DatasetLayout(root), settings, make_embedder(settings, encoder))
+    assert target.index.descriptions == ("blue", "green", "red")
+    assert target.index.reference_counts().tolist() == [0, 0, 0], "description.txt is not a reference image"
+
+
+def test_text_model_encodes_the_text(tiny_model: Path, tmp_path: Path) -> None:
+    """With text_model, texts come from the second model and images from the first."""
+    second = random_clip(tmp_path / "text-model", small=True)
+    both = Encoder(str(tiny_model), "cpu", text_model=str(second))
+    alone = Encoder(str(tiny_model), "cpu")
+    texts = ["a photo of a red.", "blue"]
+    expected = SentenceTransformer(str(second), device="cpu").encode(texts, normalize_embeddings=True)
+    assert both.encode_texts(texts) == pytest.approx(expected, abs=1e-5)
+    assert not np.allclose(both.encode_texts(texts), alone.encode_texts(texts), atol=1e-3)
+    picture = [draw(np.random.default_rng(0), "red")]
+    assert both.encode_images(picture) == pytest.approx(alone.encode_images(picture), abs=1e-6)
+    assert both.text_identity != alone.text_identity
