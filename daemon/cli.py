@@ -47,6 +47,9 @@ ConfigOption = Annotated[
     ),
 ]
 RootOption = Annotated[Path | None, typer.Option("--root", help="Data root holding one folder per dataset.")]
+DatasetOption = Annotated[
+    list[str] | None, typer.Option("--dataset", "-d", help="A dataset (repeatable; default all of them).")
+]
 ModelOption = Annotated[str | None, typer.Option("--model", help="Model name or local model folder.")]
 
 P = ParamSpec("P")
@@ -79,10 +82,7 @@ def settings_from(config: Path | None, **flags: object) -> Settings:
 @app.command()
 @user_errors
 def sort(
-    dataset: Annotated[
-        list[str] | None,
-        typer.Option("--dataset", "-d", help="Dataset to sort (repeatable; default all)."),
-    ] = None,
+    dataset: DatasetOption = None,
     mode: Annotated[str | None, typer.Option(help="reference, text or mixed.")] = None,
     aggregate: Annotated[str | None, typer.Option(help="Reference mode: max or avg.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and report, move nothing.")] = False,
@@ -138,10 +138,7 @@ def summary(outcomes: list[Outcome], *, dry_run: bool) -> Table:
 @app.command("eval")
 @user_errors
 def evaluate_modes(
-    dataset: Annotated[
-        list[str] | None,
-        typer.Option("--dataset", "-d", help="Dataset to evaluate (repeatable; default all)."),
-    ] = None,
+    dataset: DatasetOption = None,
     modes: Annotated[
         list[str] | None,
         typer.Option("--modes", help=f"Modes to compare (repeatable; default {', '.join(MODES)})."),

@@ -172,7 +172,8 @@ class Settings(BaseSettings):
         0.95, description="min_confidence = auto keeps this share of correctly classified references."
     )
     max_pixels: PositiveInt = Field(
-        100_000_000, description="Images with more pixels are rejected unread (decompression-bomb guard)."
+        89_478_485,
+        description="Images with more pixels are rejected unread (decompression-bomb guard; Pillow's limit).",
     )
     image_formats: list[str] = Field(
         default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"],

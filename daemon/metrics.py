@@ -57,6 +57,12 @@ class Metrics:
             buckets=PROBABILITY_BUCKETS,
             registry=self.registry,
         )
+        self._review_share = Gauge(
+            "clipsort_review_share",
+            "Share of classified files sent to Review/",
+            ["dataset"],
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "clipsort_queue_depth", "Files waiting for the model", registry=self.registry
         )
@@ -69,6 +75,10 @@ class Metrics:
         label = outcome.decision.label if outcome.decision else ""
         with self._lock:
             self.outcomes[(outcome.dataset, outcome.status)] += 1
+            review = self.outcomes[(outcome.dataset, "review")]
+            decided = review + self.outcomes[(outcome.dataset, "sorted")]
+        if decided:
+            self._review_share.labels(outcome.dataset).set(review / decided)
         self._files.labels(outcome.dataset, label, outcome.status).inc()
         self._latency.labels(outcome.dataset).observe(latency)
         if outcome.decision is not None:

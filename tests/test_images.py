@@ -89,3 +89,15 @@ def test_symlink_is_not_followed(tmp_path: Path) -> None:
     (tmp_path / "link.png").symlink_to(tmp_path / "real.png")
     with pytest.raises(ImageRejected, match="cannot open"):
         load(tmp_path / "link.png")
+
+
+def test_pillow_bomb_warning_is_an_error_even_above_our_own_cap(tmp_path: Path) -> None:
+    """With max_pixels raised past Pillow's limit, Pillow's bomb warning still refuses the file."""
+    Image.new("L", (120, 120)).save(tmp_path / "big.png")  # between 1x and 2x the limit: a warning
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 10_000  # make Pillow's warning fire for a small test file
+    try:
+        with pytest.raises(ImageRejected, match="unreadable image header"):
+            load(tmp_path / "big.png", max_pixels=10**9)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit

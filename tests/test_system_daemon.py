@@ -256,6 +256,8 @@ def test_systemd_protocol_reload_status_and_metrics(
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'clipsort_files_total{class="red",dataset="rgb",status="sorted"} 1.0' in body
     assert "clipsort_drop_to_move_seconds_bucket" in body
+    assert 'clipsort_review_share{dataset="rgb"} 0.0' in body
+    assert 'clipsort_confidence_bucket{dataset="rgb",le="1.0"} 1.0' in body
 
     # A valid new config is applied (text mode) ...
     config = daemon.config.read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -41,6 +42,25 @@ class Sink:
     def hinted(self, name: str, *, kind: str | None = None) -> bool:
         with self.lock:
             return any(h.path.name == name and (kind is None or h.kind == kind) for h in self.hints)
+
+
+@contextlib.contextmanager
+def native(root: Path, sink: Sink, *layouts: DatasetLayout) -> Iterator[Watcher]:
+    """An inotify watcher on ``root`` and ``layouts``, stopped (and checked dead) afterwards."""
+    watcher = Watcher(root, sink, polling=False, polling_seconds=1, ignore=DEFAULT_IGNORE)
+    watcher.start()
+    watcher.sync(list(layouts))
+    try:
+        yield watcher
+    finally:
+        watcher.stop()
+    assert not watcher.is_alive()
+
+
+def inbox(tmp_path: Path) -> DatasetLayout:
+    layout = DatasetLayout(tmp_path / "ds")
+    layout.inbox.mkdir(parents=True)
+    return layout
 
 
 @pytest.fixture(params=["native", "polling"])
@@ -87,23 +107,16 @@ def test_class_changes_and_new_folders(watched: tuple[Watcher, Sink, DatasetLayo
 
 def test_native_close_write_is_marked_closed(tmp_path: Path) -> None:
     """inotify's close-after-write event marks the hint as closed (short confirmation)."""
-    layout = DatasetLayout(tmp_path / "ds")
-    layout.inbox.mkdir(parents=True)
     sink = Sink()
-    watcher = Watcher(tmp_path, sink, polling=False, polling_seconds=1, ignore=DEFAULT_IGNORE)
-    watcher.start()
-    watcher.sync([layout])
-    try:
+    layout = inbox(tmp_path)
+    with native(tmp_path, sink, layout):
         (layout.inbox / "c.jpg").write_bytes(b"x")
         wait_until(lambda: sink.hinted("c.jpg", kind="closed"), timeout=10)
-    finally:
-        watcher.stop()
 
 
 def test_a_failing_sink_does_not_kill_the_observer(tmp_path: Path) -> None:
     """An exception inside a handler is caught, so later events still arrive."""
-    layout = DatasetLayout(tmp_path / "ds")
-    layout.inbox.mkdir(parents=True)
+    layout = inbox(tmp_path)
     sink = Sink()
     calls = {"n": 0}
     original = sink.hint
@@ -115,63 +128,44 @@ def test_a_failing_sink_does_not_kill_the_observer(tmp_path: Path) -> None:
         original(hint)
 
     sink.hint = flaky  # type: ignore[method-assign]
-    watcher = Watcher(tmp_path, sink, polling=False, polling_seconds=1, ignore=DEFAULT_IGNORE)
-    watcher.start()
-    watcher.sync([layout])
-    try:
+    with native(tmp_path, sink, layout) as watcher:
         (layout.inbox / "boom.jpg").write_bytes(b"x")
         wait_until(lambda: calls["n"] > 0, timeout=10)
         (layout.inbox / "after.jpg").write_bytes(b"x")
         wait_until(lambda: sink.hinted("after.jpg"), timeout=10)
         assert watcher.is_alive()
-    finally:
-        watcher.stop()
 
 
 def test_new_dataset_folder_under_root_asks_for_a_full_rescan(tmp_path: Path) -> None:
     """Creating Data/<new>/ is seen at the root, so the service can discover and watch it."""
     sink = Sink()
-    watcher = Watcher(tmp_path, sink, polling=False, polling_seconds=1, ignore=DEFAULT_IGNORE)
-    watcher.start()
-    try:
+    with native(tmp_path, sink) as watcher:
         (tmp_path / "newset").mkdir()
         wait_until(lambda: ALL_DATASETS in sink.rescans, timeout=10)
         (tmp_path / "newset" / "Images").mkdir()
         watcher.sync([DatasetLayout(tmp_path / "newset")])
         (tmp_path / "newset" / "Images" / "n.jpg").write_bytes(b"x")
         wait_until(lambda: sink.hinted("n.jpg"), timeout=10)
-    finally:
-        watcher.stop()
 
 
 def test_restart_gives_a_working_observer(tmp_path: Path) -> None:
     """After restart() events flow again through a fresh observer."""
-    layout = DatasetLayout(tmp_path / "ds")
-    layout.inbox.mkdir(parents=True)
     sink = Sink()
-    watcher = Watcher(tmp_path, sink, polling=False, polling_seconds=1, ignore=DEFAULT_IGNORE)
-    watcher.start()
-    watcher.sync([layout])
-    try:
+    layout = inbox(tmp_path)
+    with native(tmp_path, sink, layout) as watcher:
         watcher.restart()
         assert watcher.is_alive()
         (layout.inbox / "r.jpg").write_bytes(b"x")
         wait_until(lambda: sink.hinted("r.jpg"), timeout=10)
-    finally:
-        watcher.stop()
 
 
 def test_inotify_overflow_record_triggers_a_full_rescan(tmp_path: Path) -> None:
     """watchdog only logs IN_Q_OVERFLOW; the watcher turns that record into a full rescan."""
     sink = Sink()
-    watcher = Watcher(tmp_path, sink, polling=False, polling_seconds=1, ignore=DEFAULT_IGNORE)
-    watcher.start()
-    try:
+    with native(tmp_path, sink):
         logging.getLogger("watchdog.observers.inotify_c").warning(
             "Inotify queue overflowed; filesystem events were lost"
         )
         assert sink.rescans == [ALL_DATASETS]
-    finally:
-        watcher.stop()
     logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed")
     assert sink.rescans == [ALL_DATASETS], "a stopped watcher no longer listens"
