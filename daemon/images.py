@@ -11,18 +11,12 @@ from __future__ import annotations
 
 import os
 import stat
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from daemon.errors import ImageIncomplete, ImageRejected
-
-# Pillow only warns between MAX_IMAGE_PIXELS and twice that; an untrusted file
-# that large is refused outright. (Our own header check, with the configurable
-# max_pixels, normally refuses it first.)
-warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 def _flatten(image: Image.Image) -> Image.Image:
@@ -74,9 +68,13 @@ def load_image(path: Path, *, target: int, formats: Sequence[str], max_pixels: i
             SyntaxError,
         ) as exc:
             raise ImageRejected(f"unreadable image header: {exc}") from None
-        pixels = image.width * image.height
-        if pixels > max_pixels:
-            raise ImageRejected(f"{image.width}x{image.height} exceeds the {max_pixels}-pixel limit")
+        # Pillow itself only *warns* between MAX_IMAGE_PIXELS and twice that.
+        # Treating the warning as an error through a warnings filter would be
+        # process-global and undone by any catch_warnings() elsewhere, so the
+        # same limit is applied here, explicitly, from the header.
+        limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+        if image.width * image.height > limit:
+            raise ImageRejected(f"{image.width}x{image.height} exceeds the {limit}-pixel limit")
         try:
             image.draft("RGB", (target, target))
             image.load()
