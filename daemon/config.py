@@ -173,7 +173,7 @@ class Settings(BaseSettings):
     )
     max_pixels: PositiveInt = Field(
         89_478_485,
-        description="Images with more pixels are rejected unread (decompression-bomb guard; Pillow's limit).",
+        description="Images with more pixels are refused unread (decompression-bomb guard; at most Pillow's).",
     )
     image_formats: list[str] = Field(
         default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"],

@@ -62,7 +62,6 @@ def load_image(path: Path, *, target: int, formats: Sequence[str], max_pixels: i
             raise ImageRejected(f"not an image in an allowed format ({', '.join(formats)})") from None
         except (
             Image.DecompressionBombError,
-            Image.DecompressionBombWarning,
             OSError,
             ValueError,
             SyntaxError,
