@@ -173,7 +173,7 @@ class Settings(BaseSettings):
     )
     max_pixels: PositiveInt = Field(
         89_478_485,
-        description="Images with more pixels are refused unread (decompression-bomb guard; at most Pillow's).",
+        description="Larger images are refused unread (a decompression-bomb guard; at most Pillow's limit).",
     )
     image_formats: list[str] = Field(
         default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"],
