@@ -122,9 +122,13 @@ def sort(
 
 
 def summary(outcomes: list[Outcome], *, dry_run: bool) -> Table:
-    """Files per dataset and class (Rejected/ counted apart)."""
+    """Files per dataset and class (Review/ and Rejected/ counted apart)."""
     counts = Counter(
-        (item.dataset, item.decision.label if item.decision else "(rejected)") for item in outcomes
+        (
+            item.dataset,
+            item.decision.label if item.status == "sorted" and item.decision else f"({item.status})",
+        )
+        for item in outcomes
     )
     table = Table(title="would sort (dry run)" if dry_run else "sorted")
     for column in ("dataset", "class", "files"):

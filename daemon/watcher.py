@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -158,6 +159,7 @@ class Watcher:
         self.polling_seconds = polling_seconds
         self.ignore = ignore
         self._watches: dict[Path, ObservedWatch] = {}
+        self._lock = threading.RLock()  # sync() runs on the intake thread, restart() on the main one
         self._observer = self._new_observer()
         self._overflow = _OverflowListener(sink)
 
@@ -167,15 +169,17 @@ class Watcher:
         return Observer()
 
     def start(self) -> None:
-        logging.getLogger("watchdog.observers.inotify_c").addHandler(self._overflow)
-        self._observer.start()
-        self._schedule(self.root, _StructureHandler(self.sink), recursive=False)
+        with self._lock:
+            logging.getLogger("watchdog.observers.inotify_c").addHandler(self._overflow)
+            self._observer.start()
+            self._schedule(self.root, _StructureHandler(self.sink), recursive=False)
 
     def stop(self) -> None:
-        logging.getLogger("watchdog.observers.inotify_c").removeHandler(self._overflow)
-        self._observer.stop()
-        self._observer.join(timeout=5)
-        self._watches.clear()
+        with self._lock:
+            logging.getLogger("watchdog.observers.inotify_c").removeHandler(self._overflow)
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._watches.clear()
 
     def is_alive(self) -> bool:
         """The dispatch thread and every emitter thread are running."""
@@ -183,20 +187,22 @@ class Watcher:
 
     def restart(self) -> None:
         """A fresh observer with the same folders (events in between are lost: rescan after)."""
-        folders = list(self._watches)
-        self.stop()
-        self._observer = self._new_observer()
-        self.start()
-        self.sync([DatasetLayout(folder) for folder in folders if folder.parent == self.root])
+        with self._lock:
+            folders = list(self._watches)
+            self.stop()
+            self._observer = self._new_observer()
+            self.start()
+            self.sync([DatasetLayout(folder) for folder in folders if folder.parent == self.root])
 
     def sync(self, layouts: Sequence[DatasetLayout]) -> None:
         """Watch every part of ``layouts`` that exists; drop watches of folders that are gone."""
-        for folder in [folder for folder in self._watches if folder != self.root and not folder.is_dir()]:
-            self._unschedule(folder)
-        for layout in layouts:
-            self._schedule(layout.root, _StructureHandler(self.sink), recursive=False)
-            self._schedule(layout.inbox, _InboxHandler(layout, self.sink, self.ignore), recursive=True)
-            self._schedule(layout.classes, _ClassesHandler(layout.name, self.sink), recursive=True)
+        with self._lock:
+            for folder in [folder for folder in self._watches if folder != self.root and not folder.is_dir()]:
+                self._unschedule(folder)
+            for layout in layouts:
+                self._schedule(layout.root, _StructureHandler(self.sink), recursive=False)
+                self._schedule(layout.inbox, _InboxHandler(layout, self.sink, self.ignore), recursive=True)
+                self._schedule(layout.classes, _ClassesHandler(layout.name, self.sink), recursive=True)
 
     def _schedule(self, folder: Path, handler: _SafeHandler, *, recursive: bool) -> None:
         if folder in self._watches or not folder.is_dir() or folder.is_symlink():
