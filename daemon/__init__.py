@@ -8,6 +8,7 @@ from daemon.errors import (
     ImageRejected,
     ModelLoadError,
     NoClassesError,
+    TrainingError,
     UnknownDatasetError,
 )
 
@@ -21,6 +22,7 @@ __all__ = [
     "ImageRejected",
     "ModelLoadError",
     "NoClassesError",
+    "TrainingError",
     "UnknownDatasetError",
     "__version__",
 ]

@@ -19,7 +19,8 @@ from rich.table import Table
 from daemon.catalog import make_embedder
 from daemon.classindex import build_class_index
 from daemon.config import Settings, load_settings, render_config_toml
-from daemon.encoder import Encoder
+from daemon.embeddings import DecodeLimits
+from daemon.encoder import Encoder, resolve_device
 from daemon.errors import ClipsortError, ConfigError, DatasetError
 from daemon.evaluation import MODES, EvalReport, evaluate, write_report
 from daemon.layout import CLASSES_DIR, INBOX_DIR, SORTED_DIR, select
@@ -29,6 +30,7 @@ from daemon.pipeline import Outcome
 from daemon.service import run_service
 from daemon.sorter import gather, run
 from daemon.status import is_live, read_status
+from daemon.training import DEFAULT_BASE, TrainOptions, checkpoints_of, train
 
 app = typer.Typer(
     name="clipsort",
@@ -219,6 +221,62 @@ def show_evaluation(found: EvalReport, charts: list[Path]) -> None:
     console.print(classes)
     for chart in charts:
         console.print(f"wrote {chart}")
+
+
+@app.command("train")
+@user_errors
+def train_model(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset whose Clases/ to learn.")],
+    base: Annotated[
+        str, typer.Option(help="Image-classification backbone: hub name or local folder.")
+    ] = DEFAULT_BASE,
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping may end sooner).")] = 10,
+    learning_rate: Annotated[float, typer.Option(min=0.0, help="AdamW peak learning rate.")] = 5e-5,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without improvement before stopping.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the augmentation and the new head.")] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Publish here (default <state_dir>/checkpoints/<dataset>).")
+    ] = None,
+    config: ConfigOption = None,
+    root: RootOption = None,
+    model: ModelOption = None,
+) -> None:
+    """Fine-tune an image classifier on Clases/<class>/ and publish it atomically as the current one."""
+    settings = settings_from(config, root=root, model=model)
+    [layout] = select(settings.root, [dataset])
+    options = TrainOptions(
+        base=base,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        patience=patience,
+        seed=seed,
+        device=resolve_device(settings.device),
+    )
+    limits = DecodeLimits(tuple(settings.image_formats), settings.max_pixels)
+    terminal = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[accuracy]}"),
+        console=terminal,
+        disable=not terminal.is_terminal,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("train", total=epochs, accuracy="")
+
+        def epoch_done(phase: str, accuracy: float) -> None:
+            progress.update(task, advance=1, accuracy=f"validation {accuracy:.1%}")
+
+        result = train(
+            layout, options, out or checkpoints_of(settings.state_path, dataset), limits, epoch_done
+        )
+    typer.echo(
+        f"{dataset}: validation accuracy {result.validation_accuracy:.1%} (epoch {result.best_epoch}); "
+        f"published {result.checkpoint}"
+    )
 
 
 @app.command("run")

@@ -10,6 +10,7 @@ one of these at the boundary where they happen, so callers catch one family::
     │   ├── UnknownDatasetError
     │   └── NoClassesError
     ├── ModelLoadError       the CLIP model cannot be loaded
+    ├── TrainingError        a dataset cannot be fine-tuned as asked
     └── ImageRejected        one file cannot be read as an image (quarantined)
         └── ImageIncomplete  empty or truncated: maybe still arriving
 
@@ -42,6 +43,10 @@ class NoClassesError(DatasetError):
 
 class ModelLoadError(ClipsortError):
     """The CLIP model could not be loaded from its name or path."""
+
+
+class TrainingError(ClipsortError):
+    """A dataset cannot be fine-tuned as asked (too few images, a base model that will not load)."""
 
 
 class ImageRejected(ClipsortError):

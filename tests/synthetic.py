@@ -20,7 +20,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from tokenizers import pre_tokenizers
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTokenizer,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+)
 
 from daemon.config import DEFAULT_TEMPLATES
 
@@ -174,6 +183,23 @@ def random_clip(out: Path, *, seed: int = 0, small: bool = False) -> Path:
     model = CLIPModel(config).eval()
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    return out
+
+
+def tiny_vit(out: Path, *, seed: int = 0) -> Path:
+    """A randomly initialised two-layer ViT image classifier folder, as a base for fine-tuning."""
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        num_labels=2,
+    )
+    ViTForImageClassification(config).save_pretrained(out)
+    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(out)
     return out
 
 

@@ -1,0 +1,130 @@
+"""Tests for daemon.training and ``clipsort train``: a tiny ViT fine-tuned and published atomically."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+from typer.testing import CliRunner
+
+from daemon.cli import app
+from daemon.training import augment, current_checkpoint, predict, stratified_split
+from tests.helpers import tree
+from tests.synthetic import SHAPES, draw, make_dataset, tiny_vit
+
+COLORS = {"red": "red", "green": "green", "blue": "blue", "yellow": "yellow"}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_vit(tmp_path_factory.mktemp("vit") / "base")
+
+
+def test_split_is_stratified_and_seeded() -> None:
+    """Every class lands in both parts in proportion; the same seed gives the same split."""
+    labels = [0] * 10 + [1] * 5
+    train, validation = stratified_split(labels, 0.2, seed=1)
+    assert sorted(train + validation) == list(range(15))
+    assert [labels[i] for i in validation].count(0) == 2 and [labels[i] for i in validation].count(1) == 1
+    assert stratified_split(labels, 0.2, seed=1) == (train, validation)
+
+
+def test_augmentation_keeps_size_and_changes_pixels() -> None:
+    """Crops, flips and jitter keep the model's input size."""
+    picture = draw(np.random.default_rng(0), "red", "triangle", 64)
+    moved = augment(picture, random.Random(3))
+    assert moved.size == picture.size
+    assert not np.array_equal(np.asarray(moved), np.asarray(picture))
+
+
+def test_cli_trains_publishes_and_the_checkpoint_reloads(base: Path, data_root: Path, tmp_path: Path) -> None:
+    """>= 90% validation accuracy in seconds; the reloaded checkpoint gives the same predictions."""
+    make_dataset(data_root / "ds", COLORS, references=20, seed=3)
+    before = tree(data_root)
+    out = tmp_path / "checkpoints"
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--dataset",
+            "ds",
+            "--root",
+            str(data_root),
+            "--base",
+            str(base),
+            "--epochs",
+            "40",
+            "--learning-rate",
+            "0.002",
+            "--patience",
+            "8",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert tree(data_root) == before, "training never touches the dataset"
+    published = current_checkpoint(out)
+    assert published is not None and published.parent == out
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "no half-written checkpoint left"
+    metrics = json.loads((published / "metrics.json").read_text())
+    assert metrics["validation_accuracy"] >= 0.9
+    assert set(metrics["precision"]) == set(COLORS)
+    with Image.open(published / "training.png") as chart:
+        chart.verify()
+    model = AutoModelForImageClassification.from_pretrained(published)
+    processor = AutoImageProcessor.from_pretrained(published)
+    assert model.config.id2label == {0: "blue", 1: "green", 2: "red", 3: "yellow"}
+    rng = np.random.default_rng(99)
+    pictures = [draw(rng, color, SHAPES[k % 3], 64) for k, color in enumerate(list(COLORS) * 3)]
+    pixels = processor(images=pictures, return_tensors="pt")["pixel_values"]
+    first = predict(model, pixels)
+    again = predict(AutoModelForImageClassification.from_pretrained(published), pixels)
+    assert torch.equal(first, again)
+    named = [model.config.id2label[int(k)] for k in first]
+    assert np.mean([n == c for n, c in zip(named, list(COLORS) * 3, strict=True)]) >= 0.9
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("one-image", "has 1 image(s); at least 2 are needed"),
+        ("empty-class", "has 0 image(s)"),
+        ("bad-base", "cannot load the base folder"),
+    ],
+)
+def test_training_errors_exit_2_and_touch_nothing(
+    base: Path, data_root: Path, tmp_path: Path, setup: str, message: str
+) -> None:
+    """Too few images, an empty class or an unloadable base: a clear message and exit code 2."""
+    make_dataset(
+        data_root / "ds", {"red": "red", "blue": "blue"}, references=1 if setup == "one-image" else 3
+    )
+    if setup == "empty-class":
+        (data_root / "ds" / "Clases" / "green").mkdir()
+    chosen = str(tmp_path / "missing-base") if setup == "bad-base" else str(base)
+    before = tree(data_root)
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--dataset",
+            "ds",
+            "--root",
+            str(data_root),
+            "--base",
+            chosen,
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert tree(data_root) == before
+    assert not (tmp_path / "o").exists()
