@@ -31,10 +31,14 @@ from daemon.review import ReviewPolicy
 log = structlog.get_logger()
 
 
+def decode_limits(settings: Settings) -> DecodeLimits:
+    """What an inbox or reference file may be, as configured."""
+    return DecodeLimits(tuple(settings.image_formats), settings.max_pixels)
+
+
 def make_embedder(settings: Settings, encoder: Encoder, cache: EmbeddingCache | None = None) -> Embedder:
     """The embedder with the configured decoding limits."""
-    limits = DecodeLimits(tuple(settings.image_formats), settings.max_pixels)
-    return Embedder(encoder, limits, cache)
+    return Embedder(encoder, decode_limits(settings), cache)
 
 
 def make_target(layout: DatasetLayout, settings: Settings, embedder: Embedder) -> Target:

@@ -13,13 +13,19 @@ from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-from daemon.catalog import make_embedder
+from daemon.catalog import decode_limits, make_embedder
 from daemon.classindex import build_class_index
 from daemon.config import Settings, load_settings, render_config_toml
-from daemon.embeddings import DecodeLimits
 from daemon.encoder import Encoder, resolve_device
 from daemon.errors import ClipsortError, ConfigError, DatasetError
 from daemon.evaluation import MODES, EvalReport, evaluate, write_report
@@ -74,6 +80,20 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def progress_bar(label: str, *columns: ProgressColumn) -> Progress:
+    """A progress bar on stderr, shown only on a terminal (stdout stays for --json)."""
+    terminal = Console(stderr=True)
+    return Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *columns,
+        console=terminal,
+        disable=not terminal.is_terminal,
+        transient=True,
+    )
+
+
 def settings_from(config: Path | None, **flags: object) -> Settings:
     """Settings from every source, with logging configured to match."""
     settings = load_settings(config, flags)
@@ -100,16 +120,7 @@ def sort(
     work = gather(layouts, settings, embedder, named=bool(dataset))
     total = sum(len(item.files) for item in work)
     outcomes: list[Outcome] = []
-    terminal = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]sorting"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=terminal,
-        disable=not terminal.is_terminal,
-        transient=True,
-    ) as progress:
+    with progress_bar("sorting", TimeRemainingColumn()) as progress:
         task = progress.add_task("sort", total=total)
 
         def record(outcome: Outcome) -> None:
@@ -171,16 +182,8 @@ def evaluate_modes(
     for layout in layouts:
         own = settings.for_dataset(layout.name)
         indexes.append((own, build_class_index(layout, embedder, own.prompt_templates, own.descriptions)))
-    terminal = Console(stderr=True)
     results = []
-    with Progress(
-        TextColumn("[bold]evaluating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=terminal,
-        disable=not terminal.is_terminal,
-        transient=True,
-    ) as progress:
+    with progress_bar("evaluating") as progress:
         for own, index in indexes:
             task = progress.add_task(index.dataset, total=folds * len(chosen))
             results.append(
@@ -254,17 +257,8 @@ def train_model(
         seed=seed,
         device=resolve_device(settings.device),
     )
-    limits = DecodeLimits(tuple(settings.image_formats), settings.max_pixels)
-    terminal = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]training"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[accuracy]}"),
-        console=terminal,
-        disable=not terminal.is_terminal,
-        transient=True,
-    ) as progress:
+    limits = decode_limits(settings)
+    with progress_bar("training", TextColumn("{task.fields[accuracy]}")) as progress:
         task = progress.add_task("train", total=epochs, accuracy="")
 
         def epoch_done(phase: str, accuracy: float) -> None:
