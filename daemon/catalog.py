@@ -18,15 +18,17 @@ import structlog
 
 from daemon.calibration import calibrate
 from daemon.classifiers import make_classifier
-from daemon.classindex import build_class_index
+from daemon.classifiers.finetuned import CheckpointCache, FinetunedClassifier
+from daemon.classindex import ClassIndex, build_class_index
 from daemon.config import Settings
 from daemon.embedcache import EmbeddingCache
 from daemon.embeddings import DecodeLimits, Embedder
 from daemon.encoder import Encoder
-from daemon.errors import NoClassesError
+from daemon.errors import ModelLoadError, NoClassesError
 from daemon.layout import DatasetLayout, is_dataset
 from daemon.pipeline import Target
 from daemon.review import ReviewPolicy
+from daemon.training import checkpoints_of, current_checkpoint
 
 log = structlog.get_logger()
 
@@ -41,10 +43,38 @@ def make_embedder(settings: Settings, encoder: Encoder, cache: EmbeddingCache | 
     return Embedder(encoder, decode_limits(settings), cache)
 
 
-def make_target(layout: DatasetLayout, settings: Settings, embedder: Embedder) -> Target:
+def finetuned_target(
+    layout: DatasetLayout, settings: Settings, index: ClassIndex, checkpoints: CheckpointCache
+) -> Target:
+    """A target classifying with the dataset's current fine-tuned checkpoint."""
+    path = current_checkpoint(checkpoints_of(settings.state_path, layout.name))
+    if path is None:
+        raise NoClassesError(
+            f"dataset {layout.name!r} has no fine-tuned checkpoint yet: run `clipsort train -d {layout.name}`"
+        )
+    classifier = FinetunedClassifier(checkpoints.get(path))
+    if set(classifier.classes) != set(index.classes):
+        log.warning(
+            "checkpoint_classes_differ",
+            dataset=layout.name,
+            checkpoint=str(path),
+            checkpoint_classes=list(classifier.classes),
+            class_folders=list(index.classes),
+        )
+    own = settings.for_dataset(layout.name)
+    review = ReviewPolicy(min_confidence=_number(own.min_confidence), min_margin=own.min_margin)
+    return Target(layout=layout, settings=own, index=index, classifier=classifier, review=review)
+
+
+def make_target(
+    layout: DatasetLayout, settings: Settings, embedder: Embedder, checkpoints: CheckpointCache | None = None
+) -> Target:
     """Index a dataset's classes, calibrate what is ``auto``, and check the mode can work."""
     own = settings.for_dataset(layout.name)
     index = build_class_index(layout, embedder, own.prompt_templates, own.descriptions)
+    if own.mode == "finetuned":
+        cache = checkpoints or CheckpointCache(settings.checkpoints_loaded, embedder.encoder.device)
+        return finetuned_target(layout, settings, index, cache)
     calibration = None
     auto_weights = own.mode == "mixed" and "auto" in (own.alpha, own.beta)
     if auto_weights or own.min_confidence == "auto":
@@ -108,6 +138,7 @@ class Catalog:
         self._due: dict[str, float] = {}
         self._waiting: set[str] = set()
         self._lock = threading.Lock()
+        self.checkpoints = CheckpointCache(settings.checkpoints_loaded, "cpu")
 
     def snapshot(self) -> Mapping[str, Target]:
         """The current targets; never mutated afterwards, so safe to use for a whole batch."""
@@ -131,6 +162,20 @@ class Catalog:
             self._due.pop(name, None)
             self._waiting.discard(name)
         self._targets = {key: value for key, value in self._targets.items() if key != name}
+
+    def watch_checkpoints(self) -> None:
+        """Ask for a rebuild of every finetuned dataset whose published checkpoint changed.
+
+        The state folder is not watched (the daemon writes to it itself), so the
+        worker polls the small ``current`` pointer files between batches.
+        """
+        for name, target in self._targets.items():
+            if not isinstance(target.classifier, FinetunedClassifier):
+                continue
+            published = current_checkpoint(checkpoints_of(self.settings.state_path, name))
+            if published is not None and published != target.classifier.checkpoint.path:
+                with self._lock:
+                    self._due.setdefault(name, self._clock())
 
     def rebuild_due(self, embedder: Embedder) -> None:
         """Rebuild every dataset whose debounce delay has passed (worker thread)."""
@@ -156,8 +201,9 @@ class Catalog:
             self.drop(name)
             return
         before = embedder.encoded_references
+        self.checkpoints.device = embedder.encoder.device
         try:
-            target = make_target(layout, self.settings, embedder)
+            target = make_target(layout, self.settings, embedder, self.checkpoints)
         except NoClassesError as exc:
             self._targets = {key: value for key, value in self._targets.items() if key != name}
             with self._lock:
@@ -169,6 +215,9 @@ class Catalog:
         except OSError as exc:
             log.error("classes_unreadable", dataset=name, error=str(exc))
             return
+        except ModelLoadError as exc:  # a broken checkpoint: the one in use stays
+            log.error("checkpoint_rejected", dataset=name, error=str(exc), kept="previous classifier")
+            return
         was_available = name in self._targets
         self._targets = {**self._targets, name: target}
         with self._lock:
@@ -176,7 +225,10 @@ class Catalog:
         log.info(
             "classes_loaded",
             dataset=name,
-            classes=list(target.index.classes),
+            classes=list(target.classes),
+            checkpoint=str(target.classifier.checkpoint.path)
+            if isinstance(target.classifier, FinetunedClassifier)
+            else None,
             references=len(target.index.reference_paths),
             newly_embedded=embedder.encoded_references - before,
             mode=target.classifier.name,

@@ -38,7 +38,7 @@ from pydantic_settings import (
 from daemon.errors import ConfigError
 from daemon.scanner import DEFAULT_IGNORE
 
-Mode = Literal["reference", "text", "mixed"]
+Mode = Literal["reference", "text", "mixed", "finetuned"]
 Auto = Literal["auto"]
 Aggregate = Literal["max", "avg"]
 Action = Literal["move", "copy"]
@@ -133,7 +133,8 @@ class Settings(BaseSettings):
         "reference",
         description=(
             "reference: similarity to Clases/<class>/ images; text: similarity to the class description; "
-            "mixed: both (Tip-Adapter: text logits + alpha * reference-cache affinity)."
+            "mixed: both (Tip-Adapter: text logits + alpha * reference-cache affinity); finetuned: the "
+            "dataset's current checkpoint from `clipsort train`."
         ),
     )
     aggregate: Aggregate = Field(
@@ -144,6 +145,9 @@ class Settings(BaseSettings):
         description="Text mode: phrasings of a class name ({} is the name); their embeddings are averaged.",
     )
     action: Action = Field("move", description="move the file into Dataset/<class>/, or copy it there.")
+    checkpoints_loaded: PositiveInt = Field(
+        2, description="Finetuned mode: most fine-tuned checkpoints kept in memory at once (least recent go)."
+    )
     alpha: NonNegativeFloat | Auto = Field(
         "auto",
         description=(

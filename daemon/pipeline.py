@@ -19,6 +19,7 @@ from PIL import Image
 
 from daemon.calibration import Calibration
 from daemon.classifiers import Classifier, Decision, decide
+from daemon.classifiers.finetuned import FinetunedClassifier
 from daemon.classindex import ClassIndex
 from daemon.config import DatasetSettings
 from daemon.embeddings import Embedder
@@ -41,9 +42,16 @@ class Target:
     layout: DatasetLayout
     settings: DatasetSettings
     index: ClassIndex
-    classifier: Classifier
+    classifier: Classifier | FinetunedClassifier
     review: ReviewPolicy = field(default_factory=ReviewPolicy)
     calibration: Calibration | None = None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The folders files can be sorted into: the checkpoint's classes in finetuned mode."""
+        if isinstance(self.classifier, FinetunedClassifier):
+            return self.classifier.classes
+        return self.index.classes
 
 
 @dataclass(frozen=True)
@@ -106,17 +114,26 @@ def classify(
     Every job's dataset must be in ``targets``.
     """
     readable = [i for i, picture in enumerate(pictures) if isinstance(picture, Image.Image)]
-    vectors = encoder.encode_images([pictures[i] for i in readable])  # type: ignore[misc]
-    rows_of: dict[str, list[int]] = {}
-    for row, i in enumerate(readable):
-        rows_of.setdefault(jobs[i].dataset, []).append(row)
+    by_dataset: dict[str, list[int]] = {}
+    for i in readable:
+        by_dataset.setdefault(jobs[i].dataset, []).append(i)
+    # One CLIP forward pass for every dataset that classifies CLIP vectors.
+    clip_jobs = [
+        i for i in readable if not isinstance(targets[jobs[i].dataset].classifier, FinetunedClassifier)
+    ]
+    vectors = encoder.encode_images([pictures[i] for i in clip_jobs])  # type: ignore[misc]
+    row_of = {job: row for row, job in enumerate(clip_jobs)}
     decided: dict[int, Decision] = {}
-    for dataset, rows in rows_of.items():
-        target = targets[dataset]
-        scores = target.classifier.scores(vectors[np.asarray(rows)], target.index)
-        decisions = decide(scores, target.index.classes, encoder.logit_scale)
-        for row, decision in zip(rows, decisions, strict=True):
-            decided[readable[row]] = decision
+    for dataset, members in by_dataset.items():
+        classifier = targets[dataset].classifier
+        if isinstance(classifier, FinetunedClassifier):
+            scores = classifier.picture_scores([pictures[i] for i in members])  # type: ignore[misc]
+            decisions = decide(scores, classifier.classes, 1.0)  # its logits are already scaled
+        else:
+            index = targets[dataset].index
+            scores = classifier.scores(vectors[np.asarray([row_of[i] for i in members])], index)
+            decisions = decide(scores, index.classes, encoder.logit_scale)
+        decided.update(zip(members, decisions, strict=True))
     return [
         picture if isinstance(picture, ImageRejected) else decided[i] for i, picture in enumerate(pictures)
     ]

@@ -238,7 +238,7 @@ class Service:
                 review=self.metrics.count(name, "review"),
                 rejected=self.metrics.count(name, "rejected"),
                 queued=depths.get(name, 0),
-                classes=len(targets[name].index.classes) if name in targets else 0,
+                classes=len(targets[name].classes) if name in targets else 0,
                 waiting_for_classes=name in waiting,
             )
             for name in sorted(self._known | set(targets))

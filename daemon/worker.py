@@ -38,6 +38,7 @@ log = structlog.get_logger()
 IDLE_WAIT = 0.2  # how often an idle worker looks at due class rebuilds
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
+CHECKPOINT_POLL = 1.0  # seconds between looks at the fine-tuned checkpoints' pointers
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Worker:
         self._swap: Embedder | None = None
         self._retries: dict[str, float] = {}
         self.heartbeat = time.monotonic()
+        self._checked_checkpoints = 0.0
         self.thread = threading.Thread(target=self._run, name="clipsort-worker", daemon=True)
 
     def start(self) -> None:
@@ -114,6 +116,10 @@ class Worker:
         if self._swap is not None:
             self.embedder, self._swap = self._swap, None
             self._catalog.rebuild_all(self.embedder)
+        now = time.monotonic()
+        if now - self._checked_checkpoints >= CHECKPOINT_POLL:
+            self._checked_checkpoints = now
+            self._catalog.watch_checkpoints()
         self._catalog.rebuild_due(self.embedder)
 
     def _process(self, batch: _Batch) -> None:

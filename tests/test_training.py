@@ -128,3 +128,48 @@ def test_training_errors_exit_2_and_touch_nothing(
     assert message in result.stderr
     assert tree(data_root) == before
     assert not (tmp_path / "o").exists()
+
+
+def train_into(runner: CliRunner, base: Path, root: Path, dataset: str, *extra: str) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--dataset",
+            dataset,
+            "--root",
+            str(root),
+            "--base",
+            str(base),
+            "--epochs",
+            "40",
+            "--learning-rate",
+            "0.002",
+            "--patience",
+            "8",
+            *extra,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_sort_in_finetuned_mode_files_by_the_checkpoint(
+    base: Path, data_root: Path, tiny_model: Path
+) -> None:
+    """mode = finetuned sorts held-out pictures into the checkpoint's classes; no checkpoint is exit 2."""
+    make_dataset(data_root / "ds", COLORS, references=20, seed=3)
+    runner = CliRunner(env={"CLIPSORT_MODEL": str(tiny_model)})
+    missing = runner.invoke(app, ["sort", "--root", str(data_root), "--mode", "finetuned", "-d", "ds"])
+    assert missing.exit_code == 2 and "clipsort train -d ds" in missing.stderr
+    train_into(runner, base, data_root, "ds")
+    rng = np.random.default_rng(7)
+    truth = {}
+    for k, color in enumerate(list(COLORS) * 6):
+        draw(rng, color, SHAPES[k % 3], 64).save(data_root / "ds" / "Images" / f"new{k}.png")
+        truth[f"new{k}.png"] = color
+    result = runner.invoke(app, ["sort", "--root", str(data_root), "--mode", "finetuned", "--json"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {r["mode"] for r in records} == {"finetuned"}
+    assert np.mean([r["class"] == truth[Path(r["file"]).name] for r in records]) >= 0.85
+    assert all(0 <= r["score"] <= 1 for r in records)
