@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from daemon.cli import app
 from tests.daemonproc import Daemon
 from tests.helpers import tree
-from tests.synthetic import draw, grid, make_dataset, save
+from tests.synthetic import draw, grid, make_dataset, save, tiny_vit
 from tests.waiting import wait_until
 
 RGB = {"red": "red", "green": "green", "blue": "blue"}
@@ -329,4 +329,56 @@ def test_uncertain_pictures_are_held_for_review_by_the_daemon(
     held = daemon.wait_event("review")
     assert len(held["top3"]) == 3 and "confidence" in held["reason"]
     wait_until(lambda: daemon.status().datasets["rgb"].review == 1)
+    assert daemon.stop() == 0
+
+
+def test_finetuned_checkpoints_are_hot_swapped(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """A newly published checkpoint takes over between batches; a corrupt one leaves the old in force."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, RGB, references=20, seed=3)
+    base = tiny_vit(tmp_path / "vit")
+    home = tmp_path / "home"
+    home.mkdir()
+    daemon = Daemon(root, tiny_model, home, mode="finetuned")
+    checkpoints = daemon.state / "checkpoints" / "rgb"
+    train = ["--base", str(base), "--epochs", "40", "--learning-rate", "0.002", "--patience", "8"]
+    runner = CliRunner(env={"CLIPSORT_MODEL": str(tiny_model)})
+    first = runner.invoke(app, ["train", "-d", "rgb", "--config", str(daemon.config), *train])
+    assert first.exit_code == 0, first.output
+    daemons.append(daemon)
+    daemon.start()
+    rng = np.random.default_rng(8)
+    save(draw(rng, "red", "circle", 64), dataset / "Images" / "before.png")
+    wait_until(lambda: sorted_files(dataset).get("before.png") == "red")
+
+    # A second checkpoint whose classes carry Spanish names, trained elsewhere and published here.
+    other = tmp_path / "Other"
+    make_dataset(other / "rgb", {"rojo": "red", "verde": "green", "azul": "blue"}, references=20, seed=3)
+    second = runner.invoke(
+        app, ["train", "-d", "rgb", "--root", str(other), "--out", str(checkpoints), *train]
+    )
+    assert second.exit_code == 0, second.output
+    daemon.wait_event("checkpoint_classes_differ")
+    daemon.wait_event("classes_loaded", lambda r: r["checkpoint"] and "rojo" in r["classes"])
+    spanish = {"red": "rojo", "green": "verde", "blue": "azul"}
+    for k, color in enumerate(list(RGB) * 2):
+        save(draw(rng, color, "circle", 64), dataset / "Images" / f"after-{color}-{k}.png")
+    wait_until(lambda: sum(name.startswith("after") for name in sorted_files(dataset)) == 6)
+    after = {name: label for name, label in sorted_files(dataset).items() if name.startswith("after")}
+    assert set(after.values()) <= set(spanish.values()), (
+        "every later file is classified by the new checkpoint"
+    )
+    assert sum(label == spanish[name.split("-")[1]] for name, label in after.items()) >= 4
+
+    # A corrupt checkpoint is rejected; the Spanish one stays in use.
+    broken = checkpoints / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    (checkpoints / "current").write_text("broken")
+    daemon.wait_event("checkpoint_rejected")
+    save(draw(rng, "green", "circle", 64), dataset / "Images" / "later.png")
+    wait_until(lambda: sorted_files(dataset).get("later.png") in set(spanish.values()))
     assert daemon.stop() == 0
