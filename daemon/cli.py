@@ -28,7 +28,7 @@ from daemon.classindex import build_class_index
 from daemon.config import Settings, load_settings, render_config_toml
 from daemon.encoder import Encoder, resolve_device
 from daemon.errors import ClipsortError, ConfigError, DatasetError
-from daemon.evaluation import MODES, EvalReport, evaluate, write_report
+from daemon.evaluation import MODES, EvalReport, add_finetuned, evaluate, write_report
 from daemon.layout import CLASSES_DIR, INBOX_DIR, SORTED_DIR, select
 from daemon.logs import configure_logging
 from daemon.mover import ensure_dir, write_new
@@ -36,7 +36,7 @@ from daemon.pipeline import Outcome
 from daemon.service import run_service
 from daemon.sorter import gather, run
 from daemon.status import is_live, read_status
-from daemon.training import DEFAULT_BASE, TrainOptions, checkpoints_of, train
+from daemon.training import DEFAULT_BASE, TrainOptions, checkpoints_of, current_checkpoint, train
 
 app = typer.Typer(
     name="clipsort",
@@ -158,7 +158,9 @@ def evaluate_modes(
     dataset: DatasetOption = None,
     modes: Annotated[
         list[str] | None,
-        typer.Option("--modes", help=f"Modes to compare (repeatable; default {', '.join(MODES)})."),
+        typer.Option(
+            "--modes", help=f"Modes to compare (repeatable; default {', '.join(MODES)}, finetuned)."
+        ),
     ] = None,
     folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
@@ -170,10 +172,12 @@ def evaluate_modes(
     model: ModelOption = None,
 ) -> None:
     """Cross-validated accuracy of every mode on the reference images, and the mode to use."""
-    chosen = list(modes or MODES)
-    unknown = [mode for mode in chosen if mode not in MODES]
+    known = (*MODES, "finetuned")
+    unknown = [mode for mode in modes or () if mode not in known]
     if unknown:
-        raise ConfigError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
+        raise ConfigError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    chosen = [mode for mode in modes or MODES if mode in MODES]
+    with_checkpoint = not modes or "finetuned" in modes
     settings = settings_from(config, root=root, model=model)
     layouts = select(settings.root, dataset or [])
     encoder = Encoder(settings.model, settings.device, settings.text_model)
@@ -197,6 +201,9 @@ def evaluate_modes(
                 )
             )
     for found in results:
+        checkpoint = current_checkpoint(checkpoints_of(settings.state_path, found.dataset))
+        if checkpoint is not None and with_checkpoint:
+            add_finetuned(found, checkpoint)
         charts = write_report(found, report) if report is not None else []
         if as_json:
             sys.stdout.write(json.dumps(found.as_dict() | {"charts": [str(c) for c in charts]}) + "\n")
@@ -220,7 +227,7 @@ def show_evaluation(found: EvalReport, charts: list[Path]) -> None:
     for column in ("class", "precision", "recall"):
         classes.add_column(column, justify="left" if column == "class" else "right")
     for name in found.classes:
-        classes.add_row(name, f"{best.precision[name]:.1%}", f"{best.recall[name]:.1%}")
+        classes.add_row(name, f"{best.precision.get(name, 0.0):.1%}", f"{best.recall.get(name, 0.0):.1%}")
     console.print(classes)
     for chart in charts:
         console.print(f"wrote {chart}")

@@ -11,6 +11,7 @@ in :func:`write_report`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -175,8 +176,27 @@ def evaluate(
     return EvalReport(index.dataset, folds, classes, results, recommended)
 
 
+def add_finetuned(report: EvalReport, checkpoint: Path) -> None:
+    """Report a published checkpoint beside the CLIP modes, from its own validation split.
+
+    Cross-validating it on the references would test it on its training
+    images, so its held-out validation results from training are used
+    instead (``metrics.json``); the mode is recommended only if it beats the others.
+    """
+    metrics = json.loads((checkpoint / "metrics.json").read_text())
+    classes = [str(name) for name in metrics["classes"]]
+    report.modes["finetuned"] = ModeResult(
+        accuracy=float(metrics["validation_accuracy"]),
+        precision={name: float(metrics["precision"].get(name, 0.0)) for name in classes},
+        recall={name: float(metrics["recall"].get(name, 0.0)) for name in classes},
+        confusion=[],
+    )
+    if report.modes["finetuned"].accuracy > report.modes[report.recommended].accuracy:
+        report.recommended = "finetuned"
+
+
 def write_report(report: EvalReport, folder: Path) -> list[Path]:
-    """A bar chart of accuracy per mode and the recommended mode's confusion matrix, as PNGs."""
+    """A bar chart of accuracy per mode and the best cross-validated mode's confusion matrix, as PNGs."""
     ensure_dir(folder, boundary=folder)
     bars = folder / f"{report.dataset}-accuracy.png"
     # matplotlib's object API: no pyplot state, no display needed on a server.
@@ -190,8 +210,12 @@ def write_report(report: EvalReport, folder: Path) -> list[Path]:
     figure.tight_layout()
     figure.savefig(bars)
 
-    matrix = folder / f"{report.dataset}-confusion-{report.recommended}.png"
-    confusion = np.asarray(report.modes[report.recommended].confusion)
+    shown = max(
+        (name for name in report.modes if report.modes[name].confusion),
+        key=lambda n: report.modes[n].accuracy,
+    )
+    matrix = folder / f"{report.dataset}-confusion-{shown}.png"
+    confusion = np.asarray(report.modes[shown].confusion)
     size = max(4.0, 0.5 * len(report.classes) + 2)
     figure = Figure(figsize=(size, size))
     axes = figure.subplots()
@@ -203,7 +227,7 @@ def write_report(report: EvalReport, folder: Path) -> list[Path]:
     for (row, column), count in np.ndenumerate(confusion):
         ink = "white" if count > confusion.max() / 2 else "black"
         axes.text(column, row, str(count), ha="center", va="center", color=ink)
-    axes.set_title(f"{report.dataset}, {report.recommended}")
+    axes.set_title(f"{report.dataset}, {shown}")
     figure.tight_layout()
     figure.savefig(matrix)
     return [bars, matrix]

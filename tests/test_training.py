@@ -173,3 +173,22 @@ def test_sort_in_finetuned_mode_files_by_the_checkpoint(
     assert {r["mode"] for r in records} == {"finetuned"}
     assert np.mean([r["class"] == truth[Path(r["file"]).name] for r in records]) >= 0.85
     assert all(0 <= r["score"] <= 1 for r in records)
+
+
+def test_eval_reports_the_finetuned_mode_from_its_validation_split(
+    base: Path, data_root: Path, tiny_model: Path
+) -> None:
+    """With a published checkpoint, eval lists finetuned beside the CLIP modes."""
+    make_dataset(data_root / "ds", COLORS, references=20, seed=3)
+    runner = CliRunner(env={"CLIPSORT_MODEL": str(tiny_model)})
+    train_into(runner, base, data_root, "ds")
+    result = runner.invoke(app, ["eval", "--root", str(data_root), "--folds", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    published = current_checkpoint(data_root / ".clipsort" / "checkpoints" / "ds")
+    assert published is not None
+    metrics = json.loads((published / "metrics.json").read_text())
+    assert report["modes"]["finetuned"]["accuracy"] == metrics["validation_accuracy"]
+    assert {"text", "reference-max", "reference-avg", "mixed"} <= set(report["modes"])
+    only = runner.invoke(app, ["eval", "--root", str(data_root), "--folds", "2", "--json", "--modes", "text"])
+    assert set(json.loads(only.stdout)["modes"]) == {"text"}
