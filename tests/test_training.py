@@ -21,6 +21,30 @@ from tests.synthetic import SHAPES, draw, make_dataset, tiny_vit
 COLORS = {"red": "red", "green": "green", "blue": "blue", "yellow": "yellow"}
 
 
+def train_into(runner: CliRunner, base: Path, root: Path, dataset: str, *extra: str) -> None:
+    """`clipsort train` with settings that fit the tiny ViT in seconds; it must succeed."""
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--dataset",
+            dataset,
+            "--root",
+            str(root),
+            "--base",
+            str(base),
+            "--epochs",
+            "40",
+            "--learning-rate",
+            "0.002",
+            "--patience",
+            "8",
+            *extra,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_vit(tmp_path_factory.mktemp("vit") / "base")
@@ -48,27 +72,7 @@ def test_cli_trains_publishes_and_the_checkpoint_reloads(base: Path, data_root: 
     make_dataset(data_root / "ds", COLORS, references=20, seed=3)
     before = tree(data_root)
     out = tmp_path / "checkpoints"
-    result = CliRunner().invoke(
-        app,
-        [
-            "train",
-            "--dataset",
-            "ds",
-            "--root",
-            str(data_root),
-            "--base",
-            str(base),
-            "--epochs",
-            "40",
-            "--learning-rate",
-            "0.002",
-            "--patience",
-            "8",
-            "--out",
-            str(out),
-        ],
-    )
-    assert result.exit_code == 0, result.output
+    train_into(CliRunner(), base, data_root, "ds", "--out", str(out))
     assert tree(data_root) == before, "training never touches the dataset"
     published = current_checkpoint(out)
     assert published is not None and published.parent == out
@@ -128,29 +132,6 @@ def test_training_errors_exit_2_and_touch_nothing(
     assert message in result.stderr
     assert tree(data_root) == before
     assert not (tmp_path / "o").exists()
-
-
-def train_into(runner: CliRunner, base: Path, root: Path, dataset: str, *extra: str) -> None:
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "--dataset",
-            dataset,
-            "--root",
-            str(root),
-            "--base",
-            str(base),
-            "--epochs",
-            "40",
-            "--learning-rate",
-            "0.002",
-            "--patience",
-            "8",
-            *extra,
-        ],
-    )
-    assert result.exit_code == 0, result.output
 
 
 def test_sort_in_finetuned_mode_files_by_the_checkpoint(
