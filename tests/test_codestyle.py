@@ -26,3 +26,15 @@ def test_tool_passes(command: list[str]) -> None:
         [sys.executable, "-m", *command], cwd=REPO, capture_output=True, text=True, timeout=600, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    """The README's second set-up command is the line .ci/run ends with."""
+    readme = (REPO / "README.md").read_text()
+    setup = readme.split("## Set-up", 1)[1].split("\n## ", 1)[0]
+    commands = [block.split("```", 1)[0].strip() for block in setup.split("```sh\n")[1:]]
+    assert len(commands) == 2, commands
+    ci_lines = [
+        line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")
+    ]
+    assert ci_lines[-1] == commands[1]
