@@ -254,7 +254,8 @@ def publish(model: Any, processor: Any, result: TrainResult, folder: Path, optio
     summary = {k: v for k, v in asdict(result).items() if k != "checkpoint"} | {"base": options.base}
     (staging / "metrics.json").write_text(json.dumps(summary, indent=2))
     _plot(result.history, staging / "training.png")
-    final = folder / time.strftime("%Y%m%d-%H%M%S")
+    # A timestamp names the checkpoint for people; the suffix keeps two runs in one second apart.
+    final = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     rename_noreplace(staging, final)
     write_atomic(folder / CURRENT, final.name.encode())
     return final

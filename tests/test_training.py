@@ -173,3 +173,30 @@ def test_eval_reports_the_finetuned_mode_from_its_validation_split(
     assert {"text", "reference-max", "reference-avg", "mixed"} <= set(report["modes"])
     only = runner.invoke(app, ["eval", "--root", str(data_root), "--folds", "2", "--json", "--modes", "text"])
     assert set(json.loads(only.stdout)["modes"]) == {"text"}
+
+
+def test_two_trainings_in_the_same_second_both_publish(base: Path, data_root: Path, tmp_path: Path) -> None:
+    """Checkpoint folders never collide; the pointer names the latest."""
+    make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=4, seed=3)
+    out = tmp_path / "checkpoints"
+    for _ in range(2):
+        result = CliRunner().invoke(
+            app,
+            [
+                "train",
+                "-d",
+                "ds",
+                "--root",
+                str(data_root),
+                "--base",
+                str(base),
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+            ],
+        )
+        assert result.exit_code == 0, result.output
+    published = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(published) == 2
+    assert current_checkpoint(out) in published
