@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 
 import structlog
 
@@ -139,6 +140,7 @@ class Catalog:
         self._waiting: set[str] = set()
         self._lock = threading.Lock()
         self.checkpoints = CheckpointCache(settings.checkpoints_loaded, "cpu")
+        self._seen_checkpoints: set[Path] = set()
 
     def snapshot(self) -> Mapping[str, Target]:
         """The current targets; never mutated afterwards, so safe to use for a whole batch."""
@@ -164,18 +166,34 @@ class Catalog:
         self._targets = {key: value for key, value in self._targets.items() if key != name}
 
     def watch_checkpoints(self) -> None:
-        """Ask for a rebuild of every finetuned dataset whose published checkpoint changed.
+        """Load every newly published checkpoint in the background, then ask for the swap.
 
         The state folder is not watched (the daemon writes to it itself), so the
-        worker polls the small ``current`` pointer files between batches.
+        worker polls the small ``current`` pointer files between batches. Loading
+        happens on a thread of its own, so classification goes on meanwhile; the
+        swap itself is a cheap rebuild on the worker thread between two batches.
         """
         for name, target in self._targets.items():
             if not isinstance(target.classifier, FinetunedClassifier):
                 continue
             published = current_checkpoint(checkpoints_of(self.settings.state_path, name))
-            if published is not None and published != target.classifier.checkpoint.path:
-                with self._lock:
-                    self._due.setdefault(name, self._clock())
+            if published is None or published == target.classifier.checkpoint.path:
+                continue
+            with self._lock:
+                if published in self._seen_checkpoints:
+                    continue  # loading, or rejected already: a new publication has a new path
+                self._seen_checkpoints.add(published)
+            threading.Thread(
+                target=self._preload, args=(name, published), name="clipsort-checkpoint", daemon=True
+            ).start()
+
+    def _preload(self, name: str, path: Path) -> None:
+        try:
+            self.checkpoints.get(path)
+        except ModelLoadError as exc:  # a broken checkpoint: the one in use stays
+            log.error("checkpoint_rejected", dataset=name, error=str(exc), kept="previous classifier")
+            return
+        self.request([name], 0.0)
 
     def rebuild_due(self, embedder: Embedder) -> None:
         """Rebuild every dataset whose debounce delay has passed (worker thread)."""

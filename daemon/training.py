@@ -27,9 +27,18 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from PIL import Image, ImageEnhance, ImageOps
-from transformers import AutoImageProcessor, AutoModelForImageClassification, get_cosine_schedule_with_warmup
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    AutoTokenizer,
+    CLIPModel,
+    get_cosine_schedule_with_warmup,
+)
 
-from daemon.classindex import REFERENCE_IGNORE, class_folders
+from daemon.classindex import REFERENCE_IGNORE, class_description, class_folders
+from daemon.cliphead import ClipHeadForImageClassification
+from daemon.config import DEFAULT_TEMPLATES
 from daemon.embeddings import DecodeLimits
 from daemon.encoder import looks_like_path
 from daemon.errors import ImageRejected, TrainingError
@@ -112,9 +121,30 @@ def augment(image: Image.Image, rng: random.Random) -> Image.Image:
     return ImageEnhance.Contrast(image).enhance(rng.uniform(0.9, 1.1))
 
 
-def _load_base(options: TrainOptions, classes: list[str]) -> tuple[Any, Any]:
+def zero_shot_text(base: str, descriptions: list[str]) -> torch.Tensor:
+    """Prompt-ensembled, normalised text embeddings of ``descriptions`` from a CLIP model."""
+    clip: Any = CLIPModel.from_pretrained(base)
+    clip.eval()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    prompts = [template.format(text) for text in descriptions for template in DEFAULT_TEMPLATES]
+    with torch.inference_mode():
+        output = clip.get_text_features(**tokenizer(prompts, padding=True, return_tensors="pt"))
+    features = output if isinstance(output, torch.Tensor) else output.pooler_output
+    features = torch.nn.functional.normalize(features, dim=-1).reshape(
+        len(descriptions), len(DEFAULT_TEMPLATES), -1
+    )
+    return torch.nn.functional.normalize(features.mean(dim=1), dim=-1)
+
+
+def _load_base(options: TrainOptions, classes: list[str], descriptions: list[str]) -> tuple[Any, Any]:
     try:
         processor = AutoImageProcessor.from_pretrained(options.base)  # type: ignore[no-untyped-call]
+        if AutoConfig.from_pretrained(options.base).model_type == "clip":
+            clip: Any = CLIPModel.from_pretrained(options.base)
+            head: Any = ClipHeadForImageClassification.from_clip(
+                clip, zero_shot_text(options.base, descriptions), classes
+            )
+            return head.to(options.device), processor
         model = AutoModelForImageClassification.from_pretrained(
             options.base,
             num_labels=len(classes),
@@ -211,7 +241,8 @@ def train(
 ) -> TrainResult:
     """Fine-tune, then publish the checkpoint in ``checkpoints`` as its current one."""
     classes, pairs = examples(layout)
-    model, processor = _load_base(options, classes)
+    descriptions = [class_description(layout.classes / name, {}) for name in classes]
+    model, processor = _load_base(options, classes, descriptions)
     data = _decode(pairs, _input_size(processor), limits, options)
     best_epoch, best, history = _fit(model, processor, data, options, step)
     validation = processor(images=[data.pictures[i] for i in data.validation], return_tensors="pt")

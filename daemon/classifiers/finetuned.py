@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+import daemon.cliphead  # noqa: F401  (imported for its registration with AutoModelForImageClassification)
 from daemon.classifiers.base import Scores
 from daemon.classindex import ClassIndex
 from daemon.errors import ModelLoadError
@@ -36,7 +37,10 @@ class Checkpoint:
 
 
 def load_checkpoint(path: Path, device: str) -> Checkpoint:
-    """Load ``path``; ModelLoadError if it is broken or not an image classifier."""
+    """Load ``path``; ModelLoadError if it is broken or not an image classifier.
+
+    Plain backbones and CLIP-head checkpoints (``clipsort-clip-head``) both load.
+    """
     try:
         processor = AutoImageProcessor.from_pretrained(path)  # type: ignore[no-untyped-call]
         model = AutoModelForImageClassification.from_pretrained(path).to(device).eval()
