@@ -17,11 +17,11 @@ from pathlib import Path
 
 import structlog
 
-from daemon.calibration import calibrate
-from daemon.classifiers import make_classifier
+from daemon.calibration import Calibration, calibrate
+from daemon.classifiers import Classifier, make_classifier
 from daemon.classifiers.finetuned import CheckpointCache, FinetunedClassifier
 from daemon.classindex import ClassIndex, build_class_index
-from daemon.config import Settings
+from daemon.config import DatasetSettings, Settings
 from daemon.embedcache import EmbeddingCache
 from daemon.embeddings import DecodeLimits, Embedder
 from daemon.encoder import Encoder
@@ -67,6 +67,29 @@ def finetuned_target(
     return Target(layout=layout, settings=own, index=index, classifier=classifier, review=review)
 
 
+def choose_classifier(
+    own: DatasetSettings, index: ClassIndex, logit_scale: float
+) -> tuple[Classifier, Calibration | None]:
+    """The classifier of ``own.mode`` on ``index``, calibrated by leave-one-out where anything is auto."""
+    calibration = None
+    auto_weights = own.mode == "mixed" and "auto" in (own.alpha, own.beta)
+    if auto_weights or own.min_confidence == "auto":
+        calibration = calibrate(
+            index,
+            logit_scale,
+            mode=make_classifier(own).name,
+            alpha=_number(own.alpha),
+            beta=_number(own.beta),
+            keep=own.auto_keep if own.min_confidence == "auto" else None,
+        )
+    # A calibration carries explicit numbers through unchanged and fills in "auto".
+    if calibration is not None:
+        alpha, beta = calibration.alpha, calibration.beta
+    else:
+        alpha, beta = _number(own.alpha) or 0.0, _number(own.beta) or 1.0
+    return make_classifier(own, alpha, beta), calibration
+
+
 def make_target(
     layout: DatasetLayout, settings: Settings, embedder: Embedder, checkpoints: CheckpointCache | None = None
 ) -> Target:
@@ -76,18 +99,8 @@ def make_target(
     if own.mode == "finetuned":
         cache = checkpoints or CheckpointCache(settings.checkpoints_loaded, embedder.encoder.device)
         return finetuned_target(layout, settings, index, cache)
-    calibration = None
-    auto_weights = own.mode == "mixed" and "auto" in (own.alpha, own.beta)
-    if auto_weights or own.min_confidence == "auto":
-        name = make_classifier(own).name
-        calibration = calibrate(
-            index,
-            embedder.encoder.logit_scale,
-            mode=name,
-            alpha=None if own.alpha == "auto" else own.alpha,
-            beta=None if own.beta == "auto" else own.beta,
-            keep=own.auto_keep if own.min_confidence == "auto" else None,
-        )
+    classifier, calibration = choose_classifier(own, index, embedder.encoder.logit_scale)
+    if calibration is not None:
         log.info(
             "calibrated",
             dataset=layout.name,
@@ -98,12 +111,6 @@ def make_target(
             loo_accuracy={mode: round(value, 4) for mode, value in calibration.accuracy.items()},
             min_confidence=calibration.min_confidence,
         )
-    # A calibration carries explicit numbers through unchanged and fills in "auto".
-    if calibration is not None:
-        alpha, beta = calibration.alpha, calibration.beta
-    else:
-        alpha, beta = _number(own.alpha) or 0.0, _number(own.beta) or 1.0
-    classifier = make_classifier(own, alpha, beta)
     classifier.check(index)
     threshold = calibration.min_confidence if calibration is not None else None
     minimum = threshold if own.min_confidence == "auto" else _number(own.min_confidence)

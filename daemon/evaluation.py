@@ -20,11 +20,8 @@ import numpy as np
 import numpy.typing as npt
 from matplotlib.figure import Figure
 
-from daemon.calibration import calibrate
+from daemon.catalog import choose_classifier
 from daemon.classifiers.base import Classifier
-from daemon.classifiers.mixed import MixedClassifier
-from daemon.classifiers.reference import ReferenceClassifier
-from daemon.classifiers.text import TextClassifier
 from daemon.classindex import ClassIndex
 from daemon.config import DatasetSettings
 from daemon.errors import NoClassesError
@@ -104,15 +101,13 @@ def subset(index: ClassIndex, keep: npt.NDArray[np.bool_]) -> ClassIndex:
 
 
 def classifier_for(mode: str, index: ClassIndex, settings: DatasetSettings, logit_scale: float) -> Classifier:
-    """The classifier ``clipsort sort`` would use for ``mode`` on ``index``."""
-    if mode == "text":
-        return TextClassifier()
-    if mode.startswith("reference-"):
-        return ReferenceClassifier(aggregate="max" if mode.endswith("max") else "avg")
-    fixed_alpha = settings.alpha if settings.alpha != "auto" else None
-    fixed_beta = settings.beta if settings.beta != "auto" else None
-    found = calibrate(index, logit_scale, mode="mixed", alpha=fixed_alpha, beta=fixed_beta)
-    return MixedClassifier(alpha=found.alpha, beta=found.beta)
+    """The classifier ``clipsort sort`` would use for ``mode`` on ``index`` (no review threshold)."""
+    chosen, _, aggregate = mode.partition("-")
+    own = settings.model_copy(
+        update={"mode": chosen, "aggregate": aggregate or settings.aggregate, "min_confidence": None}
+    )
+    classifier, _ = choose_classifier(own, index, logit_scale)
+    return classifier
 
 
 def _metrics(
