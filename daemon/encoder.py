@@ -21,11 +21,11 @@ from PIL import Image
 from sentence_transformers import SentenceTransformer
 
 from daemon.errors import ModelLoadError
+from daemon.images import input_size
 
 log = structlog.get_logger()
 
 Vectors = npt.NDArray[np.float32]
-DEFAULT_IMAGE_SIZE = 224
 DEFAULT_LOGIT_SCALE = 100.0  # OpenAI CLIP's value, for models that do not carry one
 
 
@@ -101,7 +101,9 @@ class Encoder:
         self._text = load_model(text_model, self.device) if text_model else self._model
         self.identity = model_identity(model)
         self.text_identity = f"{self.identity}+{model_identity(text_model)}" if text_model else self.identity
-        self.image_size = self._input_size()
+        self.image_size = input_size(
+            getattr(getattr(self._model[0], "processor", None), "image_processor", None)
+        )
         self.logit_scale = self._logit_scale()
         log.info(
             "model_loaded", model=model, text_model=text_model, device=self.device, identity=self.identity
@@ -113,12 +115,6 @@ class Encoder:
         if isinstance(scale, torch.Tensor):
             return float(scale.detach().float().exp().item())
         return DEFAULT_LOGIT_SCALE
-
-    def _input_size(self) -> int:
-        processor = getattr(self._model[0], "processor", None)
-        crop = getattr(getattr(processor, "image_processor", None), "crop_size", None)
-        height = getattr(crop, "height", None)  # transformers' SizeDict
-        return int(height) if height else DEFAULT_IMAGE_SIZE
 
     def encode_images(self, images: Sequence[Image.Image]) -> Vectors:
         """One row per picture."""

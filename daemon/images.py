@@ -38,6 +38,20 @@ def _shrink(image: Image.Image, target: int) -> Image.Image:
     return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
+def input_size(image_processor: object, default: int = 224) -> int:
+    """The side of the square a Hugging Face image processor feeds its model.
+
+    The crop if it crops (CLIP), else the resize target (ViT); transformers
+    keeps these as dicts or as its ``SizeDict``.
+    """
+    for field, key in (("crop_size", "height"), ("size", "height"), ("size", "shortest_edge")):
+        size = getattr(image_processor, field, None)
+        value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+        if value:
+            return int(value)
+    return default
+
+
 def load_image(path: Path, *, target: int, formats: Sequence[str], max_pixels: int) -> Image.Image:
     """Open ``path`` as an RGB image whose shortest edge is about ``target``.
 

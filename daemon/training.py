@@ -42,7 +42,7 @@ from daemon.config import DEFAULT_TEMPLATES
 from daemon.embeddings import DecodeLimits
 from daemon.encoder import looks_like_path
 from daemon.errors import ImageRejected, TrainingError
-from daemon.images import load_image
+from daemon.images import input_size, load_image
 from daemon.layout import DatasetLayout
 from daemon.mover import ensure_dir, make_state_dir, rename_noreplace, write_atomic
 from daemon.scanner import scan
@@ -243,7 +243,7 @@ def train(
     classes, pairs = examples(layout)
     descriptions = [class_description(layout.classes / name, {}) for name in classes]
     model, processor = _load_base(options, classes, descriptions)
-    data = _decode(pairs, _input_size(processor), limits, options)
+    data = _decode(pairs, input_size(processor), limits, options)
     best_epoch, best, history = _fit(model, processor, data, options, step)
     validation = processor(images=[data.pictures[i] for i in data.validation], return_tensors="pt")
     guessed = predict(model, validation["pixel_values"].to(options.device)).cpu().numpy()
@@ -256,15 +256,6 @@ def train(
     result = TrainResult(Path(), classes, best_epoch, best, history, precision, recall)
     result.checkpoint = publish(model, processor, result, checkpoints, options)
     return result
-
-
-def _input_size(processor: object) -> int:
-    size = getattr(processor, "size", None)
-    for key in ("height", "shortest_edge"):
-        value = getattr(size, key, None) if not isinstance(size, dict) else size.get(key)
-        if value:
-            return int(value)
-    return 224
 
 
 def predict(model: Any, pixels: torch.Tensor) -> torch.Tensor:
