@@ -23,9 +23,10 @@ from daemon.classifiers.finetuned import CheckpointCache, FinetunedClassifier
 from daemon.classindex import ClassIndex, build_class_index
 from daemon.config import DatasetSettings, Settings
 from daemon.embedcache import EmbeddingCache
-from daemon.embeddings import DecodeLimits, Embedder
+from daemon.embeddings import Embedder
 from daemon.encoder import Encoder
 from daemon.errors import ModelLoadError, NoClassesError
+from daemon.images import DecodeLimits
 from daemon.layout import DatasetLayout, is_dataset
 from daemon.pipeline import Target
 from daemon.review import ReviewPolicy
@@ -36,7 +37,7 @@ log = structlog.get_logger()
 
 def decode_limits(settings: Settings) -> DecodeLimits:
     """What an inbox or reference file may be, as configured."""
-    return DecodeLimits(tuple(settings.image_formats), settings.max_pixels)
+    return DecodeLimits(tuple(settings.image_formats), settings.max_pixels, int(settings.max_file_mb * 2**20))
 
 
 def make_embedder(settings: Settings, encoder: Encoder, cache: EmbeddingCache | None = None) -> Embedder:

@@ -8,6 +8,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
@@ -27,16 +28,20 @@ from daemon.catalog import decode_limits, make_embedder
 from daemon.classindex import build_class_index
 from daemon.config import Settings, load_settings, render_config_toml
 from daemon.encoder import Encoder, resolve_device
-from daemon.errors import ClipsortError, ConfigError, DatasetError
+from daemon.errors import ClipsortError, ConfigError, DatasetError, JournalError
 from daemon.evaluation import MODES, EvalReport, add_finetuned, evaluate, write_report
-from daemon.layout import CLASSES_DIR, INBOX_DIR, SORTED_DIR, select
+from daemon.journal import JOURNAL_DB, Journal
+from daemon.layout import CLASSES_DIR, INBOX_DIR, SORTED_DIR, DatasetLayout, select
 from daemon.logs import configure_logging
-from daemon.mover import ensure_dir, write_new
+from daemon.mover import ensure_dir, make_state_dir, write_new
 from daemon.pipeline import Outcome
+from daemon.recovery import recover
 from daemon.service import run_service
 from daemon.sorter import gather, run
 from daemon.status import is_live, read_status
 from daemon.training import DEFAULT_BASE, TrainOptions, checkpoints_of, current_checkpoint, train
+from daemon.undo import choose, parse_since
+from daemon.undo import undo as undo_entry
 
 app = typer.Typer(
     name="clipsort",
@@ -130,7 +135,12 @@ def sort(
                 sys.stdout.flush()
             progress.advance(task)
 
-        run(work, settings, embedder, dry_run=dry_run, on_outcome=record)
+        journal = None if dry_run else open_journal(settings, layouts)
+        try:
+            run(work, settings, embedder, journal=journal, dry_run=dry_run, on_outcome=record)
+        finally:
+            if journal is not None:
+                journal.close()
     Console(stderr=as_json).print(summary(outcomes, dry_run=dry_run))
 
 
@@ -278,6 +288,104 @@ def train_model(
         f"{dataset}: validation accuracy {result.validation_accuracy:.1%} (epoch {result.best_epoch}); "
         f"published {result.checkpoint}"
     )
+
+
+def open_journal(settings: Settings, layouts: list[DatasetLayout]) -> Journal:
+    """The journal in the state folder, with any interrupted move settled first."""
+    make_state_dir(settings.state_path)
+    journal = Journal(settings.state_path)
+    recover(journal, layouts)
+    return journal
+
+
+def existing_journal(settings: Settings) -> Journal:
+    """The journal, which must already exist (history and undo never create one)."""
+    if not (settings.state_path / JOURNAL_DB).is_file():
+        raise JournalError(f"no journal in {str(settings.state_path)!r}: nothing has been sorted there yet")
+    return Journal(settings.state_path)
+
+
+SinceOption = Annotated[
+    str | None,
+    typer.Option("--since", help="From this time on: 2026-11-26T14:00, or an age like 30m, 2h, 3d."),
+]
+OneDataset = Annotated[str | None, typer.Option("--dataset", "-d", help="Only this dataset.")]
+
+
+@app.command()
+@user_errors
+def history(
+    dataset: OneDataset = None,
+    since: SinceOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per decision on stdout.")] = False,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """List clipsort's decisions and moves, oldest first, from its journal."""
+    settings = settings_from(config, root=root)
+    journal = existing_journal(settings)
+    try:
+        entries = journal.entries(
+            dataset=dataset, since=None if since is None else parse_since(since, time.time())
+        )
+    finally:
+        journal.close()
+    if as_json:
+        for entry in entries:
+            typer.echo(json.dumps(entry.as_dict(), ensure_ascii=False))
+        return
+    table = Table()
+    for column in ("time", "dataset", "file", "class", "score", "state", "now at"):
+        table.add_column(column)
+    for entry in entries:
+        score = entry.intent.top3[0][1] if entry.intent.top3 else None
+        table.add_row(
+            datetime.fromtimestamp(entry.created).isoformat(sep=" ", timespec="seconds"),
+            entry.intent.dataset,
+            entry.intent.source.name,
+            entry.intent.label or f"({entry.intent.placement})",
+            "" if score is None else f"{score:.2f}",
+            entry.state,
+            "" if entry.destination is None else str(entry.destination),
+        )
+    Console().print(table)
+
+
+@app.command()
+@user_errors
+def undo(
+    file: Annotated[Path | None, typer.Argument(help="A file clipsort moved (its path now).")] = None,
+    last: Annotated[int | None, typer.Option("--last", min=1, help="The newest N moves.")] = None,
+    since: SinceOption = None,
+    dataset: OneDataset = None,
+    to: Annotated[
+        str | None,
+        typer.Option("--to", help="Move into this class instead of back to Images/ (a correction)."),
+    ] = None,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """Move files clipsort placed back to Images/ (default: the last one), or with --to into a class."""
+    settings = settings_from(config, root=root)
+    if sum(x is not None for x in (file, last, since)) > 1:
+        raise JournalError("give one of FILE, --last or --since")
+    journal = existing_journal(settings)
+    try:
+        chosen = choose(
+            journal,
+            dataset=dataset,
+            last=1 if file is None and last is None and since is None else last,
+            since=None if since is None else parse_since(since, time.time()),
+            file=file,
+        )
+        results = [undo_entry(entry, journal, settings.root, to) for entry in chosen]
+    finally:
+        journal.close()
+    for result in results:
+        where = "" if result.path is None else f" -> {result.path}"
+        typer.echo(f"{result.entry.destination}{where}: {result.note}")
+    if any(result.path is None for result in results):
+        raise typer.Exit(NOT_RUNNING)
 
 
 @app.command("run")

@@ -179,6 +179,12 @@ class Settings(BaseSettings):
         89_478_485,
         description="Larger images are refused unread (a decompression-bomb guard; at most Pillow's limit).",
     )
+    max_file_mb: PositiveFloat = Field(
+        200.0, description="Larger files are refused unread and go to Rejected/ (MiB)."
+    )
+    decode_timeout_seconds: PositiveFloat = Field(
+        30.0, description="Daemon: a file whose decoding takes longer goes to Rejected/."
+    )
     image_formats: list[str] = Field(
         default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"],
         description="Pillow formats that may be decoded; anything else goes to Rejected/.",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +12,9 @@ from PIL import Image
 from daemon.embedcache import EmbeddingCache, text_key
 from daemon.encoder import Encoder, Vectors
 from daemon.errors import ImageRejected
-from daemon.images import load_image
+from daemon.images import DecodeLimits
 
 log = structlog.get_logger()
-
-
-@dataclass(frozen=True)
-class DecodeLimits:
-    """What an untrusted file may be to get decoded at all."""
-
-    formats: tuple[str, ...]
-    max_pixels: int
 
 
 def normalise(vectors: Vectors) -> Vectors:
@@ -48,12 +39,11 @@ class Embedder:
 
     def decode(self, path: Path) -> Image.Image:
         """The model-sized picture in ``path``; raises :class:`ImageRejected`."""
-        return load_image(
-            path,
-            target=self.encoder.image_size,
-            formats=self.limits.formats,
-            max_pixels=self.limits.max_pixels,
-        )
+        return self.limits.load(path, self.encoder.image_size)
+
+    def decode_bytes(self, data: bytes) -> Image.Image:
+        """The model-sized picture in a file's bytes; raises :class:`ImageRejected`."""
+        return self.limits.decode(data, self.encoder.image_size)
 
     def images(self, paths: Sequence[Path]) -> tuple[Vectors, list[Path]]:
         """Vectors of the readable files among ``paths``, and which those were."""

@@ -99,6 +99,7 @@ class Encoder:
         self.device = resolve_device(device)
         self._model = load_model(model, self.device)
         self._text = load_model(text_model, self.device) if text_model else self._model
+        self._cpu: SentenceTransformer | None = None  # loaded the first time the accelerator fails
         self.identity = model_identity(model)
         self.text_identity = f"{self.identity}+{model_identity(text_model)}" if text_model else self.identity
         self.image_size = input_size(
@@ -119,6 +120,16 @@ class Encoder:
     def encode_images(self, images: Sequence[Image.Image]) -> Vectors:
         """One row per picture."""
         return self._encode(self._model, list(images))
+
+    def encode_images_on_cpu(self, images: Sequence[Image.Image]) -> Vectors:
+        """The last resort when the accelerator fails (out of memory): the same weights on the CPU."""
+        if self.device == "cpu":
+            return self.encode_images(images)
+        if self._cpu is None:
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            self._cpu = load_model(self.name, "cpu")
+        return self._encode(self._cpu, list(images))
 
     def encode_texts(self, texts: Sequence[str]) -> Vectors:
         """One row per text."""

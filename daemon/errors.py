@@ -11,6 +11,7 @@ one of these at the boundary where they happen, so callers catch one family::
     │   └── NoClassesError
     ├── ModelLoadError       the CLIP model cannot be loaded
     ├── TrainingError        a dataset cannot be fine-tuned as asked
+    ├── JournalError         the journal cannot be read or has nothing to undo
     └── ImageRejected        one file cannot be read as an image (quarantined)
         └── ImageIncomplete  empty or truncated: maybe still arriving
 
@@ -47,6 +48,10 @@ class ModelLoadError(ClipsortError):
 
 class TrainingError(ClipsortError):
     """A dataset cannot be fine-tuned as asked (too few images, a base model that will not load)."""
+
+
+class JournalError(ClipsortError):
+    """The journal cannot be opened, or a history or undo request matches nothing it can do."""
 
 
 class ImageRejected(ClipsortError):

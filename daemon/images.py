@@ -9,9 +9,11 @@ never fully decoded to make a 224-pixel input.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -52,11 +54,11 @@ def input_size(image_processor: object, default: int = 224) -> int:
     return default
 
 
-def load_image(path: Path, *, target: int, formats: Sequence[str], max_pixels: int) -> Image.Image:
-    """Open ``path`` as an RGB image whose shortest edge is about ``target``.
+def read_file(path: Path, *, max_bytes: int) -> bytes:
+    """The bytes of the regular file at ``path``, at most ``max_bytes`` of them.
 
-    Raises :class:`ImageRejected` with a human-readable reason when the file
-    is not an allowed, complete, reasonably sized image.
+    Raises :class:`ImageRejected` for what is not a readable regular file of
+    an acceptable size, :class:`ImageIncomplete` for an empty one.
     """
     try:
         # O_NOFOLLOW: a symlink swapped in after the scan is refused, not read.
@@ -70,31 +72,69 @@ def load_image(path: Path, *, target: int, formats: Sequence[str], max_pixels: i
             raise ImageRejected("not a regular file")
         if status.st_size == 0:
             raise ImageIncomplete("empty file")
+        if status.st_size > max_bytes:
+            raise ImageRejected(f"{status.st_size} bytes exceeds the {max_bytes}-byte file size limit")
         try:
-            image = Image.open(handle, formats=list(formats))
-        except UnidentifiedImageError:
-            raise ImageRejected(f"not an image in an allowed format ({', '.join(formats)})") from None
-        except (
-            Image.DecompressionBombError,
-            OSError,
-            ValueError,
-            SyntaxError,
-        ) as exc:
-            raise ImageRejected(f"unreadable image header: {exc}") from None
-        # Pillow itself only *warns* between MAX_IMAGE_PIXELS and twice that.
-        # Treating the warning as an error through a warnings filter would be
-        # process-global and undone by any catch_warnings() elsewhere, so the
-        # same limit is applied here, explicitly, from the header.
-        limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
-        if image.width * image.height > limit:
-            raise ImageRejected(f"{image.width}x{image.height} exceeds the {limit}-pixel limit")
-        try:
-            image.draft("RGB", (target, target))
-            image.load()
-        except Exception as exc:  # Pillow raises many types for corrupt data
-            raise ImageIncomplete(f"corrupt or truncated image: {exc}") from None
+            data = handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise ImageRejected(f"cannot read: {exc.strerror}") from None
+    if len(data) > max_bytes:  # it grew since the fstat
+        raise ImageRejected(f"more than the {max_bytes}-byte file size limit")
+    return data
+
+
+def decode_image(data: bytes, *, target: int, formats: Sequence[str], max_pixels: int) -> Image.Image:
+    """Decode ``data`` as an RGB image whose shortest edge is about ``target``.
+
+    Raises :class:`ImageRejected` with a human-readable reason when the bytes
+    are not an allowed, complete, reasonably sized image.
+    """
+    try:
+        image = Image.open(io.BytesIO(data), formats=list(formats))
+    except UnidentifiedImageError:
+        raise ImageRejected(f"not an image in an allowed format ({', '.join(formats)})") from None
+    except (
+        Image.DecompressionBombError,
+        OSError,
+        ValueError,
+        SyntaxError,
+    ) as exc:
+        raise ImageRejected(f"unreadable image header: {exc}") from None
+    # Pillow itself only *warns* between MAX_IMAGE_PIXELS and twice that.
+    # Treating the warning as an error through a warnings filter would be
+    # process-global and undone by any catch_warnings() elsewhere, so the
+    # same limit is applied here, explicitly, from the header.
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    if image.width * image.height > limit:
+        raise ImageRejected(f"{image.width}x{image.height} exceeds the {limit}-pixel limit")
+    try:
+        image.draft("RGB", (target, target))
+        image.load()
+    except Exception as exc:  # Pillow raises many types for corrupt data
+        raise ImageIncomplete(f"corrupt or truncated image: {exc}") from None
     try:
         upright = ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block should not cost the picture
         upright = image
     return _shrink(_flatten(upright), target)
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What an untrusted file may be to get decoded at all."""
+
+    formats: tuple[str, ...]
+    max_pixels: int
+    max_bytes: int
+
+    def decode(self, data: bytes, target: int) -> Image.Image:
+        """:func:`decode_image` within these limits."""
+        return decode_image(data, target=target, formats=self.formats, max_pixels=self.max_pixels)
+
+    def read(self, path: Path) -> bytes:
+        """:func:`read_file` within these limits."""
+        return read_file(path, max_bytes=self.max_bytes)
+
+    def load(self, path: Path, target: int) -> Image.Image:
+        """:func:`read_file` then :func:`decode_image`, within these limits."""
+        return self.decode(self.read(path), target)

@@ -1,7 +1,8 @@
 """Every file-system mutation clipsort makes goes through this module.
 
 Guarantees: never overwrite, never follow a symlink, never write outside the
-folder a caller names as the boundary, never leave a file half-moved.
+folder a caller names as the boundary, never leave a file half-moved or
+present twice, whichever single step fails.
 
 Why not ``shutil.move``: on any ``OSError`` from ``rename`` it silently falls
 back to copy-and-delete, and ``os.rename`` itself replaces an existing
@@ -15,24 +16,38 @@ destination. Instead:
   destination folder, fsync it, no-clobber rename it into place, fsync the
   folder, and only then unlink the source.
 
-Folders are fsynced after each rename so the move survives a power cut.
+When the last step of a two-step move (the ``unlink`` after a ``link`` or a
+copy) fails, the new name is removed again, so the file stays once, in its
+old place, and the caller may retry. A crash between the steps is repaired
+at the next start (:mod:`daemon.recovery`).
+
+Every primitive call goes through :data:`SYSCALLS`, the one seam where tests
+inject ``ENOSPC``, ``EIO`` and friends at the N-th step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
 
+import structlog
+
 from daemon.errors import ClipsortError
+
+log = structlog.get_logger()
 
 NAME_MAX = 255
 MAX_SUFFIX = 100_000
+TEMPORARY = re.compile(r"^\.clipsort-[0-9a-f]{32}\.tmp$")
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
+_COPY_CHUNK = 1 << 20
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)  # glibc >= 2.28
 
@@ -41,26 +56,97 @@ class UnsafeDestination(ClipsortError):
     """A destination resolved outside the folder it must stay in."""
 
 
+class Syscalls:
+    """The primitive calls the mover makes, one method each."""
+
+    def renameat2(self, source: Path, target: Path) -> None:
+        """``rename`` that fails with EEXIST instead of replacing; EINVAL/ENOSYS where unsupported."""
+        if _renameat2 is None:
+            raise OSError(errno.ENOSYS, "renameat2 is not available")
+        if _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE):
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), str(source), None, str(target))
+
+    def link(self, source: Path, target: Path) -> None:
+        os.link(source, target, follow_symlinks=False)
+
+    def unlink(self, path: Path) -> None:
+        os.unlink(path)
+
+    def mkdir(self, path: Path, mode: int) -> None:
+        os.mkdir(path, mode)
+
+    def open(self, path: Path, flags: int, mode: int = 0o600) -> int:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+
+    def copy(self, reader: int, writer: int) -> None:
+        """All of ``reader``'s bytes onto ``writer``."""
+        while chunk := os.read(reader, _COPY_CHUNK):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(writer, view) :]
+
+    def write(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def copystat(self, source: Path, target: Path) -> None:
+        shutil.copystat(source, target, follow_symlinks=False)
+
+    def replace(self, source: Path, target: Path) -> None:
+        os.replace(source, target)
+
+
+SYSCALLS = Syscalls()
+
+
 def rename_noreplace(source: Path, target: Path) -> None:
     """Atomically rename ``source`` to ``target``; FileExistsError if taken."""
-    if _renameat2 is not None:
-        result = _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE)
-        if result == 0:
-            return
-        code = ctypes.get_errno()
-        if code not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
-            raise OSError(code, os.strerror(code), str(source), None, str(target))
-    os.link(source, target, follow_symlinks=False)
-    os.unlink(source)
+    try:
+        SYSCALLS.renameat2(source, target)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise
+    SYSCALLS.link(source, target)
+    try:
+        SYSCALLS.unlink(source)
+    except OSError:
+        _take_back(target)
+        raise
+
+
+def _take_back(path: Path) -> None:
+    """Remove the second name of a file whose move could not be finished."""
+    try:
+        SYSCALLS.unlink(path)
+    except OSError as exc:  # two faults in a row: recovery at the next start settles it
+        log.error("move_undo_failed", path=str(path), error=str(exc))
 
 
 def fsync_dir(folder: Path) -> None:
     """Make a folder's entries (a rename, a new file) durable."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = SYSCALLS.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        SYSCALLS.fsync(fd)
     finally:
-        os.close(fd)
+        SYSCALLS.close(fd)
+
+
+def _sync_after_rename(*folders: Path) -> None:
+    """fsync folders whose rename already happened: a failure cannot undo it, so it is logged."""
+    for folder in folders:
+        try:
+            fsync_dir(folder)
+        except OSError as exc:
+            log.warning("fsync_failed", folder=str(folder), error=str(exc))
 
 
 def candidate_name(name: str, attempt: int) -> str:
@@ -82,10 +168,17 @@ def check_inside(boundary: Path, folder: Path) -> None:
         raise UnsafeDestination(f"{str(folder)!r} lies outside {str(boundary)!r}")
 
 
-def ensure_dir(folder: Path, boundary: Path) -> None:
+def ensure_dir(folder: Path, boundary: Path, mode: int = 0o777) -> None:
     """Create ``folder`` (and parents) inside ``boundary``."""
     check_inside(boundary, folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    missing = []
+    for parent in [folder, *folder.parents]:
+        if parent.is_dir():
+            break
+        missing.append(parent)
+    for parent in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made by someone else meanwhile
+            SYSCALLS.mkdir(parent, mode)
     check_inside(boundary, folder)
 
 
@@ -101,26 +194,29 @@ def _rename_into(source: Path, folder: Path, name: str) -> Path:
 
 
 def _copy_into(source: Path, folder: Path, name: str) -> Path:
-    """Copy ``source`` to a new, unique name in ``folder`` without ever overwriting."""
+    """Copy ``source`` to a new, unique, durable name in ``folder`` without ever overwriting."""
     temporary = folder / f".clipsort-{uuid.uuid4().hex}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    reader = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    reader = SYSCALLS.open(source, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        writer = os.open(temporary, flags, 0o600)
+        writer = SYSCALLS.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
-            with os.fdopen(reader, "rb", closefd=False) as src, os.fdopen(writer, "wb", closefd=False) as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            os.fsync(writer)
-        finally:
-            os.close(writer)
-        shutil.copystat(source, temporary, follow_symlinks=False)
-        target = _rename_into(temporary, folder, name)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+            try:
+                SYSCALLS.copy(reader, writer)
+                SYSCALLS.fsync(writer)
+            finally:
+                SYSCALLS.close(writer)
+            SYSCALLS.copystat(source, temporary)
+            target = _rename_into(temporary, folder, name)
+        except BaseException:
+            _take_back(temporary)
+            raise
     finally:
-        os.close(reader)
-    fsync_dir(folder)
+        SYSCALLS.close(reader)
+    try:
+        fsync_dir(folder)  # the copy must be durable before the original may go
+    except BaseException:
+        _take_back(target)
+        raise
     return target
 
 
@@ -133,37 +229,66 @@ def preview(source: Path, folder: Path) -> Path:
     raise FileExistsError(errno.EEXIST, f"no free name for {source.name!r} in {str(folder)!r}")
 
 
-def place(source: Path, folder: Path, *, boundary: Path, keep_source: bool = False) -> Path:
-    """Move (or with ``keep_source``, copy) ``source`` into ``folder``; return its new path."""
+def place(source: Path, folder: Path, *, boundary: Path, keep_source: bool = False, name: str = "") -> Path:
+    """Move (or with ``keep_source``, copy) ``source`` into ``folder``; return its new path.
+
+    The file keeps its name unless ``name`` gives another; a taken name gets a number.
+    """
     ensure_dir(folder, boundary)
+    name = name or source.name
     if keep_source:
-        return _copy_into(source, folder, source.name)
+        return _copy_into(source, folder, name)
     try:
-        target = _rename_into(source, folder, source.name)
+        target = _rename_into(source, folder, name)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        target = _copy_into(source, folder, source.name)
-        source.unlink()
-    fsync_dir(folder)
-    fsync_dir(source.parent)
+        target = _copy_into(source, folder, name)
+        try:
+            SYSCALLS.unlink(source)
+        except BaseException:
+            _take_back(target)
+            raise
+    _sync_after_rename(folder, source.parent)
     return target
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete leftovers of copies a crash interrupted; the originals still exist (see ``_copy_into``)."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for entry in entries:
+        if TEMPORARY.match(entry.name) and entry.is_file(follow_symlinks=False):
+            SYSCALLS.unlink(Path(entry.path))
+            removed.append(Path(entry.path))
+    return removed
+
+
+def drop_second_copy(path: Path, kept: Path) -> None:
+    """Unlink ``path`` because ``kept`` holds the same bytes (a move a crash left half-done)."""
+    SYSCALLS.unlink(path)
+    _sync_after_rename(path.parent, kept.parent)
 
 
 def write_new(path: Path, text: str) -> bool:
     """Create ``path`` with ``text`` unless it exists; True when written."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = SYSCALLS.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    try:
+        SYSCALLS.write(fd, text.encode("utf-8"))
+    finally:
+        SYSCALLS.close(fd)
     return True
 
 
 def make_state_dir(folder: Path) -> None:
-    """Create clipsort's private state folder (caches, status)."""
-    folder.mkdir(mode=0o750, parents=True, exist_ok=True)
+    """Create clipsort's private state folder (caches, journal, status)."""
+    ensure_dir(folder, folder, mode=0o750)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -172,14 +297,15 @@ def write_atomic(path: Path, data: bytes) -> None:
     Replacing is the point here (a status file clipsort owns), unlike :func:`place`.
     """
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    fd = SYSCALLS.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        try:
+            SYSCALLS.write(fd, data)
+            SYSCALLS.fsync(fd)
+        finally:
+            SYSCALLS.close(fd)
+        SYSCALLS.replace(temporary, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        _take_back(temporary)
         raise
     fsync_dir(path.parent)

@@ -7,6 +7,8 @@ dataset.
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -25,8 +27,9 @@ from daemon.config import DatasetSettings
 from daemon.embeddings import Embedder
 from daemon.encoder import Encoder
 from daemon.errors import ImageRejected
+from daemon.journal import Intent, Journal
 from daemon.layout import DatasetLayout
-from daemon.mover import place, preview
+from daemon.mover import check_inside, place, preview
 from daemon.readiness import Job
 from daemon.review import ReviewPolicy
 
@@ -94,24 +97,60 @@ class Outcome:
 Picture = Image.Image | ImageRejected
 
 
-def _decode(embedder: Embedder, path: Path) -> Picture:
+@dataclass(frozen=True)
+class Decoded:
+    """A file read once: its picture (or why there is none) and what identifies its bytes."""
+
+    picture: Picture
+    sha256: str = ""  # empty when the file could not be read at all
+    size: int = 0
+
+
+def _decode(embedder: Embedder, path: Path) -> Decoded:
     try:
-        return embedder.decode(path)
+        data = embedder.limits.read(path)
     except ImageRejected as exc:
-        return exc
+        return Decoded(exc)
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        return Decoded(embedder.decode_bytes(data), digest, len(data))
+    except ImageRejected as exc:
+        return Decoded(exc, digest, len(data))
 
 
-def start_decoding(jobs: Sequence[Job], embedder: Embedder, pool: Executor) -> list[Future[Picture]]:
+def start_decoding(jobs: Sequence[Job], embedder: Embedder, pool: Executor) -> list[Future[Decoded]]:
     """Decode in the pool, so the next batch decodes while the model runs this one."""
     return [pool.submit(_decode, embedder, job.path) for job in jobs]
 
 
+def collect(futures: Sequence[Future[Decoded]], timeout: float) -> list[Decoded]:
+    """The decoded files; one still decoding after ``timeout`` seconds is rejected.
+
+    Its thread cannot be interrupted and finishes on its own (the pixel and
+    size caps bound how long); the file no longer waits for it.
+    """
+    deadline = time.monotonic() + timeout
+    decoded = []
+    for future in futures:
+        try:
+            decoded.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
+        except TimeoutError:
+            decoded.append(Decoded(ImageRejected(f"decoding took longer than {timeout:g} s")))
+    return decoded
+
+
 def classify(
-    jobs: Sequence[Job], pictures: Sequence[Picture], targets: Mapping[str, Target], encoder: Encoder
+    jobs: Sequence[Job],
+    pictures: Sequence[Picture],
+    targets: Mapping[str, Target],
+    encoder: Encoder,
+    *,
+    on_cpu: bool = False,
 ) -> list[Decision | ImageRejected]:
     """A decision, or the reason it cannot be read, for each job in order.
 
-    Every job's dataset must be in ``targets``.
+    Every job's dataset must be in ``targets``. ``on_cpu`` encodes with the
+    CPU copy of the model (see :func:`classify_with_fallback`).
     """
     readable = [i for i, picture in enumerate(pictures) if isinstance(picture, Image.Image)]
     by_dataset: dict[str, list[int]] = {}
@@ -121,7 +160,8 @@ def classify(
     clip_jobs = [
         i for i in readable if not isinstance(targets[jobs[i].dataset].classifier, FinetunedClassifier)
     ]
-    vectors = encoder.encode_images([pictures[i] for i in clip_jobs])  # type: ignore[misc]
+    encode = encoder.encode_images_on_cpu if on_cpu else encoder.encode_images
+    vectors = encode([pictures[i] for i in clip_jobs])  # type: ignore[misc]
     row_of = {job: row for row, job in enumerate(clip_jobs)}
     decided: dict[int, Decision] = {}
     for dataset, members in by_dataset.items():
@@ -139,29 +179,96 @@ def classify(
     ]
 
 
+def classify_with_fallback(
+    jobs: Sequence[Job], pictures: Sequence[Picture], targets: Mapping[str, Target], encoder: Encoder
+) -> list[Decision | ImageRejected | None]:
+    """:func:`classify`, surviving inference failures such as running out of GPU memory.
+
+    A failing batch is split in halves, recursively; a single file that still
+    fails is encoded on the CPU. ``None`` marks a file that failed even then:
+    the caller keeps it in the inbox and tries again later.
+    """
+    try:
+        return list(classify(jobs, pictures, targets, encoder))
+    except Exception as exc:
+        failure = str(exc)
+    if len(jobs) > 1:
+        log.warning("inference_retry", files=len(jobs), smaller=len(jobs) // 2, error=failure)
+        half = len(jobs) // 2
+        return [
+            *classify_with_fallback(jobs[:half], pictures[:half], targets, encoder),
+            *classify_with_fallback(jobs[half:], pictures[half:], targets, encoder),
+        ]
+    if encoder.device != "cpu":
+        log.warning("inference_on_cpu", file=str(jobs[0].path), device=encoder.device, error=failure)
+        try:
+            return list(classify(jobs, pictures, targets, encoder, on_cpu=True))
+        except Exception as exc:
+            failure = str(exc)
+    log.error("inference_failed", file=str(jobs[0].path), error=failure)
+    return [None]
+
+
+def model_identity(target: Target, encoder: Encoder) -> str:
+    """What decided: the checkpoint in finetuned mode, else the CLIP model."""
+    if isinstance(target.classifier, FinetunedClassifier):
+        return str(target.classifier.checkpoint.path)
+    return encoder.name
+
+
 def deliver(
     job: Job,
     verdict: Decision | ImageRejected,
+    decoded: Decoded,
     target: Target,
     *,
     model: str,
+    journal: Journal | None,
     dry_run: bool,
 ) -> Outcome:
-    """Place one classified file (or preview it on a dry run) and log the outcome."""
+    """Place one classified file (or preview it on a dry run), journal it and log the outcome.
+
+    The journal gets the intent before the move and the outcome after; a
+    failed move is journalled as ``cleared`` and re-raised (the file stays).
+    """
     layout = target.layout
     status: Status
     decision = verdict if isinstance(verdict, Decision) else None
     if isinstance(verdict, ImageRejected):
-        folder, status, reason = layout.rejected, "rejected", str(verdict)
+        area, folder, status, reason = layout.rejected, layout.rejected, "rejected", str(verdict)
     elif held := target.review.hold_back(verdict):
-        folder, status, reason = layout.review, "review", held
+        area, folder, status, reason = layout.review, layout.review, "review", held
     else:
-        folder, status, reason = layout.class_dir(verdict.label), "sorted", None
+        area, folder, status, reason = layout.sorted, layout.class_dir(verdict.label), "sorted", None
     if dry_run:
         destination = preview(job.path, folder)
     else:
-        keep = target.settings.action == "copy"
-        destination = place(job.path, folder, boundary=layout.root, keep_source=keep)
+        check_inside(layout.root, area)
+        entry = None
+        if journal is not None:
+            entry = journal.plan(
+                Intent(
+                    dataset=job.dataset,
+                    source=job.path,
+                    sha256=decoded.sha256,
+                    size=decoded.size,
+                    mode=target.classifier.name,
+                    model=model,
+                    label=None if decision is None else decision.label,
+                    top3=() if decision is None else decision.top,
+                    placement=status,
+                    folder=folder,
+                )
+            )
+        try:
+            keep = target.settings.action == "copy"
+            destination = place(job.path, folder, boundary=area, keep_source=keep)
+        except BaseException as exc:
+            if journal is not None and entry is not None:
+                journal.settle(entry, "cleared", reason=f"not moved: {exc}")
+            raise
+        if journal is not None and entry is not None:
+            journal.settle(entry, "rejected" if status == "rejected" else "moved", destination, reason)
     outcome = Outcome(
         dataset=job.dataset,
         source=job.path,

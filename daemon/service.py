@@ -29,11 +29,13 @@ from daemon.embedcache import EmbeddingCache
 from daemon.encoder import Encoder
 from daemon.errors import ConfigError
 from daemon.intake import ALL, Intake
+from daemon.journal import Journal
 from daemon.layout import DatasetLayout, discover
 from daemon.logs import configure_logging
 from daemon.metrics import Metrics
 from daemon.mover import make_state_dir
 from daemon.readiness import Hint
+from daemon.recovery import recover
 from daemon.sdnotify import notify, reloading, watchdog_interval
 from daemon.status import DatasetStatus, Status, write_status
 from daemon.watcher import Watcher
@@ -71,13 +73,16 @@ class Service:
         self._reload = threading.Event()
         make_state_dir(settings.state_path)
         self.cache = EmbeddingCache(settings.state_path / EMBEDDINGS_DB)
+        self.journal = Journal(settings.state_path)
         self.encoder = Encoder(settings.model, settings.device, settings.text_model)
         self.embedder = make_embedder(settings, self.encoder, self.cache)
         self.work = FairQueue()
         self.catalog = Catalog(settings, on_available=self._classes_available)
         self.intake = Intake(settings, self.catalog, self.work, on_datasets=self._datasets_found)
         self.watcher = self._new_watcher(settings)
-        self.worker = Worker(settings, self.embedder, self.catalog, self.intake, self.work, self.metrics)
+        self.worker = Worker(
+            settings, self.embedder, self.catalog, self.intake, self.work, self.metrics, self.journal
+        )
         self._known: set[str] = set()
 
     def _new_watcher(self, settings: Settings) -> Watcher:
@@ -123,6 +128,7 @@ class Service:
         """Serve until SIGTERM/SIGINT; the process exit code."""
         self._install_signals()
         layouts = discover(self.settings.root)
+        recover(self.journal, layouts)  # before any inbox is scanned
         self._known = {layout.name for layout in layouts}
         self.catalog.request(self._known, 0.0)
         self.catalog.rebuild_due(self.embedder)  # classes ready before the first file is read
@@ -178,6 +184,7 @@ class Service:
             log.warning("shutdown_timeout", seconds=self.settings.shutdown_seconds)
         self._write_status("stopped")
         self.cache.close()
+        self.journal.close()
         log.info("daemon_stopped")
 
     def _install_signals(self) -> None:

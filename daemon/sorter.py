@@ -18,8 +18,9 @@ from daemon.catalog import make_target
 from daemon.config import Settings
 from daemon.embeddings import Embedder
 from daemon.errors import NoClassesError
+from daemon.journal import Journal
 from daemon.layout import DatasetLayout
-from daemon.pipeline import Outcome, Target, classify, deliver, start_decoding
+from daemon.pipeline import Outcome, Target, classify, collect, deliver, model_identity, start_decoding
 from daemon.readiness import Job, Signature
 from daemon.scanner import scan
 
@@ -62,10 +63,14 @@ def run(
     settings: Settings,
     embedder: Embedder,
     *,
+    journal: Journal | None,
     dry_run: bool,
     on_outcome: Callable[[Outcome], None],
 ) -> None:
-    """Classify and place every gathered file; batch k+1 decodes while batch k is encoded."""
+    """Classify and place every gathered file; batch k+1 decodes while batch k is encoded.
+
+    Every placement is journalled when a ``journal`` is given (not on dry runs).
+    """
     size = settings.batch_size
     batches = [
         (item.target, [job_for(item.target.layout.name, path) for path in item.files[start : start + size]])
@@ -78,10 +83,12 @@ def run(
             current = upcoming
             if k + 1 < len(batches):
                 upcoming = start_decoding(batches[k + 1][1], embedder, pool)
-            pictures = [future.result() for future in current]
+            decoded = collect(current, settings.decode_timeout_seconds)
             targets = {target.layout.name: target}
-            for job, verdict in zip(jobs, classify(jobs, pictures, targets, embedder.encoder), strict=True):
-                on_outcome(deliver(job, verdict, target, model=embedder.encoder.name, dry_run=dry_run))
+            verdicts = classify(jobs, [d.picture for d in decoded], targets, embedder.encoder)
+            model = model_identity(target, embedder.encoder)
+            for job, verdict, read in zip(jobs, verdicts, decoded, strict=True):
+                on_outcome(deliver(job, verdict, read, target, model=model, journal=journal, dry_run=dry_run))
 
 
 def job_for(dataset: str, path: Path) -> Job:

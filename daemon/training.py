@@ -39,10 +39,9 @@ from transformers import (
 from daemon.classindex import REFERENCE_IGNORE, class_description, class_folders
 from daemon.cliphead import ClipHeadForImageClassification
 from daemon.config import DEFAULT_TEMPLATES
-from daemon.embeddings import DecodeLimits
 from daemon.encoder import looks_like_path
 from daemon.errors import ImageRejected, TrainingError
-from daemon.images import input_size, load_image
+from daemon.images import DecodeLimits, input_size
 from daemon.layout import DatasetLayout
 from daemon.mover import ensure_dir, make_state_dir, rename_noreplace, write_atomic
 from daemon.scanner import scan
@@ -175,9 +174,7 @@ def _decode(pairs: list[tuple[Path, int]], size: int, limits: DecodeLimits, opti
     pictures, labels = [], []
     for path, label in pairs:
         try:
-            pictures.append(
-                load_image(path, target=size, formats=limits.formats, max_pixels=limits.max_pixels)
-            )
+            pictures.append(limits.load(path, size))
         except ImageRejected:
             continue  # an unreadable reference is skipped, as when indexing
         labels.append(label)

@@ -27,9 +27,18 @@ from daemon.config import Settings
 from daemon.embeddings import Embedder
 from daemon.errors import ImageIncomplete, ImageRejected
 from daemon.intake import Intake
+from daemon.journal import Journal
 from daemon.metrics import Metrics
 from daemon.mover import UnsafeDestination
-from daemon.pipeline import Picture, Target, classify, deliver, start_decoding
+from daemon.pipeline import (
+    Decoded,
+    Target,
+    classify_with_fallback,
+    collect,
+    deliver,
+    model_identity,
+    start_decoding,
+)
 from daemon.readiness import Job, age, is_unchanged
 from daemon.workqueue import FairQueue
 
@@ -44,7 +53,7 @@ CHECKPOINT_POLL = 1.0  # seconds between looks at the fine-tuned checkpoints' po
 @dataclass
 class _Batch:
     jobs: list[Job]
-    pictures: list[Future[Picture]]
+    pictures: list[Future[Decoded]]
 
 
 class Worker:
@@ -58,6 +67,7 @@ class Worker:
         intake: Intake,
         work: FairQueue,
         metrics: Metrics,
+        journal: Journal,
     ) -> None:
         self.settings = settings
         self.embedder = embedder
@@ -65,6 +75,7 @@ class Worker:
         self._intake = intake
         self._work = work
         self._metrics = metrics
+        self._journal = journal
         self._pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="clipsort-decode")
         self._stop = threading.Event()
         self._swap: Embedder | None = None
@@ -124,38 +135,39 @@ class Worker:
 
     def _process(self, batch: _Batch) -> None:
         targets = self._catalog.snapshot()
-        jobs, pictures = [], []
-        for job, future in zip(batch.jobs, batch.pictures, strict=True):
+        decoded = collect(batch.pictures, self.settings.decode_timeout_seconds)
+        jobs, reads = [], []
+        for job, read in zip(batch.jobs, decoded, strict=True):
             if job.dataset in targets:
                 jobs.append(job)
-                pictures.append(future.result())
+                reads.append(read)
             else:  # its classes went away: it waits in the inbox for new ones
                 self._intake.release(job.path)
         if not jobs:
             return
-        try:
-            verdicts = classify(jobs, pictures, targets, self.embedder.encoder)
-        except Exception as exc:  # e.g. CUDA out of memory: the files wait and are tried again
-            log.error("inference_failed", files=len(jobs), error=str(exc))
-            self._metrics.error("inference", str(exc))
-            for job in jobs:
-                self._intake.retry(job, self._backoff("inference"))
-            return
+        verdicts = classify_with_fallback(
+            jobs, [read.picture for read in reads], targets, self.embedder.encoder
+        )
         self._metrics.batch(len(jobs))
-        for job, verdict in zip(jobs, verdicts, strict=True):
-            self._finish(job, verdict, targets[job.dataset])
+        for job, verdict, read in zip(jobs, verdicts, reads, strict=True):
+            if verdict is None:  # even the CPU failed: the file waits and is tried again
+                self._metrics.error("inference", "inference failed")
+                self._intake.retry(job, self._backoff("inference"))
+            else:
+                self._finish(job, verdict, read, targets[job.dataset])
 
-    def _finish(self, job: Job, verdict: Decision | ImageRejected, target: Target) -> None:
+    def _finish(self, job: Job, verdict: Decision | ImageRejected, read: Decoded, target: Target) -> None:
         if isinstance(verdict, ImageIncomplete) and age(job) < self.settings.max_wait_seconds:
             log.debug("not_ready", file=str(job.path), reason=str(verdict))
-            self._intake.retry(job, self.settings.settle_seconds)  # not ready is not bad
+            self._intake.retry(job, self._recheck_delay(job))  # not ready is not bad
             return
         if not is_unchanged(job):
             log.debug("not_ready", file=str(job.path), reason="changed since it was read")
             self._intake.retry(job, self.settings.settle_seconds)
             return
         try:
-            outcome = deliver(job, verdict, target, model=self.embedder.encoder.name, dry_run=False)
+            model = model_identity(target, self.embedder.encoder)
+            outcome = deliver(job, verdict, read, target, model=model, journal=self._journal, dry_run=False)
         except UnsafeDestination as exc:
             log.error("unsafe_destination", file=str(job.path), error=str(exc))
             self._metrics.error("unsafe_destination", str(exc))
@@ -171,6 +183,10 @@ class Worker:
         self._retries.clear()
         self._intake.release(job.path)
         self._metrics.record(outcome, age(job))
+
+    def _recheck_delay(self, job: Job) -> float:
+        """Back-off for a file still arriving: a quarter of its age, from the settle time up to RETRY_MAX."""
+        return min(RETRY_MAX, max(self.settings.settle_seconds, age(job) / 4))
 
     def _backoff(self, cause: str) -> float:
         """Doubling delay per failure cause, reset by the next success."""

@@ -27,7 +27,7 @@ def test_held_out_accuracy_at_least_90_percent(
     embedder = make_embedder(settings, encoder)
     outcomes: list[Outcome] = []
     work = gather(discover(data_root), settings, embedder, named=False)
-    run(work, settings, embedder, dry_run=False, on_outcome=outcomes.append)
+    run(work, settings, embedder, journal=None, dry_run=False, on_outcome=outcomes.append)
     assert len(outcomes) == 60
     correct = sum(o.destination.parent.name == truth[o.source.name] for o in outcomes)
     assert all(o.destination.exists() and not o.source.exists() for o in outcomes)

@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 
 from daemon.classindex import build_class_index, describe
-from daemon.embeddings import DecodeLimits, Embedder
+from daemon.embeddings import Embedder
 from daemon.encoder import Encoder
 from daemon.errors import NoClassesError
+from daemon.images import DecodeLimits
 from daemon.layout import DatasetLayout
 from tests.synthetic import make_dataset
 
 
 @pytest.fixture
 def embedder(encoder: Encoder) -> Embedder:
-    return Embedder(encoder, DecodeLimits(("PNG", "JPEG"), 10**8))
+    return Embedder(encoder, DecodeLimits(("PNG", "JPEG"), 10**8, 2**30))
 
 
 def test_classes_references_and_text_only_classes(tmp_path: Path, embedder: Embedder) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +12,13 @@ import pytest
 from PIL import Image
 
 from daemon.errors import ImageRejected
-from daemon.images import load_image
+from daemon.images import DecodeLimits
 
 FORMATS = ("JPEG", "PNG", "GIF")
 
 
 def load(path: Path, target: int = 32, max_pixels: int = 10**8) -> Image.Image:
-    return load_image(path, target=target, formats=FORMATS, max_pixels=max_pixels)
+    return DecodeLimits(FORMATS, max_pixels, 2**30).load(path, target)
 
 
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:
@@ -102,3 +105,40 @@ def test_pillows_limit_applies_even_above_our_own_cap(tmp_path: Path) -> None:
             load(tmp_path / "big.png", max_pixels=10**9)
     finally:
         Image.MAX_IMAGE_PIXELS = limit
+
+
+def test_file_size_cap_rejects_without_reading(tmp_path: Path) -> None:
+    """A file above max_bytes is refused from its size alone."""
+    Image.effect_noise((64, 64), 60).save(tmp_path / "big.png")
+    with pytest.raises(ImageRejected, match="file size limit"):
+        DecodeLimits(FORMATS, 10**8, 100).load(tmp_path / "big.png", 32)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    """Opening a FIFO (no writer) would block forever; it is refused at once."""
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with pytest.raises(ImageRejected, match="not a regular file"):
+        load(tmp_path / "pipe.jpg")
+
+
+def test_an_unreadable_file_is_rejected_with_the_reason(tmp_path: Path) -> None:
+    """Permissions: the error names the cause (root reads anything, so a child drops to nobody)."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "secret.png")
+    (tmp_path / "secret.png").chmod(0o000)
+    tmp_path.chmod(0o755)
+    script = (
+        "import os, sys, pathlib\n"
+        "from daemon.images import DecodeLimits\n"
+        "from daemon.errors import ImageRejected\n"
+        "if os.geteuid() == 0:\n    os.setgid(65534); os.setuid(65534)\n"
+        "try:\n    DecodeLimits(('PNG',), 10**8, 2**30).load(pathlib.Path(sys.argv[1]), 8)\n"
+        "except ImageRejected as exc:\n    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "secret.png")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        check=True,
+    )
+    assert "cannot open: Permission denied" in result.stdout

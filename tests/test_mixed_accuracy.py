@@ -40,6 +40,7 @@ def sort_all(root: Path, encoder: Encoder, **flags: object) -> list[Outcome]:
         gather(discover(root), settings, embedder, named=False),
         settings,
         embedder,
+        journal=None,
         dry_run=True,
         on_outcome=outcomes.append,
     )

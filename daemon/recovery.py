@@ -1,0 +1,100 @@
+"""Reconciling the journal with the file system after a crash, before any new work.
+
+What a ``kill -9`` or power cut can leave, and what is done about it:
+
+- a ``.clipsort-*.tmp`` copy in a destination folder: the copy never got its
+  name, so the original is still in the inbox; the temporary is deleted;
+- a ``planned`` intent whose file is still in the inbox and nowhere else:
+  the move never happened; the intent is ``cleared`` and the file is sorted
+  afresh;
+- a ``planned`` intent whose file is in its destination folder: the move
+  happened but its outcome was not written; it is recorded as ``moved`` (or
+  ``rejected``), and if the inbox still holds the same bytes (a ``link`` or
+  cross-device copy cut off before its ``unlink``) that second copy is
+  removed, so no file is in ``Images/`` and ``Dataset/`` at once.
+
+A file in the destination counts as this intent's only if it has the same
+size and content hash and no other journal entry claims it: a picture
+dropped twice is two files, and stays two files.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from daemon.embedcache import content_hash
+from daemon.journal import Entry, Journal
+from daemon.layout import DatasetLayout
+from daemon.mover import drop_second_copy, remove_temporaries
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What reconciliation found and did."""
+
+    completed: int = 0  # moves found done, journal brought up to date
+    cleared: int = 0  # moves that never happened: the file waits in the inbox
+    temporaries: int = 0  # half-written copies deleted
+
+
+def _same_bytes(path: Path, entry: Entry) -> bool:
+    try:
+        status = path.lstat()
+        return (
+            stat.S_ISREG(status.st_mode)
+            and status.st_size == entry.intent.size
+            and content_hash(path) == entry.intent.sha256
+        )
+    except OSError:
+        return False
+
+
+def _placed(entry: Entry, journal: Journal) -> Path | None:
+    """The file this intent put into its destination folder, if it got there."""
+    try:
+        names = sorted(os.listdir(entry.intent.folder))
+    except OSError:
+        return None
+    for name in names:
+        path = entry.intent.folder / name
+        if _same_bytes(path, entry):
+            owner = journal.at(path)
+            if owner is None or owner.id == entry.id:
+                return path
+    return None
+
+
+def _folders(layout: DatasetLayout) -> list[Path]:
+    """Every folder the mover may have been copying into."""
+    folders = [layout.inbox, layout.review, layout.rejected]
+    if layout.sorted.is_dir():
+        folders += [Path(e.path) for e in os.scandir(layout.sorted) if e.is_dir(follow_symlinks=False)]
+    return folders
+
+
+def recover(journal: Journal, layouts: Sequence[DatasetLayout]) -> Recovered:
+    """Settle every interrupted move; run before the scanner looks at any inbox."""
+    temporaries = sum(len(remove_temporaries(folder)) for layout in layouts for folder in _folders(layout))
+    completed = cleared = 0
+    for entry in journal.planned():
+        placed = _placed(entry, journal)
+        if placed is None:
+            journal.settle(entry.id, "cleared", reason="interrupted before the move; left in the inbox")
+            cleared += 1
+            continue
+        if _same_bytes(entry.intent.source, entry):
+            drop_second_copy(entry.intent.source, placed)
+        journal.settle(entry.id, "rejected" if entry.intent.placement == "rejected" else "moved", placed)
+        completed += 1
+    found = Recovered(completed, cleared, temporaries)
+    if found != Recovered():
+        log.warning("recovered", completed=completed, cleared=cleared, temporaries=temporaries)
+    return found
