@@ -78,7 +78,7 @@ class Intent:
     mode: str
     model: str
     label: str | None
-    top3: Sequence[tuple[str, float]]
+    top3: tuple[tuple[str, float], ...]
     placement: Placement
     folder: Path
 
@@ -296,7 +296,7 @@ class Journal:
                     mode=row[5],
                     model=row[6],
                     label=row[7],
-                    top3=[(str(label), float(score)) for label, score in json.loads(row[8])],
+                    top3=tuple((str(label), float(score)) for label, score in json.loads(row[8])),
                     placement=row[9],
                     folder=Path(os.fsdecode(row[10])),
                 ),

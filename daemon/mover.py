@@ -131,13 +131,21 @@ def _take_back(path: Path) -> None:
         log.error("move_undo_failed", path=str(path), error=str(exc))
 
 
+def _close_quietly(fd: int) -> None:
+    """Close a descriptor only read from: an error there cannot have lost data."""
+    try:
+        SYSCALLS.close(fd)
+    except OSError as exc:
+        log.warning("close_failed", error=str(exc))
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a folder's entries (a rename, a new file) durable."""
     fd = SYSCALLS.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         SYSCALLS.fsync(fd)
     finally:
-        SYSCALLS.close(fd)
+        _close_quietly(fd)
 
 
 def _sync_after_rename(*folders: Path) -> None:
@@ -211,7 +219,7 @@ def _copy_into(source: Path, folder: Path, name: str) -> Path:
             _take_back(temporary)
             raise
     finally:
-        SYSCALLS.close(reader)
+        _close_quietly(reader)
     try:
         fsync_dir(folder)  # the copy must be durable before the original may go
     except BaseException:

@@ -14,6 +14,7 @@ import pytest
 import structlog
 
 from daemon.encoder import Encoder
+from tests.daemonproc import Daemon
 from tests.synthetic import train_tiny_clip
 
 
@@ -47,3 +48,12 @@ def _fresh_logging() -> Iterator[None]:
     """CLI tests bind structlog to CliRunner's captured stderr; unbind it afterwards."""
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Daemons started by a test; killed at teardown if the test did not stop them."""
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.kill()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -13,7 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from daemon.status import Status, read_status
+from tests.synthetic import draw, save
 from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,3 +157,35 @@ class Daemon:
 
         wait_until(seen, timeout=timeout)
         return found[0]
+
+
+def start(
+    daemons: list[Daemon],
+    root: Path,
+    model: Path,
+    home: Path,
+    env: dict[str, str] | None = None,
+    **options: object,
+) -> Daemon:
+    """A started daemon, registered in ``daemons`` so the fixture kills it at teardown."""
+    home.mkdir(exist_ok=True)
+    daemon = Daemon(root, model, home, **options)
+    daemons.append(daemon)
+    return daemon.start(env=env)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def sorted_files(dataset: Path) -> dict[str, str]:
+    """file name -> class folder it landed in."""
+    return {p.name: p.parent.name for p in (dataset / "Dataset").rglob("*") if p.is_file()}
+
+
+def picture_bytes(tmp: Path, color: str, seed: int, name: str) -> bytes:
+    """The bytes of a synthetic picture of ``color`` (written to ``tmp`` and removed again)."""
+    path = save(draw(np.random.default_rng(seed), color, "square", size=96), tmp / name)
+    data = path.read_bytes()
+    path.unlink()
+    return data

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from daemon import mover
 from daemon.mover import UnsafeDestination, candidate_name, place, preview, rename_noreplace, write_new
@@ -124,3 +128,132 @@ def test_write_new_never_overwrites(tmp_path: Path) -> None:
     assert write_new(tmp_path / "c.toml", "one")
     assert not write_new(tmp_path / "c.toml", "two")
     assert (tmp_path / "c.toml").read_text() == "one"
+
+
+class Faulty(mover.Syscalls):
+    """The real calls, except that call number ``fail_at`` raises ``OSError(code)``.
+
+    ``exdev``: every rename of an inbox file fails with EXDEV, as across file systems.
+    """
+
+    def __init__(self, fail_at: int, code: int, *, exdev: bool = False, no_renameat2: bool = False) -> None:
+        self.calls = 0
+        self.fail_at = fail_at
+        self.code = code
+        self.exdev = exdev
+        self.no_renameat2 = no_renameat2
+
+    def _step(self) -> None:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise OSError(self.code, f"injected {errno.errorcode[self.code]}")
+
+    def renameat2(self, source: Path, target: Path) -> None:
+        self._step()
+        if self.no_renameat2:
+            raise OSError(errno.EINVAL, "unsupported")
+        if self.exdev and not source.name.startswith(".clipsort-"):
+            raise OSError(errno.EXDEV, "cross-device")
+        super().renameat2(source, target)
+
+
+def _counted(name: str) -> None:
+    original = getattr(mover.Syscalls, name)
+
+    def call(self: Faulty, *args: object) -> object:
+        self._step()
+        return original(self, *args)
+
+    setattr(Faulty, name, call)
+
+
+for _name in ("link", "unlink", "mkdir", "open", "copy", "fsync", "close", "copystat", "replace"):
+    _counted(_name)
+
+SCENARIOS = {"renameat2": {}, "link-unlink": {"no_renameat2": True}, "cross-device": {"exdev": True}}
+
+
+def _copies(root: Path, data: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and p.read_bytes() == data]
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO, errno.EXDEV, errno.EACCES, errno.EEXIST])
+def test_a_fault_at_any_step_leaves_the_file_exactly_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scenario: str, code: int
+) -> None:
+    """ENOSPC, EIO, EXDEV, EACCES or EEXIST at the N-th call, for every N: one copy, no temporaries."""
+    clean = Faulty(0, code, **SCENARIOS[scenario])
+    monkeypatch.setattr(mover, "SYSCALLS", clean)
+    (tmp_path / "probe" / "in").mkdir(parents=True)
+    (tmp_path / "probe" / "in" / "a.jpg").write_bytes(b"probe")
+    place(tmp_path / "probe" / "in" / "a.jpg", tmp_path / "probe" / "out" / "red", boundary=tmp_path)
+    assert clean.calls >= 6
+    for n in range(1, clean.calls + 2):
+        case = tmp_path / f"{n}"
+        (case / "in").mkdir(parents=True)
+        (case / "out" / "red").mkdir(parents=True)
+        (case / "out" / "red" / "a.jpg").write_bytes(b"taken")  # a collision on the way, too
+        data = f"picture {n}".encode()
+        (case / "in" / "a.jpg").write_bytes(data)
+        monkeypatch.setattr(mover, "SYSCALLS", Faulty(n, code, **SCENARIOS[scenario]))
+        try:
+            place(case / "in" / "a.jpg", case / "out" / "red", boundary=case)
+        except OSError as exc:
+            assert exc.errno in (code, errno.EXDEV)
+        copies = _copies(case, data)
+        assert len(copies) == 1, f"step {n}: {copies}"
+        assert (case / "out" / "red" / "a.jpg").read_bytes() == b"taken"
+        assert not list(case.rglob(".clipsort-*")), f"step {n} left a temporary"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=st.text(
+        st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=80
+    ).filter(lambda n: n not in (".", "..") and len(os.fsencode(n)) <= 255)
+)
+def test_any_legal_name_moves_intact(tmp_path: Path, name: str) -> None:
+    """Unicode, spaces, newlines, leading dashes: the file arrives under the same name, same bytes."""
+    case = tmp_path / uuid.uuid4().hex
+    (case / "in").mkdir(parents=True)
+    (case / "in" / name).write_bytes(name.encode())
+    target = place(case / "in" / name, case / "out", boundary=case)
+    assert target == case / "out" / name
+    assert target.read_bytes() == name.encode()
+    assert not (case / "in" / name).exists()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stem=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00."), min_size=1))
+def test_numbered_names_are_legal_and_distinct(tmp_path: Path, stem: str) -> None:
+    """However long or strange a name, every numbered variant is unique and within NAME_MAX."""
+    name = (stem * 300)[: 250 - len(".jpg")] + ".jpg"
+    while len(os.fsencode(name)) > 255:
+        name = name[:-5] + ".jpg"
+    variants = [candidate_name(name, k) for k in range(30)]
+    assert len(set(variants)) == 30
+    assert all(0 < len(os.fsencode(v)) <= 255 and "/" not in v for v in variants)
+
+
+def test_a_thousand_files_of_one_name_all_survive(tmp_path: Path) -> None:
+    """1,000 files called the same land under 1,000 distinct names with their own bytes."""
+    out = tmp_path / "out"
+    for k in range(1000):
+        folder = tmp_path / "in" / str(k)
+        folder.mkdir(parents=True)
+        (folder / "photo.jpg").write_bytes(str(k).encode())
+        place(folder / "photo.jpg", out, boundary=tmp_path)
+    landed = {p.read_bytes() for p in out.iterdir()}
+    assert len(list(out.iterdir())) == 1000
+    assert landed == {str(k).encode() for k in range(1000)}
+
+
+def test_temporaries_of_an_interrupted_copy_are_removed(tmp_path: Path) -> None:
+    """Only clipsort's own temporary names go; a user's hidden files stay."""
+    (tmp_path / f".clipsort-{uuid.uuid4().hex}.tmp").write_bytes(b"half")
+    (tmp_path / ".clipsort-notes.tmp").write_bytes(b"mine")
+    (tmp_path / "a.jpg").write_bytes(b"A")
+    removed = mover.remove_temporaries(tmp_path)
+    assert len(removed) == 1
+    assert tree(tmp_path) == {".": [".clipsort-notes.tmp", "a.jpg"]}

@@ -10,59 +10,18 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from daemon.cli import app
-from tests.daemonproc import Daemon
+from tests.daemonproc import Daemon, picture_bytes, sha, sorted_files, start
 from tests.helpers import tree
 from tests.synthetic import draw, grid, make_dataset, save, tiny_vit
 from tests.waiting import wait_until
 
 RGB = {"red": "red", "green": "green", "blue": "blue"}
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
-    """Daemons started by a test; killed at teardown if the test did not stop them."""
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
-
-
-def start(
-    daemons: list[Daemon],
-    root: Path,
-    model: Path,
-    home: Path,
-    env: dict[str, str] | None = None,
-    **options: object,
-) -> Daemon:
-    home.mkdir(exist_ok=True)
-    daemon = Daemon(root, model, home, **options)
-    daemons.append(daemon)
-    return daemon.start(env=env)
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def sorted_files(dataset: Path) -> dict[str, str]:
-    """file name -> class folder it landed in."""
-    return {p.name: p.parent.name for p in (dataset / "Dataset").rglob("*") if p.is_file()}
-
-
-def picture_bytes(tmp: Path, color: str, seed: int, name: str) -> bytes:
-    path = save(draw(np.random.default_rng(seed), color, "square", size=96), tmp / name)
-    data = path.read_bytes()
-    path.unlink()
-    return data
 
 
 def test_drops_of_every_kind_land_complete_in_their_class(
@@ -293,18 +252,35 @@ def test_copy_action_is_refused_by_the_daemon(tmp_path: Path, tiny_model: Path) 
     assert result.exit_code == 2 and "copy" in result.stderr
 
 
-def test_a_burst_of_20000_files_loses_none(daemons: list[Daemon], tmp_path: Path, tiny_model: Path) -> None:
-    """20,000 files dropped at once through a 1,000-file intake: every one is sorted exactly once."""
+def peak_rss_mb(pid: int) -> float:
+    """The process's high-water mark of resident memory (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc")
+
+
+def test_a_burst_of_20000_files_loses_none_in_bounded_memory(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """2,000 files, then 18,000 at once through a 1,000-file intake: all sorted once, peak memory flat."""
     root = tmp_path / "Data"
     dataset = root / "rgb"
     make_dataset(dataset, RGB, references=2, seed=3)
     daemon = start(daemons, root, tiny_model, tmp_path / "home", queue_capacity=1000, batch_size=64)
+    assert daemon.process is not None
     staging = tmp_path / "staging"
     staging.mkdir()
     pictures = [picture_bytes(staging, color, k, "p.png") for k, color in enumerate(RGB)]
-    for k in range(20_000):
+    for k in range(2_000):
+        (dataset / "Images" / f"a{k:05d}.png").write_bytes(pictures[k % 3])
+    wait_until(lambda: daemon.status().datasets["rgb"].sorted == 2_000, timeout=300, every=1.0)
+    ceiling = peak_rss_mb(daemon.process.pid)
+    for k in range(18_000):
         (dataset / "Images" / f"b{k:05d}.png").write_bytes(pictures[k % 3])
     wait_until(lambda: daemon.status().datasets["rgb"].sorted == 20_000, timeout=600, every=1.0)
+    peak = peak_rss_mb(daemon.process.pid)
+    assert peak <= ceiling * 1.15, f"peak {peak:.0f} MiB after 20,000 files, {ceiling:.0f} MiB after 2,000"
     landed = sorted_files(dataset)
     assert len(landed) == 20_000
     assert not list((dataset / "Images").iterdir())

@@ -1,0 +1,134 @@
+"""Tests for daemon.pipeline: decoding with limits, classification that survives inference failures."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from daemon.catalog import make_embedder, make_target
+from daemon.classifiers import Decision
+from daemon.config import load_settings
+from daemon.encoder import Encoder
+from daemon.errors import ImageRejected
+from daemon.layout import DatasetLayout
+from daemon.pipeline import Decoded, classify, classify_with_fallback, collect, start_decoding
+from daemon.sorter import job_for
+from tests.synthetic import make_dataset
+
+RGB = {"red": "red", "green": "green", "blue": "blue"}
+
+
+def labels(verdicts: list[Decision | ImageRejected] | list[Decision | ImageRejected | None]) -> list[object]:
+    """Class and rounded probability (batch size changes the last float bits)."""
+    return [(v.label, round(v.score, 3)) if isinstance(v, Decision) else v for v in verdicts]
+
+
+@pytest.fixture
+def batch(data_root: Path, encoder: Encoder):  # type: ignore[no-untyped-def]
+    """Eight inbox files of known colours, decoded, with their dataset's target."""
+    truth = make_dataset(data_root / "rgb", RGB, references=3, inbox=list(RGB) * 3, seed=4)
+    settings = load_settings(None, {"root": data_root})
+    embedder = make_embedder(settings, encoder)
+    target = make_target(DatasetLayout(data_root / "rgb"), settings, embedder)
+    jobs = [job_for("rgb", data_root / "rgb" / "Images" / name) for name in sorted(truth)]
+    with ThreadPoolExecutor(2) as pool:
+        decoded = collect(start_decoding(jobs, embedder, pool), 30)
+    return jobs, [d.picture for d in decoded], {"rgb": target}, [truth[n] for n in sorted(truth)]
+
+
+def test_decoding_reads_each_file_once_and_hashes_it(data_root: Path, encoder: Encoder) -> None:
+    """The content hash and size come from the same bytes that were decoded."""
+    make_dataset(data_root / "rgb", RGB, references=1, inbox=["red"], seed=2)
+    (data_root / "rgb" / "Images" / "bad.jpg").write_bytes(b"not a picture")
+    embedder = make_embedder(load_settings(None, {"root": data_root}), encoder)
+    jobs = [job_for("rgb", p) for p in sorted((data_root / "rgb" / "Images").iterdir())]
+    with ThreadPoolExecutor(1) as pool:
+        bad, good = collect(start_decoding(jobs, embedder, pool), 30)
+    assert isinstance(bad.picture, ImageRejected) and bad.size == len(b"not a picture")
+    assert not isinstance(good.picture, ImageRejected)
+    assert good.size == jobs[1].path.stat().st_size and len(good.sha256) == 64
+
+
+def test_a_decode_past_its_time_limit_is_rejected() -> None:
+    """A file whose decoding hangs no longer holds up its batch."""
+    done: Future[Decoded] = Future()
+    done.set_result(Decoded(ImageRejected("x"), "", 1))
+    stuck: Future[Decoded] = Future()
+    first, second = collect([done, stuck], timeout=0.2)
+    assert first.size == 1
+    assert isinstance(second.picture, ImageRejected) and "longer than 0.2 s" in str(second.picture)
+
+
+def test_a_batch_that_fails_is_split_until_it_fits(
+    batch,
+    encoder: Encoder,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    """Out of memory above two pictures: halves, then quarters, and every file still gets its class."""
+    jobs, pictures, targets, colors = batch
+    expected = classify(jobs, pictures, targets, encoder)
+    real = encoder.encode_images
+    sizes: list[int] = []
+
+    def small_batches_only(images):  # type: ignore[no-untyped-def]
+        sizes.append(len(images))
+        if len(images) > 2:
+            raise RuntimeError("CUDA out of memory (injected)")
+        return real(images)
+
+    monkeypatch.setattr(encoder, "encode_images", small_batches_only)
+    verdicts = classify_with_fallback(jobs, pictures, targets, encoder)
+    assert labels(verdicts) == labels(expected)
+    assert sizes[0] == 9 and max(sizes[1:]) == 5
+    assert sum(n for n in sizes if n <= 2) == 9, "every picture was encoded once, in a batch that fit"
+    assert sum(isinstance(v, Decision) and v.label == c for v, c in zip(verdicts, colors, strict=True)) >= 8
+
+
+def test_a_single_picture_that_fails_on_the_accelerator_goes_to_the_cpu(
+    batch,
+    encoder: Encoder,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    """The accelerator fails for every batch: each file is encoded by the CPU copy instead."""
+    jobs, pictures, targets, _ = batch
+    expected = classify(jobs, pictures, targets, encoder)
+    cpu_calls = threading.local()
+    cpu_calls.count = 0
+    real_cpu = encoder.encode_images
+
+    def accelerator_broken(images):  # type: ignore[no-untyped-def]
+        raise RuntimeError("CUDA error: out of memory (injected)")
+
+    def on_cpu(images):  # type: ignore[no-untyped-def]
+        cpu_calls.count += 1
+        return real_cpu(images)
+
+    monkeypatch.setattr(encoder, "device", "cuda")
+    monkeypatch.setattr(encoder, "encode_images", accelerator_broken)
+    monkeypatch.setattr(encoder, "encode_images_on_cpu", on_cpu)
+    assert labels(classify_with_fallback(jobs, pictures, targets, encoder)) == labels(expected)
+    assert cpu_calls.count == len(jobs)
+
+
+def test_a_file_that_fails_everywhere_is_marked_for_retry(
+    batch,
+    encoder: Encoder,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    """None, not an exception: the other files of the batch are still classified."""
+    jobs, pictures, targets, _ = batch
+    real = encoder.encode_images
+    poisoned = pictures[3]
+
+    def fails_on_one(images):  # type: ignore[no-untyped-def]
+        if any(image is poisoned for image in images):
+            raise RuntimeError("inference failed (injected)")
+        return real(images)
+
+    monkeypatch.setattr(encoder, "encode_images", fails_on_one)
+    verdicts = classify_with_fallback(jobs, pictures, targets, encoder)
+    assert verdicts[3] is None
+    assert all(isinstance(v, Decision) for k, v in enumerate(verdicts) if k != 3)

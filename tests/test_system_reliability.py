@@ -1,0 +1,197 @@
+"""System tests of reliability: the real daemon killed, fed malformed files, and short of disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from daemon.journal import Journal
+from tests.daemonproc import Daemon, picture_bytes, sha, sorted_files, start
+from tests.synthetic import draw, make_dataset, save
+from tests.waiting import wait_until
+
+RGB = {"red": "red", "green": "green", "blue": "blue"}
+
+
+def placed_hashes(dataset: Path) -> list[str]:
+    """Content hashes of every file in Dataset/, Review/ and Rejected/."""
+    return [
+        sha(path)
+        for area in ("Dataset", "Review", "Rejected")
+        for path in (dataset / area).rglob("*")
+        if path.is_file()
+    ]
+
+
+def drop(inbox: Path, name: str, data: bytes) -> None:
+    """Write under a temporary name and rename into the inbox, as uploaders do."""
+    temporary = inbox / f".drop-{uuid.uuid4().hex}.part"
+    temporary.write_bytes(data)
+    os.rename(temporary, inbox / name)
+
+
+def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """500 files streamed across ten SIGKILLs: each original ends up exactly once, sorted."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, RGB, references=2, seed=3)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    colors = list(RGB)
+    pictures = [picture_bytes(staging, colors[k % 3], 1000 + k, "p.png") for k in range(500)]
+    assert len({hashlib.sha256(p).hexdigest() for p in pictures}) == 500
+    chance = random.Random(20261126)
+    home = tmp_path / "home"
+    for round_ in range(10):
+        daemon = start(daemons, root, tiny_model, home, settle_seconds=0.05, batch_size=8)
+        burst = pictures[round_ * 50 : (round_ + 1) * 50]
+
+        def stream(burst: list[bytes] = burst, round_: int = round_) -> None:
+            for k, data in enumerate(burst):
+                drop(dataset / "Images", f"r{round_}-{k:02d}.png", data)
+                time.sleep(0.004)
+
+        writer = threading.Thread(target=stream)
+        writer.start()
+        time.sleep(chance.uniform(0.05, 0.6))
+        assert daemon.process is not None
+        daemon.process.kill()  # SIGKILL: no handler runs
+        daemon.process.wait(timeout=10)
+        writer.join()
+    final = start(daemons, root, tiny_model, home, settle_seconds=0.05)
+    wait_until(lambda: not list((dataset / "Images").iterdir()), timeout=120)
+    assert final.stop() == 0
+    expected = sorted(hashlib.sha256(p).hexdigest() for p in pictures)
+    assert sorted(placed_hashes(dataset)) == expected
+    assert not list(dataset.rglob(".clipsort-*")), "temporary copies left behind"
+    journal = Journal(home / "state")
+    assert journal.planned() == []
+    moved = [e for e in journal.entries() if e.state == "moved"]
+    assert sorted(e.intent.sha256 for e in moved) == expected, "the journal knows where every file went"
+    assert all(e.destination is not None and sha(e.destination) == e.intent.sha256 for e in moved)
+
+
+def test_malformed_input_is_quarantined_or_left_alone_and_the_daemon_carries_on(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """Empty, truncated, non-image, bomb, oversized -> Rejected/; FIFO, symlink -> left; odd names sorted."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    inbox = dataset / "Images"
+    make_dataset(dataset, RGB, references=3, seed=3)
+    daemon = start(
+        daemons,
+        root,
+        tiny_model,
+        tmp_path / "home",
+        max_wait_seconds=2.0,
+        max_pixels=20_000,
+        max_file_mb=0.02,
+    )
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    good = {
+        "ünïcödé ☃.png": "red",
+        "with  spaces .png": "green",
+        "new\nline.png": "blue",
+        "-leading-dash.png": "red",
+        "x" * 251 + ".png": "green",
+        "$(touch pwned).png": "blue",
+    }
+    for k, (name, color) in enumerate(good.items()):
+        drop(inbox, name, picture_bytes(staging, color, 40 + k, "g.png"))
+    jpeg = staging / "whole.jpg"
+    Image.effect_noise((96, 96), 60).convert("RGB").save(jpeg, quality=95)
+    (inbox / "empty.jpg").write_bytes(b"")
+    (inbox / "truncated.jpg").write_bytes(jpeg.read_bytes()[:700])
+    (inbox / "text.jpg").write_bytes(b"this is not a picture\n" * 20)
+    Image.new("L", (400, 400)).save(inbox / "bomb.png")  # 160,000 pixels, a few hundred bytes
+    Image.effect_noise((200, 200), 80).save(inbox / "huge.png")  # over 20 KiB
+    os.mkfifo(inbox / "fifo.jpg")
+    (inbox / "link.png").symlink_to(staging / "elsewhere.png")
+    save(draw(np.random.default_rng(9), "red", "circle", 80), staging / "elsewhere.png")
+
+    bad = {"empty.jpg", "truncated.jpg", "text.jpg", "bomb.png", "huge.png"}
+    wait_until(lambda: {p.name for p in (dataset / "Rejected").glob("*")} == bad, timeout=60)
+    wait_until(lambda: set(sorted_files(dataset)) == set(good), timeout=30)
+    landed = sorted_files(dataset)
+    assert sum(landed[name] == color for name, color in good.items()) >= 5
+    assert sorted(p.name for p in inbox.iterdir()) == ["fifo.jpg", "link.png"]
+    assert (staging / "elsewhere.png").exists()
+    reasons = {Path(r["file"]).name: r["reason"] for r in daemon.events("rejected")}
+    assert "empty" in reasons["empty.jpg"] and "truncated" in reasons["truncated.jpg"]
+    assert "pixel limit" in reasons["bomb.png"] and "file size limit" in reasons["huge.png"]
+    assert "allowed format" in reasons["text.jpg"]
+    assert {Path(r["path"]).name for r in daemon.events("special_file_skipped")} == {"fifo.jpg"}
+    assert {Path(r["path"]).name for r in daemon.events("symlink_skipped")} == {"link.png"}
+    journal = Journal(daemon.state)
+    rejected = {e.intent.source.name: e.reason for e in journal.entries() if e.state == "rejected"}
+    assert rejected == reasons
+    assert daemon.status().state == "running"
+    assert daemon.stop() == 0
+
+
+def _mount(*args: str) -> bool:
+    return subprocess.run(["mount", *args], check=False, capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs to sort into (a real full, or read-only, file system)."""
+    folder = tmp_path / "Data" / "rgb" / "Dataset"
+    folder.mkdir(parents=True)
+    if os.geteuid() != 0 or not _mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)):
+        pytest.skip("needs permission to mount a tmpfs")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_full_and_read_only_destinations_lose_nothing_and_resume(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path, small_disk: Path
+) -> None:
+    """ENOSPC and EROFS: files stay in Images/, one error line per cause, sorted once the fault clears."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, RGB, references=3, seed=3)
+    daemon = start(daemons, root, tiny_model, tmp_path / "home", settle_seconds=0.05)
+    rng = np.random.default_rng(0)
+    pictures = {}
+    for k in range(24):  # noise compresses badly: ~12 KiB each, 288 KiB for a 64 KiB disk
+        image = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        image.save(tmp_path / "p.png")
+        pictures[f"n{k:02d}.png"] = (tmp_path / "p.png").read_bytes()
+    for name, data in pictures.items():
+        drop(dataset / "Images", name, data)
+    wait_until(lambda: daemon.events("move_failed"), timeout=30)
+    time.sleep(3)  # several retries meet the same full disk
+    full = [r for r in daemon.events("move_failed") if "No space" in r["error"]]
+    assert len(full) == 1, "one error line per cause, not one per retry"
+    assert len(list((dataset / "Images").iterdir())) > 0
+    assert daemon.process is not None and daemon.process.poll() is None
+    assert _mount("-o", "remount,size=4m", str(small_disk))
+    wait_until(lambda: not list((dataset / "Images").iterdir()), timeout=60)
+
+    assert _mount("-o", "remount,ro", str(small_disk))
+    late = picture_bytes(tmp_path, "red", 77, "late.png")
+    drop(dataset / "Images", "late.png", late)
+    wait_until(lambda: any("Read-only" in r["error"] for r in daemon.events("move_failed")), timeout=30)
+    assert (dataset / "Images" / "late.png").read_bytes() == late
+    assert _mount("-o", "remount,rw", str(small_disk))
+    wait_until(lambda: sorted_files(dataset).get("late.png") == "red", timeout=60)
+    everything = {hashlib.sha256(d).hexdigest() for d in [*pictures.values(), late]}
+    assert sorted(placed_hashes(dataset)) == sorted(everything)
+    assert not list(dataset.rglob(".clipsort-*"))
+    assert daemon.stop() == 0

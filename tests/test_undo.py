@@ -1,0 +1,115 @@
+"""Tests for daemon.undo: ``clipsort history`` and ``clipsort undo`` on real sorted folders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from daemon.cli import app
+from daemon.errors import JournalError
+from daemon.journal import Journal
+from daemon.undo import parse_since
+from tests.helpers import tree
+from tests.synthetic import make_dataset
+
+RGB = {"red": "red", "green": "green", "blue": "blue"}
+
+
+@pytest.fixture
+def cli(tiny_model: Path) -> CliRunner:
+    return CliRunner(env={"CLIPSORT_MODEL": str(tiny_model)})
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def sorted_root(cli: CliRunner, data_root: Path) -> tuple[Path, dict[str, str]]:
+    """Six pictures sorted by `clipsort sort`; their names and hashes before sorting."""
+    make_dataset(data_root / "rgb", RGB, references=3, inbox=list(RGB) * 2, seed=5)
+    before = digests(data_root / "rgb" / "Images")
+    result = cli.invoke(app, ["sort", "--root", str(data_root)])
+    assert result.exit_code == 0, result.stderr
+    assert "Images" not in tree(data_root / "rgb")
+    return data_root, before
+
+
+def test_history_lists_every_decision_as_json(
+    cli: CliRunner, sorted_root: tuple[Path, dict[str, str]]
+) -> None:
+    """One JSON object per moved file, with hash, class, top-3 and where it went."""
+    root, before = sorted_root
+    result = cli.invoke(app, ["history", "--root", str(root), "--json"])
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {Path(row["source"]).name for row in rows} == set(before)
+    for row in rows:
+        assert row["state"] == "moved" and row["sha256"] == before[Path(row["source"]).name]
+        assert Path(row["destination"]).parent.name == row["class"] == row["top3"][0][0]
+    table = cli.invoke(app, ["history", "--root", str(root), "--dataset", "rgb", "--since", "1h"])
+    assert table.exit_code == 0 and "img0000.png" in table.stdout
+
+
+def test_undo_round_trip_restores_exact_bytes_and_names(
+    cli: CliRunner, sorted_root: tuple[Path, dict[str, str]]
+) -> None:
+    """undo --since puts every file back in Images/ under its own name, byte for byte."""
+    root, before = sorted_root
+    result = cli.invoke(app, ["undo", "--root", str(root), "--since", "10m"])
+    assert result.exit_code == 0, result.stderr
+    assert digests(root / "rgb" / "Images") == before
+    assert not [p for p in (root / "rgb" / "Dataset").rglob("*") if p.is_file()]
+    journal = Journal(root / ".clipsort")
+    assert {entry.state for entry in journal.entries()} == {"undone"}
+    again = cli.invoke(app, ["undo", "--root", str(root), "--last", "1"])
+    assert again.exit_code == 2 and "nothing to undo" in again.stderr
+
+
+def test_undo_to_a_class_records_a_correction(
+    cli: CliRunner, sorted_root: tuple[Path, dict[str, str]]
+) -> None:
+    """undo FILE --to CLASS moves the file there and keeps the person's answer."""
+    root, _ = sorted_root
+    victim = sorted((root / "rgb" / "Dataset" / "red").iterdir())[0]
+    result = cli.invoke(app, ["undo", "--root", str(root), str(victim), "--to", "blue"])
+    assert result.exit_code == 0, result.stderr
+    assert (root / "rgb" / "Dataset" / "blue" / victim.name).exists() and not victim.exists()
+    (correction,) = Journal(root / ".clipsort").corrections()
+    assert (correction.old_label, correction.new_label) == ("red", "blue")
+    unknown = cli.invoke(app, ["undo", "--root", str(root), "--last", "1", "--to", "purple"])
+    assert unknown.exit_code == 2 and "no class 'purple'" in unknown.stderr
+
+
+def test_undo_leaves_alone_a_file_someone_changed(
+    cli: CliRunner, sorted_root: tuple[Path, dict[str, str]]
+) -> None:
+    """The newest file was edited after sorting: undo reports it and exits 1, touching nothing."""
+    root, _ = sorted_root
+    newest = Journal(root / ".clipsort").entries(last=1)[0].destination
+    assert newest is not None
+    newest.write_bytes(b"edited")
+    result = cli.invoke(app, ["undo", "--root", str(root)])
+    assert result.exit_code == 1 and "left alone" in result.stdout
+    assert newest.read_bytes() == b"edited"
+
+
+def test_history_without_a_journal_is_a_user_error(cli: CliRunner, data_root: Path) -> None:
+    """Exit 2 and a message naming the state folder."""
+    result = cli.invoke(app, ["history", "--root", str(data_root)])
+    assert result.exit_code == 2 and "no journal" in result.stderr
+
+
+def test_since_accepts_ages_and_iso_times() -> None:
+    """30m is half an hour before now; a date is its local midnight; anything else is refused."""
+    now = time.time()
+    assert parse_since("30m", now) == now - 1800
+    assert parse_since("2d", now) == now - 2 * 86400
+    assert parse_since("2026-11-26T14:00", now) > parse_since("2026-11-26", now)
+    with pytest.raises(JournalError, match="cannot read --since"):
+        parse_since("yesterday", now)
