@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -86,6 +87,63 @@ def _explain(model: str, exc: Exception) -> str:
     )
 
 
+class ImageTower:
+    """CLIP's image side fed straight with pixels, skipping the processor's per-image float work.
+
+    Pictures are centre-cropped on the CPU and sent to the device as uint8
+    (a quarter of float32's bytes, pinned for an asynchronous copy on CUDA);
+    scaling to [0, 1] and CLIP's mean/std normalisation happen there, in the
+    model's dtype. Outputs match the sentence-transformers path (a test holds
+    them to it), which remains for models that are not a plain CLIPModel.
+    """
+
+    def __init__(self, clip: transformers.CLIPModel, image_processor: Any, size: int, device: str) -> None:
+        self.clip = clip
+        self.size = size
+        self.device = device
+        dtype = next(clip.parameters()).dtype
+        self.mean = (
+            torch.tensor(image_processor.image_mean, dtype=dtype, device=device).view(1, 3, 1, 1) * 255
+        )
+        self.std = torch.tensor(image_processor.image_std, dtype=dtype, device=device).view(1, 3, 1, 1) * 255
+        self.dtype = dtype
+
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """uint8 N x 3 x size x size: shortest edge to ``size`` (bicubic, as the processor), centre crop."""
+        side = self.size
+        batch = np.empty((len(images), side, side, 3), dtype=np.uint8)
+        for row, image in enumerate(images):
+            rgb = image.convert("RGB")
+            short, long = min(rgb.size), max(rgb.size)
+            if short != side:
+                scaled = (side, int(side * long / short))
+                width, height = scaled if rgb.width <= rgb.height else scaled[::-1]
+                rgb = rgb.resize((width, height), Image.Resampling.BICUBIC)
+            left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
+            batch[row] = np.asarray(rgb.crop((left, top, left + side, top + side)))
+        return torch.from_numpy(batch).permute(0, 3, 1, 2)
+
+    def __call__(self, images: Sequence[Image.Image]) -> Vectors:
+        pixels = self.pixels(images)
+        if self.device.startswith("cuda"):
+            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            values = (pixels.to(self.dtype) - self.mean) / self.std
+            pooled = self.clip.vision_model(pixel_values=values).pooler_output
+            features = torch.nn.functional.normalize(self.clip.visual_projection(pooled).float(), dim=-1)
+        return np.asarray(features.cpu().numpy(), dtype=np.float32)
+
+
+def image_tower(model: SentenceTransformer, size: int, device: str) -> ImageTower | None:
+    """The direct image path when ``model`` is a single CLIPModel module, else None."""
+    module = model[0]
+    clip = getattr(module, "model", None)
+    processor = getattr(getattr(module, "processor", None), "image_processor", None)
+    if len(model) != 1 or not isinstance(clip, transformers.CLIPModel) or processor is None:
+        return None
+    return ImageTower(clip, processor, size, device)
+
+
 class Encoder:
     """A resident CLIP model that encodes batches into L2-normalised float32 rows.
 
@@ -106,6 +164,7 @@ class Encoder:
             getattr(getattr(self._model[0], "processor", None), "image_processor", None)
         )
         self.logit_scale = self._logit_scale()
+        self._tower = image_tower(self._model, self.image_size, self.device)
         log.info(
             "model_loaded", model=model, text_model=text_model, device=self.device, identity=self.identity
         )
@@ -119,6 +178,8 @@ class Encoder:
 
     def encode_images(self, images: Sequence[Image.Image]) -> Vectors:
         """One row per picture."""
+        if self._tower is not None and images:
+            return self._tower(images)
         return self._encode(self._model, list(images))
 
     def encode_images_on_cpu(self, images: Sequence[Image.Image]) -> Vectors:

@@ -118,6 +118,16 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class Settlement:
+    """The outcome of one journal entry."""
+
+    entry: int
+    state: State
+    destination: Path | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class Correction:
     """A person's answer for a file clipsort had decided on."""
 
@@ -165,46 +175,52 @@ class Journal:
             self._db.execute("COMMIT")
 
     # --- writing ---------------------------------------------------------------------
-    def plan(self, intent: Intent) -> int:
-        """Record an intent before the move; its row id."""
+    def plan(self, intents: Sequence[Intent]) -> list[int]:
+        """Record intents before their moves, in one transaction; their row ids."""
+        now = time.time()
+        ids = []
+        with self._transaction() as db:
+            for intent in intents:
+                cursor = db.execute(
+                    "INSERT INTO decisions (dataset, source, sha256, size, mode, model, label, top3,"
+                    " placement, folder, state, created, updated)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?)",
+                    (
+                        intent.dataset,
+                        os.fsencode(intent.source),
+                        intent.sha256,
+                        intent.size,
+                        intent.mode,
+                        intent.model,
+                        intent.label,
+                        json.dumps([[label, round(score, 6)] for label, score in intent.top3]),
+                        intent.placement,
+                        os.fsencode(intent.folder),
+                        now,
+                        now,
+                    ),
+                )
+                assert cursor.lastrowid is not None
+                ids.append(cursor.lastrowid)
+        return ids
+
+    def settle(self, outcomes: Sequence[Settlement]) -> None:
+        """Record what became of entries (moved, rejected, cleared, undone), in one transaction."""
         now = time.time()
         with self._transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO decisions (dataset, source, sha256, size, mode, model, label, top3, placement,"
-                " folder, state, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?)",
-                (
-                    intent.dataset,
-                    os.fsencode(intent.source),
-                    intent.sha256,
-                    intent.size,
-                    intent.mode,
-                    intent.model,
-                    intent.label,
-                    json.dumps([[label, round(score, 6)] for label, score in intent.top3]),
-                    intent.placement,
-                    os.fsencode(intent.folder),
-                    now,
-                    now,
-                ),
-            )
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid
-
-    def settle(
-        self, entry: int, state: State, destination: Path | None = None, reason: str | None = None
-    ) -> None:
-        """Record what became of an entry (moved, rejected, cleared, undone, corrected)."""
-        with self._transaction() as db:
-            db.execute(
+            db.executemany(
                 "UPDATE decisions SET state = ?, destination = COALESCE(?, destination),"
                 " reason = COALESCE(?, reason), updated = ? WHERE id = ?",
-                (
-                    state,
-                    None if destination is None else os.fsencode(destination),
-                    reason,
-                    time.time(),
-                    entry,
-                ),
+                [
+                    (
+                        o.state,
+                        None if o.destination is None else os.fsencode(o.destination),
+                        o.reason,
+                        now,
+                        o.entry,
+                    )
+                    for o in outcomes
+                ],
             )
 
     def correct(self, entry: Entry | None, dataset: str, sha256: str, path: Path, new_label: str) -> int:

@@ -148,7 +148,7 @@ def fsync_dir(folder: Path) -> None:
         _close_quietly(fd)
 
 
-def _sync_after_rename(*folders: Path) -> None:
+def sync_folders(*folders: Path) -> None:
     """fsync folders whose rename already happened: a failure cannot undo it, so it is logged."""
     for folder in folders:
         try:
@@ -237,10 +237,20 @@ def preview(source: Path, folder: Path) -> Path:
     raise FileExistsError(errno.EEXIST, f"no free name for {source.name!r} in {str(folder)!r}")
 
 
-def place(source: Path, folder: Path, *, boundary: Path, keep_source: bool = False, name: str = "") -> Path:
+def place(
+    source: Path,
+    folder: Path,
+    *,
+    boundary: Path,
+    keep_source: bool = False,
+    name: str = "",
+    sync: bool = True,
+) -> Path:
     """Move (or with ``keep_source``, copy) ``source`` into ``folder``; return its new path.
 
     The file keeps its name unless ``name`` gives another; a taken name gets a number.
+    ``sync=False`` leaves fsyncing both folders to the caller (:func:`sync_folders`),
+    which can then sync each folder once for a whole batch.
     """
     ensure_dir(folder, boundary)
     name = name or source.name
@@ -257,7 +267,8 @@ def place(source: Path, folder: Path, *, boundary: Path, keep_source: bool = Fal
         except BaseException:
             _take_back(target)
             raise
-    _sync_after_rename(folder, source.parent)
+    if sync:
+        sync_folders(folder, source.parent)
     return target
 
 
@@ -278,7 +289,7 @@ def remove_temporaries(folder: Path) -> list[Path]:
 def drop_second_copy(path: Path, kept: Path) -> None:
     """Unlink ``path`` because ``kept`` holds the same bytes (a move a crash left half-done)."""
     SYSCALLS.unlink(path)
-    _sync_after_rename(path.parent, kept.parent)
+    sync_folders(path.parent, kept.parent)
 
 
 def write_new(path: Path, text: str) -> bool:

@@ -26,10 +26,10 @@ from daemon.classindex import ClassIndex
 from daemon.config import DatasetSettings
 from daemon.embeddings import Embedder
 from daemon.encoder import Encoder
-from daemon.errors import ImageRejected
-from daemon.journal import Intent, Journal
+from daemon.errors import ClipsortError, ImageRejected
+from daemon.journal import Intent, Journal, Settlement
 from daemon.layout import DatasetLayout
-from daemon.mover import check_inside, place, preview
+from daemon.mover import check_inside, place, preview, sync_folders
 from daemon.readiness import Job
 from daemon.review import ReviewPolicy
 
@@ -216,67 +216,103 @@ def model_identity(target: Target, encoder: Encoder) -> str:
     return encoder.name
 
 
-def deliver(
-    job: Job,
-    verdict: Decision | ImageRejected,
-    decoded: Decoded,
-    target: Target,
-    *,
-    model: str,
-    journal: Journal | None,
-    dry_run: bool,
-) -> Outcome:
-    """Place one classified file (or preview it on a dry run), journal it and log the outcome.
+@dataclass(frozen=True)
+class Delivery:
+    """One classified file, ready to be placed."""
 
-    The journal gets the intent before the move and the outcome after; a
-    failed move is journalled as ``cleared`` and re-raised (the file stays).
+    job: Job
+    verdict: Decision | ImageRejected
+    decoded: Decoded
+    target: Target
+
+    def placement(self) -> tuple[Path, Path, Status, str | None]:
+        """The area (``Dataset/``, ``Review/`` or ``Rejected/``), the folder, the status and why."""
+        layout, verdict = self.target.layout, self.verdict
+        if isinstance(verdict, ImageRejected):
+            return layout.rejected, layout.rejected, "rejected", str(verdict)
+        if held := self.target.review.hold_back(verdict):
+            return layout.review, layout.review, "review", held
+        return layout.sorted, layout.class_dir(verdict.label), "sorted", None
+
+    def intent(self, model: str) -> Intent:
+        _, folder, status, _ = self.placement()
+        decision = self.verdict if isinstance(self.verdict, Decision) else None
+        return Intent(
+            dataset=self.job.dataset,
+            source=self.job.path,
+            sha256=self.decoded.sha256,
+            size=self.decoded.size,
+            mode=self.target.classifier.name,
+            model=model,
+            label=None if decision is None else decision.label,
+            top3=() if decision is None else decision.top,
+            placement=status,
+            folder=folder,
+        )
+
+
+Result = Outcome | OSError | ClipsortError
+
+
+def deliver(
+    batch: Sequence[Delivery], *, encoder: Encoder, journal: Journal | None, dry_run: bool
+) -> list[Result]:
+    """Place a batch of classified files (or preview them on a dry run), journal them, log each.
+
+    Group commit: one journal transaction records every intent before any
+    file moves, the moves follow, each folder involved is fsynced once, and
+    one transaction records the outcomes. A file whose move fails gets its
+    error in the result list (and ``cleared`` in the journal); it stays
+    where it was and the others are unaffected.
     """
-    layout = target.layout
-    status: Status
-    decision = verdict if isinstance(verdict, Decision) else None
-    if isinstance(verdict, ImageRejected):
-        area, folder, status, reason = layout.rejected, layout.rejected, "rejected", str(verdict)
-    elif held := target.review.hold_back(verdict):
-        area, folder, status, reason = layout.review, layout.review, "review", held
-    else:
-        area, folder, status, reason = layout.sorted, layout.class_dir(verdict.label), "sorted", None
+    models = [model_identity(item.target, encoder) for item in batch]
+    results: list[Result] = []
     if dry_run:
-        destination = preview(job.path, folder)
-    else:
-        check_inside(layout.root, area)
-        entry = None
-        if journal is not None:
-            entry = journal.plan(
-                Intent(
-                    dataset=job.dataset,
-                    source=job.path,
-                    sha256=decoded.sha256,
-                    size=decoded.size,
-                    mode=target.classifier.name,
-                    model=model,
-                    label=None if decision is None else decision.label,
-                    top3=() if decision is None else decision.top,
-                    placement=status,
-                    folder=folder,
-                )
-            )
+        for item, model in zip(batch, models, strict=True):
+            _, folder, _, _ = item.placement()
+            results.append(_outcome(item, preview(item.job.path, folder), model, dry_run=True))
+        return results
+    entries = (
+        journal.plan([item.intent(model) for item, model in zip(batch, models, strict=True)])
+        if journal
+        else []
+    )
+    touched: set[Path] = set()
+    settled: list[Settlement] = []
+    for k, (item, model) in enumerate(zip(batch, models, strict=True)):
+        area, folder, status, reason = item.placement()
         try:
-            keep = target.settings.action == "copy"
-            destination = place(job.path, folder, boundary=area, keep_source=keep)
-        except BaseException as exc:
-            if journal is not None and entry is not None:
-                journal.settle(entry, "cleared", reason=f"not moved: {exc}")
-            raise
-        if journal is not None and entry is not None:
-            journal.settle(entry, "rejected" if status == "rejected" else "moved", destination, reason)
+            check_inside(item.target.layout.root, area)
+            keep = item.target.settings.action == "copy"
+            destination = place(item.job.path, folder, boundary=area, keep_source=keep, sync=False)
+        except (OSError, ClipsortError) as exc:
+            results.append(exc)
+            if entries:
+                settled.append(Settlement(entries[k], "cleared", None, f"not moved: {exc}"))
+            continue
+        touched |= {folder, item.job.path.parent}
+        results.append(_outcome(item, destination, model, dry_run=False))
+        if entries:
+            settled.append(
+                Settlement(entries[k], "rejected" if status == "rejected" else "moved", destination, reason)
+            )
+    sync_folders(*sorted(touched))  # before the outcomes are recorded as durable
+    if journal is not None:
+        journal.settle(settled)
+    return results
+
+
+def _outcome(item: Delivery, destination: Path, model: str, *, dry_run: bool) -> Outcome:
+    """The outcome of one placed file, logged as its canonical line."""
+    _, _, status, reason = item.placement()
     outcome = Outcome(
-        dataset=job.dataset,
-        source=job.path,
+        dataset=item.job.dataset,
+        source=item.job.path,
         status=status,
         destination=destination,
-        decision=decision,
+        decision=item.verdict if isinstance(item.verdict, Decision) else None,
         reason=reason,
-        extra={"mode": target.classifier.name, "model": model, "dry_run": dry_run},
+        extra={"mode": item.target.classifier.name, "model": model, "dry_run": dry_run},
     )
     (log.info if status == "sorted" else log.warning)(status, **outcome.as_dict())
     return outcome

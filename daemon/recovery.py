@@ -29,7 +29,7 @@ from pathlib import Path
 import structlog
 
 from daemon.embedcache import content_hash
-from daemon.journal import Entry, Journal
+from daemon.journal import Entry, Journal, Settlement
 from daemon.layout import DatasetLayout
 from daemon.mover import drop_second_copy, remove_temporaries
 
@@ -87,12 +87,16 @@ def recover(journal: Journal, layouts: Sequence[DatasetLayout]) -> Recovered:
     for entry in journal.planned():
         placed = _placed(entry, journal)
         if placed is None:
-            journal.settle(entry.id, "cleared", reason="interrupted before the move; left in the inbox")
+            journal.settle(
+                [Settlement(entry.id, "cleared", reason="interrupted before the move; left in the inbox")]
+            )
             cleared += 1
             continue
         if _same_bytes(entry.intent.source, entry):
             drop_second_copy(entry.intent.source, placed)
-        journal.settle(entry.id, "rejected" if entry.intent.placement == "rejected" else "moved", placed)
+        journal.settle(
+            [Settlement(entry.id, "rejected" if entry.intent.placement == "rejected" else "moved", placed)]
+        )
         completed += 1
     found = Recovered(completed, cleared, temporaries)
     if found != Recovered():

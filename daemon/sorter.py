@@ -20,7 +20,7 @@ from daemon.embeddings import Embedder
 from daemon.errors import NoClassesError
 from daemon.journal import Journal
 from daemon.layout import DatasetLayout
-from daemon.pipeline import Outcome, Target, classify, collect, deliver, model_identity, start_decoding
+from daemon.pipeline import Delivery, Outcome, Target, classify, collect, deliver, start_decoding
 from daemon.readiness import Job, Signature
 from daemon.scanner import scan
 
@@ -86,9 +86,14 @@ def run(
             decoded = collect(current, settings.decode_timeout_seconds)
             targets = {target.layout.name: target}
             verdicts = classify(jobs, [d.picture for d in decoded], targets, embedder.encoder)
-            model = model_identity(target, embedder.encoder)
-            for job, verdict, read in zip(jobs, verdicts, decoded, strict=True):
-                on_outcome(deliver(job, verdict, read, target, model=model, journal=journal, dry_run=dry_run))
+            batch = [
+                Delivery(job, verdict, read, target)
+                for job, verdict, read in zip(jobs, verdicts, decoded, strict=True)
+            ]
+            for result in deliver(batch, encoder=embedder.encoder, journal=journal, dry_run=dry_run):
+                if not isinstance(result, Outcome):
+                    raise result  # one-shot sorting stops at the first file it cannot place
+                on_outcome(result)
 
 
 def job_for(dataset: str, path: Path) -> Job:

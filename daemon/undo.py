@@ -17,7 +17,7 @@ from pathlib import Path
 
 from daemon.embedcache import content_hash
 from daemon.errors import JournalError
-from daemon.journal import Entry, Journal, State
+from daemon.journal import Entry, Journal, Settlement, State
 from daemon.layout import DatasetLayout
 from daemon.mover import place
 
@@ -87,7 +87,7 @@ def undo(entry: Entry, journal: Journal, root: Path, to_class: str | None) -> Un
     layout = DatasetLayout(root / entry.intent.dataset)
     if to_class is None:
         path = place(entry.destination, layout.inbox, boundary=layout.inbox, name=entry.intent.source.name)
-        journal.settle(entry.id, "undone", path)
+        journal.settle([Settlement(entry.id, "undone", path)])
         return Undone(entry, path, "back in the inbox")
     plain = to_class not in ("", ".", "..") and "/" not in to_class
     if not plain or not ((layout.classes / to_class).is_dir() or layout.class_dir(to_class).is_dir()):

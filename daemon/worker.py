@@ -22,21 +22,20 @@ from dataclasses import dataclass
 import structlog
 
 from daemon.catalog import Catalog
-from daemon.classifiers import Decision
 from daemon.config import Settings
 from daemon.embeddings import Embedder
-from daemon.errors import ImageIncomplete, ImageRejected
+from daemon.errors import ImageIncomplete
 from daemon.intake import Intake
 from daemon.journal import Journal
 from daemon.metrics import Metrics
-from daemon.mover import UnsafeDestination
 from daemon.pipeline import (
     Decoded,
-    Target,
+    Delivery,
+    Outcome,
+    Result,
     classify_with_fallback,
     collect,
     deliver,
-    model_identity,
     start_decoding,
 )
 from daemon.readiness import Job, age, is_unchanged
@@ -149,40 +148,38 @@ class Worker:
             jobs, [read.picture for read in reads], targets, self.embedder.encoder
         )
         self._metrics.batch(len(jobs))
+        ready = []
         for job, verdict, read in zip(jobs, verdicts, reads, strict=True):
             if verdict is None:  # even the CPU failed: the file waits and is tried again
                 self._metrics.error("inference", "inference failed")
                 self._intake.retry(job, self._backoff("inference"))
+            elif isinstance(verdict, ImageIncomplete) and age(job) < self.settings.max_wait_seconds:
+                log.debug("not_ready", file=str(job.path), reason=str(verdict))
+                self._intake.retry(job, self._recheck_delay(job))  # not ready is not bad
+            elif not is_unchanged(job):
+                log.debug("not_ready", file=str(job.path), reason="changed since it was read")
+                self._intake.retry(job, self.settings.settle_seconds)
             else:
-                self._finish(job, verdict, read, targets[job.dataset])
+                ready.append(Delivery(job, verdict, read, targets[job.dataset]))
+        results = deliver(ready, encoder=self.embedder.encoder, journal=self._journal, dry_run=False)
+        for item, result in zip(ready, results, strict=True):
+            self._settle(item.job, result)
 
-    def _finish(self, job: Job, verdict: Decision | ImageRejected, read: Decoded, target: Target) -> None:
-        if isinstance(verdict, ImageIncomplete) and age(job) < self.settings.max_wait_seconds:
-            log.debug("not_ready", file=str(job.path), reason=str(verdict))
-            self._intake.retry(job, self._recheck_delay(job))  # not ready is not bad
-            return
-        if not is_unchanged(job):
-            log.debug("not_ready", file=str(job.path), reason="changed since it was read")
-            self._intake.retry(job, self.settings.settle_seconds)
-            return
-        try:
-            model = model_identity(target, self.embedder.encoder)
-            outcome = deliver(job, verdict, read, target, model=model, journal=self._journal, dry_run=False)
-        except UnsafeDestination as exc:
-            log.error("unsafe_destination", file=str(job.path), error=str(exc))
-            self._metrics.error("unsafe_destination", str(exc))
+    def _settle(self, job: Job, result: Result) -> None:
+        if isinstance(result, Outcome):
+            self._retries.clear()
             self._intake.release(job.path)
-            return
-        except OSError as exc:  # disk full, read-only, permissions: the file stays and is retried
-            cause = f"{type(exc).__name__}:{exc.errno}"
+            self._metrics.record(result, age(job))
+        elif isinstance(result, OSError):  # disk full, read-only, permissions: the file stays and is retried
+            cause = f"{type(result).__name__}:{result.errno}"
             if cause not in self._retries:
-                log.error("move_failed", file=str(job.path), error=str(exc))
-            self._metrics.error("move", str(exc))
+                log.error("move_failed", file=str(job.path), error=str(result))
+            self._metrics.error("move", str(result))
             self._intake.retry(job, self._backoff(cause))
-            return
-        self._retries.clear()
-        self._intake.release(job.path)
-        self._metrics.record(outcome, age(job))
+        else:  # e.g. a class folder that is a symlink out of the dataset: never written through
+            log.error("unsafe_destination", file=str(job.path), error=str(result))
+            self._metrics.error("unsafe_destination", str(result))
+            self._intake.release(job.path)
 
     def _recheck_delay(self, job: Job) -> float:
         """Back-off for a file still arriving: a quarter of its age, from the settle time up to RETRY_MAX."""

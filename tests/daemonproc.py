@@ -64,7 +64,7 @@ class Daemon:
         self._reader.start()
         env = {
             **os.environ,
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
             "HF_HUB_OFFLINE": "1",
             "NOTIFY_SOCKET": str(address),
             **(env or {}),
@@ -131,6 +131,14 @@ class Daemon:
             self.process.wait(timeout=10)
         if self._socket is not None:
             self._socket.close()
+
+    def peak_rss_mb(self) -> float:
+        """The process's high-water mark of resident memory (VmHWM), in MiB."""
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmHWM in /proc")
 
     def status(self) -> Status:
         found = read_status(self.state)

@@ -30,3 +30,25 @@ def test_daemon_latency_smoke_run_writes_its_report(tmp_path: Path) -> None:
     assert 0 < run["single_p50_ms"] <= run["single_p95_ms"]
     assert run["burst_files_per_s"] > 0
     assert report["forward_1_image_ms"] > 0
+
+
+def test_throughput_smoke_run_reports_every_measurement(tmp_path: Path) -> None:
+    """``python -m bench.throughput --quick`` exits 0 with rates, ratios, latency and peak RSS."""
+    out = tmp_path / "throughput.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.throughput", "--quick", "--out", str(out)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    assert set(report["sets"]) == {"jpeg12mp", "png1mp", "jpeg640"}
+    for row in report["sets"].values():
+        assert min(row["baseline"], row["sort"], row["daemon"], row["model_only"]) > 0
+        assert row["daemon_vs_baseline"] == row["daemon"] / row["baseline"]
+    assert 0 < report["latency"]["single_p50_ms"] <= report["latency"]["single_p95_ms"]
+    assert set(report["rss"]) == {"peak_rss_mb_20", "peak_rss_mb_60"}

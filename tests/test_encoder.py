@@ -60,3 +60,18 @@ def test_device_resolution() -> None:
     assert resolve_device("cuda:1") == "cuda:1"
     assert resolve_device("auto") in {"cpu", "cuda", "mps"}
     assert looks_like_path("./m") and looks_like_path("/m") and not looks_like_path("org/model")
+
+
+def test_the_direct_image_path_agrees_with_sentence_transformers(encoder: Encoder) -> None:
+    """uint8 pixels normalised on the device give the processor's vectors, whatever the picture's shape."""
+    rng = np.random.default_rng(0)
+    pictures = [
+        draw(rng, color, "circle", size=size) for color, size in (("red", 64), ("green", 224), ("blue", 300))
+    ]
+    pictures += [
+        draw(rng, "red", "square", 400).resize((400, 250)),
+        draw(rng, "blue", "square", 400).resize((230, 500)),
+    ]
+    direct = encoder.encode_images(pictures)
+    reference = encoder._encode(encoder._model, pictures)
+    assert np.allclose(direct, reference, atol=1e-5)

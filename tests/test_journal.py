@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from daemon.journal import Intent, Journal
+from daemon.journal import Intent, Journal, Settlement
 
 
 def intent(source: Path, folder: Path, label: str | None = "red", dataset: str = "rgb") -> Intent:
@@ -28,9 +28,9 @@ def test_an_intent_and_its_outcome_read_back_whole(tmp_path: Path) -> None:
     """Every field survives, including a file name that is not UTF-8."""
     journal = Journal(tmp_path)
     source = Path(os.fsdecode(b"/data/rgb/Images/caf\xe9.jpg"))
-    entry = journal.plan(intent(source, tmp_path / "Dataset" / "red"))
+    entry = journal.plan([intent(source, tmp_path / "Dataset" / "red")])[0]
     assert [e.id for e in journal.planned()] == [entry]
-    journal.settle(entry, "moved", tmp_path / "Dataset" / "red" / source.name)
+    journal.settle([Settlement(entry, "moved", tmp_path / "Dataset" / "red" / source.name)])
     journal.close()
     again = Journal(tmp_path)
     (found,) = again.entries()
@@ -45,12 +45,11 @@ def test_an_intent_and_its_outcome_read_back_whole(tmp_path: Path) -> None:
 def test_filters_by_dataset_time_state_and_newest(tmp_path: Path) -> None:
     """history --dataset/--since and undo --last select the right rows, oldest first."""
     journal = Journal(tmp_path)
-    ids = [journal.plan(intent(tmp_path / f"{k}.jpg", tmp_path, dataset="ab"[k % 2])) for k in range(6)]
+    ids = [journal.plan([intent(tmp_path / f"{k}.jpg", tmp_path, dataset="ab"[k % 2])])[0] for k in range(6)]
     cut = time.time()
-    later = journal.plan(intent(tmp_path / "late.jpg", tmp_path))
-    for entry in [*ids, later]:
-        journal.settle(entry, "moved", tmp_path / f"{entry}.jpg")
-    journal.settle(ids[0], "undone")
+    later = journal.plan([intent(tmp_path / "late.jpg", tmp_path)])[0]
+    journal.settle([Settlement(entry, "moved", tmp_path / f"{entry}.jpg") for entry in [*ids, later]])
+    journal.settle([Settlement(ids[0], "undone")])
     assert [e.id for e in journal.entries(dataset="a")] == ids[0::2]
     assert [e.id for e in journal.entries(since=cut)] == [later]
     assert [e.id for e in journal.entries(states=("moved",), last=2)] == [ids[5], later]
@@ -60,8 +59,8 @@ def test_filters_by_dataset_time_state_and_newest(tmp_path: Path) -> None:
 def test_a_correction_marks_its_decision(tmp_path: Path) -> None:
     """The person's class is kept with the decision it overrides."""
     journal = Journal(tmp_path)
-    entry_id = journal.plan(intent(tmp_path / "a.jpg", tmp_path))
-    journal.settle(entry_id, "moved", tmp_path / "red" / "a.jpg")
+    entry_id = journal.plan([intent(tmp_path / "a.jpg", tmp_path)])[0]
+    journal.settle([Settlement(entry_id, "moved", tmp_path / "red" / "a.jpg")])
     (entry,) = journal.entries()
     journal.correct(entry, "rgb", entry.intent.sha256, tmp_path / "blue" / "a.jpg", "blue")
     (correction,) = journal.corrections()
@@ -74,5 +73,5 @@ def test_two_processes_share_one_journal(tmp_path: Path) -> None:
     """The daemon and `clipsort undo` write to the same file without losing rows."""
     first, second = Journal(tmp_path), Journal(tmp_path)
     for k in range(20):
-        (first if k % 2 else second).plan(intent(tmp_path / f"{k}.jpg", tmp_path))
+        (first if k % 2 else second).plan([intent(tmp_path / f"{k}.jpg", tmp_path)])
     assert len(first.entries()) == len(second.entries()) == 20

@@ -7,7 +7,7 @@ import os
 import uuid
 from pathlib import Path
 
-from daemon.journal import Intent, Journal
+from daemon.journal import Intent, Journal, Settlement
 from daemon.layout import DatasetLayout
 from daemon.recovery import Recovered, recover
 from tests.helpers import tree
@@ -15,20 +15,23 @@ from tests.helpers import tree
 
 def planned(journal: Journal, layout: DatasetLayout, name: str, data: bytes) -> int:
     """An intent to move Images/<name> into Dataset/red, as deliver() writes it."""
-    return journal.plan(
-        Intent(
-            dataset=layout.name,
-            source=layout.inbox / name,
-            sha256=hashlib.sha256(data).hexdigest(),
-            size=len(data),
-            mode="reference",
-            model="tiny",
-            label="red",
-            top3=(("red", 0.9),),
-            placement="sorted",
-            folder=layout.class_dir("red"),
-        )
+    [entry] = journal.plan(
+        [
+            Intent(
+                dataset=layout.name,
+                source=layout.inbox / name,
+                sha256=hashlib.sha256(data).hexdigest(),
+                size=len(data),
+                mode="reference",
+                model="tiny",
+                label="red",
+                top3=(("red", 0.9),),
+                placement="sorted",
+                folder=layout.class_dir("red"),
+            )
+        ]
     )
+    return entry
 
 
 def dataset(tmp_path: Path) -> DatasetLayout:
@@ -95,7 +98,7 @@ def test_a_picture_dropped_twice_stays_two_files(tmp_path: Path) -> None:
     layout, journal = dataset(tmp_path), Journal(tmp_path)
     first = planned(journal, layout, "a.jpg", b"A")
     (layout.class_dir("red") / "a.jpg").write_bytes(b"A")
-    journal.settle(first, "moved", layout.class_dir("red") / "a.jpg")
+    journal.settle([Settlement(first, "moved", layout.class_dir("red") / "a.jpg")])
     (layout.inbox / "a.jpg").write_bytes(b"A")
     planned(journal, layout, "a.jpg", b"A")
     assert recover(journal, [layout]) == Recovered(cleared=1)

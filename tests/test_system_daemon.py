@@ -252,14 +252,6 @@ def test_copy_action_is_refused_by_the_daemon(tmp_path: Path, tiny_model: Path) 
     assert result.exit_code == 2 and "copy" in result.stderr
 
 
-def peak_rss_mb(pid: int) -> float:
-    """The process's high-water mark of resident memory (VmHWM), in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM in /proc")
-
-
 def test_a_burst_of_20000_files_loses_none_in_bounded_memory(
     daemons: list[Daemon], tmp_path: Path, tiny_model: Path
 ) -> None:
@@ -275,11 +267,11 @@ def test_a_burst_of_20000_files_loses_none_in_bounded_memory(
     for k in range(2_000):
         (dataset / "Images" / f"a{k:05d}.png").write_bytes(pictures[k % 3])
     wait_until(lambda: daemon.status().datasets["rgb"].sorted == 2_000, timeout=300, every=1.0)
-    ceiling = peak_rss_mb(daemon.process.pid)
+    ceiling = daemon.peak_rss_mb()
     for k in range(18_000):
         (dataset / "Images" / f"b{k:05d}.png").write_bytes(pictures[k % 3])
     wait_until(lambda: daemon.status().datasets["rgb"].sorted == 20_000, timeout=600, every=1.0)
-    peak = peak_rss_mb(daemon.process.pid)
+    peak = daemon.peak_rss_mb()
     assert peak <= ceiling * 1.15, f"peak {peak:.0f} MiB after 20,000 files, {ceiling:.0f} MiB after 2,000"
     landed = sorted_files(dataset)
     assert len(landed) == 20_000

@@ -1,0 +1,16 @@
+#!/bin/sh
+# The throughput benchmark on a CUDA machine, in one command, a few minutes:
+#   sh bench/gpu.sh            (results: $OUT or bench/results, throughput-gpu.json)
+# Wheels in .whl/ (for packages the machine lacks: pydantic, structlog, watchdog...) are
+# installed to /tmp/site first; see bench/README.md.
+set -eu
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
+fi
+export PYTHONPATH="$PWD:${PYTHONPATH:-}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch; print('torch', torch.__version__, 'on', torch.cuda.get_device_name())"
+exec python3 -m bench.throughput --device cuda --batch-size 256 --decode-workers 16 \
+    --counts "${COUNTS:-64,256,4096}" --model-only 8192 --singles 20 --rss 1000,10000 \
+    --out "${OUT:-bench/results}/throughput-gpu.json"

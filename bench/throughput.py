@@ -1,0 +1,313 @@
+"""End-to-end throughput against the original one-image-at-a-time loop and the model's own ceiling.
+
+Usage (from the repository root)::
+
+    python -m bench.throughput                  # CPU: ViT-B/32 with random weights, a few minutes
+    python -m bench.throughput --quick          # seconds-long smoke run (what CI runs)
+    python -m bench.throughput --device cuda    # the GPU run (see bench/gpu.sh)
+
+Everything is built here (no downloads): a CLIP with the ViT-B/32
+architecture and random weights (the real model's compute; accuracy is
+irrelevant), and three image sets: 12-megapixel JPEGs, 1-megapixel PNGs and
+640x480 JPEGs. For each set, in one run on one machine:
+
+- ``baseline``: the original scripts' loop: open the full image with Pillow,
+  ``SentenceTransformer.encode`` it alone, ``shutil.move`` it;
+- ``model_only``: forward passes on pre-decoded, pre-resized, normalised
+  tensors already on the device, at the configured batch size (the ceiling);
+- ``sort``: ``clipsort sort``'s pipeline (model already loaded), journal on;
+- ``daemon``: the real daemon process fed a burst of renames, from the first
+  rename to the last file's arrival in ``Dataset/<class>/``.
+
+Then single-file drop-to-move latency (p50/p95, next to one forward pass)
+and the daemon's peak RSS after a 1,000- and a 10,000-file burst (small
+files and the two-layer model: this measures the pipeline's memory, not
+the model's). Results go to a JSON file; a table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.daemon_latency import CLASSES, forward_ms, measure
+from daemon.catalog import make_embedder
+from daemon.config import load_settings
+from daemon.encoder import Encoder
+from daemon.journal import Journal
+from daemon.layout import discover
+from daemon.logs import configure_logging
+from daemon.mover import make_state_dir
+from daemon.sorter import gather, run
+from tests.daemonproc import Daemon
+from tests.synthetic import draw, make_dataset, random_clip
+from tests.waiting import wait_until
+
+SETS = {"jpeg12mp": (4000, 3000, "jpg"), "png1mp": (1000, 1000, "png"), "jpeg640": (640, 480, "jpg")}
+DISTINCT = 6  # pictures drawn per set; the rest are copies under other names
+
+
+def picture(rng: np.random.Generator, color: str, width: int, height: int) -> Image.Image:
+    """A shape on a background, upscaled, with sensor-like noise, so it compresses like a photo."""
+    base = np.asarray(draw(rng, color, "circle", size=300).resize((width, height), Image.Resampling.BICUBIC))
+    noise = rng.integers(-10, 11, size=base.shape, dtype=np.int16)
+    return Image.fromarray(np.clip(base.astype(np.int16) + noise, 0, 255).astype(np.uint8))
+
+
+def make_set(folder: Path, kind: str, count: int, seed: int) -> list[Path]:
+    """``count`` files of one kind in ``folder``."""
+    width, height, ext = SETS[kind]
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    colors = list(CLASSES)
+    made = []
+    for k in range(min(count, DISTINCT)):
+        path = folder / f"{kind}-{k:05d}.{ext}"
+        picture(rng, colors[k % 3], width, height).save(path, **({"quality": 90} if ext == "jpg" else {}))
+        made.append(path)
+    for k in range(len(made), count):
+        path = folder / f"{kind}-{k:05d}.{ext}"
+        shutil.copyfile(made[k % len(made)], path)
+        made.append(path)
+    return made
+
+
+def fill(inbox: Path, files: list[Path]) -> None:
+    inbox.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        shutil.copyfile(path, inbox / path.name)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def baseline(encoder: Encoder, files: list[Path], work: Path) -> float:
+    """Images/s of the original loop: full decode, encode one image, shutil.move."""
+    inbox, out = work / "inbox", work / "out"
+    fill(inbox, files)
+    classes = list(CLASSES)
+    class_vectors = encoder.encode_texts(classes)
+    for label in classes:
+        (out / label).mkdir(parents=True)
+    model = encoder._model  # the same weights the pipeline uses
+    started = time.perf_counter()
+    for source in sorted(inbox.iterdir()):
+        image = Image.open(source).convert("RGB")
+        vector = model.encode(
+            image, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+        )
+        label = classes[int(np.argmax(class_vectors @ vector))]
+        shutil.move(source, out / label / source.name)
+    return len(files) / (time.perf_counter() - started)
+
+
+def model_only(encoder: Encoder, count: int, batch_size: int) -> float:
+    """Images/s of forward passes alone on normalised tensors already on the device."""
+    tower = encoder._tower
+    assert tower is not None, "model_only needs a plain CLIPModel"
+    side = encoder.image_size
+    one = tower.pixels([draw(np.random.default_rng(0), "red", "circle", size=side)])
+    batch = ((one.to(encoder.device).to(tower.dtype) - tower.mean) / tower.std).repeat(batch_size, 1, 1, 1)
+
+    def forward(values: torch.Tensor) -> None:
+        with torch.inference_mode():
+            tower.clip.visual_projection(tower.clip.vision_model(pixel_values=values).pooler_output)
+
+    forward(batch)  # warm-up
+    sync(encoder.device)
+    rounds = max(1, count // batch_size)
+    started = time.perf_counter()
+    for _ in range(rounds):
+        forward(batch)
+    sync(encoder.device)
+    return rounds * batch_size / (time.perf_counter() - started)
+
+
+def sort_pipeline(encoder: Encoder, files: list[Path], work: Path, options: dict[str, Any]) -> float:
+    """Images/s of `clipsort sort`'s pipeline, with the model and class index ready."""
+    root = work / "Data"
+    make_dataset(root / "bench", CLASSES, references=2, seed=1)
+    fill(root / "bench" / "Images", files)
+    settings = load_settings(None, {"root": root, "state_dir": work / "state", **options})
+    embedder = make_embedder(settings, encoder)
+    jobs = gather(discover(root), settings, embedder, named=False)
+    make_state_dir(settings.state_path)
+    journal = Journal(settings.state_path)
+    done: list[object] = []
+    started = time.perf_counter()
+    run(jobs, settings, embedder, journal=journal, dry_run=False, on_outcome=done.append)
+    elapsed = time.perf_counter() - started
+    journal.close()
+    assert len(done) == len(files)
+    return len(files) / elapsed
+
+
+def arrived_count(dataset: Path) -> int:
+    return sum(
+        1
+        for label in CLASSES
+        if (dataset / "Dataset" / label).is_dir()
+        for _ in (dataset / "Dataset" / label).iterdir()
+    )
+
+
+def daemon_burst(model: Path, files: list[Path], work: Path, options: dict[str, Any]) -> dict[str, float]:
+    """Images/s of the real daemon from the first rename of a burst to the last arrival, and its peak RSS."""
+    root = work / "Data"
+    dataset = root / "bench"
+    make_dataset(dataset, CLASSES, references=2, seed=1)
+    home = work / "home"
+    home.mkdir()
+    daemon = Daemon(root, model, home, settle_seconds=0.05, **options).start(wait=True)
+    try:
+        for path in files:
+            shutil.copyfile(path, dataset / "Images" / f".{path.name}")
+        started = time.perf_counter()
+        for path in files:
+            os.rename(dataset / "Images" / f".{path.name}", dataset / "Images" / path.name)
+        wait_until(lambda: arrived_count(dataset) == len(files), timeout=3600, every=0.01)
+        elapsed = time.perf_counter() - started
+        assert daemon.process is not None
+        peak = daemon.peak_rss_mb()
+    finally:
+        daemon.stop()
+    return {"files_per_s": len(files) / elapsed, "peak_rss_mb": peak}
+
+
+def rss_flatness(work: Path, bursts: tuple[int, int], options: dict[str, Any]) -> dict[str, float]:
+    """Peak RSS of a fresh daemon after each burst of small files (two-layer model)."""
+    model = random_clip(work / "small-model", small=True)
+    small = make_set(work / "small", "jpeg640", 1, seed=3)[0]
+    tiny = work / "tiny.jpg"
+    Image.open(small).resize((96, 72)).save(tiny)
+    peaks = {}
+    for count in bursts:
+        files = [work / f"rss-{count}" / f"r{k:05d}.jpg" for k in range(count)]
+        files[0].parent.mkdir()
+        for path in files:
+            shutil.copyfile(tiny, path)
+        peaks[f"peak_rss_mb_{count}"] = daemon_burst(model, files, work / f"rss-run-{count}", options)[
+            "peak_rss_mb"
+        ]
+    return peaks
+
+
+def report(label: str, value: float, started: float) -> float:
+    print(f"  {label}: {value:.2f} images/s ({time.perf_counter() - started:.1f} s)", flush=True)
+    return value
+
+
+def measure_set(
+    kind: str, count: int, model: Path, encoder: Encoder, scratch: Path, options: dict[str, Any]
+) -> dict[str, float]:
+    """Baseline, sort and daemon images/s on one image set."""
+    print(f"{kind} x {count}", flush=True)
+    files = make_set(scratch / "sets" / kind, kind, count, seed=len(kind))
+    started = time.perf_counter()
+    row = {
+        "files": count,
+        "baseline": report("baseline", baseline(encoder, files, scratch / "baseline" / kind), started),
+    }
+    started = time.perf_counter()
+    row["sort"] = report("sort", sort_pipeline(encoder, files, scratch / "sort" / kind, options), started)
+    started = time.perf_counter()
+    burst = daemon_burst(model, files, scratch / "daemon" / kind, options)
+    row["daemon"] = report("daemon", burst["files_per_s"], started)
+    row["daemon_peak_rss_mb"] = burst["peak_rss_mb"]
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="two-layer model, a few files: a smoke run")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--decode-workers", type=int, default=2)
+    parser.add_argument(
+        "--counts", default="16,32,96", help="files per set: 12 MP JPEG, 1 MP PNG, 640x480 JPEG"
+    )
+    parser.add_argument("--model-only", type=int, default=128, help="images for the model-only ceiling")
+    parser.add_argument("--singles", type=int, default=20, help="single drops for latency")
+    parser.add_argument("--rss", default="1000,10000", help="burst sizes compared for peak RSS")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    configure_logging("console", "warning")  # one line per sorted file would drown the results
+    counts = [2, 2, 4] if args.quick else [int(c) for c in args.counts.split(",")]
+    rss_bursts = (20, 60) if args.quick else tuple(int(c) for c in args.rss.split(","))
+    options = {"device": args.device, "batch_size": args.batch_size, "decode_workers": args.decode_workers}
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="clipsort-bench-") as scratch_name:
+        scratch = Path(scratch_name)
+        model = random_clip(scratch / "model", small=args.quick)
+        encoder = Encoder(str(model), args.device)
+        started = time.perf_counter()
+        ceiling = model_only(encoder, 8 if args.quick else args.model_only, args.batch_size)
+        report("model_only", ceiling, started)
+        for kind, count in zip(SETS, counts, strict=True):
+            row = measure_set(kind, count, model, encoder, scratch, options)
+            row["model_only"] = ceiling
+            row["daemon_vs_baseline"] = row["daemon"] / row["baseline"]
+            row["daemon_vs_model_only"] = row["daemon"] / ceiling
+            row["sort_vs_baseline"] = row["sort"] / row["baseline"]
+            results[kind] = row
+        latency_work = scratch / "latency"
+        latency_work.mkdir()
+        latency = measure(model, latency_work, 0, 3 if args.quick else args.singles, 0, device=args.device)
+        one_forward = forward_ms(model, device=args.device)
+        rss = rss_flatness(scratch / "rss", rss_bursts, options)
+    summary = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "model": "two-layer CLIP" if args.quick else "ViT-B/32 (random weights)",
+        "options": options,
+        "sets": results,
+        "latency": {
+            "single_p50_ms": latency["single_p50_ms"],
+            "single_p95_ms": latency["single_p95_ms"],
+            "forward_1_image_ms": round(one_forward, 1),
+        },
+        "rss": rss,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2))
+    header = ("set", "baseline", "sort", "daemon", "model", "d/base", "d/model")
+    print("\nimages/s\n" + " ".join(f"{name:>9}" for name in header))
+    for kind, row in results.items():
+        cells = [row[k] for k in ("baseline", "sort", "daemon", "model_only")]
+        ratios = [row["daemon_vs_baseline"], row["daemon_vs_model_only"]]
+        print(
+            f"{kind:>9} "
+            + " ".join(f"{v:>9.1f}" for v in cells)
+            + " "
+            + " ".join(f"{v:>9.2f}" for v in ratios)
+        )
+    print(
+        f"single file: p50 {latency['single_p50_ms']} ms, p95 {latency['single_p95_ms']} ms;"
+        f" one forward pass {one_forward:.1f} ms"
+    )
+    print("peak RSS: " + ", ".join(f"{k.rsplit('_', 1)[1]} files {v:.0f} MiB" for k, v in rss.items()))
+
+
+if __name__ == "__main__":
+    main()
