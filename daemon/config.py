@@ -119,8 +119,20 @@ class Settings(BaseSettings):
         description="CLIP model: a sentence-transformers name (downloaded on first use) or a local folder.",
     )
     device: str = Field("auto", description="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
-    batch_size: PositiveInt = Field(32, description="Images encoded per forward pass.")
-    decode_workers: PositiveInt = Field(2, description="Threads decoding images while the model runs.")
+    batch_size: PositiveInt = Field(
+        32,
+        description=(
+            "Images encoded per forward pass. Measured (bench/README.md, ViT-B/32): 28.6 images/s at 32 "
+            "on 2 CPUs against 16.8 one at a time; on a GPU use 256 (27,700 images/s on an H200)."
+        ),
+    )
+    decode_workers: PositiveInt = Field(
+        2,
+        description=(
+            "Threads decoding images while the model runs; about one per CPU core (2 on the measured "
+            "2-core machine, 16 on the 16-core GPU machine)."
+        ),
+    )
     text_model: str | None = Field(
         None,
         description=(
