@@ -64,13 +64,14 @@ def leave_one_out(index: ClassIndex, betas: tuple[float, ...] = BETAS) -> LeaveO
     classes = len(index.classes)
     similarity = queries @ index.reference_vectors.T
     own = (np.arange(len(rows)), rows)
-    counts = np.bincount(index.reference_labels, minlength=classes).astype(np.float32)
+    weights = index.weights()
+    counts = np.bincount(index.reference_labels, weights=weights, minlength=classes).astype(np.float32)
     others = np.tile(counts, (len(rows), 1))
-    others[np.arange(len(rows)), truth] -= 1  # each sample's own class has one reference fewer
+    others[np.arange(len(rows)), truth] -= weights[rows]  # each sample's own class loses its own weight
 
     def mean_without_self(values: npt.NDArray[np.float32]) -> Scores:
-        sums = class_means(values, index.reference_labels, classes) * counts
-        sums[np.arange(len(rows)), truth] -= values[own]
+        sums = class_means(values, index.reference_labels, classes, weights) * counts
+        sums[np.arange(len(rows)), truth] -= values[own] * weights[rows]
         result: Scores = np.divide(sums, others, out=np.zeros_like(sums), where=others > 0)
         return result
 
@@ -81,7 +82,7 @@ def leave_one_out(index: ClassIndex, betas: tuple[float, ...] = BETAS) -> LeaveO
         columns = masked[:, index.reference_labels == label]
         if columns.shape[1]:
             best[:, label] = columns.max(axis=1)
-    average = np.where(others > 0, mean_without_self(similarity), -np.inf).astype(np.float32)
+    average = np.where(others > 1e-6, mean_without_self(similarity), -np.inf).astype(np.float32)
     scores: dict[str, Scores] = {
         "text": queries @ index.text_vectors.T,
         "reference-max": best,

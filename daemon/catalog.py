@@ -22,11 +22,13 @@ from daemon.classifiers import Classifier, make_classifier
 from daemon.classifiers.finetuned import CheckpointCache, FinetunedClassifier
 from daemon.classindex import ClassIndex, build_class_index
 from daemon.config import DatasetSettings, Settings
+from daemon.corrections import examples
 from daemon.embedcache import EmbeddingCache
 from daemon.embeddings import Embedder
 from daemon.encoder import Encoder
 from daemon.errors import ModelLoadError, NoClassesError
 from daemon.images import DecodeLimits
+from daemon.journal import Journal
 from daemon.layout import DatasetLayout, is_dataset
 from daemon.pipeline import Target
 from daemon.review import ReviewPolicy
@@ -92,11 +94,16 @@ def choose_classifier(
 
 
 def make_target(
-    layout: DatasetLayout, settings: Settings, embedder: Embedder, checkpoints: CheckpointCache | None = None
+    layout: DatasetLayout,
+    settings: Settings,
+    embedder: Embedder,
+    checkpoints: CheckpointCache | None = None,
+    journal: Journal | None = None,
 ) -> Target:
-    """Index a dataset's classes, calibrate what is ``auto``, and check the mode can work."""
+    """Index a dataset's classes (with its corrected examples), calibrate what is ``auto``, check the mode."""
     own = settings.for_dataset(layout.name)
-    index = build_class_index(layout, embedder, own.prompt_templates, own.descriptions)
+    learned = examples(journal, layout, embedder, settings) if journal is not None else []
+    index = build_class_index(layout, embedder, own.prompt_templates, own.descriptions, learned)
     if own.mode == "finetuned":
         cache = checkpoints or CheckpointCache(settings.checkpoints_loaded, embedder.encoder.device)
         return finetuned_target(layout, settings, index, cache)
@@ -139,8 +146,10 @@ class Catalog:
         settings: Settings,
         on_available: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
+        journal: Journal | None = None,
     ) -> None:
         self.settings = settings
+        self.journal = journal
         self._on_available = on_available
         self._clock = clock
         self._targets: Mapping[str, Target] = {}
@@ -229,7 +238,7 @@ class Catalog:
         before = embedder.encoded_references
         self.checkpoints.device = embedder.encoder.device
         try:
-            target = make_target(layout, self.settings, embedder, self.checkpoints)
+            target = make_target(layout, self.settings, embedder, self.checkpoints, self.journal)
         except NoClassesError as exc:
             self._targets = {key: value for key, value in self._targets.items() if key != name}
             with self._lock:

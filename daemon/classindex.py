@@ -39,10 +39,37 @@ class ClassIndex:
     reference_vectors: Vectors
     reference_labels: Labels
     reference_paths: tuple[Path, ...]
+    # Corrected examples (see daemon.corrections) follow the reference images;
+    # None means every row is a reference image of weight 1.
+    reference_weights: npt.NDArray[np.float32] | None = None
+    corrected: npt.NDArray[np.bool_] | None = None
 
     def reference_counts(self) -> npt.NDArray[np.int64]:
         """How many references each class has, in class order."""
         return np.bincount(self.reference_labels, minlength=len(self.classes)).astype(np.int64)
+
+    def weights(self) -> npt.NDArray[np.float32]:
+        """Each reference row's weight in its class's average."""
+        if self.reference_weights is None:
+            return np.ones(len(self.reference_labels), dtype=np.float32)
+        return self.reference_weights
+
+    def correction_counts(self) -> dict[str, int]:
+        """Corrected examples in use per class (classes without any left out)."""
+        if self.corrected is None:
+            return {}
+        counts = np.bincount(self.reference_labels[self.corrected], minlength=len(self.classes))
+        return {name: int(n) for name, n in zip(self.classes, counts, strict=True) if n}
+
+
+@dataclass(frozen=True)
+class Example:
+    """A corrected example: a sorted file a person put in another class, by its cached vector."""
+
+    label: str
+    vector: Vectors
+    weight: float
+    path: Path
 
 
 def describe(folder_name: str) -> str:
@@ -78,8 +105,12 @@ def build_class_index(
     embedder: Embedder,
     templates: Sequence[str],
     descriptions: Mapping[str, str] | None = None,
+    examples: Sequence[Example] = (),
 ) -> ClassIndex:
-    """Embed every class of ``layout``; raises :class:`NoClassesError` if it has none."""
+    """Embed every class of ``layout``; raises :class:`NoClassesError` if it has none.
+
+    ``examples`` of classes that exist are appended to the references, with their weights.
+    """
     folders = class_folders(layout)
     if not folders:
         raise NoClassesError(
@@ -94,6 +125,13 @@ def build_class_index(
         labels.extend([label] * len(kept))
         paths.extend(kept)
     texts = tuple(class_description(folder, descriptions or {}) for folder in folders)
+    names = [folder.name for folder in folders]
+    usable = [example for example in examples if example.label in names]
+    weights = [1.0] * len(labels) + [example.weight for example in usable]
+    corrected = [False] * len(labels) + [True] * len(usable)
+    vectors.extend(example.vector[np.newaxis, :] for example in usable)
+    labels.extend(names.index(example.label) for example in usable)
+    paths.extend(example.path for example in usable)
     return ClassIndex(
         dataset=layout.name,
         classes=tuple(folder.name for folder in folders),
@@ -102,4 +140,6 @@ def build_class_index(
         reference_vectors=np.concatenate(vectors, axis=0).astype(np.float32),
         reference_labels=np.asarray(labels, dtype=np.int64),
         reference_paths=tuple(paths),
+        reference_weights=np.asarray(weights, dtype=np.float32),
+        corrected=np.asarray(corrected, dtype=np.bool_),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 import sys
@@ -27,6 +29,7 @@ from rich.table import Table
 from daemon.catalog import decode_limits, make_embedder
 from daemon.classindex import build_class_index
 from daemon.config import Settings, load_settings, render_config_toml
+from daemon.embedcache import EMBEDDINGS_DB, EmbeddingCache
 from daemon.encoder import Encoder, resolve_device
 from daemon.errors import ClipsortError, ConfigError, DatasetError, JournalError
 from daemon.evaluation import MODES, EvalReport, add_finetuned, evaluate, write_report
@@ -121,12 +124,16 @@ def sort(
     """Classify every image in the datasets' Images/ folders once, and move each into Dataset/<class>/."""
     settings = settings_from(config, root=root, model=model, mode=mode, aggregate=aggregate)
     layouts = select(settings.root, dataset or [])  # before the slow model load
-    embedder = make_embedder(settings, Encoder(settings.model, settings.device, settings.text_model))
-    work = gather(layouts, settings, embedder, named=bool(dataset))
-    total = sum(len(item.files) for item in work)
+    encoder = Encoder(settings.model, settings.device, settings.text_model)
     outcomes: list[Outcome] = []
-    with progress_bar("sorting", TimeRemainingColumn()) as progress:
-        task = progress.add_task("sort", total=total)
+    with contextlib.ExitStack() as stack:
+        # A real run journals and caches vectors (so the daemon can learn from corrections later).
+        journal = None if dry_run else stack.enter_context(open_journal(settings, layouts))
+        cache = None if dry_run else stack.enter_context(EmbeddingCache(settings.state_path / EMBEDDINGS_DB))
+        embedder = make_embedder(settings, encoder, cache)
+        work = gather(layouts, settings, embedder, named=bool(dataset), journal=journal)
+        stack.enter_context(progress := progress_bar("sorting", TimeRemainingColumn()))
+        task = progress.add_task("sort", total=sum(len(item.files) for item in work))
 
         def record(outcome: Outcome) -> None:
             outcomes.append(outcome)
@@ -135,12 +142,7 @@ def sort(
                 sys.stdout.flush()
             progress.advance(task)
 
-        journal = None if dry_run else open_journal(settings, layouts)
-        try:
-            run(work, settings, embedder, journal=journal, dry_run=dry_run, on_outcome=record)
-        finally:
-            if journal is not None:
-                journal.close()
+        run(work, settings, embedder, journal=journal, dry_run=dry_run, on_outcome=record)
     Console(stderr=as_json).print(summary(outcomes, dry_run=dry_run))
 
 
@@ -386,6 +388,66 @@ def undo(
         typer.echo(f"{result.entry.destination}{where}: {result.note}")
     if any(result.path is None for result in results):
         raise typer.Exit(NOT_RUNNING)
+
+
+corrections_app = typer.Typer(
+    help="Files a person moved to another class folder: what clipsort learned from them.",
+    no_args_is_help=True,
+)
+app.add_typer(corrections_app, name="corrections")
+ClassOption = Annotated[str | None, typer.Option("--class", help="Only corrections to this class.")]
+
+
+@corrections_app.command("list")
+@user_errors
+def corrections_list(
+    dataset: OneDataset = None,
+    label: ClassOption = None,
+    since: SinceOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per correction on stdout.")
+    ] = False,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """List the corrections in the journal, oldest first."""
+    settings = settings_from(config, root=root)
+    with existing_journal(settings) as journal:
+        found = journal.corrections(
+            dataset=dataset, label=label, since=None if since is None else parse_since(since, time.time())
+        )
+    if as_json:
+        for item in found:
+            typer.echo(json.dumps(dataclasses.asdict(item) | {"path": str(item.path)}, ensure_ascii=False))
+        return
+    table = Table()
+    for column in ("time", "dataset", "file", "was", "now"):
+        table.add_column(column)
+    for item in found:
+        when = datetime.fromtimestamp(item.created).isoformat(sep=" ", timespec="seconds")
+        table.add_row(when, item.dataset, str(item.path), item.old_label or "", item.new_label)
+    Console().print(table)
+
+
+@corrections_app.command("forget")
+@user_errors
+def corrections_forget(
+    dataset: OneDataset = None,
+    label: ClassOption = None,
+    since: SinceOption = None,
+    every: Annotated[bool, typer.Option("--all", help="Forget every correction.")] = False,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """Stop learning from corrections (the files stay put); a running daemon follows within seconds."""
+    if not every and dataset is None and label is None and since is None:
+        raise JournalError("say which corrections to forget: --dataset, --class, --since, or --all")
+    settings = settings_from(config, root=root)
+    with existing_journal(settings) as journal:
+        count = journal.forget(
+            dataset=dataset, label=label, since=None if since is None else parse_since(since, time.time())
+        )
+    typer.echo(f"forgot {count} correction{'' if count == 1 else 's'}")
 
 
 @app.command("run")

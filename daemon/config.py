@@ -187,6 +187,23 @@ class Settings(BaseSettings):
     auto_keep: Probability = Field(
         0.95, description="min_confidence = auto keeps this share of correctly classified references."
     )
+    correction_weight: PositiveFloat = Field(
+        1.0,
+        description=(
+            "Reference and mixed modes: how much a corrected example (a sorted file a person moved to "
+            "another class folder) counts against one reference image in its class's average."
+        ),
+    )
+    max_corrections_per_class: PositiveInt = Field(
+        50, description="Only the newest this many corrected examples of each class are used."
+    )
+    learn_from_dataset: bool = Field(
+        False,
+        description=(
+            "Daemon: files a person puts straight into Dataset/<class>/ (never sorted by clipsort) also "
+            "become corrected examples; off means only moves of files clipsort sorted teach it."
+        ),
+    )
     max_pixels: PositiveInt = Field(
         89_478_485,
         description="Larger images are refused unread (a decompression-bomb guard; at most Pillow's limit).",

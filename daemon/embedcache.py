@@ -21,6 +21,7 @@ import numpy as np
 
 from daemon.encoder import Vectors
 
+EMBEDDINGS_DB = "embeddings.sqlite3"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
     model TEXT NOT NULL, key TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (model, key)
@@ -58,6 +59,12 @@ class EmbeddingCache:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def __enter__(self) -> EmbeddingCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def file_key(self, path: Path) -> str:
         """The content hash of ``path``, read from disk only when its stat changed."""

@@ -97,6 +97,8 @@ def subset(index: ClassIndex, keep: npt.NDArray[np.bool_]) -> ClassIndex:
         reference_vectors=index.reference_vectors[keep],
         reference_labels=index.reference_labels[keep],
         reference_paths=tuple(p for p, k in zip(index.reference_paths, keep, strict=True) if k),
+        reference_weights=None if index.reference_weights is None else index.reference_weights[keep],
+        corrected=None if index.corrected is None else index.corrected[keep],
     )
 
 

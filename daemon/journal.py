@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_state ON decisions (state);
 CREATE INDEX IF NOT EXISTS decisions_created ON decisions (created);
+CREATE INDEX IF NOT EXISTS decisions_destination ON decisions (destination);
+CREATE INDEX IF NOT EXISTS decisions_sha256 ON decisions (sha256);
 CREATE TABLE IF NOT EXISTS corrections (
     id INTEGER PRIMARY KEY,
     decision INTEGER REFERENCES decisions (id),
@@ -163,6 +165,12 @@ class Journal:
         with self._lock:
             self._db.close()
 
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -223,7 +231,9 @@ class Journal:
                 ],
             )
 
-    def correct(self, entry: Entry | None, dataset: str, sha256: str, path: Path, new_label: str) -> int:
+    def correct(
+        self, entry: Entry | None, dataset: str, sha256: str, path: Path, new_label: str
+    ) -> Correction:
         """Record a person's class for a file (and mark the decision corrected)."""
         now = time.time()
         with self._transaction() as db:
@@ -246,7 +256,10 @@ class Journal:
                     (os.fsencode(path), now, entry.id),
                 )
             assert cursor.lastrowid is not None
-            return cursor.lastrowid
+        old = None if entry is None else entry.intent.label
+        return Correction(
+            cursor.lastrowid, None if entry is None else entry.id, dataset, sha256, path, old, new_label, now
+        )
 
     # --- reading ---------------------------------------------------------------------
     def planned(self) -> list[Entry]:
@@ -281,16 +294,54 @@ class Journal:
         found = self._select("destination = ?", (os.fsencode(path),), newest=1)
         return found[0] if found else None
 
-    def corrections(self) -> list[Correction]:
+    def latest(self, dataset: str, sha256: str) -> Entry | None:
+        """The newest decision about a file with these bytes in ``dataset``."""
+        found = self._select("dataset = ? AND sha256 = ?", (dataset, sha256), newest=1)
+        return found[0] if found else None
+
+    def corrections(
+        self, *, dataset: str | None = None, label: str | None = None, since: float | None = None
+    ) -> list[Correction]:
+        """Corrections, oldest first, filtered as asked."""
+        where, values = self._correction_filter(dataset, label, since)
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, decision, dataset, sha256, path, old_label, new_label, created"
-                " FROM corrections ORDER BY id"
+                f" FROM corrections WHERE {where} ORDER BY id",
+                values,
             ).fetchall()
         return [
             Correction(row[0], row[1], row[2], row[3], Path(os.fsdecode(row[4])), row[5], row[6], row[7])
             for row in rows
         ]
+
+    def forget(
+        self, *, dataset: str | None = None, label: str | None = None, since: float | None = None
+    ) -> int:
+        """Delete corrections (the files stay where they are); how many went."""
+        where, values = self._correction_filter(dataset, label, since)
+        with self._transaction() as db:
+            return db.execute(f"DELETE FROM corrections WHERE {where}", values).rowcount
+
+    def corrections_version(self) -> tuple[int, int]:
+        """Changes whenever a correction is added or forgotten, by any process."""
+        with self._lock:
+            count, newest = self._db.execute(
+                "SELECT count(*), coalesce(max(id), 0) FROM corrections"
+            ).fetchone()
+        return int(count), int(newest)
+
+    @staticmethod
+    def _correction_filter(
+        dataset: str | None, label: str | None, since: float | None
+    ) -> tuple[str, tuple[object, ...]]:
+        clauses: list[str] = ["1"]
+        values: list[object] = []
+        for clause, value in (("dataset = ?", dataset), ("new_label = ?", label), ("created >= ?", since)):
+            if value is not None:
+                clauses.append(clause)
+                values.append(value)
+        return " AND ".join(clauses), tuple(values)
 
     def _select(self, where: str, values: Sequence[object], newest: int | None = None) -> list[Entry]:
         query = (

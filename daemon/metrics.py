@@ -66,6 +66,12 @@ class Metrics:
         self.queue_depth = Gauge(
             "clipsort_queue_depth", "Files waiting for the model", registry=self.registry
         )
+        self._corrections = Gauge(
+            "clipsort_corrections",
+            "Corrected examples in use (files a person moved to another class)",
+            ["dataset", "class"],
+            registry=self.registry,
+        )
         self._errors = PromCounter(
             "clipsort_errors", "Failures retried later", ["kind"], registry=self.registry
         )
@@ -84,6 +90,11 @@ class Metrics:
         if outcome.decision is not None:
             self._confidence.labels(outcome.dataset).observe(outcome.decision.score)
             self._margin.labels(outcome.dataset).observe(outcome.decision.margin)
+
+    def corrections(self, dataset: str, counts: dict[str, int]) -> None:
+        """The corrected examples a dataset's classes use now."""
+        for label, count in counts.items():
+            self._corrections.labels(dataset, label).set(count)
 
     def batch(self, size: int) -> None:
         self._batches.observe(size)

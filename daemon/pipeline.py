@@ -24,6 +24,7 @@ from daemon.classifiers import Classifier, Decision, decide
 from daemon.classifiers.finetuned import FinetunedClassifier
 from daemon.classindex import ClassIndex
 from daemon.config import DatasetSettings
+from daemon.embedcache import EmbeddingCache
 from daemon.embeddings import Embedder
 from daemon.encoder import Encoder
 from daemon.errors import ClipsortError, ImageRejected
@@ -146,11 +147,15 @@ def classify(
     encoder: Encoder,
     *,
     on_cpu: bool = False,
+    cache: EmbeddingCache | None = None,
+    keys: Sequence[str] = (),
 ) -> list[Decision | ImageRejected]:
     """A decision, or the reason it cannot be read, for each job in order.
 
     Every job's dataset must be in ``targets``. ``on_cpu`` encodes with the
-    CPU copy of the model (see :func:`classify_with_fallback`).
+    CPU copy of the model (see :func:`classify_with_fallback`). With a
+    ``cache``, each picture's vector is kept under its content hash in
+    ``keys``, so a later correction can use it without encoding it again.
     """
     readable = [i for i, picture in enumerate(pictures) if isinstance(picture, Image.Image)]
     by_dataset: dict[str, list[int]] = {}
@@ -163,6 +168,8 @@ def classify(
     encode = encoder.encode_images_on_cpu if on_cpu else encoder.encode_images
     vectors = encode([pictures[i] for i in clip_jobs])  # type: ignore[misc]
     row_of = {job: row for row, job in enumerate(clip_jobs)}
+    if cache is not None and keys:
+        cache.put(encoder.identity, {keys[i]: vectors[row] for i, row in row_of.items() if keys[i]})
     decided: dict[int, Decision] = {}
     for dataset, members in by_dataset.items():
         classifier = targets[dataset].classifier
@@ -180,7 +187,13 @@ def classify(
 
 
 def classify_with_fallback(
-    jobs: Sequence[Job], pictures: Sequence[Picture], targets: Mapping[str, Target], encoder: Encoder
+    jobs: Sequence[Job],
+    pictures: Sequence[Picture],
+    targets: Mapping[str, Target],
+    encoder: Encoder,
+    *,
+    cache: EmbeddingCache | None = None,
+    keys: Sequence[str] = (),
 ) -> list[Decision | ImageRejected | None]:
     """:func:`classify`, surviving inference failures such as running out of GPU memory.
 
@@ -189,20 +202,24 @@ def classify_with_fallback(
     the caller keeps it in the inbox and tries again later.
     """
     try:
-        return list(classify(jobs, pictures, targets, encoder))
+        return list(classify(jobs, pictures, targets, encoder, cache=cache, keys=keys))
     except Exception as exc:
         failure = str(exc)
     if len(jobs) > 1:
         log.warning("inference_retry", files=len(jobs), smaller=len(jobs) // 2, error=failure)
         half = len(jobs) // 2
         return [
-            *classify_with_fallback(jobs[:half], pictures[:half], targets, encoder),
-            *classify_with_fallback(jobs[half:], pictures[half:], targets, encoder),
+            *classify_with_fallback(
+                jobs[:half], pictures[:half], targets, encoder, cache=cache, keys=keys[:half]
+            ),
+            *classify_with_fallback(
+                jobs[half:], pictures[half:], targets, encoder, cache=cache, keys=keys[half:]
+            ),
         ]
     if encoder.device != "cpu":
         log.warning("inference_on_cpu", file=str(jobs[0].path), device=encoder.device, error=failure)
         try:
-            return list(classify(jobs, pictures, targets, encoder, on_cpu=True))
+            return list(classify(jobs, pictures, targets, encoder, on_cpu=True, cache=cache, keys=keys))
         except Exception as exc:
             failure = str(exc)
     log.error("inference_failed", file=str(jobs[0].path), error=failure)

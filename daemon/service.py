@@ -25,7 +25,8 @@ import structlog
 from daemon import __version__
 from daemon.catalog import Catalog, make_embedder
 from daemon.config import Settings, load_settings
-from daemon.embedcache import EmbeddingCache
+from daemon.corrections import Learner
+from daemon.embedcache import EMBEDDINGS_DB, EmbeddingCache
 from daemon.encoder import Encoder
 from daemon.errors import ConfigError
 from daemon.intake import ALL, Intake
@@ -45,7 +46,6 @@ from daemon.workqueue import FairQueue
 log = structlog.get_logger()
 
 HEALTH_TICK = 0.5
-EMBEDDINGS_DB = "embeddings.sqlite3"
 
 
 def check_daemon_settings(settings: Settings) -> None:
@@ -77,7 +77,8 @@ class Service:
         self.encoder = Encoder(settings.model, settings.device, settings.text_model)
         self.embedder = make_embedder(settings, self.encoder, self.cache)
         self.work = FairQueue()
-        self.catalog = Catalog(settings, on_available=self._classes_available)
+        self.catalog = Catalog(settings, on_available=self._classes_available, journal=self.journal)
+        self.learner = Learner(settings, self.journal, self.embedder, on_corrected=self._corrected)
         self.intake = Intake(settings, self.catalog, self.work, on_datasets=self._datasets_found)
         self.watcher = self._new_watcher(settings)
         self.worker = Worker(
@@ -103,6 +104,12 @@ class Service:
 
     def classes_changed(self, dataset: str) -> None:
         self.catalog.request([dataset], self.settings.class_debounce_seconds)
+
+    def placed(self, dataset: str, path: Path) -> None:
+        self.learner.offer(dataset, path)
+
+    def _corrected(self, dataset: str) -> None:
+        self.catalog.request([dataset], 0.0)  # the next batch already learns from it
 
     # --- callbacks from the intake and worker threads -------------------------------
     def _datasets_found(self, layouts: list[DatasetLayout]) -> None:
@@ -134,6 +141,7 @@ class Service:
         self.catalog.rebuild_due(self.embedder)  # classes ready before the first file is read
         self.watcher.start()
         self.watcher.sync(layouts)
+        self.learner.start()
         self.intake.start()  # its first tick scans the backlog
         self.worker.start()
         if self.settings.metrics_port is not None:
@@ -180,6 +188,7 @@ class Service:
         log.info("daemon_stopping", queued=len(self.work))
         self.watcher.stop()
         self.intake.stop()
+        self.learner.stop()
         if not self.worker.stop(self.settings.shutdown_seconds):
             log.warning("shutdown_timeout", seconds=self.settings.shutdown_seconds)
         self._write_status("stopped")
@@ -219,6 +228,8 @@ class Service:
         self.catalog.settings = settings
         self.intake.settings = settings
         self.worker.settings = settings
+        self.learner.settings = settings
+        self.learner.embedder = embedder
         if (settings.root, settings.observer, settings.polling_seconds) != (
             old.root,
             old.observer,
@@ -247,9 +258,12 @@ class Service:
                 queued=depths.get(name, 0),
                 classes=len(targets[name].classes) if name in targets else 0,
                 waiting_for_classes=name in waiting,
+                corrections=targets[name].index.correction_counts() if name in targets else {},
             )
             for name in sorted(self._known | set(targets))
         }
+        for name, counts in datasets.items():
+            self.metrics.corrections(name, counts.corrections)
         status = Status(
             pid=os.getpid(),
             started_at=self.started,

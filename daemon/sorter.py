@@ -36,9 +36,14 @@ class Work:
 
 
 def gather(
-    layouts: Sequence[DatasetLayout], settings: Settings, embedder: Embedder, *, named: bool
+    layouts: Sequence[DatasetLayout],
+    settings: Settings,
+    embedder: Embedder,
+    *,
+    named: bool,
+    journal: Journal | None = None,
 ) -> list[Work]:
-    """Targets and inbox files of ``layouts``.
+    """Targets (with the journal's corrected examples) and inbox files of ``layouts``.
 
     Datasets the user ``named`` must be usable; otherwise (all datasets)
     those that have no classes yet are skipped with a warning.
@@ -46,7 +51,7 @@ def gather(
     work = []
     for layout in layouts:
         try:
-            target = make_target(layout, settings, embedder)
+            target = make_target(layout, settings, embedder, journal=journal)
         except NoClassesError as exc:
             if named:
                 raise

@@ -30,6 +30,7 @@ class DatasetStatus:
     queued: int = 0
     classes: int = 0
     waiting_for_classes: bool = False
+    corrections: dict[str, int] = field(default_factory=dict)  # corrected examples in use, per class
 
 
 @dataclass

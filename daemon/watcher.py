@@ -73,6 +73,8 @@ class WatchSink(Protocol):
 
     def request_rescan(self, dataset: str = ALL_DATASETS) -> None: ...
 
+    def placed(self, dataset: str, path: Path) -> None: ...
+
     def classes_changed(self, dataset: str) -> None: ...
 
 
@@ -118,6 +120,14 @@ class _InboxHandler(_SafeHandler):
         self.sink.hint(Hint(self.layout.name, path, "closed" if closed else "written"))
 
 
+def _arrival(event: FileSystemEvent) -> Path | None:
+    """The file a finished write or a move into the watched folder brought, if any."""
+    if event.is_directory or event.event_type not in (EVENT_TYPE_MOVED, EVENT_TYPE_CLOSED):
+        return None
+    target = event.dest_path if event.event_type == EVENT_TYPE_MOVED else event.src_path
+    return _path(target) if target else None
+
+
 class _ClassesHandler(_SafeHandler):
     def __init__(self, name: str, sink: WatchSink) -> None:
         self.name = name
@@ -126,6 +136,20 @@ class _ClassesHandler(_SafeHandler):
     def handle(self, event: FileSystemEvent) -> None:
         if event.event_type not in QUIET:
             self.sink.classes_changed(self.name)
+        if event.event_type == EVENT_TYPE_MOVED and (arrived := _arrival(event)) is not None:
+            self.sink.placed(self.name, arrived)  # maybe dragged here from Review/
+
+
+class _SortedHandler(_SafeHandler):
+    """``Dataset/``: files arriving in a class folder may be a person's corrections."""
+
+    def __init__(self, name: str, sink: WatchSink) -> None:
+        self.name = name
+        self.sink = sink
+
+    def handle(self, event: FileSystemEvent) -> None:
+        if (arrived := _arrival(event)) is not None:
+            self.sink.placed(self.name, arrived)
 
 
 class _StructureHandler(_SafeHandler):
@@ -208,6 +232,7 @@ class Watcher:
                 self._schedule(layout.root, _StructureHandler(self.sink), recursive=False)
                 self._schedule(layout.inbox, _InboxHandler(layout, self.sink, self.ignore), recursive=True)
                 self._schedule(layout.classes, _ClassesHandler(layout.name, self.sink), recursive=True)
+                self._schedule(layout.sorted, _SortedHandler(layout.name, self.sink), recursive=True)
 
     def _schedule(self, folder: Path, handler: _SafeHandler, *, recursive: bool) -> None:
         if folder in self._watches or not folder.is_dir() or folder.is_symlink():

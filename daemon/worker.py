@@ -81,6 +81,8 @@ class Worker:
         self._retries: dict[str, float] = {}
         self.heartbeat = time.monotonic()
         self._checked_checkpoints = 0.0
+        self._checked_corrections = 0.0
+        self._corrections: tuple[int, int] | None = None
         self.thread = threading.Thread(target=self._run, name="clipsort-worker", daemon=True)
 
     def start(self) -> None:
@@ -130,6 +132,12 @@ class Worker:
         if now - self._checked_checkpoints >= CHECKPOINT_POLL:
             self._checked_checkpoints = now
             self._catalog.watch_checkpoints()
+        if now - self._checked_corrections >= CHECKPOINT_POLL:
+            self._checked_corrections = now
+            version = self._journal.corrections_version()
+            if self._corrections not in (None, version):  # added or forgotten, here or by the CLI
+                self._catalog.request(self._catalog.snapshot(), self.settings.class_debounce_seconds)
+            self._corrections = version
         self._catalog.rebuild_due(self.embedder)
 
     def _process(self, batch: _Batch) -> None:
@@ -145,7 +153,12 @@ class Worker:
         if not jobs:
             return
         verdicts = classify_with_fallback(
-            jobs, [read.picture for read in reads], targets, self.embedder.encoder
+            jobs,
+            [read.picture for read in reads],
+            targets,
+            self.embedder.encoder,
+            cache=self.embedder.cache,
+            keys=[read.sha256 for read in reads],
         )
         self._metrics.batch(len(jobs))
         ready = []

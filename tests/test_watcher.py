@@ -25,6 +25,7 @@ class Sink:
         self.hints: list[Hint] = []
         self.rescans: list[str] = []
         self.classes: list[str] = []
+        self.placed_files: list[Path] = []
         self.lock = threading.Lock()
 
     def hint(self, hint: Hint) -> None:
@@ -38,6 +39,10 @@ class Sink:
     def classes_changed(self, dataset: str) -> None:
         with self.lock:
             self.classes.append(dataset)
+
+    def placed(self, dataset: str, path: Path) -> None:
+        with self.lock:
+            self.placed_files.append(path)
 
     def hinted(self, name: str, *, kind: str | None = None) -> bool:
         with self.lock:
@@ -169,3 +174,23 @@ def test_inotify_overflow_record_triggers_a_full_rescan(tmp_path: Path) -> None:
         assert sink.rescans == [ALL_DATASETS]
     logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed")
     assert sink.rescans == [ALL_DATASETS], "a stopped watcher no longer listens"
+
+
+def test_arrivals_in_class_folders_are_reported_but_departures_are_not(tmp_path: Path) -> None:
+    """A file moved into Dataset/<class>/ or Clases/<class>/ is reported; one moved out or deleted is not."""
+    layout = inbox(tmp_path)
+    for folder in (layout.class_dir("red"), layout.class_dir("blue"), layout.classes / "blue"):
+        folder.mkdir(parents=True)
+    (layout.class_dir("red") / "a.jpg").write_bytes(b"A")
+    (layout.class_dir("red") / "b.jpg").write_bytes(b"B")
+    (layout.review).mkdir()
+    (layout.review / "c.jpg").write_bytes(b"C")
+    sink = Sink()
+    with native(tmp_path, sink, layout):
+        os.rename(layout.class_dir("red") / "a.jpg", layout.class_dir("blue") / "a.jpg")
+        os.rename(layout.review / "c.jpg", layout.classes / "blue" / "c.jpg")
+        (layout.class_dir("red") / "b.jpg").unlink()
+        wait_until(lambda: len(sink.placed_files) >= 2, timeout=10)
+    assert sorted(sink.placed_files) == sorted(
+        [layout.class_dir("blue") / "a.jpg", layout.classes / "blue" / "c.jpg"]
+    )

@@ -23,10 +23,15 @@ from daemon.classindex import ClassIndex, Labels
 from daemon.encoder import Vectors
 
 
-def class_means(values: npt.NDArray[np.float32], labels: Labels, classes: int) -> Scores:
-    """Per row, the mean of ``values`` over each class's columns (0 where a class has none)."""
+def class_means(
+    values: npt.NDArray[np.float32],
+    labels: Labels,
+    classes: int,
+    weights: npt.NDArray[np.float32] | None = None,
+) -> Scores:
+    """Per row, the (weighted) mean of ``values`` over each class's columns (0 where a class has none)."""
     onehot = np.zeros((len(labels), classes), dtype=np.float32)
-    onehot[np.arange(len(labels)), labels] = 1.0
+    onehot[np.arange(len(labels)), labels] = 1.0 if weights is None else weights
     counts = onehot.sum(axis=0)
     sums = values @ onehot
     means: Scores = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
@@ -62,5 +67,6 @@ class MixedClassifier:
             affinity(vectors @ index.reference_vectors.T, self.beta),
             index.reference_labels,
             len(index.classes),
+            index.weights(),
         )
         return text + self.alpha * cache

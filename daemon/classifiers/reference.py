@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from daemon.classifiers.base import Scores
+from daemon.classifiers.mixed import class_means
 from daemon.classindex import ClassIndex
 from daemon.config import Aggregate
 from daemon.encoder import Vectors
@@ -37,8 +38,12 @@ class ReferenceClassifier:
 
     def scores(self, vectors: Vectors, index: ClassIndex) -> Scores:
         similarity = vectors @ index.reference_vectors.T
+        if self.aggregate == "avg":
+            means = class_means(similarity, index.reference_labels, len(index.classes), index.weights())
+            present = index.reference_counts() > 0
+            return np.where(present, means, -np.inf).astype(np.float32)
+        # max: a corrected example is one more reference; its weight only matters to averages.
         result = np.full((len(vectors), len(index.classes)), -np.inf, dtype=np.float32)
         for label in np.unique(index.reference_labels):
-            columns = similarity[:, index.reference_labels == label]
-            result[:, label] = columns.max(axis=1) if self.aggregate == "max" else columns.mean(axis=1)
+            result[:, label] = similarity[:, index.reference_labels == label].max(axis=1)
         return result
