@@ -29,6 +29,7 @@ from rich.table import Table
 from daemon.catalog import decode_limits, make_embedder
 from daemon.classindex import build_class_index
 from daemon.config import Settings, load_settings, render_config_toml
+from daemon.corrections import examples as corrected_examples
 from daemon.embedcache import EMBEDDINGS_DB, EmbeddingCache
 from daemon.encoder import Encoder, resolve_device
 from daemon.errors import ClipsortError, ConfigError, DatasetError, JournalError
@@ -193,11 +194,17 @@ def evaluate_modes(
     settings = settings_from(config, root=root, model=model)
     layouts = select(settings.root, dataset or [])
     encoder = Encoder(settings.model, settings.device, settings.text_model)
-    embedder = make_embedder(settings, encoder)
-    indexes = []
-    for layout in layouts:
-        own = settings.for_dataset(layout.name)
-        indexes.append((own, build_class_index(layout, embedder, own.prompt_templates, own.descriptions)))
+    journal_file = settings.state_path / JOURNAL_DB
+    with contextlib.ExitStack() as stack:
+        journal = stack.enter_context(Journal(settings.state_path)) if journal_file.is_file() else None
+        cache = stack.enter_context(EmbeddingCache(settings.state_path / EMBEDDINGS_DB)) if journal else None
+        embedder = make_embedder(settings, encoder, cache)
+        indexes = []
+        for layout in layouts:
+            own = settings.for_dataset(layout.name)
+            learned = corrected_examples(journal, layout, embedder, settings) if journal else []
+            index = build_class_index(layout, embedder, own.prompt_templates, own.descriptions, learned)
+            indexes.append((own, index))
     results = []
     with progress_bar("evaluating") as progress:
         for own, index in indexes:
@@ -241,6 +248,15 @@ def show_evaluation(found: EvalReport, charts: list[Path]) -> None:
     for name in found.classes:
         classes.add_row(name, f"{best.precision.get(name, 0.0):.1%}", f"{best.recall.get(name, 0.0):.1%}")
     console.print(classes)
+    if found.corrections:
+        learned = Table(title="on the corrected examples (files a person moved to another class)")
+        for column in ("mode", "examples", "without corrections", "with the others"):
+            learned.add_column(column, justify="left" if column == "mode" else "right")
+        for name, effect in found.corrections.items():
+            learned.add_row(
+                name, str(int(effect["examples"])), f"{effect['without']:.1%}", f"{effect['with']:.1%}"
+            )
+        console.print(learned)
     for chart in charts:
         console.print(f"wrote {chart}")
 

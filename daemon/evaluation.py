@@ -60,6 +60,8 @@ class EvalReport:
     classes: list[str]
     modes: dict[str, ModeResult]
     recommended: str
+    # mode -> accuracy on the corrected examples "without" and "with" the other corrections
+    corrections: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -67,6 +69,7 @@ class EvalReport:
             "folds": self.folds,
             "classes": self.classes,
             "recommended": self.recommended,
+            "corrections": self.corrections,
             "modes": {
                 name: {
                     "accuracy": result.accuracy,
@@ -132,7 +135,16 @@ def evaluate(
     folds: int = 5,
     step: Callable[[], None] = lambda: None,
 ) -> EvalReport:
-    """Cross-validate ``modes`` over the references of ``index``."""
+    """Cross-validate ``modes`` over the reference images of ``index``; corrected examples apart.
+
+    The reference images are cross-validated as if no correction existed;
+    the corrected examples are then classified once with the references
+    alone and once with the references and every *other* correction, so
+    the report shows what the corrections changed.
+    """
+    learned = index.corrected if index.corrected is not None else np.zeros(len(index.reference_labels), bool)
+    effect = corrections_effect(index, learned, settings, logit_scale, modes)
+    index = subset(index, ~learned)
     if len(index.reference_labels) < 2:
         raise NoClassesError(
             f"dataset {index.dataset!r} needs reference images in Clases/<class>/ to be evaluated"
@@ -170,7 +182,43 @@ def evaluate(
         )
     # Ties go to the earlier (simpler) mode in MODES order.
     recommended = max(modes, key=lambda mode: (results[mode].accuracy, -MODES.index(mode)))
-    return EvalReport(index.dataset, folds, classes, results, recommended)
+    return EvalReport(index.dataset, folds, classes, results, recommended, effect)
+
+
+def corrections_effect(
+    index: ClassIndex,
+    learned: npt.NDArray[np.bool_],
+    settings: DatasetSettings,
+    logit_scale: float,
+    modes: Sequence[str],
+) -> dict[str, dict[str, float]]:
+    """Per mode using references, accuracy on the corrected examples without and with corrections.
+
+    "with" is leave-one-out: each example is classified by an index holding
+    the references and every other corrected example.
+    """
+    rows = np.flatnonzero(learned)
+    if not len(rows):
+        return {}
+    truth = index.reference_labels[rows]
+    queries = index.reference_vectors[rows]
+    plain = subset(index, ~learned)
+    effect = {}
+    for mode in (m for m in modes if m != "text"):
+        without = np.argmax(classifier_for(mode, plain, settings, logit_scale).scores(queries, plain), axis=1)
+        hits = 0
+        for row, vector, label in zip(rows, queries, truth, strict=True):
+            keep = np.ones(len(learned), dtype=np.bool_)
+            keep[row] = False
+            others = subset(index, keep)
+            scores = classifier_for(mode, others, settings, logit_scale).scores(vector[np.newaxis], others)
+            hits += int(np.argmax(scores[0]) == label)
+        effect[mode] = {
+            "examples": float(len(rows)),
+            "without": float(np.mean(without == truth)),
+            "with": hits / len(rows),
+        }
+    return effect
 
 
 def add_finetuned(report: EvalReport, checkpoint: Path) -> None:

@@ -90,7 +90,14 @@ def run(
                 upcoming = start_decoding(batches[k + 1][1], embedder, pool)
             decoded = collect(current, settings.decode_timeout_seconds)
             targets = {target.layout.name: target}
-            verdicts = classify(jobs, [d.picture for d in decoded], targets, embedder.encoder)
+            verdicts = classify(
+                jobs,
+                [d.picture for d in decoded],
+                targets,
+                embedder.encoder,
+                cache=embedder.cache,
+                keys=[d.sha256 for d in decoded],
+            )
             batch = [
                 Delivery(job, verdict, read, target)
                 for job, verdict, read in zip(jobs, verdicts, decoded, strict=True)

@@ -1,0 +1,172 @@
+"""Tests for daemon.corrections: which arrivals are corrections, and what they add to a class."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from daemon.catalog import make_embedder, make_target
+from daemon.classifiers import decide
+from daemon.cli import app
+from daemon.config import Settings, load_settings
+from daemon.corrections import examples, observe
+from daemon.embedcache import EmbeddingCache
+from daemon.embeddings import Embedder
+from daemon.encoder import Encoder
+from daemon.journal import Journal
+from daemon.layout import DatasetLayout
+from daemon.sorter import gather, run
+from tests.synthetic import draw, make_dataset, save
+
+MISLEADING = {"red": "red", "blue": "green"}  # the blue class's references show green things
+
+
+World = tuple[DatasetLayout, Settings, Journal, Embedder]
+
+
+@pytest.fixture
+def world(data_root: Path, encoder: Encoder) -> Iterator[World]:
+    """Blue pictures sorted against misleading references (green ones in Clases/blue): mostly wrong."""
+    layout = DatasetLayout(data_root / "rgb")
+    make_dataset(layout.root, MISLEADING, references=4, inbox=["blue"] * 6, seed=11)
+    settings = load_settings(None, {"root": data_root, "mode": "reference"})
+    state = settings.state_path
+    state.mkdir()
+    with Journal(state) as journal, EmbeddingCache(state / "embeddings.sqlite3") as cache:
+        embedder = make_embedder(settings, encoder, cache)
+        work = gather([layout], settings, embedder, named=True, journal=journal)
+        run(work, settings, embedder, journal=journal, dry_run=False, on_outcome=lambda outcome: None)
+        yield layout, settings, journal, embedder
+
+
+def wrongly_sorted(layout: DatasetLayout) -> list[Path]:
+    return sorted((layout.class_dir("red")).glob("*"))
+
+
+def test_misleading_references_file_blue_pictures_as_red(world: World) -> None:
+    """The premise of the other tests: most blue pictures land in red/."""
+    layout, *_ = world
+    assert len(wrongly_sorted(layout)) >= 4
+
+
+def test_a_person_moving_a_sorted_file_records_a_correction(world: World) -> None:
+    """Dataset/red -> Dataset/blue: the decision, the old and the new class are journalled."""
+    layout, settings, journal, embedder = world
+    victim = wrongly_sorted(layout)[0]
+    layout.class_dir("blue").mkdir(exist_ok=True)
+    os.rename(victim, layout.class_dir("blue") / victim.name)
+    found = observe(layout.class_dir("blue") / victim.name, layout, journal, embedder, settings)
+    assert found is not None and (found.old_label, found.new_label) == ("red", "blue")
+    assert journal.entries(states=("corrected",))[0].destination == layout.class_dir("blue") / victim.name
+    again = observe(layout.class_dir("blue") / victim.name, layout, journal, embedder, settings)
+    assert again is None, "the same arrival is recorded once"
+
+
+def test_clipsorts_own_files_and_unknown_files_are_not_corrections(world: World) -> None:
+    """A file where clipsort put it, renamed within its class, or never sorted: no correction by default."""
+    layout, settings, journal, embedder = world
+    own = wrongly_sorted(layout)[0]
+    assert observe(own, layout, journal, embedder, settings) is None
+    renamed = own.with_name("renamed-" + own.name)
+    os.rename(own, renamed)
+    assert observe(renamed, layout, journal, embedder, settings) is None
+    stranger = save(draw(np.random.default_rng(5), "blue", "circle"), layout.class_dir("red") / "mine.png")
+    assert observe(stranger, layout, journal, embedder, settings) is None
+    assert journal.corrections() == []
+    learning = settings.model_copy(update={"learn_from_dataset": True})
+    assert observe(stranger, layout, journal, embedder, learning) is not None
+
+
+def test_a_review_file_dragged_into_clases_is_journalled_but_not_doubled(world: World) -> None:
+    """It becomes a reference image; it is not also a corrected example."""
+    layout, settings, journal, embedder = world
+    victim = wrongly_sorted(layout)[0]
+    dragged = layout.classes / "blue" / victim.name
+    shutil.move(victim, dragged)
+    assert observe(dragged, layout, journal, embedder, settings) is not None
+    assert examples(journal, layout, embedder, settings) == []
+
+
+def test_corrections_fix_later_pictures_without_encoding_anything(world: World, encoder: Encoder) -> None:
+    """Three corrected files: new blue pictures go to blue; their vectors came from the cache."""
+    layout, settings, journal, embedder = world
+    layout.class_dir("blue").mkdir(exist_ok=True)
+    for victim in wrongly_sorted(layout)[:3]:
+        os.rename(victim, layout.class_dir("blue") / victim.name)
+        observe(layout.class_dir("blue") / victim.name, layout, journal, embedder, settings)
+    before = embedder.encoded_references
+    target = make_target(layout, settings, embedder, journal=journal)
+    assert embedder.encoded_references == before, "no reference or corrected file was encoded again"
+    assert target.index.correction_counts() == {"blue": 3}
+    rng = np.random.default_rng(99)
+    fresh = encoder.encode_images([draw(rng, "blue", "square") for _ in range(8)])
+    labels = [d.label for d in decide(target.classifier.scores(fresh, target.index), target.classes, 100.0)]
+    assert labels.count("blue") >= 7
+    journal.forget(dataset="rgb")
+    plain = make_target(layout, settings, embedder, journal=journal)
+    labels = [d.label for d in decide(plain.classifier.scores(fresh, plain.index), plain.classes, 100.0)]
+    assert labels.count("red") >= 5, "forgetting restores the earlier behaviour"
+
+
+def test_the_newest_corrections_per_class_are_kept_and_weighted(world: World) -> None:
+    """max_corrections_per_class keeps the newest; correction_weight is their weight."""
+    layout, settings, journal, embedder = world
+    layout.class_dir("blue").mkdir(exist_ok=True)
+    moved = []
+    for victim in wrongly_sorted(layout)[:4]:
+        os.rename(victim, layout.class_dir("blue") / victim.name)
+        moved.append(layout.class_dir("blue") / victim.name)
+        observe(moved[-1], layout, journal, embedder, settings)
+    capped = settings.model_copy(update={"max_corrections_per_class": 2, "correction_weight": 3.0})
+    kept = examples(journal, layout, embedder, capped)
+    assert [e.path for e in kept] == moved[:1:-1]
+    assert {e.weight for e in kept} == {3.0}
+
+
+def correct_three(world: World) -> list[Path]:
+    layout, settings, journal, embedder = world
+    layout.class_dir("blue").mkdir(exist_ok=True)
+    moved = []
+    for victim in wrongly_sorted(layout)[:3]:
+        os.rename(victim, layout.class_dir("blue") / victim.name)
+        moved.append(layout.class_dir("blue") / victim.name)
+        observe(moved[-1], layout, journal, embedder, settings)
+    return moved
+
+
+def test_corrections_list_and_forget_on_the_command_line(world: World, tiny_model: Path) -> None:
+    """list shows each correction; forget needs a filter and reports how many went."""
+    settings = world[1]
+    moved = correct_three(world)
+    cli = CliRunner(env={"CLIPSORT_MODEL": str(tiny_model)})
+    root = ["--root", str(settings.root)]
+    listed = cli.invoke(app, ["corrections", "list", *root, "--json"])
+    assert listed.exit_code == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(Path(r["path"]), r["old_label"], r["new_label"]) for r in rows] == [
+        (p, "red", "blue") for p in moved
+    ]
+    refused = cli.invoke(app, ["corrections", "forget", *root])
+    assert refused.exit_code == 2 and "--all" in refused.stderr
+    forgot = cli.invoke(app, ["corrections", "forget", *root, "--class", "blue"])
+    assert forgot.exit_code == 0 and "forgot 3 corrections" in forgot.stdout
+    assert all(p.exists() for p in moved), "forgetting never touches the files"
+
+
+def test_eval_reports_accuracy_with_and_without_corrections(world: World, tiny_model: Path) -> None:
+    """On the corrected examples, reference-max is wrong without them and right with the others."""
+    _, settings, _, _ = world
+    correct_three(world)
+    cli = CliRunner(env={"CLIPSORT_MODEL": str(tiny_model)})
+    result = cli.invoke(app, ["eval", "--root", str(settings.root), "--json", "--folds", "2"])
+    assert result.exit_code == 0, result.stderr
+    effect = json.loads(result.stdout.splitlines()[-1])["corrections"]["reference-max"]
+    assert effect["examples"] == 3
+    assert effect["without"] <= 1 / 3 and effect["with"] == 1.0
