@@ -18,6 +18,8 @@ clipsort never sorted is ignored unless ``learn_from_dataset`` is on.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import threading
 from collections import Counter
@@ -45,6 +47,19 @@ def filed_under(layout: DatasetLayout, path: Path) -> tuple[str, bool] | None:
     if folder.parent == layout.classes:
         return folder.name, True
     return None
+
+
+def filed_files(layout: DatasetLayout) -> list[Path]:
+    """Every regular file directly in a class folder of ``Dataset/`` (symlinks never followed)."""
+    try:
+        folders = [Path(e.path) for e in os.scandir(layout.sorted) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+    files = []
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            files += [Path(e.path) for e in os.scandir(folder) if e.is_file(follow_symlinks=False)]
+    return sorted(files)
 
 
 def observe(
@@ -124,7 +139,7 @@ class Learner:
         self.embedder = embedder
         self._journal = journal
         self._on_corrected = on_corrected
-        self._arrivals: queue.Queue[tuple[str, Path]] = queue.Queue(maxsize=10_000)
+        self._arrivals: queue.Queue[tuple[str, Path | None]] = queue.Queue(maxsize=10_000)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="clipsort-learner", daemon=True)
 
@@ -134,6 +149,13 @@ class Learner:
             self._arrivals.put_nowait((dataset, path))
         except queue.Full:
             log.warning("learner_full", file=str(path))
+
+    def scan(self, dataset: str) -> None:
+        """Look at every file in ``Dataset/<class>/``: arrivals before the watch or while down."""
+        try:
+            self._arrivals.put_nowait((dataset, None))
+        except queue.Full:
+            log.warning("learner_full", dataset=dataset)
 
     def start(self) -> None:
         self.thread.start()
@@ -149,9 +171,12 @@ class Learner:
                 dataset, path = self._arrivals.get(timeout=0.2)
             except queue.Empty:
                 continue
+            layout = DatasetLayout(self.settings.root / dataset)
+            paths = [path] if path is not None else filed_files(layout)
             try:
-                layout = DatasetLayout(self.settings.root / dataset)
-                if observe(path, layout, self._journal, self.embedder, self.settings) is not None:
-                    self._on_corrected(dataset)
+                found = [p for p in paths if observe(p, layout, self._journal, self.embedder, self.settings)]
             except Exception as exc:  # one odd file must not end learning for good
-                log.exception("learner_failed", file=str(path), error=str(exc))
+                log.exception("learner_failed", dataset=dataset, error=str(exc))
+                continue
+            if found:
+                self._on_corrected(dataset)

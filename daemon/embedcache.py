@@ -70,12 +70,12 @@ class EmbeddingCache:
         """The content hash of ``path``, read from disk only when its stat changed."""
         status = path.lstat()
         stat_key = f"{status.st_dev}:{status.st_ino}:{status.st_size}:{status.st_mtime_ns}"
-        with self._lock:
-            row = self._db.execute(
+        with self._lock:  # fetchall: see Journal.corrections_version
+            rows = self._db.execute(
                 "SELECT sha256 FROM file_hashes WHERE stat_key = ?", (stat_key,)
-            ).fetchone()
-        if row is not None:
-            return str(row[0])
+            ).fetchall()
+        if rows:
+            return str(rows[0][0])
         digest = content_hash(path)
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?)", (stat_key, digest))

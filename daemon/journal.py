@@ -56,6 +56,7 @@ CREATE INDEX IF NOT EXISTS decisions_state ON decisions (state);
 CREATE INDEX IF NOT EXISTS decisions_created ON decisions (created);
 CREATE INDEX IF NOT EXISTS decisions_destination ON decisions (destination);
 CREATE INDEX IF NOT EXISTS decisions_sha256 ON decisions (sha256);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS corrections (
     id INTEGER PRIMARY KEY,
     decision INTEGER REFERENCES decisions (id),
@@ -250,6 +251,7 @@ class Journal:
                     now,
                 ),
             )
+            self._bump(db)
             if entry is not None:
                 db.execute(
                     "UPDATE decisions SET state = 'corrected', destination = ?, updated = ? WHERE id = ?",
@@ -321,15 +323,27 @@ class Journal:
         """Delete corrections (the files stay where they are); how many went."""
         where, values = self._correction_filter(dataset, label, since)
         with self._transaction() as db:
+            self._bump(db)
             return db.execute(f"DELETE FROM corrections WHERE {where}", values).rowcount
 
-    def corrections_version(self) -> tuple[int, int]:
-        """Changes whenever a correction is added or forgotten, by any process."""
+    def corrections_version(self) -> int:
+        """Grows whenever a correction is added or forgotten, by any process.
+
+        A counter, not the table's size: an addition and a forgetting between
+        two looks must still show as a change.
+        """
+        # fetchall, not fetchone: an unfinished statement would hold its read
+        # transaction open, and with it a WAL snapshot that never sees other processes' commits.
         with self._lock:
-            count, newest = self._db.execute(
-                "SELECT count(*), coalesce(max(id), 0) FROM corrections"
-            ).fetchone()
-        return int(count), int(newest)
+            rows = self._db.execute("SELECT value FROM counters WHERE name = 'corrections'").fetchall()
+        return int(rows[0][0]) if rows else 0
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection) -> None:
+        db.execute(
+            "INSERT INTO counters VALUES ('corrections', 1)"
+            " ON CONFLICT (name) DO UPDATE SET value = value + 1"
+        )
 
     @staticmethod
     def _correction_filter(

@@ -85,6 +85,7 @@ class Service:
             settings, self.embedder, self.catalog, self.intake, self.work, self.metrics, self.journal
         )
         self._known: set[str] = set()
+        self._learning: set[Path] = set()
 
     def _new_watcher(self, settings: Settings) -> Watcher:
         return Watcher(
@@ -108,12 +109,21 @@ class Service:
     def placed(self, dataset: str, path: Path) -> None:
         self.learner.offer(dataset, path)
 
+    def rescan_sorted(self, dataset: str) -> None:
+        self.learner.scan(dataset)
+
     def _corrected(self, dataset: str) -> None:
         self.catalog.request([dataset], 0.0)  # the next batch already learns from it
 
     # --- callbacks from the intake and worker threads -------------------------------
     def _datasets_found(self, layouts: list[DatasetLayout]) -> None:
         self.watcher.sync(layouts)
+        for layout in layouts:
+            # Corrections made before Dataset/ was watched (or while the daemon was down)
+            # sent no event: one scan, after the watch exists, finds them.
+            if layout.sorted not in self._learning and self.watcher.watching(layout.sorted):
+                self._learning.add(layout.sorted)
+                self.learner.scan(layout.name)
         names = {layout.name for layout in layouts}
         new, gone = names - self._known, self._known - names
         if new:

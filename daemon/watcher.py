@@ -75,6 +75,8 @@ class WatchSink(Protocol):
 
     def placed(self, dataset: str, path: Path) -> None: ...
 
+    def rescan_sorted(self, dataset: str) -> None: ...
+
     def classes_changed(self, dataset: str) -> None: ...
 
 
@@ -148,7 +150,12 @@ class _SortedHandler(_SafeHandler):
         self.sink = sink
 
     def handle(self, event: FileSystemEvent) -> None:
-        if (arrived := _arrival(event)) is not None:
+        if event.is_directory and event.event_type in (EVENT_TYPE_CREATED, EVENT_TYPE_MOVED):
+            # inotify watches a new folder only once its creation is seen: a file moved
+            # into it at once sends no event. The folder is watched by now, so one scan
+            # finds what came before and events report what comes after.
+            self.sink.rescan_sorted(self.name)
+        elif (arrived := _arrival(event)) is not None:
             self.sink.placed(self.name, arrived)
 
 
@@ -233,6 +240,11 @@ class Watcher:
                 self._schedule(layout.inbox, _InboxHandler(layout, self.sink, self.ignore), recursive=True)
                 self._schedule(layout.classes, _ClassesHandler(layout.name, self.sink), recursive=True)
                 self._schedule(layout.sorted, _SortedHandler(layout.name, self.sink), recursive=True)
+
+    def watching(self, folder: Path) -> bool:
+        """Whether events from ``folder`` are being reported."""
+        with self._lock:
+            return folder in self._watches
 
     def _schedule(self, folder: Path, handler: _SafeHandler, *, recursive: bool) -> None:
         if folder in self._watches or not folder.is_dir() or folder.is_symlink():

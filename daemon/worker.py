@@ -82,7 +82,7 @@ class Worker:
         self.heartbeat = time.monotonic()
         self._checked_checkpoints = 0.0
         self._checked_corrections = 0.0
-        self._corrections: tuple[int, int] | None = None
+        self._corrections: int | None = None
         self.thread = threading.Thread(target=self._run, name="clipsort-worker", daemon=True)
 
     def start(self) -> None:

@@ -44,6 +44,10 @@ class Sink:
         with self.lock:
             self.placed_files.append(path)
 
+    def rescan_sorted(self, dataset: str) -> None:
+        with self.lock:
+            self.rescans.append(f"sorted:{dataset}")
+
     def hinted(self, name: str, *, kind: str | None = None) -> bool:
         with self.lock:
             return any(h.path.name == name and (kind is None or h.kind == kind) for h in self.hints)
@@ -177,7 +181,7 @@ def test_inotify_overflow_record_triggers_a_full_rescan(tmp_path: Path) -> None:
 
 
 def test_arrivals_in_class_folders_are_reported_but_departures_are_not(tmp_path: Path) -> None:
-    """A file moved into Dataset/<class>/ or Clases/<class>/ is reported; one moved out or deleted is not."""
+    """Arrivals in Dataset/ or Clases/ class folders are reported, departures not; new folders are scanned."""
     layout = inbox(tmp_path)
     for folder in (layout.class_dir("red"), layout.class_dir("blue"), layout.classes / "blue"):
         folder.mkdir(parents=True)
@@ -190,7 +194,8 @@ def test_arrivals_in_class_folders_are_reported_but_departures_are_not(tmp_path:
         os.rename(layout.class_dir("red") / "a.jpg", layout.class_dir("blue") / "a.jpg")
         os.rename(layout.review / "c.jpg", layout.classes / "blue" / "c.jpg")
         (layout.class_dir("red") / "b.jpg").unlink()
-        wait_until(lambda: len(sink.placed_files) >= 2, timeout=10)
+        (layout.class_dir("green")).mkdir()
+        wait_until(lambda: len(sink.placed_files) >= 2 and "sorted:ds" in sink.rescans, timeout=10)
     assert sorted(sink.placed_files) == sorted(
         [layout.class_dir("blue") / "a.jpg", layout.classes / "blue" / "c.jpg"]
     )

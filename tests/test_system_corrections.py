@@ -1,0 +1,107 @@
+"""System tests of learning from corrections: the real daemon, real file moves by a "person"."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from daemon.cli import app
+from daemon.journal import Journal
+from tests.daemonproc import Daemon, picture_bytes, start
+from tests.synthetic import make_dataset
+from tests.waiting import wait_until
+
+MISLEADING = {"red": "red", "blue": "green"}  # Clases/blue holds green pictures: blue ones land in red/
+
+
+def drop_blue(dataset: Path, staging: Path, seeds: range) -> list[str]:
+    names = []
+    for seed in seeds:
+        name = f"blue{seed}.png"
+        (dataset / "Images" / f".{name}").write_bytes(picture_bytes(staging, "blue", seed, "b.png"))
+        os.rename(dataset / "Images" / f".{name}", dataset / "Images" / name)
+        names.append(name)
+    return names
+
+
+def landed(dataset: Path, names: list[str]) -> dict[str, str]:
+    """name -> class folder, once every name has landed somewhere in Dataset/."""
+    found = {p.name: p.parent.name for p in (dataset / "Dataset").rglob("*.png") if p.name in names}
+    return found if len(found) == len(names) else {}
+
+
+def test_moving_wrongly_sorted_files_teaches_the_running_daemon(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """Three hand moves fix later arrivals with no restart and no re-encoding; forget undoes it."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, MISLEADING, references=4, seed=11)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    daemon = start(daemons, root, tiny_model, tmp_path / "home", mode="reference", settle_seconds=0.05)
+    first = drop_blue(dataset, staging, range(100, 106))
+    wait_until(lambda: landed(dataset, first), timeout=30)
+    wrong = [dataset / "Dataset" / "red" / n for n, c in landed(dataset, first).items() if c == "red"]
+    assert len(wrong) >= 4
+    embedded = daemon.status().references_embedded
+
+    (dataset / "Dataset" / "blue").mkdir(exist_ok=True)
+    for path in wrong[:3]:  # the person's correction: a plain move between class folders
+        os.rename(path, dataset / "Dataset" / "blue" / path.name)
+    wait_until(lambda: daemon.status().datasets["rgb"].corrections == {"blue": 3}, timeout=30)
+    assert len(daemon.events("correction_recorded")) == 3
+    second = drop_blue(dataset, staging, range(200, 206))
+    wait_until(lambda: landed(dataset, second), timeout=30)
+    assert list(landed(dataset, second).values()).count("blue") >= 5
+    assert daemon.status().references_embedded == embedded, "nothing was encoded again"
+
+    forget = CliRunner().invoke(
+        app, ["corrections", "forget", "--config", str(daemon.config), "--dataset", "rgb"]
+    )
+    assert forget.exit_code == 0 and "forgot 3" in forget.stdout
+    wait_until(lambda: daemon.status().datasets["rgb"].corrections == {}, timeout=30)
+    third = drop_blue(dataset, staging, range(300, 306))
+    wait_until(lambda: landed(dataset, third), timeout=30)
+    assert list(landed(dataset, third).values()).count("red") >= 4, (
+        "forgetting restores the earlier behaviour"
+    )
+
+    still_red = sorted((dataset / "Dataset" / "red").glob("*.png"))
+    still_red[0].unlink()  # deleted: not a correction
+    shutil.move(still_red[1], staging / still_red[1].name)  # moved out of the data root: not one either
+    (dataset / "Images" / ".x.png").write_bytes(picture_bytes(staging, "red", 1, "r.png"))
+    os.rename(dataset / "Images" / ".x.png", dataset / "Images" / "x.png")
+    wait_until((dataset / "Dataset" / "red" / "x.png").exists, timeout=30)  # events after those are handled
+    assert Journal(daemon.state).corrections() == []
+    assert daemon.stop() == 0
+
+
+def test_a_correction_seen_just_before_kill_9_is_kept(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """The journal is the source of truth: after a SIGKILL the restarted daemon still uses it."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, MISLEADING, references=4, seed=11)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    home = tmp_path / "home"
+    daemon = start(daemons, root, tiny_model, home, mode="reference", settle_seconds=0.05)
+    names = drop_blue(dataset, staging, range(100, 104))
+    wait_until(lambda: landed(dataset, names), timeout=30)
+    victim = next(n for n, c in landed(dataset, names).items() if c == "red")
+    (dataset / "Dataset" / "blue").mkdir(exist_ok=True)
+    os.rename(dataset / "Dataset" / "red" / victim, dataset / "Dataset" / "blue" / victim)
+    daemon.wait_event("correction_recorded")
+    assert daemon.process is not None
+    daemon.process.kill()
+    daemon.process.wait(timeout=10)
+    again = start(daemons, root, tiny_model, home, mode="reference", settle_seconds=0.05)
+    wait_until(lambda: again.status().datasets["rgb"].corrections == {"blue": 1}, timeout=30)
+    (correction,) = Journal(again.state).corrections()
+    assert (correction.old_label, correction.new_label, correction.path.name) == ("red", "blue", victim)
+    assert again.stop() == 0
