@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -201,18 +202,27 @@ def _rename_into(source: Path, folder: Path, name: str) -> Path:
     raise FileExistsError(errno.EEXIST, f"no free name for {name!r} in {str(folder)!r}")
 
 
+def _write_durably(path: Path, fill: Callable[[int], None], mode: int = 0o600) -> None:
+    """Create ``path`` (never an existing one), fill it and fsync it; on failure it is removed."""
+    fd = SYSCALLS.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            fill(fd)
+            SYSCALLS.fsync(fd)
+        finally:
+            SYSCALLS.close(fd)
+    except BaseException:
+        _take_back(path)
+        raise
+
+
 def _copy_into(source: Path, folder: Path, name: str) -> Path:
     """Copy ``source`` to a new, unique, durable name in ``folder`` without ever overwriting."""
     temporary = folder / f".clipsort-{uuid.uuid4().hex}.tmp"
     reader = SYSCALLS.open(source, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        writer = SYSCALLS.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        _write_durably(temporary, lambda writer: SYSCALLS.copy(reader, writer))
         try:
-            try:
-                SYSCALLS.copy(reader, writer)
-                SYSCALLS.fsync(writer)
-            finally:
-                SYSCALLS.close(writer)
             SYSCALLS.copystat(source, temporary)
             target = _rename_into(temporary, folder, name)
         except BaseException:
@@ -316,13 +326,8 @@ def write_atomic(path: Path, data: bytes) -> None:
     Replacing is the point here (a status file clipsort owns), unlike :func:`place`.
     """
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = SYSCALLS.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    _write_durably(temporary, lambda fd: SYSCALLS.write(fd, data), 0o644)
     try:
-        try:
-            SYSCALLS.write(fd, data)
-            SYSCALLS.fsync(fd)
-        finally:
-            SYSCALLS.close(fd)
         SYSCALLS.replace(temporary, path)
     except BaseException:
         _take_back(temporary)

@@ -7,24 +7,30 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_daemon_latency_smoke_run_writes_its_report(tmp_path: Path) -> None:
-    """``python -m bench.daemon_latency --quick`` exits 0 and reports latency and throughput."""
-    out = tmp_path / "report.json"
+def smoke(module: str, out: Path) -> dict[str, Any]:
+    """Run ``python -m <module> --quick`` as a user would; its JSON report."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench.daemon_latency", "--quick", "--out", str(out)],
+        [sys.executable, "-m", module, "--quick", "--out", str(out)],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(out.read_text())
+    report: dict[str, Any] = json.loads(out.read_text())
+    return report
+
+
+def test_daemon_latency_smoke_run_writes_its_report(tmp_path: Path) -> None:
+    """``python -m bench.daemon_latency --quick`` exits 0 and reports latency and throughput."""
+    report = smoke("bench.daemon_latency", tmp_path / "report.json")
     [run] = report["runs"]
     assert run["exit_code"] == 0
     assert 0 < run["single_p50_ms"] <= run["single_p95_ms"]
@@ -34,18 +40,7 @@ def test_daemon_latency_smoke_run_writes_its_report(tmp_path: Path) -> None:
 
 def test_throughput_smoke_run_reports_every_measurement(tmp_path: Path) -> None:
     """``python -m bench.throughput --quick`` exits 0 with rates, ratios, latency and peak RSS."""
-    out = tmp_path / "throughput.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.throughput", "--quick", "--out", str(out)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(out.read_text())
+    report = smoke("bench.throughput", tmp_path / "throughput.json")
     assert set(report["sets"]) == {"jpeg12mp", "png1mp", "jpeg640"}
     for row in report["sets"].values():
         assert min(row["baseline"], row["sort"], row["daemon"], row["model_only"]) > 0

@@ -97,10 +97,7 @@ def test_a_review_file_dragged_into_clases_is_journalled_but_not_doubled(world: 
 def test_corrections_fix_later_pictures_without_encoding_anything(world: World, encoder: Encoder) -> None:
     """Three corrected files: new blue pictures go to blue; their vectors came from the cache."""
     layout, settings, journal, embedder = world
-    layout.class_dir("blue").mkdir(exist_ok=True)
-    for victim in wrongly_sorted(layout)[:3]:
-        os.rename(victim, layout.class_dir("blue") / victim.name)
-        observe(layout.class_dir("blue") / victim.name, layout, journal, embedder, settings)
+    correct(world)
     before = embedder.encoded_references
     target = make_target(layout, settings, embedder, journal=journal)
     assert embedder.encoded_references == before, "no reference or corrected file was encoded again"
@@ -115,36 +112,32 @@ def test_corrections_fix_later_pictures_without_encoding_anything(world: World, 
     assert labels.count("red") >= 5, "forgetting restores the earlier behaviour"
 
 
-def test_the_newest_corrections_per_class_are_kept_and_weighted(world: World) -> None:
-    """max_corrections_per_class keeps the newest; correction_weight is their weight."""
+def correct(world: World, count: int = 3) -> list[Path]:
+    """Move ``count`` wrongly sorted files to Dataset/blue/ and observe each, as the daemon would."""
     layout, settings, journal, embedder = world
     layout.class_dir("blue").mkdir(exist_ok=True)
     moved = []
-    for victim in wrongly_sorted(layout)[:4]:
-        os.rename(victim, layout.class_dir("blue") / victim.name)
-        moved.append(layout.class_dir("blue") / victim.name)
-        observe(moved[-1], layout, journal, embedder, settings)
-    capped = settings.model_copy(update={"max_corrections_per_class": 2, "correction_weight": 3.0})
-    kept = examples(journal, layout, embedder, capped)
-    assert [e.path for e in kept] == moved[:1:-1]
-    assert {e.weight for e in kept} == {3.0}
-
-
-def correct_three(world: World) -> list[Path]:
-    layout, settings, journal, embedder = world
-    layout.class_dir("blue").mkdir(exist_ok=True)
-    moved = []
-    for victim in wrongly_sorted(layout)[:3]:
+    for victim in wrongly_sorted(layout)[:count]:
         os.rename(victim, layout.class_dir("blue") / victim.name)
         moved.append(layout.class_dir("blue") / victim.name)
         observe(moved[-1], layout, journal, embedder, settings)
     return moved
 
 
+def test_the_newest_corrections_per_class_are_kept_and_weighted(world: World) -> None:
+    """max_corrections_per_class keeps the newest; correction_weight is their weight."""
+    layout, settings, journal, embedder = world
+    moved = correct(world, 4)
+    capped = settings.model_copy(update={"max_corrections_per_class": 2, "correction_weight": 3.0})
+    kept = examples(journal, layout, embedder, capped)
+    assert [e.path for e in kept] == moved[:1:-1]
+    assert {e.weight for e in kept} == {3.0}
+
+
 def test_corrections_list_and_forget_on_the_command_line(world: World, tiny_model: Path) -> None:
     """list shows each correction; forget needs a filter and reports how many went."""
     settings = world[1]
-    moved = correct_three(world)
+    moved = correct(world)
     cli = CliRunner(env={"CLIPSORT_MODEL": str(tiny_model)})
     root = ["--root", str(settings.root)]
     listed = cli.invoke(app, ["corrections", "list", *root, "--json"])
@@ -163,7 +156,7 @@ def test_corrections_list_and_forget_on_the_command_line(world: World, tiny_mode
 def test_eval_reports_accuracy_with_and_without_corrections(world: World, tiny_model: Path) -> None:
     """On the corrected examples, reference-max is wrong without them and right with the others."""
     _, settings, _, _ = world
-    correct_three(world)
+    correct(world)
     cli = CliRunner(env={"CLIPSORT_MODEL": str(tiny_model)})
     result = cli.invoke(app, ["eval", "--root", str(settings.root), "--json", "--folds", "2"])
     assert result.exit_code == 0, result.stderr

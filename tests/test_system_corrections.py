@@ -33,16 +33,21 @@ def landed(dataset: Path, names: list[str]) -> dict[str, str]:
     return found if len(found) == len(names) else {}
 
 
+def misleading(daemons: list[Daemon], tmp_path: Path, tiny_model: Path) -> tuple[Daemon, Path, Path]:
+    """A started daemon on a dataset with misleading blue references; the dataset and a staging folder."""
+    root = tmp_path / "Data"
+    make_dataset(root / "rgb", MISLEADING, references=4, seed=11)
+    staging = tmp_path / "staging"
+    staging.mkdir(exist_ok=True)
+    daemon = start(daemons, root, tiny_model, tmp_path / "home", mode="reference", settle_seconds=0.05)
+    return daemon, root / "rgb", staging
+
+
 def test_moving_wrongly_sorted_files_teaches_the_running_daemon(
     daemons: list[Daemon], tmp_path: Path, tiny_model: Path
 ) -> None:
     """Three hand moves fix later arrivals with no restart and no re-encoding; forget undoes it."""
-    root = tmp_path / "Data"
-    dataset = root / "rgb"
-    make_dataset(dataset, MISLEADING, references=4, seed=11)
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    daemon = start(daemons, root, tiny_model, tmp_path / "home", mode="reference", settle_seconds=0.05)
+    daemon, dataset, staging = misleading(daemons, tmp_path, tiny_model)
     first = drop_blue(dataset, staging, range(100, 106))
     wait_until(lambda: landed(dataset, first), timeout=30)
     wrong = [dataset / "Dataset" / "red" / n for n, c in landed(dataset, first).items() if c == "red"]
@@ -84,13 +89,7 @@ def test_a_correction_seen_just_before_kill_9_is_kept(
     daemons: list[Daemon], tmp_path: Path, tiny_model: Path
 ) -> None:
     """The journal is the source of truth: after a SIGKILL the restarted daemon still uses it."""
-    root = tmp_path / "Data"
-    dataset = root / "rgb"
-    make_dataset(dataset, MISLEADING, references=4, seed=11)
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    home = tmp_path / "home"
-    daemon = start(daemons, root, tiny_model, home, mode="reference", settle_seconds=0.05)
+    daemon, dataset, staging = misleading(daemons, tmp_path, tiny_model)
     names = drop_blue(dataset, staging, range(100, 104))
     wait_until(lambda: landed(dataset, names), timeout=30)
     victim = next(n for n, c in landed(dataset, names).items() if c == "red")
@@ -100,7 +99,7 @@ def test_a_correction_seen_just_before_kill_9_is_kept(
     assert daemon.process is not None
     daemon.process.kill()
     daemon.process.wait(timeout=10)
-    again = start(daemons, root, tiny_model, home, mode="reference", settle_seconds=0.05)
+    again = start(daemons, dataset.parent, tiny_model, daemon.home, mode="reference", settle_seconds=0.05)
     wait_until(lambda: again.status().datasets["rgb"].corrections == {"blue": 1}, timeout=30)
     (correction,) = Journal(again.state).corrections()
     assert (correction.old_label, correction.new_label, correction.path.name) == ("red", "blue", victim)
