@@ -138,8 +138,13 @@ def test_malformed_input_is_quarantined_or_left_alone_and_the_daemon_carries_on(
     assert {Path(r["path"]).name for r in daemon.events("special_file_skipped")} == {"fifo.jpg"}
     assert {Path(r["path"]).name for r in daemon.events("symlink_skipped")} == {"link.png"}
     journal = Journal(daemon.state)
-    rejected = {e.intent.source.name: e.reason for e in journal.entries() if e.state == "rejected"}
-    assert rejected == reasons
+
+    def rejected() -> dict[str, str | None]:
+        """Outcomes are journalled just after the moves (one commit per batch)."""
+        return {e.intent.source.name: e.reason for e in journal.entries() if e.state == "rejected"}
+
+    wait_until(lambda: len(rejected()) == len(bad), timeout=10)
+    assert rejected() == reasons
     assert daemon.status().state == "running"
     assert daemon.stop() == 0
 
