@@ -22,6 +22,7 @@ import contextlib
 import os
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -129,6 +130,12 @@ def examples(
     ]
 
 
+# Every file clipsort itself moves into a class folder is an arrival too. Its
+# outcome is journalled one commit after the batch's moves; looked at a moment
+# later, it is recognised from the journal by path alone, without reading the file.
+SETTLE = 0.5
+
+
 class Learner:
     """The daemon's thread that turns arrivals in class folders into corrections."""
 
@@ -139,21 +146,21 @@ class Learner:
         self.embedder = embedder
         self._journal = journal
         self._on_corrected = on_corrected
-        self._arrivals: queue.Queue[tuple[str, Path | None]] = queue.Queue(maxsize=10_000)
+        self._arrivals: queue.Queue[tuple[float, str, Path | None]] = queue.Queue(maxsize=10_000)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="clipsort-learner", daemon=True)
 
     def offer(self, dataset: str, path: Path) -> None:
         """A file arrived in a class folder (watchdog threads); never blocks."""
         try:
-            self._arrivals.put_nowait((dataset, path))
+            self._arrivals.put_nowait((time.monotonic() + SETTLE, dataset, path))
         except queue.Full:
             log.warning("learner_full", file=str(path))
 
     def scan(self, dataset: str) -> None:
         """Look at every file in ``Dataset/<class>/``: arrivals before the watch or while down."""
         try:
-            self._arrivals.put_nowait((dataset, None))
+            self._arrivals.put_nowait((time.monotonic() + SETTLE, dataset, None))
         except queue.Full:
             log.warning("learner_full", dataset=dataset)
 
@@ -168,9 +175,10 @@ class Learner:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                dataset, path = self._arrivals.get(timeout=0.2)
+                due, dataset, path = self._arrivals.get(timeout=0.2)
             except queue.Empty:
                 continue
+            self._stop.wait(max(0.0, due - time.monotonic()))
             layout = DatasetLayout(self.settings.root / dataset)
             paths = [path] if path is not None else filed_files(layout)
             try:
