@@ -43,9 +43,9 @@ def photo(rng: np.random.Generator, color: str) -> Image.Image:
     return draw(rng, color, "circle", size=480).resize((640, 480))
 
 
-def forward_ms(model: Path, repeats: int = 10, device: str = "cpu") -> float:
-    """Median time of encoding one pre-decoded picture."""
-    encoder = Encoder(str(model), device)
+def forward_ms(model: Path, repeats: int = 10, device: str = "cpu", precision: str = "auto") -> float:
+    """Median time of encoding one pre-decoded picture (in the daemon's default precision)."""
+    encoder = Encoder(str(model), device, precision=precision)
     picture = photo(np.random.default_rng(0), "red").resize((encoder.image_size, encoder.image_size))
     encoder.encode_images([picture])  # warm-up
     times = []
@@ -61,7 +61,13 @@ def arrived(dataset: Path, name: str) -> bool:
 
 
 def measure(
-    model: Path, work: Path, delay_ms: int, singles: int, burst: int, device: str = "cpu"
+    model: Path,
+    work: Path,
+    delay_ms: int,
+    singles: int,
+    burst: int,
+    device: str = "cpu",
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """One daemon run: single-file latencies, then a burst."""
     root = work / "Data"
@@ -76,7 +82,14 @@ def measure(
     home = work / "home"
     home.mkdir()
     daemon = Daemon(
-        root, model, home, max_batch_delay_ms=delay_ms, settle_seconds=0.5, log_format="json", device=device
+        root,
+        model,
+        home,
+        max_batch_delay_ms=delay_ms,
+        settle_seconds=0.5,
+        log_format="json",
+        device=device,
+        precision=precision,
     )
     daemon.start()
     try:

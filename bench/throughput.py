@@ -124,7 +124,7 @@ def model_only(encoder: Encoder, count: int, batch_size: int) -> float:
 
     def forward(values: torch.Tensor) -> None:
         with torch.inference_mode():
-            tower.clip.visual_projection(tower.clip.vision_model(pixel_values=values).pooler_output)
+            tower.forward(values)
 
     forward(batch)  # warm-up
     sync(encoder.device)
@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="two-layer model, a few files: a smoke run")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    parser.add_argument("--precision", default="auto", help="auto, fp32 or bf16 (the daemon's setting)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--decode-workers", type=int, default=2)
     parser.add_argument(
@@ -250,12 +251,17 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging("console", "warning")  # one line per sorted file would drown the results
     counts = [2, 2, 4] if args.quick else [int(c) for c in args.counts.split(",")]
     rss_bursts = (20, 60) if args.quick else tuple(int(c) for c in args.rss.split(","))
-    options = {"device": args.device, "batch_size": args.batch_size, "decode_workers": args.decode_workers}
+    options = {
+        "device": args.device,
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+        "decode_workers": args.decode_workers,
+    }
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="clipsort-bench-") as scratch_name:
         scratch = Path(scratch_name)
         model = random_clip(scratch / "model", small=args.quick)
-        encoder = Encoder(str(model), args.device)
+        encoder = Encoder(str(model), args.device, precision=args.precision)
         started = time.perf_counter()
         ceiling = model_only(encoder, 8 if args.quick else args.model_only, args.batch_size)
         report("model_only", ceiling, started)
@@ -268,8 +274,9 @@ def main(argv: list[str] | None = None) -> None:
             results[kind] = row
         latency_work = scratch / "latency"
         latency_work.mkdir()
-        latency = measure(model, latency_work, 0, 3 if args.quick else args.singles, 0, device=args.device)
-        one_forward = forward_ms(model, device=args.device)
+        singles = 3 if args.quick else args.singles
+        latency = measure(model, latency_work, 0, singles, 0, device=args.device, precision=args.precision)
+        one_forward = forward_ms(model, device=args.device, precision=args.precision)
         rss = rss_flatness(scratch / "rss", rss_bursts, options)
     summary = {
         "machine": {
@@ -280,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
             "torch": torch.__version__,
         },
         "model": "two-layer CLIP" if args.quick else "ViT-B/32 (random weights)",
-        "options": options,
+        "options": options | {"precision": encoder.precision},
         "sets": results,
         "latency": {
             "single_p50_ms": latency["single_p50_ms"],

@@ -42,6 +42,11 @@ def decode_limits(settings: Settings) -> DecodeLimits:
     return DecodeLimits(tuple(settings.image_formats), settings.max_pixels, int(settings.max_file_mb * 2**20))
 
 
+def make_encoder(settings: Settings) -> Encoder:
+    """The configured model on the configured device, in the configured precision."""
+    return Encoder(settings.model, settings.device, settings.text_model, settings.precision)
+
+
 def make_embedder(settings: Settings, encoder: Encoder, cache: EmbeddingCache | None = None) -> Embedder:
     """The embedder with the configured decoding limits."""
     return Embedder(encoder, decode_limits(settings), cache)

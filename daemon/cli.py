@@ -26,12 +26,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from daemon.catalog import decode_limits, make_embedder
+from daemon.catalog import decode_limits, make_embedder, make_encoder
 from daemon.classindex import build_class_index
 from daemon.config import Settings, load_settings, render_config_toml
 from daemon.corrections import examples as corrected_examples
 from daemon.embedcache import EMBEDDINGS_DB, EmbeddingCache
-from daemon.encoder import Encoder, resolve_device
+from daemon.encoder import resolve_device
 from daemon.errors import ClipsortError, ConfigError, DatasetError, JournalError
 from daemon.evaluation import MODES, EvalReport, add_finetuned, evaluate, write_report
 from daemon.journal import JOURNAL_DB, Journal
@@ -125,7 +125,7 @@ def sort(
     """Classify every image in the datasets' Images/ folders once, and move each into Dataset/<class>/."""
     settings = settings_from(config, root=root, model=model, mode=mode, aggregate=aggregate)
     layouts = select(settings.root, dataset or [])  # before the slow model load
-    encoder = Encoder(settings.model, settings.device, settings.text_model)
+    encoder = make_encoder(settings)
     outcomes: list[Outcome] = []
     with contextlib.ExitStack() as stack:
         # A real run journals and caches vectors (so the daemon can learn from corrections later).
@@ -193,7 +193,7 @@ def evaluate_modes(
     with_checkpoint = not modes or "finetuned" in modes
     settings = settings_from(config, root=root, model=model)
     layouts = select(settings.root, dataset or [])
-    encoder = Encoder(settings.model, settings.device, settings.text_model)
+    encoder = make_encoder(settings)
     journal_file = settings.state_path / JOURNAL_DB
     with contextlib.ExitStack() as stack:
         journal = stack.enter_context(Journal(settings.state_path)) if journal_file.is_file() else None

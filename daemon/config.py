@@ -119,6 +119,14 @@ class Settings(BaseSettings):
         description="CLIP model: a sentence-transformers name (downloaded on first use) or a local folder.",
     )
     device: str = Field("auto", description="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description=(
+            "Image encoding precision. auto: fp16 on CUDA, bf16 on a CPU with AMX or AVX-512 BF16, else "
+            "fp32. Measured (bench/README.md, ViT-B/32, 2 AMX cores): bf16 forward 3.7x fp32, with the "
+            "same decisions as fp32 on at least 99% of pictures (tested)."
+        ),
+    )
     batch_size: PositiveInt = Field(
         32,
         description=(

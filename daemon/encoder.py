@@ -41,6 +41,24 @@ def resolve_device(device: str) -> str:
     return "cpu"
 
 
+def cpu_has_bf16() -> bool:
+    """The CPU multiplies bf16 natively (AMX or AVX-512 BF16); elsewhere bf16 is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto``: fp16 on CUDA (as loaded), bf16 on a CPU that has it, else fp32."""
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "fp16"
+    return "bf16" if device == "cpu" and cpu_has_bf16() else "fp32"
+
+
 def looks_like_path(name: str) -> bool:
     """A model given as a folder rather than a hub name."""
     return Path(name).expanduser().exists() or name.startswith(("/", ".", "~"))
@@ -97,10 +115,19 @@ class ImageTower:
     them to it), which remains for models that are not a plain CLIPModel.
     """
 
-    def __init__(self, clip: transformers.CLIPModel, image_processor: Any, size: int, device: str) -> None:
+    def __init__(
+        self,
+        clip: transformers.CLIPModel,
+        image_processor: Any,
+        size: int,
+        device: str,
+        precision: str = "fp32",
+    ) -> None:
         self.clip = clip
         self.size = size
         self.device = device
+        # bf16 on the CPU through autocast: the fp32 weights stay, matrix products run in bf16.
+        self.bf16 = precision == "bf16" and device == "cpu"
         dtype = next(clip.parameters()).dtype
         self.mean = (
             torch.tensor(image_processor.image_mean, dtype=dtype, device=device).view(1, 3, 1, 1) * 255
@@ -129,19 +156,25 @@ class ImageTower:
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
         with torch.inference_mode():
             values = (pixels.to(self.dtype) - self.mean) / self.std
-            pooled = self.clip.vision_model(pixel_values=values).pooler_output
-            features = torch.nn.functional.normalize(self.clip.visual_projection(pooled).float(), dim=-1)
+            features = torch.nn.functional.normalize(self.forward(values).float(), dim=-1)
         return np.asarray(features.cpu().numpy(), dtype=np.float32)
 
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        """Projected image features of normalised pixels, in the configured precision."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            pooled = self.clip.vision_model(pixel_values=values).pooler_output
+            projected: torch.Tensor = self.clip.visual_projection(pooled)
+        return projected
 
-def image_tower(model: SentenceTransformer, size: int, device: str) -> ImageTower | None:
+
+def image_tower(model: SentenceTransformer, size: int, device: str, precision: str) -> ImageTower | None:
     """The direct image path when ``model`` is a single CLIPModel module, else None."""
     module = model[0]
     clip = getattr(module, "model", None)
     processor = getattr(getattr(module, "processor", None), "image_processor", None)
     if len(model) != 1 or not isinstance(clip, transformers.CLIPModel) or processor is None:
         return None
-    return ImageTower(clip, processor, size, device)
+    return ImageTower(clip, processor, size, device, precision)
 
 
 class Encoder:
@@ -152,21 +185,30 @@ class Encoder:
     ``model``.
     """
 
-    def __init__(self, model: str, device: str = "auto", text_model: str | None = None) -> None:
+    def __init__(
+        self, model: str, device: str = "auto", text_model: str | None = None, precision: str = "fp32"
+    ) -> None:
         self.name = model
         self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self._model = load_model(model, self.device)
         self._text = load_model(text_model, self.device) if text_model else self._model
         self._cpu: SentenceTransformer | None = None  # loaded the first time the accelerator fails
-        self.identity = model_identity(model)
+        # Cached vectors never mix precisions: bf16 ones differ in the last digits.
+        self.identity = model_identity(model) + ("@bf16" if self.precision == "bf16" else "")
         self.text_identity = f"{self.identity}+{model_identity(text_model)}" if text_model else self.identity
         self.image_size = input_size(
             getattr(getattr(self._model[0], "processor", None), "image_processor", None)
         )
         self.logit_scale = self._logit_scale()
-        self._tower = image_tower(self._model, self.image_size, self.device)
+        self._tower = image_tower(self._model, self.image_size, self.device, self.precision)
         log.info(
-            "model_loaded", model=model, text_model=text_model, device=self.device, identity=self.identity
+            "model_loaded",
+            model=model,
+            text_model=text_model,
+            device=self.device,
+            precision=self.precision,
+            identity=self.identity,
         )
 
     def _logit_scale(self) -> float:

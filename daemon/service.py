@@ -23,11 +23,10 @@ from types import FrameType
 import structlog
 
 from daemon import __version__
-from daemon.catalog import Catalog, make_embedder
+from daemon.catalog import Catalog, make_embedder, make_encoder
 from daemon.config import Settings, load_settings
 from daemon.corrections import Learner
 from daemon.embedcache import EMBEDDINGS_DB, EmbeddingCache
-from daemon.encoder import Encoder
 from daemon.errors import ConfigError
 from daemon.intake import ALL, Intake
 from daemon.journal import Journal
@@ -74,7 +73,7 @@ class Service:
         make_state_dir(settings.state_path)
         self.cache = EmbeddingCache(settings.state_path / EMBEDDINGS_DB)
         self.journal = Journal(settings.state_path)
-        self.encoder = Encoder(settings.model, settings.device, settings.text_model)
+        self.encoder = make_encoder(settings)
         self.embedder = make_embedder(settings, self.encoder, self.cache)
         self.work = FairQueue()
         self.catalog = Catalog(settings, on_available=self._classes_available, journal=self.journal)
@@ -231,8 +230,9 @@ class Service:
     def _apply(self, settings: Settings) -> None:
         old = self.settings
         configure_logging(settings.log_format, settings.log_level)
-        if (settings.model, settings.device, settings.text_model) != (old.model, old.device, old.text_model):
-            self.encoder = Encoder(settings.model, settings.device, settings.text_model)  # may raise
+        model = ("model", "device", "text_model", "precision")
+        if any(getattr(settings, key) != getattr(old, key) for key in model):
+            self.encoder = make_encoder(settings)  # may raise
         embedder = make_embedder(settings, self.encoder, self.cache)
         self.settings = settings
         self.catalog.settings = settings
