@@ -78,7 +78,7 @@ class Worker:
         self._pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="clipsort-decode")
         self._stop = threading.Event()
         self._swap: Embedder | None = None
-        self._retries: dict[str, float] = {}
+        self._retries: dict[str, tuple[float, float]] = {}  # cause -> (delay, when it last doubled)
         self.heartbeat = time.monotonic()
         self._checked_checkpoints = 0.0
         self._checked_corrections = 0.0
@@ -199,7 +199,14 @@ class Worker:
         return min(RETRY_MAX, max(self.settings.settle_seconds, age(job) / 4))
 
     def _backoff(self, cause: str) -> float:
-        """Doubling delay per failure cause, reset by the next success."""
-        delay = min(RETRY_MAX, self._retries.get(cause, RETRY_FIRST / 2) * 2)
-        self._retries[cause] = delay
+        """Doubling delay per failure cause, reset by the next success.
+
+        It doubles once per round of retries, not once per failed file: a full
+        disk met by a batch of 32 files must not push the next look 32 doublings away.
+        """
+        now = time.monotonic()
+        delay, doubled = self._retries.get(cause, (RETRY_FIRST / 2, -RETRY_MAX))
+        if now - doubled >= delay:
+            delay, doubled = min(RETRY_MAX, delay * 2), now
+            self._retries[cause] = (delay, doubled)
         return delay
