@@ -45,7 +45,8 @@ class Recovered:
     temporaries: int = 0  # half-written copies deleted
 
 
-def _same_bytes(path: Path, entry: Entry) -> bool:
+def holds(path: Path, entry: Entry) -> bool:
+    """``path`` is a regular file with exactly the bytes ``entry`` recorded (never following a symlink)."""
     try:
         status = path.lstat()
         return (
@@ -65,7 +66,7 @@ def _placed(entry: Entry, journal: Journal) -> Path | None:
         return None
     for name in names:
         path = entry.intent.folder / name
-        if _same_bytes(path, entry):
+        if holds(path, entry):
             owner = journal.at(path)
             if owner is None or owner.id == entry.id:
                 return path
@@ -92,7 +93,7 @@ def recover(journal: Journal, layouts: Sequence[DatasetLayout]) -> Recovered:
             )
             cleared += 1
             continue
-        if _same_bytes(entry.intent.source, entry):
+        if holds(entry.intent.source, entry):
             drop_second_copy(entry.intent.source, placed)
         journal.settle(
             [Settlement(entry.id, "rejected" if entry.intent.placement == "rejected" else "moved", placed)]

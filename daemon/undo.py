@@ -10,16 +10,15 @@ alone and reported: undo never touches what it did not place.
 from __future__ import annotations
 
 import re
-import stat
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from daemon.embedcache import content_hash
 from daemon.errors import JournalError
 from daemon.journal import Entry, Journal, Settlement, State
 from daemon.layout import DatasetLayout
 from daemon.mover import place
+from daemon.recovery import holds
 
 UNDOABLE: tuple[State, ...] = ("moved", "rejected")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -68,21 +67,9 @@ class Undone:
     note: str
 
 
-def _intact(entry: Entry) -> bool:
-    path = entry.destination
-    try:
-        return (
-            path is not None
-            and stat.S_ISREG(path.lstat().st_mode)
-            and content_hash(path) == entry.intent.sha256
-        )
-    except OSError:
-        return False
-
-
 def undo(entry: Entry, journal: Journal, root: Path, to_class: str | None) -> Undone:
     """Move one file back to the inbox, or (``to_class``) into the right class as a correction."""
-    if not _intact(entry) or entry.destination is None:
+    if entry.destination is None or not holds(entry.destination, entry):
         return Undone(entry, None, f"left alone: no longer at {entry.destination} as clipsort put it")
     layout = DatasetLayout(root / entry.intent.dataset)
     if to_class is None:
