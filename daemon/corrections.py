@@ -18,8 +18,6 @@ clipsort never sorted is ignored unless ``learn_from_dataset`` is on.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import queue
 import threading
 import time
@@ -35,7 +33,7 @@ from daemon.embeddings import Embedder
 from daemon.journal import Correction, Journal
 from daemon.layout import DatasetLayout
 from daemon.readiness import Signature
-from daemon.scanner import is_ignored
+from daemon.scanner import is_ignored, scan
 
 log = structlog.get_logger()
 
@@ -48,19 +46,6 @@ def filed_under(layout: DatasetLayout, path: Path) -> tuple[str, bool] | None:
     if folder.parent == layout.classes:
         return folder.name, True
     return None
-
-
-def filed_files(layout: DatasetLayout) -> list[Path]:
-    """Every regular file directly in a class folder of ``Dataset/`` (symlinks never followed)."""
-    try:
-        folders = [Path(e.path) for e in os.scandir(layout.sorted) if e.is_dir(follow_symlinks=False)]
-    except OSError:
-        return []
-    files = []
-    for folder in folders:
-        with contextlib.suppress(OSError):
-            files += [Path(e.path) for e in os.scandir(folder) if e.is_file(follow_symlinks=False)]
-    return sorted(files)
 
 
 def observe(
@@ -180,7 +165,7 @@ class Learner:
                 continue
             self._stop.wait(max(0.0, due - time.monotonic()))
             layout = DatasetLayout(self.settings.root / dataset)
-            paths = [path] if path is not None else filed_files(layout)
+            paths = [path] if path is not None else list(scan(layout.sorted, self.settings.ignore_patterns))
             try:
                 found = [p for p in paths if observe(p, layout, self._journal, self.embedder, self.settings)]
             except Exception as exc:  # one odd file must not end learning for good

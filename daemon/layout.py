@@ -6,6 +6,7 @@ that are not readable images) sits beside them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,13 @@ class DatasetLayout:
     def class_dir(self, label: str) -> Path:
         """``Dataset/<label>``; labels only ever come from folder names."""
         return self.sorted / label
+
+    def sorted_class_dirs(self) -> list[Path]:
+        """The real (non-symlink) folders in ``Dataset/``, sorted; none when it does not exist."""
+        try:
+            return sorted(Path(e.path) for e in os.scandir(self.sorted) if e.is_dir(follow_symlinks=False))
+        except OSError:
+            return []
 
 
 def is_dataset(path: Path) -> bool:

@@ -75,10 +75,7 @@ def _placed(entry: Entry, journal: Journal) -> Path | None:
 
 def _folders(layout: DatasetLayout) -> list[Path]:
     """Every folder the mover may have been copying into."""
-    folders = [layout.inbox, layout.review, layout.rejected]
-    if layout.sorted.is_dir():
-        folders += [Path(e.path) for e in os.scandir(layout.sorted) if e.is_dir(follow_symlinks=False)]
-    return folders
+    return [layout.inbox, layout.review, layout.rejected, *layout.sorted_class_dirs()]
 
 
 def recover(journal: Journal, layouts: Sequence[DatasetLayout]) -> Recovered:
