@@ -83,9 +83,7 @@ class Syscalls:
     def copy(self, reader: int, writer: int) -> None:
         """All of ``reader``'s bytes onto ``writer``."""
         while chunk := os.read(reader, _COPY_CHUNK):
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(writer, view) :]
+            self.write(writer, chunk)
 
     def write(self, fd: int, data: bytes) -> None:
         view = memoryview(data)
