@@ -7,6 +7,7 @@ dataset.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,7 @@ from daemon.embedcache import EmbeddingCache
 from daemon.embeddings import Embedder
 from daemon.encoder import Encoder
 from daemon.errors import ClipsortError, ImageRejected
-from daemon.journal import Intent, Journal, Settlement
+from daemon.journal import Intent, Journal, Settlement, State
 from daemon.layout import DatasetLayout
 from daemon.mover import check_inside, place, preview, sync_folders
 from daemon.readiness import Job
@@ -242,6 +243,7 @@ class Delivery:
     decoded: Decoded
     target: Target
 
+    @functools.cached_property
     def placement(self) -> tuple[Path, Path, Status, str | None]:
         """The area (``Dataset/``, ``Review/`` or ``Rejected/``), the folder, the status and why."""
         layout, verdict = self.target.layout, self.verdict
@@ -252,7 +254,7 @@ class Delivery:
         return layout.sorted, layout.class_dir(verdict.label), "sorted", None
 
     def intent(self, model: str) -> Intent:
-        _, folder, status, _ = self.placement()
+        _, folder, status, _ = self.placement
         decision = self.verdict if isinstance(self.verdict, Decision) else None
         return Intent(
             dataset=self.job.dataset,
@@ -286,42 +288,34 @@ def deliver(
     results: list[Result] = []
     if dry_run:
         for item, model in zip(batch, models, strict=True):
-            _, folder, _, _ = item.placement()
+            _, folder, _, _ = item.placement
             results.append(_outcome(item, preview(item.job.path, folder), model, dry_run=True))
         return results
-    entries = (
-        journal.plan([item.intent(model) for item, model in zip(batch, models, strict=True)])
-        if journal
-        else []
-    )
+    entries = journal.plan([item.intent(m) for item, m in zip(batch, models, strict=True)]) if journal else []
     touched: set[Path] = set()
-    settled: list[Settlement] = []
-    for k, (item, model) in enumerate(zip(batch, models, strict=True)):
-        area, folder, status, reason = item.placement()
+    states: list[tuple[State, Path | None, str | None]] = []
+    for item, model in zip(batch, models, strict=True):
+        area, folder, status, reason = item.placement
         try:
             check_inside(item.target.layout.root, area)
             keep = item.target.settings.action == "copy"
             destination = place(item.job.path, folder, boundary=area, keep_source=keep, sync=False)
         except (OSError, ClipsortError) as exc:
             results.append(exc)
-            if entries:
-                settled.append(Settlement(entries[k], "cleared", None, f"not moved: {exc}"))
+            states.append(("cleared", None, f"not moved: {exc}"))
             continue
         touched |= {folder, item.job.path.parent}
         results.append(_outcome(item, destination, model, dry_run=False))
-        if entries:
-            settled.append(
-                Settlement(entries[k], "rejected" if status == "rejected" else "moved", destination, reason)
-            )
+        states.append(("rejected" if status == "rejected" else "moved", destination, reason))
     sync_folders(*sorted(touched))  # before the outcomes are recorded as durable
     if journal is not None:
-        journal.settle(settled)
+        journal.settle([Settlement(entry, *state) for entry, state in zip(entries, states, strict=True)])
     return results
 
 
 def _outcome(item: Delivery, destination: Path, model: str, *, dry_run: bool) -> Outcome:
     """The outcome of one placed file, logged as its canonical line."""
-    _, _, status, reason = item.placement()
+    _, _, status, reason = item.placement
     outcome = Outcome(
         dataset=item.job.dataset,
         source=item.job.path,
