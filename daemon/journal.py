@@ -144,6 +144,12 @@ class Correction:
     created: float
 
 
+def _where(*conditions: tuple[str, object]) -> tuple[str, tuple[object, ...]]:
+    """A WHERE clause of the conditions whose value is given, and its parameters."""
+    given = [(clause, value) for clause, value in conditions if value is not None]
+    return " AND ".join(["1", *(clause for clause, _ in given)]), tuple(value for _, value in given)
+
+
 def _path(value: bytes | None) -> Path | None:
     return None if value is None else Path(os.fsdecode(value))
 
@@ -277,19 +283,11 @@ class Journal:
         last: int | None = None,
     ) -> list[Entry]:
         """Decisions, oldest first, filtered as asked (``last``: only the newest N)."""
-        clauses: list[str] = ["1"]
-        values: list[object] = []
-        if dataset is not None:
-            clauses.append("dataset = ?")
-            values.append(dataset)
-        if since is not None:
-            clauses.append("created >= ?")
-            values.append(since)
+        where, values = _where(("dataset = ?", dataset), ("created >= ?", since))
         if states:
-            clauses.append(f"state IN ({','.join('?' * len(states))})")
-            values.extend(states)
-        found = self._select(" AND ".join(clauses), values, newest=last)
-        return found
+            where += f" AND state IN ({','.join('?' * len(states))})"
+            values += tuple(states)
+        return self._select(where, values, newest=last)
 
     def at(self, path: Path) -> Entry | None:
         """The newest decision that put a file at ``path``."""
@@ -305,7 +303,7 @@ class Journal:
         self, *, dataset: str | None = None, label: str | None = None, since: float | None = None
     ) -> list[Correction]:
         """Corrections, oldest first, filtered as asked."""
-        where, values = self._correction_filter(dataset, label, since)
+        where, values = _where(("dataset = ?", dataset), ("new_label = ?", label), ("created >= ?", since))
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, decision, dataset, sha256, path, old_label, new_label, created"
@@ -321,7 +319,7 @@ class Journal:
         self, *, dataset: str | None = None, label: str | None = None, since: float | None = None
     ) -> int:
         """Delete corrections (the files stay where they are); how many went."""
-        where, values = self._correction_filter(dataset, label, since)
+        where, values = _where(("dataset = ?", dataset), ("new_label = ?", label), ("created >= ?", since))
         with self._transaction() as db:
             self._bump(db)
             return db.execute(f"DELETE FROM corrections WHERE {where}", values).rowcount
@@ -344,18 +342,6 @@ class Journal:
             "INSERT INTO counters VALUES ('corrections', 1)"
             " ON CONFLICT (name) DO UPDATE SET value = value + 1"
         )
-
-    @staticmethod
-    def _correction_filter(
-        dataset: str | None, label: str | None, since: float | None
-    ) -> tuple[str, tuple[object, ...]]:
-        clauses: list[str] = ["1"]
-        values: list[object] = []
-        for clause, value in (("dataset = ?", dataset), ("new_label = ?", label), ("created >= ?", since)):
-            if value is not None:
-                clauses.append(clause)
-                values.append(value)
-        return " AND ".join(clauses), tuple(values)
 
     def _select(self, where: str, values: Sequence[object], newest: int | None = None) -> list[Entry]:
         query = (
