@@ -194,9 +194,10 @@ def evaluate_modes(
     settings = settings_from(config, root=root, model=model)
     layouts = select(settings.root, dataset or [])
     encoder = make_encoder(settings)
-    journal_file = settings.state_path / JOURNAL_DB
     with contextlib.ExitStack() as stack:
-        journal = stack.enter_context(Journal(settings.state_path)) if journal_file.is_file() else None
+        journal = journal_if_any(settings)
+        if journal is not None:
+            stack.enter_context(journal)
         cache = stack.enter_context(EmbeddingCache(settings.state_path / EMBEDDINGS_DB)) if journal else None
         embedder = make_embedder(settings, encoder, cache)
         indexes = []
@@ -316,11 +317,22 @@ def open_journal(settings: Settings, layouts: list[DatasetLayout]) -> Journal:
     return journal
 
 
+def journal_if_any(settings: Settings) -> Journal | None:
+    """The journal, if anything was sorted with this state folder; never creates one."""
+    return Journal(settings.state_path) if (settings.state_path / JOURNAL_DB).is_file() else None
+
+
 def existing_journal(settings: Settings) -> Journal:
-    """The journal, which must already exist (history and undo never create one)."""
-    if not (settings.state_path / JOURNAL_DB).is_file():
+    """The journal, which must already exist (history, undo and corrections never create one)."""
+    journal = journal_if_any(settings)
+    if journal is None:
         raise JournalError(f"no journal in {str(settings.state_path)!r}: nothing has been sorted there yet")
-    return Journal(settings.state_path)
+    return journal
+
+
+def since_time(since: str | None) -> float | None:
+    """A --since value as epoch seconds (None when not given)."""
+    return None if since is None else parse_since(since, time.time())
 
 
 SinceOption = Annotated[
@@ -341,13 +353,8 @@ def history(
 ) -> None:
     """List clipsort's decisions and moves, oldest first, from its journal."""
     settings = settings_from(config, root=root)
-    journal = existing_journal(settings)
-    try:
-        entries = journal.entries(
-            dataset=dataset, since=None if since is None else parse_since(since, time.time())
-        )
-    finally:
-        journal.close()
+    with existing_journal(settings) as journal:
+        entries = journal.entries(dataset=dataset, since=since_time(since))
     if as_json:
         for entry in entries:
             typer.echo(json.dumps(entry.as_dict(), ensure_ascii=False))
@@ -387,18 +394,15 @@ def undo(
     settings = settings_from(config, root=root)
     if sum(x is not None for x in (file, last, since)) > 1:
         raise JournalError("give one of FILE, --last or --since")
-    journal = existing_journal(settings)
-    try:
+    with existing_journal(settings) as journal:
         chosen = choose(
             journal,
             dataset=dataset,
             last=1 if file is None and last is None and since is None else last,
-            since=None if since is None else parse_since(since, time.time()),
+            since=since_time(since),
             file=file,
         )
         results = [undo_entry(entry, journal, settings.root, to) for entry in chosen]
-    finally:
-        journal.close()
     for result in results:
         where = "" if result.path is None else f" -> {result.path}"
         typer.echo(f"{result.entry.destination}{where}: {result.note}")
@@ -429,9 +433,7 @@ def corrections_list(
     """List the corrections in the journal, oldest first."""
     settings = settings_from(config, root=root)
     with existing_journal(settings) as journal:
-        found = journal.corrections(
-            dataset=dataset, label=label, since=None if since is None else parse_since(since, time.time())
-        )
+        found = journal.corrections(dataset=dataset, label=label, since=since_time(since))
     if as_json:
         for item in found:
             typer.echo(json.dumps(dataclasses.asdict(item) | {"path": str(item.path)}, ensure_ascii=False))
@@ -460,9 +462,7 @@ def corrections_forget(
         raise JournalError("say which corrections to forget: --dataset, --class, --since, or --all")
     settings = settings_from(config, root=root)
     with existing_journal(settings) as journal:
-        count = journal.forget(
-            dataset=dataset, label=label, since=None if since is None else parse_since(since, time.time())
-        )
+        count = journal.forget(dataset=dataset, label=label, since=since_time(since))
     typer.echo(f"forgot {count} correction{'' if count == 1 else 's'}")
 
 
