@@ -64,7 +64,7 @@ def leave_one_out(index: ClassIndex, betas: tuple[float, ...] = BETAS) -> LeaveO
     classes = len(index.classes)
     similarity = queries @ index.reference_vectors.T
     own = (np.arange(len(rows)), rows)
-    weights = index.weights()
+    weights = index.reference_weights
     counts = np.bincount(index.reference_labels, weights=weights, minlength=classes).astype(np.float32)
     others = np.tile(counts, (len(rows), 1))
     others[np.arange(len(rows)), truth] -= weights[rows]  # each sample's own class loses its own weight

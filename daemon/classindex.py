@@ -39,25 +39,16 @@ class ClassIndex:
     reference_vectors: Vectors
     reference_labels: Labels
     reference_paths: tuple[Path, ...]
-    # Corrected examples (see daemon.corrections) follow the reference images;
-    # None means every row is a reference image of weight 1.
-    reference_weights: npt.NDArray[np.float32] | None = None
-    corrected: npt.NDArray[np.bool_] | None = None
+    # Corrected examples (see daemon.corrections) follow the reference images.
+    reference_weights: npt.NDArray[np.float32]  # each row's weight in its class's average
+    corrected: npt.NDArray[np.bool_]  # which rows are corrected examples
 
     def reference_counts(self) -> npt.NDArray[np.int64]:
         """How many references each class has, in class order."""
         return np.bincount(self.reference_labels, minlength=len(self.classes)).astype(np.int64)
 
-    def weights(self) -> npt.NDArray[np.float32]:
-        """Each reference row's weight in its class's average."""
-        if self.reference_weights is None:
-            return np.ones(len(self.reference_labels), dtype=np.float32)
-        return self.reference_weights
-
     def correction_counts(self) -> dict[str, int]:
         """Corrected examples in use per class (classes without any left out)."""
-        if self.corrected is None:
-            return {}
         counts = np.bincount(self.reference_labels[self.corrected], minlength=len(self.classes))
         return {name: int(n) for name, n in zip(self.classes, counts, strict=True) if n}
 

@@ -100,8 +100,8 @@ def subset(index: ClassIndex, keep: npt.NDArray[np.bool_]) -> ClassIndex:
         reference_vectors=index.reference_vectors[keep],
         reference_labels=index.reference_labels[keep],
         reference_paths=tuple(p for p, k in zip(index.reference_paths, keep, strict=True) if k),
-        reference_weights=None if index.reference_weights is None else index.reference_weights[keep],
-        corrected=None if index.corrected is None else index.corrected[keep],
+        reference_weights=index.reference_weights[keep],
+        corrected=index.corrected[keep],
     )
 
 
@@ -142,9 +142,8 @@ def evaluate(
     alone and once with the references and every *other* correction, so
     the report shows what the corrections changed.
     """
-    learned = index.corrected if index.corrected is not None else np.zeros(len(index.reference_labels), bool)
-    effect = corrections_effect(index, learned, settings, logit_scale, modes)
-    index = subset(index, ~learned)
+    effect = corrections_effect(index, settings, logit_scale, modes)
+    index = subset(index, ~index.corrected)
     if len(index.reference_labels) < 2:
         raise NoClassesError(
             f"dataset {index.dataset!r} needs reference images in Clases/<class>/ to be evaluated"
@@ -187,7 +186,6 @@ def evaluate(
 
 def corrections_effect(
     index: ClassIndex,
-    learned: npt.NDArray[np.bool_],
     settings: DatasetSettings,
     logit_scale: float,
     modes: Sequence[str],
@@ -197,18 +195,18 @@ def corrections_effect(
     "with" is leave-one-out: each example is classified by an index holding
     the references and every other corrected example.
     """
-    rows = np.flatnonzero(learned)
+    rows = np.flatnonzero(index.corrected)
     if not len(rows):
         return {}
     truth = index.reference_labels[rows]
     queries = index.reference_vectors[rows]
-    plain = subset(index, ~learned)
+    plain = subset(index, ~index.corrected)
     effect = {}
     for mode in (m for m in modes if m != "text"):
         without = np.argmax(classifier_for(mode, plain, settings, logit_scale).scores(queries, plain), axis=1)
         hits = 0
         for row, vector, label in zip(rows, queries, truth, strict=True):
-            keep = np.ones(len(learned), dtype=np.bool_)
+            keep = np.ones(len(index.corrected), dtype=np.bool_)
             keep[row] = False
             others = subset(index, keep)
             scores = classifier_for(mode, others, settings, logit_scale).scores(vector[np.newaxis], others)

@@ -25,6 +25,8 @@ def index(refs: np.ndarray, labels: list[int], text: np.ndarray) -> ClassIndex:
         reference_vectors=refs,
         reference_labels=np.asarray(labels, dtype=np.int64),
         reference_paths=tuple(Path(f"r{k}") for k in range(len(labels))),
+        reference_weights=np.ones(len(labels), dtype=np.float32),
+        corrected=np.zeros(len(labels), dtype=np.bool_),
     )
 
 

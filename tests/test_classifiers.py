@@ -32,6 +32,8 @@ INDEX = ClassIndex(
     reference_vectors=unit([1, 0], [-1, 0], [0.8, 0.6], [0.6, 0.8]),
     reference_labels=np.array([0, 0, 1, 1]),
     reference_paths=tuple(Path(f"r{k}") for k in range(4)),
+    reference_weights=np.ones(4, dtype=np.float32),
+    corrected=np.zeros(4, dtype=np.bool_),
 )
 QUERY = unit([1, 0])
 
@@ -107,6 +109,8 @@ def test_reference_mode_needs_references() -> None:
         reference_vectors=np.zeros((0, 2), dtype=np.float32),
         reference_labels=np.zeros(0, dtype=np.int64),
         reference_paths=(),
+        reference_weights=np.zeros(0, dtype=np.float32),
+        corrected=np.zeros(0, dtype=np.bool_),
     )
     with pytest.raises(NoClassesError, match="no reference images"):
         ReferenceClassifier().check(empty)

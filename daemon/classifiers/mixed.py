@@ -67,6 +67,6 @@ class MixedClassifier:
             affinity(vectors @ index.reference_vectors.T, self.beta),
             index.reference_labels,
             len(index.classes),
-            index.weights(),
+            index.reference_weights,
         )
         return text + self.alpha * cache

@@ -39,7 +39,9 @@ class ReferenceClassifier:
     def scores(self, vectors: Vectors, index: ClassIndex) -> Scores:
         similarity = vectors @ index.reference_vectors.T
         if self.aggregate == "avg":
-            means = class_means(similarity, index.reference_labels, len(index.classes), index.weights())
+            means = class_means(
+                similarity, index.reference_labels, len(index.classes), index.reference_weights
+            )
             present = index.reference_counts() > 0
             return np.where(present, means, -np.inf).astype(np.float32)
         # max: a corrected example is one more reference; its weight only matters to averages.
