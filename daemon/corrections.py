@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +31,7 @@ from daemon.config import Settings
 from daemon.embeddings import Embedder
 from daemon.journal import Correction, Journal
 from daemon.layout import DatasetLayout
+from daemon.mover import is_candidate
 from daemon.readiness import Signature
 from daemon.scanner import is_ignored, scan
 
@@ -48,6 +48,15 @@ def filed_under(layout: DatasetLayout, path: Path) -> tuple[str, bool] | None:
     return None
 
 
+def _in_flight(path: Path, journal: Journal) -> bool:
+    """A move of clipsort's own that put ``path`` there, its outcome not journalled yet.
+
+    Every file clipsort moves into a class folder is an arrival too; it is
+    recognised by name from the batch's intents, so it is never read again.
+    """
+    return any(is_candidate(path.name, e.intent.source.name) for e in journal.planned_into(path.parent))
+
+
 def observe(
     path: Path, layout: DatasetLayout, journal: Journal, embedder: Embedder, settings: Settings
 ) -> Correction | None:
@@ -56,7 +65,7 @@ def observe(
     if filed is None or embedder.cache is None or is_ignored(path.name, settings.ignore_patterns):
         return None
     label, reference = filed
-    if journal.at(path) is not None or Signature.of(path) is None:
+    if journal.at(path) is not None or _in_flight(path, journal) or Signature.of(path) is None:
         return None  # clipsort put it there itself (or it is gone, or not a regular file)
     try:
         digest = embedder.cache.file_key(path)
@@ -67,7 +76,7 @@ def observe(
         if reference or not settings.learn_from_dataset:
             return None  # the person's own picture, not an answer to a decision
     elif entry.state == "planned":
-        return None  # clipsort's own move, its outcome not yet written
+        return None  # the same bytes in flight to another folder: not a person's answer
     elif entry.state == "moved" and entry.intent.placement == "sorted" and entry.intent.label == label:
         return None  # renamed or copied within the class clipsort chose
     found = journal.correct(entry, layout.name, digest, path, label)
@@ -115,12 +124,6 @@ def examples(
     ]
 
 
-# Every file clipsort itself moves into a class folder is an arrival too. Its
-# outcome is journalled one commit after the batch's moves; looked at a moment
-# later, it is recognised from the journal by path alone, without reading the file.
-SETTLE = 0.5
-
-
 class Learner:
     """The daemon's thread that turns arrivals in class folders into corrections."""
 
@@ -131,21 +134,21 @@ class Learner:
         self.embedder = embedder
         self._journal = journal
         self._on_corrected = on_corrected
-        self._arrivals: queue.Queue[tuple[float, str, Path | None]] = queue.Queue(maxsize=10_000)
+        self._arrivals: queue.Queue[tuple[str, Path | None]] = queue.Queue(maxsize=10_000)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="clipsort-learner", daemon=True)
 
     def offer(self, dataset: str, path: Path) -> None:
         """A file arrived in a class folder (watchdog threads); never blocks."""
         try:
-            self._arrivals.put_nowait((time.monotonic() + SETTLE, dataset, path))
+            self._arrivals.put_nowait((dataset, path))
         except queue.Full:
             log.warning("learner_full", file=str(path))
 
     def scan(self, dataset: str) -> None:
         """Look at every file in ``Dataset/<class>/``: arrivals before the watch or while down."""
         try:
-            self._arrivals.put_nowait((time.monotonic() + SETTLE, dataset, None))
+            self._arrivals.put_nowait((dataset, None))
         except queue.Full:
             log.warning("learner_full", dataset=dataset)
 
@@ -160,10 +163,9 @@ class Learner:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                due, dataset, path = self._arrivals.get(timeout=0.2)
+                dataset, path = self._arrivals.get(timeout=0.2)
             except queue.Empty:
                 continue
-            self._stop.wait(max(0.0, due - time.monotonic()))
             layout = DatasetLayout(self.settings.root / dataset)
             paths = [path] if path is not None else list(scan(layout.sorted, self.settings.ignore_patterns))
             try:

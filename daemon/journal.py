@@ -294,6 +294,10 @@ class Journal:
         found = self._select("destination = ?", (os.fsencode(path),), newest=1)
         return found[0] if found else None
 
+    def planned_into(self, folder: Path) -> list[Entry]:
+        """Moves into ``folder`` whose outcome is not written yet (in flight, or cut off by a crash)."""
+        return self._select("state = 'planned' AND folder = ?", (os.fsencode(folder),))
+
     def latest(self, dataset: str, sha256: str) -> Entry | None:
         """The newest decision about a file with these bytes in ``dataset``."""
         found = self._select("dataset = ? AND sha256 = ?", (dataset, sha256), newest=1)

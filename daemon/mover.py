@@ -169,6 +169,14 @@ def candidate_name(name: str, attempt: int) -> str:
     return stem + tail
 
 
+def is_candidate(name: str, original: str) -> bool:
+    """Whether :func:`place` could have given a file called ``original`` the name ``name``."""
+    if name == original:
+        return True
+    match = re.search(r"_(\d+)(\.[^.]*)?$", name)
+    return match is not None and candidate_name(original, int(match.group(1))) == name
+
+
 def check_inside(boundary: Path, folder: Path) -> None:
     """Refuse a destination that resolves outside ``boundary`` (e.g. via a symlink)."""
     if not folder.resolve().is_relative_to(boundary.resolve()):

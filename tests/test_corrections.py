@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,25 @@ def test_clipsorts_own_files_and_unknown_files_are_not_corrections(world: World)
     assert journal.corrections() == []
     learning = settings.model_copy(update={"learn_from_dataset": True})
     assert observe(stranger, layout, journal, embedder, learning) is not None
+
+
+def test_clipsorts_move_in_flight_is_recognised_without_reading_the_file(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An arrival matching a journalled intent into its folder is clipsort's own, told by name alone."""
+    layout, settings, journal, embedder = world
+    [entry] = journal.entries(last=1)
+    blue = layout.class_dir("blue")
+    blue.mkdir(exist_ok=True)
+    journal.plan([replace(entry.intent, source=layout.inbox / "new.png", folder=blue)])
+    save(draw(np.random.default_rng(3), "blue", "circle"), blue / "new_1.png")
+    assert embedder.cache is not None
+
+    def unread(path: Path) -> str:
+        raise AssertionError(f"{path} was read")
+
+    monkeypatch.setattr(embedder.cache, "file_key", unread)
+    assert observe(blue / "new_1.png", layout, journal, embedder, settings) is None
 
 
 def test_a_review_file_dragged_into_clases_is_journalled_but_not_doubled(world: World) -> None:

@@ -257,3 +257,14 @@ def test_temporaries_of_an_interrupted_copy_are_removed(tmp_path: Path) -> None:
     removed = mover.remove_temporaries(tmp_path)
     assert len(removed) == 1
     assert tree(tmp_path) == {".": [".clipsort-notes.tmp", "a.jpg"]}
+
+
+def test_a_placed_name_is_recognised_as_coming_from_its_original() -> None:
+    """is_candidate accepts exactly the names candidate_name can produce."""
+    long = "é" * 125 + ".jpg"
+    for original in ("a.jpg", "noext", ".hidden", "a.tar.gz", long):
+        for attempt in (0, 1, 7, 120):
+            assert mover.is_candidate(candidate_name(original, attempt), original)
+    assert not mover.is_candidate("b.jpg", "a.jpg")
+    assert not mover.is_candidate("a_1.png", "a.jpg")
+    assert not mover.is_candidate("a_x.jpg", "a.jpg")
