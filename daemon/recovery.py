@@ -13,9 +13,10 @@ What a ``kill -9`` or power cut can leave, and what is done about it:
   cross-device copy cut off before its ``unlink``) that second copy is
   removed, so no file is in ``Images/`` and ``Dataset/`` at once.
 
-A file in the destination counts as this intent's only if it has the same
-size and content hash and no other journal entry claims it: a picture
-dropped twice is two files, and stays two files.
+A file in the destination counts as this intent's only if it bears a name
+the mover could have given it, has the same size and content hash, and no
+other journal entry claims it: a picture dropped twice is two files, and
+stays two files.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import structlog
 from daemon.embedcache import content_hash
 from daemon.journal import Entry, Journal, Settlement
 from daemon.layout import DatasetLayout
-from daemon.mover import drop_second_copy, remove_temporaries
+from daemon.mover import drop_second_copy, is_candidate, remove_temporaries
 
 log = structlog.get_logger()
 
@@ -66,7 +67,8 @@ def _placed(entry: Entry, journal: Journal) -> Path | None:
         return None
     for name in names:
         path = entry.intent.folder / name
-        if holds(path, entry):
+        # Only names place() could have given it are read: a class folder may hold thousands.
+        if is_candidate(name, entry.intent.source.name) and holds(path, entry):
             owner = journal.at(path)
             if owner is None or owner.id == entry.id:
                 return path
