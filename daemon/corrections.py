@@ -65,8 +65,13 @@ def observe(
     if filed is None or embedder.cache is None or is_ignored(path.name, settings.ignore_patterns):
         return None
     label, reference = filed
-    if journal.at(path) is not None or _in_flight(path, journal) or Signature.of(path) is None:
-        return None  # clipsort put it there itself (or it is gone, or not a regular file)
+    if journal.at(path) is not None or _in_flight(path, journal):
+        return None  # clipsort put it there itself
+    signature = Signature.of(path)
+    if signature is None:
+        return None  # gone, or not a regular file
+    if not (settings.learn_from_dataset or journal.decided_size(layout.name, signature.size)):
+        return None  # no decision was about a file this size: not read (the start-up scan meets many)
     try:
         digest = embedder.cache.file_key(path)
     except OSError:

@@ -56,6 +56,7 @@ CREATE INDEX IF NOT EXISTS decisions_state ON decisions (state);
 CREATE INDEX IF NOT EXISTS decisions_created ON decisions (created);
 CREATE INDEX IF NOT EXISTS decisions_destination ON decisions (destination);
 CREATE INDEX IF NOT EXISTS decisions_sha256 ON decisions (sha256);
+CREATE INDEX IF NOT EXISTS decisions_size ON decisions (dataset, size);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS corrections (
     id INTEGER PRIMARY KEY,
@@ -297,6 +298,14 @@ class Journal:
     def planned_into(self, folder: Path) -> list[Entry]:
         """Moves into ``folder`` whose outcome is not written yet (in flight, or cut off by a crash)."""
         return self._select("state = 'planned' AND folder = ?", (os.fsencode(folder),))
+
+    def decided_size(self, dataset: str, size: int) -> bool:
+        """Whether any decision in ``dataset`` was about a file of ``size`` bytes (a cheap pre-check)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT 1 FROM decisions WHERE dataset = ? AND size = ? LIMIT 1", (dataset, size)
+            ).fetchall()
+        return bool(rows)
 
     def latest(self, dataset: str, sha256: str) -> Entry | None:
         """The newest decision about a file with these bytes in ``dataset``."""

@@ -104,6 +104,20 @@ def test_clipsorts_move_in_flight_is_recognised_without_reading_the_file(
     assert observe(blue / "new_1.png", layout, journal, embedder, settings) is None
 
 
+def test_a_file_of_a_size_no_decision_had_is_not_read(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The start-up scan meets every sorted file: those no decision could match are skipped unread."""
+    layout, settings, journal, embedder = world
+    stranger = layout.class_dir("red") / "mine.bin"
+    stranger.write_bytes(b"x" * 12345)
+    assert embedder.cache is not None
+
+    def unread(path: Path) -> str:
+        raise AssertionError(f"{path} was read")
+
+    monkeypatch.setattr(embedder.cache, "file_key", unread)
+    assert observe(stranger, layout, journal, embedder, settings) is None
+
+
 def test_a_review_file_dragged_into_clases_is_journalled_but_not_doubled(world: World) -> None:
     """It becomes a reference image; it is not also a corrected example."""
     layout, settings, journal, embedder = world
