@@ -253,22 +253,24 @@ def preview(source: Path, folder: Path) -> Path:
     raise FileExistsError(errno.EEXIST, f"no free name for {source.name!r} in {str(folder)!r}")
 
 
-def place(
-    source: Path,
-    folder: Path,
-    *,
-    boundary: Path,
-    keep_source: bool = False,
-    name: str = "",
-    sync: bool = True,
-) -> Path:
-    """Move (or with ``keep_source``, copy) ``source`` into ``folder``; return its new path.
+def place(source: Path, folder: Path, *, boundary: Path, keep_source: bool = False, name: str = "") -> Path:
+    """Move (or with ``keep_source``, copy) ``source`` into ``folder`` inside ``boundary``; its new path.
 
     The file keeps its name unless ``name`` gives another; a taken name gets a number.
-    ``sync=False`` leaves fsyncing both folders to the caller (:func:`sync_folders`),
-    which can then sync each folder once for a whole batch.
     """
     ensure_dir(folder, boundary)
+    target = move_into(source, folder, keep_source=keep_source, name=name)
+    if not keep_source:
+        sync_folders(folder, source.parent)
+    return target
+
+
+def move_into(source: Path, folder: Path, *, keep_source: bool = False, name: str = "") -> Path:
+    """:func:`place` into a folder already made and checked by :func:`ensure_dir`, without the folder fsyncs.
+
+    For batches: the caller checks each folder once and fsyncs each once
+    (:func:`sync_folders`) before recording the moves as done.
+    """
     name = name or source.name
     if keep_source:
         return _copy_into(source, folder, name)
@@ -283,8 +285,6 @@ def place(
         except BaseException:
             _take_back(target)
             raise
-    if sync:
-        sync_folders(folder, source.parent)
     return target
 
 

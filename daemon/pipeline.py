@@ -31,7 +31,7 @@ from daemon.encoder import Encoder
 from daemon.errors import ClipsortError, ImageRejected
 from daemon.journal import Intent, Journal, Settlement, State
 from daemon.layout import DatasetLayout
-from daemon.mover import check_inside, place, preview, sync_folders
+from daemon.mover import check_inside, ensure_dir, move_into, preview, sync_folders
 from daemon.readiness import Job
 from daemon.review import ReviewPolicy
 
@@ -293,13 +293,17 @@ def deliver(
         return results
     entries = journal.plan([item.intent(m) for item, m in zip(batch, models, strict=True)]) if journal else []
     touched: set[Path] = set()
+    prepared: dict[Path, OSError | ClipsortError | None] = {}  # each folder is made and checked once
     states: list[tuple[State, Path | None, str | None]] = []
     for item, model in zip(batch, models, strict=True):
         area, folder, status, reason = item.placement
+        if folder not in prepared:
+            prepared[folder] = _prepare(folder, area, item.target.layout.root)
         try:
-            check_inside(item.target.layout.root, area)
+            if (failure := prepared[folder]) is not None:
+                raise failure
             keep = item.target.settings.action == "copy"
-            destination = place(item.job.path, folder, boundary=area, keep_source=keep, sync=False)
+            destination = move_into(item.job.path, folder, keep_source=keep)
         except (OSError, ClipsortError) as exc:
             results.append(exc)
             states.append(("cleared", None, f"not moved: {exc}"))
@@ -311,6 +315,16 @@ def deliver(
     if journal is not None:
         journal.settle([Settlement(entry, *state) for entry, state in zip(entries, states, strict=True)])
     return results
+
+
+def _prepare(folder: Path, area: Path, root: Path) -> OSError | ClipsortError | None:
+    """Make ``folder`` inside ``area`` inside the dataset ``root``; why not, if it cannot be."""
+    try:
+        check_inside(root, area)
+        ensure_dir(folder, area)
+    except (OSError, ClipsortError) as exc:
+        return exc
+    return None
 
 
 def _outcome(item: Delivery, destination: Path, model: str, *, dry_run: bool) -> Outcome:

@@ -13,8 +13,19 @@ from daemon.classifiers import Decision
 from daemon.config import load_settings
 from daemon.encoder import Encoder
 from daemon.errors import ImageRejected
+from daemon.journal import Journal
 from daemon.layout import DatasetLayout
-from daemon.pipeline import Decoded, classify, classify_with_fallback, collect, start_decoding
+from daemon.mover import UnsafeDestination
+from daemon.pipeline import (
+    Decoded,
+    Delivery,
+    Outcome,
+    classify,
+    classify_with_fallback,
+    collect,
+    deliver,
+    start_decoding,
+)
 from daemon.sorter import job_for
 from tests.synthetic import make_dataset
 
@@ -132,3 +143,34 @@ def test_a_file_that_fails_everywhere_is_marked_for_retry(
     verdicts = classify_with_fallback(jobs, pictures, targets, encoder)
     assert verdicts[3] is None
     assert all(isinstance(v, Decision) for k, v in enumerate(verdicts) if k != 3)
+
+
+def test_a_class_folder_linked_out_of_the_dataset_is_never_written_through(
+    batch,
+    encoder: Encoder,
+    data_root: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """Every file bound for it stays in the inbox with the reason; the others of the batch are placed."""
+    jobs, pictures, targets, _ = batch
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    sorted_dir = data_root / "rgb" / "Dataset"
+    sorted_dir.mkdir()
+    (sorted_dir / "red").symlink_to(outside)
+    verdicts = classify(jobs, pictures, targets, encoder)
+    items = [
+        Delivery(job, verdict, Decoded(picture, "0" * 64, 1), targets["rgb"])
+        for job, verdict, picture in zip(jobs, verdicts, pictures, strict=True)
+    ]
+    state = data_root / ".clipsort"
+    state.mkdir()
+    with Journal(state) as journal:
+        results = deliver(items, encoder=encoder, journal=journal, dry_run=False)
+        states = [entry.state for entry in journal.entries()]
+    refused = [k for k, result in enumerate(results) if isinstance(result, UnsafeDestination)]
+    assert refused and all(isinstance(verdicts[k], Decision) and verdicts[k].label == "red" for k in refused)
+    assert all(jobs[k].path.exists() for k in refused)
+    assert list(outside.iterdir()) == []
+    assert all(isinstance(r, Outcome) for k, r in enumerate(results) if k not in refused)
+    assert sorted(states) == sorted(["cleared"] * len(refused) + ["moved"] * (len(jobs) - len(refused)))
