@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,10 @@ def picture_bytes(tmp: Path, color: str, seed: int, name: str) -> bytes:
     data = path.read_bytes()
     path.unlink()
     return data
+
+
+def drop(inbox: Path, name: str, data: bytes) -> None:
+    """Write under a temporary name and rename into the inbox, as uploaders do."""
+    temporary = inbox / f".drop-{uuid.uuid4().hex}.part"
+    temporary.write_bytes(data)
+    os.rename(temporary, inbox / name)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from daemon.cli import app
 from daemon.journal import Journal
-from tests.daemonproc import Daemon, picture_bytes, start
+from tests.daemonproc import Daemon, drop, picture_bytes, start
 from tests.synthetic import make_dataset
 from tests.waiting import wait_until
 
@@ -21,8 +21,7 @@ def drop_blue(dataset: Path, staging: Path, seeds: range) -> list[str]:
     names = []
     for seed in seeds:
         name = f"blue{seed}.png"
-        (dataset / "Images" / f".{name}").write_bytes(picture_bytes(staging, "blue", seed, "b.png"))
-        os.rename(dataset / "Images" / f".{name}", dataset / "Images" / name)
+        drop(dataset / "Images", name, picture_bytes(staging, "blue", seed, "b.png"))
         names.append(name)
     return names
 
@@ -78,8 +77,7 @@ def test_moving_wrongly_sorted_files_teaches_the_running_daemon(
     still_red = sorted((dataset / "Dataset" / "red").glob("*.png"))
     still_red[0].unlink()  # deleted: not a correction
     shutil.move(still_red[1], staging / still_red[1].name)  # moved out of the data root: not one either
-    (dataset / "Images" / ".x.png").write_bytes(picture_bytes(staging, "red", 1, "r.png"))
-    os.rename(dataset / "Images" / ".x.png", dataset / "Images" / "x.png")
+    drop(dataset / "Images", "x.png", picture_bytes(staging, "red", 1, "r.png"))
     wait_until((dataset / "Dataset" / "red" / "x.png").exists, timeout=30)  # events after those are handled
     assert Journal(daemon.state).corrections() == []
     assert daemon.stop() == 0

@@ -8,7 +8,6 @@ import random
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from PIL import Image
 
 from daemon.journal import Journal
-from tests.daemonproc import Daemon, picture_bytes, sha, sorted_files, start
+from tests.daemonproc import Daemon, drop, picture_bytes, sha, sorted_files, start
 from tests.synthetic import draw, make_dataset, save
 from tests.waiting import wait_until
 
@@ -32,13 +31,6 @@ def placed_hashes(dataset: Path) -> list[str]:
         for path in (dataset / area).rglob("*")
         if path.is_file()
     ]
-
-
-def drop(inbox: Path, name: str, data: bytes) -> None:
-    """Write under a temporary name and rename into the inbox, as uploaders do."""
-    temporary = inbox / f".drop-{uuid.uuid4().hex}.part"
-    temporary.write_bytes(data)
-    os.rename(temporary, inbox / name)
 
 
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
