@@ -123,6 +123,27 @@ def test_native_close_write_is_marked_closed(tmp_path: Path) -> None:
         wait_until(lambda: sink.hinted("c.jpg", kind="closed"), timeout=10)
 
 
+def test_reads_and_each_write_are_not_reported(tmp_path: Path) -> None:
+    """A file written in many chunks, then read twice, costs two hints: created and closed."""
+    sink = Sink()
+    layout = inbox(tmp_path)
+    (layout.sorted / "red").mkdir(parents=True)
+    kept = layout.sorted / "red" / "kept.jpg"
+    kept.write_bytes(b"k")
+    with native(tmp_path, sink, layout):
+        with (layout.inbox / "chunked.jpg").open("wb", buffering=0) as upload:
+            for _ in range(50):
+                upload.write(b"x" * 100)
+        for _ in range(2):
+            (layout.inbox / "chunked.jpg").read_bytes()
+            kept.read_bytes()
+        (layout.inbox / "last.jpg").write_bytes(b"y")  # events arrive in order: this one comes last
+        wait_until(lambda: sink.hinted("last.jpg", kind="closed"), timeout=10)
+    with sink.lock:
+        assert sorted(h.kind for h in sink.hints if h.path.name == "chunked.jpg") == ["closed", "written"]
+        assert sink.placed_files == []  # reading a sorted file is not an arrival
+
+
 def test_a_failing_sink_does_not_kill_the_observer(tmp_path: Path) -> None:
     """An exception inside a handler is caught, so later events still arrive."""
     layout = inbox(tmp_path)
