@@ -9,8 +9,9 @@ if [ -d .whl ]; then
     export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+OUT="${OUT:-bench/results}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, 'on', torch.cuda.get_device_name())"
-exec python3 -m bench.throughput --device cuda --batch-size 256 --decode-workers 16 \
-    --counts "${COUNTS:-64,256,4096}" --model-only 8192 --singles 20 --rss 1000,10000 \
-    --out "${OUT:-bench/results}/throughput-gpu.json"
+python3 -m bench.throughput --device cuda --batch-size 256 --decode-workers 16 \
+    --counts "${COUNTS:-64,256,8192}" --model-only 8192 --singles 20 --rss 1000,10000 \
+    --out "$OUT/throughput-gpu.json"

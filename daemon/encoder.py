@@ -140,7 +140,7 @@ class ImageTower:
         side = self.size
         batch = np.empty((len(images), side, side, 3), dtype=np.uint8)
         for row, image in enumerate(images):
-            rgb = image.convert("RGB")
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
             short, long = min(rgb.size), max(rgb.size)
             if short != side:
                 scaled = (side, int(side * long / short))

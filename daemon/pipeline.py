@@ -8,10 +8,7 @@ dataset.
 from __future__ import annotations
 
 import functools
-import hashlib
-import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,8 +22,8 @@ from daemon.classifiers import Classifier, Decision, decide
 from daemon.classifiers.finetuned import FinetunedClassifier
 from daemon.classindex import ClassIndex
 from daemon.config import DatasetSettings
+from daemon.decoding import Decoded, Picture
 from daemon.embedcache import EmbeddingCache
-from daemon.embeddings import Embedder
 from daemon.encoder import Encoder
 from daemon.errors import ClipsortError, ImageRejected
 from daemon.journal import Intent, Journal, Settlement, State
@@ -94,51 +91,6 @@ class Outcome:
         if self.reason is not None:
             data["reason"] = self.reason
         return data | dict(self.extra)
-
-
-Picture = Image.Image | ImageRejected
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """A file read once: its picture (or why there is none) and what identifies its bytes."""
-
-    picture: Picture
-    sha256: str = ""  # empty when the file could not be read at all
-    size: int = 0
-
-
-def _decode(embedder: Embedder, path: Path) -> Decoded:
-    try:
-        data = embedder.limits.read(path)
-    except ImageRejected as exc:
-        return Decoded(exc)
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        return Decoded(embedder.decode_bytes(data), digest, len(data))
-    except ImageRejected as exc:
-        return Decoded(exc, digest, len(data))
-
-
-def start_decoding(jobs: Sequence[Job], embedder: Embedder, pool: Executor) -> list[Future[Decoded]]:
-    """Decode in the pool, so the next batch decodes while the model runs this one."""
-    return [pool.submit(_decode, embedder, job.path) for job in jobs]
-
-
-def collect(futures: Sequence[Future[Decoded]], timeout: float) -> list[Decoded]:
-    """The decoded files; one still decoding after ``timeout`` seconds is rejected.
-
-    Its thread cannot be interrupted and finishes on its own (the pixel and
-    size caps bound how long); the file no longer waits for it.
-    """
-    deadline = time.monotonic() + timeout
-    decoded = []
-    for future in futures:
-        try:
-            decoded.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
-        except TimeoutError:
-            decoded.append(Decoded(ImageRejected(f"decoding took longer than {timeout:g} s")))
-    return decoded
 
 
 def classify(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +15,12 @@ import structlog
 
 from daemon.catalog import make_target
 from daemon.config import Settings
+from daemon.decoding import DecodePool, collect
 from daemon.embeddings import Embedder
 from daemon.errors import NoClassesError
 from daemon.journal import Journal
 from daemon.layout import DatasetLayout
-from daemon.pipeline import Delivery, Outcome, Target, classify, collect, deliver, start_decoding
+from daemon.pipeline import Delivery, Outcome, Target, classify, deliver
 from daemon.readiness import Job, Signature
 from daemon.scanner import scan
 
@@ -82,12 +82,13 @@ def run(
         for item in work
         for start in range(0, len(item.files), size)
     ]
-    with ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode") as pool:
-        upcoming = start_decoding(batches[0][1], embedder, pool) if batches else []
+    side = embedder.encoder.image_size
+    with DecodePool(embedder.limits, settings.decode_workers) as pool:
+        upcoming = pool.start([job.path for job in batches[0][1]], side) if batches else []
         for k, (target, jobs) in enumerate(batches):
             current = upcoming
             if k + 1 < len(batches):
-                upcoming = start_decoding(batches[k + 1][1], embedder, pool)
+                upcoming = pool.start([job.path for job in batches[k + 1][1]], side)
             decoded = collect(current, settings.decode_timeout_seconds)
             targets = {target.layout.name: target}
             verdicts = classify(

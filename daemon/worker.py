@@ -16,28 +16,20 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import structlog
 
 from daemon.catalog import Catalog
 from daemon.config import Settings
+from daemon.decoding import Decoded, DecodePool, collect
 from daemon.embeddings import Embedder
 from daemon.errors import ImageIncomplete
 from daemon.intake import Intake
 from daemon.journal import Journal
 from daemon.metrics import Metrics
-from daemon.pipeline import (
-    Decoded,
-    Delivery,
-    Outcome,
-    Result,
-    classify_with_fallback,
-    collect,
-    deliver,
-    start_decoding,
-)
+from daemon.pipeline import Delivery, Outcome, Result, classify_with_fallback, deliver
 from daemon.readiness import Job, age, is_unchanged
 from daemon.workqueue import FairQueue
 
@@ -75,7 +67,7 @@ class Worker:
         self._work = work
         self._metrics = metrics
         self._journal = journal
-        self._pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="clipsort-decode")
+        self._pool = DecodePool(embedder.limits, settings.decode_workers)
         self._stop = threading.Event()
         self._swap: Embedder | None = None
         self._retries: dict[str, tuple[float, float]] = {}  # cause -> (delay, when it last doubled)
@@ -92,7 +84,7 @@ class Worker:
         """Finish the batch in flight, hand back the prefetched one; True if it ended in time."""
         self._stop.set()
         self.thread.join(timeout)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.close(wait=False)
         return not self.thread.is_alive()
 
     def replace_embedder(self, embedder: Embedder) -> None:
@@ -110,10 +102,7 @@ class Worker:
                     wait=0.0 if upcoming else IDLE_WAIT,
                     linger=0.0 if upcoming else self.settings.max_batch_delay_ms / 1000,
                 )
-                current, upcoming = (
-                    upcoming,
-                    (_Batch(jobs, start_decoding(jobs, self.embedder, self._pool)) if jobs else None),
-                )
+                current, upcoming = upcoming, (self._decode(jobs) if jobs else None)
                 if current is not None:
                     self._process(current)
             except Exception as exc:  # never let the worker die: systemd's watchdog would restart us
@@ -123,6 +112,10 @@ class Worker:
         if upcoming is not None:  # decoded but not classified: it stays in the inbox
             for job in upcoming.jobs:
                 self._intake.release(job.path)
+
+    def _decode(self, jobs: list[Job]) -> _Batch:
+        side = self.embedder.encoder.image_size
+        return _Batch(jobs, self._pool.start([job.path for job in jobs], side))
 
     def _maintain(self) -> None:
         if self._swap is not None:

@@ -1,9 +1,8 @@
-"""Tests for daemon.pipeline: decoding with limits, classification that survives inference failures."""
+"""Tests for daemon.pipeline: classification that survives inference failures, and delivery."""
 
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -11,21 +10,13 @@ import pytest
 from daemon.catalog import make_embedder, make_target
 from daemon.classifiers import Decision
 from daemon.config import load_settings
+from daemon.decoding import Decoded, DecodePool, collect
 from daemon.encoder import Encoder
 from daemon.errors import ImageRejected
 from daemon.journal import Journal
 from daemon.layout import DatasetLayout
 from daemon.mover import UnsafeDestination
-from daemon.pipeline import (
-    Decoded,
-    Delivery,
-    Outcome,
-    classify,
-    classify_with_fallback,
-    collect,
-    deliver,
-    start_decoding,
-)
+from daemon.pipeline import Delivery, Outcome, classify, classify_with_fallback, deliver
 from daemon.sorter import job_for
 from tests.synthetic import make_dataset
 
@@ -45,32 +36,9 @@ def batch(data_root: Path, encoder: Encoder):  # type: ignore[no-untyped-def]
     embedder = make_embedder(settings, encoder)
     target = make_target(DatasetLayout(data_root / "rgb"), settings, embedder)
     jobs = [job_for("rgb", data_root / "rgb" / "Images" / name) for name in sorted(truth)]
-    with ThreadPoolExecutor(2) as pool:
-        decoded = collect(start_decoding(jobs, embedder, pool), 30)
+    with DecodePool(embedder.limits, 2) as pool:
+        decoded = collect(pool.start([job.path for job in jobs], encoder.image_size), 30)
     return jobs, [d.picture for d in decoded], {"rgb": target}, [truth[n] for n in sorted(truth)]
-
-
-def test_decoding_reads_each_file_once_and_hashes_it(data_root: Path, encoder: Encoder) -> None:
-    """The content hash and size come from the same bytes that were decoded."""
-    make_dataset(data_root / "rgb", RGB, references=1, inbox=["red"], seed=2)
-    (data_root / "rgb" / "Images" / "bad.jpg").write_bytes(b"not a picture")
-    embedder = make_embedder(load_settings(None, {"root": data_root}), encoder)
-    jobs = [job_for("rgb", p) for p in sorted((data_root / "rgb" / "Images").iterdir())]
-    with ThreadPoolExecutor(1) as pool:
-        bad, good = collect(start_decoding(jobs, embedder, pool), 30)
-    assert isinstance(bad.picture, ImageRejected) and bad.size == len(b"not a picture")
-    assert not isinstance(good.picture, ImageRejected)
-    assert good.size == jobs[1].path.stat().st_size and len(good.sha256) == 64
-
-
-def test_a_decode_past_its_time_limit_is_rejected() -> None:
-    """A file whose decoding hangs no longer holds up its batch."""
-    done: Future[Decoded] = Future()
-    done.set_result(Decoded(ImageRejected("x"), "", 1))
-    stuck: Future[Decoded] = Future()
-    first, second = collect([done, stuck], timeout=0.2)
-    assert first.size == 1
-    assert isinstance(second.picture, ImageRejected) and "longer than 0.2 s" in str(second.picture)
 
 
 def test_a_batch_that_fails_is_split_until_it_fits(

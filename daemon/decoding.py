@@ -1,0 +1,85 @@
+"""Reading and decoding inbox files in threads, beside the inference thread.
+
+Threads suffice: Pillow and hashlib release the GIL for the heavy parts
+(the entropy decoding, the resize, the hash), so batch k+1 decodes while
+the model encodes batch k. Processes were measured and not adopted (see
+bench/README.md): the parent's share of a process pool's per-file work
+(queueing the call, receiving and unpickling the picture) held the GIL
+about as long as the Python part of a threaded decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from daemon.errors import ImageRejected
+from daemon.images import DecodeLimits
+
+Picture = Image.Image | ImageRejected
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A file read once: its picture (or why there is none) and what identifies its bytes."""
+
+    picture: Picture
+    sha256: str = ""  # empty when the file could not be read at all
+    size: int = 0
+
+
+def read_and_decode(path: Path, limits: DecodeLimits, target: int) -> Decoded:
+    """Read ``path`` once; hash and decode the same bytes."""
+    try:
+        data = limits.read(path)
+    except ImageRejected as exc:
+        return Decoded(exc)
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        return Decoded(limits.decode(data, target), digest, len(data))
+    except ImageRejected as exc:
+        return Decoded(exc, digest, len(data))
+
+
+class DecodePool:
+    """``workers`` threads that read and decode files while the model runs."""
+
+    def __init__(self, limits: DecodeLimits, workers: int) -> None:
+        self.limits = limits
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="clipsort-decode")
+
+    def start(self, paths: Sequence[Path], target: int) -> list[Future[Decoded]]:
+        """Begin decoding ``paths`` to pictures whose shortest edge is ``target`` (see :func:`collect`)."""
+        return [self._executor.submit(read_and_decode, path, self.limits, target) for path in paths]
+
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the threads; with ``wait=False`` a decode in progress is abandoned, not awaited."""
+        self._executor.shutdown(wait=wait, cancel_futures=True)
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def collect(futures: Sequence[Future[Decoded]], timeout: float) -> list[Decoded]:
+    """The decoded files; one still decoding after ``timeout`` seconds is rejected.
+
+    Its thread cannot be interrupted and finishes on its own (the pixel and
+    size caps bound how long); the file no longer waits for it.
+    """
+    deadline = time.monotonic() + timeout
+    decoded = []
+    for future in futures:
+        try:
+            decoded.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
+        except TimeoutError:
+            decoded.append(Decoded(ImageRejected(f"decoding took longer than {timeout:g} s")))
+    return decoded
