@@ -18,16 +18,18 @@ clipsort never sorted is ignored unless ``learn_from_dataset`` is on.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
 
 from daemon.classindex import Example
 from daemon.config import Settings
+from daemon.embedcache import EmbeddingCache
 from daemon.embeddings import Embedder
 from daemon.journal import Correction, Journal
 from daemon.layout import DatasetLayout
@@ -36,6 +38,8 @@ from daemon.readiness import Signature
 from daemon.scanner import is_ignored, scan
 
 log = structlog.get_logger()
+
+ARRIVALS_PER_ROUND = 4096
 
 
 def filed_under(layout: DatasetLayout, path: Path) -> tuple[str, bool] | None:
@@ -48,32 +52,64 @@ def filed_under(layout: DatasetLayout, path: Path) -> tuple[str, bool] | None:
     return None
 
 
-def _in_flight(path: Path, journal: Journal) -> bool:
-    """A move of clipsort's own that put ``path`` there, its outcome not journalled yet.
+def _own(paths: Sequence[Path], journal: Journal) -> set[Path]:
+    """Those of ``paths`` that clipsort itself put there.
 
-    Every file clipsort moves into a class folder is an arrival too; it is
-    recognised by name from the batch's intents, so it is never read again.
+    Every file clipsort moves into a class folder is an arrival too. It is
+    recognised from the journal, never read again: by its outcome (one query
+    for all the paths) or, while its outcome is not written yet, by name from
+    its batch's intents (one query per folder).
     """
-    return any(is_candidate(path.name, e.intent.source.name) for e in journal.planned_into(path.parent))
+    settled = journal.destinations(paths)
+    waiting = [path for path in paths if path not in settled]
+    intents = {folder: journal.planned_into(folder) for folder in {path.parent for path in waiting}}
+    in_flight = {
+        path
+        for path in waiting
+        if any(is_candidate(path.name, entry.intent.source.name) for entry in intents[path.parent])
+    }
+    return settled | in_flight
 
 
 def observe(
-    path: Path, layout: DatasetLayout, journal: Journal, embedder: Embedder, settings: Settings
+    paths: Sequence[Path], layout: DatasetLayout, journal: Journal, embedder: Embedder, settings: Settings
+) -> list[Correction]:
+    """Record the corrections that files arriving at ``paths`` stand for."""
+    cache = embedder.cache
+    if cache is None:
+        return []
+    filed = {
+        path: where
+        for path in paths
+        if (where := filed_under(layout, path)) is not None
+        and not is_ignored(path.name, settings.ignore_patterns)
+    }
+    own = _own(list(filed), journal)
+    found = (
+        _judge(path, label, reference, layout, journal, cache, settings)
+        for path, (label, reference) in filed.items()
+        if path not in own
+    )
+    return [correction for correction in found if correction is not None]
+
+
+def _judge(
+    path: Path,
+    label: str,
+    reference: bool,
+    layout: DatasetLayout,
+    journal: Journal,
+    cache: EmbeddingCache,
+    settings: Settings,
 ) -> Correction | None:
-    """Record the correction a file arriving at ``path`` stands for, if it is one."""
-    filed = filed_under(layout, path)
-    if filed is None or embedder.cache is None or is_ignored(path.name, settings.ignore_patterns):
-        return None
-    label, reference = filed
-    if journal.at(path) is not None or _in_flight(path, journal):
-        return None  # clipsort put it there itself
+    """The correction a file clipsort did not put at ``path`` stands for, if it is one."""
     signature = Signature.of(path)
     if signature is None:
         return None  # gone, or not a regular file
     if not (settings.learn_from_dataset or journal.decided_size(layout.name, signature.size)):
         return None  # no decision was about a file this size: not read (the start-up scan meets many)
     try:
-        digest = embedder.cache.file_key(path)
+        digest = cache.file_key(path)
     except OSError:
         return None
     entry = journal.latest(layout.name, digest)
@@ -168,15 +204,28 @@ class Learner:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                dataset, path = self._arrivals.get(timeout=0.2)
+                arrivals = [self._arrivals.get(timeout=0.2)]
             except queue.Empty:
                 continue
-            layout = DatasetLayout(self.settings.root / dataset)
-            paths = [path] if path is not None else list(scan(layout.sorted, self.settings.ignore_patterns))
-            try:
-                found = [p for p in paths if observe(p, layout, self._journal, self.embedder, self.settings)]
-            except Exception as exc:  # one odd file must not end learning for good
-                log.exception("learner_failed", dataset=dataset, error=str(exc))
-                continue
-            if found:
-                self._on_corrected(dataset)
+            # Whatever queued up meanwhile is looked up together: a burst of sorted
+            # files costs a few journal queries, not two per file.
+            with contextlib.suppress(queue.Empty):
+                while len(arrivals) < ARRIVALS_PER_ROUND:
+                    arrivals.append(self._arrivals.get_nowait())
+            by_dataset: dict[str, list[Path]] = {}
+            for dataset, path in arrivals:
+                layout = DatasetLayout(self.settings.root / dataset)
+                found = [path] if path is not None else scan(layout.sorted, self.settings.ignore_patterns)
+                by_dataset.setdefault(dataset, []).extend(found)
+            for dataset, paths in by_dataset.items():
+                self._learn(dataset, paths)
+
+    def _learn(self, dataset: str, paths: list[Path]) -> None:
+        layout = DatasetLayout(self.settings.root / dataset)
+        try:
+            found = observe(paths, layout, self._journal, self.embedder, self.settings)
+        except Exception as exc:  # one odd file must not end learning for good
+            log.exception("learner_failed", dataset=dataset, error=str(exc))
+            return
+        if found:
+            self._on_corrected(dataset)

@@ -295,6 +295,19 @@ class Journal:
         found = self._select("destination = ?", (os.fsencode(path),), newest=1)
         return found[0] if found else None
 
+    def destinations(self, paths: Sequence[Path]) -> set[Path]:
+        """Those of ``paths`` that some decision put a file at (one query per thousand paths)."""
+        found: set[Path] = set()
+        for start in range(0, len(paths), 1000):  # below SQLite's limit on bound values
+            chunk = [os.fsencode(path) for path in paths[start : start + 1000]]
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT destination FROM decisions WHERE destination IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+            found |= {Path(os.fsdecode(row[0])) for row in rows}
+        return found
+
     def planned_into(self, folder: Path) -> list[Entry]:
         """Moves into ``folder`` whose outcome is not written yet (in flight, or cut off by a crash)."""
         return self._select("state = 'planned' AND folder = ?", (os.fsencode(folder),))

@@ -21,7 +21,7 @@ from daemon.corrections import examples, observe
 from daemon.embedcache import EmbeddingCache
 from daemon.embeddings import Embedder
 from daemon.encoder import Encoder
-from daemon.journal import Journal
+from daemon.journal import Correction, Journal
 from daemon.layout import DatasetLayout
 from daemon.sorter import gather, run
 from tests.synthetic import draw, make_dataset, save
@@ -47,6 +47,15 @@ def world(data_root: Path, encoder: Encoder) -> Iterator[World]:
         yield layout, settings, journal, embedder
 
 
+def observe_one(
+    path: Path, layout: DatasetLayout, journal: Journal, embedder: Embedder, settings: Settings
+) -> Correction | None:
+    """What :func:`observe` records for a single arrival."""
+    found = observe([path], layout, journal, embedder, settings)
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
 def wrongly_sorted(layout: DatasetLayout) -> list[Path]:
     return sorted((layout.class_dir("red")).glob("*"))
 
@@ -63,10 +72,10 @@ def test_a_person_moving_a_sorted_file_records_a_correction(world: World) -> Non
     victim = wrongly_sorted(layout)[0]
     layout.class_dir("blue").mkdir(exist_ok=True)
     os.rename(victim, layout.class_dir("blue") / victim.name)
-    found = observe(layout.class_dir("blue") / victim.name, layout, journal, embedder, settings)
+    found = observe_one(layout.class_dir("blue") / victim.name, layout, journal, embedder, settings)
     assert found is not None and (found.old_label, found.new_label) == ("red", "blue")
     assert journal.entries(states=("corrected",))[0].destination == layout.class_dir("blue") / victim.name
-    again = observe(layout.class_dir("blue") / victim.name, layout, journal, embedder, settings)
+    again = observe_one(layout.class_dir("blue") / victim.name, layout, journal, embedder, settings)
     assert again is None, "the same arrival is recorded once"
 
 
@@ -74,15 +83,15 @@ def test_clipsorts_own_files_and_unknown_files_are_not_corrections(world: World)
     """A file where clipsort put it, renamed within its class, or never sorted: no correction by default."""
     layout, settings, journal, embedder = world
     own = wrongly_sorted(layout)[0]
-    assert observe(own, layout, journal, embedder, settings) is None
+    assert observe_one(own, layout, journal, embedder, settings) is None
     renamed = own.with_name("renamed-" + own.name)
     os.rename(own, renamed)
-    assert observe(renamed, layout, journal, embedder, settings) is None
+    assert observe_one(renamed, layout, journal, embedder, settings) is None
     stranger = save(draw(np.random.default_rng(5), "blue", "circle"), layout.class_dir("red") / "mine.png")
-    assert observe(stranger, layout, journal, embedder, settings) is None
+    assert observe_one(stranger, layout, journal, embedder, settings) is None
     assert journal.corrections() == []
     learning = settings.model_copy(update={"learn_from_dataset": True})
-    assert observe(stranger, layout, journal, embedder, learning) is not None
+    assert observe_one(stranger, layout, journal, embedder, learning) is not None
 
 
 def test_clipsorts_move_in_flight_is_recognised_without_reading_the_file(
@@ -101,7 +110,7 @@ def test_clipsorts_move_in_flight_is_recognised_without_reading_the_file(
         raise AssertionError(f"{path} was read")
 
     monkeypatch.setattr(embedder.cache, "file_key", unread)
-    assert observe(blue / "new_1.png", layout, journal, embedder, settings) is None
+    assert observe_one(blue / "new_1.png", layout, journal, embedder, settings) is None
 
 
 def test_a_file_of_a_size_no_decision_had_is_not_read(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,7 +124,7 @@ def test_a_file_of_a_size_no_decision_had_is_not_read(world: World, monkeypatch:
         raise AssertionError(f"{path} was read")
 
     monkeypatch.setattr(embedder.cache, "file_key", unread)
-    assert observe(stranger, layout, journal, embedder, settings) is None
+    assert observe_one(stranger, layout, journal, embedder, settings) is None
 
 
 def test_a_review_file_dragged_into_clases_is_journalled_but_not_doubled(world: World) -> None:
@@ -124,7 +133,7 @@ def test_a_review_file_dragged_into_clases_is_journalled_but_not_doubled(world: 
     victim = wrongly_sorted(layout)[0]
     dragged = layout.classes / "blue" / victim.name
     shutil.move(victim, dragged)
-    assert observe(dragged, layout, journal, embedder, settings) is not None
+    assert observe_one(dragged, layout, journal, embedder, settings) is not None
     assert examples(journal, layout, embedder, settings) == []
 
 
@@ -154,7 +163,7 @@ def correct(world: World, count: int = 3) -> list[Path]:
     for victim in wrongly_sorted(layout)[:count]:
         os.rename(victim, layout.class_dir("blue") / victim.name)
         moved.append(layout.class_dir("blue") / victim.name)
-        observe(moved[-1], layout, journal, embedder, settings)
+        observe_one(moved[-1], layout, journal, embedder, settings)
     return moved
 
 

@@ -42,6 +42,20 @@ def test_an_intent_and_its_outcome_read_back_whole(tmp_path: Path) -> None:
     assert found.as_dict()["top3"] == [["red", 0.9], ["blue", 0.07], ["green", 0.03]]
 
 
+def test_destinations_are_found_in_bulk(tmp_path: Path) -> None:
+    """Of 2,500 paths (three queries' worth), exactly those a decision put a file at come back."""
+    journal = Journal(tmp_path)
+    folder = tmp_path / "Dataset" / "red"
+    odd = Path(os.fsdecode(b"/data/rgb/Images/caf\xe9.jpg"))
+    entries = journal.plan(
+        [intent(tmp_path / f"{k}.jpg", folder) for k in range(1200)] + [intent(odd, folder)]
+    )
+    placed = [folder / f"{k}.jpg" for k in range(1200)] + [folder / odd.name]
+    journal.settle([Settlement(e, "moved", path) for e, path in zip(entries[::2], placed[::2], strict=True)])
+    asked = placed + [folder / f"other-{k}.jpg" for k in range(1299)]
+    assert journal.destinations(asked) == set(placed[::2])
+
+
 def test_filters_by_dataset_time_state_and_newest(tmp_path: Path) -> None:
     """history --dataset/--since and undo --last select the right rows, oldest first."""
     journal = Journal(tmp_path)
