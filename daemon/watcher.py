@@ -43,7 +43,7 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import structlog
 from watchdog.events import (
@@ -98,8 +98,8 @@ def _path(raw: str | bytes) -> Path:
 class _SafeHandler(FileSystemEventHandler):
     """Runs :meth:`handle` inside a catch-all (see the module docstring)."""
 
-    # The only events delivered to :meth:`handle` (see the module docstring).
-    events: tuple[type[FileSystemEvent], ...] = ()
+    # The only events delivered to :meth:`handle` (see the module docstring); every handler names them.
+    events: ClassVar[tuple[type[FileSystemEvent], ...]]
 
     def dispatch(self, event: FileSystemEvent) -> None:
         try:
