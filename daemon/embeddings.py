@@ -41,10 +41,6 @@ class Embedder:
         """The model-sized picture in ``path``; raises :class:`ImageRejected`."""
         return self.limits.load(path, self.encoder.image_size)
 
-    def decode_bytes(self, data: bytes) -> Image.Image:
-        """The model-sized picture in a file's bytes; raises :class:`ImageRejected`."""
-        return self.limits.decode(data, self.encoder.image_size)
-
     def images(self, paths: Sequence[Path]) -> tuple[Vectors, list[Path]]:
         """Vectors of the readable files among ``paths``, and which those were."""
         keys = {path: self._file_key(path) for path in paths}
