@@ -59,13 +59,18 @@ def holds(path: Path, entry: Entry) -> bool:
         return False
 
 
-def _placed(entry: Entry, journal: Journal) -> Path | None:
-    """The file this intent put into its destination folder, if it got there."""
-    try:
-        names = sorted(os.listdir(entry.intent.folder))
-    except OSError:
-        return None
-    for name in names:
+def _placed(entry: Entry, journal: Journal, listings: dict[Path, list[str]]) -> Path | None:
+    """The file this intent put into its destination folder, if it got there.
+
+    ``listings`` keeps each folder's names: a crash leaves a whole batch
+    planned into the same few folders, and each is listed once.
+    """
+    if entry.intent.folder not in listings:
+        try:
+            listings[entry.intent.folder] = sorted(os.listdir(entry.intent.folder))
+        except OSError:
+            listings[entry.intent.folder] = []
+    for name in listings[entry.intent.folder]:
         path = entry.intent.folder / name
         # Only names place() could have given it are read: a class folder may hold thousands.
         if is_candidate(name, entry.intent.source.name) and holds(path, entry):
@@ -84,8 +89,9 @@ def recover(journal: Journal, layouts: Sequence[DatasetLayout]) -> Recovered:
     """Settle every interrupted move; run before the scanner looks at any inbox."""
     temporaries = sum(len(remove_temporaries(folder)) for layout in layouts for folder in _folders(layout))
     completed = cleared = 0
+    listings: dict[Path, list[str]] = {}
     for entry in journal.planned():
-        placed = _placed(entry, journal)
+        placed = _placed(entry, journal, listings)
         if placed is None:
             journal.settle(
                 [Settlement(entry.id, "cleared", reason="interrupted before the move; left in the inbox")]
