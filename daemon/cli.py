@@ -147,6 +147,19 @@ def sort(
     Console(stderr=as_json).print(summary(outcomes, dry_run=dry_run))
 
 
+def text_table(*columns: str, labels: int | None = None, title: str | None = None) -> Table:
+    """A table whose first ``labels`` columns (all by default) are text, the rest right-aligned numbers."""
+    table = Table(title=title)
+    for k, column in enumerate(columns):
+        table.add_column(column, justify="left" if labels is None or k < labels else "right")
+    return table
+
+
+def local_time(epoch: float) -> str:
+    """Seconds since the epoch as local ``YYYY-MM-DD HH:MM:SS``."""
+    return datetime.fromtimestamp(epoch).isoformat(sep=" ", timespec="seconds")
+
+
 def summary(outcomes: list[Outcome], *, dry_run: bool) -> Table:
     """Files per dataset and class (Review/ and Rejected/ counted apart)."""
     counts = Counter(
@@ -156,9 +169,9 @@ def summary(outcomes: list[Outcome], *, dry_run: bool) -> Table:
         )
         for item in outcomes
     )
-    table = Table(title="would sort (dry run)" if dry_run else "sorted")
-    for column in ("dataset", "class", "files"):
-        table.add_column(column, justify="right" if column == "files" else "left")
+    table = text_table(
+        "dataset", "class", "files", labels=2, title="would sort (dry run)" if dry_run else "sorted"
+    )
     for (dataset, label), count in sorted(counts.items()):
         table.add_row(dataset, label, str(count))
     table.add_row("", "total", str(len(outcomes)), style="bold")
@@ -234,25 +247,31 @@ def evaluate_modes(
 def show_evaluation(found: EvalReport, charts: list[Path]) -> None:
     """The evaluation of one dataset as tables."""
     console = Console()
-    table = Table(title=f"{found.dataset}: {found.folds}-fold accuracy on the reference images")
-    table.add_column("mode")
-    table.add_column("accuracy", justify="right")
+    table = text_table(
+        "mode",
+        "accuracy",
+        labels=1,
+        title=f"{found.dataset}: {found.folds}-fold accuracy on the reference images",
+    )
     for name, result in found.modes.items():
         table.add_row(
             name + (" (recommended)" if name == found.recommended else ""), f"{result.accuracy:.1%}"
         )
     console.print(table)
     best = found.modes[found.recommended]
-    classes = Table(title=f"per class, {found.recommended}")
-    for column in ("class", "precision", "recall"):
-        classes.add_column(column, justify="left" if column == "class" else "right")
+    classes = text_table("class", "precision", "recall", labels=1, title=f"per class, {found.recommended}")
     for name in found.classes:
         classes.add_row(name, f"{best.precision.get(name, 0.0):.1%}", f"{best.recall.get(name, 0.0):.1%}")
     console.print(classes)
     if found.corrections:
-        learned = Table(title="on the corrected examples (files a person moved to another class)")
-        for column in ("mode", "examples", "without corrections", "with the others"):
-            learned.add_column(column, justify="left" if column == "mode" else "right")
+        learned = text_table(
+            "mode",
+            "examples",
+            "without corrections",
+            "with the others",
+            labels=1,
+            title="on the corrected examples (files a person moved to another class)",
+        )
         for name, effect in found.corrections.items():
             learned.add_row(
                 name, str(int(effect["examples"])), f"{effect['without']:.1%}", f"{effect['with']:.1%}"
@@ -359,13 +378,11 @@ def history(
         for entry in entries:
             typer.echo(json.dumps(entry.as_dict(), ensure_ascii=False))
         return
-    table = Table()
-    for column in ("time", "dataset", "file", "class", "score", "state", "now at"):
-        table.add_column(column)
+    table = text_table("time", "dataset", "file", "class", "score", "state", "now at")
     for entry in entries:
         score = entry.intent.top3[0][1] if entry.intent.top3 else None
         table.add_row(
-            datetime.fromtimestamp(entry.created).isoformat(sep=" ", timespec="seconds"),
+            local_time(entry.created),
             entry.intent.dataset,
             entry.intent.source.name,
             entry.intent.label or f"({entry.intent.placement})",
@@ -438,12 +455,11 @@ def corrections_list(
         for item in found:
             typer.echo(json.dumps(dataclasses.asdict(item) | {"path": str(item.path)}, ensure_ascii=False))
         return
-    table = Table()
-    for column in ("time", "dataset", "file", "was", "now"):
-        table.add_column(column)
+    table = text_table("time", "dataset", "file", "was", "now")
     for item in found:
-        when = datetime.fromtimestamp(item.created).isoformat(sep=" ", timespec="seconds")
-        table.add_row(when, item.dataset, str(item.path), item.old_label or "", item.new_label)
+        table.add_row(
+            local_time(item.created), item.dataset, str(item.path), item.old_label or "", item.new_label
+        )
     Console().print(table)
 
 
@@ -502,9 +518,7 @@ def status(
         f"clipsort {found.version} pid {found.pid}, up {uptime // 3600}h{uptime // 60 % 60:02d}m"
         f"{uptime % 60:02d}s, {found.model} on {found.device}"
     )
-    table = Table()
-    for column in ("dataset", "classes", "sorted", "review", "rejected", "queued"):
-        table.add_column(column, justify="left" if column == "dataset" else "right")
+    table = text_table("dataset", "classes", "sorted", "review", "rejected", "queued", labels=1)
     for name, counts in found.datasets.items():
         classes = "waiting" if counts.waiting_for_classes else str(counts.classes)
         table.add_row(
