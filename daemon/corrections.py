@@ -1,4 +1,4 @@
-"""Learning from corrections: a sorted file a person moves to another class teaches clipsort at once.
+"""Learning from corrections: a sorted file a person moves to another class teaches clipsort within a second.
 
 Folders are the whole interface. When a file clipsort placed (in a class
 folder or ``Review/``) turns up in ``Dataset/<B>/``, the journal gets a
@@ -22,7 +22,7 @@ import contextlib
 import queue
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
@@ -168,13 +168,10 @@ def examples(
 class Learner:
     """The daemon's thread that turns arrivals in class folders into corrections."""
 
-    def __init__(
-        self, settings: Settings, journal: Journal, embedder: Embedder, on_corrected: Callable[[str], None]
-    ) -> None:
+    def __init__(self, settings: Settings, journal: Journal, embedder: Embedder) -> None:
         self.settings = settings
         self.embedder = embedder
         self._journal = journal
-        self._on_corrected = on_corrected
         self._arrivals: queue.Queue[tuple[str, Path | None]] = queue.Queue(maxsize=10_000)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="clipsort-learner", daemon=True)
@@ -223,9 +220,7 @@ class Learner:
     def _learn(self, dataset: str, paths: list[Path]) -> None:
         layout = DatasetLayout(self.settings.root / dataset)
         try:
-            found = observe(paths, layout, self._journal, self.embedder, self.settings)
+            # What is recorded reaches the classifier through the journal (Worker._follow_corrections).
+            observe(paths, layout, self._journal, self.embedder, self.settings)
         except Exception as exc:  # one odd file must not end learning for good
             log.exception("learner_failed", dataset=dataset, error=str(exc))
-            return
-        if found:
-            self._on_corrected(dataset)

@@ -70,7 +70,7 @@ class EmbeddingCache:
         """The content hash of ``path``, read from disk only when its stat changed."""
         status = path.lstat()
         stat_key = f"{status.st_dev}:{status.st_ino}:{status.st_size}:{status.st_mtime_ns}"
-        with self._lock:  # fetchall: see Journal.corrections_version
+        with self._lock:  # fetchall: see Journal.corrections_versions
             rows = self._db.execute(
                 "SELECT sha256 FROM file_hashes WHERE stat_key = ?", (stat_key,)
             ).fetchall()

@@ -145,6 +145,9 @@ class Correction:
     created: float
 
 
+_VERSION_PREFIX = "corrections:"  # one counter per dataset in the counters table
+
+
 def _where(*conditions: tuple[str, object]) -> tuple[str, tuple[object, ...]]:
     """A WHERE clause of the conditions whose value is given, and its parameters."""
     given = [(clause, value) for clause, value in conditions if value is not None]
@@ -258,7 +261,7 @@ class Journal:
                     now,
                 ),
             )
-            self._bump(db)
+            self._bump(db, dataset)
             if entry is not None:
                 db.execute(
                     "UPDATE decisions SET state = 'corrected', destination = ?, updated = ? WHERE id = ?",
@@ -347,26 +350,29 @@ class Journal:
         """Delete corrections (the files stay where they are); how many went."""
         where, values = _where(("dataset = ?", dataset), ("new_label = ?", label), ("created >= ?", since))
         with self._transaction() as db:
-            self._bump(db)
+            touched = db.execute(f"SELECT DISTINCT dataset FROM corrections WHERE {where}", values).fetchall()
+            self._bump(db, *(row[0] for row in touched))
             return db.execute(f"DELETE FROM corrections WHERE {where}", values).rowcount
 
-    def corrections_version(self) -> int:
-        """Grows whenever a correction is added or forgotten, by any process.
+    def corrections_versions(self) -> dict[str, int]:
+        """Per dataset, a number that grows when any process adds or forgets one of its corrections.
 
-        A counter, not the table's size: an addition and a forgetting between
+        Counters, not the table's size: an addition and a forgetting between
         two looks must still show as a change.
         """
         # fetchall, not fetchone: an unfinished statement would hold its read
         # transaction open, and with it a WAL snapshot that never sees other processes' commits.
         with self._lock:
-            rows = self._db.execute("SELECT value FROM counters WHERE name = 'corrections'").fetchall()
-        return int(rows[0][0]) if rows else 0
+            rows = self._db.execute(
+                "SELECT name, value FROM counters WHERE name LIKE ?", (f"{_VERSION_PREFIX}%",)
+            ).fetchall()
+        return {str(name).removeprefix(_VERSION_PREFIX): int(value) for name, value in rows}
 
     @staticmethod
-    def _bump(db: sqlite3.Connection) -> None:
-        db.execute(
-            "INSERT INTO counters VALUES ('corrections', 1)"
-            " ON CONFLICT (name) DO UPDATE SET value = value + 1"
+    def _bump(db: sqlite3.Connection, *datasets: str) -> None:
+        db.executemany(
+            "INSERT INTO counters VALUES (?, 1) ON CONFLICT (name) DO UPDATE SET value = value + 1",
+            [(f"{_VERSION_PREFIX}{dataset}",) for dataset in datasets],
         )
 
     def _select(self, where: str, values: Sequence[object], newest: int | None = None) -> list[Entry]:

@@ -77,7 +77,7 @@ class Service:
         self.embedder = make_embedder(settings, self.encoder, self.cache)
         self.work = FairQueue()
         self.catalog = Catalog(settings, on_available=self._classes_available, journal=self.journal)
-        self.learner = Learner(settings, self.journal, self.embedder, on_corrected=self._corrected)
+        self.learner = Learner(settings, self.journal, self.embedder)
         self.intake = Intake(settings, self.catalog, self.work, on_datasets=self._datasets_found)
         self.watcher = self._new_watcher(settings)
         self.worker = Worker(
@@ -110,9 +110,6 @@ class Service:
 
     def rescan_sorted(self, dataset: str) -> None:
         self.learner.scan(dataset)
-
-    def _corrected(self, dataset: str) -> None:
-        self.catalog.request([dataset], 0.0)  # the next batch already learns from it
 
     # --- callbacks from the intake and worker threads -------------------------------
     def _datasets_found(self, layouts: list[DatasetLayout]) -> None:

@@ -74,7 +74,7 @@ class Worker:
         self.heartbeat = time.monotonic()
         self._checked_checkpoints = 0.0
         self._checked_corrections = 0.0
-        self._corrections: int | None = None
+        self._corrections: dict[str, int] | None = None  # per dataset, as last seen
         self.thread = threading.Thread(target=self._run, name="clipsort-worker", daemon=True)
 
     def start(self) -> None:
@@ -127,11 +127,22 @@ class Worker:
             self._catalog.watch_checkpoints()
         if now - self._checked_corrections >= CHECKPOINT_POLL:
             self._checked_corrections = now
-            version = self._journal.corrections_version()
-            if self._corrections not in (None, version):  # added or forgotten, here or by the CLI
-                self._catalog.request(self._catalog.snapshot(), self.settings.class_debounce_seconds)
-            self._corrections = version
+            self._follow_corrections()
         self._catalog.rebuild_due(self.embedder)
+
+    def _follow_corrections(self) -> None:
+        """Rebuild each dataset whose corrections changed (by the learner or the CLI) since the last look.
+
+        The journal is the one source: the poll interval already groups a burst
+        of corrections into one rebuild, so it runs at the next batch boundary.
+        """
+        versions = self._journal.corrections_versions()
+        if self._corrections is not None:
+            known = self._catalog.snapshot()
+            changed = [name for name in known if versions.get(name) != self._corrections.get(name)]
+            if changed:
+                self._catalog.request(changed, 0.0)
+        self._corrections = versions
 
     def _process(self, batch: _Batch) -> None:
         targets = self._catalog.snapshot()

@@ -83,6 +83,20 @@ def test_a_correction_marks_its_decision(tmp_path: Path) -> None:
     assert journal.entries()[0].destination == tmp_path / "blue" / "a.jpg"
 
 
+def test_correction_versions_change_per_dataset_for_any_process(tmp_path: Path) -> None:
+    """Adding or forgetting a dataset's correction, here or in another process, moves only its number."""
+    daemon, cli = Journal(tmp_path), Journal(tmp_path)
+    assert daemon.corrections_versions() == {}
+    daemon.correct(None, "rgb", "ab" * 32, tmp_path / "blue" / "a.jpg", "blue")
+    daemon.correct(None, "pets", "cd" * 32, tmp_path / "cat" / "b.jpg", "cat")
+    seen = daemon.corrections_versions()
+    assert set(seen) == {"rgb", "pets"}
+    cli.correct(None, "rgb", "ef" * 32, tmp_path / "red" / "c.jpg", "red")
+    assert cli.forget(dataset="rgb", label="red") == 1  # an addition and a forgetting: still a change
+    now = daemon.corrections_versions()
+    assert now["rgb"] > seen["rgb"] and now["pets"] == seen["pets"]
+
+
 def test_two_processes_share_one_journal(tmp_path: Path) -> None:
     """The daemon and `clipsort undo` write to the same file without losing rows."""
     first, second = Journal(tmp_path), Journal(tmp_path)
