@@ -120,9 +120,8 @@ def augment(image: Image.Image, rng: random.Random) -> Image.Image:
     return ImageEnhance.Contrast(image).enhance(rng.uniform(0.9, 1.1))
 
 
-def zero_shot_text(base: str, descriptions: list[str]) -> torch.Tensor:
-    """Prompt-ensembled, normalised text embeddings of ``descriptions`` from a CLIP model."""
-    clip: Any = CLIPModel.from_pretrained(base)
+def zero_shot_text(clip: Any, base: str, descriptions: list[str]) -> torch.Tensor:
+    """Prompt-ensembled, normalised text embeddings of ``descriptions`` by ``clip`` (from ``base``)."""
     clip.eval()
     tokenizer = AutoTokenizer.from_pretrained(base)
     prompts = [template.format(text) for text in descriptions for template in DEFAULT_TEMPLATES]
@@ -141,7 +140,7 @@ def _load_base(options: TrainOptions, classes: list[str], descriptions: list[str
         if AutoConfig.from_pretrained(options.base).model_type == "clip":
             clip: Any = CLIPModel.from_pretrained(options.base)
             head: Any = ClipHeadForImageClassification.from_clip(
-                clip, zero_shot_text(options.base, descriptions), classes
+                clip, zero_shot_text(clip, options.base, descriptions), classes
             )
             return head.to(options.device), processor
         model = AutoModelForImageClassification.from_pretrained(
