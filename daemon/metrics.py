@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from prometheus_client import Counter as PromCounter
@@ -72,6 +73,7 @@ class Metrics:
             ["dataset", "class"],
             registry=self.registry,
         )
+        self._correction_labels: set[tuple[str, str]] = set()
         self._errors = PromCounter(
             "clipsort_errors", "Failures retried later", ["kind"], registry=self.registry
         )
@@ -91,10 +93,15 @@ class Metrics:
             self._confidence.labels(outcome.dataset).observe(outcome.decision.score)
             self._margin.labels(outcome.dataset).observe(outcome.decision.margin)
 
-    def corrections(self, dataset: str, counts: dict[str, int]) -> None:
-        """The corrected examples a dataset's classes use now."""
-        for label, count in counts.items():
-            self._corrections.labels(dataset, label).set(count)
+    def corrections(self, counts: Mapping[str, Mapping[str, int]]) -> None:
+        """The corrected examples each dataset's classes use now (a class no longer listed drops out)."""
+        now = {(dataset, label): n for dataset, per_class in counts.items() for label, n in per_class.items()}
+        with self._lock:
+            for gone in self._correction_labels - now.keys():  # forgotten: not left at its last value
+                self._corrections.remove(*gone)
+            for labels, count in now.items():
+                self._corrections.labels(*labels).set(count)
+            self._correction_labels = set(now)
 
     def batch(self, size: int) -> None:
         self._batches.observe(size)

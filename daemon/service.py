@@ -269,8 +269,7 @@ class Service:
             )
             for name in sorted(self._known | set(targets))
         }
-        for name, counts in datasets.items():
-            self.metrics.corrections(name, counts.corrections)
+        self.metrics.corrections({name: counts.corrections for name, counts in datasets.items()})
         status = Status(
             pid=os.getpid(),
             started_at=self.started,
