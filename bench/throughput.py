@@ -44,7 +44,7 @@ from PIL import Image
 from bench.daemon_latency import CLASSES, forward_ms, measure
 from daemon.catalog import make_embedder
 from daemon.config import load_settings
-from daemon.encoder import Encoder
+from daemon.encoder import Encoder, load_model
 from daemon.journal import Journal
 from daemon.layout import discover
 from daemon.logs import configure_logging
@@ -105,7 +105,8 @@ def baseline(encoder: Encoder, files: list[Path], work: Path) -> float:
     class_vectors = encoder.encode_texts(classes)
     for label in classes:
         (out / label).mkdir(parents=True)
-    model = encoder._model  # the same weights the pipeline uses
+    # Its own copy, as the original scripts loaded it: the pipeline's copy may hold bf16 image weights.
+    model = load_model(encoder.name, encoder.device)
     started = time.perf_counter()
     for source in sorted(inbox.iterdir()):
         image = Image.open(source).convert("RGB")

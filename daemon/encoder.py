@@ -126,9 +126,16 @@ class ImageTower:
         self.clip = clip
         self.size = size
         self.device = device
-        # bf16 on the CPU through autocast: the fp32 weights stay, matrix products run in bf16.
+        # bf16 on the CPU: the image side's weights are stored in bf16 and autocast keeps the
+        # precision-sensitive steps (layer norms, softmax) in fp32. Storing them matters: with
+        # fp32 weights autocast recasts all of them on every batch, which cost ViT-B/32 a fifth of
+        # its rate on two cores (bench/README.md). The sentence-transformers image path is then
+        # unusable for this model; it is only used for models that have no tower.
         self.bf16 = precision == "bf16" and device == "cpu"
-        dtype = next(clip.parameters()).dtype
+        if self.bf16:
+            clip.vision_model.to(torch.bfloat16)
+            clip.visual_projection.to(torch.bfloat16)
+        dtype = clip.logit_scale.dtype  # fp16 on CUDA, else fp32: the dtype pixels are normalised in
         self.mean = (
             torch.tensor(image_processor.image_mean, dtype=dtype, device=device).view(1, 3, 1, 1) * 255
         )
