@@ -33,6 +33,7 @@ import os
 import platform
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -118,26 +119,57 @@ def baseline(encoder: Encoder, files: list[Path], work: Path) -> float:
     return len(files) / (time.perf_counter() - started)
 
 
-def model_only(encoder: Encoder, count: int, batch_size: int) -> float:
-    """Images/s of forward passes alone on normalised tensors already on the device."""
+def model_only(
+    encoder: Encoder, count: int, batch_size: int, *, eager: bool = False, busy: bool = False
+) -> float:
+    """Images/s of forward passes alone on normalised tensors already on the device.
+
+    As clipsort runs them (the traced graph), or ``eager`` through the Python modules; ``busy``
+    runs a pure-Python loop in a second thread meanwhile, as the daemon's other threads are.
+    """
     tower = encoder._tower
     assert tower is not None, "model_only needs a plain CLIPModel"
     side = encoder.image_size
     one = tower.pixels([draw(np.random.default_rng(0), "red", "circle", size=side)])
     batch = ((one.to(encoder.device).to(tower.dtype) - tower.mean) / tower.std).repeat(batch_size, 1, 1, 1)
+    run = tower.eager if eager else tower.forward
 
     def forward(values: torch.Tensor) -> None:
         with torch.inference_mode():
-            tower.forward(values)
+            run(values)
 
     forward(batch)  # warm-up
     sync(encoder.device)
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    if busy:
+        spinner.start()
     rounds = max(1, count // batch_size)
     started = time.perf_counter()
     for _ in range(rounds):
         forward(batch)
     sync(encoder.device)
-    return rounds * batch_size / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    stop.set()
+    if busy:
+        spinner.join()
+    return rounds * batch_size / elapsed
+
+
+def gil_effect(encoder: Encoder, count: int, batch_size: int) -> dict[str, float]:
+    """Forward rates of the traced graph and of eager PyTorch, alone and beside a busy Python thread."""
+    return {
+        f"{way}_{company}": model_only(
+            encoder, count, batch_size, eager=way == "eager", busy=company == "busy"
+        )
+        for way in ("graph", "eager")
+        for company in ("alone", "busy")
+    }
 
 
 def sort_pipeline(encoder: Encoder, files: list[Path], work: Path, options: dict[str, Any]) -> float:
@@ -301,6 +333,8 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         ceiling = model_only(encoder, 8 if args.quick else args.model_only, args.batch_size)
         report("model_only", ceiling, started)
+        forward = gil_effect(encoder, 8 if args.quick else args.model_only, args.batch_size)
+        print("  forward, images/s: " + ", ".join(f"{k} {v:.1f}" for k, v in forward.items()), flush=True)
         chosen = args.sets.split(",")
         for kind, count in zip(SETS, counts, strict=True):
             if kind not in chosen:
@@ -322,6 +356,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "model": "two-layer CLIP" if args.quick else "ViT-B/32 (random weights)",
         "options": options | {"precision": encoder.precision},
+        "forward": forward,
         "sets": results,
         **extras,
     }

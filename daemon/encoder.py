@@ -9,7 +9,9 @@ touches the network.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +143,8 @@ class ImageTower:
         )
         self.std = torch.tensor(image_processor.image_std, dtype=dtype, device=device).view(1, 3, 1, 1) * 255
         self.dtype = dtype
+        self._module = _Projected(clip).eval()
+        self.graph = self._trace()
 
     def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """uint8 N x 3 x size x size: shortest edge to ``size`` (bicubic, as the processor), centre crop."""
@@ -168,9 +172,72 @@ class ImageTower:
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         """Projected image features of normalised pixels, in the configured precision."""
+        if self.graph is None:
+            return self.eager(values)
+        # Plain interpretation: the optimising executor would re-profile the graph for each new
+        # batch size (the daemon's batches vary), and its fusions buy nothing measurable here.
+        with _interpreted():
+            return self.graph(values)
+
+    def eager(self, values: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` through the Python modules, one operator at a time."""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            pooled = self.clip.vision_model(pixel_values=values).pooler_output
-            projected: torch.Tensor = self.clip.visual_projection(pooled)
+            projected: torch.Tensor = self._module(values)
+        return projected
+
+    def _trace(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The image side recorded as a TorchScript graph, or None where that fails or disagrees.
+
+        Why: the graph runs a whole forward pass in C++ without the GIL. Eager PyTorch takes the
+        GIL back after each of the ~200 operators of ViT-B/32, and in the daemon the decoding,
+        watching and intake threads hold it in between: beside one busy Python thread an eager
+        forward ran at a third of its rate, the graph at full rate (bench/README.md). The trace
+        records autocast's casts, so the graph is called outside autocast.
+        """
+        sample = torch.rand((2, 3, self.size, self.size), generator=torch.Generator().manual_seed(0))
+        sample = sample.to(self.device, self.dtype)
+        try:
+            with warnings.catch_warnings():
+                # The tracer warns about every Python-level shape check it freezes; the image
+                # size is fixed per model and the check below compares the result.
+                warnings.simplefilter("ignore", _TracerWarning)
+                warnings.simplefilter("ignore", FutureWarning)  # transformers' attribute renames
+                with torch.inference_mode(), _interpreted():
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                        graph: Callable[[torch.Tensor], torch.Tensor] = torch.jit.trace(  # type: ignore[no-untyped-call]
+                            self._module, sample, check_trace=False
+                        )
+                    expected, traced = self.eager(sample), graph(sample)
+        except Exception as exc:  # an unusual model runs eagerly, as before
+            log.warning("model_not_traced", reason=f"{type(exc).__name__}: {exc}")
+            return None
+        if not torch.allclose(traced.float(), expected.float(), rtol=1e-3, atol=1e-3):
+            log.warning("model_not_traced", reason="the traced graph disagrees with the model")
+            return None
+        return graph
+
+
+# Public parts of torch.jit that torch's type stubs do not re-export.
+_TracerWarning: type[Warning] = torch.jit.TracerWarning  # type: ignore[attr-defined]
+
+
+def _interpreted() -> AbstractContextManager[None]:
+    """TorchScript's plain interpreter, without the optimising executor's per-shape profiling."""
+    manager: AbstractContextManager[None] = torch.jit.optimized_execution(False)  # type: ignore[attr-defined]
+    return manager
+
+
+class _Projected(torch.nn.Module):
+    """CLIP's vision tower and projection as one module: what is traced."""
+
+    def __init__(self, clip: transformers.CLIPModel) -> None:
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        projected: torch.Tensor = self.clip.visual_projection(
+            self.clip.vision_model(pixel_values=values).pooler_output
+        )
         return projected
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from structlog.testing import capture_logs
 
 from daemon.encoder import Encoder, cpu_has_bf16, looks_like_path, model_identity, resolve_device
 from daemon.errors import ModelLoadError
@@ -75,6 +77,36 @@ def test_the_direct_image_path_agrees_with_sentence_transformers(encoder: Encode
     direct = encoder.encode_images(pictures)
     reference = encoder._encode(encoder._model, pictures)
     assert np.allclose(direct, reference, atol=1e-5)
+
+
+def test_the_image_side_runs_as_one_traced_graph(encoder: Encoder) -> None:
+    """A plain CLIPModel is traced once at load; the graph gives eager's vectors at any batch size."""
+    tower = encoder._tower
+    assert tower is not None and tower.graph is not None
+    generator = torch.Generator().manual_seed(1)
+    with torch.inference_mode():
+        for size in (1, 5, 33):
+            values = torch.randn((size, 3, encoder.image_size, encoder.image_size), generator=generator)
+            assert torch.allclose(tower.forward(values), tower.eager(values), atol=1e-5)
+
+
+def test_a_model_that_cannot_be_traced_runs_eagerly(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing trace is logged and costs nothing but speed: the vectors stay the processor's."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("tracing is not supported for this model")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    with capture_logs() as logs:
+        eager = Encoder(str(tiny_model), "cpu")
+    assert eager._tower is not None and eager._tower.graph is None
+    assert [entry["reason"] for entry in logs if entry["event"] == "model_not_traced"] == [
+        "RuntimeError: tracing is not supported for this model"
+    ]
+    pictures = [draw(np.random.default_rng(2), color) for color in ("red", "green", "blue")]
+    assert np.allclose(eager.encode_images(pictures), eager._encode(eager._model, pictures), atol=1e-5)
 
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="needs a CPU with native bf16 (AMX or AVX-512 BF16)")
