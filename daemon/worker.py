@@ -2,8 +2,10 @@
 
 It takes micro-batches from the fair queue (up to ``batch_size`` files, or
 whatever arrived within ``max_batch_delay_ms`` of the first), decodes batch
-k+1 in the thread pool while the model encodes batch k, and hands every file
-to the mover. Class-index rebuilds and model swaps also run here, between
+k+1 in the thread pool while the model encodes batch k, and hands each
+classified batch to the placer thread, which journals and moves it while the
+model encodes the next one (the moves wait on fsync, the model on nothing of
+theirs). Class-index rebuilds and model swaps also run here, between
 batches, so the model is never used by two threads and no batch mixes two
 class indexes or two models.
 
@@ -14,6 +16,8 @@ back with a delay; the file itself stays in the inbox until it is placed.
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
 import time
 from concurrent.futures import Future
@@ -25,6 +29,7 @@ from daemon.catalog import Catalog
 from daemon.config import Settings
 from daemon.decoding import Decoded, DecodePool, collect
 from daemon.embeddings import Embedder
+from daemon.encoder import Encoder
 from daemon.errors import ImageIncomplete
 from daemon.intake import Intake
 from daemon.journal import Journal
@@ -39,12 +44,21 @@ IDLE_WAIT = 0.2  # how often an idle worker looks at due class rebuilds
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
 CHECKPOINT_POLL = 1.0  # seconds between looks at the fine-tuned checkpoints' pointers
+# Classified batches waiting for the placer: one lets the model encode batch k+1 while batch k is
+# moved, and bounds what a slow disk can hold up.
+PLACING_AHEAD = 1
 
 
 @dataclass
 class _Batch:
     jobs: list[Job]
     pictures: list[Future[Decoded]]
+
+
+@dataclass
+class _Classified:
+    deliveries: list[Delivery]
+    encoder: Encoder  # the model that decided, recorded in the journal even if a swap follows
 
 
 class Worker:
@@ -70,22 +84,31 @@ class Worker:
         self._pool = DecodePool(embedder.limits, settings.decode_workers)
         self._stop = threading.Event()
         self._swap: Embedder | None = None
+        self._placing: queue.Queue[_Classified | None] = queue.Queue(maxsize=PLACING_AHEAD)
         self._retries: dict[str, tuple[float, float]] = {}  # cause -> (delay, when it last doubled)
+        self._retries_lock = threading.Lock()  # both threads back off
         self.heartbeat = time.monotonic()
         self._checked_checkpoints = 0.0
         self._checked_corrections = 0.0
         self._corrections: dict[str, int] | None = None  # per dataset, as last seen
         self.thread = threading.Thread(target=self._run, name="clipsort-worker", daemon=True)
+        self.placer = threading.Thread(target=self._place_all, name="clipsort-placer", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
+        self.placer.start()
 
     def stop(self, timeout: float) -> bool:
-        """Finish the batch in flight, hand back the prefetched one; True if it ended in time."""
+        """Finish the batch in flight and place it, hand back the prefetched one; True if done in time."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
         self.thread.join(timeout)
+        # If the placer is stuck on the disk the sentinel does not fit; its files are still in the inbox.
+        with contextlib.suppress(queue.Full):
+            self._placing.put(None, timeout=max(0.0, deadline - time.monotonic()))
+        self.placer.join(max(0.0, deadline - time.monotonic()))
         self._pool.close(wait=False)
-        return not self.thread.is_alive()
+        return not self.thread.is_alive() and not self.placer.is_alive()
 
     def replace_embedder(self, embedder: Embedder) -> None:
         """Use a new model from the next batch on (after every class index is rebuilt with it)."""
@@ -173,23 +196,44 @@ class Worker:
             elif isinstance(verdict, ImageIncomplete) and age(job) < self.settings.max_wait_seconds:
                 log.debug("not_ready", file=str(job.path), reason=str(verdict))
                 self._intake.retry(job, self._recheck_delay(job))  # not ready is not bad
-            elif not is_unchanged(job):
-                log.debug("not_ready", file=str(job.path), reason="changed since it was read")
-                self._intake.retry(job, self.settings.settle_seconds)
             else:
                 ready.append(Delivery(job, verdict, read, targets[job.dataset]))
-        results = deliver(ready, encoder=self.embedder.encoder, journal=self._journal, dry_run=False)
+        if ready:
+            self._placing.put(_Classified(ready, self.embedder.encoder))  # waits while the last is placed
+
+    def _place_all(self) -> None:
+        """The placer thread: classified batches in, placed files out, until stopped."""
+        while (batch := self._placing.get()) is not None:
+            try:
+                self._place(batch)
+            except Exception as exc:  # a bug here must not end placing for good
+                log.exception("placing_failed", error=str(exc))
+                self._metrics.error("placing", str(exc))
+                for item in batch.deliveries:  # unplaced files stay in the inbox for the next scan
+                    self._intake.release(item.job.path)
+
+    def _place(self, batch: _Classified) -> None:
+        """Journal and move a batch; a file that changed since it was read goes back to settle."""
+        ready = []
+        for item in batch.deliveries:
+            if is_unchanged(item.job):
+                ready.append(item)
+            else:
+                log.debug("not_ready", file=str(item.job.path), reason="changed since it was read")
+                self._intake.retry(item.job, self.settings.settle_seconds)
+        results = deliver(ready, encoder=batch.encoder, journal=self._journal, dry_run=False)
         for item, result in zip(ready, results, strict=True):
             self._settle(item.job, result)
 
     def _settle(self, job: Job, result: Result) -> None:
         if isinstance(result, Outcome):
-            self._retries.clear()
+            with self._retries_lock:
+                self._retries.clear()
             self._intake.release(job.path)
             self._metrics.record(result, age(job))
         elif isinstance(result, OSError):  # disk full, read-only, permissions: the file stays and is retried
             cause = f"{type(result).__name__}:{result.errno}"
-            if cause not in self._retries:
+            if cause not in self._retries:  # a read without the lock: at worst one log line more or less
                 log.error("move_failed", file=str(job.path), error=str(result))
             self._metrics.error("move", str(result))
             self._intake.retry(job, self._backoff(cause))
@@ -209,8 +253,9 @@ class Worker:
         disk met by a batch of 32 files must not push the next look 32 doublings away.
         """
         now = time.monotonic()
-        delay, doubled = self._retries.get(cause, (RETRY_FIRST / 2, -RETRY_MAX))
-        if now - doubled >= delay:
-            delay, doubled = min(RETRY_MAX, delay * 2), now
-            self._retries[cause] = (delay, doubled)
+        with self._retries_lock:
+            delay, doubled = self._retries.get(cause, (RETRY_FIRST / 2, -RETRY_MAX))
+            if now - doubled >= delay:
+                delay, doubled = min(RETRY_MAX, delay * 2), now
+                self._retries[cause] = (delay, doubled)
         return delay
