@@ -13,5 +13,5 @@ OUT="${OUT:-bench/results}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, 'on', torch.cuda.get_device_name())"
 python3 -m bench.throughput --device cuda --batch-size 256 --decode-workers 16 \
-    --counts "${COUNTS:-64,256,8192}" --model-only 8192 --singles 20 --rss 1000,10000 \
+    --counts "${COUNTS:-64,256,8192}" --rounds "${ROUNDS:-2}" --model-only 8192 --singles 20 --rss 1000,10000 \
     --out "$OUT/throughput-gpu.json"

@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -253,20 +254,40 @@ def measure_set(
     encoder: Encoder,
     scratch: Path,
     options: dict[str, Any],
-    baseline_files: int,
-) -> dict[str, float]:
-    """Baseline, sort and daemon images/s on one image set."""
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Baseline once, then ``args.rounds`` rounds of model-only, sort and daemon images/s on one set.
+
+    Each round measures the ceiling next to the pipelines it is compared with, because the rate of
+    this shared machine drifts by more than the differences measured; the row holds the medians
+    and the median of each round's ratio.
+    """
     print(f"{kind} x {count}", flush=True)
     files = make_set(scratch / "sets" / kind, kind, count, seed=len(kind))
     started = time.perf_counter()
-    original = baseline(encoder, files[:baseline_files], scratch / "baseline" / kind)
-    row = {"files": count, "baseline": report("baseline", original, started)}
-    started = time.perf_counter()
-    row["sort"] = report("sort", sort_pipeline(encoder, files, scratch / "sort" / kind, options), started)
-    started = time.perf_counter()
-    burst = daemon_burst(model, files, scratch / "daemon" / kind, options)
-    row["daemon"] = report("daemon", burst["files_per_s"], started)
-    row["daemon_peak_rss_mb"] = burst["peak_rss_mb"]
+    original = baseline(encoder, files[: args.baseline_files], scratch / "baseline" / kind)
+    row: dict[str, Any] = {"files": count, "baseline": report("baseline", original, started)}
+    rounds = []
+    for k in range(args.rounds):
+        started = time.perf_counter()
+        ceiling = model_only(encoder, 8 if args.quick else args.model_only, args.batch_size)
+        one = {"model_only": report("model_only", ceiling, started)}
+        started = time.perf_counter()
+        one["sort"] = report(
+            "sort", sort_pipeline(encoder, files, scratch / "sort" / f"{kind}-{k}", options), started
+        )
+        started = time.perf_counter()
+        burst = daemon_burst(model, files, scratch / "daemon" / f"{kind}-{k}", options)
+        one["daemon"] = report("daemon", burst["files_per_s"], started)
+        one["daemon_peak_rss_mb"] = burst["peak_rss_mb"]
+        rounds.append(one)
+    row |= {key: statistics.median(one[key] for one in rounds) for key in rounds[0]}
+    for pipeline in ("sort", "daemon"):
+        row[f"{pipeline}_vs_baseline"] = row[pipeline] / original
+        row[f"{pipeline}_vs_model_only"] = statistics.median(
+            one[pipeline] / one["model_only"] for one in rounds
+        )
+    row["rounds"] = rounds
     return row
 
 
@@ -308,6 +329,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--counts", default="16,32,96", help="files per set: 12 MP JPEG, 1 MP PNG, 640x480 JPEG"
     )
     parser.add_argument("--model-only", type=int, default=128, help="images for the model-only ceiling")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="rounds of model-only, sort and daemon per set (medians kept)"
+    )
     parser.add_argument("--singles", type=int, default=20, help="single drops for latency")
     parser.add_argument("--rss", default="1000,10000", help="burst sizes compared for peak RSS")
     parser.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
@@ -330,21 +354,13 @@ def main(argv: list[str] | None = None) -> None:
         scratch = Path(scratch_name)
         model = random_clip(scratch / "model", small=args.quick)
         encoder = Encoder(str(model), args.device, precision=args.precision)
-        started = time.perf_counter()
-        ceiling = model_only(encoder, 8 if args.quick else args.model_only, args.batch_size)
-        report("model_only", ceiling, started)
         forward = gil_effect(encoder, 8 if args.quick else args.model_only, args.batch_size)
         print("  forward, images/s: " + ", ".join(f"{k} {v:.1f}" for k, v in forward.items()), flush=True)
         chosen = args.sets.split(",")
         for kind, count in zip(SETS, counts, strict=True):
             if kind not in chosen:
                 continue
-            row = measure_set(kind, count, model, encoder, scratch, options, args.baseline_files)
-            row["model_only"] = ceiling
-            row["daemon_vs_baseline"] = row["daemon"] / row["baseline"]
-            row["daemon_vs_model_only"] = row["daemon"] / ceiling
-            row["sort_vs_baseline"] = row["sort"] / row["baseline"]
-            results[kind] = row
+            results[kind] = measure_set(kind, count, model, encoder, scratch, options, args)
         extras = {} if args.sets_only else latency_and_rss(model, scratch, args, options)
     summary = {
         "machine": {
@@ -362,11 +378,11 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2))
-    header = ("set", "baseline", "sort", "daemon", "model", "d/base", "d/model")
+    header = ("set", "baseline", "sort", "daemon", "model", "d/base", "d/model", "s/model")
     print("\nimages/s\n" + " ".join(f"{name:>9}" for name in header))
     for kind, row in results.items():
         cells = [row[k] for k in ("baseline", "sort", "daemon", "model_only")]
-        ratios = [row["daemon_vs_baseline"], row["daemon_vs_model_only"]]
+        ratios = [row["daemon_vs_baseline"], row["daemon_vs_model_only"], row["sort_vs_model_only"]]
         print(
             f"{kind:>9} "
             + " ".join(f"{v:>9.1f}" for v in cells)

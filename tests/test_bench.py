@@ -39,11 +39,15 @@ def test_daemon_latency_smoke_run_writes_its_report(tmp_path: Path) -> None:
 
 
 def test_throughput_smoke_run_reports_every_measurement(tmp_path: Path) -> None:
-    """``python -m bench.throughput --quick`` exits 0 with rates, ratios, latency and peak RSS."""
+    """``python -m bench.throughput --quick`` exits 0: rates, ratios, forward rates, latency, peak RSS."""
     report = smoke("bench.throughput", tmp_path / "throughput.json")
     assert set(report["sets"]) == {"jpeg12mp", "png1mp", "jpeg640"}
     for row in report["sets"].values():
         assert min(row["baseline"], row["sort"], row["daemon"], row["model_only"]) > 0
         assert row["daemon_vs_baseline"] == row["daemon"] / row["baseline"]
+        [one] = row["rounds"]  # one round: its ratio is the row's
+        assert row["daemon_vs_model_only"] == one["daemon"] / one["model_only"]
+    assert set(report["forward"]) == {"graph_alone", "graph_busy", "eager_alone", "eager_busy"}
+    assert min(report["forward"].values()) > 0
     assert 0 < report["latency"]["single_p50_ms"] <= report["latency"]["single_p95_ms"]
     assert set(report["rss"]) == {"peak_rss_mb_20", "peak_rss_mb_60"}
