@@ -1,4 +1,4 @@
-"""Tests for daemon.service in-process: supervision restarts a dead observer; daemon-only checks."""
+"""Tests for daemon.service in-process: supervision, model work on passing threads, daemon-only checks."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from daemon.config import load_settings
 from daemon.errors import ConfigError
-from daemon.service import Service, check_daemon_settings
+from daemon.service import Service, check_daemon_settings, on_own_thread
 from tests.synthetic import draw, make_dataset, save
 from tests.waiting import wait_until
 
@@ -51,3 +52,31 @@ def test_copy_action_is_refused_for_any_dataset(data_root: Path) -> None:
     Path("config.toml").write_text('[datasets.shoes]\naction = "copy"\n')
     with pytest.raises(ConfigError, match="shoes"):
         check_daemon_settings(load_settings())
+
+
+def _tasks() -> set[int]:
+    return {int(task.name) for task in Path("/proc/self/task").iterdir()}
+
+
+def test_model_work_on_its_own_thread_leaves_no_thread_behind() -> None:
+    """A parallel torch operator runs on a thread that ends, and OpenMP's pool for it ends too."""
+    before = _tasks()
+    seen: list[int] = []
+
+    def work() -> float:
+        seen.append(threading.get_native_id())
+        return float(torch.ones(1 << 22).add_(1).sum())  # large enough to run on all intra-op threads
+
+    assert on_own_thread(work) == 2.0 * (1 << 22)
+    assert seen[0] != threading.get_native_id()
+    wait_until(lambda: _tasks() <= before, timeout=5)  # no pool thread, no helper thread left
+
+
+def test_errors_of_work_on_its_own_thread_reach_the_caller() -> None:
+    """A model that cannot be loaded still fails the caller with its own error."""
+
+    def fail() -> None:
+        raise ConfigError("no such model")
+
+    with pytest.raises(ConfigError, match="no such model"):
+        on_own_thread(fail)
