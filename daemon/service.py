@@ -60,8 +60,8 @@ def on_own_thread(function: Callable[..., T], *args: object) -> T:
     libgomp stops spinning at its barriers and sleeps instead, and every
     operator then pays for waking its threads. With the main thread's pool
     alive beside the worker's (the model was loaded and the class indexes first
-    built on the main thread), the daemon sorted 640x480 JPEGs at a median 71
-    images/s instead of 88 on 2 CPUs (bench/README.md). A thread that ends
+    built on the main thread), the daemon sorted 640x480 JPEGs at a median 80
+    images/s instead of 96 on 2 CPUs (four alternating runs). A thread that ends
     takes its pool with it, so loading the model and the first encoding run on
     threads of their own, and the worker is the one long-lived thread that
     runs the model.
