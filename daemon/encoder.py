@@ -202,6 +202,9 @@ class ImageTower:
                 # size is fixed per model and the check below compares the result.
                 warnings.simplefilter("ignore", _TracerWarning)
                 warnings.simplefilter("ignore", FutureWarning)  # transformers' attribute renames
+                # Deprecated since torch 2.13 for torch.compile/torch.export, which compile C++ at
+                # every start (bench/README.md); if tracing goes, the eager fallback below serves.
+                warnings.filterwarnings("ignore", r"`torch\.jit\.trace", DeprecationWarning)
                 with torch.inference_mode(), _interpreted():
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
                         graph: Callable[[torch.Tensor], torch.Tensor] = torch.jit.trace(  # type: ignore[no-untyped-call]
