@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +20,10 @@ from pathlib import Path
 from PIL import Image
 
 from daemon.errors import ImageRejected
-from daemon.images import DecodeLimits
+from daemon.images import Crop, DecodeLimits
 
 Picture = Image.Image | ImageRejected
+Prepare = Callable[[Image.Image], Crop]
 
 
 @dataclass(frozen=True)
@@ -32,19 +33,21 @@ class Decoded:
     picture: Picture
     sha256: str = ""  # empty when the file could not be read at all
     size: int = 0
+    crop: Crop | None = None  # the picture as the model's input, when it was prepared here
 
 
-def read_and_decode(path: Path, limits: DecodeLimits, target: int) -> Decoded:
-    """Read ``path`` once; hash and decode the same bytes."""
+def read_and_decode(path: Path, limits: DecodeLimits, target: int, prepare: Prepare | None = None) -> Decoded:
+    """Read ``path`` once; hash and decode the same bytes; ``prepare`` the model's input from the picture."""
     try:
         data = limits.read(path)
     except ImageRejected as exc:
         return Decoded(exc)
     digest = hashlib.sha256(data).hexdigest()
     try:
-        return Decoded(limits.decode(data, target), digest, len(data))
+        picture = limits.decode(data, target)
     except ImageRejected as exc:
         return Decoded(exc, digest, len(data))
+    return Decoded(picture, digest, len(data), None if prepare is None else prepare(picture))
 
 
 class DecodePool:
@@ -54,9 +57,15 @@ class DecodePool:
         self.limits = limits
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="clipsort-decode")
 
-    def start(self, paths: Sequence[Path], target: int) -> list[Future[Decoded]]:
-        """Begin decoding ``paths`` to pictures whose shortest edge is ``target`` (see :func:`collect`)."""
-        return [self._executor.submit(read_and_decode, path, self.limits, target) for path in paths]
+    def start(
+        self, paths: Sequence[Path], target: int, prepare: Prepare | None = None
+    ) -> list[Future[Decoded]]:
+        """Begin decoding ``paths`` to pictures whose shortest edge is ``target`` (see :func:`collect`).
+
+        With ``prepare`` (the encoder's :attr:`~daemon.encoder.Encoder.crop`) each picture is also
+        made into the model's input here, so the model's thread only stacks them.
+        """
+        return [self._executor.submit(read_and_decode, path, self.limits, target, prepare) for path in paths]
 
     def close(self, *, wait: bool = True) -> None:
         """Stop the threads; with ``wait=False`` a decode in progress is abandoned, not awaited."""

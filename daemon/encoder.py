@@ -24,7 +24,7 @@ from PIL import Image
 from sentence_transformers import SentenceTransformer
 
 from daemon.errors import ModelLoadError
-from daemon.images import input_size
+from daemon.images import Crop, input_size
 
 log = structlog.get_logger()
 
@@ -146,22 +146,27 @@ class ImageTower:
         self._module = _Projected(clip).eval()
         self.graph = self._trace()
 
-    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """uint8 N x 3 x size x size: shortest edge to ``size`` (bicubic, as the processor), centre crop."""
+    def crop(self, image: Image.Image) -> Crop:
+        """size x size x 3 uint8: shortest edge to ``size`` (bicubic, as the processor), centre crop.
+
+        Thread-safe, so the decoding threads can do it instead of the model's thread.
+        """
         side = self.size
-        batch = np.empty((len(images), side, side, 3), dtype=np.uint8)
-        for row, image in enumerate(images):
-            rgb = image if image.mode == "RGB" else image.convert("RGB")
-            short, long = min(rgb.size), max(rgb.size)
-            if short != side:
-                scaled = (side, int(side * long / short))
-                width, height = scaled if rgb.width <= rgb.height else scaled[::-1]
-                rgb = rgb.resize((width, height), Image.Resampling.BICUBIC)
-            left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
-            batch[row] = np.asarray(rgb.crop((left, top, left + side, top + side)))
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        short, long = min(rgb.size), max(rgb.size)
+        if short != side:
+            scaled = (side, int(side * long / short))
+            width, height = scaled if rgb.width <= rgb.height else scaled[::-1]
+            rgb = rgb.resize((width, height), Image.Resampling.BICUBIC)
+        left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
+        return np.asarray(rgb.crop((left, top, left + side, top + side)))
+
+    def pixels(self, images: Sequence[Image.Image | Crop]) -> torch.Tensor:
+        """uint8 N x 3 x size x size of pictures, or of their :meth:`crop` where already made."""
+        batch = np.stack([item if isinstance(item, np.ndarray) else self.crop(item) for item in images])
         return torch.from_numpy(batch).permute(0, 3, 1, 2)
 
-    def __call__(self, images: Sequence[Image.Image]) -> Vectors:
+    def __call__(self, images: Sequence[Image.Image | Crop]) -> Vectors:
         pixels = self.pixels(images)
         if self.device.startswith("cuda"):
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
@@ -218,6 +223,11 @@ class ImageTower:
             log.warning("model_not_traced", reason="the traced graph disagrees with the model")
             return None
         return graph
+
+
+def _pictures(images: Sequence[Image.Image | Crop]) -> list[Image.Image]:
+    """Pillow images for the sentence-transformers path (a crop is already the model's input size)."""
+    return [Image.fromarray(item) if isinstance(item, np.ndarray) else item for item in images]
 
 
 # Public parts of torch.jit that torch's type stubs do not re-export.
@@ -295,13 +305,18 @@ class Encoder:
             return float(scale.detach().float().exp().item())
         return DEFAULT_LOGIT_SCALE
 
-    def encode_images(self, images: Sequence[Image.Image]) -> Vectors:
-        """One row per picture."""
+    @property
+    def crop(self) -> Callable[[Image.Image], Crop] | None:
+        """What turns a picture into the model's input ahead of :meth:`encode_images`; None if nothing can."""
+        return None if self._tower is None else self._tower.crop
+
+    def encode_images(self, images: Sequence[Image.Image | Crop]) -> Vectors:
+        """One row per picture, or per picture already made into its :attr:`crop`."""
         if self._tower is not None and images:
             return self._tower(images)
-        return self._encode(self._model, list(images))
+        return self._encode(self._model, _pictures(images))
 
-    def encode_images_on_cpu(self, images: Sequence[Image.Image]) -> Vectors:
+    def encode_images_on_cpu(self, images: Sequence[Image.Image | Crop]) -> Vectors:
         """The last resort when the accelerator fails (out of memory): the same weights on the CPU."""
         if self.device == "cpu":
             return self.encode_images(images)
@@ -309,7 +324,7 @@ class Encoder:
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
             self._cpu = load_model(self.name, "cpu")
-        return self._encode(self._cpu, list(images))
+        return self._encode(self._cpu, _pictures(images))
 
     def encode_texts(self, texts: Sequence[str]) -> Vectors:
         """One row per text."""

@@ -16,9 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from daemon.errors import ImageIncomplete, ImageRejected
+
+Crop = npt.NDArray[np.uint8]  # a picture as an image tower's input: size x size x 3
 
 
 def _flatten(image: Image.Image) -> Image.Image:

@@ -26,6 +26,7 @@ from daemon.decoding import Decoded, Picture
 from daemon.embedcache import EmbeddingCache
 from daemon.encoder import Encoder
 from daemon.errors import ClipsortError, ImageRejected
+from daemon.images import Crop
 from daemon.journal import Intent, Journal, Settlement, State
 from daemon.layout import DatasetLayout
 from daemon.mover import check_inside, ensure_dir, move_into, preview, sync_folders
@@ -102,6 +103,7 @@ def classify(
     on_cpu: bool = False,
     cache: EmbeddingCache | None = None,
     keys: Sequence[str] = (),
+    crops: Sequence[Crop | None] = (),
 ) -> list[Decision | ImageRejected]:
     """A decision, or the reason it cannot be read, for each job in order.
 
@@ -109,6 +111,8 @@ def classify(
     CPU copy of the model (see :func:`classify_with_fallback`). With a
     ``cache``, each picture's vector is kept under its content hash in
     ``keys``, so a later correction can use it without encoding it again.
+    ``crops`` are pictures already made into the model's input (by the
+    decoding threads); the CLIP model encodes those instead.
     """
     readable = [i for i, picture in enumerate(pictures) if isinstance(picture, Image.Image)]
     by_dataset: dict[str, list[int]] = {}
@@ -119,7 +123,8 @@ def classify(
         i for i in readable if not isinstance(targets[jobs[i].dataset].classifier, FinetunedClassifier)
     ]
     encode = encoder.encode_images_on_cpu if on_cpu else encoder.encode_images
-    vectors = encode([pictures[i] for i in clip_jobs])  # type: ignore[misc]
+    inputs = [crops[i] if crops and crops[i] is not None else pictures[i] for i in clip_jobs]
+    vectors = encode(inputs)  # type: ignore[arg-type]
     row_of = {job: row for row, job in enumerate(clip_jobs)}
     if cache is not None and keys:
         cache.put(encoder.identity, {keys[i]: vectors[row] for i, row in row_of.items() if keys[i]})
@@ -147,6 +152,7 @@ def classify_with_fallback(
     *,
     cache: EmbeddingCache | None = None,
     keys: Sequence[str] = (),
+    crops: Sequence[Crop | None] = (),
 ) -> list[Decision | ImageRejected | None]:
     """:func:`classify`, surviving inference failures such as running out of GPU memory.
 
@@ -155,7 +161,7 @@ def classify_with_fallback(
     the caller keeps it in the inbox and tries again later.
     """
     try:
-        return list(classify(jobs, pictures, targets, encoder, cache=cache, keys=keys))
+        return list(classify(jobs, pictures, targets, encoder, cache=cache, keys=keys, crops=crops))
     except Exception as exc:
         failure = str(exc)
     if len(jobs) > 1:
@@ -163,16 +169,30 @@ def classify_with_fallback(
         half = len(jobs) // 2
         return [
             *classify_with_fallback(
-                jobs[:half], pictures[:half], targets, encoder, cache=cache, keys=keys[:half]
+                jobs[:half],
+                pictures[:half],
+                targets,
+                encoder,
+                cache=cache,
+                keys=keys[:half],
+                crops=crops[:half],
             ),
             *classify_with_fallback(
-                jobs[half:], pictures[half:], targets, encoder, cache=cache, keys=keys[half:]
+                jobs[half:],
+                pictures[half:],
+                targets,
+                encoder,
+                cache=cache,
+                keys=keys[half:],
+                crops=crops[half:],
             ),
         ]
     if encoder.device != "cpu":
         log.warning("inference_on_cpu", file=str(jobs[0].path), device=encoder.device, error=failure)
         try:
-            return list(classify(jobs, pictures, targets, encoder, on_cpu=True, cache=cache, keys=keys))
+            return list(
+                classify(jobs, pictures, targets, encoder, on_cpu=True, cache=cache, keys=keys, crops=crops)
+            )
         except Exception as exc:
             failure = str(exc)
     log.error("inference_failed", file=str(jobs[0].path), error=failure)

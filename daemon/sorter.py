@@ -82,13 +82,13 @@ def run(
         for item in work
         for start in range(0, len(item.files), size)
     ]
-    side = embedder.encoder.image_size
+    side, crop = embedder.encoder.image_size, embedder.encoder.crop
     with DecodePool(embedder.limits, settings.decode_workers) as pool:
-        upcoming = pool.start([job.path for job in batches[0][1]], side) if batches else []
+        upcoming = pool.start([job.path for job in batches[0][1]], side, crop) if batches else []
         for k, (target, jobs) in enumerate(batches):
             current = upcoming
             if k + 1 < len(batches):
-                upcoming = pool.start([job.path for job in batches[k + 1][1]], side)
+                upcoming = pool.start([job.path for job in batches[k + 1][1]], side, crop)
             decoded = collect(current, settings.decode_timeout_seconds)
             targets = {target.layout.name: target}
             verdicts = classify(
@@ -98,6 +98,7 @@ def run(
                 embedder.encoder,
                 cache=embedder.cache,
                 keys=[d.sha256 for d in decoded],
+                crops=[d.crop for d in decoded],
             )
             batch = [
                 Delivery(job, verdict, read, target)

@@ -53,6 +53,7 @@ PLACING_AHEAD = 1
 class _Batch:
     jobs: list[Job]
     pictures: list[Future[Decoded]]
+    encoder: Encoder  # whose input the crops were made for: a model swapped in meanwhile ignores them
 
 
 @dataclass
@@ -137,8 +138,10 @@ class Worker:
                 self._intake.release(job.path)
 
     def _decode(self, jobs: list[Job]) -> _Batch:
-        side = self.embedder.encoder.image_size
-        return _Batch(jobs, self._pool.start([job.path for job in jobs], side))
+        encoder = self.embedder.encoder
+        return _Batch(
+            jobs, self._pool.start([job.path for job in jobs], encoder.image_size, encoder.crop), encoder
+        )
 
     def _maintain(self) -> None:
         if self._swap is not None:
@@ -186,6 +189,7 @@ class Worker:
             self.embedder.encoder,
             cache=self.embedder.cache,
             keys=[read.sha256 for read in reads],
+            crops=[read.crop for read in reads] if batch.encoder is self.embedder.encoder else (),
         )
         self._metrics.batch(len(jobs))
         ready = []

@@ -6,10 +6,12 @@ import hashlib
 from concurrent.futures import Future
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from daemon.decoding import Decoded, DecodePool, collect
+from daemon.encoder import Encoder
 from daemon.errors import ImageRejected
 from daemon.images import DecodeLimits
 from tests.synthetic import save
@@ -36,6 +38,20 @@ def test_each_file_is_read_once_hashed_and_shrunk(files: list[Path]) -> None:
     assert photo.sha256 == hashlib.sha256(files[0].read_bytes()).hexdigest()
     assert photo.size == files[0].stat().st_size
     assert isinstance(bad.picture, ImageRejected) and bad.size == len(b"not a picture")
+
+
+def test_the_model_input_is_prepared_beside_the_picture(files: list[Path], encoder: Encoder) -> None:
+    """With the encoder's crop each picture also comes back as the model's input; a bad file has none."""
+    crop = encoder.crop
+    assert crop is not None
+    side = encoder.image_size
+    with DecodePool(LIMITS, 2) as pool:
+        photo, tall, bad = collect(pool.start(files, side, crop), timeout=60)
+    for read in (photo, tall):
+        assert isinstance(read.picture, Image.Image) and read.crop is not None
+        assert read.crop.shape == (side, side, 3)
+        assert np.array_equal(read.crop, crop(read.picture))
+    assert bad.crop is None
 
 
 def test_a_decode_past_its_time_limit_is_rejected() -> None:

@@ -10,7 +10,14 @@ import pytest
 import torch
 from structlog.testing import capture_logs
 
-from daemon.encoder import Encoder, cpu_has_bf16, looks_like_path, model_identity, resolve_device
+from daemon.encoder import (
+    Encoder,
+    _pictures,
+    cpu_has_bf16,
+    looks_like_path,
+    model_identity,
+    resolve_device,
+)
 from daemon.errors import ModelLoadError
 from tests.synthetic import draw
 
@@ -77,6 +84,20 @@ def test_the_direct_image_path_agrees_with_sentence_transformers(encoder: Encode
     direct = encoder.encode_images(pictures)
     reference = encoder._encode(encoder._model, pictures)
     assert np.allclose(direct, reference, atol=1e-5)
+
+
+def test_crops_made_ahead_give_the_pictures_vectors(encoder: Encoder) -> None:
+    """Pictures made into the model's input elsewhere (the decoding threads) encode as the pictures do."""
+    rng = np.random.default_rng(3)
+    pictures = [draw(rng, "red", "circle", size=90), draw(rng, "blue", "square", 400).resize((400, 250))]
+    crop = encoder.crop
+    assert crop is not None
+    crops = [crop(picture) for picture in pictures]
+    assert np.allclose(encoder.encode_images(crops), encoder.encode_images(pictures), atol=1e-6)
+    mixed = encoder.encode_images([crops[0], pictures[1]])
+    assert np.allclose(mixed, encoder.encode_images(pictures), atol=1e-6)
+    # The sentence-transformers path (the CPU copy after an accelerator failure) takes them too.
+    assert np.allclose(encoder._encode(encoder._model, _pictures(crops)), mixed, atol=1e-5)
 
 
 def test_the_image_side_runs_as_one_traced_graph(encoder: Encoder) -> None:

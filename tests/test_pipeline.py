@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from daemon.catalog import make_embedder, make_target
 from daemon.classifiers import Decision
@@ -39,6 +40,17 @@ def batch(data_root: Path, encoder: Encoder):  # type: ignore[no-untyped-def]
     with DecodePool(embedder.limits, 2) as pool:
         decoded = collect(pool.start([job.path for job in jobs], encoder.image_size), 30)
     return jobs, [d.picture for d in decoded], {"rgb": target}, [truth[n] for n in sorted(truth)]
+
+
+def test_crops_from_the_decoding_threads_change_no_decision(batch, encoder: Encoder) -> None:  # type: ignore[no-untyped-def]
+    """Pictures handed over already made into the model's input are classified exactly as the pictures."""
+    jobs, pictures, targets, _ = batch
+    crop = encoder.crop
+    assert crop is not None
+    crops = [crop(p) if isinstance(p, Image.Image) else None for p in pictures]
+    assert labels(classify(jobs, pictures, targets, encoder, crops=crops)) == labels(
+        classify(jobs, pictures, targets, encoder)
+    )
 
 
 def test_a_batch_that_fails_is_split_until_it_fits(
