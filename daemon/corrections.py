@@ -18,7 +18,6 @@ clipsort never sorted is ignored unless ``learn_from_dataset`` is on.
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 from collections import Counter
@@ -36,6 +35,7 @@ from daemon.layout import DatasetLayout
 from daemon.mover import is_candidate
 from daemon.readiness import Signature
 from daemon.scanner import is_ignored, scan
+from daemon.workqueue import drain
 
 log = structlog.get_logger()
 
@@ -200,15 +200,9 @@ class Learner:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                arrivals = [self._arrivals.get(timeout=0.2)]
-            except queue.Empty:
-                continue
             # Whatever queued up meanwhile is looked up together: a burst of sorted
             # files costs a few journal queries, not two per file.
-            with contextlib.suppress(queue.Empty):
-                while len(arrivals) < ARRIVALS_PER_ROUND:
-                    arrivals.append(self._arrivals.get_nowait())
+            arrivals = drain(self._arrivals, 0.2, ARRIVALS_PER_ROUND)
             by_dataset: dict[str, list[Path]] = {}
             for dataset, path in arrivals:
                 layout = DatasetLayout(self.settings.root / dataset)

@@ -24,7 +24,7 @@ from daemon.config import Settings
 from daemon.layout import DatasetLayout, discover
 from daemon.readiness import Hint, Job, Readiness
 from daemon.scanner import scan
-from daemon.workqueue import FairQueue
+from daemon.workqueue import FairQueue, drain
 
 log = structlog.get_logger()
 
@@ -103,13 +103,7 @@ class Intake:
     def _tick(self) -> None:
         due = self.readiness.next_due()
         wait = TICK if due is None else min(TICK, max(0.0, due - time.monotonic()))
-        hints: list[Hint] = []
-        try:
-            hints.append(self._hints.get(timeout=wait))
-            while len(hints) < HINTS_PER_TICK:
-                hints.append(self._hints.get_nowait())
-        except queue.Empty:
-            pass
+        hints = drain(self._hints, wait, HINTS_PER_TICK)
         targets = self._catalog.snapshot()
         for hint in hints:
             if hint.dataset in targets and not self.readiness.offer(hint):

@@ -7,12 +7,31 @@ of files in one dataset cannot starve another. Its size is bounded by
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
+from typing import TypeVar
 
 from daemon.readiness import Job
+
+T = TypeVar("T")
+
+
+def drain(source: queue.Queue[T], timeout: float, limit: int) -> list[T]:
+    """The next item within ``timeout`` seconds and what queued up behind it, at most ``limit``; [] if none.
+
+    Threads fed one item at a time by others (hints, arrivals) take them in
+    rounds: a burst then costs one round of work, not one per item.
+    """
+    items: list[T] = []
+    with contextlib.suppress(queue.Empty):
+        items.append(source.get(timeout=timeout))
+        while len(items) < limit:
+            items.append(source.get_nowait())
+    return items
 
 
 class FairQueue:

@@ -1,13 +1,14 @@
-"""Tests for daemon.workqueue: fair, lingering micro-batches."""
+"""Tests for daemon.workqueue: fair, lingering micro-batches; draining a queue in rounds."""
 
 from __future__ import annotations
 
 import threading
 import time
 from pathlib import Path
+from queue import Queue
 
 from daemon.readiness import Job, Signature
-from daemon.workqueue import FairQueue
+from daemon.workqueue import FairQueue, drain
 
 
 def job(dataset: str, k: int) -> Job:
@@ -39,3 +40,13 @@ def test_linger_collects_late_arrivals_up_to_the_limit() -> None:
     threading.Timer(0.05, lambda: queue.put([job("a", 1), job("a", 2)])).start()
     batch = queue.take(3, wait=1, linger=2)
     assert [j.path.name for j in batch] == ["0", "1", "2"]
+
+
+def test_drain_takes_what_queued_up_in_one_round() -> None:
+    """The first item, then everything behind it up to the limit; an empty queue gives [] after the wait."""
+    source: Queue[int] = Queue()
+    for item in range(5):
+        source.put(item)
+    assert drain(source, 0.0, 3) == [0, 1, 2]
+    assert drain(source, 0.0, 10) == [3, 4]
+    assert drain(source, 0.01, 10) == []
