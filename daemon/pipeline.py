@@ -22,11 +22,10 @@ from daemon.classifiers import Classifier, Decision, decide
 from daemon.classifiers.finetuned import FinetunedClassifier
 from daemon.classindex import ClassIndex
 from daemon.config import DatasetSettings
-from daemon.decoding import Decoded, Picture
+from daemon.decoding import Decoded
 from daemon.embedcache import EmbeddingCache
 from daemon.encoder import Encoder
 from daemon.errors import ClipsortError, ImageRejected
-from daemon.images import Crop
 from daemon.journal import Intent, Journal, Settlement, State
 from daemon.layout import DatasetLayout
 from daemon.mover import check_inside, ensure_dir, move_into, preview, sync_folders
@@ -96,24 +95,22 @@ class Outcome:
 
 def classify(
     jobs: Sequence[Job],
-    pictures: Sequence[Picture],
+    reads: Sequence[Decoded],
     targets: Mapping[str, Target],
     encoder: Encoder,
     *,
     on_cpu: bool = False,
     cache: EmbeddingCache | None = None,
-    keys: Sequence[str] = (),
-    crops: Sequence[Crop | None] = (),
 ) -> list[Decision | ImageRejected]:
-    """A decision, or the reason it cannot be read, for each job in order.
+    """A decision, or the reason it cannot be read, for each job's file in order.
 
     Every job's dataset must be in ``targets``. ``on_cpu`` encodes with the
-    CPU copy of the model (see :func:`classify_with_fallback`). With a
-    ``cache``, each picture's vector is kept under its content hash in
-    ``keys``, so a later correction can use it without encoding it again.
-    ``crops`` are pictures already made into the model's input (by the
-    decoding threads); the CLIP model encodes those instead.
+    CPU copy of the model (see :func:`classify_with_fallback`). The CLIP
+    model encodes a file's crop where the decoding threads made one, else its
+    picture. With a ``cache``, each vector is kept under the file's content
+    hash, so a later correction can use it without encoding it again.
     """
+    pictures = [read.picture for read in reads]
     readable = [i for i, picture in enumerate(pictures) if isinstance(picture, Image.Image)]
     by_dataset: dict[str, list[int]] = {}
     for i in readable:
@@ -123,11 +120,12 @@ def classify(
         i for i in readable if not isinstance(targets[jobs[i].dataset].classifier, FinetunedClassifier)
     ]
     encode = encoder.encode_images_on_cpu if on_cpu else encoder.encode_images
-    inputs = [crops[i] if crops and crops[i] is not None else pictures[i] for i in clip_jobs]
-    vectors = encode(inputs)  # type: ignore[arg-type]
+    vectors = encode([pictures[i] if reads[i].crop is None else reads[i].crop for i in clip_jobs])  # type: ignore[misc]
     row_of = {job: row for row, job in enumerate(clip_jobs)}
-    if cache is not None and keys:
-        cache.put(encoder.identity, {keys[i]: vectors[row] for i, row in row_of.items() if keys[i]})
+    if cache is not None:
+        cache.put(
+            encoder.identity, {reads[i].sha256: vectors[row] for i, row in row_of.items() if reads[i].sha256}
+        )
     decided: dict[int, Decision] = {}
     for dataset, members in by_dataset.items():
         classifier = targets[dataset].classifier
@@ -146,13 +144,11 @@ def classify(
 
 def classify_with_fallback(
     jobs: Sequence[Job],
-    pictures: Sequence[Picture],
+    reads: Sequence[Decoded],
     targets: Mapping[str, Target],
     encoder: Encoder,
     *,
     cache: EmbeddingCache | None = None,
-    keys: Sequence[str] = (),
-    crops: Sequence[Crop | None] = (),
 ) -> list[Decision | ImageRejected | None]:
     """:func:`classify`, surviving inference failures such as running out of GPU memory.
 
@@ -161,38 +157,20 @@ def classify_with_fallback(
     the caller keeps it in the inbox and tries again later.
     """
     try:
-        return list(classify(jobs, pictures, targets, encoder, cache=cache, keys=keys, crops=crops))
+        return list(classify(jobs, reads, targets, encoder, cache=cache))
     except Exception as exc:
         failure = str(exc)
     if len(jobs) > 1:
         log.warning("inference_retry", files=len(jobs), smaller=len(jobs) // 2, error=failure)
         half = len(jobs) // 2
         return [
-            *classify_with_fallback(
-                jobs[:half],
-                pictures[:half],
-                targets,
-                encoder,
-                cache=cache,
-                keys=keys[:half],
-                crops=crops[:half],
-            ),
-            *classify_with_fallback(
-                jobs[half:],
-                pictures[half:],
-                targets,
-                encoder,
-                cache=cache,
-                keys=keys[half:],
-                crops=crops[half:],
-            ),
+            *classify_with_fallback(jobs[:half], reads[:half], targets, encoder, cache=cache),
+            *classify_with_fallback(jobs[half:], reads[half:], targets, encoder, cache=cache),
         ]
     if encoder.device != "cpu":
         log.warning("inference_on_cpu", file=str(jobs[0].path), device=encoder.device, error=failure)
         try:
-            return list(
-                classify(jobs, pictures, targets, encoder, on_cpu=True, cache=cache, keys=keys, crops=crops)
-            )
+            return list(classify(jobs, reads, targets, encoder, on_cpu=True, cache=cache))
         except Exception as exc:
             failure = str(exc)
     log.error("inference_failed", file=str(jobs[0].path), error=failure)

@@ -91,15 +91,7 @@ def run(
                 upcoming = pool.start([job.path for job in batches[k + 1][1]], side, crop)
             decoded = collect(current, settings.decode_timeout_seconds)
             targets = {target.layout.name: target}
-            verdicts = classify(
-                jobs,
-                [d.picture for d in decoded],
-                targets,
-                embedder.encoder,
-                cache=embedder.cache,
-                keys=[d.sha256 for d in decoded],
-                crops=[d.crop for d in decoded],
-            )
+            verdicts = classify(jobs, decoded, targets, embedder.encoder, cache=embedder.cache)
             batch = [
                 Delivery(job, verdict, read, target)
                 for job, verdict, read in zip(jobs, verdicts, decoded, strict=True)

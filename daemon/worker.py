@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -182,14 +182,10 @@ class Worker:
                 self._intake.release(job.path)
         if not jobs:
             return
+        if batch.encoder is not self.embedder.encoder:  # crops made for a model swapped out since
+            reads = [replace(read, crop=None) for read in reads]
         verdicts = classify_with_fallback(
-            jobs,
-            [read.picture for read in reads],
-            targets,
-            self.embedder.encoder,
-            cache=self.embedder.cache,
-            keys=[read.sha256 for read in reads],
-            crops=[read.crop for read in reads] if batch.encoder is self.embedder.encoder else (),
+            jobs, reads, targets, self.embedder.encoder, cache=self.embedder.cache
         )
         self._metrics.batch(len(jobs))
         ready = []

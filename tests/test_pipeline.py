@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -39,17 +40,17 @@ def batch(data_root: Path, encoder: Encoder):  # type: ignore[no-untyped-def]
     jobs = [job_for("rgb", data_root / "rgb" / "Images" / name) for name in sorted(truth)]
     with DecodePool(embedder.limits, 2) as pool:
         decoded = collect(pool.start([job.path for job in jobs], encoder.image_size), 30)
-    return jobs, [d.picture for d in decoded], {"rgb": target}, [truth[n] for n in sorted(truth)]
+    return jobs, decoded, {"rgb": target}, [truth[n] for n in sorted(truth)]
 
 
 def test_crops_from_the_decoding_threads_change_no_decision(batch, encoder: Encoder) -> None:  # type: ignore[no-untyped-def]
     """Pictures handed over already made into the model's input are classified exactly as the pictures."""
-    jobs, pictures, targets, _ = batch
+    jobs, reads, targets, _ = batch
     crop = encoder.crop
     assert crop is not None
-    crops = [crop(p) if isinstance(p, Image.Image) else None for p in pictures]
-    assert labels(classify(jobs, pictures, targets, encoder, crops=crops)) == labels(
-        classify(jobs, pictures, targets, encoder)
+    cropped = [replace(r, crop=crop(r.picture)) if isinstance(r.picture, Image.Image) else r for r in reads]
+    assert labels(classify(jobs, cropped, targets, encoder)) == labels(
+        classify(jobs, reads, targets, encoder)
     )
 
 
@@ -59,8 +60,8 @@ def test_a_batch_that_fails_is_split_until_it_fits(
     monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
     """Out of memory above two pictures: halves, then quarters, and every file still gets its class."""
-    jobs, pictures, targets, colors = batch
-    expected = classify(jobs, pictures, targets, encoder)
+    jobs, reads, targets, colors = batch
+    expected = classify(jobs, reads, targets, encoder)
     real = encoder.encode_images
     sizes: list[int] = []
 
@@ -71,7 +72,7 @@ def test_a_batch_that_fails_is_split_until_it_fits(
         return real(images)
 
     monkeypatch.setattr(encoder, "encode_images", small_batches_only)
-    verdicts = classify_with_fallback(jobs, pictures, targets, encoder)
+    verdicts = classify_with_fallback(jobs, reads, targets, encoder)
     assert labels(verdicts) == labels(expected)
     assert sizes[0] == 9 and max(sizes[1:]) == 5
     assert sum(n for n in sizes if n <= 2) == 9, "every picture was encoded once, in a batch that fit"
@@ -84,8 +85,8 @@ def test_a_single_picture_that_fails_on_the_accelerator_goes_to_the_cpu(
     monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
     """The accelerator fails for every batch: each file is encoded by the CPU copy instead."""
-    jobs, pictures, targets, _ = batch
-    expected = classify(jobs, pictures, targets, encoder)
+    jobs, reads, targets, _ = batch
+    expected = classify(jobs, reads, targets, encoder)
     cpu_calls = threading.local()
     cpu_calls.count = 0
     real_cpu = encoder.encode_images
@@ -100,7 +101,7 @@ def test_a_single_picture_that_fails_on_the_accelerator_goes_to_the_cpu(
     monkeypatch.setattr(encoder, "device", "cuda")
     monkeypatch.setattr(encoder, "encode_images", accelerator_broken)
     monkeypatch.setattr(encoder, "encode_images_on_cpu", on_cpu)
-    assert labels(classify_with_fallback(jobs, pictures, targets, encoder)) == labels(expected)
+    assert labels(classify_with_fallback(jobs, reads, targets, encoder)) == labels(expected)
     assert cpu_calls.count == len(jobs)
 
 
@@ -110,9 +111,9 @@ def test_a_file_that_fails_everywhere_is_marked_for_retry(
     monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
     """None, not an exception: the other files of the batch are still classified."""
-    jobs, pictures, targets, _ = batch
+    jobs, reads, targets, _ = batch
     real = encoder.encode_images
-    poisoned = pictures[3]
+    poisoned = reads[3].picture
 
     def fails_on_one(images):  # type: ignore[no-untyped-def]
         if any(image is poisoned for image in images):
@@ -120,7 +121,7 @@ def test_a_file_that_fails_everywhere_is_marked_for_retry(
         return real(images)
 
     monkeypatch.setattr(encoder, "encode_images", fails_on_one)
-    verdicts = classify_with_fallback(jobs, pictures, targets, encoder)
+    verdicts = classify_with_fallback(jobs, reads, targets, encoder)
     assert verdicts[3] is None
     assert all(isinstance(v, Decision) for k, v in enumerate(verdicts) if k != 3)
 
@@ -132,16 +133,16 @@ def test_a_class_folder_linked_out_of_the_dataset_is_never_written_through(
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     """Every file bound for it stays in the inbox with the reason; the others of the batch are placed."""
-    jobs, pictures, targets, _ = batch
+    jobs, reads, targets, _ = batch
     outside = tmp_path / "outside"
     outside.mkdir()
     sorted_dir = data_root / "rgb" / "Dataset"
     sorted_dir.mkdir()
     (sorted_dir / "red").symlink_to(outside)
-    verdicts = classify(jobs, pictures, targets, encoder)
+    verdicts = classify(jobs, reads, targets, encoder)
     items = [
-        Delivery(job, verdict, Decoded(picture, "0" * 64, 1), targets["rgb"])
-        for job, verdict, picture in zip(jobs, verdicts, pictures, strict=True)
+        Delivery(job, verdict, Decoded(read.picture, "0" * 64, 1), targets["rgb"])
+        for job, verdict, read in zip(jobs, verdicts, reads, strict=True)
     ]
     state = data_root / ".clipsort"
     state.mkdir()
