@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from sentence_transformers import SentenceTransformer
 
 from bench.daemon_latency import CLASSES, forward_ms, measure
 from daemon.catalog import make_embedder
@@ -96,8 +97,8 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def baseline(encoder: Encoder, files: list[Path], work: Path) -> float:
-    """Images/s of the original loop: full decode, encode one image, shutil.move.
+def baseline(encoder: Encoder, original: SentenceTransformer, files: list[Path], work: Path) -> float:
+    """Images/s of the original loop: full decode, ``original`` encodes one image, shutil.move.
 
     It has no start-up or overlap to amortise, so a few hundred files give its steady rate.
     """
@@ -107,12 +108,10 @@ def baseline(encoder: Encoder, files: list[Path], work: Path) -> float:
     class_vectors = encoder.encode_texts(classes)
     for label in classes:
         (out / label).mkdir(parents=True)
-    # Its own copy, as the original scripts loaded it: the pipeline's copy may hold bf16 image weights.
-    model = load_model(encoder.name, encoder.device)
     started = time.perf_counter()
     for source in sorted(inbox.iterdir()):
         image = Image.open(source).convert("RGB")
-        vector = model.encode(
+        vector = original.encode(
             image, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
         )
         label = classes[int(np.argmax(class_vectors @ vector))]
@@ -252,6 +251,7 @@ def measure_set(
     count: int,
     model: Path,
     encoder: Encoder,
+    original: SentenceTransformer,
     scratch: Path,
     options: dict[str, Any],
     args: argparse.Namespace,
@@ -265,8 +265,8 @@ def measure_set(
     print(f"{kind} x {count}", flush=True)
     files = make_set(scratch / "sets" / kind, kind, count, seed=len(kind))
     started = time.perf_counter()
-    original = baseline(encoder, files[: args.baseline_files], scratch / "baseline" / kind)
-    row: dict[str, Any] = {"files": count, "baseline": report("baseline", original, started)}
+    rate = baseline(encoder, original, files[: args.baseline_files], scratch / "baseline" / kind)
+    row: dict[str, Any] = {"files": count, "baseline": report("baseline", rate, started)}
     rounds = []
     for k in range(args.rounds):
         started = time.perf_counter()
@@ -283,7 +283,7 @@ def measure_set(
         rounds.append(one)
     row |= {key: statistics.median(one[key] for one in rounds) for key in rounds[0]}
     for pipeline in ("sort", "daemon"):
-        row[f"{pipeline}_vs_baseline"] = row[pipeline] / original
+        row[f"{pipeline}_vs_baseline"] = row[pipeline] / rate
         row[f"{pipeline}_vs_model_only"] = statistics.median(
             one[pipeline] / one["model_only"] for one in rounds
         )
@@ -292,14 +292,14 @@ def measure_set(
 
 
 def latency_and_rss(
-    model: Path, scratch: Path, args: argparse.Namespace, options: dict[str, Any]
+    model: Path, encoder: Encoder, scratch: Path, args: argparse.Namespace, options: dict[str, Any]
 ) -> dict[str, dict[str, float]]:
     """Single-file drop-to-move latency next to one forward pass, and peak RSS per burst size."""
     latency_work = scratch / "latency"
     latency_work.mkdir()
     singles = 3 if args.quick else args.singles
     latency = measure(model, latency_work, 0, singles, 0, device=args.device, precision=args.precision)
-    one_forward = forward_ms(model, device=args.device, precision=args.precision)
+    one_forward = forward_ms(encoder)
     rss_bursts = (20, 60) if args.quick else tuple(int(c) for c in args.rss.split(","))
     return {
         "latency": {
@@ -354,14 +354,16 @@ def main(argv: list[str] | None = None) -> None:
         scratch = Path(scratch_name)
         model = random_clip(scratch / "model", small=args.quick)
         encoder = Encoder(str(model), args.device, precision=args.precision)
+        # The baseline's own copy, as the original scripts loaded it (the pipeline's may hold bf16 weights).
+        original = load_model(str(model), args.device)
         forward = gil_effect(encoder, 8 if args.quick else args.model_only, args.batch_size)
         print("  forward, images/s: " + ", ".join(f"{k} {v:.1f}" for k, v in forward.items()), flush=True)
         chosen = args.sets.split(",")
         for kind, count in zip(SETS, counts, strict=True):
             if kind not in chosen:
                 continue
-            results[kind] = measure_set(kind, count, model, encoder, scratch, options, args)
-        extras = {} if args.sets_only else latency_and_rss(model, scratch, args, options)
+            results[kind] = measure_set(kind, count, model, encoder, original, scratch, options, args)
+        extras = {} if args.sets_only else latency_and_rss(model, encoder, scratch, args, options)
     summary = {
         "machine": {
             "cpus": os.cpu_count(),
