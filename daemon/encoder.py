@@ -186,9 +186,13 @@ class ImageTower:
 
     def eager(self, values: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` through the Python modules, one operator at a time."""
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+        with self._autocast():
             projected: torch.Tensor = self._module(values)
         return projected
+
+    def _autocast(self) -> torch.autocast:
+        """bf16 matrix products with fp32 norms where configured (CPU bf16); elsewhere it does nothing."""
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
 
     def _trace(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The image side recorded as a TorchScript graph, or None where that fails or disagrees.
@@ -211,7 +215,7 @@ class ImageTower:
                 # every start (bench/README.md); if tracing goes, the eager fallback below serves.
                 warnings.filterwarnings("ignore", r"`torch\.jit\.trace", DeprecationWarning)
                 with torch.inference_mode(), _interpreted():
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                    with self._autocast():
                         graph: Callable[[torch.Tensor], torch.Tensor] = torch.jit.trace(  # type: ignore[no-untyped-call]
                             self._module, sample, check_trace=False
                         )
