@@ -154,12 +154,16 @@ class ImageTower:
         side = self.size
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         short, long = min(rgb.size), max(rgb.size)
-        if short != side:
-            scaled = (side, int(side * long / short))
-            width, height = scaled if rgb.width <= rgb.height else scaled[::-1]
-            rgb = rgb.resize((width, height), Image.Resampling.BICUBIC)
-        left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
-        return np.asarray(rgb.crop((left, top, left + side, top + side)))
+        scaled = int(side * long / short)  # the long edge after scaling, rounded down as the processor does
+        along = long / scaled  # picture pixels per crop pixel along the long edge
+        start, end = (scaled - side) // 2 * along, ((scaled - side) // 2 + side) * along
+        box = (start, 0.0, end, float(short)) if rgb.width >= rgb.height else (0.0, start, float(short), end)
+        if short == side:  # decoding shrank it already
+            return np.asarray(rgb.crop((round(box[0]), round(box[1]), round(box[2]), round(box[3]))))
+        # Only the crop's part of the picture is resized: Pillow's filter still reads the pixels
+        # around the box, so this equals resizing everything and then cropping (but for rounding:
+        # a few pixels differ by a few levels) at three quarters of the work for a 4:3 picture.
+        return np.asarray(rgb.resize((side, side), Image.Resampling.BICUBIC, box=box))
 
     def pixels(self, images: Sequence[Image.Image | Crop]) -> torch.Tensor:
         """uint8 N x 3 x size x size of pictures, or of their :meth:`crop` where already made."""

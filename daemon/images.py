@@ -34,10 +34,10 @@ def _flatten(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _shrink(image: Image.Image, target: int) -> Image.Image:
-    """Shortest edge down to ``target`` (what CLIP's processor does anyway)."""
+def _shrink(image: Image.Image, target: int, slack: float) -> Image.Image:
+    """Shortest edge down to ``target`` (as CLIP's processor does), unless under ``slack`` times that."""
     short = min(image.size)
-    if short <= target:
+    if short <= target or short < slack * target:
         return image
     scale = target / short
     size = (max(target, round(image.width * scale)), max(target, round(image.height * scale)))
@@ -87,8 +87,15 @@ def read_file(path: Path, *, max_bytes: int) -> bytes:
     return data
 
 
-def decode_image(data: bytes, *, target: int, formats: Sequence[str], max_pixels: int) -> Image.Image:
+def decode_image(
+    data: bytes, *, target: int, formats: Sequence[str], max_pixels: int, slack: float = 1.0
+) -> Image.Image:
     """Decode ``data`` as an RGB image whose shortest edge is about ``target``.
+
+    With ``slack`` above 1 a picture whose shortest edge is under ``slack``
+    times ``target`` is returned as decoded (a drafted JPEG is), for a caller that
+    resizes it once more anyway; larger ones are still shrunk, so a picture
+    never holds more than ``slack``² times the pixels it needs.
 
     Raises :class:`ImageRejected` with a human-readable reason when the bytes
     are not an allowed, complete, reasonably sized image.
@@ -120,7 +127,7 @@ def decode_image(data: bytes, *, target: int, formats: Sequence[str], max_pixels
         upright = ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block should not cost the picture
         upright = image
-    return _shrink(_flatten(upright), target)
+    return _shrink(_flatten(upright), target, slack)
 
 
 @dataclass(frozen=True)
@@ -131,9 +138,11 @@ class DecodeLimits:
     max_pixels: int
     max_bytes: int
 
-    def decode(self, data: bytes, target: int) -> Image.Image:
+    def decode(self, data: bytes, target: int, slack: float = 1.0) -> Image.Image:
         """:func:`decode_image` within these limits."""
-        return decode_image(data, target=target, formats=self.formats, max_pixels=self.max_pixels)
+        return decode_image(
+            data, target=target, formats=self.formats, max_pixels=self.max_pixels, slack=slack
+        )
 
     def read(self, path: Path) -> bytes:
         """:func:`read_file` within these limits."""

@@ -41,12 +41,17 @@ def test_each_file_is_read_once_hashed_and_shrunk(files: list[Path]) -> None:
 
 
 def test_the_model_input_is_prepared_beside_the_picture(files: list[Path], encoder: Encoder) -> None:
-    """With the encoder's crop each picture also comes back as the model's input; a bad file has none."""
+    """With the encoder's crop each picture also comes back as the model's input; a bad file has none.
+
+    The JPEG stays as drafted (its crop is its one resize); the PNG, over twice the input, is shrunk first.
+    """
     crop = encoder.crop
     assert crop is not None
     side = encoder.image_size
     with DecodePool(LIMITS, 2) as pool:
         photo, tall, bad = collect(pool.start(files, side, crop), timeout=60)
+    assert isinstance(photo.picture, Image.Image) and photo.picture.size == (80, 60)  # 1/8 scale
+    assert isinstance(tall.picture, Image.Image) and tall.picture.size == (side, 3 * side)
     for read in (photo, tall):
         assert isinstance(read.picture, Image.Image) and read.crop is not None
         assert read.crop.shape == (side, side, 3)

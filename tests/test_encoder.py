@@ -100,6 +100,20 @@ def test_crops_made_ahead_give_the_pictures_vectors(encoder: Encoder) -> None:
     assert np.allclose(encoder._encode(encoder._model, _pictures(crops)), mixed, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(80, 60), (60, 80), (75, 32), (32, 32), (300, 200)])
+def test_the_crop_is_the_processors_resize_and_centre_crop(encoder: Encoder, size: tuple[int, int]) -> None:
+    """Resizing only the crop's box gives the processor's pixels but for rounding, in either orientation."""
+    crop = encoder.crop
+    assert crop is not None
+    picture = draw(np.random.default_rng(5), "green", "circle", size=400).resize(size)
+    processor = encoder._model[0].processor.image_processor
+    expected = processor(images=picture, do_rescale=False, do_normalize=False, return_tensors="np")
+    pixels = np.transpose(expected["pixel_values"][0], (1, 2, 0)).round()
+    difference = np.abs(crop(picture).astype(np.float64) - pixels)
+    assert difference.shape == (encoder.image_size, encoder.image_size, 3)
+    assert difference.mean() < 0.05 and np.quantile(difference, 0.99) <= 1
+
+
 def test_the_image_side_runs_as_one_traced_graph(encoder: Encoder) -> None:
     """A plain CLIPModel is traced once at load; the graph gives eager's vectors at any batch size."""
     tower = encoder._tower

@@ -42,6 +42,16 @@ def test_large_jpeg_is_draft_decoded_to_about_model_size(tmp_path: Path) -> None
     assert picture.mode == "RGB"
 
 
+def test_slack_keeps_a_drafted_jpeg_and_still_shrinks_what_is_larger(tmp_path: Path) -> None:
+    """Under twice the target a picture stays as decoded; a PNG (never drafted) at or above that is shrunk."""
+    Image.new("RGB", (640, 480), (10, 200, 30)).save(tmp_path / "photo.jpg")
+    Image.new("RGB", (640, 480), (10, 200, 30)).save(tmp_path / "photo.png")
+    limits = DecodeLimits(FORMATS, 10**8, 2**30)
+    assert limits.decode((tmp_path / "photo.jpg").read_bytes(), 224, slack=2.0).size == (320, 240)
+    assert limits.decode((tmp_path / "photo.png").read_bytes(), 224, slack=2.0).size == (299, 224)
+    assert limits.decode((tmp_path / "photo.jpg").read_bytes(), 224).size == (299, 224)
+
+
 def test_transparency_is_flattened_onto_white(tmp_path: Path) -> None:
     """A transparent PNG shows white where it is transparent, as viewers show it."""
     Image.new("RGBA", (20, 20), (255, 0, 0, 0)).save(tmp_path / "t.png")
