@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from daemon.embeddings import Embedder
 from daemon.errors import NoClassesError
 from daemon.journal import Journal
 from daemon.layout import DatasetLayout
-from daemon.pipeline import Delivery, Outcome, Target, classify, deliver
+from daemon.pipeline import Delivery, Outcome, Result, Target, classify, deliver
 from daemon.readiness import Job, Signature
 from daemon.scanner import scan
 
@@ -74,7 +75,10 @@ def run(
 ) -> None:
     """Classify and place every gathered file; batch k+1 decodes while batch k is encoded.
 
-    Every placement is journalled when a ``journal`` is given (not on dry runs).
+    A placer thread journals and moves batch k while batch k+1 is encoded,
+    as in the daemon. Every placement is journalled when a ``journal`` is
+    given (not on dry runs). The run stops at the first file it cannot place:
+    the batch after it has been classified by then, but none of its files moves.
     """
     size = settings.batch_size
     batches = [
@@ -83,23 +87,41 @@ def run(
         for start in range(0, len(item.files), size)
     ]
     side, crop = embedder.encoder.image_size, embedder.encoder.crop
-    with DecodePool(embedder.limits, settings.decode_workers) as pool:
+    with (
+        DecodePool(embedder.limits, settings.decode_workers) as pool,
+        ThreadPoolExecutor(1, thread_name_prefix="clipsort-placer") as placer,
+    ):
         upcoming = pool.start([job.path for job in batches[0][1]], side, crop) if batches else []
-        for k, (target, jobs) in enumerate(batches):
-            current = upcoming
-            if k + 1 < len(batches):
-                upcoming = pool.start([job.path for job in batches[k + 1][1]], side, crop)
-            decoded = collect(current, settings.decode_timeout_seconds)
-            targets = {target.layout.name: target}
-            verdicts = classify(jobs, decoded, targets, embedder.encoder, cache=embedder.cache)
-            batch = [
-                Delivery(job, verdict, read, target)
-                for job, verdict, read in zip(jobs, verdicts, decoded, strict=True)
-            ]
-            for result in deliver(batch, encoder=embedder.encoder, journal=journal, dry_run=dry_run):
-                if not isinstance(result, Outcome):
-                    raise result  # one-shot sorting stops at the first file it cannot place
-                on_outcome(result)
+        placing: Future[list[Result]] | None = None
+        try:
+            for k, (target, jobs) in enumerate(batches):
+                current = upcoming
+                if k + 1 < len(batches):
+                    upcoming = pool.start([job.path for job in batches[k + 1][1]], side, crop)
+                decoded = collect(current, settings.decode_timeout_seconds)
+                targets = {target.layout.name: target}
+                verdicts = classify(jobs, decoded, targets, embedder.encoder, cache=embedder.cache)
+                batch = [
+                    Delivery(job, verdict, read, target)
+                    for job, verdict, read in zip(jobs, verdicts, decoded, strict=True)
+                ]
+                if placing is not None:  # the last batch placed cleanly before this one may move
+                    done, placing = placing, None
+                    _report(done.result(), on_outcome)
+                placing = placer.submit(
+                    deliver, batch, encoder=embedder.encoder, journal=journal, dry_run=dry_run
+                )
+        finally:  # the last batch, or the one placed while the next failed to classify
+            if placing is not None:
+                _report(placing.result(), on_outcome)
+
+
+def _report(results: Sequence[Result], on_outcome: Callable[[Outcome], None]) -> None:
+    """Each outcome in order; one-shot sorting stops at the first file it could not place."""
+    for result in results:
+        if not isinstance(result, Outcome):
+            raise result
+        on_outcome(result)
 
 
 def job_for(dataset: str, path: Path) -> Job:

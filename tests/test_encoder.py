@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -106,7 +107,8 @@ def test_the_crop_is_the_processors_resize_and_centre_crop(encoder: Encoder, siz
     crop = encoder.crop
     assert crop is not None
     picture = draw(np.random.default_rng(5), "green", "circle", size=400).resize(size)
-    processor = encoder._model[0].processor.image_processor
+    module: Any = encoder._model[0]  # sentence-transformers' CLIP module, with the model's processor
+    processor = module.processor.image_processor
     expected = processor(images=picture, do_rescale=False, do_normalize=False, return_tensors="np")
     pixels = np.transpose(expected["pixel_values"][0], (1, 2, 0)).round()
     difference = np.abs(crop(picture).astype(np.float64) - pixels)

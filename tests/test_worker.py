@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -14,22 +13,9 @@ from daemon import mover
 from daemon.config import load_settings
 from daemon.embedcache import content_hash
 from daemon.service import Service
+from tests.helpers import GatedRenames
 from tests.synthetic import draw, make_dataset, save
 from tests.waiting import wait_until
-
-
-class GatedRenames(mover.Syscalls):
-    """Every rename waits until the gate opens: a disk that stalls while a batch is being placed."""
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.waiting = threading.Event()
-
-    def renameat2(self, source: Path, target: Path) -> None:
-        self.waiting.set()
-        if not self.gate.wait(timeout=60):
-            raise OSError("the test never opened the gate")
-        super().renameat2(source, target)
 
 
 def test_the_next_batch_is_classified_while_the_last_is_placed(
