@@ -62,7 +62,8 @@ def read_file(path: Path, *, max_bytes: int) -> bytes:
     """The bytes of the regular file at ``path``, at most ``max_bytes`` of them.
 
     Raises :class:`ImageRejected` for what is not a readable regular file of
-    an acceptable size, :class:`ImageIncomplete` for an empty one.
+    an acceptable size, :class:`ImageIncomplete` for an empty one or one that
+    grew while it was read (it is still being written).
     """
     try:
         # O_NOFOLLOW: a symlink swapped in after the scan is refused, not read.
@@ -79,11 +80,13 @@ def read_file(path: Path, *, max_bytes: int) -> bytes:
         if status.st_size > max_bytes:
             raise ImageRejected(f"{status.st_size} bytes exceeds the {max_bytes}-byte file size limit")
         try:
-            data = handle.read(max_bytes + 1)
+            # The size it has, plus one byte to notice growth. Asking for max_bytes instead made
+            # Python allocate (and the kernel map, then unmap) that much per file, with the GIL held.
+            data = handle.read(status.st_size + 1)
         except OSError as exc:
             raise ImageRejected(f"cannot read: {exc.strerror}") from None
-    if len(data) > max_bytes:  # it grew since the fstat
-        raise ImageRejected(f"more than the {max_bytes}-byte file size limit")
+    if len(data) > status.st_size:
+        raise ImageIncomplete("it grew while it was read")
     return data
 
 

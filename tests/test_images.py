@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon.errors import ImageRejected
+from daemon import images
+from daemon.errors import ImageIncomplete, ImageRejected
 from daemon.images import DecodeLimits
 
 FORMATS = ("JPEG", "PNG", "GIF")
@@ -122,6 +124,23 @@ def test_file_size_cap_rejects_without_reading(tmp_path: Path) -> None:
     Image.effect_noise((64, 64), 60).save(tmp_path / "big.png")
     with pytest.raises(ImageRejected, match="file size limit"):
         DecodeLimits(FORMATS, 10**8, 100).load(tmp_path / "big.png", 32)
+
+
+def test_a_file_that_grows_while_it_is_read_is_incomplete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes beyond the size fstat gave mean the file is still being written: not ready, not rejected."""
+    Image.effect_noise((64, 64), 60).save(tmp_path / "growing.png")
+    fstat = os.fstat
+
+    def earlier(fd: int) -> os.stat_result:  # the size as it was a moment before the last write
+        status = list(fstat(fd))
+        status[stat.ST_SIZE] -= 10
+        return os.stat_result(status)
+
+    monkeypatch.setattr(images.os, "fstat", earlier)
+    with pytest.raises(ImageIncomplete, match="grew while it was read"):
+        load(tmp_path / "growing.png")
 
 
 def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
