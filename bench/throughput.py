@@ -270,7 +270,7 @@ def measure_set(
     rounds = []
     for k in range(args.rounds):
         started = time.perf_counter()
-        ceiling = model_only(encoder, 8 if args.quick else args.model_only, args.batch_size)
+        ceiling = model_only(encoder, args.model_only, args.batch_size)
         one = {"model_only": report("model_only", ceiling, started)}
         started = time.perf_counter()
         one["sort"] = report(
@@ -297,10 +297,9 @@ def latency_and_rss(
     """Single-file drop-to-move latency next to one forward pass, and peak RSS per burst size."""
     latency_work = scratch / "latency"
     latency_work.mkdir()
-    singles = 3 if args.quick else args.singles
-    latency = measure(model, latency_work, 0, singles, 0, device=args.device, precision=args.precision)
+    latency = measure(model, latency_work, 0, args.singles, 0, device=args.device, precision=args.precision)
     one_forward = forward_ms(encoder)
-    rss_bursts = (20, 60) if args.quick else tuple(int(c) for c in args.rss.split(","))
+    rss_bursts = tuple(int(c) for c in args.rss.split(","))
     return {
         "latency": {
             "single_p50_ms": latency["single_p50_ms"],
@@ -335,14 +334,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--singles", type=int, default=20, help="single drops for latency")
     parser.add_argument("--rss", default="1000,10000", help="burst sizes compared for peak RSS")
     parser.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.quick:  # a few files of each kind, each step a few times
+        args.counts, args.model_only, args.singles, args.rss = "2,2,4", 8, 3, "20,60"
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     configure_logging("console", "warning")  # one line per sorted file would drown the results
-    counts = [2, 2, 4] if args.quick else [int(c) for c in args.counts.split(",")]
+    counts = [int(c) for c in args.counts.split(",")]
     options = {
         "device": args.device,
         "precision": args.precision,
@@ -356,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
         encoder = Encoder(str(model), args.device, precision=args.precision)
         # The baseline's own copy, as the original scripts loaded it (the pipeline's may hold bf16 weights).
         original = load_model(str(model), args.device)
-        forward = gil_effect(encoder, 8 if args.quick else args.model_only, args.batch_size)
+        forward = gil_effect(encoder, args.model_only, args.batch_size)
         print("  forward, images/s: " + ", ".join(f"{k} {v:.1f}" for k, v in forward.items()), flush=True)
         chosen = args.sets.split(",")
         for kind, count in zip(SETS, counts, strict=True):

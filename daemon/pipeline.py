@@ -177,7 +177,7 @@ def classify_with_fallback(
     return [None]
 
 
-def model_identity(target: Target, encoder: Encoder) -> str:
+def deciding_model(target: Target, encoder: Encoder) -> str:
     """What decided: the checkpoint in finetuned mode, else the CLIP model."""
     if isinstance(target.classifier, FinetunedClassifier):
         return str(target.classifier.checkpoint.path)
@@ -234,7 +234,7 @@ def deliver(
     error in the result list (and ``cleared`` in the journal); it stays
     where it was and the others are unaffected.
     """
-    models = [model_identity(item.target, encoder) for item in batch]
+    models = [deciding_model(item.target, encoder) for item in batch]
     results: list[Result] = []
     if dry_run:
         for item, model in zip(batch, models, strict=True):
