@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon import images
 from daemon.errors import ImageIncomplete, ImageRejected
 from daemon.images import DecodeLimits
 
@@ -138,7 +137,7 @@ def test_a_file_that_grows_while_it_is_read_is_incomplete(
         status[stat.ST_SIZE] -= 10
         return os.stat_result(status)
 
-    monkeypatch.setattr(images.os, "fstat", earlier)
+    monkeypatch.setattr(os, "fstat", earlier)  # what read_file calls, for the length of this test
     with pytest.raises(ImageIncomplete, match="grew while it was read"):
         load(tmp_path / "growing.png")
 
