@@ -131,7 +131,7 @@ def model_only(
     assert tower is not None, "model_only needs a plain CLIPModel"
     side = encoder.image_size
     one = tower.pixels([draw(np.random.default_rng(0), "red", "circle", size=side)])
-    batch = ((one.to(encoder.device).to(tower.dtype) - tower.mean) / tower.std).repeat(batch_size, 1, 1, 1)
+    batch = tower.normalised(one.to(encoder.device)).repeat(batch_size, 1, 1, 1)
     run = tower.eager if eager else tower.forward
 
     def forward(values: torch.Tensor) -> None:

@@ -175,12 +175,15 @@ class ImageTower:
         if self.device.startswith("cuda"):
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
         with torch.inference_mode():
-            values = pixels.to(self.dtype).sub_(self.mean).div_(self.std)  # in place: one buffer, not three
-            features = torch.nn.functional.normalize(self.forward(values).float(), dim=-1)
+            features = torch.nn.functional.normalize(self.forward(self.normalised(pixels)).float(), dim=-1)
         return np.asarray(features.cpu().numpy(), dtype=np.float32)
 
+    def normalised(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels (on the device) as the model's input: in its dtype, scaled and normalised."""
+        return pixels.to(self.dtype).sub_(self.mean).div_(self.std)  # in place: one buffer, not three
+
     def forward(self, values: torch.Tensor) -> torch.Tensor:
-        """Projected image features of normalised pixels, in the configured precision."""
+        """Projected image features of :meth:`normalised` pixels, in the configured precision."""
         if self.graph is None:
             return self.eager(values)
         # Plain interpretation: the optimising executor would re-profile the graph for each new
