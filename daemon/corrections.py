@@ -203,16 +203,18 @@ class Learner:
             # Whatever queued up meanwhile is looked up together: a burst of sorted
             # files costs a few journal queries, not two per file.
             arrivals = drain(self._arrivals, 0.2, ARRIVALS_PER_ROUND)
-            by_dataset: dict[str, list[Path]] = {}
+            by_dataset: dict[str, list[Path | None]] = {}
             for dataset, path in arrivals:
-                layout = DatasetLayout(self.settings.root / dataset)
-                found = [path] if path is not None else scan(layout.sorted, self.settings.ignore_patterns)
-                by_dataset.setdefault(dataset, []).extend(found)
+                by_dataset.setdefault(dataset, []).append(path)
             for dataset, paths in by_dataset.items():
                 self._learn(dataset, paths)
 
-    def _learn(self, dataset: str, paths: list[Path]) -> None:
+    def _learn(self, dataset: str, arrived: list[Path | None]) -> None:
+        """Look at the files that ``arrived`` in ``dataset`` (None: everything in its Dataset/)."""
         layout = DatasetLayout(self.settings.root / dataset)
+        paths = [path for path in arrived if path is not None]
+        if None in arrived:
+            paths += scan(layout.sorted, self.settings.ignore_patterns)
         try:
             # What is recorded reaches the classifier through the journal (Worker._follow_corrections).
             observe(paths, layout, self._journal, self.embedder, self.settings)
