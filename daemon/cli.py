@@ -8,9 +8,9 @@ import functools
 import json
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
@@ -26,6 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from daemon import __version__, demo
 from daemon.catalog import decode_limits, make_embedder, make_encoder
 from daemon.classindex import build_class_index
 from daemon.config import Settings, load_settings, render_config_toml
@@ -35,15 +36,22 @@ from daemon.encoder import resolve_device
 from daemon.errors import ClipsortError, ConfigError, DatasetError, JournalError
 from daemon.evaluation import MODES, EvalReport, add_finetuned, evaluate, write_report
 from daemon.journal import JOURNAL_DB, Journal
-from daemon.layout import CLASSES_DIR, INBOX_DIR, SORTED_DIR, DatasetLayout, select
-from daemon.logs import configure_logging
-from daemon.mover import ensure_dir, make_state_dir, write_new
+from daemon.layout import CLASSES_DIR, INBOX_DIR, SORTED_DIR, DatasetLayout, select, warn_unknown_tables
+from daemon.logs import configure_logging, local_time
+from daemon.mover import discard_tree, ensure_dir, make_state_dir, rename_noreplace, write_new
 from daemon.pipeline import Outcome
 from daemon.recovery import recover
 from daemon.service import run_service
 from daemon.sorter import gather, run
 from daemon.status import is_live, read_status
-from daemon.training import DEFAULT_BASE, TrainOptions, checkpoints_of, current_checkpoint, train
+from daemon.training import (
+    DEFAULT_BASE,
+    SMALL_VALIDATION,
+    TrainOptions,
+    checkpoints_of,
+    current_checkpoint,
+    train,
+)
 from daemon.undo import choose, parse_since
 from daemon.undo import undo as undo_entry
 
@@ -53,6 +61,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click's plain help: the rich one prints a type such as <bool> beside every flag.
+    rich_markup_mode=None,
 )
 
 ConfigOption = Annotated[
@@ -65,9 +75,12 @@ ConfigOption = Annotated[
 ]
 RootOption = Annotated[Path | None, typer.Option("--root", help="Data root holding one folder per dataset.")]
 DatasetOption = Annotated[
-    list[str] | None, typer.Option("--dataset", "-d", help="A dataset (repeatable; default all of them).")
+    list[str] | None,
+    typer.Option("--dataset", "-d", metavar="NAME", help="A dataset (repeatable; default all of them)."),
 ]
-ModelOption = Annotated[str | None, typer.Option("--model", help="Model name or local model folder.")]
+ModelOption = Annotated[
+    str | None, typer.Option("--model", metavar="NAME_OR_PATH", help="CLIP model: hub name or local folder.")
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -107,6 +120,7 @@ def settings_from(config: Path | None, **flags: object) -> Settings:
     """Settings from every source, with logging configured to match."""
     settings = load_settings(config, flags)
     configure_logging(settings.log_format, settings.log_level)
+    warn_unknown_tables(settings.datasets, settings.root)
     return settings
 
 
@@ -114,7 +128,7 @@ def settings_from(config: Path | None, **flags: object) -> Settings:
 @user_errors
 def sort(
     dataset: DatasetOption = None,
-    mode: Annotated[str | None, typer.Option(help="reference, text or mixed.")] = None,
+    mode: Annotated[str | None, typer.Option(help="reference, text, mixed or finetuned.")] = None,
     aggregate: Annotated[str | None, typer.Option(help="Reference mode: max or avg.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and report, move nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per decision on stdout.")] = False,
@@ -129,8 +143,12 @@ def sort(
     outcomes: list[Outcome] = []
     with contextlib.ExitStack() as stack:
         # A real run journals and caches vectors (so the daemon can learn from corrections later).
-        journal = None if dry_run else stack.enter_context(open_journal(settings, layouts))
-        cache = None if dry_run else stack.enter_context(EmbeddingCache(settings.state_path / EMBEDDINGS_DB))
+        # A dry run creates nothing, but reads the corrections an existing journal holds, so that
+        # it decides as the real run would.
+        journal = journal_if_any(settings) if dry_run else open_journal(settings, layouts)
+        if journal is not None:
+            stack.enter_context(journal)
+        cache = stack.enter_context(EmbeddingCache(settings.state_path / EMBEDDINGS_DB)) if journal else None
         embedder = make_embedder(settings, encoder, cache)
         work = gather(layouts, settings, embedder, named=bool(dataset), journal=journal)
         stack.enter_context(progress := progress_bar("sorting", TimeRemainingColumn()))
@@ -143,7 +161,9 @@ def sort(
                 sys.stdout.flush()
             progress.advance(task)
 
-        run(work, settings, embedder, journal=journal, dry_run=dry_run, on_outcome=record)
+        run(
+            work, settings, embedder, journal=None if dry_run else journal, dry_run=dry_run, on_outcome=record
+        )
     Console(stderr=as_json).print(summary(outcomes, dry_run=dry_run))
 
 
@@ -153,11 +173,6 @@ def text_table(*columns: str, labels: int | None = None, title: str | None = Non
     for k, column in enumerate(columns):
         table.add_column(column, justify="left" if labels is None or k < labels else "right")
     return table
-
-
-def local_time(epoch: float) -> str:
-    """Seconds since the epoch as local ``YYYY-MM-DD HH:MM:SS``."""
-    return datetime.fromtimestamp(epoch).isoformat(sep=" ", timespec="seconds")
 
 
 def summary(outcomes: list[Outcome], *, dry_run: bool) -> Table:
@@ -234,6 +249,12 @@ def evaluate_modes(
                 )
             )
     for found in results:
+        if found.folds < folds:
+            typer.echo(
+                f"clipsort: note: {found.dataset}: {found.folds} folds instead of {folds}, since no class "
+                f"has more than {found.folds} reference images (each fold needs one of a class)",
+                err=True,
+            )
         checkpoint = current_checkpoint(checkpoints_of(settings.state_path, found.dataset))
         if checkpoint is not None and with_checkpoint:
             add_finetuned(found, checkpoint)
@@ -296,11 +317,21 @@ def train_model(
     out: Annotated[
         Path | None, typer.Option(help="Publish here (default <state_dir>/checkpoints/<dataset>).")
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Publish even if the current checkpoint does better on the same validation split."
+        ),
+    ] = False,
     config: ConfigOption = None,
     root: RootOption = None,
     model: ModelOption = None,
 ) -> None:
-    """Fine-tune an image classifier on Clases/<class>/ and publish it atomically as the current one."""
+    """Fine-tune an image classifier on Clases/<class>/ and publish it atomically as the current one.
+
+    A run is published only if it is at least as accurate as the current checkpoint on the same
+    validation pictures (exit 1 otherwise, the current one stays), unless --force.
+    """
     settings = settings_from(config, root=root, model=model)
     [layout] = select(settings.root, [dataset])
     options = TrainOptions(
@@ -320,12 +351,27 @@ def train_model(
             progress.update(task, advance=1, accuracy=f"validation {accuracy:.1%}")
 
         result = train(
-            layout, options, out or checkpoints_of(settings.state_path, dataset), limits, epoch_done
+            layout,
+            options,
+            out or checkpoints_of(settings.state_path, dataset),
+            limits,
+            epoch_done,
+            force=force,
         )
-    typer.echo(
-        f"{dataset}: validation accuracy {result.validation_accuracy:.1%} (epoch {result.best_epoch}); "
-        f"published {result.checkpoint}"
-    )
+    if result.validation_size < SMALL_VALIDATION:
+        typer.echo(
+            f"clipsort: warning: the validation split holds only {result.validation_size} picture(s), "
+            f"so its accuracy moves in steps of {1 / max(1, result.validation_size):.0%}; "
+            "more reference images per class make the comparison meaningful",
+            err=True,
+        )
+    measured = f"validation accuracy {result.validation_accuracy:.1%} (epoch {result.best_epoch})"
+    if result.current_accuracy is not None:
+        measured += f", current checkpoint {result.current_accuracy:.1%} on the same pictures"
+    if result.checkpoint is None:
+        typer.echo(f"{dataset}: {measured}; not published, the current checkpoint stays (--force publishes)")
+        raise typer.Exit(NOT_RUNNING)
+    typer.echo(f"{dataset}: {measured}; published {result.checkpoint}")
 
 
 def open_journal(settings: Settings, layouts: list[DatasetLayout]) -> Journal:
@@ -518,11 +564,19 @@ def status(
         f"clipsort {found.version} pid {found.pid}, up {uptime // 3600}h{uptime // 60 % 60:02d}m"
         f"{uptime % 60:02d}s, {found.model} on {found.device}"
     )
-    table = text_table("dataset", "classes", "sorted", "review", "rejected", "queued", labels=1)
+    table = text_table(
+        "dataset", "classes", "sorted", "review", "rejected", "queued", "corrections", labels=1
+    )
     for name, counts in found.datasets.items():
         classes = "waiting" if counts.waiting_for_classes else str(counts.classes)
         table.add_row(
-            name, classes, str(counts.sorted), str(counts.review), str(counts.rejected), str(counts.queued)
+            name,
+            classes,
+            str(counts.sorted),
+            str(counts.review),
+            str(counts.rejected),
+            str(counts.queued),
+            str(sum(counts.corrections.values())),
         )
     console.print(table)
     console.print(f"last error: {found.last_error or 'none'}")
@@ -557,6 +611,52 @@ def init(
     typer.echo(
         f"next: a folder per class in {dataset / CLASSES_DIR}, images to sort in {dataset / INBOX_DIR}"
     )
+
+
+@app.command("demo-model")
+@user_errors
+def demo_model(
+    folder: Annotated[Path, typer.Argument(help="New folder to write the model into.")],
+) -> None:
+    """Train a small demonstration CLIP on generated pictures, offline, for Data/example (about 20 s).
+
+    It knows six colours (red, green, blue, yellow, purple, orange) and three
+    shapes, nothing else: enough to watch the daemon sort the shipped example
+    without a network. Use it with --model FOLDER.
+    """
+    if folder.exists():
+        raise ConfigError(f"{str(folder)!r} exists already; name a new folder for the demonstration model")
+    parent = folder.absolute().parent
+    if not parent.is_dir():
+        raise ConfigError(f"folder {str(parent)!r} does not exist")
+    staging = parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.partial"
+    ensure_dir(staging, boundary=parent)
+    try:
+        with progress_bar("training the demonstration model") as progress:
+            task = progress.add_task("train", total=demo.STEPS)
+            demo.train_tiny_clip(staging, progress=lambda done: progress.update(task, completed=done))
+        rename_noreplace(staging, folder.absolute())
+    except BaseException:
+        discard_tree(staging, boundary=parent)
+        raise
+    typer.echo(f"wrote {folder}; try it: clipsort run --root Data --model {folder}")
+
+
+def show_version(value: bool) -> None:
+    """--version: print the version and stop."""
+    if value:
+        typer.echo(f"clipsort {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Sort images into class folders by what they show, with a CLIP model."""
 
 
 def main() -> None:

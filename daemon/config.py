@@ -423,7 +423,12 @@ def load_settings(config_file: Path | None = None, overrides: Mapping[str, Any] 
         name: own.model_copy(update=dict.fromkeys(flags.keys() & own.model_fields_set))
         for name, own in settings.datasets.items()
     }
-    return settings.model_copy(update={"datasets": datasets})
+    # Absolute from here on: the journal records paths under the root, and a path recorded from
+    # `--root Data` would not be found again from another working directory (or by `undo FILE`).
+    folders = {"root": settings.root.absolute()}
+    if settings.state_dir is not None:
+        folders["state_dir"] = settings.state_dir.absolute()
+    return settings.model_copy(update={"datasets": datasets, **folders})
 
 
 def describe_validation_error(exc: ValidationError, path: Path | None) -> str:

@@ -51,7 +51,9 @@ def read_and_decode(path: Path, limits: DecodeLimits, target: int, prepare: Prep
     try:
         data = limits.read(path)
     except ImageRejected as exc:
-        return Decoded(exc)
+        # Unread bytes have no hash, but the size still tells undo and recovery that the file
+        # lying there later is this one (an empty file, one over the size cap).
+        return Decoded(exc, "", _size(path))
     digest = hashlib.sha256(data).hexdigest()
     try:
         # A picture about to be cropped is left as drafted: the crop's one resize replaces two.
@@ -59,6 +61,13 @@ def read_and_decode(path: Path, limits: DecodeLimits, target: int, prepare: Prep
     except ImageRejected as exc:
         return Decoded(exc, digest, len(data))
     return Decoded(picture, digest, len(data), None if prepare is None else prepare(picture))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.lstat().st_size
+    except OSError:
+        return 0
 
 
 class DecodePool:

@@ -9,12 +9,16 @@ touches the network.
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
+import urllib.parse
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import numpy as np
 import numpy.typing as npt
 import structlog
@@ -79,22 +83,89 @@ def model_identity(name: str) -> str:
     return f"{folder.name}-{digest.hexdigest()[:16]}"
 
 
-def load_model(model: str, device: str) -> SentenceTransformer:
-    """A sentence-transformers model from a hub name or a local folder, or ModelLoadError."""
-    if looks_like_path(model) and not Path(model).expanduser().is_dir():
-        raise ModelLoadError(f"model path {model!r} does not exist or is not a folder")
-    # transformers' own progress bars and notices would interleave with our
-    # structured log lines; real failures still surface as exceptions.
+DEMO_HINT = "`clipsort demo-model DIR` makes a small demonstration model for Data/example offline"
+HUB_PROBE_SECONDS = 3.0
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' progress bars and notices: they mean nothing to a clipsort user.
+
+    They would interleave with our structured log lines (a tqdm bar per
+    weight file written, a load report with raw escape codes); real failures
+    still surface as exceptions.
+    """
     transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached (None when it can, or a proxy is in the way).
+
+    huggingface_hub retries a refused connection with back-off, so without a
+    network a download fails only after about 86 s of "Retrying in Ns" lines;
+    one direct TCP connect answers in at most a few seconds. Behind a proxy the
+    direct connect proves nothing, so the hub client is left to try.
+    """
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    endpoint = urllib.parse.urlsplit(huggingface_hub.constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:
-        source = str(Path(model).expanduser()) if looks_like_path(model) else model
-        loaded = SentenceTransformer(source, device=device)
+        socket.create_connection((endpoint.hostname or "", port), timeout=HUB_PROBE_SECONDS).close()
+    except OSError as exc:
+        return f"{endpoint.hostname}:{port}: {exc.strerror or exc}"
+    return None
+
+
+def load_model(model: str, device: str) -> SentenceTransformer:
+    """A sentence-transformers model from a hub name or a local folder, or ModelLoadError.
+
+    A hub name is looked for in the local cache first, so a model downloaded
+    once starts without the network ever being asked.
+    """
+    if looks_like_path(model) and not Path(model).expanduser().is_dir():
+        raise ModelLoadError(f"model path {model!r} does not exist or is not a folder")
+    quiet_transformers()
+    if looks_like_path(model):
+        return _load(model, str(Path(model).expanduser()), device, local=True)
+    try:
+        return _load(model, model, device, local=True)
+    except ModelLoadError:
+        pass  # not in the cache: download it
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise ModelLoadError(
+            f"hub model {model!r} is not in the local cache and HF_HUB_OFFLINE is set; "
+            f"give a local model folder with --model ({DEMO_HINT})"
+        )
+    unreachable = hub_unreachable()
+    if unreachable is not None:
+        raise ModelLoadError(
+            f"cannot download hub model {model!r}: the hub is unreachable ({unreachable}); "
+            f"on an offline machine give a local model folder with --model ({DEMO_HINT})"
+        )
+    return _load(model, model, device, local=False)
+
+
+def _load(model: str, source: str, device: str, *, local: bool) -> SentenceTransformer:
+    try:
+        loaded = SentenceTransformer(source, device=device, local_files_only=local)
     except Exception as exc:  # hub, I/O and format errors all mean "cannot load"
         raise ModelLoadError(_explain(model, exc)) from None
     if device.startswith("cuda"):
         loaded.half()
     return loaded.eval()
+
+
+def require_modalities(model: SentenceTransformer, name: str, needed: Sequence[str]) -> None:
+    """ModelLoadError unless ``model`` encodes each of ``needed`` (``image``, ``text``)."""
+    has = {str(modality) for modality in model.modalities}
+    missing = [modality for modality in needed if modality not in has]
+    if missing:
+        raise ModelLoadError(
+            f"model {name!r} is not a CLIP model: it cannot encode {' or '.join(missing)} "
+            f"(it encodes {', '.join(sorted(has)) or 'nothing'}); clipsort needs one that encodes "
+            'both images and text. A fine-tuned image classifier is used with mode = "finetuned"'
+        )
 
 
 def _explain(model: str, exc: Exception) -> str:
@@ -103,7 +174,7 @@ def _explain(model: str, exc: Exception) -> str:
     return (
         f"cannot load hub model {model!r} ({type(exc).__name__}: {exc}). "
         "It is downloaded on first use, which needs a network connection; "
-        "on an offline machine give the path of a local model folder instead."
+        f"on an offline machine give a local model folder instead ({DEMO_HINT})."
     )
 
 
@@ -291,6 +362,9 @@ class Encoder:
         self.precision = resolve_precision(precision, self.device)
         self._model = load_model(model, self.device)
         self._text = load_model(text_model, self.device) if text_model else self._model
+        require_modalities(self._model, model, ("image",) if text_model else ("image", "text"))
+        if text_model:
+            require_modalities(self._text, text_model, ("text",))
         self._cpu: SentenceTransformer | None = None  # loaded the first time the accelerator fails
         # Cached vectors never mix precisions: bf16 ones differ in the last digits.
         self.identity = model_identity(model) + ("@bf16" if self.precision == "bf16" else "")

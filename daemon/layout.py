@@ -6,12 +6,17 @@ that are not readable images) sits beside them.
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from daemon.errors import DatasetError, UnknownDatasetError
+
+log = structlog.get_logger()
 
 CLASSES_DIR = "Clases"
 INBOX_DIR = "Images"
@@ -92,3 +97,26 @@ def select(root: Path, names: Sequence[str]) -> list[DatasetLayout]:
             f"unknown dataset {', '.join(map(repr, unknown))} under {str(root)!r}; existing: {existing}"
         )
     return [by_name[name] for name in names]
+
+
+def warn_unknown_tables(tables: Iterable[str], root: Path) -> list[str]:
+    """Log a warning for each ``[datasets.<name>]`` table that names no dataset under ``root``.
+
+    A misspelt table would otherwise be ignored without a word. Returns the
+    names warned about; nothing when ``root`` is not there yet (the caller's
+    own checks report that).
+    """
+    names = sorted(tables)
+    if not names or not root.is_dir():
+        return []
+    existing = [layout.name for layout in discover(root)]
+    unknown = [name for name in names if name not in existing]
+    for name in unknown:
+        nearest = difflib.get_close_matches(name, existing, n=1, cutoff=0.5)
+        log.warning(
+            "dataset_table_unknown",
+            table=f"[datasets.{name}]",
+            note=f"no dataset {name!r} under {str(root)!r}; its settings apply to nothing",
+            nearest=nearest[0] if nearest else None,
+        )
+    return unknown

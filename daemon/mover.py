@@ -321,6 +321,16 @@ def write_new(path: Path, text: str) -> bool:
     return True
 
 
+def discard_tree(folder: Path, boundary: Path) -> None:
+    """Delete a staging folder clipsort made itself (a half-written model), inside ``boundary``.
+
+    Only for folders clipsort created and nobody else has seen; never for a
+    dataset's folders. Symlinks inside are removed, not followed (rmtree).
+    """
+    check_inside(boundary, folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def make_state_dir(folder: Path) -> None:
     """Create clipsort's private state folder (caches, journal, status)."""
     ensure_dir(folder, folder, mode=0o750)

@@ -47,13 +47,18 @@ class Recovered:
 
 
 def holds(path: Path, entry: Entry) -> bool:
-    """``path`` is a regular file with exactly the bytes ``entry`` recorded (never following a symlink)."""
+    """``path`` is a regular file with exactly the bytes ``entry`` recorded (never following a symlink).
+
+    A file that could not be read when it was decided (empty, over the size
+    cap, unreadable) has no recorded hash; its type and size are all there is
+    to compare.
+    """
     try:
         status = path.lstat()
         return (
             stat.S_ISREG(status.st_mode)
             and status.st_size == entry.intent.size
-            and content_hash(path) == entry.intent.sha256
+            and (not entry.intent.sha256 or content_hash(path) == entry.intent.sha256)
         )
     except OSError:
         return False

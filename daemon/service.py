@@ -33,7 +33,7 @@ from daemon.embedcache import EMBEDDINGS_DB, EmbeddingCache
 from daemon.errors import ConfigError
 from daemon.intake import ALL, Intake
 from daemon.journal import Journal
-from daemon.layout import DatasetLayout, discover
+from daemon.layout import DatasetLayout, discover, warn_unknown_tables
 from daemon.logs import configure_logging
 from daemon.metrics import Metrics
 from daemon.mover import make_state_dir
@@ -93,10 +93,11 @@ class Service:
         self.metrics = Metrics()
         self._stop = threading.Event()
         self._reload = threading.Event()
+        # The model first: a daemon that cannot start leaves no state folder behind.
+        self.encoder = on_own_thread(make_encoder, settings)
         make_state_dir(settings.state_path)
         self.cache = EmbeddingCache(settings.state_path / EMBEDDINGS_DB)
         self.journal = Journal(settings.state_path)
-        self.encoder = on_own_thread(make_encoder, settings)
         self.embedder = make_embedder(settings, self.encoder, self.cache)
         self.work = FairQueue()
         self.catalog = Catalog(settings, on_available=self._classes_available, journal=self.journal)
@@ -250,6 +251,7 @@ class Service:
     def _apply(self, settings: Settings) -> None:
         old = self.settings
         configure_logging(settings.log_format, settings.log_level)
+        warn_unknown_tables(settings.datasets, settings.root)
         model = ("model", "device", "text_model", "precision")
         if any(getattr(settings, key) != getattr(old, key) for key in model):
             self.encoder = on_own_thread(make_encoder, settings)  # may raise

@@ -36,11 +36,12 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
+from daemon.classifiers.finetuned import load_checkpoint
 from daemon.classindex import REFERENCE_IGNORE, class_description, class_folders
 from daemon.cliphead import ClipHeadForImageClassification
 from daemon.config import DEFAULT_TEMPLATES
-from daemon.encoder import looks_like_path
-from daemon.errors import ImageRejected, TrainingError
+from daemon.encoder import looks_like_path, quiet_transformers
+from daemon.errors import ImageRejected, ModelLoadError, TrainingError
 from daemon.images import DecodeLimits, input_size
 from daemon.layout import DatasetLayout
 from daemon.mover import ensure_dir, make_state_dir, rename_noreplace, write_atomic
@@ -64,17 +65,27 @@ class TrainOptions:
     device: str = "cpu"
 
 
+SMALL_VALIDATION = 10  # pictures; under this a validation accuracy moves in steps of over 10 points
+
+
 @dataclass
 class TrainResult:
-    """What a training run produced."""
+    """What a training run produced.
 
-    checkpoint: Path
+    ``checkpoint`` is None when the run was not published: the current
+    checkpoint did better on the same validation pictures
+    (``current_accuracy``) and publishing was not forced.
+    """
+
+    checkpoint: Path | None
     classes: list[str]
     best_epoch: int
     validation_accuracy: float
     history: list[dict[str, float]] = field(default_factory=list)
     precision: dict[str, float] = field(default_factory=dict)
     recall: dict[str, float] = field(default_factory=dict)
+    validation_size: int = 0
+    current_accuracy: float | None = None  # the checkpoint it would replace, on the same pictures
 
 
 def examples(layout: DatasetLayout) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -198,7 +209,7 @@ def _fit(
     schedule = get_cosine_schedule_with_warmup(optimiser, max(1, per_epoch // 2), per_epoch * options.epochs)
     validation = pixels(data.validation, augmented=False)
     autocast = torch.autocast("cuda", dtype=torch.float16, enabled=options.device.startswith("cuda"))
-    best, best_epoch, best_state, stale = -1.0, 0, None, 0
+    best, best_loss, best_epoch, best_state, stale = -1.0, math.inf, 0, None, 0
     history: list[dict[str, float]] = []
     for epoch in range(1, options.epochs + 1):
         model.train()
@@ -214,11 +225,20 @@ def _fit(
             optimiser.step()
             schedule.step()
             losses.append(float(loss.detach()))
-        accuracy = float((predict(model, validation) == data.labels[data.validation]).float().mean())
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "validation_accuracy": accuracy})
+        accuracy, validation_loss = _validate(model, validation, data.labels[data.validation])
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": float(np.mean(losses)),
+                "validation_accuracy": accuracy,
+                "validation_loss": validation_loss,
+            }
+        )
         step("epoch", accuracy)
-        if accuracy > best:
-            best, best_epoch, stale = accuracy, epoch, 0
+        # Ties in accuracy go to the lower validation loss: a small split is often right on every
+        # picture after the first epoch, and keeping that epoch threw the rest of training away.
+        if (accuracy, -validation_loss) > (best, -best_loss):
+            best, best_loss, best_epoch, stale = accuracy, validation_loss, epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
@@ -234,14 +254,23 @@ def train(
     checkpoints: Path,
     limits: DecodeLimits,
     step: Callable[[str, float], None] = lambda phase, value: None,
+    *,
+    force: bool = False,
 ) -> TrainResult:
-    """Fine-tune, then publish the checkpoint in ``checkpoints`` as its current one."""
+    """Fine-tune, then publish the checkpoint in ``checkpoints`` as its current one.
+
+    Only a checkpoint at least as accurate as the current one on the same
+    validation pictures is published, unless ``force``: a worse run must not
+    silently replace a better model that the daemon is using.
+    """
+    quiet_transformers()
     classes, pairs = examples(layout)
     descriptions = [class_description(layout.classes / name, {}) for name in classes]
     model, processor = _load_base(options, classes, descriptions)
     data = _decode(pairs, input_size(processor), limits, options)
     best_epoch, best, history = _fit(model, processor, data, options, step)
-    validation = processor(images=[data.pictures[i] for i in data.validation], return_tensors="pt")
+    pictures = [data.pictures[i] for i in data.validation]
+    validation = processor(images=pictures, return_tensors="pt")
     guessed = predict(model, validation["pixel_values"].to(options.device)).cpu().numpy()
     truth = data.labels[data.validation].cpu().numpy()
     precision, recall = {}, {}
@@ -249,9 +278,35 @@ def train(
         chosen, actual = guessed == k, truth == k
         precision[name] = float((chosen & actual).sum() / chosen.sum()) if chosen.any() else 0.0
         recall[name] = float((chosen & actual).sum() / actual.sum()) if actual.any() else 0.0
-    result = TrainResult(Path(), classes, best_epoch, best, history, precision, recall)
-    result.checkpoint = publish(model, processor, result, checkpoints, options)
+    result = TrainResult(None, classes, best_epoch, best, history, precision, recall, len(pictures))
+    current = current_checkpoint(checkpoints)
+    if current is not None:
+        result.current_accuracy = checkpoint_accuracy(current, pictures, [classes[k] for k in truth], options)
+    if force or result.current_accuracy is None or best >= result.current_accuracy:
+        result.checkpoint = publish(model, processor, result, checkpoints, options)
     return result
+
+
+def checkpoint_accuracy(
+    path: Path, pictures: list[Image.Image], truth: list[str], options: TrainOptions
+) -> float:
+    """How often the checkpoint at ``path`` names the right class of ``pictures`` (0 if unusable)."""
+    try:
+        checkpoint = load_checkpoint(path, options.device)
+    except ModelLoadError:
+        return 0.0  # a broken current checkpoint is no reason to keep it
+    values = checkpoint.processor(images=pictures, return_tensors="pt")["pixel_values"]
+    guessed = predict(checkpoint.model, values.to(options.device)).cpu().tolist()
+    return float(np.mean([checkpoint.classes[k] == name for k, name in zip(guessed, truth, strict=True)]))
+
+
+def _validate(model: Any, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``model`` on the validation pictures."""
+    model.eval()
+    with torch.inference_mode():
+        logits: torch.Tensor = model(pixel_values=pixels).logits.float()
+    accuracy = float((logits.argmax(dim=1) == labels).float().mean())
+    return accuracy, float(torch.nn.functional.cross_entropy(logits, labels))
 
 
 def predict(model: Any, pixels: torch.Tensor) -> torch.Tensor:

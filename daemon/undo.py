@@ -21,6 +21,9 @@ from daemon.mover import place
 from daemon.recovery import holds
 
 UNDOABLE: tuple[State, ...] = ("moved", "rejected")
+# --last, --since and a bare undo take back what was filed (a class or Review/); a file in
+# Rejected/ is taken back only when named, since the daemon would reject it again.
+UNDONE_BY_DEFAULT: tuple[State, ...] = ("moved",)
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -48,11 +51,11 @@ def choose(
 ) -> list[Entry]:
     """The decisions an undo request names, newest first."""
     if file is not None:
-        entry = journal.at(file.absolute())
+        entry = journal.at(file.absolute())  # the journal holds absolute paths (load_settings)
         if entry is None or entry.state not in UNDOABLE:
             raise JournalError(f"clipsort did not put {str(file)!r} where it is now; nothing to undo")
         return [entry]
-    found = journal.entries(dataset=dataset, since=since, states=UNDOABLE, last=last)
+    found = journal.entries(dataset=dataset, since=since, states=UNDONE_BY_DEFAULT, last=last)
     if not found:
         raise JournalError("the journal has no moved file matching that; nothing to undo")
     return found[::-1]

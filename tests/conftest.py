@@ -12,16 +12,20 @@ from pathlib import Path
 
 import pytest
 import structlog
+from typer.testing import CliRunner
 
+from daemon.cli import app
 from daemon.encoder import Encoder
 from tests.daemonproc import Daemon
-from tests.synthetic import train_tiny_clip
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A local folder holding a tiny CLIP trained on coloured shapes."""
-    return train_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+    """A tiny CLIP trained on coloured shapes, made by `clipsort demo-model` as a user makes it."""
+    folder = tmp_path_factory.mktemp("models") / "tiny-clip"
+    made = CliRunner().invoke(app, ["demo-model", str(folder)])
+    assert made.exit_code == 0, made.output
+    return folder
 
 
 @pytest.fixture(scope="session")

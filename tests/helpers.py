@@ -1,11 +1,32 @@
-"""Small test helpers: folder trees as dicts, a disk whose renames stall."""
+"""Small test helpers: folder trees as dicts, a disk whose renames stall, clipsort as a process."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from daemon import mover
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def clipsort_process(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m daemon ARGS`` in a real process (offline unless ``env`` says otherwise)."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"} if env is None else dict(env)
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args],
+        capture_output=True,
+        text=True,
+        env={**environment, "PYTHONPATH": str(REPO)},
+        timeout=timeout,
+        check=False,
+    )
 
 
 def tree(root: Path) -> dict[str, list[str]]:

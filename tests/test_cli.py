@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from daemon import __version__
 from daemon.cli import app
-from tests.helpers import tree
-from tests.synthetic import make_dataset
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import clipsort_process, tree
+from tests.synthetic import make_dataset, tiny_vit
 
 
 @pytest.fixture
@@ -164,27 +160,85 @@ def test_init_creates_layout_and_config_once(data_root: Path) -> None:
 def test_python_dash_m_runs_the_cli_in_a_real_process(data_root: Path, tiny_model: Path) -> None:
     """``python -m daemon sort --json`` works as a subprocess, logs on stderr as JSON lines."""
     make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=2, inbox=["blue"])
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "daemon",
-            "sort",
-            "--root",
-            str(data_root),
-            "--model",
-            str(tiny_model),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    done = clipsort_process("sort", "--root", str(data_root), "--model", str(tiny_model), "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["class"] == "blue"
     events = [json.loads(line)["event"] for line in done.stderr.splitlines() if line.startswith("{")]
     assert "model_loaded" in events and "sorted" in events
     assert tree(data_root / "ds" / "Dataset") == {"blue": ["img0000.png"]}
+
+
+def test_a_model_that_is_not_a_clip_is_one_line_and_exit_2(
+    cli: CliRunner, data_root: Path, tmp_path: Path
+) -> None:
+    """A ViT image classifier given as --model: exit 2 and one line saying why, no traceback."""
+    make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=2, inbox=["red"])
+    before = tree(data_root)
+    code, _, err = sort(cli, "--root", str(data_root), "--model", str(tiny_vit(tmp_path / "vit")))
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("clipsort: error: model ")
+    assert "is not a CLIP model: it cannot encode text" in err and "Traceback" not in err
+    assert tree(data_root) == before
+
+
+def test_a_table_naming_no_dataset_is_warned_of_with_the_nearest_name(
+    cli: CliRunner, data_root: Path
+) -> None:
+    """[datasets.exmaple] beside Data/example: a warning names the table and 'example'."""
+    make_dataset(data_root / "example", {"red": "red", "blue": "blue"}, references=2, inbox=["red"])
+    Path("config.toml").write_text('[datasets.exmaple]\nmode = "text"\n')
+    code, _, err = sort(cli, "--root", str(data_root), "--dry-run")
+    assert code == 0
+    (warning,) = [
+        record
+        for record in (json.loads(line) for line in err.splitlines() if line.startswith("{"))
+        if record["event"] == "dataset_table_unknown"
+    ]
+    assert warning["table"] == "[datasets.exmaple]" and warning["nearest"] == "example"
+    assert warning["level"] == "warning"
+
+
+def test_dry_run_decides_as_the_real_run_with_corrections(cli: CliRunner, data_root: Path) -> None:
+    """After a correction, --dry-run predicts the class and score the real run then gives."""
+    make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=2, inbox=["red"], seed=2)
+    picture = (data_root / "ds" / "Images" / "img0000.png").read_bytes()
+    assert sort(cli, "--root", str(data_root))[0] == 0
+    corrected = data_root / "ds" / "Dataset" / "red" / "img0000.png"
+    assert cli.invoke(app, ["undo", "--root", str(data_root), str(corrected), "--to", "blue"]).exit_code == 0
+    (data_root / "ds" / "Images" / "again.png").write_bytes(picture)  # the same picture once more
+    before = tree(data_root)
+    code, dry, _ = sort(cli, "--root", str(data_root), "--dry-run", "--json")
+    assert code == 0 and tree(data_root) == before
+    code, real, _ = sort(cli, "--root", str(data_root), "--json")
+    assert code == 0
+    predicted, done = json.loads(dry), json.loads(real)
+    assert predicted["class"] == done["class"] == "blue", "the corrected example is the nearest one"
+    assert predicted["score"] == pytest.approx(done["score"], abs=1e-6)
+
+
+def test_version_and_help_say_what_the_program_does() -> None:
+    """--version prints it; help shows no type beside a flag and names every mode."""
+    runner = CliRunner()
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.stdout.strip() == f"clipsort {__version__}"
+    helped = runner.invoke(app, ["sort", "--help"], terminal_width=200)
+    assert helped.exit_code == 0
+    assert "<bool>" not in helped.stdout and re.search(r"--dry-run\s+Decide and report", helped.stdout)
+    assert "reference, text, mixed or finetuned" in helped.stdout
+
+
+def test_eval_says_when_it_uses_fewer_folds_than_asked(cli: CliRunner, data_root: Path) -> None:
+    """Three references per class cannot make five folds: eval runs three and says so."""
+    make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=3)
+    result = cli.invoke(app, ["eval", "--root", str(data_root), "--folds", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["folds"] == 3
+    assert "3 folds instead of 5" in result.stderr
+
+
+def test_a_daemon_that_cannot_load_its_model_leaves_no_state(data_root: Path) -> None:
+    """`clipsort run` with a missing model: exit 2, one line, and no state folder created."""
+    make_dataset(data_root / "ds", {"red": "red"}, references=1)
+    result = CliRunner().invoke(app, ["run", "--root", str(data_root), "--model", str(data_root / "none")])
+    assert result.exit_code == 2 and "clipsort: error: model path" in result.stderr
+    assert not (data_root / ".clipsort").exists()

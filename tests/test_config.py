@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_defaults_without_any_file(data_root: Path) -> None:
     """With no file, environment or flags every option has its documented default."""
     settings = load_settings()
-    assert settings.root == Path("Data")
+    assert settings.root == Path("Data").absolute(), "relative to the working directory, made absolute"
     assert settings.model == "clip-ViT-B-32"
     assert settings.mode == "reference"
     assert settings.aggregate == "max"

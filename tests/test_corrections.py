@@ -24,17 +24,14 @@ from daemon.encoder import Encoder
 from daemon.journal import Correction, Journal
 from daemon.layout import DatasetLayout
 from daemon.sorter import gather, run
-from tests.synthetic import draw, make_dataset, save
-
-MISLEADING = {"red": "red", "blue": "green"}  # the blue class's references show green things
-
+from tests.synthetic import MISLEADING, draw, make_dataset, save
 
 World = tuple[DatasetLayout, Settings, Journal, Embedder]
 
 
 @pytest.fixture
 def world(data_root: Path, encoder: Encoder) -> Iterator[World]:
-    """Blue pictures sorted against misleading references (green ones in Clases/blue): mostly wrong."""
+    """Blue pictures sorted against misleading references (see MISLEADING): mostly into red/."""
     layout = DatasetLayout(data_root / "rgb")
     make_dataset(layout.root, MISLEADING, references=4, inbox=["blue"] * 6, seed=11)
     settings = load_settings(None, {"root": data_root, "mode": "reference"})

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from daemon.encoder import (
     resolve_device,
 )
 from daemon.errors import ModelLoadError
+from tests.helpers import clipsort_process
 from tests.synthetic import draw
 
 
@@ -60,8 +64,9 @@ def test_missing_local_path_says_so(tmp_path: Path) -> None:
 
 
 def test_hub_name_offline_explains_the_way_out() -> None:
-    """With the hub unreachable (HF_HUB_OFFLINE=1) the message says to use a local folder."""
-    with pytest.raises(ModelLoadError, match="on an offline machine give the path of a local model folder"):
+    """With the hub unreachable (HF_HUB_OFFLINE=1) the message says to use a local folder, or demo-model."""
+    expected = r"give a local model folder with --model.*clipsort demo-model DIR"
+    with pytest.raises(ModelLoadError, match=expected):
         Encoder("clipsort-test/no-such-model", "cpu")
 
 
@@ -168,3 +173,18 @@ def test_bf16_makes_the_same_decisions_as_fp32(tiny_model: Path, encoder: Encode
         return np.argmax(best, axis=1)
 
     assert np.mean(decisions(half) == decisions(encoder)) >= 0.99
+
+
+def test_an_unreachable_hub_fails_in_seconds_naming_demo_model(data_root: Path, tmp_path: Path) -> None:
+    """No network and no cached model: one line naming `clipsort demo-model`, within seconds, exit 2."""
+    with socket.socket() as probe:  # a loopback port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {key: value for key, value in os.environ.items() if not key.endswith("_OFFLINE")}
+    env |= {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(tmp_path / "hf")}
+    started = time.monotonic()
+    done = clipsort_process("sort", "--root", str(data_root), env=env)
+    assert done.returncode == 2, done.stderr
+    assert "hub is unreachable" in done.stderr and "clipsort demo-model DIR" in done.stderr
+    assert "Retrying" not in done.stderr and "Traceback" not in done.stderr
+    assert time.monotonic() - started < 60, "huggingface_hub's back-off alone takes about 86 s"

@@ -11,10 +11,8 @@ from typer.testing import CliRunner
 from daemon.cli import app
 from daemon.journal import Journal
 from tests.daemonproc import Daemon, drop, picture_bytes, start
-from tests.synthetic import make_dataset
+from tests.synthetic import MISLEADING, make_dataset
 from tests.waiting import wait_until
-
-MISLEADING = {"red": "red", "blue": "green"}  # Clases/blue holds green pictures: blue ones land in red/
 
 
 def drop_blue(dataset: Path, staging: Path, seeds: range) -> list[str]:
@@ -77,7 +75,8 @@ def test_moving_wrongly_sorted_files_teaches_the_running_daemon(
     still_red = sorted((dataset / "Dataset" / "red").glob("*.png"))
     still_red[0].unlink()  # deleted: not a correction
     shutil.move(still_red[1], staging / still_red[1].name)  # moved out of the data root: not one either
-    drop(dataset / "Images", "x.png", picture_bytes(staging, "red", 1, "r.png"))
+    # Clases/red shows green things (MISLEADING), so a green picture is the one that lands in red/.
+    drop(dataset / "Images", "x.png", picture_bytes(staging, "green", 1, "g.png"))
     wait_until((dataset / "Dataset" / "red" / "x.png").exists, timeout=30)  # events after those are handled
     assert Journal(daemon.state).corrections() == []
     assert daemon.stop() == 0

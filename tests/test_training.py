@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import Result
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 from typer.testing import CliRunner
@@ -21,7 +22,9 @@ from tests.synthetic import SHAPES, draw, make_dataset, tiny_vit
 COLORS = {"red": "red", "green": "green", "blue": "blue", "yellow": "yellow"}
 
 
-def train_into(runner: CliRunner, base: Path, root: Path, dataset: str, *extra: str) -> None:
+def train_into(
+    runner: CliRunner, base: Path, root: Path, dataset: str, *extra: str, expect: int = 0
+) -> Result:
     """`clipsort train` with settings that fit the tiny models in seconds (later ``extra`` options win)."""
     result = runner.invoke(
         app,
@@ -42,7 +45,8 @@ def train_into(runner: CliRunner, base: Path, root: Path, dataset: str, *extra: 
             *extra,
         ],
     )
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == expect, result.output
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +97,24 @@ def test_cli_trains_publishes_and_the_checkpoint_reloads(base: Path, data_root: 
     assert torch.equal(first, again)
     named = [model.config.id2label[int(k)] for k in first]
     assert np.mean([n == c for n, c in zip(named, list(COLORS) * 3, strict=True)]) >= 0.9
+
+
+def test_a_worse_checkpoint_is_not_published_unless_forced(
+    base: Path, data_root: Path, tmp_path: Path
+) -> None:
+    """A run that does worse on the same validation split exits 1 and the current one stays; --force."""
+    make_dataset(data_root / "ds", COLORS, references=20, seed=3)
+    out = tmp_path / "checkpoints"
+    train_into(CliRunner(), base, data_root, "ds", "--out", str(out))
+    good = current_checkpoint(out)
+    untrained = ("--out", str(out), "--epochs", "1", "--learning-rate", "0")  # the random base: chance
+    refused = train_into(CliRunner(), base, data_root, "ds", *untrained, expect=1)
+    assert "not published" in refused.stdout and "current checkpoint" in refused.stdout
+    assert current_checkpoint(out) == good
+    assert len([p for p in out.iterdir() if p.is_dir()]) == 1, "a refused run leaves nothing behind"
+    forced = train_into(CliRunner(), base, data_root, "ds", *untrained, "--force")
+    assert "published" in forced.stdout and "not published" not in forced.stdout
+    assert current_checkpoint(out) not in (None, good)
 
 
 @pytest.mark.parametrize(
@@ -176,11 +198,12 @@ def test_eval_reports_the_finetuned_mode_from_its_validation_split(
 
 
 def test_two_trainings_in_the_same_second_both_publish(base: Path, data_root: Path, tmp_path: Path) -> None:
-    """Checkpoint folders never collide; the pointer names the latest."""
+    """Checkpoint folders never collide; the pointer names the latest; a 2-picture split is warned of."""
     make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=4, seed=3)
     out = tmp_path / "checkpoints"
     for _ in range(2):  # a later option wins, so --epochs 1 overrides the helper's
-        train_into(CliRunner(), base, data_root, "ds", "--epochs", "1", "--out", str(out))
+        result = train_into(CliRunner(), base, data_root, "ds", "--epochs", "1", "--out", str(out), "--force")
+        assert "validation split holds only 2 picture(s)" in result.stderr
     published = sorted(p for p in out.iterdir() if p.is_dir())
     assert len(published) == 2
     assert current_checkpoint(out) in published

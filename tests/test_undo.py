@@ -113,3 +113,39 @@ def test_since_accepts_ages_and_iso_times() -> None:
     assert parse_since("2026-11-26T14:00", now) > parse_since("2026-11-26", now)
     with pytest.raises(JournalError, match="cannot read --since"):
         parse_since("yesterday", now)
+
+
+def test_undo_by_path_with_a_relative_or_absolute_root(cli: CliRunner, data_root: Path) -> None:
+    """Sorted with `--root Data`: undo finds a file named relatively and one named absolutely."""
+    make_dataset(data_root / "rgb", RGB, references=3, inbox=["red", "red"], seed=5)
+    relative_root = data_root.relative_to(Path.cwd())
+    assert cli.invoke(app, ["sort", "--root", str(relative_root)]).exit_code == 0
+    first, second = sorted((data_root / "rgb" / "Dataset" / "red").iterdir())
+    assert all(entry.intent.source.is_absolute() for entry in Journal(data_root / ".clipsort").entries())
+    by_relative = cli.invoke(
+        app, ["undo", "--root", str(relative_root), str(first.relative_to(Path.cwd())), "--to", "blue"]
+    )
+    assert by_relative.exit_code == 0, by_relative.output
+    assert (data_root / "rgb" / "Dataset" / "blue" / first.name).is_file() and not first.exists()
+    by_absolute = cli.invoke(app, ["undo", "--root", str(relative_root), str(second)])
+    assert by_absolute.exit_code == 0, by_absolute.output
+    assert (data_root / "rgb" / "Images" / second.name).is_file() and not second.exists()
+
+
+def test_a_rejected_empty_file_is_undone_by_name_only(cli: CliRunner, data_root: Path) -> None:
+    """undo --last passes over Rejected/; named, the empty file goes back (its empty bytes match)."""
+    make_dataset(data_root / "rgb", RGB, references=3, inbox=["red"], seed=5)
+    (data_root / "rgb" / "Images" / "empty.png").write_bytes(b"")
+    assert cli.invoke(app, ["sort", "--root", str(data_root)]).exit_code == 0
+    assert tree(data_root / "rgb")["Rejected"] == ["empty.png"]
+    last = cli.invoke(app, ["undo", "--root", str(data_root), "--last", "1"])
+    assert last.exit_code == 0, last.output
+    assert tree(data_root / "rgb")["Images"] == ["img0000.png"], (
+        "the sorted picture came back, not the empty file"
+    )
+    named = cli.invoke(
+        app, ["undo", "--root", str(data_root), str(data_root / "rgb" / "Rejected" / "empty.png")]
+    )
+    assert named.exit_code == 0, named.output
+    assert "back in the inbox" in named.stdout
+    assert tree(data_root / "rgb")["Images"] == ["empty.png", "img0000.png"]

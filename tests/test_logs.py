@@ -1,0 +1,66 @@
+"""Tests for daemon.logs: one short line per file on a terminal, every detail in JSON, one time zone."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import structlog
+
+from daemon.classifiers.base import Decision
+from daemon.logs import configure_logging, local_time
+from daemon.pipeline import Outcome
+
+ROOT = Path("/srv/clipsort/Data/holidays")
+
+
+def outcome() -> Outcome:
+    """A sorted phone picture with a long name, as the pipeline logs it."""
+    decision = Decision(
+        "beach",
+        0.987654,
+        "mountains",
+        0.01,
+        0.31,
+        (("beach", 0.987654), ("mountains", 0.01), ("city", 0.002)),
+    )
+    name = "IMG_20261202_101010_HDR.jpg"
+    return Outcome("holidays", ROOT / "Images" / name, "sorted", ROOT / "Dataset" / "beach" / name, decision)
+
+
+def test_a_sorted_file_is_one_short_line_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    """Console format: the file's name, class and score in under 110 columns, local time with its zone."""
+    configure_logging("console")
+    structlog.get_logger().info("sorted", **outcome().as_dict(), mode="reference-max", dry_run=False)
+    line = capsys.readouterr().err
+    assert line.count("\n") == 1 and len(line) < 110, line
+    assert "IMG_20261202_101010_HDR.jpg" in line and "class=beach" in line and "score=0.988" in line
+    for detail in ("/srv", "destination", "runner_up", "top3", "dry_run", "reference-max"):
+        assert detail not in line
+    assert line.split()[1] == time.strftime("%Z"), "the zone's name follows the local time"
+
+
+def test_json_lines_keep_every_detail_in_utc(capsys: pytest.CaptureFixture[str]) -> None:
+    """JSON format: the whole outcome, and a UTC ISO 8601 timestamp marked Z."""
+    configure_logging("json")
+    structlog.get_logger().info("sorted", **outcome().as_dict())
+    record = json.loads(capsys.readouterr().err)
+    assert record["destination"] == str(ROOT / "Dataset" / "beach" / "IMG_20261202_101010_HDR.jpg")
+    assert record["top3"][1] == ["mountains", 0.01]
+    assert record["timestamp"].endswith("Z")
+
+
+def test_other_events_keep_their_fields_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    """Only a file's line is shortened: a warning about something else shows all it says."""
+    configure_logging("console")
+    structlog.get_logger().warning("move_failed", file="/srv/x.jpg", error="No space left on device")
+    line = capsys.readouterr().err
+    assert "file=/srv/x.jpg" in line and "No space left on device" in line
+
+
+def test_local_time_names_its_zone() -> None:
+    """History and the console log show the same local time, with the zone's name."""
+    assert local_time(0.0).endswith(time.strftime("%Z", time.localtime(0.0)))
+    assert local_time(0.0, seconds_only=True).count(":") == 2
