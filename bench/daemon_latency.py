@@ -17,6 +17,7 @@ floor for single-file latency). Results go to a JSON file.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from daemon.encoder import Encoder
+from daemon.encode.encoder import Encoder
 from tests.daemonproc import Daemon
 from tests.synthetic import draw, make_dataset, random_clip
 from tests.waiting import wait_until
@@ -98,7 +99,7 @@ def measure(
             shutil.copy(staging / name, dataset / "Images" / f".{name}")
             started = time.perf_counter()
             os.rename(dataset / "Images" / f".{name}", dataset / "Images" / name)
-            wait_until(lambda name=name: arrived(dataset, name), timeout=60, every=0.002)
+            wait_until(functools.partial(arrived, dataset, name), timeout=60, every=0.002)
             latencies.append(1000 * (time.perf_counter() - started))
         names = [f"f{k:05d}.jpg" for k in range(singles, singles + burst)]
         for name in names:

@@ -45,14 +45,14 @@ from PIL import Image
 from sentence_transformers import SentenceTransformer
 
 from bench.daemon_latency import CLASSES, forward_ms, measure
-from daemon.catalog import make_embedder
 from daemon.config import load_settings
-from daemon.encoder import Encoder, load_model
-from daemon.journal import Journal
+from daemon.encode.encoder import Encoder, load_model
+from daemon.encode.factory import make_embedder
 from daemon.layout import discover
 from daemon.logs import configure_logging
-from daemon.mover import make_state_dir
-from daemon.sorter import gather, run
+from daemon.sort.oneshot import gather, run
+from daemon.store.journal import Journal
+from daemon.store.mover import make_state_dir
 from tests.daemonproc import Daemon
 from tests.synthetic import draw, make_dataset, random_clip
 from tests.waiting import wait_until
@@ -77,7 +77,8 @@ def make_set(folder: Path, kind: str, count: int, seed: int) -> list[Path]:
     made = []
     for k in range(min(count, DISTINCT)):
         path = folder / f"{kind}-{k:05d}.{ext}"
-        picture(rng, colors[k % 3], width, height).save(path, **({"quality": 90} if ext == "jpg" else {}))
+        options: dict[str, Any] = {"quality": 90} if ext == "jpg" else {}
+        picture(rng, colors[k % 3], width, height).save(path, **options)
         made.append(path)
     for k in range(len(made), count):
         path = folder / f"{kind}-{k:05d}.{ext}"
@@ -299,14 +300,14 @@ def latency_and_rss(
     latency_work.mkdir()
     latency = measure(model, latency_work, 0, args.singles, 0, device=args.device, precision=args.precision)
     one_forward = forward_ms(encoder)
-    rss_bursts = tuple(int(c) for c in args.rss.split(","))
+    small, large = (int(c) for c in args.rss.split(","))
     return {
         "latency": {
             "single_p50_ms": latency["single_p50_ms"],
             "single_p95_ms": latency["single_p95_ms"],
             "forward_1_image_ms": round(one_forward, 1),
         },
-        "rss": rss_flatness(scratch / "rss", rss_bursts, options),
+        "rss": rss_flatness(scratch / "rss", (small, large), options),
     }
 
 

@@ -36,7 +36,6 @@ from pydantic_settings import (
 )
 
 from daemon.errors import ConfigError
-from daemon.scanner import DEFAULT_IGNORE
 
 Mode = Literal["reference", "text", "mixed", "finetuned"]
 Auto = Literal["auto"]
@@ -52,6 +51,12 @@ DEFAULT_TEMPLATES = (
     "a good photo of a {}.",
 )
 SYSTEM_CONFIG = Path("/etc/clipsort/config.toml")
+# What `clipsort eval` compares: each CLIP mode, reference mode with both aggregations.
+EVALUATED_MODES = ("text", "reference-max", "reference-avg", "mixed")
+# `clipsort train`'s default backbone (the original third script's).
+DEFAULT_BASE = "google/vit-base-patch16-224-in21k"
+# Temporary names of files still being written (and dotfiles): never touched in an inbox.
+DEFAULT_IGNORE = (".*", "*.part", "*.partial", "*.tmp", "*.crdownload", "~$*")
 
 
 def _check_templates(value: list[str] | None) -> list[str] | None:

@@ -15,7 +15,7 @@ import structlog
 from typer.testing import CliRunner
 
 from daemon.cli import app
-from daemon.encoder import Encoder
+from daemon.encode.encoder import Encoder
 from tests.daemonproc import Daemon
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from daemon.status import Status, read_status
+from daemon.service.status import Status, read_status
 from tests.synthetic import draw, save
 from tests.waiting import wait_until
 

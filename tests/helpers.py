@@ -9,24 +9,42 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from daemon import mover
+import numpy as np
+import numpy.typing as npt
+
+from daemon.store import mover
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def unit(*rows: list[float]) -> npt.NDArray[np.float32]:
+    """Rows scaled to unit length: hand-written vectors for the classification maths."""
+    array = np.asarray(rows, dtype=np.float32)
+    scaled: npt.NDArray[np.float32] = array / np.linalg.norm(array, axis=1, keepdims=True)
+    return scaled
+
+
+def python_process(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` in a real process importing this checkout (offline unless ``env`` says otherwise)."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"} if env is None else dict(env)
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        env={**environment, "PYTHONPATH": str(REPO)},
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def clipsort_process(
     *args: str, env: Mapping[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m daemon ARGS`` in a real process (offline unless ``env`` says otherwise)."""
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1"} if env is None else dict(env)
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
-        capture_output=True,
-        text=True,
-        env={**environment, "PYTHONPATH": str(REPO)},
-        timeout=timeout,
-        check=False,
-    )
+    """``python -m daemon ARGS``: clipsort as its console script runs it."""
+    return python_process("-m", "daemon", *args, env=env, timeout=timeout)
 
 
 def tree(root: Path) -> dict[str, list[str]]:

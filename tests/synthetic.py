@@ -1,7 +1,7 @@
 """Synthetic pictures and a tiny CLIP that has really learned them.
 
 No pretrained weights can be fetched here, so the tests train their own
-few-layer CLIP on coloured shapes with captions (``daemon.demo``, the same
+few-layer CLIP on coloured shapes with captions (``daemon.learn.demo``, the same
 model ``clipsort demo-model`` makes). It learns colours (and shapes) well
 enough that accuracy can be asserted, not just shapes of arrays; training is
 deterministic and takes about 20 s on 2 CPU cores.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,15 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from daemon.demo import COLORS, IMAGE_SIZE, SHAPES, build_tokenizer, caption_corpus, draw, train_tiny_clip
+from daemon.learn.demo import (
+    COLORS,
+    IMAGE_SIZE,
+    SHAPES,
+    build_tokenizer,
+    caption_corpus,
+    draw,
+    train_tiny_clip,
+)
 
 __all__ = [
     "COLORS",
@@ -68,24 +77,22 @@ def random_clip(out: Path, *, seed: int = 0, small: bool = False) -> Path:
     """
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(caption_corpus())
-    processor = CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer)
-    config = CLIPConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
-        },
-        vision_config={"patch_size": 32},
+    processor: CLIPProcessor = CLIPProcessor(  # type: ignore[no-untyped-call]
+        image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer
     )
+    text: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision: dict[str, Any] = {"patch_size": 32}
+    sizes: dict[str, Any] = {}
     if small:
         tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-        config = CLIPConfig(
-            text_config={**config.text_config.to_dict(), **tiny},
-            vision_config={**config.vision_config.to_dict(), **tiny},
-            projection_dim=32,
-        )
-    model = CLIPModel(config).eval()
+        text, vision, sizes = text | tiny, vision | tiny, {"projection_dim": 32}
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, **sizes))
+    model.eval()  # type: ignore[no-untyped-call]
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
@@ -101,7 +108,7 @@ def tiny_vit(out: Path, *, seed: int = 0) -> Path:
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=128,
-        num_labels=2,
+        num_labels=2,  # type: ignore[call-arg]  # a PretrainedConfig keyword the stubs do not name
     )
     ViTForImageClassification(config).save_pretrained(out)
     ViTImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(out)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from daemon.catalog import make_embedder
 from daemon.config import load_settings
-from daemon.encoder import Encoder
+from daemon.encode.encoder import Encoder
+from daemon.encode.factory import make_embedder
 from daemon.layout import discover
-from daemon.pipeline import Outcome
-from daemon.sorter import gather, run
+from daemon.sort.oneshot import gather, run
+from daemon.sort.pipeline import Outcome
 from tests.synthetic import COLORS, make_dataset
 
 

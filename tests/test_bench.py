@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, python_process
 
 
 def smoke(module: str, out: Path) -> dict[str, Any]:
     """Run ``python -m <module> --quick`` as a user would; its JSON report."""
-    done = subprocess.run(
-        [sys.executable, "-m", module, "--quick", "--out", str(out)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    done = python_process("-m", module, "--quick", "--out", str(out), timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stdout + done.stderr
     report: dict[str, Any] = json.loads(out.read_text())
     return report
@@ -51,3 +40,11 @@ def test_throughput_smoke_run_reports_every_measurement(tmp_path: Path) -> None:
     assert min(report["forward"].values()) > 0
     assert 0 < report["latency"]["single_p50_ms"] <= report["latency"]["single_p95_ms"]
     assert set(report["rss"]) == {"peak_rss_mb_20", "peak_rss_mb_60"}
+
+
+def test_startup_smoke_run_reports_every_light_command(tmp_path: Path) -> None:
+    """``python -m bench.startup --quick`` exits 0 with a time and a ratio to bare Python per command."""
+    report = smoke("bench.startup", tmp_path / "startup.json")
+    assert report["commands"]["python -c pass"]["vs_bare_python"] == 1.0
+    for name, row in report["commands"].items():
+        assert row["median_s"] > 0 and row["model_stack"] == [], name

@@ -7,13 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.calibration import accuracy, calibrate, confidence_threshold, leave_one_out
-from daemon.classindex import ClassIndex
-
-
-def unit(*rows: list[float]) -> np.ndarray:
-    array = np.asarray(rows, dtype=np.float32)
-    return array / np.linalg.norm(array, axis=1, keepdims=True)
+from daemon.classify.calibration import accuracy, calibrate, confidence_threshold, leave_one_out
+from daemon.classify.classindex import ClassIndex
+from tests.helpers import unit
 
 
 def index(refs: np.ndarray, labels: list[int], text: np.ndarray) -> ClassIndex:

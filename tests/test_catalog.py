@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.catalog import Catalog, make_embedder
+from daemon.classify.catalog import Catalog
 from daemon.config import load_settings
-from daemon.encoder import Encoder
+from daemon.encode.encoder import Encoder
+from daemon.encode.factory import make_embedder
 from tests.synthetic import draw, make_dataset, save
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.classindex import build_class_index, describe
-from daemon.embeddings import Embedder
-from daemon.encoder import Encoder
+from daemon.classify.classindex import build_class_index, describe
+from daemon.encode.embeddings import Embedder
+from daemon.encode.encoder import Encoder
+from daemon.encode.images import DecodeLimits
 from daemon.errors import NoClassesError
-from daemon.images import DecodeLimits
 from daemon.layout import DatasetLayout
 from tests.synthetic import make_dataset
 

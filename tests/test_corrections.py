@@ -13,17 +13,19 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from daemon.catalog import make_embedder, make_target
-from daemon.classifiers import decide
+from daemon.classify.modes import decide
+from daemon.classify.modes.finetuned import FinetunedClassifier
+from daemon.classify.targets import make_target
 from daemon.cli import app
 from daemon.config import Settings, load_settings
-from daemon.corrections import examples, observe
-from daemon.embedcache import EmbeddingCache
-from daemon.embeddings import Embedder
-from daemon.encoder import Encoder
-from daemon.journal import Correction, Journal
+from daemon.encode.embedcache import EmbeddingCache
+from daemon.encode.embeddings import Embedder
+from daemon.encode.encoder import Encoder
+from daemon.encode.factory import make_embedder
 from daemon.layout import DatasetLayout
-from daemon.sorter import gather, run
+from daemon.learn.corrections import corrected_from, examples, observe
+from daemon.sort.oneshot import gather, run
+from daemon.store.journal import Correction, Journal
 from tests.synthetic import MISLEADING, draw, make_dataset, save
 
 World = tuple[DatasetLayout, Settings, Journal, Embedder]
@@ -39,7 +41,7 @@ def world(data_root: Path, encoder: Encoder) -> Iterator[World]:
     state.mkdir()
     with Journal(state) as journal, EmbeddingCache(state / "embeddings.sqlite3") as cache:
         embedder = make_embedder(settings, encoder, cache)
-        work = gather([layout], settings, embedder, named=True, journal=journal)
+        work = gather([layout], settings, embedder, named=True, corrected=corrected_from(journal))
         run(work, settings, embedder, journal=journal, dry_run=False, on_outcome=lambda outcome: None)
         yield layout, settings, journal, embedder
 
@@ -139,15 +141,17 @@ def test_corrections_fix_later_pictures_without_encoding_anything(world: World, 
     layout, settings, journal, embedder = world
     correct(world)
     before = embedder.encoded_references
-    target = make_target(layout, settings, embedder, journal=journal)
+    target = make_target(layout, settings, embedder, corrected=corrected_from(journal))
     assert embedder.encoded_references == before, "no reference or corrected file was encoded again"
     assert target.index.correction_counts() == {"blue": 3}
+    assert not isinstance(target.classifier, FinetunedClassifier)
     rng = np.random.default_rng(99)
     fresh = encoder.encode_images([draw(rng, "blue", "square") for _ in range(8)])
     labels = [d.label for d in decide(target.classifier.scores(fresh, target.index), target.classes, 100.0)]
     assert labels.count("blue") >= 7
     journal.forget(dataset="rgb")
-    plain = make_target(layout, settings, embedder, journal=journal)
+    plain = make_target(layout, settings, embedder, corrected=corrected_from(journal))
+    assert not isinstance(plain.classifier, FinetunedClassifier)
     labels = [d.label for d in decide(plain.classifier.scores(fresh, plain.index), plain.classes, 100.0)]
     assert labels.count("red") >= 5, "forgetting restores the earlier behaviour"
 

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from daemon.cli import app
-from daemon.demo import train_tiny_clip
+from daemon.learn.demo import train_tiny_clip
 from tests.helpers import tree
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.embedcache import EmbeddingCache, content_hash, text_key
+from daemon.encode.embedcache import EmbeddingCache, text_key
+from daemon.ingest.scanner import content_hash
 
 
 def test_vectors_round_trip_per_model(tmp_path: Path) -> None:

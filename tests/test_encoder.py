@@ -14,7 +14,7 @@ import pytest
 import torch
 from structlog.testing import capture_logs
 
-from daemon.encoder import (
+from daemon.encode.encoder import (
     Encoder,
     _pictures,
     cpu_has_bf16,
@@ -170,7 +170,7 @@ def test_bf16_makes_the_same_decisions_as_fp32(tiny_model: Path, encoder: Encode
     def decisions(model: Encoder) -> np.ndarray:
         similarity = model.encode_images(pictures) @ model.encode_images(references).T
         best = np.stack([similarity[:, labels == c].max(axis=1) for c in range(len(colors))], axis=1)
-        return np.argmax(best, axis=1)
+        return np.asarray(np.argmax(best, axis=1), dtype=np.int64)
 
     assert np.mean(decisions(half) == decisions(encoder)) >= 0.99
 

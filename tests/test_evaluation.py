@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from daemon.cli import app
-from daemon.evaluation import MODES, fold_of
+from daemon.learn.evaluation import MODES, fold_of
 from tests.synthetic import make_dataset
 
 CLASSES = {"red": "red", "green": "green", "blue": "blue", "lote-3": "yellow"}

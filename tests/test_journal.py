@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from daemon.journal import Intent, Journal, Settlement
+from daemon.store.journal import Intent, Journal, Settlement
 
 
 def intent(source: Path, folder: Path, label: str | None = "red", dataset: str = "rgb") -> Intent:

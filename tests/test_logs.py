@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from daemon.classifiers.base import Decision
+from daemon.classify.modes.base import Decision
 from daemon.logs import configure_logging, local_time
-from daemon.pipeline import Outcome
+from daemon.sort.pipeline import Outcome
 
 ROOT = Path("/srv/clipsort/Data/holidays")
 

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from daemon.catalog import make_embedder, make_target
+from daemon.classify.targets import make_target
 from daemon.config import load_settings
-from daemon.encoder import Encoder
+from daemon.encode.encoder import Encoder
+from daemon.encode.factory import make_embedder
 from daemon.layout import DatasetLayout, discover
-from daemon.pipeline import Outcome
-from daemon.sorter import gather, run
+from daemon.sort.oneshot import gather, run
+from daemon.sort.pipeline import Outcome
 from tests.synthetic import SHAPES, draw, grid, make_dataset, random_clip, save
 
 # Three classes named by what the tiny model learned, two whose names mean nothing to it.

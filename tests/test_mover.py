@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon import mover
-from daemon.mover import UnsafeDestination, candidate_name, place, preview, rename_noreplace, write_new
+from daemon.store import mover
+from daemon.store.mover import UnsafeDestination, candidate_name, place, preview, rename_noreplace, write_new
 from tests.helpers import tree
 
 
@@ -210,7 +210,7 @@ def test_a_fault_at_any_step_leaves_the_file_exactly_once(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     name=st.text(
-        st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=80
+        st.characters(exclude_categories=["Cs"], exclude_characters="/\x00"), min_size=1, max_size=80
     ).filter(lambda n: n not in (".", "..") and len(os.fsencode(n)) <= 255)
 )
 def test_any_legal_name_moves_intact(tmp_path: Path, name: str) -> None:
@@ -225,7 +225,7 @@ def test_any_legal_name_moves_intact(tmp_path: Path, name: str) -> None:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(stem=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00."), min_size=1))
+@given(stem=st.text(st.characters(exclude_categories=["Cs"], exclude_characters="/\x00."), min_size=1))
 def test_numbered_names_are_legal_and_distinct(tmp_path: Path, stem: str) -> None:
     """However long or strange a name, every numbered variant is unique and within NAME_MAX."""
     name = (stem * 300)[: 250 - len(".jpg")] + ".jpg"

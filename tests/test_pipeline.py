@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from daemon.catalog import make_embedder, make_target
-from daemon.classifiers import Decision
+from daemon.classify.modes import Decision
+from daemon.classify.targets import Target, make_target
 from daemon.config import load_settings
-from daemon.decoding import Decoded, DecodePool, collect
-from daemon.encoder import Encoder
+from daemon.encode.decoding import Decoded, DecodePool, collect
+from daemon.encode.encoder import Encoder
+from daemon.encode.factory import make_embedder
+from daemon.encode.images import Crop
+from daemon.encode.vectors import Vectors
 from daemon.errors import ImageRejected
-from daemon.journal import Journal
+from daemon.ingest.readiness import Job
 from daemon.layout import DatasetLayout
-from daemon.mover import UnsafeDestination
-from daemon.pipeline import Delivery, Outcome, classify, classify_with_fallback, deliver
-from daemon.sorter import job_for
+from daemon.sort.oneshot import job_for
+from daemon.sort.pipeline import Delivery, Outcome, classify, classify_with_fallback, deliver
+from daemon.store.journal import Journal
+from daemon.store.mover import UnsafeDestination
 from tests.synthetic import make_dataset
 
 RGB = {"red": "red", "green": "green", "blue": "blue"}
+# Jobs, their decoded files, the targets by dataset, and each file's true colour.
+Batch = tuple[list[Job], list[Decoded], dict[str, Target], list[str]]
 
 
 def labels(verdicts: list[Decision | ImageRejected] | list[Decision | ImageRejected | None]) -> list[object]:
@@ -31,7 +38,7 @@ def labels(verdicts: list[Decision | ImageRejected] | list[Decision | ImageRejec
 
 
 @pytest.fixture
-def batch(data_root: Path, encoder: Encoder):  # type: ignore[no-untyped-def]
+def batch(data_root: Path, encoder: Encoder) -> Batch:
     """Eight inbox files of known colours, decoded, with their dataset's target."""
     truth = make_dataset(data_root / "rgb", RGB, references=3, inbox=list(RGB) * 3, seed=4)
     settings = load_settings(None, {"root": data_root})
@@ -43,7 +50,7 @@ def batch(data_root: Path, encoder: Encoder):  # type: ignore[no-untyped-def]
     return jobs, decoded, {"rgb": target}, [truth[n] for n in sorted(truth)]
 
 
-def test_crops_from_the_decoding_threads_change_no_decision(batch, encoder: Encoder) -> None:  # type: ignore[no-untyped-def]
+def test_crops_from_the_decoding_threads_change_no_decision(batch: Batch, encoder: Encoder) -> None:
     """Pictures handed over already made into the model's input are classified exactly as the pictures."""
     jobs, reads, targets, _ = batch
     crop = encoder.crop
@@ -55,9 +62,9 @@ def test_crops_from_the_decoding_threads_change_no_decision(batch, encoder: Enco
 
 
 def test_a_batch_that_fails_is_split_until_it_fits(
-    batch,
+    batch: Batch,
     encoder: Encoder,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Out of memory above two pictures: halves, then quarters, and every file still gets its class."""
     jobs, reads, targets, colors = batch
@@ -65,7 +72,7 @@ def test_a_batch_that_fails_is_split_until_it_fits(
     real = encoder.encode_images
     sizes: list[int] = []
 
-    def small_batches_only(images):  # type: ignore[no-untyped-def]
+    def small_batches_only(images: Sequence[Image.Image | Crop]) -> Vectors:
         sizes.append(len(images))
         if len(images) > 2:
             raise RuntimeError("CUDA out of memory (injected)")
@@ -80,9 +87,9 @@ def test_a_batch_that_fails_is_split_until_it_fits(
 
 
 def test_a_single_picture_that_fails_on_the_accelerator_goes_to_the_cpu(
-    batch,
+    batch: Batch,
     encoder: Encoder,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The accelerator fails for every batch: each file is encoded by the CPU copy instead."""
     jobs, reads, targets, _ = batch
@@ -91,10 +98,10 @@ def test_a_single_picture_that_fails_on_the_accelerator_goes_to_the_cpu(
     cpu_calls.count = 0
     real_cpu = encoder.encode_images
 
-    def accelerator_broken(images):  # type: ignore[no-untyped-def]
+    def accelerator_broken(images: Sequence[Image.Image | Crop]) -> Vectors:
         raise RuntimeError("CUDA error: out of memory (injected)")
 
-    def on_cpu(images):  # type: ignore[no-untyped-def]
+    def on_cpu(images: Sequence[Image.Image | Crop]) -> Vectors:
         cpu_calls.count += 1
         return real_cpu(images)
 
@@ -106,16 +113,16 @@ def test_a_single_picture_that_fails_on_the_accelerator_goes_to_the_cpu(
 
 
 def test_a_file_that_fails_everywhere_is_marked_for_retry(
-    batch,
+    batch: Batch,
     encoder: Encoder,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """None, not an exception: the other files of the batch are still classified."""
     jobs, reads, targets, _ = batch
     real = encoder.encode_images
     poisoned = reads[3].picture
 
-    def fails_on_one(images):  # type: ignore[no-untyped-def]
+    def fails_on_one(images: Sequence[Image.Image | Crop]) -> Vectors:
         if any(image is poisoned for image in images):
             raise RuntimeError("inference failed (injected)")
         return real(images)
@@ -127,10 +134,10 @@ def test_a_file_that_fails_everywhere_is_marked_for_retry(
 
 
 def test_a_class_folder_linked_out_of_the_dataset_is_never_written_through(
-    batch,
+    batch: Batch,
     encoder: Encoder,
     data_root: Path,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
 ) -> None:
     """Every file bound for it stays in the inbox with the reason; the others of the batch are placed."""
     jobs, reads, targets, _ = batch
@@ -150,7 +157,8 @@ def test_a_class_folder_linked_out_of_the_dataset_is_never_written_through(
         results = deliver(items, encoder=encoder, journal=journal, dry_run=False)
         states = [entry.state for entry in journal.entries()]
     refused = [k for k, result in enumerate(results) if isinstance(result, UnsafeDestination)]
-    assert refused and all(isinstance(verdicts[k], Decision) and verdicts[k].label == "red" for k in refused)
+    refused_labels = [verdict.label for k in refused if isinstance(verdict := verdicts[k], Decision)]
+    assert refused and refused_labels == ["red"] * len(refused)
     assert all(jobs[k].path.exists() for k in refused)
     assert list(outside.iterdir()) == []
     assert all(isinstance(r, Outcome) for k, r in enumerate(results) if k not in refused)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from daemon.readiness import Hint, Readiness, Signature, is_unchanged
+from daemon.ingest.readiness import Hint, Readiness, Signature, is_unchanged
 
 
 class Clock:

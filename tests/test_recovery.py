@@ -7,9 +7,9 @@ import os
 import uuid
 from pathlib import Path
 
-from daemon.journal import Intent, Journal, Settlement
 from daemon.layout import DatasetLayout
-from daemon.recovery import Recovered, recover
+from daemon.store.journal import Intent, Journal, Settlement
+from daemon.store.recovery import Recovered, recover
 from tests.helpers import tree
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from daemon.scanner import is_ignored, scan
+from daemon.ingest.scanner import is_ignored, scan
 
 
 def test_scan_recurses_and_skips_temporary_hidden_links_and_fifos(tmp_path: Path) -> None:

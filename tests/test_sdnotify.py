@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.sdnotify import notify, reloading, watchdog_interval
+from daemon.service.sdnotify import notify, reloading, watchdog_interval
 
 
 def test_notify_sends_fields_to_the_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from daemon.config import load_settings
 from daemon.errors import ConfigError
-from daemon.service import Service, check_daemon_settings, on_own_thread
+from daemon.service.wiring import Service, check_daemon_settings, on_own_thread
 from tests.synthetic import draw, make_dataset, save
 from tests.waiting import wait_until
 

@@ -12,18 +12,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon import mover
-from daemon.catalog import make_embedder
 from daemon.config import Settings, load_settings
-from daemon.embedcache import EmbeddingCache, content_hash
-from daemon.embeddings import Embedder
-from daemon.encoder import Encoder
-from daemon.images import Crop
-from daemon.journal import Journal
+from daemon.encode.embedcache import EmbeddingCache
+from daemon.encode.embeddings import Embedder
+from daemon.encode.encoder import Encoder
+from daemon.encode.factory import make_embedder
+from daemon.encode.images import Crop
+from daemon.ingest.scanner import content_hash
 from daemon.layout import discover
-from daemon.mover import make_state_dir
-from daemon.pipeline import Outcome
-from daemon.sorter import Work, gather, run
+from daemon.sort.oneshot import Work, gather, run
+from daemon.sort.pipeline import Outcome
+from daemon.store import mover
+from daemon.store.journal import Journal
+from daemon.store.mover import make_state_dir
 from tests.helpers import GatedRenames, tree
 from tests.synthetic import draw, make_dataset, save
 from tests.waiting import wait_until

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from daemon.status import STATUS_FILE, DatasetStatus, Status, is_live, read_status, write_status
+from daemon.service.status import STATUS_FILE, DatasetStatus, Status, is_live, read_status, write_status
 
 
 def status(pid: int, updated: float) -> Status:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from daemon.cli import app
-from daemon.journal import Journal
+from daemon.store.journal import Journal
 from tests.daemonproc import Daemon, drop, picture_bytes, start
 from tests.synthetic import MISLEADING, make_dataset
 from tests.waiting import wait_until

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon.journal import Journal
+from daemon.store.journal import Journal
 from tests.daemonproc import Daemon, drop, picture_bytes, sha, sorted_files, start
 from tests.synthetic import draw, make_dataset, save
 from tests.waiting import wait_until

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import Result
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
+from daemon.classify.checkpoints import current_checkpoint
 from daemon.cli import app
-from daemon.training import augment, current_checkpoint, predict, stratified_split
+from daemon.learn.training import augment, predict, stratified_split
 from tests.helpers import tree
 from tests.synthetic import SHAPES, draw, make_dataset, tiny_vit
 
@@ -87,7 +87,7 @@ def test_cli_trains_publishes_and_the_checkpoint_reloads(base: Path, data_root: 
     with Image.open(published / "training.png") as chart:
         chart.verify()
     model = AutoModelForImageClassification.from_pretrained(published)
-    processor = AutoImageProcessor.from_pretrained(published)
+    processor = AutoImageProcessor.from_pretrained(published)  # type: ignore[no-untyped-call]
     assert model.config.id2label == {0: "blue", 1: "green", 2: "red", 3: "yellow"}
     rng = np.random.default_rng(99)
     pictures = [draw(rng, color, SHAPES[k % 3], 64) for k, color in enumerate(list(COLORS) * 3)]

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from daemon.cli import app
 from daemon.errors import JournalError
-from daemon.journal import Journal
-from daemon.undo import parse_since
+from daemon.store.journal import Journal
+from daemon.store.undo import parse_since
 from tests.helpers import tree
 from tests.synthetic import make_dataset
 

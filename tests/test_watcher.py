@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from daemon.config import DEFAULT_IGNORE
+from daemon.ingest.readiness import Hint
+from daemon.ingest.watcher import ALL_DATASETS, Watcher
 from daemon.layout import DatasetLayout
-from daemon.readiness import Hint
-from daemon.scanner import DEFAULT_IGNORE
-from daemon.watcher import ALL_DATASETS, Watcher
 from tests.waiting import wait_until
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon import mover
 from daemon.config import load_settings
-from daemon.embedcache import content_hash
-from daemon.service import Service
+from daemon.ingest.scanner import content_hash
+from daemon.service.wiring import Service
+from daemon.store import mover
 from tests.helpers import GatedRenames
 from tests.synthetic import draw, make_dataset, save
 from tests.waiting import wait_until

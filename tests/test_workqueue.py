@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from queue import Queue
 
-from daemon.readiness import Job, Signature
-from daemon.workqueue import FairQueue, drain
+from daemon.ingest.readiness import Job, Signature
+from daemon.ingest.workqueue import FairQueue, drain
 
 
 def job(dataset: str, k: int) -> Job:

@@ -1,0 +1,124 @@
+"""Start-up time of the commands that classify nothing, side by side with ``python -c pass``.
+
+Usage (from the repository root)::
+
+    python -m bench.startup              # 5 runs of each, medians
+    python -m bench.startup --quick      # one run of each (what CI runs)
+
+Each command runs in a fresh interpreter on a data root with a journal, as a
+user would type it; the report gives its median wall time, the ratio to a
+bare interpreter, and which parts of the model stack (torch, transformers,
+sentence-transformers) it loaded, which should be none
+(``tests/test_startup.py`` holds them to that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from daemon.store.journal import Journal
+from daemon.store.mover import make_state_dir
+from tests.helpers import python_process
+
+REPO = Path(__file__).resolve().parents[1]  # results go to bench/results/ of this checkout
+MODEL_STACK = ("torch", "transformers", "sentence_transformers")
+# The commands that classify nothing, with their arguments ({root} is the data root).
+LIGHT_COMMANDS: dict[str, list[str]] = {
+    "--help": ["--help"],
+    "status": ["status", "--root", "{root}"],
+    "history": ["history", "--root", "{root}"],
+    "undo": ["undo", "--root", "{root}"],
+    "corrections list": ["corrections", "list", "--root", "{root}"],
+    "corrections forget": ["corrections", "forget", "--all", "--root", "{root}"],
+    "init": ["init", "shoes", "--root", "{root}"],
+}
+# Runs the CLI as its console script does, then reports what the interpreter had loaded at exit.
+PROBE = """
+import atexit, json, sys
+report, stack = sys.argv[1], sys.argv[2].split(",")
+atexit.register(lambda: open(report, "w").write(json.dumps([m for m in stack if m in sys.modules])))
+sys.argv = ["clipsort", *sys.argv[3:]]
+from daemon.cli import main
+main()
+"""
+
+
+def prepare(folder: Path) -> Path:
+    """A data root with one dataset and an (empty) journal, so every command has its real work."""
+    root = folder / "Data"
+    (root / "ds" / "Clases" / "red").mkdir(parents=True)
+    make_state_dir(root / ".clipsort")
+    Journal(root / ".clipsort").close()
+    return root
+
+
+def launch(args: list[str], root: Path, cwd: Path) -> dict[str, Any]:
+    """One run of ``clipsort ARGS`` in a fresh interpreter: seconds, exit code, model stack loaded."""
+    report = cwd / "loaded.json"
+    command = ["-c", PROBE, str(report), ",".join(MODEL_STACK)]
+    command += [arg.format(root=root) for arg in args]
+    started = time.perf_counter()
+    done = python_process(*command, cwd=cwd)
+    seconds = time.perf_counter() - started
+    loaded: list[str] = json.loads(report.read_text())
+    return {"seconds": seconds, "exit_code": done.returncode, "model_stack": loaded, "stderr": done.stderr}
+
+
+def bare_interpreter() -> float:
+    """Seconds for ``python -c pass``: the floor every command starts from."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return time.perf_counter() - started
+
+
+def measure(repeats: int) -> dict[str, Any]:
+    """Median seconds of each light command and of a bare interpreter, in alternating rounds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        root = prepare(work)
+        times: dict[str, list[float]] = {name: [] for name in ["python -c pass", *LIGHT_COMMANDS]}
+        loaded: dict[str, list[str]] = {}
+        for _ in range(repeats):
+            times["python -c pass"].append(bare_interpreter())
+            for name, args in LIGHT_COMMANDS.items():
+                run = launch(args, root, work)
+                times[name].append(run["seconds"])
+                loaded[name] = run["model_stack"]
+    floor = statistics.median(times["python -c pass"])
+    commands = {
+        name: {
+            "median_s": statistics.median(values),
+            "vs_bare_python": statistics.median(values) / floor,
+            "model_stack": loaded.get(name, []),
+        }
+        for name, values in times.items()
+    }
+    return {"repeats": repeats, "python": sys.version.split()[0], "commands": commands}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one run of each command")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "startup.json")
+    options = parser.parse_args()
+    report = measure(1 if options.quick else options.repeats)
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(json.dumps(report, indent=2))
+    print(f"{'command':<20} {'median s':>9} {'x python':>9}  model stack")
+    for name, row in report["commands"].items():
+        stack = ", ".join(row["model_stack"]) or "none"
+        print(f"{name:<20} {row['median_s']:>9.3f} {row['vs_bare_python']:>9.1f}  {stack}")
+    print(f"wrote {options.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,4 @@
+"""Classify, the third stage.
+
+Class indexes, one module per mode, calibration, review, targets and the live catalog.
+"""

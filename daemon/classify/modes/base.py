@@ -1,0 +1,86 @@
+"""The classifier interface and the decision maths shared by every mode.
+
+A classifier is pure: vectors and a class index in, a score matrix out
+(one row per image, one column per class). :func:`decide` turns scores into
+decisions. Nothing here touches files or models.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from daemon.classify.classindex import ClassIndex
+from daemon.encode.vectors import Vectors
+
+Scores = npt.NDArray[np.float32]
+
+
+class Classifier(Protocol):
+    """Scores images against a dataset's classes."""
+
+    @property
+    def name(self) -> str:
+        """The mode's name as logged, e.g. ``reference-max``."""
+
+    def check(self, index: ClassIndex) -> None:
+        """Raise :class:`NoClassesError` when ``index`` cannot support this mode."""
+
+    def scores(self, vectors: Vectors, index: ClassIndex) -> Scores:
+        """A ``(images, classes)`` matrix; higher is more likely, ``-inf`` is impossible."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The winning class of one image, with probabilities and the runners-up."""
+
+    label: str
+    score: float  # probability of ``label``
+    runner_up: str | None
+    runner_up_score: float | None
+    similarity: float  # the classifier's raw score of ``label`` (cosine units)
+    top: tuple[tuple[str, float], ...]  # the three most probable classes
+
+    @property
+    def margin(self) -> float:
+        """How much more probable the winner is than the runner-up."""
+        return self.score - (self.runner_up_score or 0.0)
+
+
+def probabilities(scores: Scores, logit_scale: float) -> Scores:
+    """Softmax of ``logit_scale * scores`` per row; ``-inf`` scores get probability 0."""
+    logits = logit_scale * scores.astype(np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    weights = np.exp(logits)
+    result: Scores = (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+    return result
+
+
+def decide(scores: Scores, classes: tuple[str, ...], logit_scale: float) -> list[Decision]:
+    """The best classes of each row with their probabilities (ties go to the earlier class)."""
+    if scores.shape[1] != len(classes):
+        raise ValueError(f"{scores.shape[1]} score columns for {len(classes)} classes")
+    probs = probabilities(scores, logit_scale).tolist()
+    # A stable sort on the negated scores keeps the earlier class first on ties. Plain lists from
+    # here: indexing NumPy arrays one scalar at a time took twice as long (6 against 3 us a row).
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :3].tolist()
+    decisions = []
+    for row, prob, ranked in zip(scores.tolist(), probs, order, strict=True):
+        best = ranked[0]
+        top = [k for k in ranked if math.isfinite(row[k])]
+        second = top[1] if len(top) > 1 else None
+        decisions.append(
+            Decision(
+                label=classes[best],
+                score=prob[best],
+                runner_up=None if second is None else classes[second],
+                runner_up_score=None if second is None else prob[second],
+                similarity=row[best],
+                top=tuple((classes[k], round(prob[k], 6)) for k in top),
+            )
+        )
+    return decisions

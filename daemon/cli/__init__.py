@@ -1,0 +1,17 @@
+"""The ``clipsort`` command line: the edge where flags become settings and errors become exit codes.
+
+One module per group of commands; importing them registers their commands
+on :data:`daemon.cli.app.app`.
+"""
+
+from __future__ import annotations
+
+from daemon.cli import journal, service, sorting
+from daemon.cli.app import app
+
+__all__ = ["app", "journal", "main", "service", "sorting"]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,162 @@
+"""What every ``clipsort`` command shares: the app, its options, settings, errors as exit codes.
+
+Only light modules are imported here and at the top of the command modules
+(settings, journal, folders, tables): commands that classify nothing start
+without loading the model stack (torch, transformers), and the ones that do
+import it inside their own bodies.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
+from rich.table import Table
+
+from daemon import __version__
+from daemon.config import Settings, load_settings
+from daemon.errors import ClipsortError, JournalError
+from daemon.layout import DatasetLayout, warn_unknown_tables
+from daemon.logs import configure_logging
+from daemon.store.journal import JOURNAL_DB, Journal
+from daemon.store.mover import make_state_dir
+from daemon.store.recovery import recover
+from daemon.store.undo import parse_since
+
+app = typer.Typer(
+    name="clipsort",
+    help="Sort images into class folders by what they show, with a CLIP model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    # Click's plain help: the rich one prints a type such as <bool> beside every flag.
+    rich_markup_mode=None,
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Config file (default ./config.toml, else /etc/clipsort/config.toml).",
+        dir_okay=False,
+    ),
+]
+
+RootOption = Annotated[Path | None, typer.Option("--root", help="Data root holding one folder per dataset.")]
+
+DatasetOption = Annotated[
+    list[str] | None,
+    typer.Option("--dataset", "-d", metavar="NAME", help="A dataset (repeatable; default all of them)."),
+]
+
+ModelOption = Annotated[
+    str | None, typer.Option("--model", metavar="NAME_OR_PATH", help="CLIP model: hub name or local folder.")
+]
+
+SinceOption = Annotated[
+    str | None,
+    typer.Option("--since", help="From this time on: 2026-11-26T14:00, or an age like 30m, 2h, 3d."),
+]
+
+OneDataset = Annotated[str | None, typer.Option("--dataset", "-d", help="Only this dataset.")]
+
+P = ParamSpec("P")
+
+R = TypeVar("R")
+
+USER_ERROR = 2
+
+NOT_RUNNING = 1
+
+
+def user_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Report a :class:`ClipsortError` as one line on stderr and exit 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except ClipsortError as exc:
+            typer.echo(f"clipsort: error: {exc}", err=True)
+            raise typer.Exit(USER_ERROR) from None
+
+    return wrapper
+
+
+def progress_bar(label: str, *columns: ProgressColumn) -> Progress:
+    """A progress bar on stderr, shown only on a terminal (stdout stays for --json)."""
+    terminal = Console(stderr=True)
+    return Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *columns,
+        console=terminal,
+        disable=not terminal.is_terminal,
+        transient=True,
+    )
+
+
+def settings_from(config: Path | None, **flags: object) -> Settings:
+    """Settings from every source, with logging configured to match."""
+    settings = load_settings(config, flags)
+    configure_logging(settings.log_format, settings.log_level)
+    warn_unknown_tables(settings.datasets, settings.root)
+    return settings
+
+
+def text_table(*columns: str, labels: int | None = None, title: str | None = None) -> Table:
+    """A table whose first ``labels`` columns (all by default) are text, the rest right-aligned numbers."""
+    table = Table(title=title)
+    for k, column in enumerate(columns):
+        table.add_column(column, justify="left" if labels is None or k < labels else "right")
+    return table
+
+
+def open_journal(settings: Settings, layouts: list[DatasetLayout]) -> Journal:
+    """The journal in the state folder, with any interrupted move settled first."""
+    make_state_dir(settings.state_path)
+    journal = Journal(settings.state_path)
+    recover(journal, layouts)
+    return journal
+
+
+def journal_if_any(settings: Settings) -> Journal | None:
+    """The journal, if anything was sorted with this state folder; never creates one."""
+    return Journal(settings.state_path) if (settings.state_path / JOURNAL_DB).is_file() else None
+
+
+def existing_journal(settings: Settings) -> Journal:
+    """The journal, which must already exist (history, undo and corrections never create one)."""
+    journal = journal_if_any(settings)
+    if journal is None:
+        raise JournalError(f"no journal in {str(settings.state_path)!r}: nothing has been sorted there yet")
+    return journal
+
+
+def since_time(since: str | None) -> float | None:
+    """A --since value as epoch seconds (None when not given)."""
+    return None if since is None else parse_since(since, time.time())
+
+
+def show_version(value: bool) -> None:
+    """--version: print the version and stop."""
+    if value:
+        typer.echo(f"clipsort {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Sort images into class folders by what they show, with a CLIP model."""

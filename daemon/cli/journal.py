@@ -1,0 +1,150 @@
+"""``clipsort history``, ``undo`` and ``corrections``: reading and mending what the journal holds."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from daemon.cli.app import (
+    NOT_RUNNING,
+    ConfigOption,
+    OneDataset,
+    RootOption,
+    SinceOption,
+    app,
+    existing_journal,
+    settings_from,
+    since_time,
+    text_table,
+    user_errors,
+)
+from daemon.errors import JournalError
+from daemon.logs import local_time
+from daemon.store.undo import choose
+from daemon.store.undo import undo as undo_entry
+
+
+@app.command()
+@user_errors
+def history(
+    dataset: OneDataset = None,
+    since: SinceOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per decision on stdout.")] = False,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """List clipsort's decisions and moves, oldest first, from its journal."""
+    settings = settings_from(config, root=root)
+    with existing_journal(settings) as journal:
+        entries = journal.entries(dataset=dataset, since=since_time(since))
+    if as_json:
+        for entry in entries:
+            typer.echo(json.dumps(entry.as_dict(), ensure_ascii=False))
+        return
+    table = text_table("time", "dataset", "file", "class", "score", "state", "now at")
+    for entry in entries:
+        score = entry.intent.top3[0][1] if entry.intent.top3 else None
+        table.add_row(
+            local_time(entry.created),
+            entry.intent.dataset,
+            entry.intent.source.name,
+            entry.intent.label or f"({entry.intent.placement})",
+            "" if score is None else f"{score:.2f}",
+            entry.state,
+            "" if entry.destination is None else str(entry.destination),
+        )
+    Console().print(table)
+
+
+@app.command()
+@user_errors
+def undo(
+    file: Annotated[Path | None, typer.Argument(help="A file clipsort moved (its path now).")] = None,
+    last: Annotated[int | None, typer.Option("--last", min=1, help="The newest N moves.")] = None,
+    since: SinceOption = None,
+    dataset: OneDataset = None,
+    to: Annotated[
+        str | None,
+        typer.Option("--to", help="Move into this class instead of back to Images/ (a correction)."),
+    ] = None,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """Move files clipsort placed back to Images/ (default: the last one), or with --to into a class."""
+    settings = settings_from(config, root=root)
+    if sum(x is not None for x in (file, last, since)) > 1:
+        raise JournalError("give one of FILE, --last or --since")
+    with existing_journal(settings) as journal:
+        chosen = choose(
+            journal,
+            dataset=dataset,
+            last=1 if file is None and last is None and since is None else last,
+            since=since_time(since),
+            file=file,
+        )
+        results = [undo_entry(entry, journal, settings.root, to) for entry in chosen]
+    for result in results:
+        where = "" if result.path is None else f" -> {result.path}"
+        typer.echo(f"{result.entry.destination}{where}: {result.note}")
+    if any(result.path is None for result in results):
+        raise typer.Exit(NOT_RUNNING)
+
+
+corrections_app = typer.Typer(
+    help="Files a person moved to another class folder: what clipsort learned from them.",
+    no_args_is_help=True,
+)
+app.add_typer(corrections_app, name="corrections")
+ClassOption = Annotated[str | None, typer.Option("--class", help="Only corrections to this class.")]
+
+
+@corrections_app.command("list")
+@user_errors
+def corrections_list(
+    dataset: OneDataset = None,
+    label: ClassOption = None,
+    since: SinceOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per correction on stdout.")
+    ] = False,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """List the corrections in the journal, oldest first."""
+    settings = settings_from(config, root=root)
+    with existing_journal(settings) as journal:
+        found = journal.corrections(dataset=dataset, label=label, since=since_time(since))
+    if as_json:
+        for item in found:
+            typer.echo(json.dumps(dataclasses.asdict(item) | {"path": str(item.path)}, ensure_ascii=False))
+        return
+    table = text_table("time", "dataset", "file", "was", "now")
+    for item in found:
+        table.add_row(
+            local_time(item.created), item.dataset, str(item.path), item.old_label or "", item.new_label
+        )
+    Console().print(table)
+
+
+@corrections_app.command("forget")
+@user_errors
+def corrections_forget(
+    dataset: OneDataset = None,
+    label: ClassOption = None,
+    since: SinceOption = None,
+    every: Annotated[bool, typer.Option("--all", help="Forget every correction.")] = False,
+    config: ConfigOption = None,
+    root: RootOption = None,
+) -> None:
+    """Stop learning from corrections (the files stay put); a running daemon follows within seconds."""
+    if not every and dataset is None and label is None and since is None:
+        raise JournalError("say which corrections to forget: --dataset, --class, --since, or --all")
+    settings = settings_from(config, root=root)
+    with existing_journal(settings) as journal:
+        count = journal.forget(dataset=dataset, label=label, since=since_time(since))
+    typer.echo(f"forgot {count} correction{'' if count == 1 else 's'}")

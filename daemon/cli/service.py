@@ -1,0 +1,114 @@
+"""``clipsort run``, ``status`` and ``init``: the daemon, what it is doing, and a new dataset."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from daemon.cli.app import (
+    NOT_RUNNING,
+    ConfigOption,
+    ModelOption,
+    RootOption,
+    app,
+    settings_from,
+    text_table,
+    user_errors,
+)
+from daemon.config import render_config_toml
+from daemon.errors import ConfigError, DatasetError
+from daemon.layout import CLASSES_DIR, INBOX_DIR, SORTED_DIR
+from daemon.service.status import is_live, read_status
+from daemon.store.mover import ensure_dir, write_new
+
+
+@app.command("run")
+@user_errors
+def run_daemon(
+    config: ConfigOption = None,
+    root: RootOption = None,
+    model: ModelOption = None,
+) -> None:
+    """Run the daemon: watch every Data/<dataset>/Images/ and sort what arrives (systemd-ready)."""
+    from daemon.service.wiring import run_service
+
+    flags: dict[str, object] = {"root": root, "model": model}
+    settings = settings_from(config, **flags)
+    raise typer.Exit(run_service(settings, config, flags))
+
+
+@app.command()
+@user_errors
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+    config: ConfigOption = None,
+    root: RootOption = None,
+    model: ModelOption = None,
+) -> None:
+    """Show what the running daemon is doing (exit 1 when none is running)."""
+    settings = settings_from(config, root=root, model=model)
+    found = read_status(settings.state_path)
+    if found is None or not is_live(found):
+        typer.echo(f"clipsort: no daemon is running (no fresh status in {settings.state_path})", err=True)
+        raise typer.Exit(NOT_RUNNING)
+    if as_json:
+        typer.echo(json.dumps(found.as_dict(), indent=2))
+        return
+    uptime = int(time.time() - found.started_at)
+    console = Console()
+    console.print(
+        f"clipsort {found.version} pid {found.pid}, up {uptime // 3600}h{uptime // 60 % 60:02d}m"
+        f"{uptime % 60:02d}s, {found.model} on {found.device}"
+    )
+    table = text_table(
+        "dataset", "classes", "sorted", "review", "rejected", "queued", "corrections", labels=1
+    )
+    for name, counts in found.datasets.items():
+        classes = "waiting" if counts.waiting_for_classes else str(counts.classes)
+        table.add_row(
+            name,
+            classes,
+            str(counts.sorted),
+            str(counts.review),
+            str(counts.rejected),
+            str(counts.queued),
+            str(sum(counts.corrections.values())),
+        )
+    console.print(table)
+    console.print(f"last error: {found.last_error or 'none'}")
+
+
+@app.command()
+@user_errors
+def init(
+    name: Annotated[str | None, typer.Argument(help="Dataset to create under the data root.")] = None,
+    config: ConfigOption = None,
+    root: RootOption = None,
+    model: ModelOption = None,
+) -> None:
+    """Create Data/<NAME>/{Clases,Images,Dataset} and a commented config.toml if none exists."""
+    # The file --config names is the one being created, so it need not exist yet.
+    settings = settings_from(config if config is None or config.exists() else None, root=root, model=model)
+    target = Path("config.toml") if config is None else config
+    try:
+        written = write_new(target, render_config_toml())
+    except OSError as exc:
+        raise ConfigError(f"cannot create config file {str(target)!r}: {exc.strerror}") from None
+    if written:
+        typer.echo(f"wrote {target}")
+    if name is None:
+        return
+    if not name or name.startswith(".") or "/" in name or name in ("..",):
+        raise DatasetError(f"invalid dataset name {name!r}: use a plain folder name")
+    dataset = settings.root / name
+    for part in (CLASSES_DIR, INBOX_DIR, SORTED_DIR):
+        ensure_dir(dataset / part, boundary=settings.root)
+    typer.echo(f"created {dataset}/{{{CLASSES_DIR},{INBOX_DIR},{SORTED_DIR}}}")
+    typer.echo(
+        f"next: a folder per class in {dataset / CLASSES_DIR}, images to sort in {dataset / INBOX_DIR}"
+    )

@@ -1,0 +1,114 @@
+"""Reading and decoding inbox files in threads, beside the inference thread.
+
+Threads suffice: Pillow and hashlib release the GIL for the heavy parts
+(the entropy decoding, the resize, the hash), so batch k+1 decodes while
+the model encodes batch k. Processes were measured and not adopted (see
+bench/README.md): the parent's share of a process pool's per-file work
+(queueing the call, receiving and unpickling the picture) held the GIL
+about as long as the Python part of a threaded decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from daemon.encode.images import Crop, DecodeLimits
+from daemon.errors import ImageRejected
+
+Picture = Image.Image | ImageRejected
+Prepare = Callable[[Image.Image], Crop]
+
+# How much larger than the model's input a picture with a crop may stay. A JPEG drafted at the
+# smallest DCT scale that covers the input is at most twice as large on each side, and shrinking
+# it first cost one more full resize (320x240 to 299x224 took 0.79 ms, the crop's own resize of
+# the drafted picture 0.6 ms); pictures larger than this are still shrunk first, to bound memory.
+CROP_SLACK = 2.0
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A file read once: its picture (or why there is none) and what identifies its bytes.
+
+    The picture's shortest edge is the decoding target, or with a crop up to
+    :data:`CROP_SLACK` times that.
+    """
+
+    picture: Picture
+    sha256: str = ""  # empty when the file could not be read at all
+    size: int = 0
+    crop: Crop | None = None  # the picture as the model's input, when it was prepared here
+
+
+def read_and_decode(path: Path, limits: DecodeLimits, target: int, prepare: Prepare | None = None) -> Decoded:
+    """Read ``path`` once; hash and decode the same bytes; ``prepare`` the model's input from the picture."""
+    try:
+        data = limits.read(path)
+    except ImageRejected as exc:
+        # Unread bytes have no hash, but the size still tells undo and recovery that the file
+        # lying there later is this one (an empty file, one over the size cap).
+        return Decoded(exc, "", _size(path))
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        # A picture about to be cropped is left as drafted: the crop's one resize replaces two.
+        picture = limits.decode(data, target, slack=1.0 if prepare is None else CROP_SLACK)
+    except ImageRejected as exc:
+        return Decoded(exc, digest, len(data))
+    return Decoded(picture, digest, len(data), None if prepare is None else prepare(picture))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.lstat().st_size
+    except OSError:
+        return 0
+
+
+class DecodePool:
+    """``workers`` threads that read and decode files while the model runs."""
+
+    def __init__(self, limits: DecodeLimits, workers: int) -> None:
+        self.limits = limits
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="clipsort-decode")
+
+    def start(
+        self, paths: Sequence[Path], target: int, prepare: Prepare | None = None
+    ) -> list[Future[Decoded]]:
+        """Begin decoding ``paths`` to pictures whose shortest edge is ``target`` (see :func:`collect`).
+
+        With ``prepare`` (the encoder's :attr:`~daemon.encode.encoder.Encoder.crop`) each picture is also
+        made into the model's input here, so the model's thread only stacks them.
+        """
+        return [self._executor.submit(read_and_decode, path, self.limits, target, prepare) for path in paths]
+
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the threads; with ``wait=False`` a decode in progress is abandoned, not awaited."""
+        self._executor.shutdown(wait=wait, cancel_futures=True)
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def collect(futures: Sequence[Future[Decoded]], timeout: float) -> list[Decoded]:
+    """The decoded files; one still decoding after ``timeout`` seconds is rejected.
+
+    Its thread cannot be interrupted and finishes on its own (the pixel and
+    size caps bound how long); the file no longer waits for it.
+    """
+    deadline = time.monotonic() + timeout
+    decoded = []
+    for future in futures:
+        try:
+            decoded.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
+        except TimeoutError:
+            decoded.append(Decoded(ImageRejected(f"decoding took longer than {timeout:g} s")))
+    return decoded

@@ -1,0 +1,151 @@
+"""The intake thread: hints in, settled jobs out, and the rescans that catch what events miss.
+
+Watchdog handlers only call :meth:`Intake.hint` (a non-blocking put). A
+bounded hint queue that fills up does not block or grow: the dataset is
+marked for a rescan instead. The scanner is the source of truth; it runs at
+start, every ``rescan_seconds`` (with jitter, so many daemons on one NAS do
+not scan in step), when the watcher reports an inotify queue overflow, and
+when room frees up after an overflow of our own capacity.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from daemon.config import Settings
+from daemon.ingest.readiness import Hint, Job, Readiness
+from daemon.ingest.scanner import scan
+from daemon.ingest.workqueue import FairQueue, drain
+from daemon.layout import DatasetLayout, discover
+
+log = structlog.get_logger()
+
+ALL = "*"  # rescan request meaning every dataset, and look for new ones
+HINTS_PER_TICK = 2048
+TICK = 0.1
+# After close-after-write or a rename into the inbox the writer is done; a short
+# second look confirms the size held still (a writer that reopens to append is
+# then caught by the truncation check and retried, see worker.py).
+SETTLE_AFTER_CLOSE = 0.05
+
+
+class Sortable(Protocol):
+    """The datasets that can be sorted now (the classify stage's catalog is one)."""
+
+    def layouts(self) -> Mapping[str, DatasetLayout]:
+        """Name -> folders of every dataset that has classes."""
+
+
+class Intake:
+    """Owns readiness; feeds the fair queue."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Sortable,
+        work: FairQueue,
+        on_datasets: Callable[[list[DatasetLayout]], None],
+    ) -> None:
+        self.settings = settings
+        self.readiness = Readiness(
+            settle=settings.settle_seconds,
+            settle_closed=min(settings.settle_seconds, SETTLE_AFTER_CLOSE),
+            capacity=settings.queue_capacity,
+        )
+        self._catalog = catalog
+        self._work = work
+        self._on_datasets = on_datasets
+        self._hints: queue.Queue[Hint] = queue.Queue(maxsize=4 * settings.queue_capacity)
+        self._requested: set[str] = {ALL}
+        self._overflowed: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._next_full = 0.0
+        self.scans = 0
+        self.thread = threading.Thread(target=self._run, name="clipsort-intake", daemon=True)
+
+    # --- called from other threads -------------------------------------------------
+    def hint(self, hint: Hint) -> None:
+        """A path that may be ready (watchdog threads); never blocks."""
+        try:
+            self._hints.put_nowait(hint)
+        except queue.Full:
+            self.request_rescan(hint.dataset)
+
+    def request_rescan(self, dataset: str = ALL) -> None:
+        """Rescan one dataset's inbox, or (``ALL``) every dataset and look for new ones."""
+        with self._lock:
+            self._requested.add(dataset)
+
+    def release(self, path: Path) -> None:
+        self.readiness.release(path)
+
+    def retry(self, job: Job, delay: float) -> None:
+        self.readiness.retry(job, delay)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5)
+
+    # --- the intake thread ---------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception as exc:  # a bug here must not end intake for good
+                log.exception("intake_failed", error=str(exc))
+                time.sleep(TICK)
+
+    def _tick(self) -> None:
+        due = self.readiness.next_due()
+        wait = TICK if due is None else min(TICK, max(0.0, due - time.monotonic()))
+        hints = drain(self._hints, wait, HINTS_PER_TICK)
+        sortable = self._catalog.layouts()
+        for hint in hints:
+            if hint.dataset in sortable and not self.readiness.offer(hint):
+                self._overflowed.add(hint.dataset)
+        ready = self.readiness.ready()
+        if ready:
+            self._work.put(ready)
+        self._rescan_if_due()
+
+    def _rescan_if_due(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now >= self._next_full:
+                self._requested.add(ALL)
+                jitter = random.uniform(0.9, 1.1)  # spreads load; not security-relevant
+                self._next_full = now + self.settings.rescan_seconds * jitter
+            if self._overflowed and len(self.readiness) < self.settings.queue_capacity // 2:
+                self._requested |= self._overflowed
+                self._overflowed.clear()
+            requested, self._requested = self._requested, set()
+        if not requested:
+            return
+        if ALL in requested:
+            layouts = discover(self.settings.root)
+            self._on_datasets(layouts)
+            requested = {layout.name for layout in layouts}
+        sortable = self._catalog.layouts()
+        for name in sorted(requested):
+            if name in sortable:
+                self._scan(sortable[name])
+        self.scans += 1
+
+    def _scan(self, layout: DatasetLayout) -> None:
+        for path in scan(layout.inbox, self.settings.ignore_patterns):
+            if not self.readiness.offer(Hint(layout.name, path)):
+                self._overflowed.add(layout.name)
+                log.info("intake_full", dataset=layout.name, capacity=self.settings.queue_capacity)
+                return

@@ -1,0 +1,58 @@
+"""Listing the files that are candidates for classification.
+
+The scanner is the source of truth about what sits in a folder (the watcher
+only hints). It never follows symlinks and never returns special files:
+opening a FIFO blocks forever, and a symlink could point anywhere.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import structlog
+
+from daemon.config import DEFAULT_IGNORE
+
+log = structlog.get_logger()
+
+
+def is_ignored(name: str, patterns: Sequence[str]) -> bool:
+    """Temporary or hidden names that must not be touched (still being written)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def scan(folder: Path, ignore: Sequence[str] = DEFAULT_IGNORE) -> Iterator[Path]:
+    """Regular files under ``folder`` (recursively), in sorted order per folder."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.warning("scan_failed", folder=str(folder), error=str(exc))
+        return
+    for entry in entries:
+        if is_ignored(entry.name, ignore):
+            continue
+        path = Path(entry.path)
+        if entry.is_symlink():
+            log.info("symlink_skipped", path=str(path))
+        elif entry.is_dir(follow_symlinks=False):
+            yield from scan(path, ignore)
+        elif entry.is_file(follow_symlinks=False):
+            yield path
+        else:
+            log.info("special_file_skipped", path=str(path))
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file's bytes, read without following a symlink."""
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

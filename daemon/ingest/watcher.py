@@ -1,0 +1,292 @@
+"""watchdog glue: file-system events become hints, nothing more.
+
+OS caveats handled here:
+
+- An exception raised in a watchdog handler silently kills the observer's
+  dispatch thread, after which no event is ever delivered again. Every
+  handler therefore runs inside a catch-all, and the service checks
+  :meth:`Watcher.is_alive` and restarts the observer if it died anyway.
+- The kernel's inotify queue holds ``fs.inotify.max_queued_events`` (16,384
+  by default) events; past that it drops events and sends IN_Q_OVERFLOW,
+  which watchdog only logs (watchdog issue 654). We listen for that log
+  record and answer it with a full rescan.
+- A folder moved into the inbox brings its files without a per-file event,
+  so a directory event asks for a rescan of that dataset.
+- inotify does not see writes made by other machines on NFS/SMB mounts; the
+  ``polling`` observer does (at the cost of a periodic listing).
+- watchdog holds every IN_MOVED_FROM for 0.5 s to pair it with its
+  IN_MOVED_TO, and its reader sleeps out that delay with the event at the
+  head of its queue, holding back every event behind it. Uploaders (rsync,
+  browsers, SMB clients) rename a temporary name into place, so each upload
+  would wait half a second; worse, each file *clipsort* moves out of the
+  inbox is an IN_MOVED_FROM that never pairs, so event delivery would be
+  capped at one file per delay while the daemon works (a 20 ms delay
+  measured 118 files/s on a GPU that sorts 495/s). clipsort needs no pairing:
+  with ``generate_full_events`` an unpaired IN_MOVED_TO still arrives as a
+  move (a finished file, unlike a create) and an unpaired IN_MOVED_FROM as a
+  move out, which is ignored. So the delay is zero.
+- By default watchdog asks inotify for every event, opens and reads
+  included, and turns each into one or more Python event objects (plus a
+  "folder modified" event per move or create). Every file clipsort sorts
+  is read once and moved twice, so the daemon would parse about ten events
+  per file of its own making: at 2,000 files/s that is most of a core
+  holding the GIL. Each handler therefore names the events it uses
+  (``event_filter``), which also narrows the kernel's inotify mask: reads,
+  per-write IN_MODIFY and folder-modified events are never delivered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+import structlog
+from watchdog.events import (
+    EVENT_TYPE_CLOSED,
+    EVENT_TYPE_MOVED,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.inotify import InotifyObserver
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+from watchdog.observers.polling import PollingObserver
+
+from daemon.ingest.readiness import Hint
+from daemon.ingest.scanner import is_ignored
+from daemon.layout import DatasetLayout
+
+log = structlog.get_logger()
+
+MOVE_PAIRING_SECONDS = 0.0
+if hasattr(InotifyMoveEventGrouper, "delay"):  # absent on other watchdog versions and platforms
+    InotifyMoveEventGrouper.delay = MOVE_PAIRING_SECONDS
+ALL_DATASETS = "*"
+
+
+class WatchSink(Protocol):
+    """Where the watcher sends what it saw."""
+
+    def hint(self, hint: Hint) -> None: ...
+
+    def request_rescan(self, dataset: str = ALL_DATASETS) -> None: ...
+
+    def placed(self, dataset: str, path: Path) -> None: ...
+
+    def rescan_sorted(self, dataset: str) -> None: ...
+
+    def classes_changed(self, dataset: str) -> None: ...
+
+
+def _path(raw: str | bytes) -> Path:
+    return Path(os.fsdecode(raw))
+
+
+class _SafeHandler(FileSystemEventHandler):
+    """Runs :meth:`handle` inside a catch-all (see the module docstring)."""
+
+    # The only events delivered to :meth:`handle` (see the module docstring); every handler names them.
+    events: ClassVar[tuple[type[FileSystemEvent], ...]]
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        try:
+            self.handle(event)
+        except Exception as exc:
+            log.exception("watch_handler_failed", fs_event=repr(event), error=str(exc))
+
+    def handle(self, event: FileSystemEvent) -> None:
+        raise AssertionError("subclasses handle events")
+
+
+class _InboxHandler(_SafeHandler):
+    # A create is enough to start the settle clock: readiness then watches the
+    # size itself, so one event per write (IN_MODIFY) would add nothing.
+    events = (FileCreatedEvent, FileClosedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent)
+
+    def __init__(self, layout: DatasetLayout, sink: WatchSink, ignore: Sequence[str]) -> None:
+        self.layout = layout
+        self.sink = sink
+        self.ignore = ignore
+
+    def handle(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            self.sink.request_rescan(self.layout.name)
+            return
+        moved = event.event_type == EVENT_TYPE_MOVED
+        path = _path(event.dest_path if moved else event.src_path)
+        try:
+            parts = path.relative_to(self.layout.inbox).parts
+        except ValueError:
+            return  # moved out of the inbox
+        if any(is_ignored(part, self.ignore) for part in parts):
+            return  # a temporary name: its final rename will be seen
+        closed = event.event_type in (EVENT_TYPE_CLOSED, EVENT_TYPE_MOVED)
+        self.sink.hint(Hint(self.layout.name, path, "closed" if closed else "written"))
+
+
+def _arrival(event: FileSystemEvent) -> Path | None:
+    """The file a finished write or a move into the watched folder brought, if any."""
+    if event.is_directory or event.event_type not in (EVENT_TYPE_MOVED, EVENT_TYPE_CLOSED):
+        return None
+    target = event.dest_path if event.event_type == EVENT_TYPE_MOVED else event.src_path
+    return _path(target) if target else None
+
+
+class _ClassesHandler(_SafeHandler):
+    # Every change to the references, never the daemon's own reads of them.
+    events = (
+        FileCreatedEvent,
+        FileClosedEvent,
+        FileModifiedEvent,
+        FileMovedEvent,
+        FileDeletedEvent,
+        DirCreatedEvent,
+        DirMovedEvent,
+        DirDeletedEvent,
+    )
+
+    def __init__(self, name: str, sink: WatchSink) -> None:
+        self.name = name
+        self.sink = sink
+
+    def handle(self, event: FileSystemEvent) -> None:
+        self.sink.classes_changed(self.name)
+        if event.event_type == EVENT_TYPE_MOVED and (arrived := _arrival(event)) is not None:
+            self.sink.placed(self.name, arrived)  # maybe dragged here from Review/
+
+
+class _SortedHandler(_SafeHandler):
+    """``Dataset/``: files arriving in a class folder may be a person's corrections."""
+
+    events = (FileClosedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent)
+
+    def __init__(self, name: str, sink: WatchSink) -> None:
+        self.name = name
+        self.sink = sink
+
+    def handle(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            # inotify watches a new folder only once its creation is seen: a file moved
+            # into it at once sends no event. The folder is watched by now, so one scan
+            # finds what came before and events report what comes after.
+            self.sink.rescan_sorted(self.name)
+        elif (arrived := _arrival(event)) is not None:
+            self.sink.placed(self.name, arrived)
+
+
+class _StructureHandler(_SafeHandler):
+    """The data root and each dataset folder: new or removed datasets and sub-folders."""
+
+    events = (DirCreatedEvent, DirMovedEvent, DirDeletedEvent)
+
+    def __init__(self, sink: WatchSink) -> None:
+        self.sink = sink
+
+    def handle(self, event: FileSystemEvent) -> None:
+        self.sink.request_rescan(ALL_DATASETS)
+
+
+class _OverflowListener(logging.Handler):
+    """Turns watchdog's "Inotify queue overflowed" log record into a full rescan."""
+
+    def __init__(self, sink: WatchSink) -> None:
+        super().__init__(level=logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            log.warning("inotify_overflow", action="full rescan")
+            self.sink.request_rescan(ALL_DATASETS)
+
+
+class Watcher:
+    """One observer watching the root, each dataset folder, its inbox and its classes."""
+
+    def __init__(
+        self, root: Path, sink: WatchSink, *, polling: bool, polling_seconds: float, ignore: Sequence[str]
+    ) -> None:
+        self.root = root
+        self.sink = sink
+        self.polling = polling
+        self.polling_seconds = polling_seconds
+        self.ignore = ignore
+        self._watches: dict[Path, ObservedWatch] = {}
+        self._lock = threading.RLock()  # sync() runs on the intake thread, restart() on the main one
+        self._observer = self._new_observer()
+        self._overflow = _OverflowListener(sink)
+
+    def _new_observer(self) -> BaseObserver:
+        if self.polling:
+            return PollingObserver(timeout=self.polling_seconds)
+        return InotifyObserver(generate_full_events=True)
+
+    def start(self) -> None:
+        with self._lock:
+            logging.getLogger("watchdog.observers.inotify_c").addHandler(self._overflow)
+            self._observer.start()
+            self._schedule(self.root, _StructureHandler(self.sink), recursive=False)
+
+    def stop(self) -> None:
+        with self._lock:
+            logging.getLogger("watchdog.observers.inotify_c").removeHandler(self._overflow)
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._watches.clear()
+
+    def is_alive(self) -> bool:
+        """The dispatch thread and every emitter thread are running."""
+        return self._observer.is_alive() and all(emitter.is_alive() for emitter in self._observer.emitters)
+
+    def restart(self) -> None:
+        """A fresh observer with the same folders (events in between are lost: rescan after)."""
+        with self._lock:
+            folders = list(self._watches)
+            self.stop()
+            self._observer = self._new_observer()
+            self.start()
+            self.sync([DatasetLayout(folder) for folder in folders if folder.parent == self.root])
+
+    def sync(self, layouts: Sequence[DatasetLayout]) -> None:
+        """Watch every part of ``layouts`` that exists; drop watches of folders that are gone."""
+        with self._lock:
+            for folder in [folder for folder in self._watches if folder != self.root and not folder.is_dir()]:
+                self._unschedule(folder)
+            for layout in layouts:
+                self._schedule(layout.root, _StructureHandler(self.sink), recursive=False)
+                self._schedule(layout.inbox, _InboxHandler(layout, self.sink, self.ignore), recursive=True)
+                self._schedule(layout.classes, _ClassesHandler(layout.name, self.sink), recursive=True)
+                self._schedule(layout.sorted, _SortedHandler(layout.name, self.sink), recursive=True)
+
+    def watching(self, folder: Path) -> bool:
+        """Whether events from ``folder`` are being reported."""
+        with self._lock:
+            return folder in self._watches
+
+    def _schedule(self, folder: Path, handler: _SafeHandler, *, recursive: bool) -> None:
+        if folder in self._watches or not folder.is_dir() or folder.is_symlink():
+            return
+        try:
+            self._watches[folder] = self._observer.schedule(
+                handler, str(folder), recursive=recursive, event_filter=list(handler.events)
+            )
+        except OSError as exc:  # e.g. the inotify watch limit (fs.inotify.max_user_watches)
+            log.error("watch_failed", folder=str(folder), error=str(exc))
+
+    def _unschedule(self, folder: Path) -> None:
+        watch = self._watches.pop(folder)
+        # watchdog may already have dropped the watch of a deleted folder.
+        with contextlib.suppress(KeyError, OSError):
+            self._observer.unschedule(watch)

@@ -1,0 +1,322 @@
+"""``clipsort run``: the long-running daemon, wiring the parts together.
+
+Data flows one way: watcher (hints) and rescans (truth) -> intake/readiness
+-> fair queue -> worker (model, class indexes) -> mover -> log and metrics.
+The main thread only supervises: signals, observer health, the status file,
+systemd notifications. It never runs the model itself (see :func:`on_own_thread`).
+
+Signals: SIGTERM/SIGINT stop taking new work, finish the batch in flight and
+exit 0 within ``shutdown_seconds``; files not yet moved simply stay in the
+inbox. SIGHUP reloads the configuration (and the model if it changed); a bad
+new configuration is logged and the old one stays in force.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import FrameType
+from typing import TypeVar
+
+import structlog
+
+from daemon import __version__
+from daemon.classify.catalog import Catalog
+from daemon.config import Settings, load_settings
+from daemon.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
+from daemon.encode.factory import make_embedder, make_encoder
+from daemon.errors import ConfigError
+from daemon.ingest.intake import ALL, Intake
+from daemon.ingest.readiness import Hint
+from daemon.ingest.watcher import Watcher
+from daemon.ingest.workqueue import FairQueue
+from daemon.layout import DatasetLayout, discover, warn_unknown_tables
+from daemon.learn.corrections import Learner, corrected_from
+from daemon.logs import configure_logging
+from daemon.service.metrics import Metrics
+from daemon.service.sdnotify import notify, reloading, watchdog_interval
+from daemon.service.status import DatasetStatus, Status, write_status
+from daemon.sort.worker import Worker
+from daemon.store.journal import Journal
+from daemon.store.mover import make_state_dir
+from daemon.store.recovery import recover
+
+log = structlog.get_logger()
+
+HEALTH_TICK = 0.5
+T = TypeVar("T")
+
+
+def on_own_thread(function: Callable[..., T], *args: object) -> T:
+    """``function(*args)`` on a thread that ends when it returns; its result or its exception.
+
+    Why: PyTorch's CPU build runs operators on GNU OpenMP, which keeps a pool of
+    threads for every thread that has run a parallel operator, for as long as
+    that thread lives. Once a process holds more such threads than CPUs,
+    libgomp stops spinning at its barriers and sleeps instead, and every
+    operator then pays for waking its threads. With the main thread's pool
+    alive beside the worker's (the model was loaded and the class indexes first
+    built on the main thread), the daemon sorted 640x480 JPEGs at a median 80
+    images/s instead of 96 on 2 CPUs (four alternating runs). A thread that ends
+    takes its pool with it, so loading the model and the first encoding run on
+    threads of their own, and the worker is the one long-lived thread that
+    runs the model.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="clipsort-model") as pool:
+        return pool.submit(function, *args).result()
+
+
+def check_daemon_settings(settings: Settings) -> None:
+    """Options the daemon cannot honour."""
+    names = ["(global)", *settings.datasets]
+    copying = [name for name in names if settings.for_dataset(name).action == "copy"]
+    if copying:
+        raise ConfigError(
+            f'action = "copy" is for one-shot `clipsort sort` only ({", ".join(copying)}): '
+            "the daemon must empty the inbox, so it moves files"
+        )
+
+
+class Service:
+    """The running daemon."""
+
+    def __init__(self, settings: Settings, config_file: Path | None, flags: dict[str, object]) -> None:
+        check_daemon_settings(settings)
+        self.settings = settings
+        self.config_file = config_file
+        self.flags = flags  # command-line values outrank the file on every reload too
+        self.started = time.time()
+        self.metrics = Metrics()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        # The model first: a daemon that cannot start leaves no state folder behind.
+        self.encoder = on_own_thread(make_encoder, settings)
+        make_state_dir(settings.state_path)
+        self.cache = EmbeddingCache(settings.state_path / EMBEDDINGS_DB)
+        self.journal = Journal(settings.state_path)
+        self.embedder = make_embedder(settings, self.encoder, self.cache)
+        self.work = FairQueue()
+        self.catalog = Catalog(
+            settings, on_available=self._classes_available, corrected=corrected_from(self.journal)
+        )
+        self.learner = Learner(settings, self.journal, self.embedder)
+        self.intake = Intake(settings, self.catalog, self.work, on_datasets=self._datasets_found)
+        self.watcher = self._new_watcher(settings)
+        self.worker = Worker(
+            settings, self.embedder, self.catalog, self.intake, self.work, self.metrics, self.journal
+        )
+        self._known: set[str] = set()
+        self._learning: set[Path] = set()
+
+    def _new_watcher(self, settings: Settings) -> Watcher:
+        return Watcher(
+            settings.root,
+            self,
+            polling=settings.observer == "polling",
+            polling_seconds=settings.polling_seconds,
+            ignore=settings.ignore_patterns,
+        )
+
+    # --- the watcher's sink ---------------------------------------------------------
+    def hint(self, hint: Hint) -> None:
+        self.intake.hint(hint)
+
+    def request_rescan(self, dataset: str = ALL) -> None:
+        self.intake.request_rescan(dataset)
+
+    def classes_changed(self, dataset: str) -> None:
+        self.catalog.request([dataset], self.settings.class_debounce_seconds)
+
+    def placed(self, dataset: str, path: Path) -> None:
+        self.learner.offer(dataset, path)
+
+    def rescan_sorted(self, dataset: str) -> None:
+        self.learner.scan(dataset)
+
+    # --- callbacks from the intake and worker threads -------------------------------
+    def _datasets_found(self, layouts: list[DatasetLayout]) -> None:
+        self.watcher.sync(layouts)
+        for layout in layouts:
+            # Corrections made before Dataset/ was watched (or while the daemon was down)
+            # sent no event: one scan, after the watch exists, finds them.
+            if layout.sorted not in self._learning and self.watcher.watching(layout.sorted):
+                self._learning.add(layout.sorted)
+                self.learner.scan(layout.name)
+        names = {layout.name for layout in layouts}
+        new, gone = names - self._known, self._known - names
+        if new:
+            log.info("datasets_found", datasets=sorted(new))
+        # A dataset waiting for classes may just have got a Clases/ folder, whose
+        # first files were written before its watch existed: look again.
+        self.catalog.request(new | (self.catalog.waiting() & names), self.settings.class_debounce_seconds)
+        for name in gone:
+            log.info("dataset_removed", dataset=name)
+            self.catalog.drop(name)
+            self.intake.readiness.forget_dataset(name)
+        self._known = names
+
+    def _classes_available(self, dataset: str) -> None:
+        self.intake.request_rescan(dataset)
+
+    # --- lifecycle ------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; the process exit code."""
+        self._install_signals()
+        layouts = discover(self.settings.root)
+        recover(self.journal, layouts)  # before any inbox is scanned
+        self._known = {layout.name for layout in layouts}
+        self.catalog.request(self._known, 0.0)
+        on_own_thread(self.catalog.rebuild_due, self.embedder)  # classes ready before the first file is read
+        self.watcher.start()
+        self.watcher.sync(layouts)
+        self.learner.start()
+        self.intake.start()  # its first tick scans the backlog
+        self.worker.start()
+        if self.settings.metrics_port is not None:
+            self.metrics.serve(self.settings.metrics_address, self.settings.metrics_port)
+        self._write_status("running")
+        notify("READY=1", f"STATUS={self._summary()}")
+        log.info("daemon_ready", root=str(self.settings.root), datasets=sorted(self._known), pid=os.getpid())
+        code = self._supervise()
+        self._shutdown()
+        return code
+
+    def _supervise(self) -> int:
+        ping_every = watchdog_interval()
+        last_status = last_ping = 0.0
+        while not self._stop.wait(HEALTH_TICK):
+            if self._reload.is_set():
+                self._reload.clear()
+                self._reload_config()
+            if not self.watcher.is_alive():
+                log.error("observer_died", action="restart")
+                try:
+                    self.watcher.restart()
+                except Exception as exc:
+                    log.exception("observer_restart_failed", error=str(exc))
+                    return 1  # systemd restarts us (Restart=on-failure)
+                self.intake.request_rescan(ALL)
+            now = time.monotonic()
+            self.metrics.queue_depth.set(len(self.work))
+            if now - last_status >= self.settings.status_seconds:
+                self._write_status("running")
+                notify(f"STATUS={self._summary()}")
+                last_status = now
+            if ping_every and now - last_ping >= ping_every and self._healthy(ping_every):
+                notify("WATCHDOG=1")
+                last_ping = now
+        return 0
+
+    def _healthy(self, window: float) -> bool:
+        """Pinging systemd's watchdog only while events flow and the worker makes progress."""
+        return self.watcher.is_alive() and time.monotonic() - self.worker.heartbeat < 2 * window
+
+    def _shutdown(self) -> None:
+        notify("STOPPING=1")
+        log.info("daemon_stopping", queued=len(self.work))
+        self.watcher.stop()
+        self.intake.stop()
+        self.learner.stop()
+        if not self.worker.stop(self.settings.shutdown_seconds):
+            log.warning("shutdown_timeout", seconds=self.settings.shutdown_seconds)
+        self._write_status("stopped")
+        self.cache.close()
+        self.journal.close()
+        log.info("daemon_stopped")
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, frame: FrameType | None) -> None:
+            self._stop.set()
+
+        def reload(signum: int, frame: FrameType | None) -> None:
+            self._reload.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+    def _reload_config(self) -> None:
+        reloading()
+        try:
+            settings = load_settings(self.config_file, self.flags)
+            check_daemon_settings(settings)
+            self._apply(settings)
+        except Exception as exc:  # a bad new config must never take the running daemon down
+            log.error("reload_rejected", error=str(exc), kept="previous configuration")
+            self.metrics.error("reload", str(exc))
+        notify("READY=1", f"STATUS={self._summary()}")
+
+    def _apply(self, settings: Settings) -> None:
+        old = self.settings
+        configure_logging(settings.log_format, settings.log_level)
+        warn_unknown_tables(settings.datasets, settings.root)
+        model = ("model", "device", "text_model", "precision")
+        if any(getattr(settings, key) != getattr(old, key) for key in model):
+            self.encoder = on_own_thread(make_encoder, settings)  # may raise
+        embedder = make_embedder(settings, self.encoder, self.cache)
+        self.settings = settings
+        self.catalog.settings = settings
+        self.intake.settings = settings
+        self.worker.settings = settings
+        self.learner.settings = settings
+        self.learner.embedder = embedder
+        if (settings.root, settings.observer, settings.polling_seconds) != (
+            old.root,
+            old.observer,
+            old.polling_seconds,
+        ):
+            self.watcher.stop()
+            self.watcher = self._new_watcher(settings)
+            self.watcher.start()
+        self.worker.replace_embedder(embedder)  # rebuilds every class index, then swaps
+        self.intake.request_rescan(ALL)
+        log.info("config_reloaded", model=settings.model)
+
+    def _summary(self) -> str:
+        sorted_total = sum(n for (_, status), n in self.metrics.outcomes.items() if status == "sorted")
+        return f"{sorted_total} sorted, {len(self.work)} queued, {len(self.catalog.snapshot())} datasets"
+
+    def _write_status(self, state: str) -> None:
+        targets = self.catalog.snapshot()
+        depths = self.work.depths()
+        waiting = self.catalog.waiting()
+        datasets = {
+            name: DatasetStatus(
+                sorted=self.metrics.count(name, "sorted"),
+                review=self.metrics.count(name, "review"),
+                rejected=self.metrics.count(name, "rejected"),
+                queued=depths.get(name, 0),
+                classes=len(targets[name].classes) if name in targets else 0,
+                waiting_for_classes=name in waiting,
+                corrections=targets[name].index.correction_counts() if name in targets else {},
+            )
+            for name in sorted(self._known | set(targets))
+        }
+        self.metrics.corrections({name: counts.corrections for name, counts in datasets.items()})
+        status = Status(
+            pid=os.getpid(),
+            started_at=self.started,
+            updated_at=time.time(),
+            interval=self.settings.status_seconds,
+            state=state,
+            device=self.encoder.device,
+            model=self.encoder.name,
+            version=__version__,
+            references_embedded=self.worker.embedder.encoded_references,
+            last_error=self.metrics.last_error,
+            datasets=datasets,
+        )
+        try:
+            write_status(self.settings.state_path, status)
+        except OSError as exc:
+            log.warning("status_write_failed", error=str(exc))
+
+
+def run_service(settings: Settings, config_file: Path | None, flags: dict[str, object]) -> int:
+    """Build and run the daemon; the process exit code."""
+    return Service(settings, config_file, flags).run()

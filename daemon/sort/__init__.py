@@ -1,0 +1,1 @@
+"""Sort: the batch pipeline that turns ready files into placed files, for the daemon and the one-shot sort."""

@@ -1,0 +1,270 @@
+"""One batch of files from pictures to placed files; shared by ``sort`` and the daemon.
+
+A batch may mix datasets: every dataset shares the one resident model, so
+all pictures are encoded together and only the (cheap) scoring is done per
+dataset.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import structlog
+from PIL import Image
+
+from daemon.classify.modes import Decision, decide
+from daemon.classify.modes.finetuned import FinetunedClassifier
+from daemon.classify.targets import Target
+from daemon.encode.decoding import Decoded
+from daemon.encode.embedcache import EmbeddingCache
+from daemon.encode.encoder import Encoder
+from daemon.errors import ClipsortError, ImageRejected
+from daemon.ingest.readiness import Job
+from daemon.store.journal import Intent, Journal, Settlement, State
+from daemon.store.mover import check_inside, ensure_dir, move_into, preview, sync_folders
+
+log = structlog.get_logger()
+
+Status = Literal["sorted", "review", "rejected"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one file: the unit of work of the canonical log line."""
+
+    dataset: str
+    source: Path
+    status: Status
+    destination: Path
+    decision: Decision | None = None
+    reason: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form printed by ``--json`` and logged."""
+        data: dict[str, Any] = {
+            "dataset": self.dataset,
+            "file": str(self.source),
+            "status": self.status,
+            "destination": str(self.destination),
+        }
+        if self.decision is not None:
+            data |= {
+                "class": self.decision.label,
+                "score": round(self.decision.score, 6),
+                "runner_up": self.decision.runner_up,
+                "runner_up_score": None
+                if self.decision.runner_up_score is None
+                else round(self.decision.runner_up_score, 6),
+                "margin": round(self.decision.margin, 6),
+                "similarity": round(self.decision.similarity, 6),
+                "top3": [list(pair) for pair in self.decision.top],
+            }
+        if self.reason is not None:
+            data["reason"] = self.reason
+        return data | dict(self.extra)
+
+
+def classify(
+    jobs: Sequence[Job],
+    reads: Sequence[Decoded],
+    targets: Mapping[str, Target],
+    encoder: Encoder,
+    *,
+    on_cpu: bool = False,
+    cache: EmbeddingCache | None = None,
+) -> list[Decision | ImageRejected]:
+    """A decision, or the reason it cannot be read, for each job's file in order.
+
+    Every job's dataset must be in ``targets``. ``on_cpu`` encodes with the
+    CPU copy of the model (see :func:`classify_with_fallback`). The CLIP
+    model encodes a file's crop where the decoding threads made one, else its
+    picture. With a ``cache``, each vector is kept under the file's content
+    hash, so a later correction can use it without encoding it again.
+    """
+    pictures = [read.picture for read in reads]
+    readable = [i for i, picture in enumerate(pictures) if isinstance(picture, Image.Image)]
+    by_dataset: dict[str, list[int]] = {}
+    for i in readable:
+        by_dataset.setdefault(jobs[i].dataset, []).append(i)
+    # One CLIP forward pass for every dataset that classifies CLIP vectors.
+    clip_jobs = [
+        i for i in readable if not isinstance(targets[jobs[i].dataset].classifier, FinetunedClassifier)
+    ]
+    encode = encoder.encode_images_on_cpu if on_cpu else encoder.encode_images
+    vectors = encode([pictures[i] if reads[i].crop is None else reads[i].crop for i in clip_jobs])  # type: ignore[misc]
+    row_of = {job: row for row, job in enumerate(clip_jobs)}
+    if cache is not None:
+        cache.put(
+            encoder.identity, {reads[i].sha256: vectors[row] for i, row in row_of.items() if reads[i].sha256}
+        )
+    decided: dict[int, Decision] = {}
+    for dataset, members in by_dataset.items():
+        classifier = targets[dataset].classifier
+        if isinstance(classifier, FinetunedClassifier):
+            scores = classifier.picture_scores([pictures[i] for i in members])  # type: ignore[misc]
+            decisions = decide(scores, classifier.classes, 1.0)  # its logits are already scaled
+        else:
+            index = targets[dataset].index
+            scores = classifier.scores(vectors[np.asarray([row_of[i] for i in members])], index)
+            decisions = decide(scores, index.classes, encoder.logit_scale)
+        decided.update(zip(members, decisions, strict=True))
+    return [
+        picture if isinstance(picture, ImageRejected) else decided[i] for i, picture in enumerate(pictures)
+    ]
+
+
+def classify_with_fallback(
+    jobs: Sequence[Job],
+    reads: Sequence[Decoded],
+    targets: Mapping[str, Target],
+    encoder: Encoder,
+    *,
+    cache: EmbeddingCache | None = None,
+) -> list[Decision | ImageRejected | None]:
+    """:func:`classify`, surviving inference failures such as running out of GPU memory.
+
+    A failing batch is split in halves, recursively; a single file that still
+    fails is encoded on the CPU. ``None`` marks a file that failed even then:
+    the caller keeps it in the inbox and tries again later.
+    """
+    try:
+        return list(classify(jobs, reads, targets, encoder, cache=cache))
+    except Exception as exc:
+        failure = str(exc)
+    if len(jobs) > 1:
+        log.warning("inference_retry", files=len(jobs), smaller=len(jobs) // 2, error=failure)
+        half = len(jobs) // 2
+        return [
+            *classify_with_fallback(jobs[:half], reads[:half], targets, encoder, cache=cache),
+            *classify_with_fallback(jobs[half:], reads[half:], targets, encoder, cache=cache),
+        ]
+    if encoder.device != "cpu":
+        log.warning("inference_on_cpu", file=str(jobs[0].path), device=encoder.device, error=failure)
+        try:
+            return list(classify(jobs, reads, targets, encoder, on_cpu=True, cache=cache))
+        except Exception as exc:
+            failure = str(exc)
+    log.error("inference_failed", file=str(jobs[0].path), error=failure)
+    return [None]
+
+
+def deciding_model(target: Target, encoder: Encoder) -> str:
+    """What decided: the checkpoint in finetuned mode, else the CLIP model."""
+    if isinstance(target.classifier, FinetunedClassifier):
+        return str(target.classifier.checkpoint.path)
+    return encoder.name
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One classified file, ready to be placed."""
+
+    job: Job
+    verdict: Decision | ImageRejected
+    decoded: Decoded
+    target: Target
+
+    @functools.cached_property
+    def placement(self) -> tuple[Path, Path, Status, str | None]:
+        """The area (``Dataset/``, ``Review/`` or ``Rejected/``), the folder, the status and why."""
+        layout, verdict = self.target.layout, self.verdict
+        if isinstance(verdict, ImageRejected):
+            return layout.rejected, layout.rejected, "rejected", str(verdict)
+        if held := self.target.review.hold_back(verdict):
+            return layout.review, layout.review, "review", held
+        return layout.sorted, layout.class_dir(verdict.label), "sorted", None
+
+    def intent(self, model: str) -> Intent:
+        _, folder, status, _ = self.placement
+        decision = self.verdict if isinstance(self.verdict, Decision) else None
+        return Intent(
+            dataset=self.job.dataset,
+            source=self.job.path,
+            sha256=self.decoded.sha256,
+            size=self.decoded.size,
+            mode=self.target.classifier.name,
+            model=model,
+            label=None if decision is None else decision.label,
+            top3=() if decision is None else decision.top,
+            placement=status,
+            folder=folder,
+        )
+
+
+Result = Outcome | OSError | ClipsortError
+
+
+def deliver(
+    batch: Sequence[Delivery], *, encoder: Encoder, journal: Journal | None, dry_run: bool
+) -> list[Result]:
+    """Place a batch of classified files (or preview them on a dry run), journal them, log each.
+
+    Group commit: one journal transaction records every intent before any
+    file moves, the moves follow, each folder involved is fsynced once, and
+    one transaction records the outcomes. A file whose move fails gets its
+    error in the result list (and ``cleared`` in the journal); it stays
+    where it was and the others are unaffected.
+    """
+    models = [deciding_model(item.target, encoder) for item in batch]
+    results: list[Result] = []
+    if dry_run:
+        for item, model in zip(batch, models, strict=True):
+            _, folder, _, _ = item.placement
+            results.append(_outcome(item, preview(item.job.path, folder), model, dry_run=True))
+        return results
+    entries = journal.plan([item.intent(m) for item, m in zip(batch, models, strict=True)]) if journal else []
+    touched: set[Path] = set()
+    prepared: dict[Path, OSError | ClipsortError | None] = {}  # each folder is made and checked once
+    states: list[tuple[State, Path | None, str | None]] = []
+    for item, model in zip(batch, models, strict=True):
+        area, folder, status, reason = item.placement
+        if folder not in prepared:
+            prepared[folder] = _prepare(folder, area, item.target.layout.root)
+        try:
+            if (failure := prepared[folder]) is not None:
+                raise failure
+            keep = item.target.settings.action == "copy"
+            destination = move_into(item.job.path, folder, keep_source=keep)
+        except (OSError, ClipsortError) as exc:
+            results.append(exc)
+            states.append(("cleared", None, f"not moved: {exc}"))
+            continue
+        touched |= {folder, item.job.path.parent}
+        results.append(_outcome(item, destination, model, dry_run=False))
+        states.append(("rejected" if status == "rejected" else "moved", destination, reason))
+    sync_folders(*sorted(touched))  # before the outcomes are recorded as durable
+    if journal is not None:
+        journal.settle([Settlement(entry, *state) for entry, state in zip(entries, states, strict=True)])
+    return results
+
+
+def _prepare(folder: Path, area: Path, root: Path) -> OSError | ClipsortError | None:
+    """Make ``folder`` inside ``area`` inside the dataset ``root``; why not, if it cannot be."""
+    try:
+        check_inside(root, area)
+        ensure_dir(folder, area)
+    except (OSError, ClipsortError) as exc:
+        return exc
+    return None
+
+
+def _outcome(item: Delivery, destination: Path, model: str, *, dry_run: bool) -> Outcome:
+    """The outcome of one placed file, logged as its canonical line."""
+    _, _, status, reason = item.placement
+    outcome = Outcome(
+        dataset=item.job.dataset,
+        source=item.job.path,
+        status=status,
+        destination=destination,
+        decision=item.verdict if isinstance(item.verdict, Decision) else None,
+        reason=reason,
+        extra={"mode": item.target.classifier.name, "model": model, "dry_run": dry_run},
+    )
+    (log.info if status == "sorted" else log.warning)(status, **outcome.as_dict())
+    return outcome

@@ -1,0 +1,274 @@
+"""The inference worker: the one thread that owns the model.
+
+It takes micro-batches from the fair queue (up to ``batch_size`` files, or
+whatever arrived within ``max_batch_delay_ms`` of the first), decodes batch
+k+1 in the thread pool while the model encodes batch k, and hands each
+classified batch to the placer thread, which journals and moves it while the
+model encodes the next one (the moves wait on fsync, the model on nothing of
+theirs). Class-index rebuilds and model swaps also run here, between
+batches, so the model is never used by two threads and no batch mixes two
+class indexes or two models.
+
+Nothing is ever dropped: a file that is still arriving, changed after it was
+classified, or hit a transient failure (disk full, inference error) is put
+back with a delay; the file itself stays in the inbox until it is placed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import structlog
+
+from daemon.classify.catalog import Catalog
+from daemon.config import Settings
+from daemon.encode.decoding import Decoded, DecodePool, collect
+from daemon.encode.embeddings import Embedder
+from daemon.encode.encoder import Encoder
+from daemon.errors import ImageIncomplete
+from daemon.ingest.intake import Intake
+from daemon.ingest.readiness import Job, age, is_unchanged
+from daemon.ingest.workqueue import FairQueue
+from daemon.sort.pipeline import Delivery, Outcome, Result, classify_with_fallback, deliver
+from daemon.store.journal import Journal
+
+log = structlog.get_logger()
+
+IDLE_WAIT = 0.2  # how often an idle worker looks at due class rebuilds
+RETRY_FIRST = 0.5
+RETRY_MAX = 30.0
+CHECKPOINT_POLL = 1.0  # seconds between looks at the fine-tuned checkpoints' pointers
+# Classified batches waiting for the placer: one lets the model encode batch k+1 while batch k is
+# moved, and bounds what a slow disk can hold up.
+PLACING_AHEAD = 1
+
+
+class Observer(Protocol):
+    """What the worker reports as it goes (the service's metrics are one)."""
+
+    def record(self, outcome: Outcome, latency: float) -> None:
+        """One file done, ``latency`` seconds after it arrived."""
+
+    def batch(self, size: int) -> None:
+        """A batch of ``size`` files is being classified."""
+
+    def error(self, kind: str, message: str) -> None:
+        """A failure that will be retried."""
+
+
+@dataclass
+class _Batch:
+    jobs: list[Job]
+    pictures: list[Future[Decoded]]
+    encoder: Encoder  # whose input the crops were made for: a model swapped in meanwhile ignores them
+
+
+@dataclass
+class _Classified:
+    deliveries: list[Delivery]
+    encoder: Encoder  # the model that decided, recorded in the journal even if a swap follows
+
+
+class Worker:
+    """Micro-batching inference over all datasets with one resident model."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder,
+        catalog: Catalog,
+        intake: Intake,
+        work: FairQueue,
+        metrics: Observer,
+        journal: Journal,
+    ) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self._catalog = catalog
+        self._intake = intake
+        self._work = work
+        self._metrics = metrics
+        self._journal = journal
+        self._pool = DecodePool(embedder.limits, settings.decode_workers)
+        self._stop = threading.Event()
+        self._swap: Embedder | None = None
+        self._placing: queue.Queue[_Classified | None] = queue.Queue(maxsize=PLACING_AHEAD)
+        self._retries: dict[str, tuple[float, float]] = {}  # cause -> (delay, when it last doubled)
+        self._retries_lock = threading.Lock()  # both threads back off
+        self.heartbeat = time.monotonic()
+        self._checked_checkpoints = 0.0
+        self._checked_corrections = 0.0
+        self._corrections: dict[str, int] | None = None  # per dataset, as last seen
+        self.thread = threading.Thread(target=self._run, name="clipsort-worker", daemon=True)
+        self.placer = threading.Thread(target=self._place_all, name="clipsort-placer", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        self.placer.start()
+
+    def stop(self, timeout: float) -> bool:
+        """Finish the batch in flight and place it, hand back the prefetched one; True if done in time."""
+        deadline = time.monotonic() + timeout
+        self._stop.set()
+        self.thread.join(timeout)
+        # If the placer is stuck on the disk the sentinel does not fit; its files are still in the inbox.
+        with contextlib.suppress(queue.Full):
+            self._placing.put(None, timeout=max(0.0, deadline - time.monotonic()))
+        self.placer.join(max(0.0, deadline - time.monotonic()))
+        self._pool.close(wait=False)
+        return not self.thread.is_alive() and not self.placer.is_alive()
+
+    def replace_embedder(self, embedder: Embedder) -> None:
+        """Use a new model from the next batch on (after every class index is rebuilt with it)."""
+        self._swap = embedder
+
+    def _run(self) -> None:
+        upcoming: _Batch | None = None
+        while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
+            try:
+                self._maintain()
+                jobs = self._work.take(
+                    self.settings.batch_size,
+                    wait=0.0 if upcoming else IDLE_WAIT,
+                    linger=0.0 if upcoming else self.settings.max_batch_delay_ms / 1000,
+                )
+                current, upcoming = upcoming, (self._decode(jobs) if jobs else None)
+                if current is not None:
+                    self._process(current)
+            except Exception as exc:  # never let the worker die: systemd's watchdog would restart us
+                log.exception("worker_failed", error=str(exc))
+                self._metrics.error("worker", str(exc))
+                time.sleep(IDLE_WAIT)
+        if upcoming is not None:  # decoded but not classified: it stays in the inbox
+            for job in upcoming.jobs:
+                self._intake.release(job.path)
+
+    def _decode(self, jobs: list[Job]) -> _Batch:
+        encoder = self.embedder.encoder
+        return _Batch(
+            jobs, self._pool.start([job.path for job in jobs], encoder.image_size, encoder.crop), encoder
+        )
+
+    def _maintain(self) -> None:
+        if self._swap is not None:
+            self.embedder, self._swap = self._swap, None
+            self._catalog.rebuild_all(self.embedder)
+        now = time.monotonic()
+        if now - self._checked_checkpoints >= CHECKPOINT_POLL:
+            self._checked_checkpoints = now
+            self._catalog.watch_checkpoints()
+        if now - self._checked_corrections >= CHECKPOINT_POLL:
+            self._checked_corrections = now
+            self._follow_corrections()
+        self._catalog.rebuild_due(self.embedder)
+
+    def _follow_corrections(self) -> None:
+        """Rebuild each dataset whose corrections changed (by the learner or the CLI) since the last look.
+
+        The journal is the one source: the poll interval already groups a burst
+        of corrections into one rebuild, so it runs at the next batch boundary.
+        """
+        versions = self._journal.corrections_versions()
+        if self._corrections is not None:
+            known = self._catalog.snapshot()
+            changed = [name for name in known if versions.get(name) != self._corrections.get(name)]
+            if changed:
+                self._catalog.request(changed, 0.0)
+        self._corrections = versions
+
+    def _process(self, batch: _Batch) -> None:
+        targets = self._catalog.snapshot()
+        decoded = collect(batch.pictures, self.settings.decode_timeout_seconds)
+        jobs, reads = [], []
+        for job, read in zip(batch.jobs, decoded, strict=True):
+            if job.dataset in targets:
+                jobs.append(job)
+                reads.append(read)
+            else:  # its classes went away: it waits in the inbox for new ones
+                self._intake.release(job.path)
+        if not jobs:
+            return
+        if batch.encoder is not self.embedder.encoder:  # crops made for a model swapped out since
+            reads = [replace(read, crop=None) for read in reads]
+        verdicts = classify_with_fallback(
+            jobs, reads, targets, self.embedder.encoder, cache=self.embedder.cache
+        )
+        self._metrics.batch(len(jobs))
+        ready = []
+        for job, verdict, read in zip(jobs, verdicts, reads, strict=True):
+            if verdict is None:  # even the CPU failed: the file waits and is tried again
+                self._metrics.error("inference", "inference failed")
+                self._intake.retry(job, self._backoff("inference"))
+            elif isinstance(verdict, ImageIncomplete) and age(job) < self.settings.max_wait_seconds:
+                log.debug("not_ready", file=str(job.path), reason=str(verdict))
+                self._intake.retry(job, self._recheck_delay(job))  # not ready is not bad
+            else:
+                ready.append(Delivery(job, verdict, read, targets[job.dataset]))
+        if ready:
+            self._placing.put(_Classified(ready, self.embedder.encoder))  # waits while the last is placed
+
+    def _place_all(self) -> None:
+        """The placer thread: classified batches in, placed files out, until stopped."""
+        while (batch := self._placing.get()) is not None:
+            try:
+                self._place(batch)
+            except Exception as exc:  # a bug here must not end placing for good
+                log.exception("placing_failed", error=str(exc))
+                self._metrics.error("placing", str(exc))
+                for item in batch.deliveries:  # unplaced files stay in the inbox for the next scan
+                    self._intake.release(item.job.path)
+
+    def _place(self, batch: _Classified) -> None:
+        """Journal and move a batch; a file that changed since it was read goes back to settle."""
+        ready = []
+        for item in batch.deliveries:
+            if is_unchanged(item.job):
+                ready.append(item)
+            else:
+                log.debug("not_ready", file=str(item.job.path), reason="changed since it was read")
+                self._intake.retry(item.job, self.settings.settle_seconds)
+        results = deliver(ready, encoder=batch.encoder, journal=self._journal, dry_run=False)
+        for item, result in zip(ready, results, strict=True):
+            self._settle(item.job, result)
+
+    def _settle(self, job: Job, result: Result) -> None:
+        if isinstance(result, Outcome):
+            with self._retries_lock:
+                self._retries.clear()
+            self._intake.release(job.path)
+            self._metrics.record(result, age(job))
+        elif isinstance(result, OSError):  # disk full, read-only, permissions: the file stays and is retried
+            cause = f"{type(result).__name__}:{result.errno}"
+            if cause not in self._retries:  # a read without the lock: at worst one log line more or less
+                log.error("move_failed", file=str(job.path), error=str(result))
+            self._metrics.error("move", str(result))
+            self._intake.retry(job, self._backoff(cause))
+        else:  # e.g. a class folder that is a symlink out of the dataset: never written through
+            log.error("unsafe_destination", file=str(job.path), error=str(result))
+            self._metrics.error("unsafe_destination", str(result))
+            self._intake.release(job.path)
+
+    def _recheck_delay(self, job: Job) -> float:
+        """Back-off for a file still arriving: a quarter of its age, from the settle time up to RETRY_MAX."""
+        return min(RETRY_MAX, max(self.settings.settle_seconds, age(job) / 4))
+
+    def _backoff(self, cause: str) -> float:
+        """Doubling delay per failure cause, reset by the next success.
+
+        It doubles once per round of retries, not once per failed file: a full
+        disk met by a batch of 32 files must not push the next look 32 doublings away.
+        """
+        now = time.monotonic()
+        with self._retries_lock:
+            delay, doubled = self._retries.get(cause, (RETRY_FIRST / 2, -RETRY_MAX))
+            if now - doubled >= delay:
+                delay, doubled = min(RETRY_MAX, delay * 2), now
+                self._retries[cause] = (delay, doubled)
+        return delay

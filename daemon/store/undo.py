@@ -1,0 +1,87 @@
+"""``clipsort history`` and ``clipsort undo``: reading the journal and taking moves back.
+
+Undo moves a file from where clipsort put it back into its dataset's
+``Images/`` under its original name (numbered if that name is taken), or
+with a class into ``Dataset/<class>/``, which records a correction. A file
+that is no longer where clipsort put it, or whose bytes changed, is left
+alone and reported: undo never touches what it did not place.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from daemon.errors import JournalError
+from daemon.layout import DatasetLayout
+from daemon.store.journal import Entry, Journal, Settlement, State
+from daemon.store.mover import place
+from daemon.store.recovery import holds
+
+UNDOABLE: tuple[State, ...] = ("moved", "rejected")
+# --last, --since and a bare undo take back what was filed (a class or Review/); a file in
+# Rejected/ is taken back only when named, since the daemon would reject it again.
+UNDONE_BY_DEFAULT: tuple[State, ...] = ("moved",)
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str, now: float) -> float:
+    """Epoch seconds from ISO 8601 (``2026-11-26``, ``2026-11-26T14:00``) or an age (``90m``, ``2d``)."""
+    relative = _RELATIVE.match(text.strip())
+    if relative:
+        return now - float(relative.group(1)) * _SECONDS[relative.group(2)]
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise JournalError(
+            f"cannot read --since {text!r}: give a time like 2026-11-26T14:00 or an age like 30m, 2h, 3d"
+        ) from None
+
+
+def choose(
+    journal: Journal,
+    *,
+    dataset: str | None,
+    last: int | None,
+    since: float | None,
+    file: Path | None,
+) -> list[Entry]:
+    """The decisions an undo request names, newest first."""
+    if file is not None:
+        entry = journal.at(file.absolute())  # the journal holds absolute paths (load_settings)
+        if entry is None or entry.state not in UNDOABLE:
+            raise JournalError(f"clipsort did not put {str(file)!r} where it is now; nothing to undo")
+        return [entry]
+    found = journal.entries(dataset=dataset, since=since, states=UNDONE_BY_DEFAULT, last=last)
+    if not found:
+        raise JournalError("the journal has no moved file matching that; nothing to undo")
+    return found[::-1]
+
+
+@dataclass(frozen=True)
+class Undone:
+    """What undo did with one decision."""
+
+    entry: Entry
+    path: Path | None  # where the file is now; None when it was left alone
+    note: str
+
+
+def undo(entry: Entry, journal: Journal, root: Path, to_class: str | None) -> Undone:
+    """Move one file back to the inbox, or (``to_class``) into the right class as a correction."""
+    if entry.destination is None or not holds(entry.destination, entry):
+        return Undone(entry, None, f"left alone: no longer at {entry.destination} as clipsort put it")
+    layout = DatasetLayout(root / entry.intent.dataset)
+    if to_class is None:
+        path = place(entry.destination, layout.inbox, boundary=layout.inbox, name=entry.intent.source.name)
+        journal.settle([Settlement(entry.id, "undone", path)])
+        return Undone(entry, path, "back in the inbox")
+    plain = to_class not in ("", ".", "..") and "/" not in to_class
+    if not plain or not ((layout.classes / to_class).is_dir() or layout.class_dir(to_class).is_dir()):
+        raise JournalError(f"dataset {layout.name!r} has no class {to_class!r}")
+    path = place(entry.destination, layout.class_dir(to_class), boundary=layout.sorted)
+    journal.correct(entry, layout.name, entry.intent.sha256, path, to_class)
+    return Undone(entry, path, f"corrected: {entry.intent.label} -> {to_class}")
