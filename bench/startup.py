@@ -69,7 +69,13 @@ def launch(args: list[str], root: Path, cwd: Path) -> dict[str, Any]:
     done = python_process(*command, cwd=cwd)
     seconds = time.perf_counter() - started
     loaded: list[str] = json.loads(report.read_text())
-    return {"seconds": seconds, "exit_code": done.returncode, "model_stack": loaded, "stderr": done.stderr}
+    return {
+        "seconds": seconds,
+        "exit_code": done.returncode,
+        "model_stack": loaded,
+        "stdout": done.stdout,
+        "stderr": done.stderr,
+    }
 
 
 def bare_interpreter() -> float:

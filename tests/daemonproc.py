@@ -54,6 +54,12 @@ class Daemon:
     def write_config(self, values: dict[str, object]) -> None:
         self.config.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items()))
 
+    def update_config(self, **values: object) -> None:
+        """Rewrite the config file with ``values`` changed (what an administrator does before a reload)."""
+        current = dict(line.split(" = ", 1) for line in self.config.read_text().splitlines() if " = " in line)
+        parsed: dict[str, object] = {key: json.loads(value) for key, value in current.items()}
+        self.write_config(parsed | values)
+
     def start(self, wait: bool = True, env: dict[str, str] | None = None) -> Daemon:
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         address = self.home / f"notify-{time.monotonic_ns()}"

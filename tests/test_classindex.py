@@ -32,7 +32,7 @@ def test_classes_references_and_text_only_classes(tmp_path: Path, embedder: Embe
     assert index.classes == ("blue", "dark_green", "red")
     assert index.descriptions == ("blue", "dark green", "red")
     assert index.reference_counts().tolist() == [3, 0, 3]
-    assert index.text_vectors.shape == (3, embedder.encoder.dimension)
+    assert index.text_vectors.shape == (3, embedder.clip.dimension)
     assert np.linalg.norm(index.text_vectors, axis=1) == pytest.approx(np.ones(3), abs=1e-5)
 
 
@@ -47,7 +47,7 @@ def test_prompt_ensemble_is_the_normalised_mean(embedder: Embedder) -> None:
     """A description's vector is the renormalised mean over its templates (CLIP's ensembling)."""
     templates = ["a photo of a {}.", "{}"]
     ensemble = embedder.descriptions(["red"], templates)[0]
-    single = embedder.encoder.encode_texts([t.format("red") for t in templates])
+    single = embedder.clip.encode_texts([t.format("red") for t in templates])
     expected = single.mean(axis=0) / np.linalg.norm(single.mean(axis=0))
     assert ensemble == pytest.approx(expected, abs=1e-5)
 

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from daemon.classify.modes import decide
-from daemon.classify.modes.finetuned import FinetunedClassifier
+from daemon.classify.modes import ClipClassifier, decide
 from daemon.classify.targets import make_target
 from daemon.cli import app
 from daemon.config import Settings, load_settings
@@ -144,14 +143,14 @@ def test_corrections_fix_later_pictures_without_encoding_anything(world: World, 
     target = make_target(layout, settings, embedder, corrected=corrected_from(journal))
     assert embedder.encoded_references == before, "no reference or corrected file was encoded again"
     assert target.index.correction_counts() == {"blue": 3}
-    assert not isinstance(target.classifier, FinetunedClassifier)
+    assert isinstance(target.classifier, ClipClassifier)
     rng = np.random.default_rng(99)
     fresh = encoder.encode_images([draw(rng, "blue", "square") for _ in range(8)])
     labels = [d.label for d in decide(target.classifier.scores(fresh, target.index), target.classes, 100.0)]
     assert labels.count("blue") >= 7
     journal.forget(dataset="rgb")
     plain = make_target(layout, settings, embedder, corrected=corrected_from(journal))
-    assert not isinstance(plain.classifier, FinetunedClassifier)
+    assert isinstance(plain.classifier, ClipClassifier)
     labels = [d.label for d in decide(plain.classifier.scores(fresh, plain.index), plain.classes, 100.0)]
     assert labels.count("red") >= 5, "forgetting restores the earlier behaviour"
 

@@ -24,7 +24,7 @@ from daemon.encode.encoder import (
 )
 from daemon.errors import ModelLoadError
 from tests.helpers import clipsort_process
-from tests.synthetic import draw
+from tests.synthetic import draw, make_dataset
 
 
 def test_vectors_are_unit_length_float32(encoder: Encoder) -> None:
@@ -182,6 +182,7 @@ def test_an_unreachable_hub_fails_in_seconds_naming_demo_model(data_root: Path, 
         port = probe.getsockname()[1]
     env = {key: value for key, value in os.environ.items() if not key.endswith("_OFFLINE")}
     env |= {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(tmp_path / "hf")}
+    make_dataset(data_root / "ds", {"red": "red"}, references=1, inbox=["red"])  # the model is needed
     started = time.monotonic()
     done = clipsort_process("sort", "--root", str(data_root), env=env)
     assert done.returncode == 2, done.stderr

@@ -139,3 +139,17 @@ def test_a_rescan_does_not_postpone_a_waiting_file(tmp_path: Path) -> None:
     readiness.offer(Hint("d", other, "written"))
     clock.now += 0.1
     assert readiness.ready() == []
+
+
+def test_reconfigure_holds_new_offers_to_the_new_capacity_and_timings(tmp_path: Path) -> None:
+    """A reload's capacity admits what the old one refused; its settle time holds from the next offer."""
+    clock = Clock()
+    readiness = make(clock, capacity=1)
+    first, second = fresh(tmp_path / "1.jpg"), fresh(tmp_path / "2.jpg")
+    assert readiness.offer(Hint("d", first)) and not readiness.offer(Hint("d", second))
+    readiness.reconfigure(settle=5.0, settle_closed=0.05, capacity=2)
+    assert readiness.offer(Hint("d", second))
+    clock.now += 1.5
+    assert [job.path for job in readiness.ready()] == [first], "offered under the old 1 s settle"
+    clock.now += 4
+    assert [job.path for job in readiness.ready()] == [second]

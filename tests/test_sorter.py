@@ -85,7 +85,7 @@ def test_the_next_batch_is_classified_while_the_last_is_placed(
         cache, keys = sorting.embedder.cache, [content_hash(path) for path in sorting.inbox]
         assert cache is not None
         # Every file's vector is cached at classification while none has moved.
-        identity = sorting.embedder.encoder.identity
+        identity = sorting.embedder.clip.identity
         wait_until(lambda: len(cache.get(identity, keys)) == len(sorting.inbox), timeout=30)
         assert all(path.exists() for path in sorting.inbox) and outcomes == []
     finally:
@@ -124,7 +124,7 @@ def test_a_batch_being_placed_is_finished_and_reported_when_the_next_cannot_be_c
     sorting: Sorting, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The model failing on batch two leaves batch one moved and reported, and the error raised."""
-    encoder = sorting.embedder.encoder
+    encoder = sorting.embedder.clip
     encode = encoder.encode_images
     calls: list[int] = []
 

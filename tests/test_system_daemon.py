@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -13,10 +14,11 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from typer.testing import CliRunner
 
 from daemon.cli import app
-from tests.daemonproc import Daemon, picture_bytes, sha, sorted_files, start
+from tests.daemonproc import Daemon, drop, picture_bytes, sha, sorted_files, start
 from tests.helpers import tree
 from tests.synthetic import draw, grid, make_dataset, save, tiny_vit
 from tests.waiting import wait_until
@@ -298,6 +300,70 @@ def test_uncertain_pictures_are_held_for_review_by_the_daemon(
     assert len(held["top3"]) == 3 and "confidence" in held["reason"]
     wait_until(lambda: daemon.status().datasets["rgb"].review == 1)
     assert daemon.stop() == 0
+
+
+def test_a_reload_reaches_what_was_built_at_start(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """SIGHUP reaches the size cap, the wait for incomplete files, pool and queue sizes; restarts named."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, RGB, references=3, seed=5)
+    daemon = start(daemons, root, tiny_model, tmp_path / "home", max_file_mb=1, max_wait_seconds=600)
+    noise = np.random.default_rng(0).integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+    big = tmp_path / "big.png"
+    Image.fromarray(noise).save(big)
+    assert big.stat().st_size > 2**20 * 2, "the picture must be over the cap"
+    drop(dataset / "Images", "big-before.png", big.read_bytes())
+    wait_until((dataset / "Rejected" / "big-before.png").exists)
+    (dataset / "Images" / "empty.png").write_bytes(b"")  # awaited: it may still be being written
+    time.sleep(1.5)
+    assert (dataset / "Images" / "empty.png").exists()
+
+    daemon.update_config(
+        max_file_mb=50, max_wait_seconds=1, decode_workers=3, queue_capacity=64, metrics_port=free_port()
+    )
+    daemon.signal(signal.SIGHUP)
+    reloaded = daemon.wait_event("config_reloaded")
+    assert {"max_file_mb", "max_wait_seconds", "decode_workers", "queue_capacity"} <= set(reloaded["changed"])
+    assert daemon.wait_event("reload_needs_restart")["settings"] == ["metrics_port"]
+    drop(dataset / "Images", "big-after.png", big.read_bytes())
+    wait_until(lambda: "big-after.png" in sorted_files(dataset), timeout=30)  # the new cap holds
+    wait_until((dataset / "Rejected" / "empty.png").exists, timeout=30)  # the new wait holds
+    daemon.wait_event("decode_workers_changed", lambda r: r["workers"] == 3)
+
+
+def test_a_fine_tuned_daemon_loads_clip_only_when_a_reload_asks_for_it(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """All fine-tuned: it runs with `model` naming nothing; reloaded into reference mode, it loads CLIP."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, RGB, references=20, seed=3)
+    home = tmp_path / "home"
+    home.mkdir()
+    nowhere = tmp_path / "no-clip-here"
+    daemon = Daemon(root, nowhere, home, mode="finetuned")
+    train = ["--base", str(tiny_vit(tmp_path / "vit")), "--epochs", "40", "--learning-rate", "0.002"]
+    trained = CliRunner().invoke(app, ["train", "-d", "rgb", "--config", str(daemon.config), *train])
+    assert trained.exit_code == 0, trained.output
+    daemons.append(daemon)
+    daemon.start()
+    assert daemon.status().model.startswith("none") and not daemon.events("model_loaded")
+    rng = np.random.default_rng(8)
+    save(draw(rng, "red", "circle", 64), dataset / "Images" / "by-checkpoint.png")
+    wait_until(lambda: sorted_files(dataset).get("by-checkpoint.png") == "red")
+
+    config = daemon.config.read_text().replace(json.dumps(str(nowhere)), json.dumps(str(tiny_model)))
+    daemon.config.write_text(config.replace('mode = "finetuned"', 'mode = "reference"'))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_event("model_loaded", timeout=120)
+    daemon.wait_event("config_reloaded")
+    save(draw(rng, "blue", "circle", 64), dataset / "Images" / "by-clip.png")
+    wait_until(lambda: sorted_files(dataset).get("by-clip.png") == "blue")
+    (line,) = [r for r in daemon.events("sorted") if r["file"].endswith("by-clip.png")]
+    assert line["mode"] == "reference-max" and line["model"] == str(tiny_model)
+    wait_until(lambda: daemon.status().model == str(tiny_model))
 
 
 def test_finetuned_checkpoints_are_hot_swapped(

@@ -13,6 +13,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 from typer.testing import CliRunner, Result
 
+from bench.startup import launch
 from daemon.classify.checkpoints import current_checkpoint
 from daemon.cli import app
 from daemon.learn.training import augment, predict, stratified_split
@@ -176,6 +177,29 @@ def test_sort_in_finetuned_mode_files_by_the_checkpoint(
     assert {r["mode"] for r in records} == {"finetuned"}
     assert np.mean([r["class"] == truth[Path(r["file"]).name] for r in records]) >= 0.85
     assert all(0 <= r["score"] <= 1 for r in records)
+
+
+def test_a_fine_tuned_root_needs_no_clip_model(base: Path, data_root: Path, tmp_path: Path) -> None:
+    """All fine-tuned: sort and eval run with `model` naming nothing and sentence-transformers unloaded."""
+    make_dataset(data_root / "ds", COLORS, references=20, seed=3)
+    train_into(CliRunner(), base, data_root, "ds")
+    Path("config.toml").write_text(f'mode = "finetuned"\nmodel = "{tmp_path / "no-clip-here"}"\n')
+    rng = np.random.default_rng(7)
+    for k, color in enumerate(COLORS):
+        draw(rng, color, SHAPES[k % 3], 64).save(data_root / "ds" / "Images" / f"{color}.png")
+    sorted_ = launch(["sort", "--root", "{root}", "--json"], data_root, Path.cwd())
+    assert sorted_["exit_code"] == 0, sorted_["stderr"]
+    assert "sentence_transformers" not in sorted_["model_stack"]
+    records = [json.loads(line) for line in sorted_["stdout"].splitlines()]
+    assert len(records) == len(COLORS) and {r["mode"] for r in records} == {"finetuned"}
+    assert sum(r["class"] == Path(r["file"]).stem for r in records) >= 3
+    evaluated = launch(["eval", "--root", "{root}", "--json"], data_root, Path.cwd())
+    assert evaluated["exit_code"] == 0, evaluated["stderr"]
+    assert "sentence_transformers" not in evaluated["model_stack"]
+    report = json.loads(evaluated["stdout"])
+    assert set(report["modes"]) == {"finetuned"} and report["recommended"] == "finetuned"
+    asked = CliRunner().invoke(app, ["eval", "--root", str(data_root), "--modes", "text"])
+    assert asked.exit_code == 2 and "no-clip-here" in asked.stderr, "CLIP modes asked for load the model"
 
 
 def test_eval_reports_the_finetuned_mode_from_its_validation_split(

@@ -45,7 +45,9 @@ def test_the_next_batch_is_classified_while_the_last_is_placed(
         keys = [content_hash(path) for path in files]
         # Every file has been through the model (its vector is cached at classification) while
         # none has moved: the model did not wait for the placer.
-        wait_until(lambda: len(service.cache.get(service.encoder.identity, keys)) == len(files), timeout=30)
+        wait_until(
+            lambda: len(service.cache.get(service.embedder.clip.identity, keys)) == len(files), timeout=30
+        )
         assert all(path.exists() for path in files)
         syscalls.gate.set()
         for path, color in zip(files, colors, strict=True):

@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 
 from daemon.classify.checkpoints import checkpoints_of, current_checkpoint
-from daemon.classify.modes.finetuned import CheckpointCache, FinetunedClassifier
+from daemon.classify.modes.finetuned import CheckpointCache
 from daemon.classify.targets import Corrected, Target, make_target
 from daemon.config import Settings
 from daemon.encode.embeddings import Embedder
@@ -48,6 +48,11 @@ class Catalog:
         self._lock = threading.Lock()
         self.checkpoints = CheckpointCache(settings.checkpoints_loaded, "cpu")
         self._seen_checkpoints: set[Path] = set()
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Apply reloaded settings: the checkpoint cache's size now, classes and modes at the rebuild."""
+        self.settings = settings
+        self.checkpoints.resize(settings.checkpoints_loaded)
 
     def snapshot(self) -> Mapping[str, Target]:
         """The current targets; never mutated afterwards, so safe to use for a whole batch."""
@@ -85,10 +90,10 @@ class Catalog:
         swap itself is a cheap rebuild on the worker thread between two batches.
         """
         for name, target in self._targets.items():
-            if not isinstance(target.classifier, FinetunedClassifier):
+            if target.settings.mode != "finetuned":
                 continue
             published = current_checkpoint(checkpoints_of(self.settings.state_path, name))
-            if published is None or published == target.classifier.checkpoint.path:
+            if published is None or str(published) == target.classifier.decided_by:
                 continue
             with self._lock:
                 if published in self._seen_checkpoints:
@@ -130,7 +135,8 @@ class Catalog:
             self.drop(name)
             return
         before = embedder.encoded_references
-        self.checkpoints.device = embedder.encoder.device
+        if embedder.encoder is not None:  # checkpoints run where the CLIP model does, when there is one
+            self.checkpoints.device = embedder.encoder.device
         try:
             target = make_target(layout, self.settings, embedder, self.checkpoints, self.corrected)
         except NoClassesError as exc:
@@ -155,9 +161,7 @@ class Catalog:
             "classes_loaded",
             dataset=name,
             classes=list(target.classes),
-            checkpoint=str(target.classifier.checkpoint.path)
-            if isinstance(target.classifier, FinetunedClassifier)
-            else None,
+            checkpoint=target.classifier.decided_by,
             references=len(target.index.reference_paths),
             newly_embedded=embedder.encoded_references - before,
             mode=target.classifier.name,

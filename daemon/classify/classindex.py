@@ -97,7 +97,7 @@ def class_folders(layout: DatasetLayout) -> list[Path]:
 
 def build_class_index(
     layout: DatasetLayout,
-    embedder: Embedder,
+    embedder: Embedder | None,
     templates: Sequence[str],
     descriptions: Mapping[str, str] | None = None,
     examples: Sequence[Example] = (),
@@ -105,6 +105,8 @@ def build_class_index(
     """Embed every class of ``layout``; raises :class:`NoClassesError` if it has none.
 
     ``examples`` of classes that exist are appended to the references, with their weights.
+    Without an ``embedder`` (a dataset a fine-tuned checkpoint classifies) the index holds the
+    folders, references and descriptions with zero-width vectors: no CLIP model is needed.
     """
     folders = class_folders(layout)
     if not folders:
@@ -115,7 +117,8 @@ def build_class_index(
     labels: list[int] = []
     paths: list[Path] = []
     for label, folder in enumerate(folders):
-        found, kept = embedder.images(list(scan(folder, REFERENCE_IGNORE)))
+        files = list(scan(folder, REFERENCE_IGNORE))
+        found, kept = embedder.images(files) if embedder else (np.zeros((len(files), 0), np.float32), files)
         vectors.append(found)
         labels.extend([label] * len(kept))
         paths.extend(kept)
@@ -131,7 +134,9 @@ def build_class_index(
         dataset=layout.name,
         classes=tuple(folder.name for folder in folders),
         descriptions=texts,
-        text_vectors=embedder.descriptions(texts, templates),
+        text_vectors=embedder.descriptions(texts, templates)
+        if embedder
+        else np.zeros((len(texts), 0), np.float32),
         reference_vectors=np.concatenate(vectors, axis=0).astype(np.float32),
         reference_labels=np.asarray(labels, dtype=np.int64),
         reference_paths=tuple(paths),

@@ -10,11 +10,12 @@ import structlog
 from daemon.classify.calibration import Calibration, calibrate
 from daemon.classify.checkpoints import checkpoints_of, current_checkpoint
 from daemon.classify.classindex import ClassIndex, Example, build_class_index
-from daemon.classify.modes import Classifier, make_classifier
+from daemon.classify.modes import Classifier, ClipClassifier, make_classifier
 from daemon.classify.modes.finetuned import CheckpointCache, FinetunedClassifier
 from daemon.classify.review import ReviewPolicy
 from daemon.config import DatasetSettings, Settings
 from daemon.encode.embeddings import Embedder
+from daemon.encode.encoder import resolve_device
 from daemon.errors import NoClassesError
 from daemon.layout import DatasetLayout
 
@@ -32,16 +33,14 @@ class Target:
     layout: DatasetLayout
     settings: DatasetSettings
     index: ClassIndex
-    classifier: Classifier | FinetunedClassifier
+    classifier: Classifier
     review: ReviewPolicy = field(default_factory=ReviewPolicy)
     calibration: Calibration | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
         """The folders files can be sorted into: the checkpoint's classes in finetuned mode."""
-        if isinstance(self.classifier, FinetunedClassifier):
-            return self.classifier.classes
-        return self.index.classes
+        return self.classifier.classes(self.index)
 
 
 def finetuned_target(
@@ -54,12 +53,12 @@ def finetuned_target(
             f"dataset {layout.name!r} has no fine-tuned checkpoint yet: run `clipsort train -d {layout.name}`"
         )
     classifier = FinetunedClassifier(checkpoints.get(path))
-    if set(classifier.classes) != set(index.classes):
+    if set(classifier.classes(index)) != set(index.classes):
         log.warning(
             "checkpoint_classes_differ",
             dataset=layout.name,
             checkpoint=str(path),
-            checkpoint_classes=list(classifier.classes),
+            checkpoint_classes=list(classifier.classes(index)),
             class_folders=list(index.classes),
         )
     own = settings.for_dataset(layout.name)
@@ -69,7 +68,7 @@ def finetuned_target(
 
 def choose_classifier(
     own: DatasetSettings, index: ClassIndex, logit_scale: float
-) -> tuple[Classifier, Calibration | None]:
+) -> tuple[ClipClassifier, Calibration | None]:
     """The classifier of ``own.mode`` on ``index``, calibrated by leave-one-out where anything is auto."""
     calibration = None
     auto_weights = own.mode == "mixed" and "auto" in (own.alpha, own.beta)
@@ -99,12 +98,13 @@ def make_target(
 ) -> Target:
     """Index a dataset's classes (with its corrected examples), calibrate what is ``auto``, check the mode."""
     own = settings.for_dataset(layout.name)
+    if own.mode == "finetuned":  # the checkpoint classifies the pictures: no CLIP vectors are needed
+        index = build_class_index(layout, None, own.prompt_templates, own.descriptions)
+        cache = checkpoints or CheckpointCache(settings.checkpoints_loaded, resolve_device(settings.device))
+        return finetuned_target(layout, settings, index, cache)
     learned = list(corrected(layout, embedder, settings)) if corrected is not None else []
     index = build_class_index(layout, embedder, own.prompt_templates, own.descriptions, learned)
-    if own.mode == "finetuned":
-        cache = checkpoints or CheckpointCache(settings.checkpoints_loaded, embedder.encoder.device)
-        return finetuned_target(layout, settings, index, cache)
-    classifier, calibration = choose_classifier(own, index, embedder.encoder.logit_scale)
+    classifier, calibration = choose_classifier(own, index, embedder.clip.logit_scale)
     if calibration is not None:
         log.info(
             "calibrated",

@@ -35,9 +35,9 @@ from daemon.cli.app import (
     text_table,
     user_errors,
 )
-from daemon.config import DEFAULT_BASE, EVALUATED_MODES
-from daemon.errors import ConfigError
-from daemon.layout import select
+from daemon.config import DEFAULT_BASE, EVALUATED_MODES, Settings
+from daemon.errors import ConfigError, NoClassesError
+from daemon.layout import DatasetLayout, select
 from daemon.store.mover import discard_tree, ensure_dir, rename_noreplace
 
 if TYPE_CHECKING:
@@ -59,13 +59,13 @@ def sort(
 ) -> None:
     """Classify every image in the datasets' Images/ folders once, and move each into Dataset/<class>/."""
     from daemon.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
-    from daemon.encode.factory import make_embedder, make_encoder
+    from daemon.encode.factory import clip_for, make_embedder
     from daemon.learn.corrections import corrected_from
     from daemon.sort.oneshot import gather, run
 
     settings = settings_from(config, root=root, model=model, mode=mode, aggregate=aggregate)
     layouts = select(settings.root, dataset or [])  # before the slow model load
-    encoder = make_encoder(settings)
+    encoder = clip_for(settings, [layout.name for layout in layouts])  # none if all are fine-tuned
     outcomes: list[Outcome] = []
     with contextlib.ExitStack() as stack:
         # A real run journals and caches vectors (so the daemon can learn from corrections later).
@@ -134,7 +134,7 @@ def evaluate_modes(
     """Cross-validated accuracy of every mode on the reference images, and the mode to use."""
     from daemon.classify.classindex import build_class_index
     from daemon.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
-    from daemon.encode.factory import make_embedder, make_encoder
+    from daemon.encode.factory import make_embedder, make_encoder, needs_clip
     from daemon.learn.corrections import examples as corrected_examples
     from daemon.learn.evaluation import add_finetuned, evaluate, write_report
 
@@ -146,20 +146,22 @@ def evaluate_modes(
     with_checkpoint = not modes or "finetuned" in modes
     settings = settings_from(config, root=root, model=model)
     layouts = select(settings.root, dataset or [])
-    encoder = make_encoder(settings)
+    if not modes and not needs_clip(settings, [layout.name for layout in layouts]):
+        chosen = []  # every dataset is fine-tuned: its checkpoint's own report, and no CLIP model
+    results = [checkpoint_only(settings, layout) for layout in layouts] if not chosen else []
+    indexes = []
     with contextlib.ExitStack() as stack:
         journal = journal_if_any(settings)
         if journal is not None:
             stack.enter_context(journal)
         cache = stack.enter_context(EmbeddingCache(settings.state_path / EMBEDDINGS_DB)) if journal else None
+        encoder = make_encoder(settings) if chosen else None
         embedder = make_embedder(settings, encoder, cache)
-        indexes = []
-        for layout in layouts:
+        for layout in layouts if chosen else []:
             own = settings.for_dataset(layout.name)
             learned = corrected_examples(journal, layout, embedder, settings) if journal else []
             index = build_class_index(layout, embedder, own.prompt_templates, own.descriptions, learned)
             indexes.append((own, index))
-    results = []
     with progress_bar("evaluating") as progress:
         for own, index in indexes:
             task = progress.add_task(index.dataset, total=folds * len(chosen))
@@ -167,27 +169,41 @@ def evaluate_modes(
                 evaluate(
                     index,
                     own,
-                    encoder.logit_scale,
+                    embedder.clip.logit_scale,
                     modes=chosen,
                     folds=folds,
                     step=functools.partial(progress.advance, task),
                 )
             )
     for found in results:
-        if found.folds < folds:
+        if 0 < found.folds < folds:
             typer.echo(
                 f"clipsort: note: {found.dataset}: {found.folds} folds instead of {folds}, since no class "
                 f"has more than {found.folds} reference images (each fold needs one of a class)",
                 err=True,
             )
         checkpoint = current_checkpoint(checkpoints_of(settings.state_path, found.dataset))
-        if checkpoint is not None and with_checkpoint:
+        if checkpoint is not None and with_checkpoint and "finetuned" not in found.modes:
             add_finetuned(found, checkpoint)
         charts = write_report(found, report) if report is not None else []
         if as_json:
             sys.stdout.write(json.dumps(found.as_dict() | {"charts": [str(c) for c in charts]}) + "\n")
         else:
             show_evaluation(found, charts)
+
+
+def checkpoint_only(settings: Settings, layout: DatasetLayout) -> EvalReport:
+    """A fine-tuned dataset's report from its checkpoint's validation split alone."""
+    from daemon.classify.classindex import class_folders
+    from daemon.learn.evaluation import checkpoint_report
+
+    checkpoint = current_checkpoint(checkpoints_of(settings.state_path, layout.name))
+    if checkpoint is None:
+        raise NoClassesError(
+            f"dataset {layout.name!r} has no fine-tuned checkpoint yet: run "
+            f"`clipsort train -d {layout.name}`, or name CLIP modes to compare with --modes"
+        )
+    return checkpoint_report(layout.name, [folder.name for folder in class_folders(layout)], checkpoint)
 
 
 def show_evaluation(found: EvalReport, charts: list[Path]) -> None:
@@ -197,7 +213,9 @@ def show_evaluation(found: EvalReport, charts: list[Path]) -> None:
         "mode",
         "accuracy",
         labels=1,
-        title=f"{found.dataset}: {found.folds}-fold accuracy on the reference images",
+        title=f"{found.dataset}: {found.folds}-fold accuracy on the reference images"
+        if found.folds
+        else f"{found.dataset}: the checkpoint's accuracy on its validation split",
     )
     for name, result in found.modes.items():
         table.add_row(

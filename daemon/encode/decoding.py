@@ -74,7 +74,8 @@ class DecodePool:
     """``workers`` threads that read and decode files while the model runs."""
 
     def __init__(self, limits: DecodeLimits, workers: int) -> None:
-        self.limits = limits
+        self.limits = limits  # replaceable: each file is decoded within the limits in force when submitted
+        self.workers = workers
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="clipsort-decode")
 
     def start(
@@ -87,9 +88,12 @@ class DecodePool:
         """
         return [self._executor.submit(read_and_decode, path, self.limits, target, prepare) for path in paths]
 
-    def close(self, *, wait: bool = True) -> None:
-        """Stop the threads; with ``wait=False`` a decode in progress is abandoned, not awaited."""
-        self._executor.shutdown(wait=wait, cancel_futures=True)
+    def close(self, *, wait: bool = True, cancel: bool = True) -> None:
+        """Stop the threads; with ``wait=False`` a decode in progress is abandoned, not awaited.
+
+        ``cancel=False`` lets the files already submitted be decoded first (a pool being replaced).
+        """
+        self._executor.shutdown(wait=wait, cancel_futures=cancel)
 
     def __enter__(self) -> DecodePool:
         return self

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,14 +11,15 @@ import structlog
 from PIL import Image
 
 from daemon.encode.embedcache import EmbeddingCache, text_key
-from daemon.encode.images import DecodeLimits
+from daemon.encode.images import Crop, DecodeLimits
 from daemon.encode.vectors import Vectors
-from daemon.errors import ImageRejected
+from daemon.errors import ImageRejected, ModelLoadError
 
 if TYPE_CHECKING:  # the embedder drives an encoder it is given; importing one loads torch
     from daemon.encode.encoder import Encoder
 
 log = structlog.get_logger()
+PICTURE_SIDE = 224  # decoding's target without a CLIP model: the common input of image classifiers
 
 
 def normalise(vectors: Vectors) -> Vectors:
@@ -35,15 +36,35 @@ class Embedder:
     encoded; :attr:`encoded_references` counts those that were.
     """
 
-    def __init__(self, encoder: Encoder, limits: DecodeLimits, cache: EmbeddingCache | None = None) -> None:
+    def __init__(
+        self, encoder: Encoder | None, limits: DecodeLimits, cache: EmbeddingCache | None = None
+    ) -> None:
+        # None where every dataset is classified by a fine-tuned checkpoint: no CLIP model is loaded.
         self.encoder = encoder
         self.limits = limits
         self.cache = cache
         self.encoded_references = 0
 
+    @property
+    def clip(self) -> Encoder:
+        """The CLIP model; ModelLoadError where none is loaded (no dataset's mode uses one)."""
+        if self.encoder is None:
+            raise ModelLoadError("no CLIP model is loaded: every dataset is classified by a checkpoint")
+        return self.encoder
+
+    def decoding(self) -> tuple[int, Callable[[Image.Image], Crop] | None]:
+        """The shortest edge pictures are decoded to, and what makes one the model's input.
+
+        Without a CLIP model a checkpoint's own processor resizes each picture;
+        decoding still drafts to :data:`PICTURE_SIDE` so the processor gets detail enough.
+        """
+        if self.encoder is None:
+            return PICTURE_SIDE, None
+        return self.encoder.image_size, self.encoder.crop
+
     def decode(self, path: Path) -> Image.Image:
         """The model-sized picture in ``path``; raises :class:`ImageRejected`."""
-        return self.limits.load(path, self.encoder.image_size)
+        return self.limits.load(path, self.clip.image_size)
 
     def images(self, paths: Sequence[Path]) -> tuple[Vectors, list[Path]]:
         """Vectors of the readable files among ``paths``, and which those were."""
@@ -59,20 +80,20 @@ class Embedder:
                 fresh[path] = self.decode(path)
             except ImageRejected as exc:
                 log.warning("reference_unreadable", path=str(path), reason=str(exc))
-        encoded = dict(zip(fresh, self.encoder.encode_images(list(fresh.values())), strict=True))
+        encoded = dict(zip(fresh, self.clip.encode_images(list(fresh.values())), strict=True))
         self.encoded_references += len(encoded)
         if self.cache is not None:
             self.cache.put(
-                self.encoder.identity, {key: v for p, v in encoded.items() if (key := keys[p]) is not None}
+                self.clip.identity, {key: v for p, v in encoded.items() if (key := keys[p]) is not None}
             )
         vectors.update(encoded)
         kept = [path for path in paths if path in vectors]
         if not kept:
-            return np.zeros((0, self.encoder.dimension), dtype=np.float32), kept
+            return np.zeros((0, self.clip.dimension), dtype=np.float32), kept
         return np.stack([vectors[path] for path in kept]), kept
 
     def _cached(self, keys: Iterable[str]) -> dict[str, Vectors]:
-        return self.cache.get(self.encoder.identity, keys) if self.cache is not None else {}
+        return self.cache.get(self.clip.identity, keys) if self.cache is not None else {}
 
     def _file_key(self, path: Path) -> str | None:
         if self.cache is None:
@@ -89,17 +110,17 @@ class Embedder:
         steadier than any single template.
         """
         keys = [text_key(text, templates) for text in texts]
-        known = self.cache.get(self.encoder.text_identity, keys) if self.cache is not None else {}
+        known = self.cache.get(self.clip.text_identity, keys) if self.cache is not None else {}
         missing = [text for text, key in zip(texts, keys, strict=True) if key not in known]
         if missing:
             prompts = [template.format(text) for text in missing for template in templates]
-            vectors = self.encoder.encode_texts(prompts).reshape(len(missing), len(templates), -1)
+            vectors = self.clip.encode_texts(prompts).reshape(len(missing), len(templates), -1)
             new = dict(
                 zip([text_key(t, templates) for t in missing], normalise(vectors.mean(axis=1)), strict=True)
             )
             if self.cache is not None:
-                self.cache.put(self.encoder.text_identity, new)
+                self.cache.put(self.clip.text_identity, new)
             known = {**known, **new}
         if not keys:
-            return np.zeros((0, self.encoder.dimension), dtype=np.float32)
+            return np.zeros((0, self.clip.dimension), dtype=np.float32)
         return np.stack([known[key] for key in keys]).astype(np.float32)

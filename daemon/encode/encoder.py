@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import huggingface_hub
 import numpy as np
@@ -24,11 +24,13 @@ import structlog
 import torch
 import transformers
 from PIL import Image
-from sentence_transformers import SentenceTransformer
 
 from daemon.encode.images import Crop, input_size
 from daemon.encode.vectors import Vectors
 from daemon.errors import ModelLoadError
+
+if TYPE_CHECKING:  # imported where a model is loaded: a fine-tuned-only run never needs it (3 s)
+    from sentence_transformers import SentenceTransformer
 
 log = structlog.get_logger()
 
@@ -146,6 +148,8 @@ def load_model(model: str, device: str) -> SentenceTransformer:
 
 
 def _load(model: str, source: str, device: str, *, local: bool) -> SentenceTransformer:
+    from sentence_transformers import SentenceTransformer  # noqa: PLC0415  (see the TYPE_CHECKING import)
+
     try:
         loaded = SentenceTransformer(source, device=device, local_files_only=local)
     except Exception as exc:  # hub, I/O and format errors all mean "cannot load"

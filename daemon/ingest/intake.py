@@ -72,6 +72,17 @@ class Intake:
         self.scans = 0
         self.thread = threading.Thread(target=self._run, name="clipsort-intake", daemon=True)
 
+    def reconfigure(self, settings: Settings) -> None:
+        """Apply reloaded settings: readiness timings, capacity, the hint queue's bound, rescans."""
+        self.settings = settings
+        self.readiness.reconfigure(
+            settle=settings.settle_seconds,
+            settle_closed=min(settings.settle_seconds, SETTLE_AFTER_CLOSE),
+            capacity=settings.queue_capacity,
+        )
+        # queue.Queue reads maxsize on every put, under its lock: a new bound holds from the next hint.
+        self._hints.maxsize = 4 * settings.queue_capacity
+
     # --- called from other threads -------------------------------------------------
     def hint(self, hint: Hint) -> None:
         """A path that may be ready (watchdog threads); never blocks."""

@@ -100,6 +100,11 @@ class Readiness:
     _order: itertools.count[int] = field(default_factory=itertools.count)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
+    def reconfigure(self, settle: float, settle_closed: float, capacity: int) -> None:
+        """New timings and capacity (a reload): paths offered from now on are held to them."""
+        with self._lock:
+            self.settle, self.settle_closed, self.capacity = settle, settle_closed, capacity
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._pending) + len(self._in_flight)

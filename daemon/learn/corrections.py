@@ -156,9 +156,7 @@ def examples(
         if taken[correction.new_label] < settings.max_corrections_per_class:
             taken[correction.new_label] += 1
             chosen.append(correction)
-    known = (
-        embedder.cache.get(embedder.encoder.identity, [c.sha256 for c in chosen]) if embedder.cache else {}
-    )
+    known = embedder.cache.get(embedder.clip.identity, [c.sha256 for c in chosen]) if embedder.cache else {}
     missing = [c.path for c in chosen if c.sha256 not in known]
     if missing:
         vectors, kept = embedder.images(missing)

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from matplotlib.figure import Figure
 
 from daemon.classify.classindex import ClassIndex
-from daemon.classify.modes.base import Classifier
+from daemon.classify.modes.base import ClipClassifier
 from daemon.classify.targets import choose_classifier
 from daemon.config import EVALUATED_MODES, DatasetSettings
 from daemon.errors import NoClassesError
@@ -105,7 +105,9 @@ def subset(index: ClassIndex, keep: npt.NDArray[np.bool_]) -> ClassIndex:
     )
 
 
-def classifier_for(mode: str, index: ClassIndex, settings: DatasetSettings, logit_scale: float) -> Classifier:
+def classifier_for(
+    mode: str, index: ClassIndex, settings: DatasetSettings, logit_scale: float
+) -> ClipClassifier:
     """The classifier ``clipsort sort`` would use for ``mode`` on ``index`` (no review threshold)."""
     chosen, _, aggregate = mode.partition("-")
     own = settings.model_copy(
@@ -234,8 +236,16 @@ def add_finetuned(report: EvalReport, checkpoint: Path) -> None:
         recall={name: float(metrics["recall"].get(name, 0.0)) for name in classes},
         confusion=[],
     )
-    if report.modes["finetuned"].accuracy > report.modes[report.recommended].accuracy:
+    best = report.modes.get(report.recommended)
+    if best is None or report.modes["finetuned"].accuracy > best.accuracy:
         report.recommended = "finetuned"
+
+
+def checkpoint_report(dataset: str, classes: Sequence[str], checkpoint: Path) -> EvalReport:
+    """The report of a dataset evaluated only by its checkpoint (no CLIP mode asked for)."""
+    report = EvalReport(dataset, 0, list(classes), {}, "finetuned")
+    add_finetuned(report, checkpoint)
+    return report
 
 
 def write_report(report: EvalReport, folder: Path) -> list[Path]:
@@ -253,10 +263,10 @@ def write_report(report: EvalReport, folder: Path) -> list[Path]:
     figure.tight_layout()
     figure.savefig(bars)
 
-    shown = max(
-        (name for name in report.modes if report.modes[name].confusion),
-        key=lambda n: report.modes[n].accuracy,
-    )
+    crossed = [name for name in report.modes if report.modes[name].confusion]
+    if not crossed:  # a checkpoint alone: its validation split kept no confusion matrix
+        return [bars]
+    shown = max(crossed, key=lambda n: report.modes[n].accuracy)
     matrix = folder / f"{report.dataset}-confusion-{shown}.png"
     confusion = np.asarray(report.modes[shown].confusion)
     size = max(4.0, 0.5 * len(report.classes) + 2)

@@ -29,7 +29,8 @@ from daemon import __version__
 from daemon.classify.catalog import Catalog
 from daemon.config import Settings, load_settings
 from daemon.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
-from daemon.encode.factory import make_embedder, make_encoder
+from daemon.encode.encoder import resolve_device
+from daemon.encode.factory import clip_for, make_embedder, make_encoder, needs_clip
 from daemon.errors import ConfigError
 from daemon.ingest.intake import ALL, Intake
 from daemon.ingest.readiness import Hint
@@ -47,6 +48,11 @@ from daemon.store.mover import make_state_dir
 from daemon.store.recovery import recover
 
 log = structlog.get_logger()
+NO_CLIP = "none (every dataset is classified by its checkpoint)"
+# Opened or bound once at start (the journal and caches, the metrics socket): a reload that changes
+# them logs `reload_needs_restart` and keeps the old values. Every other setting reaches its owner.
+RESTART_ONLY = ("state_dir", "metrics_port", "metrics_address")
+WATCHER_SETTINGS = ("root", "observer", "polling_seconds", "ignore_patterns")
 
 HEALTH_TICK = 0.5
 T = TypeVar("T")
@@ -95,7 +101,8 @@ class Service:
         self._stop = threading.Event()
         self._reload = threading.Event()
         # The model first: a daemon that cannot start leaves no state folder behind.
-        self.encoder = on_own_thread(make_encoder, settings)
+        # None when every dataset is fine-tuned; a reload that asks for a CLIP mode loads it then.
+        self.encoder = on_own_thread(clip_for, settings)
         make_state_dir(settings.state_path)
         self.cache = EmbeddingCache(settings.state_path / EMBEDDINGS_DB)
         self.journal = Journal(settings.state_path)
@@ -252,30 +259,34 @@ class Service:
         notify("READY=1", f"STATUS={self._summary()}")
 
     def _apply(self, settings: Settings) -> None:
+        """Hand reloaded settings to the component that owns each one (see RESTART_ONLY for the rest)."""
         old = self.settings
+        kept = {key: getattr(old, key) for key in RESTART_ONLY if getattr(settings, key) != getattr(old, key)}
+        if kept:  # what was opened or bound at start stays as it was until a restart
+            log.warning("reload_needs_restart", settings=sorted(kept), kept="values in force since start")
+            settings = settings.model_copy(update=kept)
+        changed = sorted(key for key in Settings.model_fields if getattr(settings, key) != getattr(old, key))
         configure_logging(settings.log_format, settings.log_level)
         warn_unknown_tables(settings.datasets, settings.root)
         model = ("model", "device", "text_model", "precision")
-        if any(getattr(settings, key) != getattr(old, key) for key in model):
+        if not needs_clip(settings):
+            self.encoder = None  # every dataset is fine-tuned now: the CLIP model's memory goes back
+        elif self.encoder is None or any(key in changed for key in model):
             self.encoder = on_own_thread(make_encoder, settings)  # may raise
-        embedder = make_embedder(settings, self.encoder, self.cache)
+        embedder = make_embedder(settings, self.encoder, self.cache)  # with the new decode limits
         self.settings = settings
-        self.catalog.settings = settings
-        self.intake.settings = settings
-        self.worker.settings = settings
+        self.catalog.reconfigure(settings)
+        self.intake.reconfigure(settings)
+        self.worker.reconfigure(settings)
         self.learner.settings = settings
         self.learner.embedder = embedder
-        if (settings.root, settings.observer, settings.polling_seconds) != (
-            old.root,
-            old.observer,
-            old.polling_seconds,
-        ):
+        if any(key in changed for key in WATCHER_SETTINGS):
             self.watcher.stop()
             self.watcher = self._new_watcher(settings)
             self.watcher.start()
         self.worker.replace_embedder(embedder)  # rebuilds every class index, then swaps
         self.intake.request_rescan(ALL)
-        log.info("config_reloaded", model=settings.model)
+        log.info("config_reloaded", model=settings.model, changed=changed)
 
     def _summary(self) -> str:
         sorted_total = sum(n for (_, status), n in self.metrics.outcomes.items() if status == "sorted")
@@ -304,8 +315,8 @@ class Service:
             updated_at=time.time(),
             interval=self.settings.status_seconds,
             state=state,
-            device=self.encoder.device,
-            model=self.encoder.name,
+            device=self.encoder.device if self.encoder else resolve_device(self.settings.device),
+            model=self.encoder.name if self.encoder else NO_CLIP,
             version=__version__,
             references_embedded=self.worker.embedder.encoded_references,
             last_error=self.metrics.last_error,

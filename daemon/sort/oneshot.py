@@ -86,7 +86,7 @@ def run(
         for item in work
         for start in range(0, len(item.files), size)
     ]
-    side, crop = embedder.encoder.image_size, embedder.encoder.crop
+    side, crop = embedder.decoding()
     with (
         DecodePool(embedder.limits, settings.decode_workers) as pool,
         ThreadPoolExecutor(1, thread_name_prefix="clipsort-placer") as placer,

@@ -17,12 +17,12 @@ import numpy as np
 import structlog
 from PIL import Image
 
-from daemon.classify.modes import Decision, decide
-from daemon.classify.modes.finetuned import FinetunedClassifier
+from daemon.classify.modes import Decision, Inputs
 from daemon.classify.targets import Target
 from daemon.encode.decoding import Decoded
 from daemon.encode.embedcache import EmbeddingCache
 from daemon.encode.encoder import Encoder
+from daemon.encode.vectors import Vectors
 from daemon.errors import ClipsortError, ImageRejected
 from daemon.ingest.readiness import Job
 from daemon.store.journal import Intent, Journal, Settlement, State
@@ -74,7 +74,7 @@ def classify(
     jobs: Sequence[Job],
     reads: Sequence[Decoded],
     targets: Mapping[str, Target],
-    encoder: Encoder,
+    encoder: Encoder | None,
     *,
     on_cpu: bool = False,
     cache: EmbeddingCache | None = None,
@@ -92,27 +92,33 @@ def classify(
     by_dataset: dict[str, list[int]] = {}
     for i in readable:
         by_dataset.setdefault(jobs[i].dataset, []).append(i)
-    # One CLIP forward pass for every dataset that classifies CLIP vectors.
-    clip_jobs = [
-        i for i in readable if not isinstance(targets[jobs[i].dataset].classifier, FinetunedClassifier)
-    ]
-    encode = encoder.encode_images_on_cpu if on_cpu else encoder.encode_images
-    vectors = encode([pictures[i] if reads[i].crop is None else reads[i].crop for i in clip_jobs])  # type: ignore[misc]
-    row_of = {job: row for row, job in enumerate(clip_jobs)}
-    if cache is not None:
-        cache.put(
-            encoder.identity, {reads[i].sha256: vectors[row] for i, row in row_of.items() if reads[i].sha256}
-        )
+    # One CLIP forward pass for every dataset whose mode classifies CLIP vectors.
+    vector_jobs = [i for i in readable if targets[jobs[i].dataset].classifier.needs == "vectors"]
+    vectors: Vectors | None = None
+    if vector_jobs:
+        if encoder is None:
+            raise ValueError("a dataset classifies CLIP vectors and no CLIP model is loaded")
+        encode = encoder.encode_images_on_cpu if on_cpu else encoder.encode_images
+        vectors = encode([pictures[i] if reads[i].crop is None else reads[i].crop for i in vector_jobs])  # type: ignore[misc]
+        if cache is not None:
+            cache.put(
+                encoder.identity,
+                {
+                    reads[i].sha256: row
+                    for i, row in zip(vector_jobs, vectors, strict=True)
+                    if reads[i].sha256
+                },
+            )
+    row_of = {job: row for row, job in enumerate(vector_jobs)}
+    clip_scale = encoder.logit_scale if encoder is not None else 1.0
     decided: dict[int, Decision] = {}
     for dataset, members in by_dataset.items():
-        classifier = targets[dataset].classifier
-        if isinstance(classifier, FinetunedClassifier):
-            scores = classifier.picture_scores([pictures[i] for i in members])  # type: ignore[misc]
-            decisions = decide(scores, classifier.classes, 1.0)  # its logits are already scaled
-        else:
-            index = targets[dataset].index
-            scores = classifier.scores(vectors[np.asarray([row_of[i] for i in members])], index)
-            decisions = decide(scores, index.classes, encoder.logit_scale)
+        target = targets[dataset]
+        rows = None
+        if vectors is not None and target.classifier.needs == "vectors":
+            rows = vectors[np.asarray([row_of[i] for i in members])]
+        inputs = Inputs(pictures=[pictures[i] for i in members], vectors=rows)  # type: ignore[misc]
+        decisions = target.classifier.classify(inputs, target.index, clip_scale)
         decided.update(zip(members, decisions, strict=True))
     return [
         picture if isinstance(picture, ImageRejected) else decided[i] for i, picture in enumerate(pictures)
@@ -123,7 +129,7 @@ def classify_with_fallback(
     jobs: Sequence[Job],
     reads: Sequence[Decoded],
     targets: Mapping[str, Target],
-    encoder: Encoder,
+    encoder: Encoder | None,
     *,
     cache: EmbeddingCache | None = None,
 ) -> list[Decision | ImageRejected | None]:
@@ -144,7 +150,7 @@ def classify_with_fallback(
             *classify_with_fallback(jobs[:half], reads[:half], targets, encoder, cache=cache),
             *classify_with_fallback(jobs[half:], reads[half:], targets, encoder, cache=cache),
         ]
-    if encoder.device != "cpu":
+    if encoder is not None and encoder.device != "cpu":
         log.warning("inference_on_cpu", file=str(jobs[0].path), device=encoder.device, error=failure)
         try:
             return list(classify(jobs, reads, targets, encoder, on_cpu=True, cache=cache))
@@ -154,11 +160,11 @@ def classify_with_fallback(
     return [None]
 
 
-def deciding_model(target: Target, encoder: Encoder) -> str:
+def deciding_model(target: Target, encoder: Encoder | None) -> str:
     """What decided: the checkpoint in finetuned mode, else the CLIP model."""
-    if isinstance(target.classifier, FinetunedClassifier):
-        return str(target.classifier.checkpoint.path)
-    return encoder.name
+    if target.classifier.decided_by is not None:
+        return target.classifier.decided_by
+    return encoder.name if encoder is not None else ""
 
 
 @dataclass(frozen=True)
@@ -201,7 +207,7 @@ Result = Outcome | OSError | ClipsortError
 
 
 def deliver(
-    batch: Sequence[Delivery], *, encoder: Encoder, journal: Journal | None, dry_run: bool
+    batch: Sequence[Delivery], *, encoder: Encoder | None, journal: Journal | None, dry_run: bool
 ) -> list[Result]:
     """Place a batch of classified files (or preview them on a dry run), journal them, log each.
 

@@ -66,13 +66,13 @@ class Observer(Protocol):
 class _Batch:
     jobs: list[Job]
     pictures: list[Future[Decoded]]
-    encoder: Encoder  # whose input the crops were made for: a model swapped in meanwhile ignores them
+    encoder: Encoder | None  # whose input the crops were made for: a model swapped in meanwhile ignores them
 
 
 @dataclass
 class _Classified:
     deliveries: list[Delivery]
-    encoder: Encoder  # the model that decided, recorded in the journal even if a swap follows
+    encoder: Encoder | None  # the model that decided, recorded in the journal even if a swap follows
 
 
 class Worker:
@@ -124,6 +124,10 @@ class Worker:
         self._pool.close(wait=False)
         return not self.thread.is_alive() and not self.placer.is_alive()
 
+    def reconfigure(self, settings: Settings) -> None:
+        """Apply reloaded settings; batch sizes and delays hold from the next batch, decode workers too."""
+        self.settings = settings
+
     def replace_embedder(self, embedder: Embedder) -> None:
         """Use a new model from the next batch on (after every class index is rebuilt with it)."""
         self._swap = embedder
@@ -151,15 +155,20 @@ class Worker:
                 self._intake.release(job.path)
 
     def _decode(self, jobs: list[Job]) -> _Batch:
-        encoder = self.embedder.encoder
-        return _Batch(
-            jobs, self._pool.start([job.path for job in jobs], encoder.image_size, encoder.crop), encoder
-        )
+        side, crop = self.embedder.decoding()
+        return _Batch(jobs, self._pool.start([job.path for job in jobs], side, crop), self.embedder.encoder)
 
     def _maintain(self) -> None:
         if self._swap is not None:
             self.embedder, self._swap = self._swap, None
             self._catalog.rebuild_all(self.embedder)
+        self._pool.limits = self.embedder.limits  # a reload's decode limits, from the next batch on
+        if self._pool.workers != self.settings.decode_workers:
+            # A thread pool cannot change its size: a new one takes the next batch, and the old one
+            # decodes what it was given (the prefetched batch) before its threads end.
+            old, self._pool = self._pool, DecodePool(self.embedder.limits, self.settings.decode_workers)
+            old.close(wait=False, cancel=False)
+            log.info("decode_workers_changed", workers=self._pool.workers)
         now = time.monotonic()
         if now - self._checked_checkpoints >= CHECKPOINT_POLL:
             self._checked_checkpoints = now

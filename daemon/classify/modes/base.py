@@ -1,15 +1,21 @@
-"""The classifier interface and the decision maths shared by every mode.
+"""The classifier contract every mode implements, and the decision maths they share.
 
-A classifier is pure: vectors and a class index in, a score matrix out
-(one row per image, one column per class). :func:`decide` turns scores into
-decisions. Nothing here touches files or models.
+A classifier says what it needs of a batch (:attr:`Classifier.needs`: CLIP
+vectors, or the decoded pictures for a fine-tuned checkpoint), and turns that
+and the dataset's class index into decisions. Nothing outside the modes
+branches on which mode it is. The CLIP modes' maths is pure: vectors and a
+class index in, a score matrix out (one row per image, one column per
+class); :func:`decide` turns scores into decisions. Nothing here touches
+files or models.
 """
 
 from __future__ import annotations
 
+import abc
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -17,21 +23,72 @@ import numpy.typing as npt
 from daemon.classify.classindex import ClassIndex
 from daemon.encode.vectors import Vectors
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 Scores = npt.NDArray[np.float32]
+Needs = Literal["vectors", "pictures"]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """One dataset's share of a batch: its decoded pictures, and their CLIP vectors if its mode uses them."""
+
+    pictures: Sequence[Image.Image]
+    vectors: Vectors | None = None
 
 
 class Classifier(Protocol):
-    """Scores images against a dataset's classes."""
+    """What every mode provides: what it needs, the classes it files into, its decisions."""
 
     @property
     def name(self) -> str:
         """The mode's name as logged, e.g. ``reference-max``."""
 
+    @property
+    def needs(self) -> Needs:
+        """``vectors``: the batch's CLIP image vectors; ``pictures``: the decoded pictures themselves."""
+
+    @property
+    def decided_by(self) -> str | None:
+        """What decides besides the CLIP model (a checkpoint folder); None when the CLIP model does."""
+
+    def classes(self, index: ClassIndex) -> tuple[str, ...]:
+        """The folders files can be sorted into (a checkpoint's own classes in finetuned mode)."""
+
     def check(self, index: ClassIndex) -> None:
         """Raise :class:`NoClassesError` when ``index`` cannot support this mode."""
 
+    def classify(self, inputs: Inputs, index: ClassIndex, clip_scale: float) -> list[Decision]:
+        """One decision per picture; ``clip_scale`` is the CLIP model's temperature (where it decides)."""
+
+
+class ClipClassifier(abc.ABC):
+    """What the CLIP modes share: they score CLIP vectors against the index's classes."""
+
+    needs: ClassVar[Needs] = "vectors"
+    decided_by: ClassVar[str | None] = None
+
+    @property
+    @abc.abstractmethod
+    def name(self) -> str:
+        """The mode's name as logged, e.g. ``reference-max``."""
+
+    @abc.abstractmethod
+    def check(self, index: ClassIndex) -> None:
+        """Raise :class:`NoClassesError` when ``index`` cannot support this mode."""
+
+    @abc.abstractmethod
     def scores(self, vectors: Vectors, index: ClassIndex) -> Scores:
         """A ``(images, classes)`` matrix; higher is more likely, ``-inf`` is impossible."""
+
+    def classes(self, index: ClassIndex) -> tuple[str, ...]:
+        return index.classes
+
+    def classify(self, inputs: Inputs, index: ClassIndex, clip_scale: float) -> list[Decision]:
+        if inputs.vectors is None:
+            raise ValueError(f"{self.name} classifies CLIP vectors, and the batch brought none")
+        return decide(self.scores(inputs.vectors, index), index.classes, clip_scale)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
@@ -22,7 +22,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 import daemon.encode.cliphead  # noqa: F401  (imported for its registration with AutoModelForImageClassification)
 from daemon.classify.classindex import ClassIndex
-from daemon.classify.modes.base import Scores
+from daemon.classify.modes.base import Decision, Inputs, Needs, Scores, decide
 from daemon.errors import ModelLoadError
 
 
@@ -76,23 +76,39 @@ class CheckpointCache:
                 self._loaded.popitem(last=False)
         return checkpoint
 
+    def resize(self, size: int) -> None:
+        """Keep at most ``size`` checkpoints from now on, dropping the least recently used at once."""
+        with self._lock:
+            self.size = size
+            while len(self._loaded) > self.size:
+                self._loaded.popitem(last=False)
+
     def __len__(self) -> int:
         return len(self._loaded)
 
 
 @dataclass(frozen=True)
 class FinetunedClassifier:
-    """Logits of the checkpoint's own network over its own classes."""
+    """Logits of the checkpoint's own network over its own classes, from the pictures themselves."""
 
     checkpoint: Checkpoint
+
+    needs: ClassVar[Needs] = "pictures"
 
     @property
     def name(self) -> str:
         return "finetuned"
 
     @property
-    def classes(self) -> tuple[str, ...]:
+    def decided_by(self) -> str:
+        return str(self.checkpoint.path)
+
+    def classes(self, index: ClassIndex) -> tuple[str, ...]:
         return self.checkpoint.classes
+
+    def classify(self, inputs: Inputs, index: ClassIndex, clip_scale: float) -> list[Decision]:
+        # The checkpoint's logits carry their own scale; CLIP's temperature is not its.
+        return decide(self.picture_scores(inputs.pictures), self.checkpoint.classes, 1.0)
 
     def check(self, index: ClassIndex) -> None:
         # The checkpoint decides the classes; a mismatch with Clases/ is only worth a warning.

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.classify.classindex import ClassIndex, Labels
-from daemon.classify.modes.base import Scores
+from daemon.classify.modes.base import ClipClassifier, Scores
 from daemon.encode.vectors import Vectors
 
 
@@ -45,7 +45,7 @@ def affinity(similarity: npt.NDArray[np.float32], beta: float) -> npt.NDArray[np
 
 
 @dataclass(frozen=True)
-class MixedClassifier:
+class MixedClassifier(ClipClassifier):
     """Text similarity plus ``alpha`` times the mean reference affinity."""
 
     alpha: float

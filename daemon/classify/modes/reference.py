@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from daemon.classify.classindex import ClassIndex
-from daemon.classify.modes.base import Scores
+from daemon.classify.modes.base import ClipClassifier, Scores
 from daemon.classify.modes.mixed import class_means
 from daemon.config import Aggregate
 from daemon.encode.vectors import Vectors
@@ -20,7 +20,7 @@ from daemon.errors import NoClassesError
 
 
 @dataclass(frozen=True)
-class ReferenceClassifier:
+class ReferenceClassifier(ClipClassifier):
     """Cosine similarity to reference images, aggregated per class."""
 
     aggregate: Aggregate = "max"

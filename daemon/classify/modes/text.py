@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from daemon.classify.classindex import ClassIndex
-from daemon.classify.modes.base import Scores
+from daemon.classify.modes.base import ClipClassifier, Scores
 from daemon.encode.vectors import Vectors
 
 
 @dataclass(frozen=True)
-class TextClassifier:
+class TextClassifier(ClipClassifier):
     """Cosine similarity to the class descriptions."""
 
     @property
