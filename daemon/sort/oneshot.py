@@ -7,8 +7,7 @@ no model) fails before the first file moves.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +15,16 @@ import structlog
 
 from daemon.classify.targets import Corrected, Target, make_target
 from daemon.config import Settings
-from daemon.encode.decoding import DecodePool, collect
+from daemon.encode.decoding import Decoded, DecodePool
+from daemon.encode.embedcache import EmbeddingCache
 from daemon.encode.embeddings import Embedder
+from daemon.encode.encoder import Encoder
 from daemon.errors import NoClassesError
 from daemon.ingest.readiness import Job, Signature
 from daemon.ingest.scanner import scan
 from daemon.layout import DatasetLayout
-from daemon.sort.pipeline import Delivery, Outcome, Result, classify, deliver
+from daemon.sort.driver import Classified, Driver, Verdict
+from daemon.sort.pipeline import Delivery, Outcome, Result, classify
 from daemon.store.journal import Journal
 
 log = structlog.get_logger()
@@ -73,12 +75,14 @@ def run(
     dry_run: bool,
     on_outcome: Callable[[Outcome], None],
 ) -> None:
-    """Classify and place every gathered file; batch k+1 decodes while batch k is encoded.
+    """Classify and place every gathered file through the batch driver, as the daemon does.
 
-    A placer thread journals and moves batch k while batch k+1 is encoded,
-    as in the daemon. Every placement is journalled when a ``journal`` is
-    given (not on dry runs). The run stops at the first file it cannot place:
-    the batch after it has been classified by then, but none of its files moves.
+    Batch k+1 decodes while batch k is encoded and batch k-1 is journalled and
+    moved. Every placement is journalled when a ``journal`` is given (not on
+    dry runs). The run stops at the first file it cannot place (raising its
+    error): the batch after it may have been classified by then, but none of
+    its files moves. A failure to classify is raised once the batch being
+    placed meanwhile is finished and reported.
     """
     size = settings.batch_size
     batches = [
@@ -86,42 +90,55 @@ def run(
         for item in work
         for start in range(0, len(item.files), size)
     ]
-    side, crop = embedder.decoding()
-    with (
-        DecodePool(embedder.limits, settings.decode_workers) as pool,
-        ThreadPoolExecutor(1, thread_name_prefix="clipsort-placer") as placer,
-    ):
-        upcoming = pool.start([job.path for job in batches[0][1]], side, crop) if batches else []
-        placing: Future[list[Result]] | None = None
+    driver = Driver(StopAtFirst(on_outcome), journal, dry_run=dry_run)
+    with DecodePool(embedder.limits, settings.decode_workers) as pool:
         try:
-            for k, (target, jobs) in enumerate(batches):
+            upcoming = driver.decode(batches[0][1], pool, embedder) if batches else None
+            for k, (target, _) in enumerate(batches):
+                if driver.stopped or upcoming is None:
+                    break
                 current = upcoming
-                if k + 1 < len(batches):
-                    upcoming = pool.start([job.path for job in batches[k + 1][1]], side, crop)
-                decoded = collect(current, settings.decode_timeout_seconds)
+                upcoming = driver.decode(batches[k + 1][1], pool, embedder) if k + 1 < len(batches) else None
                 targets = {target.layout.name: target}
-                verdicts = classify(jobs, decoded, targets, embedder.encoder, cache=embedder.cache)
-                batch = [
-                    Delivery(job, verdict, read, target)
-                    for job, verdict, read in zip(jobs, verdicts, decoded, strict=True)
-                ]
-                if placing is not None:  # the last batch placed cleanly before this one may move
-                    done, placing = placing, None
-                    _report(done.result(), on_outcome)
-                placing = placer.submit(
-                    deliver, batch, encoder=embedder.encoder, journal=journal, dry_run=dry_run
-                )
-        finally:  # the last batch, or the one placed while the next failed to classify
-            if placing is not None:
-                _report(placing.result(), on_outcome)
+                driver.classify(current, targets, embedder, settings.decode_timeout_seconds)
+        finally:  # the batch being placed is finished (and reported) whatever happened here
+            driver.finish()
+    if driver.failure is not None:
+        raise driver.failure
 
 
-def _report(results: Sequence[Result], on_outcome: Callable[[Outcome], None]) -> None:
-    """Each outcome in order; one-shot sorting stops at the first file it could not place."""
-    for result in results:
+@dataclass(frozen=True)
+class StopAtFirst:
+    """``clipsort sort``'s policy: report each file in order, stop at the first it cannot place."""
+
+    on_outcome: Callable[[Outcome], None]
+
+    def classify(
+        self,
+        jobs: Sequence[Job],
+        reads: Sequence[Decoded],
+        targets: Mapping[str, Target],
+        encoder: Encoder | None,
+        cache: EmbeddingCache | None,
+    ) -> list[Verdict]:
+        return list(classify(jobs, reads, targets, encoder, cache=cache))  # an error ends the run
+
+    def deliverable(self, job: Job, verdict: Verdict) -> bool:
+        return True  # nothing is awaited: a file still being written is rejected now
+
+    def still_there(self, delivery: Delivery) -> bool:
+        return True
+
+    def settled(self, job: Job, result: Result) -> None:
         if not isinstance(result, Outcome):
             raise result
-        on_outcome(result)
+        self.on_outcome(result)
+
+    def unplaced(self, job: Job) -> None:
+        return None  # it simply stays in the inbox for the next run
+
+    def placing_failed(self, batch: Classified, error: Exception) -> bool:
+        return True
 
 
 def job_for(dataset: str, path: Path) -> Job:

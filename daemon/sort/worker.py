@@ -1,41 +1,41 @@
 """The inference worker: the one thread that owns the model.
 
 It takes micro-batches from the fair queue (up to ``batch_size`` files, or
-whatever arrived within ``max_batch_delay_ms`` of the first), decodes batch
-k+1 in the thread pool while the model encodes batch k, and hands each
-classified batch to the placer thread, which journals and moves it while the
-model encodes the next one (the moves wait on fsync, the model on nothing of
-theirs). Class-index rebuilds and model swaps also run here, between
-batches, so the model is never used by two threads and no batch mixes two
-class indexes or two models.
+whatever arrived within ``max_batch_delay_ms`` of the first) and runs them
+through the batch driver (:mod:`daemon.sort.driver`, shared with ``clipsort
+sort``): batch k+1 decodes while the model encodes batch k, and the placer
+thread journals and moves batch k-1 meanwhile. Class-index rebuilds and model
+swaps also run here, between batches, so the model is never used by two
+threads and no batch mixes two class indexes or two models.
 
-Nothing is ever dropped: a file that is still arriving, changed after it was
-classified, or hit a transient failure (disk full, inference error) is put
-back with a delay; the file itself stays in the inbox until it is placed.
+The daemon's policy, :class:`RetryAndGoOn`: nothing is ever dropped. A file
+that is still arriving, changed after it was classified, or hit a transient
+failure (disk full, inference error) is put back with a delay; the file
+itself stays in the inbox until it is placed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import queue
 import threading
 import time
-from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import structlog
 
 from daemon.classify.catalog import Catalog
+from daemon.classify.targets import Target
 from daemon.config import Settings
-from daemon.encode.decoding import Decoded, DecodePool, collect
+from daemon.encode.decoding import Decoded, DecodePool
+from daemon.encode.embedcache import EmbeddingCache
 from daemon.encode.embeddings import Embedder
 from daemon.encode.encoder import Encoder
 from daemon.errors import ImageIncomplete
 from daemon.ingest.intake import Intake
 from daemon.ingest.readiness import Job, age, is_unchanged
 from daemon.ingest.workqueue import FairQueue
-from daemon.sort.pipeline import Delivery, Outcome, Result, classify_with_fallback, deliver
+from daemon.sort.driver import Batch, Classified, Driver, Verdict
+from daemon.sort.pipeline import Delivery, Outcome, Result, classify_with_fallback
 from daemon.store.journal import Journal
 
 log = structlog.get_logger()
@@ -44,9 +44,6 @@ IDLE_WAIT = 0.2  # how often an idle worker looks at due class rebuilds
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
 CHECKPOINT_POLL = 1.0  # seconds between looks at the fine-tuned checkpoints' pointers
-# Classified batches waiting for the placer: one lets the model encode batch k+1 while batch k is
-# moved, and bounds what a slow disk can hold up.
-PLACING_AHEAD = 1
 
 
 class Observer(Protocol):
@@ -60,19 +57,6 @@ class Observer(Protocol):
 
     def error(self, kind: str, message: str) -> None:
         """A failure that will be retried."""
-
-
-@dataclass
-class _Batch:
-    jobs: list[Job]
-    pictures: list[Future[Decoded]]
-    encoder: Encoder | None  # whose input the crops were made for: a model swapped in meanwhile ignores them
-
-
-@dataclass
-class _Classified:
-    deliveries: list[Delivery]
-    encoder: Encoder | None  # the model that decided, recorded in the journal even if a swap follows
 
 
 class Worker:
@@ -98,31 +82,25 @@ class Worker:
         self._pool = DecodePool(embedder.limits, settings.decode_workers)
         self._stop = threading.Event()
         self._swap: Embedder | None = None
-        self._placing: queue.Queue[_Classified | None] = queue.Queue(maxsize=PLACING_AHEAD)
-        self._retries: dict[str, tuple[float, float]] = {}  # cause -> (delay, when it last doubled)
-        self._retries_lock = threading.Lock()  # both threads back off
+        self.policy = RetryAndGoOn(lambda: self.settings, intake, metrics)
+        self.driver = Driver(self.policy, journal)
         self.heartbeat = time.monotonic()
         self._checked_checkpoints = 0.0
         self._checked_corrections = 0.0
         self._corrections: dict[str, int] | None = None  # per dataset, as last seen
         self.thread = threading.Thread(target=self._run, name="clipsort-worker", daemon=True)
-        self.placer = threading.Thread(target=self._place_all, name="clipsort-placer", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
-        self.placer.start()
 
     def stop(self, timeout: float) -> bool:
         """Finish the batch in flight and place it, hand back the prefetched one; True if done in time."""
         deadline = time.monotonic() + timeout
         self._stop.set()
         self.thread.join(timeout)
-        # If the placer is stuck on the disk the sentinel does not fit; its files are still in the inbox.
-        with contextlib.suppress(queue.Full):
-            self._placing.put(None, timeout=max(0.0, deadline - time.monotonic()))
-        self.placer.join(max(0.0, deadline - time.monotonic()))
+        placed = self.driver.finish(max(0.0, deadline - time.monotonic()))
         self._pool.close(wait=False)
-        return not self.thread.is_alive() and not self.placer.is_alive()
+        return not self.thread.is_alive() and placed
 
     def reconfigure(self, settings: Settings) -> None:
         """Apply reloaded settings; batch sizes and delays hold from the next batch, decode workers too."""
@@ -133,7 +111,7 @@ class Worker:
         self._swap = embedder
 
     def _run(self) -> None:
-        upcoming: _Batch | None = None
+        upcoming: Batch | None = None
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             try:
@@ -143,9 +121,12 @@ class Worker:
                     wait=0.0 if upcoming else IDLE_WAIT,
                     linger=0.0 if upcoming else self.settings.max_batch_delay_ms / 1000,
                 )
-                current, upcoming = upcoming, (self._decode(jobs) if jobs else None)
+                current = upcoming
+                upcoming = self.driver.decode(jobs, self._pool, self.embedder) if jobs else None
                 if current is not None:
-                    self._process(current)
+                    targets = self._catalog.snapshot()
+                    timeout = self.settings.decode_timeout_seconds
+                    self.driver.classify(current, targets, self.embedder, timeout)
             except Exception as exc:  # never let the worker die: systemd's watchdog would restart us
                 log.exception("worker_failed", error=str(exc))
                 self._metrics.error("worker", str(exc))
@@ -153,10 +134,6 @@ class Worker:
         if upcoming is not None:  # decoded but not classified: it stays in the inbox
             for job in upcoming.jobs:
                 self._intake.release(job.path)
-
-    def _decode(self, jobs: list[Job]) -> _Batch:
-        side, crop = self.embedder.decoding()
-        return _Batch(jobs, self._pool.start([job.path for job in jobs], side, crop), self.embedder.encoder)
 
     def _maintain(self) -> None:
         if self._swap is not None:
@@ -192,64 +169,50 @@ class Worker:
                 self._catalog.request(changed, 0.0)
         self._corrections = versions
 
-    def _process(self, batch: _Batch) -> None:
-        targets = self._catalog.snapshot()
-        decoded = collect(batch.pictures, self.settings.decode_timeout_seconds)
-        jobs, reads = [], []
-        for job, read in zip(batch.jobs, decoded, strict=True):
-            if job.dataset in targets:
-                jobs.append(job)
-                reads.append(read)
-            else:  # its classes went away: it waits in the inbox for new ones
-                self._intake.release(job.path)
-        if not jobs:
-            return
-        if batch.encoder is not self.embedder.encoder:  # crops made for a model swapped out since
-            reads = [replace(read, crop=None) for read in reads]
-        verdicts = classify_with_fallback(
-            jobs, reads, targets, self.embedder.encoder, cache=self.embedder.cache
-        )
+
+class RetryAndGoOn:
+    """The daemon's policy: a file that cannot be placed now waits in the inbox and is tried again."""
+
+    def __init__(self, settings: Callable[[], Settings], intake: Intake, metrics: Observer) -> None:
+        self._settings = settings  # read at each use: a reload applies from the next file
+        self._intake = intake
+        self._metrics = metrics
+        self._retries: dict[str, tuple[float, float]] = {}  # cause -> (delay, when it last doubled)
+        self._lock = threading.Lock()  # the model's and the placer's thread both back off
+
+    def classify(
+        self,
+        jobs: Sequence[Job],
+        reads: Sequence[Decoded],
+        targets: Mapping[str, Target],
+        encoder: Encoder | None,
+        cache: EmbeddingCache | None,
+    ) -> list[Verdict]:
+        verdicts = classify_with_fallback(jobs, reads, targets, encoder, cache=cache)
         self._metrics.batch(len(jobs))
-        ready = []
-        for job, verdict, read in zip(jobs, verdicts, reads, strict=True):
-            if verdict is None:  # even the CPU failed: the file waits and is tried again
-                self._metrics.error("inference", "inference failed")
-                self._intake.retry(job, self._backoff("inference"))
-            elif isinstance(verdict, ImageIncomplete) and age(job) < self.settings.max_wait_seconds:
-                log.debug("not_ready", file=str(job.path), reason=str(verdict))
-                self._intake.retry(job, self._recheck_delay(job))  # not ready is not bad
-            else:
-                ready.append(Delivery(job, verdict, read, targets[job.dataset]))
-        if ready:
-            self._placing.put(_Classified(ready, self.embedder.encoder))  # waits while the last is placed
+        return verdicts
 
-    def _place_all(self) -> None:
-        """The placer thread: classified batches in, placed files out, until stopped."""
-        while (batch := self._placing.get()) is not None:
-            try:
-                self._place(batch)
-            except Exception as exc:  # a bug here must not end placing for good
-                log.exception("placing_failed", error=str(exc))
-                self._metrics.error("placing", str(exc))
-                for item in batch.deliveries:  # unplaced files stay in the inbox for the next scan
-                    self._intake.release(item.job.path)
+    def deliverable(self, job: Job, verdict: Verdict) -> bool:
+        if verdict is None:  # even the CPU failed: the file waits and is tried again
+            self._metrics.error("inference", "inference failed")
+            self._intake.retry(job, self._backoff("inference"))
+            return False
+        if isinstance(verdict, ImageIncomplete) and age(job) < self._settings().max_wait_seconds:
+            log.debug("not_ready", file=str(job.path), reason=str(verdict))
+            self._intake.retry(job, self._recheck_delay(job))  # not ready is not bad
+            return False
+        return True
 
-    def _place(self, batch: _Classified) -> None:
-        """Journal and move a batch; a file that changed since it was read goes back to settle."""
-        ready = []
-        for item in batch.deliveries:
-            if is_unchanged(item.job):
-                ready.append(item)
-            else:
-                log.debug("not_ready", file=str(item.job.path), reason="changed since it was read")
-                self._intake.retry(item.job, self.settings.settle_seconds)
-        results = deliver(ready, encoder=batch.encoder, journal=self._journal, dry_run=False)
-        for item, result in zip(ready, results, strict=True):
-            self._settle(item.job, result)
+    def still_there(self, delivery: Delivery) -> bool:
+        if is_unchanged(delivery.job):
+            return True
+        log.debug("not_ready", file=str(delivery.job.path), reason="changed since it was read")
+        self._intake.retry(delivery.job, self._settings().settle_seconds)
+        return False
 
-    def _settle(self, job: Job, result: Result) -> None:
+    def settled(self, job: Job, result: Result) -> None:
         if isinstance(result, Outcome):
-            with self._retries_lock:
+            with self._lock:
                 self._retries.clear()
             self._intake.release(job.path)
             self._metrics.record(result, age(job))
@@ -264,9 +227,20 @@ class Worker:
             self._metrics.error("unsafe_destination", str(result))
             self._intake.release(job.path)
 
+    def unplaced(self, job: Job) -> None:
+        self._intake.release(job.path)  # it stays in the inbox; the next scan offers it again
+
+    def placing_failed(self, batch: Classified, error: Exception) -> bool:
+        # A bug here must not end placing for good: the batch's files stay in the inbox.
+        log.error("placing_failed", error=str(error), exc_info=error)
+        self._metrics.error("placing", str(error))
+        for item in batch.deliveries:
+            self._intake.release(item.job.path)
+        return False
+
     def _recheck_delay(self, job: Job) -> float:
         """Back-off for a file still arriving: a quarter of its age, from the settle time up to RETRY_MAX."""
-        return min(RETRY_MAX, max(self.settings.settle_seconds, age(job) / 4))
+        return min(RETRY_MAX, max(self._settings().settle_seconds, age(job) / 4))
 
     def _backoff(self, cause: str) -> float:
         """Doubling delay per failure cause, reset by the next success.
@@ -275,7 +249,7 @@ class Worker:
         disk met by a batch of 32 files must not push the next look 32 doublings away.
         """
         now = time.monotonic()
-        with self._retries_lock:
+        with self._lock:
             delay, doubled = self._retries.get(cause, (RETRY_FIRST / 2, -RETRY_MAX))
             if now - doubled >= delay:
                 delay, doubled = min(RETRY_MAX, delay * 2), now

@@ -1,0 +1,161 @@
+"""The one batch driver: ready files in, placed files out, for the daemon and ``clipsort sort``.
+
+While batch k is classified on the caller's thread (the one that owns the
+model), batch k+1 is decoded by the decoding threads and batch k-1 is
+journalled and moved by the placer thread, so the model never waits for the
+disk. What differs between the daemon and a one-shot sort is only what a
+file's fate means, the :class:`Policy`: the daemon retries and goes on (a
+full disk, a file still arriving, an inference failure), ``clipsort sort``
+stops at the first file it cannot place and reports the ones before it in
+order.
+
+A file's fate, in the names used everywhere: a :class:`~daemon.ingest.readiness.Job`
+is decoded (:class:`~daemon.encode.decoding.Decoded`), given a verdict (a
+:class:`~daemon.classify.modes.Decision` or the :class:`ImageRejected` reason),
+handed over as a :class:`~daemon.sort.pipeline.Delivery`, journalled as an
+:class:`~daemon.store.journal.Intent` and placed; its result is an
+:class:`~daemon.sort.pipeline.Outcome` (or the error that kept it in the inbox).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from daemon.classify.modes import Decision
+from daemon.classify.targets import Target
+from daemon.encode.decoding import Decoded, DecodePool, collect
+from daemon.encode.embedcache import EmbeddingCache
+from daemon.encode.embeddings import Embedder
+from daemon.encode.encoder import Encoder
+from daemon.errors import ImageRejected
+from daemon.ingest.readiness import Job
+from daemon.sort.pipeline import Delivery, Result, deliver
+from daemon.store.journal import Journal
+
+Verdict = Decision | ImageRejected | None  # None: inference failed even on the CPU
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Files being decoded, and the model whose input the decoding threads prepare."""
+
+    jobs: list[Job]
+    pictures: list[Future[Decoded]]
+    encoder: Encoder | None  # a model swapped in meanwhile ignores these crops
+
+
+@dataclass(frozen=True)
+class Classified:
+    """A batch's deliveries, and the model that decided them (journalled even if a swap follows)."""
+
+    deliveries: list[Delivery]
+    encoder: Encoder | None
+
+
+class Policy(Protocol):
+    """What a file's fate means; the driver's one parameter."""
+
+    def classify(
+        self,
+        jobs: Sequence[Job],
+        reads: Sequence[Decoded],
+        targets: Mapping[str, Target],
+        encoder: Encoder | None,
+        cache: EmbeddingCache | None,
+    ) -> list[Verdict]:
+        """A verdict per job (raising stops a one-shot run; the daemon falls back instead)."""
+
+    def deliverable(self, job: Job, verdict: Verdict) -> bool:
+        """Whether the file is placed now; False when the policy keeps it for later."""
+
+    def still_there(self, delivery: Delivery) -> bool:
+        """Just before placing: whether the file is still what was read (else the policy keeps it)."""
+
+    def settled(self, job: Job, result: Result) -> None:
+        """One file placed or not; raising stops placing (one-shot), returning goes on (daemon)."""
+
+    def unplaced(self, job: Job) -> None:
+        """A file that will not be placed this time (its classes went, the run stopped)."""
+
+    def placing_failed(self, batch: Classified, error: Exception) -> bool:
+        """Placing a batch raised ``error``; True stops all placing (the run then re-raises it)."""
+
+
+class Driver:
+    """Decode ahead, classify here, place behind; one instance per run or per daemon."""
+
+    def __init__(self, policy: Policy, journal: Journal | None, *, dry_run: bool = False) -> None:
+        self.policy = policy
+        self.journal = journal
+        self.dry_run = dry_run
+        self.failure: Exception | None = None  # what stopped placing, raised by finish()
+        # One classified batch waits while the last is placed: memory stays bounded, and the model
+        # blocks (as it should) when the disk is slower than it.
+        self._placing: queue.Queue[Classified | None] = queue.Queue(maxsize=1)
+        self.placer = threading.Thread(target=self._place_all, name="clipsort-placer", daemon=True)
+        self.placer.start()
+
+    def decode(self, jobs: list[Job], pool: DecodePool, embedder: Embedder) -> Batch:
+        """Start decoding ``jobs`` (to the model's input where it has one) on ``pool``."""
+        side, crop = embedder.decoding()
+        return Batch(jobs, pool.start([job.path for job in jobs], side, crop), embedder.encoder)
+
+    def classify(
+        self, batch: Batch, targets: Mapping[str, Target], embedder: Embedder, decode_timeout: float
+    ) -> None:
+        """Collect, classify and hand a batch to the placer (waiting while the last is placed)."""
+        jobs, reads = [], []
+        for job, read in zip(batch.jobs, collect(batch.pictures, decode_timeout), strict=True):
+            if job.dataset in targets:
+                jobs.append(job)
+                reads.append(read)
+            else:  # its classes went away: it waits in the inbox for new ones
+                self.policy.unplaced(job)
+        if not jobs:
+            return
+        if batch.encoder is not embedder.encoder:  # crops made for a model swapped out since
+            reads = [replace(read, crop=None) for read in reads]
+        verdicts = self.policy.classify(jobs, reads, targets, embedder.encoder, embedder.cache)
+        deliveries = [
+            Delivery(job, verdict, read, targets[job.dataset])
+            for job, verdict, read in zip(jobs, verdicts, reads, strict=True)
+            if self.policy.deliverable(job, verdict) and verdict is not None
+        ]
+        if deliveries:
+            self._placing.put(Classified(deliveries, embedder.encoder))
+
+    @property
+    def stopped(self) -> bool:
+        """Placing stopped for good (a one-shot run's first failure): classify nothing more."""
+        return self.failure is not None
+
+    def finish(self, timeout: float | None = None) -> bool:
+        """Place what is queued, then end the placer; True if it ended within ``timeout``."""
+        with contextlib.suppress(queue.Full):  # a placer stuck on the disk: its files stay in the inbox
+            self._placing.put(None, timeout=timeout)
+        self.placer.join(timeout)
+        return not self.placer.is_alive()
+
+    def _place_all(self) -> None:
+        while (batch := self._placing.get()) is not None:
+            if self.failure is not None:  # a one-shot run stopped: nothing after the failure moves
+                for item in batch.deliveries:
+                    self.policy.unplaced(item.job)
+                continue
+            try:
+                self._place(batch)
+            except Exception as exc:
+                if self.policy.placing_failed(batch, exc):
+                    self.failure = exc
+
+    def _place(self, batch: Classified) -> None:
+        ready = [item for item in batch.deliveries if self.policy.still_there(item)]
+        results = deliver(ready, encoder=batch.encoder, journal=self.journal, dry_run=self.dry_run)
+        for item, result in zip(ready, results, strict=True):
+            self.policy.settled(item.job, result)
