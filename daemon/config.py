@@ -32,6 +32,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -420,6 +421,8 @@ def load_settings(config_file: Path | None = None, overrides: Mapping[str, Any] 
         settings: Settings = bound(**flags)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    except SettingsError as exc:  # e.g. CLIPSORT_DATASETS that is not JSON
+        raise ConfigError(f"invalid configuration: {exc}") from None
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, path)) from None
     # A flag is the most specific thing a user can say: it beats the

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -242,3 +244,35 @@ def test_a_daemon_that_cannot_load_its_model_leaves_no_state(data_root: Path) ->
     result = CliRunner().invoke(app, ["run", "--root", str(data_root), "--model", str(data_root / "none")])
     assert result.exit_code == 2 and "clipsort: error: model path" in result.stderr
     assert not (data_root / ".clipsort").exists()
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("state-in-proc", "state_dir '/proc/clipsort-state' cannot be used"),
+        ("datasets-not-json", 'error parsing value for field "datasets"'),
+        ("metrics-port-taken", "cannot serve metrics on 127.0.0.1:"),
+    ],
+)
+def test_a_daemon_that_cannot_start_says_why_in_one_line(
+    data_root: Path, tiny_model: Path, setup: str, message: str
+) -> None:
+    """An unusable state folder, unparsable environment or taken port: exit 2, one line, no traceback."""
+    make_dataset(data_root / "ds", {"red": "red"}, references=1)
+    env = {**os.environ, "CLIPSORT_MODEL": str(tiny_model), "HF_HUB_OFFLINE": "1"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        if setup == "state-in-proc":
+            env["CLIPSORT_STATE_DIR"] = "/proc/clipsort-state"
+        elif setup == "datasets-not-json":
+            env["CLIPSORT_DATASETS"] = "notjson"
+        else:
+            env["CLIPSORT_METRICS_PORT"] = str(taken.getsockname()[1])
+        done = clipsort_process(
+            "run", "--root", str(data_root), env={**os.environ, **env, "HF_HUB_OFFLINE": "1"}
+        )
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("clipsort: error:") and message in last
+    assert "Traceback" not in done.stderr

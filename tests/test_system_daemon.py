@@ -333,6 +333,27 @@ def test_a_reload_reaches_what_was_built_at_start(
     daemon.wait_event("decode_workers_changed", lambda r: r["workers"] == 3)
 
 
+def test_a_reload_to_a_missing_root_is_refused_and_the_next_good_one_sorts(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """root = a folder that is not there: rejected, said in the status; the old root sorts on."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, RGB, references=3, seed=5)
+    daemon = start(daemons, root, tiny_model, tmp_path / "home")
+    daemon.update_config(root=str(tmp_path / "nowhere"))
+    daemon.signal(signal.SIGHUP)
+    assert "nowhere" in daemon.wait_event("reload_rejected")["error"]
+    wait_until(lambda: "nowhere" in (daemon.status().last_error or ""))
+    save(draw(np.random.default_rng(2), "green", "circle"), dataset / "Images" / "meanwhile.png")
+    wait_until(lambda: sorted_files(dataset).get("meanwhile.png") == "green")
+    daemon.update_config(root=str(root))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_event("config_reloaded")
+    save(draw(np.random.default_rng(3), "blue", "circle"), dataset / "Images" / "after.png")
+    wait_until(lambda: sorted_files(dataset).get("after.png") == "blue")
+
+
 def test_a_fine_tuned_daemon_loads_clip_only_when_a_reload_asks_for_it(
     daemons: list[Daemon], tmp_path: Path, tiny_model: Path
 ) -> None:

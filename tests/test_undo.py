@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from daemon.cli import app
 from daemon.errors import JournalError
 from daemon.store.journal import Journal
 from daemon.store.undo import parse_since
-from tests.helpers import tree
+from tests.helpers import clipsort_process, tree
 from tests.synthetic import make_dataset
 
 RGB = {"red": "red", "green": "green", "blue": "blue"}
@@ -149,3 +150,15 @@ def test_a_rejected_empty_file_is_undone_by_name_only(cli: CliRunner, data_root:
     assert named.exit_code == 0, named.output
     assert "back in the inbox" in named.stdout
     assert tree(data_root / "rgb")["Images"] == ["empty.png", "img0000.png"]
+
+
+def test_history_json_escapes_a_name_that_is_not_utf8(cli: CliRunner, data_root: Path) -> None:
+    """A file named with a 0xff byte: `history --json` is valid UTF-8 and names it exactly."""
+    make_dataset(data_root / "rgb", RGB, references=3, inbox=["red"], seed=5)
+    inbox = os.fsencode(data_root / "rgb" / "Images")
+    os.rename(inbox + b"/img0000.png", inbox + b"/caf\xff.png")
+    assert cli.invoke(app, ["sort", "--root", str(data_root)]).exit_code == 0
+    done = clipsort_process("history", "--root", str(data_root), "--json")  # decodes stdout strictly
+    assert done.returncode == 0, done.stderr
+    [row] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert os.fsencode(row["source"]) == inbox + b"/caf\xff.png"

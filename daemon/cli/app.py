@@ -9,6 +9,8 @@ import it inside their own bodies.
 from __future__ import annotations
 
 import functools
+import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +77,20 @@ USER_ERROR = 2
 NOT_RUNNING = 1
 
 
+def json_line(record: object) -> str:
+    """One JSON object on one line: readable UTF-8, with names that are not UTF-8 escaped.
+
+    A file name with bytes that are not UTF-8 reaches Python with surrogate
+    escapes; written raw, it would make the line undecodable for every reader.
+    """
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(record)  # \udcff-style escapes: valid JSON, and the bytes are recoverable
+    return line
+
+
 def user_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Report a :class:`ClipsortError` as one line on stderr and exit 2."""
 
@@ -107,6 +123,9 @@ def settings_from(config: Path | None, **flags: object) -> Settings:
     """Settings from every source, with logging configured to match."""
     settings = load_settings(config, flags)
     configure_logging(settings.log_format, settings.log_level)
+    # matplotlib (eval's and train's charts) keeps its font cache in the state folder, not $HOME,
+    # which a hardened service may not write.
+    os.environ.setdefault("MPLCONFIGDIR", str(settings.state_path / "matplotlib"))
     warn_unknown_tables(settings.datasets, settings.root)
     return settings
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +17,7 @@ from daemon.cli.app import (
     SinceOption,
     app,
     existing_journal,
+    json_line,
     settings_from,
     since_time,
     text_table,
@@ -44,7 +44,7 @@ def history(
         entries = journal.entries(dataset=dataset, since=since_time(since))
     if as_json:
         for entry in entries:
-            typer.echo(json.dumps(entry.as_dict(), ensure_ascii=False))
+            typer.echo(json_line(entry.as_dict()))
         return
     table = text_table("time", "dataset", "file", "class", "score", "state", "now at")
     for entry in entries:
@@ -121,7 +121,7 @@ def corrections_list(
         found = journal.corrections(dataset=dataset, label=label, since=since_time(since))
     if as_json:
         for item in found:
-            typer.echo(json.dumps(dataclasses.asdict(item) | {"path": str(item.path)}, ensure_ascii=False))
+            typer.echo(json_line(dataclasses.asdict(item) | {"path": str(item.path)}))
         return
     table = text_table("time", "dataset", "file", "was", "now")
     for item in found:

@@ -29,6 +29,7 @@ from daemon.cli.app import (
     RootOption,
     app,
     journal_if_any,
+    json_line,
     open_journal,
     progress_bar,
     settings_from,
@@ -84,7 +85,7 @@ def sort(
         def record(outcome: Outcome) -> None:
             outcomes.append(outcome)
             if as_json:
-                sys.stdout.write(json.dumps(outcome.as_dict(), ensure_ascii=False) + "\n")
+                sys.stdout.write(json_line(outcome.as_dict()) + "\n")
                 sys.stdout.flush()
             progress.advance(task)
 

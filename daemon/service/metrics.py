@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from prometheus_client import Counter as PromCounter
 
+from daemon.errors import ConfigError
 from daemon.sort.pipeline import Outcome
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -118,4 +119,7 @@ class Metrics:
 
     def serve(self, address: str, port: int) -> None:
         """Expose the registry over HTTP (a daemon thread of prometheus_client's)."""
-        start_http_server(port, addr=address, registry=self.registry)
+        try:
+            start_http_server(port, addr=address, registry=self.registry)
+        except OSError as exc:  # the port is taken, or the address is not this machine's
+            raise ConfigError(f"cannot serve metrics on {address}:{port}: {exc.strerror or exc}") from None

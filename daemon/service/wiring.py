@@ -173,6 +173,8 @@ class Service:
     # --- lifecycle ------------------------------------------------------------------
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; the process exit code."""
+        if self.settings.metrics_port is not None:  # first: a taken port fails before anything runs
+            self.metrics.serve(self.settings.metrics_address, self.settings.metrics_port)
         self._install_signals()
         layouts = discover(self.settings.root)
         recover(self.journal, layouts)  # before any inbox is scanned
@@ -184,8 +186,6 @@ class Service:
         self.learner.start()
         self.intake.start()  # its first tick scans the backlog
         self.worker.start()
-        if self.settings.metrics_port is not None:
-            self.metrics.serve(self.settings.metrics_address, self.settings.metrics_port)
         self._write_status("running")
         notify("READY=1", f"STATUS={self._summary()}")
         log.info("daemon_ready", root=str(self.settings.root), datasets=sorted(self._known), pid=os.getpid())
@@ -252,6 +252,7 @@ class Service:
         try:
             settings = load_settings(self.config_file, self.flags)
             check_daemon_settings(settings)
+            discover(settings.root)  # a root that is not a folder is refused before anything is swapped
             self._apply(settings)
         except Exception as exc:  # a bad new config must never take the running daemon down
             log.error("reload_rejected", error=str(exc), kept="previous configuration")

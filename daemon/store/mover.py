@@ -39,7 +39,7 @@ from pathlib import Path
 
 import structlog
 
-from daemon.errors import ClipsortError
+from daemon.errors import ClipsortError, ConfigError
 
 log = structlog.get_logger()
 
@@ -332,8 +332,13 @@ def discard_tree(folder: Path, boundary: Path) -> None:
 
 
 def make_state_dir(folder: Path) -> None:
-    """Create clipsort's private state folder (caches, journal, status)."""
-    ensure_dir(folder, folder, mode=0o750)
+    """Create clipsort's private state folder (caches, journal, status); ConfigError if it cannot be."""
+    try:
+        ensure_dir(folder, folder, mode=0o750)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as exc:
+        raise ConfigError(f"state_dir {str(folder)!r} cannot be used: {exc.strerror or exc}") from None
 
 
 def write_atomic(path: Path, data: bytes) -> None:
