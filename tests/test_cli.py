@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 from pathlib import Path
 
@@ -276,3 +277,18 @@ def test_a_daemon_that_cannot_start_says_why_in_one_line(
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("clipsort: error:") and message in last
     assert "Traceback" not in done.stderr
+
+
+def test_an_inbox_that_is_a_symlink_is_not_followed(cli: CliRunner, data_root: Path, tmp_path: Path) -> None:
+    """Images/ linked to a folder outside the root: nothing in it is sorted or moved; a warning says so."""
+    make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=2)
+    outside = tmp_path / "elsewhere"
+    make_dataset(outside, {}, inbox=["red", "blue"])
+    shutil.rmtree(data_root / "ds" / "Images")
+    (data_root / "ds" / "Images").symlink_to(outside / "Images")
+    before = tree(outside)
+    result = cli.invoke(app, ["sort", "--root", str(data_root)])
+    assert result.exit_code == 0, result.output
+    assert tree(outside) == before
+    assert "symlinked_folder_skipped" in result.stderr
+    assert "Dataset" not in tree(data_root / "ds")

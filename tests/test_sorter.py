@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from structlog.testing import capture_logs
+from typer.testing import CliRunner
 
+from daemon.cli import app
 from daemon.config import Settings, load_settings
 from daemon.encode.embedcache import EmbeddingCache
 from daemon.encode.embeddings import Embedder
@@ -141,3 +144,41 @@ def test_a_batch_being_placed_is_finished_and_reported_when_the_next_cannot_be_c
         sorting.run(outcomes, work)
     assert [outcome.source.name for outcome in outcomes] == ["p0.png", "p1.png"]
     assert sorting.folder("Images") == {".": ["p2.png", "p3.png"]}
+
+
+class VanishingFile(mover.Syscalls):
+    """One file is moved away by someone else just before clipsort renames it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def renameat2(self, source: Path, target: Path) -> None:
+        if source.name == self.name and source.parent.name == "Images":
+            source.unlink()
+        super().renameat2(source, target)
+
+
+def test_a_file_that_vanishes_under_sort_is_skipped_with_a_log_line(
+    sorting: Sorting, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gone between the scan and its move: logged as file_vanished, the other three are sorted."""
+    monkeypatch.setattr(mover, "SYSCALLS", VanishingFile("p1.png"))
+    outcomes: list[Outcome] = []
+    with capture_logs() as logs:
+        sorting.run(outcomes)
+    assert [outcome.source.name for outcome in outcomes] == ["p0.png", "p2.png", "p3.png"]
+    assert [entry["file"] for entry in logs if entry["event"] == "file_vanished"] == [str(sorting.inbox[1])]
+    assert sorting.folder("Dataset") == {"blue": ["p2.png"], "red": ["p0.png", "p3.png"]}
+
+
+def test_a_full_disk_under_clipsort_sort_is_one_line_and_exit_2(
+    sorting: Sorting, monkeypatch: pytest.MonkeyPatch, tiny_model: Path
+) -> None:
+    """The command line reports the first file it could not move in one line; the rest stay put."""
+    monkeypatch.setattr(mover, "SYSCALLS", FailingRename("p1.png"))
+    runner = CliRunner(env={"CLIPSORT_BATCH_SIZE": "2"})
+    result = runner.invoke(app, ["sort", "--root", str(sorting.settings.root), "--model", str(tiny_model)])
+    assert result.exit_code == 2, result.output
+    assert "stopped: cannot move" in result.stderr and "No space left on device" in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "p1.png" in sorting.folder("Images")["."]

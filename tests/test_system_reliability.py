@@ -17,6 +17,7 @@ from PIL import Image
 
 from daemon.store.journal import Journal
 from tests.daemonproc import Daemon, drop, picture_bytes, sha, sorted_files, start
+from tests.helpers import clipsort_process
 from tests.synthetic import draw, make_dataset, save
 from tests.waiting import wait_until
 
@@ -192,3 +193,26 @@ def test_full_and_read_only_destinations_lose_nothing_and_resume(
     assert sorted(placed_hashes(dataset)) == sorted(everything)
     assert not list(dataset.rglob(".clipsort-*"))
     assert daemon.stop() == 0
+
+
+def test_one_daemon_per_root_and_the_one_shot_commands_wait_for_it(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """A second daemon exits 2 naming the first's PID; sort, undo, train refuse; after a stop, sort runs."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, RGB, references=3, seed=5)
+    first = start(daemons, root, tiny_model, tmp_path / "home")
+    assert first.process is not None
+    second = clipsort_process("run", "--config", str(first.config))
+    assert second.returncode == 2, second.stderr
+    assert f"(pid {first.process.pid}) serves" in second.stderr and "Traceback" not in second.stderr
+    for command in (["sort"], ["undo"], ["train", "-d", "rgb"]):
+        refused = clipsort_process(*command, "--config", str(first.config))
+        assert refused.returncode == 2, (command, refused.stderr)
+        assert "stop it first" in refused.stderr.strip().splitlines()[-1]
+    assert first.stop() == 0
+    save(draw(np.random.default_rng(4), "red", "circle"), dataset / "Images" / "later.png")
+    done = clipsort_process("sort", "--config", str(first.config))
+    assert done.returncode == 0, done.stderr
+    assert sorted_files(dataset)["later.png"] == "red"

@@ -25,6 +25,7 @@ from daemon.cli.app import (
 )
 from daemon.errors import JournalError
 from daemon.logs import local_time
+from daemon.store.instance import refuse_if_served
 from daemon.store.undo import choose
 from daemon.store.undo import undo as undo_entry
 
@@ -77,6 +78,7 @@ def undo(
 ) -> None:
     """Move files clipsort placed back to Images/ (default: the last one), or with --to into a class."""
     settings = settings_from(config, root=root)
+    refuse_if_served(settings.state_path, settings.root, "undo")
     if sum(x is not None for x in (file, last, since)) > 1:
         raise JournalError("give one of FILE, --last or --since")
     with existing_journal(settings) as journal:

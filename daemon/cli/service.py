@@ -24,6 +24,7 @@ from daemon.config import render_config_toml
 from daemon.errors import ConfigError, DatasetError
 from daemon.layout import CLASSES_DIR, INBOX_DIR, SORTED_DIR
 from daemon.service.status import is_live, read_status
+from daemon.store.instance import holder
 from daemon.store.mover import ensure_dir, write_new
 
 
@@ -54,7 +55,15 @@ def status(
     settings = settings_from(config, root=root, model=model)
     found = read_status(settings.state_path)
     if found is None or not is_live(found):
-        typer.echo(f"clipsort: no daemon is running (no fresh status in {settings.state_path})", err=True)
+        pid = holder(settings.state_path)
+        if pid is None:
+            typer.echo(f"clipsort: no daemon is running (no fresh status in {settings.state_path})", err=True)
+        else:  # the lock says it runs: starting, or unable to write its status file
+            typer.echo(
+                f"clipsort: a daemon (pid {pid or 'unknown'}) is running, but its status file in "
+                f"{settings.state_path} is missing or stale: it is starting, or cannot write it",
+                err=True,
+            )
         raise typer.Exit(NOT_RUNNING)
     if as_json:
         typer.echo(json.dumps(found.as_dict(), indent=2))

@@ -37,8 +37,9 @@ from daemon.cli.app import (
     user_errors,
 )
 from daemon.config import DEFAULT_BASE, EVALUATED_MODES, Settings
-from daemon.errors import ConfigError, NoClassesError
+from daemon.errors import ConfigError, DatasetError, NoClassesError
 from daemon.layout import DatasetLayout, select
+from daemon.store.instance import refuse_if_served
 from daemon.store.mover import discard_tree, ensure_dir, rename_noreplace
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ def sort(
 
     settings = settings_from(config, root=root, model=model, mode=mode, aggregate=aggregate)
     layouts = select(settings.root, dataset or [])  # before the slow model load
+    if not dry_run:
+        refuse_if_served(settings.state_path, settings.root, "sort")
     encoder = clip_for(settings, [layout.name for layout in layouts])  # none if all are fine-tuned
     outcomes: list[Outcome] = []
     with contextlib.ExitStack() as stack:
@@ -89,9 +92,20 @@ def sort(
                 sys.stdout.flush()
             progress.advance(task)
 
-        run(
-            work, settings, embedder, journal=None if dry_run else journal, dry_run=dry_run, on_outcome=record
-        )
+        try:
+            run(
+                work,
+                settings,
+                embedder,
+                journal=None if dry_run else journal,
+                dry_run=dry_run,
+                on_outcome=record,
+            )
+        except OSError as exc:  # the first file that could not be moved (disk full, permissions): one line
+            where = f" {exc.filename!r}" if exc.filename else ""
+            raise DatasetError(
+                f"stopped: cannot move{where}: {exc.strerror or exc}; the rest stays in Images/"
+            ) from None
     Console(stderr=as_json).print(summary(outcomes, dry_run=dry_run))
 
 
@@ -282,6 +296,7 @@ def train_model(
 
     settings = settings_from(config, root=root, model=model)
     [layout] = select(settings.root, [dataset])
+    refuse_if_served(settings.state_path, settings.root, "train")  # the daemon hot-swaps checkpoints
     options = TrainOptions(
         base=base,
         epochs=epochs,

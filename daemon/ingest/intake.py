@@ -123,7 +123,10 @@ class Intake:
         wait = TICK if due is None else min(TICK, max(0.0, due - time.monotonic()))
         hints = drain(self._hints, wait, HINTS_PER_TICK)
         sortable = self._catalog.layouts()
+        linked = {name for name, layout in sortable.items() if hints and layout.inbox.is_symlink()}
         for hint in hints:
+            if hint.dataset in linked:  # an inbox that is a symlink is never followed (see scan)
+                continue
             if hint.dataset in sortable and not self.readiness.offer(hint):
                 self._overflowed.add(hint.dataset)
         ready = self.readiness.ready()

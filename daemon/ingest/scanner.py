@@ -26,7 +26,14 @@ def is_ignored(name: str, patterns: Sequence[str]) -> bool:
 
 
 def scan(folder: Path, ignore: Sequence[str] = DEFAULT_IGNORE) -> Iterator[Path]:
-    """Regular files under ``folder`` (recursively), in sorted order per folder."""
+    """Regular files under ``folder`` (recursively), in sorted order per folder.
+
+    A ``folder`` that is itself a symlink (an inbox linked elsewhere) yields
+    nothing: its files are not the dataset's, and they are never moved in.
+    """
+    if folder.is_symlink():
+        log.warning("symlinked_folder_skipped", folder=str(folder), target=os.readlink(folder))
+        return
     try:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except FileNotFoundError:

@@ -43,6 +43,7 @@ from daemon.service.metrics import Metrics
 from daemon.service.sdnotify import notify, reloading, watchdog_interval
 from daemon.service.status import DatasetStatus, Status, write_status
 from daemon.sort.worker import Worker
+from daemon.store.instance import InstanceLock, refuse_if_served
 from daemon.store.journal import Journal
 from daemon.store.mover import make_state_dir
 from daemon.store.recovery import recover
@@ -100,10 +101,13 @@ class Service:
         self.metrics = Metrics()
         self._stop = threading.Event()
         self._reload = threading.Event()
+        refuse_if_served(settings.state_path, settings.root, "run")  # before the slow model load
         # The model first: a daemon that cannot start leaves no state folder behind.
         # None when every dataset is fine-tuned; a reload that asks for a CLIP mode loads it then.
         self.encoder = on_own_thread(clip_for, settings)
         make_state_dir(settings.state_path)
+        self.lock = InstanceLock(settings.state_path)
+        self.lock.acquire()  # held until the process ends: one daemon per state folder
         self.cache = EmbeddingCache(settings.state_path / EMBEDDINGS_DB)
         self.journal = Journal(settings.state_path)
         self.embedder = make_embedder(settings, self.encoder, self.cache)
@@ -234,6 +238,7 @@ class Service:
         self._write_status("stopped")
         self.cache.close()
         self.journal.close()
+        self.lock.release()
         log.info("daemon_stopped")
 
     def _install_signals(self) -> None:

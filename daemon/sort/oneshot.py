@@ -130,6 +130,10 @@ class StopAtFirst:
         return True
 
     def settled(self, job: Job, result: Result) -> None:
+        if isinstance(result, FileNotFoundError) and not job.path.exists():
+            # Gone since the scan (a person, or another program, moved it): nothing to place.
+            log.warning("file_vanished", file=str(job.path), error=str(result))
+            return
         if not isinstance(result, Outcome):
             raise result
         self.on_outcome(result)
