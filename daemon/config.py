@@ -56,6 +56,8 @@ SYSTEM_CONFIG = Path("/etc/clipsort/config.toml")
 EVALUATED_MODES = ("text", "reference-max", "reference-avg", "mixed")
 # `clipsort train`'s default backbone (the original third script's).
 DEFAULT_BASE = "google/vit-base-patch16-224-in21k"
+# Pillow's names; AVIF comes from Pillow's own plugin (phones' HEIC needs a decoder clipsort lacks yet).
+DEFAULT_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "BMP", "TIFF")
 # Temporary names of files still being written (and dotfiles): never touched in an inbox.
 DEFAULT_IGNORE = (".*", "*.part", "*.partial", "*.tmp", "*.crdownload", "~$*")
 
@@ -230,8 +232,11 @@ class Settings(BaseSettings):
         30.0, description="Daemon: a file whose decoding takes longer goes to Rejected/."
     )
     image_formats: list[str] = Field(
-        default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"],
-        description="Pillow formats that may be decoded; anything else goes to Rejected/.",
+        default_factory=lambda: list(DEFAULT_IMAGE_FORMATS),
+        description=(
+            "Pillow formats that may be decoded; anything else goes to Rejected/. Animated and "
+            "multi-page files (GIF, WebP, TIFF) are read by their first frame."
+        ),
     )
     ignore_patterns: list[str] = Field(
         default_factory=lambda: list(DEFAULT_IGNORE),

@@ -7,11 +7,13 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from daemon.config import DEFAULT_IMAGE_FORMATS
 from daemon.encode.images import DecodeLimits
 from daemon.errors import ImageIncomplete, ImageRejected
 
@@ -170,3 +172,24 @@ def test_an_unreadable_file_is_rejected_with_the_reason(tmp_path: Path) -> None:
         check=True,
     )
     assert "cannot open: Permission denied" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("suffix", "options"),
+    [
+        ("avif", {}),  # phones and the web: Pillow's own AVIF plugin wrote it
+        ("gif", {"save_all": True}),  # animated: the first frame is the picture
+        ("webp", {"save_all": True, "lossless": True}),
+        ("tiff", {"save_all": True}),  # multi-page
+    ],
+)
+def test_the_default_formats_decode_the_first_frame(
+    tmp_path: Path, suffix: str, options: dict[str, Any]
+) -> None:
+    """AVIF, animated GIF and WebP, multi-page TIFF: decoded under the default allow-list, first frame."""
+    frames = [Image.new("RGB", (64, 48), color) for color in ((220, 30, 30), (30, 30, 220))]
+    path = tmp_path / f"p.{suffix}"
+    frames[0].save(path, append_images=frames[1:], **options)
+    picture = DecodeLimits(DEFAULT_IMAGE_FORMATS, 10**8, 2**30).load(path, 32)
+    red, green, blue = np.asarray(picture, dtype=np.float64).mean(axis=(0, 1))
+    assert red > 150 and blue < 100, (red, green, blue)
