@@ -107,8 +107,13 @@ class Worker:
         self.settings = settings
 
     def replace_embedder(self, embedder: Embedder) -> None:
-        """Use a new model from the next batch on (after every class index is rebuilt with it)."""
+        """Use a new model from the next batch on (after every class index is rebuilt with it).
+
+        Its decode limits need no rebuild: they hold for every file submitted from now on, also one
+        the worker takes before its next look at the swap.
+        """
         self._swap = embedder
+        self._pool.limits = embedder.limits
 
     def _run(self) -> None:
         upcoming: Batch | None = None
@@ -138,8 +143,8 @@ class Worker:
     def _maintain(self) -> None:
         if self._swap is not None:
             self.embedder, self._swap = self._swap, None
+            self._pool.limits = self.embedder.limits  # set by replace_embedder already; kept in step
             self._catalog.rebuild_all(self.embedder)
-        self._pool.limits = self.embedder.limits  # a reload's decode limits, from the next batch on
         if self._pool.workers != self.settings.decode_workers:
             # A thread pool cannot change its size: a new one takes the next batch, and the old one
             # decodes what it was given (the prefetched batch) before its threads end.
