@@ -22,6 +22,7 @@ from daemon.classify.modes.finetuned import CheckpointCache
 from daemon.classify.targets import Corrected, Target, make_target
 from daemon.config import Settings
 from daemon.encode.embeddings import Embedder
+from daemon.encode.encoder import resolve_device
 from daemon.errors import ModelLoadError, NoClassesError
 from daemon.layout import DatasetLayout, is_dataset
 
@@ -46,7 +47,7 @@ class Catalog:
         self._due: dict[str, float] = {}
         self._waiting: set[str] = set()
         self._lock = threading.Lock()
-        self.checkpoints = CheckpointCache(settings.checkpoints_loaded, "cpu")
+        self.checkpoints = CheckpointCache(settings.checkpoints_loaded, resolve_device(settings.device))
         self._seen_checkpoints: set[Path] = set()
 
     def reconfigure(self, settings: Settings) -> None:
@@ -135,8 +136,9 @@ class Catalog:
             self.drop(name)
             return
         before = embedder.encoded_references
-        if embedder.encoder is not None:  # checkpoints run where the CLIP model does, when there is one
-            self.checkpoints.device = embedder.encoder.device
+        # Checkpoints run where the CLIP model does (it may have fallen back); without one, as configured.
+        encoder = embedder.encoder
+        self.checkpoints.device = encoder.device if encoder else resolve_device(self.settings.device)
         try:
             target = make_target(layout, self.settings, embedder, self.checkpoints, self.corrected)
         except NoClassesError as exc:
