@@ -153,3 +153,18 @@ def test_reconfigure_holds_new_offers_to_the_new_capacity_and_timings(tmp_path: 
     assert [job.path for job in readiness.ready()] == [first], "offered under the old 1 s settle"
     clock.now += 4
     assert [job.path for job in readiness.ready()] == [second]
+
+
+def test_expedite_brings_forward_only_the_files_waiting_after_a_failure(tmp_path: Path) -> None:
+    """A retried file due in 30 s is due now after expedite; a file still settling keeps its time."""
+    clock = Clock()
+    readiness = make(clock)
+    failed, settling = fresh(tmp_path / "failed.jpg"), fresh(tmp_path / "settling.jpg")
+    readiness.offer(Hint("d", failed, "closed"))
+    clock.now += 0.06
+    [job] = readiness.ready()
+    readiness.retry(job, 30.0)  # e.g. the disk was full
+    readiness.offer(Hint("d", settling))  # waits its full settle time
+    assert readiness.expedite("other") == 0
+    assert readiness.expedite("d") == 1
+    assert [job.path for job in readiness.ready()] == [failed]

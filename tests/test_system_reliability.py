@@ -195,6 +195,31 @@ def test_full_and_read_only_destinations_lose_nothing_and_resume(
     assert daemon.stop() == 0
 
 
+def test_space_freed_in_the_destination_is_used_at_once_not_after_the_back_off(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path, small_disk: Path
+) -> None:
+    """A full disk backs off up to 30 s; deleting sorted files there makes the waiting ones go now."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, RGB, references=3, seed=3)
+    daemon = start(daemons, root, tiny_model, tmp_path / "home", settle_seconds=0.05)
+    rng = np.random.default_rng(1)
+    for k in range(12):  # ~12 KiB of noise each: the 64 KiB disk fills after a few
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+        drop(dataset / "Images", f"n{k:02d}.png", (tmp_path / "p.png").read_bytes())
+    first_failure = daemon.wait_event("move_failed", timeout=30)
+    assert "No space" in first_failure["error"]
+    time.sleep(12)  # the back-off has doubled past 8 s by now (0.5 + 1 + 2 + 4 s of retries)
+    waiting = len(list((dataset / "Images").iterdir()))
+    assert waiting > 0
+    freed = time.monotonic()
+    for path in [p for p in small_disk.rglob("*.png")][:3]:
+        path.unlink()  # a person frees space in the destination
+    wait_until(lambda: len(list((dataset / "Images").iterdir())) < waiting, timeout=30)
+    assert time.monotonic() - freed < 4, "noticed at the deletion, not at the next back-off"
+    assert daemon.events("retries_expedited")
+
+
 def test_one_daemon_per_root_and_the_one_shot_commands_wait_for_it(
     daemons: list[Daemon], tmp_path: Path, tiny_model: Path
 ) -> None:

@@ -48,6 +48,10 @@ class Sink:
         with self.lock:
             self.rescans.append(f"sorted:{dataset}")
 
+    def destination_changed(self, dataset: str) -> None:
+        with self.lock:
+            self.rescans.append(f"changed:{dataset}")
+
     def hinted(self, name: str, *, kind: str | None = None) -> bool:
         with self.lock:
             return any(h.path.name == name and (kind is None or h.kind == kind) for h in self.hints)
@@ -220,3 +224,17 @@ def test_arrivals_in_class_folders_are_reported_but_departures_are_not(tmp_path:
     assert sorted(sink.placed_files) == sorted(
         [layout.class_dir("blue") / "a.jpg", layout.classes / "blue" / "c.jpg"]
     )
+
+
+def test_a_deletion_in_a_class_folder_reports_a_changed_destination(tmp_path: Path) -> None:
+    """A file deleted from Dataset/ (space freed) is reported; clipsort's own hidden temporaries are not."""
+    layout = inbox(tmp_path)
+    layout.class_dir("red").mkdir(parents=True)
+    (layout.class_dir("red") / "a.jpg").write_bytes(b"A")
+    (layout.class_dir("red") / ".clipsort-0123abcd.tmp").write_bytes(b"half a copy")
+    sink = Sink()
+    with native(tmp_path, sink, layout):
+        (layout.class_dir("red") / ".clipsort-0123abcd.tmp").unlink()  # first: events keep their order
+        (layout.class_dir("red") / "a.jpg").unlink()
+        wait_until(lambda: "changed:ds" in sink.rescans, timeout=10)
+    assert sink.rescans.count("changed:ds") == 1

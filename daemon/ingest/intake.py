@@ -96,6 +96,11 @@ class Intake:
         with self._lock:
             self._requested.add(dataset)
 
+    def expedite(self, dataset: str) -> None:
+        """Try ``dataset``'s files that wait after a failure now, not after their back-off."""
+        if self.readiness.expedite(dataset):
+            log.info("retries_expedited", dataset=dataset)
+
     def release(self, path: Path) -> None:
         self.readiness.release(path)
 
@@ -154,6 +159,7 @@ class Intake:
         sortable = self._catalog.layouts()
         for name in sorted(requested):
             if name in sortable:
+                self.readiness.expedite(name)  # a rescan is a fresh look: so is a retry
                 self._scan(sortable[name])
         self.scans += 1
 

@@ -79,6 +79,7 @@ class _Candidate:
     signature: Signature
     first_seen: float
     due: float
+    retried: bool = False  # put back after a failure: :meth:`Readiness.expedite` may bring it forward
 
 
 @dataclass
@@ -141,9 +142,22 @@ class Readiness:
             signature = Signature.of(job.path)
             if signature is None:
                 return
-            candidate = _Candidate(job.dataset, signature, job.first_seen, 0.0)
+            candidate = _Candidate(job.dataset, signature, job.first_seen, 0.0, retried=True)
             self._pending[job.path] = candidate
             self._schedule(job.path, candidate, self.clock() + delay)
+
+    def expedite(self, dataset: str) -> int:
+        """Make ``dataset``'s files waiting after a failure due now (the fault may have cleared)."""
+        with self._lock:
+            now = self.clock()
+            waiting = [
+                (path, candidate)
+                for path, candidate in self._pending.items()
+                if candidate.retried and candidate.dataset == dataset and candidate.due > now
+            ]
+            for path, candidate in waiting:
+                self._schedule(path, candidate, now)
+            return len(waiting)
 
     def release(self, path: Path) -> None:
         """The worker is done with ``path`` (moved, rejected or left alone)."""

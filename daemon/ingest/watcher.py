@@ -48,6 +48,7 @@ from typing import ClassVar, Protocol
 import structlog
 from watchdog.events import (
     EVENT_TYPE_CLOSED,
+    EVENT_TYPE_DELETED,
     EVENT_TYPE_MOVED,
     DirCreatedEvent,
     DirDeletedEvent,
@@ -87,6 +88,8 @@ class WatchSink(Protocol):
     def placed(self, dataset: str, path: Path) -> None: ...
 
     def rescan_sorted(self, dataset: str) -> None: ...
+
+    def destination_changed(self, dataset: str) -> None: ...
 
     def classes_changed(self, dataset: str) -> None: ...
 
@@ -169,16 +172,25 @@ class _ClassesHandler(_SafeHandler):
 
 
 class _SortedHandler(_SafeHandler):
-    """``Dataset/``: files arriving in a class folder may be a person's corrections."""
+    """``Dataset/``: files arriving in a class folder may be a person's corrections.
 
-    events = (FileClosedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent)
+    A deletion there is what a person does to free a full disk: files waiting
+    for their back-off are then tried at once (``destination_changed``).
+    """
+
+    events = (FileClosedEvent, FileMovedEvent, FileDeletedEvent, DirCreatedEvent, DirMovedEvent)
 
     def __init__(self, name: str, sink: WatchSink) -> None:
         self.name = name
         self.sink = sink
 
     def handle(self, event: FileSystemEvent) -> None:
-        if event.is_directory:
+        if event.event_type == EVENT_TYPE_DELETED:
+            # Not a hidden name: the mover's own temporaries (a cross-device copy that met a full
+            # disk is deleted again) would otherwise reset the back-off on every failure.
+            if not Path(os.fsdecode(event.src_path)).name.startswith("."):
+                self.sink.destination_changed(self.name)
+        elif event.is_directory:
             # inotify watches a new folder only once its creation is seen: a file moved
             # into it at once sends no event. The folder is watched by now, so one scan
             # finds what came before and events report what comes after.

@@ -149,6 +149,10 @@ class Service:
     def rescan_sorted(self, dataset: str) -> None:
         self.learner.scan(dataset)
 
+    def destination_changed(self, dataset: str) -> None:
+        self.worker.policy.reset()  # a cleared fault is noticed in seconds, not after up to 30 s
+        self.intake.expedite(dataset)
+
     # --- callbacks from the intake and worker threads -------------------------------
     def _datasets_found(self, layouts: list[DatasetLayout]) -> None:
         self.watcher.sync(layouts)

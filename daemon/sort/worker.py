@@ -243,6 +243,11 @@ class RetryAndGoOn:
             self._intake.release(item.job.path)
         return False
 
+    def reset(self) -> None:
+        """Forget the back-off: the next failure waits the first delay again."""
+        with self._lock:
+            self._retries.clear()
+
     def _recheck_delay(self, job: Job) -> float:
         """Back-off for a file still arriving: a quarter of its age, from the settle time up to RETRY_MAX."""
         return min(RETRY_MAX, max(self._settings().settle_seconds, age(job) / 4))
