@@ -157,22 +157,30 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
+def daemon_on_small_disk(daemons: list[Daemon], tmp_path: Path, tiny_model: Path) -> tuple[Path, Daemon]:
+    """The rgb dataset (its Dataset/ the small_disk mount) and a daemon sorting it."""
+    root = tmp_path / "Data"
+    make_dataset(root / "rgb", RGB, references=3, seed=3)
+    return root / "rgb", start(daemons, root, tiny_model, tmp_path / "home", settle_seconds=0.05)
+
+
+def drop_noise(dataset: Path, tmp_path: Path, count: int, seed: int) -> dict[str, bytes]:
+    """``count`` noise PNGs dropped into the inbox (noise compresses badly: ~12 KiB each); name -> bytes."""
+    rng = np.random.default_rng(seed)
+    pictures = {}
+    for k in range(count):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+        pictures[f"n{k:02d}.png"] = (tmp_path / "p.png").read_bytes()
+        drop(dataset / "Images", f"n{k:02d}.png", pictures[f"n{k:02d}.png"])
+    return pictures
+
+
 def test_full_and_read_only_destinations_lose_nothing_and_resume(
     daemons: list[Daemon], tmp_path: Path, tiny_model: Path, small_disk: Path
 ) -> None:
     """ENOSPC and EROFS: files stay in Images/, one error line per cause, sorted once the fault clears."""
-    root = tmp_path / "Data"
-    dataset = root / "rgb"
-    make_dataset(dataset, RGB, references=3, seed=3)
-    daemon = start(daemons, root, tiny_model, tmp_path / "home", settle_seconds=0.05)
-    rng = np.random.default_rng(0)
-    pictures = {}
-    for k in range(24):  # noise compresses badly: ~12 KiB each, 288 KiB for a 64 KiB disk
-        image = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
-        image.save(tmp_path / "p.png")
-        pictures[f"n{k:02d}.png"] = (tmp_path / "p.png").read_bytes()
-    for name, data in pictures.items():
-        drop(dataset / "Images", name, data)
+    dataset, daemon = daemon_on_small_disk(daemons, tmp_path, tiny_model)
+    pictures = drop_noise(dataset, tmp_path, 24, seed=0)  # 288 KiB for a 64 KiB disk
     wait_until(lambda: daemon.events("move_failed"), timeout=30)
     time.sleep(3)  # several retries meet the same full disk
     full = [r for r in daemon.events("move_failed") if "No space" in r["error"]]
@@ -199,14 +207,8 @@ def test_space_freed_in_the_destination_is_used_at_once_not_after_the_back_off(
     daemons: list[Daemon], tmp_path: Path, tiny_model: Path, small_disk: Path
 ) -> None:
     """A full disk backs off up to 30 s; deleting sorted files there makes the waiting ones go now."""
-    root = tmp_path / "Data"
-    dataset = root / "rgb"
-    make_dataset(dataset, RGB, references=3, seed=3)
-    daemon = start(daemons, root, tiny_model, tmp_path / "home", settle_seconds=0.05)
-    rng = np.random.default_rng(1)
-    for k in range(12):  # ~12 KiB of noise each: the 64 KiB disk fills after a few
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "p.png")
-        drop(dataset / "Images", f"n{k:02d}.png", (tmp_path / "p.png").read_bytes())
+    dataset, daemon = daemon_on_small_disk(daemons, tmp_path, tiny_model)
+    drop_noise(dataset, tmp_path, 12, seed=1)  # the 64 KiB disk fills after a few
     first_failure = daemon.wait_event("move_failed", timeout=30)
     assert "No space" in first_failure["error"]
     time.sleep(12)  # the back-off has doubled past 8 s by now (0.5 + 1 + 2 + 4 s of retries)
