@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -30,12 +30,11 @@ from typing import Protocol
 from daemon.classify.modes import Decision
 from daemon.classify.targets import Target
 from daemon.encode.decoding import Decoded, DecodePool, collect
-from daemon.encode.embedcache import EmbeddingCache
 from daemon.encode.embeddings import Embedder
 from daemon.encode.encoder import Encoder
 from daemon.errors import ImageRejected
 from daemon.ingest.readiness import Job
-from daemon.sort.pipeline import Delivery, Result, deliver
+from daemon.sort.pipeline import Delivery, Result, classify, classify_with_fallback, deliver
 from daemon.store.journal import Journal
 
 Verdict = Decision | ImageRejected | None  # None: inference failed even on the CPU
@@ -61,15 +60,10 @@ class Classified:
 class Policy(Protocol):
     """What a file's fate means; the driver's one parameter."""
 
-    def classify(
-        self,
-        jobs: Sequence[Job],
-        reads: Sequence[Decoded],
-        targets: Mapping[str, Target],
-        encoder: Encoder | None,
-        cache: EmbeddingCache | None,
-    ) -> list[Verdict]:
-        """A verdict per job (raising stops a one-shot run; the daemon falls back instead)."""
+    @property
+    def falls_back(self) -> bool:
+        """An inference failure splits the batch and retries on the CPU (None for a file that still
+        fails), rather than ending the run with the error."""
 
     def deliverable(self, job: Job, verdict: Verdict) -> bool:
         """Whether the file is placed now; False when the policy keeps it for later."""
@@ -108,8 +102,11 @@ class Driver:
 
     def classify(
         self, batch: Batch, targets: Mapping[str, Target], embedder: Embedder, decode_timeout: float
-    ) -> None:
-        """Collect, classify and hand a batch to the placer (waiting while the last is placed)."""
+    ) -> int:
+        """Collect, classify and hand a batch to the placer (waiting while the last is placed).
+
+        Returns how many files were classified.
+        """
         jobs, reads = [], []
         for job, read in zip(batch.jobs, collect(batch.pictures, decode_timeout), strict=True):
             if job.dataset in targets:
@@ -118,10 +115,14 @@ class Driver:
             else:  # its classes went away: it waits in the inbox for new ones
                 self.policy.unplaced(job)
         if not jobs:
-            return
+            return 0
         if batch.encoder is not embedder.encoder:  # crops made for a model swapped out since
             reads = [replace(read, crop=None) for read in reads]
-        verdicts = self.policy.classify(jobs, reads, targets, embedder.encoder, embedder.cache)
+        verdicts: list[Verdict] = (
+            classify_with_fallback(jobs, reads, targets, embedder.encoder, cache=embedder.cache)
+            if self.policy.falls_back
+            else list(classify(jobs, reads, targets, embedder.encoder, cache=embedder.cache))
+        )
         deliveries = [
             Delivery(job, verdict, read, targets[job.dataset])
             for job, verdict, read in zip(jobs, verdicts, reads, strict=True)
@@ -129,6 +130,7 @@ class Driver:
         ]
         if deliveries:
             self._placing.put(Classified(deliveries, embedder.encoder))
+        return len(jobs)
 
     @property
     def stopped(self) -> bool:

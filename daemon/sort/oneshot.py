@@ -7,24 +7,23 @@ no model) fails before the first file moves.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import structlog
 
 from daemon.classify.targets import Corrected, Target, make_target
 from daemon.config import Settings
-from daemon.encode.decoding import Decoded, DecodePool
-from daemon.encode.embedcache import EmbeddingCache
+from daemon.encode.decoding import DecodePool
 from daemon.encode.embeddings import Embedder
-from daemon.encode.encoder import Encoder
 from daemon.errors import NoClassesError
 from daemon.ingest.readiness import Job, Signature
 from daemon.ingest.scanner import scan
 from daemon.layout import DatasetLayout
 from daemon.sort.driver import Classified, Driver, Verdict
-from daemon.sort.pipeline import Delivery, Outcome, Result, classify
+from daemon.sort.pipeline import Delivery, Outcome, Result
 from daemon.store.journal import Journal
 
 log = structlog.get_logger()
@@ -113,15 +112,7 @@ class StopAtFirst:
 
     on_outcome: Callable[[Outcome], None]
 
-    def classify(
-        self,
-        jobs: Sequence[Job],
-        reads: Sequence[Decoded],
-        targets: Mapping[str, Target],
-        encoder: Encoder | None,
-        cache: EmbeddingCache | None,
-    ) -> list[Verdict]:
-        return list(classify(jobs, reads, targets, encoder, cache=cache))  # an error ends the run
+    falls_back: ClassVar[bool] = False  # an inference error ends the run, with the error
 
     def deliverable(self, job: Job, verdict: Verdict) -> bool:
         return True  # nothing is awaited: a file still being written is rejected now

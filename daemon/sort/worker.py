@@ -18,24 +18,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Callable
+from typing import ClassVar, Protocol
 
 import structlog
 
 from daemon.classify.catalog import Catalog
-from daemon.classify.targets import Target
 from daemon.config import Settings
-from daemon.encode.decoding import Decoded, DecodePool
-from daemon.encode.embedcache import EmbeddingCache
+from daemon.encode.decoding import DecodePool
 from daemon.encode.embeddings import Embedder
-from daemon.encode.encoder import Encoder
 from daemon.errors import ImageIncomplete
 from daemon.ingest.intake import Intake
 from daemon.ingest.readiness import Job, age, is_unchanged
 from daemon.ingest.workqueue import FairQueue
 from daemon.sort.driver import Batch, Classified, Driver, Verdict
-from daemon.sort.pipeline import Delivery, Outcome, Result, classify_with_fallback
+from daemon.sort.pipeline import Delivery, Outcome, Result
 from daemon.store.journal import Journal
 
 log = structlog.get_logger()
@@ -131,7 +128,8 @@ class Worker:
                 if current is not None:
                     targets = self._catalog.snapshot()
                     timeout = self.settings.decode_timeout_seconds
-                    self.driver.classify(current, targets, self.embedder, timeout)
+                    if classified := self.driver.classify(current, targets, self.embedder, timeout):
+                        self._metrics.batch(classified)
             except Exception as exc:  # never let the worker die: systemd's watchdog would restart us
                 log.exception("worker_failed", error=str(exc))
                 self._metrics.error("worker", str(exc))
@@ -185,17 +183,7 @@ class RetryAndGoOn:
         self._retries: dict[str, tuple[float, float]] = {}  # cause -> (delay, when it last doubled)
         self._lock = threading.Lock()  # the model's and the placer's thread both back off
 
-    def classify(
-        self,
-        jobs: Sequence[Job],
-        reads: Sequence[Decoded],
-        targets: Mapping[str, Target],
-        encoder: Encoder | None,
-        cache: EmbeddingCache | None,
-    ) -> list[Verdict]:
-        verdicts = classify_with_fallback(jobs, reads, targets, encoder, cache=cache)
-        self._metrics.batch(len(jobs))
-        return verdicts
+    falls_back: ClassVar[bool] = True  # smaller batches, then the CPU; a file that still fails waits
 
     def deliverable(self, job: Job, verdict: Verdict) -> bool:
         if verdict is None:  # even the CPU failed: the file waits and is tried again
