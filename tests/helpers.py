@@ -63,7 +63,7 @@ class GatedRenames(mover.Syscalls):
         self.gate = threading.Event()
         self.waiting = threading.Event()
 
-    def renameat2(self, source: Path, target: Path) -> None:
+    def renameat2(self, source: mover.At, target: mover.At) -> None:
         self.waiting.set()
         if not self.gate.wait(timeout=60):
             raise OSError("the test never opened the gate")

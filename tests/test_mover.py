@@ -81,7 +81,7 @@ def test_cross_filesystem_move(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / source.name).write_bytes(b"taken")
     try:
-        target = place(source, tmp_path / "out", boundary=tmp_path)
+        target = place(source, tmp_path / "out", boundary=Path("/"))
     finally:
         source.unlink(missing_ok=True)
     assert target.name.endswith("_1.jpg")
@@ -96,12 +96,58 @@ def test_destination_outside_boundary_is_refused(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (tmp_path / "ds" / "Dataset").mkdir(parents=True)
+    (tmp_path / "ds" / "Images").mkdir(parents=True)
     (tmp_path / "ds" / "Dataset" / "red").symlink_to(outside)
-    (tmp_path / "a.jpg").write_bytes(b"A")
-    with pytest.raises(UnsafeDestination):
-        place(tmp_path / "a.jpg", tmp_path / "ds" / "Dataset" / "red", boundary=tmp_path / "ds")
-    assert (tmp_path / "a.jpg").exists()
+    (tmp_path / "ds" / "Images" / "a.jpg").write_bytes(b"A")
+    with pytest.raises(UnsafeDestination, match="is a symlink"):
+        place(
+            tmp_path / "ds" / "Images" / "a.jpg",
+            tmp_path / "ds" / "Dataset" / "red",
+            boundary=tmp_path / "ds",
+        )
+    assert (tmp_path / "ds" / "Images" / "a.jpg").exists()
     assert list(outside.iterdir()) == []
+
+
+def test_a_symlinked_folder_higher_up_is_refused_too(tmp_path: Path) -> None:
+    """``Dataset/`` itself a symlink: the walk from the dataset's folder meets it and stops."""
+    outside = tmp_path / "outside"
+    (outside / "red").mkdir(parents=True)
+    (tmp_path / "ds" / "Images").mkdir(parents=True)
+    (tmp_path / "ds" / "Dataset").symlink_to(outside)
+    (tmp_path / "ds" / "Images" / "a.jpg").write_bytes(b"A")
+    with pytest.raises(UnsafeDestination, match="Dataset' is a symlink"):
+        place(
+            tmp_path / "ds" / "Images" / "a.jpg",
+            tmp_path / "ds" / "Dataset" / "red",
+            boundary=tmp_path / "ds",
+        )
+    assert list((outside / "red").iterdir()) == []
+
+
+@pytest.mark.parametrize("folder", ["../elsewhere", "Dataset/../../elsewhere"])
+def test_a_path_that_climbs_out_is_refused_before_any_call(tmp_path: Path, folder: str) -> None:
+    """'..' in a destination is refused from the names alone; nothing is created."""
+    (tmp_path / "ds" / "Images").mkdir(parents=True)
+    (tmp_path / "ds" / "Images" / "a.jpg").write_bytes(b"A")
+    with pytest.raises(UnsafeDestination):
+        place(tmp_path / "ds" / "Images" / "a.jpg", tmp_path / "ds" / folder, boundary=tmp_path / "ds")
+    assert tree(tmp_path) == {"ds/Images": ["a.jpg"]}
+
+
+def test_a_file_replaced_after_it_was_read_is_put_back_not_filed(tmp_path: Path) -> None:
+    """``expect`` refuses another inode: the file returns to its folder under a free name."""
+    (tmp_path / "in").mkdir()
+    source = tmp_path / "in" / "a.jpg"
+    source.write_bytes(b"first")
+    read = source.lstat()
+    replacement = tmp_path / "in" / ".new"
+    replacement.write_bytes(b"second")
+    replacement.rename(source)  # what an editor's atomic save does
+    with pytest.raises(mover.FileReplaced, match="replaced by another file"):
+        place(source, tmp_path / "out", boundary=tmp_path, expect=lambda now: now.st_ino == read.st_ino)
+    assert tree(tmp_path) == {"in": ["a.jpg"]}
+    assert source.read_bytes() == b"second"
 
 
 def test_candidate_names_stay_within_name_max() -> None:
@@ -148,7 +194,7 @@ class Faulty(mover.Syscalls):
         if self.calls == self.fail_at:
             raise OSError(self.code, f"injected {errno.errorcode[self.code]}")
 
-    def renameat2(self, source: Path, target: Path) -> None:
+    def renameat2(self, source: mover.At, target: mover.At) -> None:
         self._step()
         if self.no_renameat2:
             raise OSError(errno.EINVAL, "unsupported")
@@ -167,7 +213,20 @@ def _counted(name: str) -> None:
     setattr(Faulty, name, call)
 
 
-for _name in ("link", "unlink", "mkdir", "open", "copy", "fsync", "close", "copystat", "replace"):
+for _name in (
+    "link",
+    "unlink",
+    "mkdir",
+    "open",
+    "anchor",
+    "lstat",
+    "fstat",
+    "copy",
+    "fsync",
+    "close",
+    "copystat",
+    "replace",
+):
     _counted(_name)
 
 SCENARIOS = {"renameat2": {}, "link-unlink": {"no_renameat2": True}, "cross-device": {"exdev": True}}
@@ -254,7 +313,7 @@ def test_temporaries_of_an_interrupted_copy_are_removed(tmp_path: Path) -> None:
     (tmp_path / f".clipsort-{uuid.uuid4().hex}.tmp").write_bytes(b"half")
     (tmp_path / ".clipsort-notes.tmp").write_bytes(b"mine")
     (tmp_path / "a.jpg").write_bytes(b"A")
-    removed = mover.remove_temporaries(tmp_path)
+    removed = mover.remove_temporaries(tmp_path, tmp_path)
     assert len(removed) == 1
     assert tree(tmp_path) == {".": [".clipsort-notes.tmp", "a.jpg"]}
 

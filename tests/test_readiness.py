@@ -75,7 +75,7 @@ def test_capacity_refuses_new_paths_but_keeps_known_ones(tmp_path: Path) -> None
     clock.now += 2
     jobs = readiness.ready()
     assert len(readiness) == 2  # in flight until released
-    readiness.release(jobs[0].path)
+    readiness.release(jobs[0])
     assert readiness.offer(Hint("d", paths[2]))
 
 
@@ -168,3 +168,35 @@ def test_expedite_brings_forward_only_the_files_waiting_after_a_failure(tmp_path
     assert readiness.expedite("other") == 0
     assert readiness.expedite("d") == 1
     assert [job.path for job in readiness.ready()] == [failed]
+
+
+def test_a_new_file_under_the_name_of_one_in_flight_is_offered_once_that_one_is_released(
+    tmp_path: Path,
+) -> None:
+    """Hinted while the worker had the old file: tracked at release, not lost until a rescan."""
+    clock = Clock()
+    readiness = make(clock)
+    path = fresh(tmp_path / "a.jpg")
+    readiness.offer(Hint("d", path, "closed"))
+    clock.now += 1
+    [job] = readiness.ready()
+    path.unlink()  # the worker moved the first file away...
+    fresh(path, b"another")  # ...and a second one arrived under its name
+    assert readiness.offer(Hint("d", path, "closed"))
+    assert readiness.ready() == []  # still in flight: nothing offered twice
+    readiness.release(job)
+    clock.now += 2
+    [again] = readiness.ready()
+    assert again.path == path and again.signature != job.signature
+
+
+def test_a_release_without_a_new_hint_tracks_nothing(tmp_path: Path) -> None:
+    """A moved file that nobody replaced is simply done."""
+    clock = Clock()
+    readiness = make(clock)
+    readiness.offer(Hint("d", fresh(tmp_path / "a.jpg"), "closed"))
+    clock.now += 1
+    [job] = readiness.ready()
+    readiness.release(job)
+    clock.now += 5
+    assert readiness.ready() == [] and len(readiness) == 0

@@ -105,7 +105,7 @@ class FailingRename(mover.Syscalls):
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def renameat2(self, source: Path, target: Path) -> None:
+    def renameat2(self, source: mover.At, target: mover.At) -> None:
         if source.name == self.name:
             raise OSError(28, os.strerror(28))
         super().renameat2(source, target)
@@ -152,9 +152,9 @@ class VanishingFile(mover.Syscalls):
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def renameat2(self, source: Path, target: Path) -> None:
-        if source.name == self.name and source.parent.name == "Images":
-            source.unlink()
+    def renameat2(self, source: mover.At, target: mover.At) -> None:
+        if source.name == self.name and source.path.parent.name == "Images":
+            source.path.unlink()
         super().renameat2(source, target)
 
 

@@ -15,7 +15,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Protocol
 
 import structlog
@@ -101,8 +100,8 @@ class Intake:
         if self.readiness.expedite(dataset):
             log.info("retries_expedited", dataset=dataset)
 
-    def release(self, path: Path) -> None:
-        self.readiness.release(path)
+    def release(self, job: Job) -> None:
+        self.readiness.release(job)
 
     def retry(self, job: Job, delay: float) -> None:
         self.readiness.retry(job, delay)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import stat
 import threading
 import time
@@ -41,6 +42,11 @@ class Signature:
             status = path.lstat()
         except OSError:
             return None
+        return cls.of_status(status)
+
+    @classmethod
+    def of_status(cls, status: os.stat_result) -> Signature | None:
+        """The signature of what an ``lstat`` found, if it is a regular file."""
         if not stat.S_ISREG(status.st_mode):
             return None
         return cls(status.st_size, status.st_mtime_ns, status.st_ino)
@@ -97,6 +103,7 @@ class Readiness:
     wall: Callable[[], float] = time.time
     _pending: dict[Path, _Candidate] = field(default_factory=dict)
     _in_flight: set[Path] = field(default_factory=set)
+    _hinted_in_flight: set[Path] = field(default_factory=set)  # hinted again while the worker had it
     _heap: list[tuple[float, int, Path]] = field(default_factory=list)
     _order: itertools.count[int] = field(default_factory=itertools.count)
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -115,12 +122,19 @@ class Readiness:
         with self._lock:
             path = hint.path
             if path in self._in_flight:
-                return True  # the worker re-checks the signature before it moves
+                # The worker re-checks the signature before it moves; but a new file may
+                # arrive under this name once the old one is moved, so release looks again.
+                self._hinted_in_flight.add(path)
+                return True
+            return self._track(path, hint.dataset, hint.kind)
+
+    def _track(self, path: Path, dataset: str, kind: HintKind) -> bool:
+        with self._lock:
             now = self.clock()
-            wait = self.settle_closed if hint.kind == "closed" else self.settle
+            wait = self.settle_closed if kind == "closed" else self.settle
             candidate = self._pending.get(path)
             if candidate is not None:
-                if hint.kind != "scanned":  # a rescan must not postpone a file already waiting
+                if kind != "scanned":  # a rescan must not postpone a file already waiting
                     self._schedule(path, candidate, now + wait)
                 return True
             if len(self) >= self.capacity:
@@ -130,7 +144,7 @@ class Readiness:
                 return True  # vanished, a symlink or a special file: nothing to do
             if self.wall() - signature.mtime_ns / 1e9 > self.settle:
                 wait = 0.0  # untouched for longer than the settle time already
-            candidate = _Candidate(hint.dataset, signature, now, now)
+            candidate = _Candidate(dataset, signature, now, now)
             self._pending[path] = candidate
             self._schedule(path, candidate, now + wait)
             return True
@@ -139,6 +153,7 @@ class Readiness:
         """Put a job back (still arriving, or a transient failure), keeping its first-seen time."""
         with self._lock:
             self._in_flight.discard(job.path)
+            self._hinted_in_flight.discard(job.path)
             signature = Signature.of(job.path)
             if signature is None:
                 return
@@ -159,10 +174,18 @@ class Readiness:
                 self._schedule(path, candidate, now)
             return len(waiting)
 
-    def release(self, path: Path) -> None:
-        """The worker is done with ``path`` (moved, rejected or left alone)."""
+    def release(self, job: Job) -> None:
+        """The worker is done with a job's file (moved, rejected or left alone).
+
+        A hint for its path that came while the worker had it may be a new
+        file under the same name, arrived after the old one moved: it is
+        tracked now, as if the hint came just now.
+        """
         with self._lock:
-            self._in_flight.discard(path)
+            self._in_flight.discard(job.path)
+            if job.path in self._hinted_in_flight:
+                self._hinted_in_flight.discard(job.path)
+                self._track(job.path, job.dataset, "written")
 
     def forget_dataset(self, dataset: str) -> None:
         """Drop pending paths of a dataset that can no longer be classified."""

@@ -25,6 +25,7 @@ from daemon.layout import DatasetLayout
 from daemon.sort.driver import Classified, Driver, Verdict
 from daemon.sort.pipeline import Delivery, Outcome, Result
 from daemon.store.journal import Journal
+from daemon.store.mover import FileReplaced
 
 log = structlog.get_logger()
 
@@ -125,6 +126,8 @@ class StopAtFirst:
             # Gone since the scan (a person, or another program, moved it): nothing to place.
             log.warning("file_vanished", file=str(job.path), error=str(result))
             return
+        if isinstance(result, FileReplaced):
+            return  # logged by the mover; the new file waits in the inbox for the next run
         if not isinstance(result, Outcome):
             raise result
         self.on_outcome(result)

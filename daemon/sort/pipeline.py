@@ -8,6 +8,7 @@ dataset.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +25,9 @@ from daemon.encode.embedcache import EmbeddingCache
 from daemon.encode.encoder import Encoder
 from daemon.encode.vectors import Vectors
 from daemon.errors import ClipsortError, ImageRejected
-from daemon.ingest.readiness import Job
+from daemon.ingest.readiness import Job, Signature
 from daemon.store.journal import Intent, Journal, Settlement, State
-from daemon.store.mover import check_inside, ensure_dir, move_into, preview, sync_folders
+from daemon.store.mover import OpenFolders, move_into, preview
 
 log = structlog.get_logger()
 
@@ -177,17 +178,17 @@ class Delivery:
     target: Target
 
     @functools.cached_property
-    def placement(self) -> tuple[Path, Path, Status, str | None]:
-        """The area (``Dataset/``, ``Review/`` or ``Rejected/``), the folder, the status and why."""
+    def placement(self) -> tuple[Path, Status, str | None]:
+        """The folder (in ``Dataset/``, ``Review/`` or ``Rejected/``), the status and why."""
         layout, verdict = self.target.layout, self.verdict
         if isinstance(verdict, ImageRejected):
-            return layout.rejected, layout.rejected, "rejected", str(verdict)
+            return layout.rejected, "rejected", str(verdict)
         if held := self.target.review.hold_back(verdict):
-            return layout.review, layout.review, "review", held
-        return layout.sorted, layout.class_dir(verdict.label), "sorted", None
+            return layout.review, "review", held
+        return layout.class_dir(verdict.label), "sorted", None
 
     def intent(self, model: str) -> Intent:
-        _, folder, status, _ = self.placement
+        folder, status, _ = self.placement
         decision = self.verdict if isinstance(self.verdict, Decision) else None
         return Intent(
             dataset=self.job.dataset,
@@ -221,48 +222,57 @@ def deliver(
     results: list[Result] = []
     if dry_run:
         for item, model in zip(batch, models, strict=True):
-            _, folder, _, _ = item.placement
+            folder, _, _ = item.placement
             results.append(_outcome(item, preview(item.job.path, folder), model, dry_run=True))
         return results
     entries = journal.plan([item.intent(m) for item, m in zip(batch, models, strict=True)]) if journal else []
-    touched: set[Path] = set()
-    prepared: dict[Path, OSError | ClipsortError | None] = {}  # each folder is made and checked once
-    states: list[tuple[State, Path | None, str | None]] = []
-    for item, model in zip(batch, models, strict=True):
-        area, folder, status, reason = item.placement
-        if folder not in prepared:
-            prepared[folder] = _prepare(folder, area, item.target.layout.root)
-        try:
-            if (failure := prepared[folder]) is not None:
-                raise failure
-            keep = item.target.settings.action == "copy"
-            destination = move_into(item.job.path, folder, keep_source=keep)
-        except (OSError, ClipsortError) as exc:
-            results.append(exc)
-            states.append(("cleared", None, f"not moved: {exc}"))
-            continue
-        touched |= {folder, item.job.path.parent}
-        results.append(_outcome(item, destination, model, dry_run=False))
-        states.append(("rejected" if status == "rejected" else "moved", destination, reason))
-    sync_folders(*sorted(touched))  # before the outcomes are recorded as durable
+    folders = OpenFolders()  # each folder is opened (made, checked) once, from the dataset's own folder
+    try:
+        states = [_place(item, model, folders, results) for item, model in zip(batch, models, strict=True)]
+        folders.sync_touched()  # before the outcomes are recorded as durable
+    finally:
+        folders.close()
     if journal is not None:
         journal.settle([Settlement(entry, *state) for entry, state in zip(entries, states, strict=True)])
     return results
 
 
-def _prepare(folder: Path, area: Path, root: Path) -> OSError | ClipsortError | None:
-    """Make ``folder`` inside ``area`` inside the dataset ``root``; why not, if it cannot be."""
+def _place(
+    item: Delivery, model: str, folders: OpenFolders, results: list[Result]
+) -> tuple[State, Path | None, str | None]:
+    """Move one file through folders opened from its dataset's folder; its journal state.
+
+    The move confirms that the file it renamed is the one that was read (its
+    inode, size and modification time are the job's), so the journal's hash is
+    always that of the file now filed.
+    """
+    folder, status, reason = item.placement
+    root = item.target.layout.root
     try:
-        check_inside(root, area)
-        ensure_dir(folder, area)
+        origin = folders.get(item.job.path.parent, root, create=False)
+        destination = folders.get(folder, root, create=True)
+        placed = move_into(
+            origin.at(item.job.path.name),
+            destination,
+            keep_source=item.target.settings.action == "copy",
+            expect=functools.partial(_is_job, item.job),
+        )
     except (OSError, ClipsortError) as exc:
-        return exc
-    return None
+        results.append(exc)
+        return ("cleared", None, f"not moved: {exc}")
+    folders.touch(destination, origin)
+    results.append(_outcome(item, placed, model, dry_run=False))
+    return ("rejected" if status == "rejected" else "moved", placed, reason)
+
+
+def _is_job(job: Job, status: os.stat_result) -> bool:
+    """Whether a file about to be filed (its ``lstat``) is the one the job read."""
+    return Signature.of_status(status) == job.signature
 
 
 def _outcome(item: Delivery, destination: Path, model: str, *, dry_run: bool) -> Outcome:
     """The outcome of one placed file, logged as its canonical line."""
-    _, _, status, reason = item.placement
+    _, status, reason = item.placement
     outcome = Outcome(
         dataset=item.job.dataset,
         source=item.job.path,

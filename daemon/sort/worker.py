@@ -34,6 +34,7 @@ from daemon.ingest.workqueue import FairQueue
 from daemon.sort.driver import Batch, Classified, Driver, Verdict
 from daemon.sort.pipeline import Delivery, Outcome, Result
 from daemon.store.journal import Journal
+from daemon.store.mover import FileReplaced
 
 log = structlog.get_logger()
 
@@ -136,7 +137,7 @@ class Worker:
                 time.sleep(IDLE_WAIT)
         if upcoming is not None:  # decoded but not classified: it stays in the inbox
             for job in upcoming.jobs:
-                self._intake.release(job.path)
+                self._intake.release(job)
 
     def _maintain(self) -> None:
         if self._swap is not None:
@@ -207,7 +208,7 @@ class RetryAndGoOn:
         if isinstance(result, Outcome):
             with self._lock:
                 self._retries.clear()
-            self._intake.release(job.path)
+            self._intake.release(job)
             self._metrics.record(result, age(job))
         elif isinstance(result, OSError):  # disk full, read-only, permissions: the file stays and is retried
             cause = f"{type(result).__name__}:{result.errno}"
@@ -215,20 +216,25 @@ class RetryAndGoOn:
                 log.error("move_failed", file=str(job.path), error=str(result))
             self._metrics.error("move", str(result))
             self._intake.retry(job, self._backoff(cause))
+        elif isinstance(
+            result, FileReplaced
+        ):  # other bytes under its name now: they get a decision of their own
+            self._metrics.error("replaced", str(result))
+            self._intake.retry(job, self._settings().settle_seconds)
         else:  # e.g. a class folder that is a symlink out of the dataset: never written through
             log.error("unsafe_destination", file=str(job.path), error=str(result))
             self._metrics.error("unsafe_destination", str(result))
-            self._intake.release(job.path)
+            self._intake.release(job)
 
     def unplaced(self, job: Job) -> None:
-        self._intake.release(job.path)  # it stays in the inbox; the next scan offers it again
+        self._intake.release(job)  # it stays in the inbox; the next scan offers it again
 
     def placing_failed(self, batch: Classified, error: Exception) -> bool:
         # A bug here must not end placing for good: the batch's files stay in the inbox.
         log.error("placing_failed", error=str(error), exc_info=error)
         self._metrics.error("placing", str(error))
         for item in batch.deliveries:
-            self._intake.release(item.job.path)
+            self._intake.release(item.job)
         return False
 
     def reset(self) -> None:

@@ -21,6 +21,23 @@ copy) fails, the new name is removed again, so the file stays once, in its
 old place, and the caller may retry. A crash between the steps is repaired
 at the next start (:mod:`daemon.store.recovery`).
 
+Every step inside a dataset is relative to directory descriptors. A folder
+is opened component by component from the dataset's own folder, each with
+``O_DIRECTORY | O_NOFOLLOW`` (:func:`open_folder`), and the rename, link,
+temporary file and fsync all name their file relative to those descriptors.
+A folder swapped for a symlink between the check and the move (say by a
+``renameat2(RENAME_EXCHANGE)`` loop) therefore cannot redirect a file: either
+the walk meets the symlink and refuses (:class:`UnsafeDestination`), or it
+holds the real folder, wherever that is renamed to meanwhile. Linux's
+``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`` would do the walk in one
+call, but Python has no binding for it and the per-component walk gives the
+same guarantee on every kernel.
+
+A move can also confirm that the file it moved is the one that was read
+(``expect``): a file replaced under the same name after it was classified is
+put back into its folder under a free name and :class:`FileReplaced` raised,
+so it is classified again and the journal never records another file's hash.
+
 Every primitive call goes through :data:`SYSCALLS`, the one seam where tests
 inject ``ENOSPC``, ``EIO`` and friends at the N-th step.
 """
@@ -33,8 +50,10 @@ import errno
 import os
 import re
 import shutil
+import stat
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -46,7 +65,8 @@ log = structlog.get_logger()
 NAME_MAX = 255
 MAX_SUFFIX = 100_000
 TEMPORARY = re.compile(r"^\.clipsort-[0-9a-f]{32}\.tmp$")
-_AT_FDCWD = -100
+AT_FDCWD = -100  # "relative to the working directory": for clipsort's own folders
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY
 _RENAME_NOREPLACE = 1
 _COPY_CHUNK = 1 << 20
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -54,31 +74,89 @@ _renameat2 = getattr(_libc, "renameat2", None)  # glibc >= 2.28
 
 
 class UnsafeDestination(ClipsortError):
-    """A destination resolved outside the folder it must stay in."""
+    """A destination that is a symlink, or lies outside the folder it must stay in."""
+
+
+class FileReplaced(ClipsortError):
+    """The file under a name was replaced by another after it was read; it was not filed."""
+
+
+@dataclass(frozen=True)
+class At:
+    """A name inside an open folder: what every primitive call is given.
+
+    ``path`` names the same file for messages (and tests); no call resolves it.
+    """
+
+    dir_fd: int
+    name: str
+    path: Path
+
+    @classmethod
+    def own(cls, path: Path) -> At:
+        """A path in clipsort's own folders (the state folder, a staging folder), looked up as given."""
+        return cls(AT_FDCWD, os.fspath(path), path)
+
+
+@dataclass(frozen=True)
+class Folder:
+    """An open directory; :meth:`at` names a file in it. Its opener closes it (:func:`close_folder`)."""
+
+    fd: int
+    path: Path
+
+    def at(self, name: str) -> At:
+        return At(self.fd, name, self.path / name)
+
+
+Expect = Callable[[os.stat_result], bool]
+"""Whether the file a move is about to file (its ``lstat``) is the one that was read."""
 
 
 class Syscalls:
     """The primitive calls the mover makes, one method each."""
 
-    def renameat2(self, source: Path, target: Path) -> None:
+    def renameat2(self, source: At, target: At) -> None:
         """``rename`` that fails with EEXIST instead of replacing; EINVAL/ENOSYS where unsupported."""
         if _renameat2 is None:
             raise OSError(errno.ENOSYS, "renameat2 is not available")
-        if _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE):
+        if _renameat2(
+            source.dir_fd,
+            os.fsencode(source.name),
+            target.dir_fd,
+            os.fsencode(target.name),
+            _RENAME_NOREPLACE,
+        ):
             code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), str(source), None, str(target))
+            raise OSError(code, os.strerror(code), str(source.path), None, str(target.path))
 
-    def link(self, source: Path, target: Path) -> None:
-        os.link(source, target, follow_symlinks=False)
+    def link(self, source: At, target: At) -> None:
+        os.link(
+            source.name,
+            target.name,
+            src_dir_fd=source.dir_fd,
+            dst_dir_fd=target.dir_fd,
+            follow_symlinks=False,
+        )
 
-    def unlink(self, path: Path) -> None:
-        os.unlink(path)
+    def unlink(self, entry: At) -> None:
+        os.unlink(entry.name, dir_fd=entry.dir_fd)
 
-    def mkdir(self, path: Path, mode: int) -> None:
-        os.mkdir(path, mode)
+    def mkdir(self, entry: At, mode: int) -> None:
+        os.mkdir(entry.name, mode, dir_fd=entry.dir_fd)
 
-    def open(self, path: Path, flags: int, mode: int = 0o600) -> int:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    def open(self, entry: At, flags: int, mode: int = 0o600) -> int:
+        return os.open(entry.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=entry.dir_fd)
+
+    def anchor(self, path: Path) -> int:
+        """Open the folder a walk starts from; its own path is the configured one, symlinks and all."""
+        return os.open(path, _DIRECTORY | os.O_CLOEXEC)
+
+    def lstat(self, entry: At) -> os.stat_result:
+        return os.stat(entry.name, dir_fd=entry.dir_fd, follow_symlinks=False)
+
+    def fstat(self, fd: int) -> os.stat_result:
+        return os.fstat(fd)
 
     def copy(self, reader: int, writer: int) -> None:
         """All of ``reader``'s bytes onto ``writer``."""
@@ -96,17 +174,136 @@ class Syscalls:
     def close(self, fd: int) -> None:
         os.close(fd)
 
-    def copystat(self, source: Path, target: Path) -> None:
-        shutil.copystat(source, target, follow_symlinks=False)
+    def copystat(self, reader: int, writer: int) -> None:
+        """The reader's permission bits and times onto the writer (what ``shutil.copystat`` does by path)."""
+        status = os.fstat(reader)
+        os.fchmod(writer, stat.S_IMODE(status.st_mode))
+        os.utime(writer, ns=(status.st_atime_ns, status.st_mtime_ns))
 
-    def replace(self, source: Path, target: Path) -> None:
-        os.replace(source, target)
+    def replace(self, source: At, target: At) -> None:
+        os.replace(source.name, target.name, src_dir_fd=source.dir_fd, dst_dir_fd=target.dir_fd)
 
 
 SYSCALLS = Syscalls()
 
 
-def rename_noreplace(source: Path, target: Path) -> None:
+def _parts_beneath(folder: Path, boundary: Path) -> tuple[str, ...]:
+    """The names leading from ``boundary`` down to ``folder``, read from the paths alone."""
+    try:
+        parts = folder.relative_to(boundary).parts
+    except ValueError:
+        raise UnsafeDestination(f"{str(folder)!r} lies outside {str(boundary)!r}") from None
+    if ".." in parts:
+        raise UnsafeDestination(f"{str(folder)!r} climbs out of {str(boundary)!r}")
+    return parts
+
+
+def open_folder(folder: Path, boundary: Path, *, create: bool = False, mode: int = 0o777) -> Folder:
+    """Open ``folder`` from ``boundary`` one component at a time, never through a symlink.
+
+    With ``create`` missing components are made (each relative to its
+    parent's descriptor). Raises :class:`UnsafeDestination` for a component
+    that is a symlink, ``OSError`` for one that is missing or not a folder.
+    """
+    parts = _parts_beneath(folder, boundary)
+    try:
+        fd = SYSCALLS.anchor(boundary)
+    except FileNotFoundError:
+        if not create:
+            raise
+        make_own_dir(boundary, mode)
+        fd = SYSCALLS.anchor(boundary)
+    here = boundary
+    for part in parts:
+        fd = _descend(Folder(fd, here), part, create=create, mode=mode)
+        here = here / part
+    return Folder(fd, folder)
+
+
+def _descend(parent: Folder, name: str, *, create: bool, mode: int) -> int:
+    """Folder ``name`` in ``parent`` opened (made first if missing and ``create``); closes ``parent``."""
+    entry = parent.at(name)
+    try:
+        try:
+            return _open_dir(entry)
+        except FileNotFoundError:
+            if not create:
+                raise
+        with contextlib.suppress(FileExistsError):  # made by someone else meanwhile
+            SYSCALLS.mkdir(entry, mode)
+        return _open_dir(entry)
+    finally:
+        _close_quietly(parent.fd)
+
+
+def _open_dir(entry: At) -> int:
+    """Open a folder, never a symlink to one.
+
+    Linux answers ``O_DIRECTORY | O_NOFOLLOW`` on a symlink with ENOTDIR
+    (not ELOOP, as a plain ``O_NOFOLLOW`` gets), the same as for a regular
+    file; an ``lstat`` tells the two apart for the message.
+    """
+    try:
+        return SYSCALLS.open(entry, _DIRECTORY)
+    except NotADirectoryError:
+        with contextlib.suppress(OSError):
+            if stat.S_ISLNK(SYSCALLS.lstat(entry).st_mode):
+                raise UnsafeDestination(
+                    f"{str(entry.path)!r} is a symlink; clipsort never writes through one"
+                ) from None
+        raise
+
+
+def close_folder(folder: Folder) -> None:
+    """Close a folder :func:`open_folder` opened."""
+    _close_quietly(folder.fd)
+
+
+@contextlib.contextmanager
+def opened(folder: Path, boundary: Path, *, create: bool = False, mode: int = 0o777) -> Iterator[Folder]:
+    """:func:`open_folder` for the length of a ``with`` block."""
+    handle = open_folder(folder, boundary, create=create, mode=mode)
+    try:
+        yield handle
+    finally:
+        close_folder(handle)
+
+
+class OpenFolders:
+    """Each folder a batch touches, opened once (or the reason it cannot be); closed together at the end."""
+
+    def __init__(self) -> None:
+        self._open: dict[Path, Folder | OSError | ClipsortError] = {}
+        self._touched: dict[Path, Folder] = {}
+
+    def get(self, folder: Path, boundary: Path, *, create: bool) -> Folder:
+        if folder not in self._open:
+            try:
+                self._open[folder] = open_folder(folder, boundary, create=create)
+            except (OSError, ClipsortError) as exc:
+                self._open[folder] = exc
+        found = self._open[folder]
+        if not isinstance(found, Folder):
+            raise found
+        return found
+
+    def touch(self, *folders: Folder) -> None:
+        """Note folders whose entries changed, for :meth:`sync_touched`."""
+        self._touched.update((folder.path, folder) for folder in folders)
+
+    def sync_touched(self) -> None:
+        """fsync each changed folder once (see :func:`sync_folders`)."""
+        sync_folders(*(self._touched[path] for path in sorted(self._touched)))
+        self._touched.clear()
+
+    def close(self) -> None:
+        for found in self._open.values():
+            if isinstance(found, Folder):
+                close_folder(found)
+        self._open.clear()
+
+
+def _rename_noreplace(source: At, target: At) -> None:
     """Atomically rename ``source`` to ``target``; FileExistsError if taken."""
     try:
         SYSCALLS.renameat2(source, target)
@@ -122,12 +319,17 @@ def rename_noreplace(source: Path, target: Path) -> None:
         raise
 
 
-def _take_back(path: Path) -> None:
+def rename_noreplace(source: Path, target: Path) -> None:
+    """Atomically rename ``source`` to ``target`` in clipsort's own folders; FileExistsError if taken."""
+    _rename_noreplace(At.own(source), At.own(target))
+
+
+def _take_back(entry: At) -> None:
     """Remove the second name of a file whose move could not be finished."""
     try:
-        SYSCALLS.unlink(path)
+        SYSCALLS.unlink(entry)
     except OSError as exc:  # two faults in a row: recovery at the next start settles it
-        log.error("move_undo_failed", path=str(path), error=str(exc))
+        log.error("move_undo_failed", path=str(entry.path), error=str(exc))
 
 
 def _close_quietly(fd: int) -> None:
@@ -138,22 +340,22 @@ def _close_quietly(fd: int) -> None:
         log.warning("close_failed", error=str(exc))
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a folder's entries (a rename, a new file) durable."""
-    fd = SYSCALLS.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync_own_dir(folder: Path) -> None:
+    """Make the entries of one of clipsort's own folders durable."""
+    fd = SYSCALLS.open(At.own(folder), _DIRECTORY)
     try:
         SYSCALLS.fsync(fd)
     finally:
         _close_quietly(fd)
 
 
-def sync_folders(*folders: Path) -> None:
+def sync_folders(*folders: Folder) -> None:
     """fsync folders whose rename already happened: a failure cannot undo it, so it is logged."""
     for folder in folders:
         try:
-            fsync_dir(folder)
+            SYSCALLS.fsync(folder.fd)
         except OSError as exc:
-            log.warning("fsync_failed", folder=str(folder), error=str(exc))
+            log.warning("fsync_failed", folder=str(folder.path), error=str(exc))
 
 
 def candidate_name(name: str, attempt: int) -> str:
@@ -177,15 +379,8 @@ def is_candidate(name: str, original: str) -> bool:
     return match is not None and candidate_name(original, int(match.group(1))) == name
 
 
-def check_inside(boundary: Path, folder: Path) -> None:
-    """Refuse a destination that resolves outside ``boundary`` (e.g. via a symlink)."""
-    if not folder.resolve().is_relative_to(boundary.resolve()):
-        raise UnsafeDestination(f"{str(folder)!r} lies outside {str(boundary)!r}")
-
-
-def ensure_dir(folder: Path, boundary: Path, mode: int = 0o777) -> None:
-    """Create ``folder`` (and parents) inside ``boundary``."""
-    check_inside(boundary, folder)
+def make_own_dir(folder: Path, mode: int = 0o777) -> None:
+    """Create one of clipsort's own folders (and its parents); for dataset folders see :func:`ensure_dir`."""
     missing = []
     for parent in [folder, *folder.parents]:
         if parent.is_dir():
@@ -193,24 +388,29 @@ def ensure_dir(folder: Path, boundary: Path, mode: int = 0o777) -> None:
         missing.append(parent)
     for parent in reversed(missing):
         with contextlib.suppress(FileExistsError):  # made by someone else meanwhile
-            SYSCALLS.mkdir(parent, mode)
-    check_inside(boundary, folder)
+            SYSCALLS.mkdir(At.own(parent), mode)
 
 
-def _rename_into(source: Path, folder: Path, name: str) -> Path:
+def ensure_dir(folder: Path, boundary: Path, mode: int = 0o777) -> None:
+    """Create ``folder`` (and the folders leading to it) inside ``boundary``, through no symlink."""
+    with opened(folder, boundary, create=True, mode=mode):
+        pass
+
+
+def _rename_into(source: At, folder: Folder, name: str) -> At:
     for attempt in range(MAX_SUFFIX):
-        target = folder / candidate_name(name, attempt)
+        target = folder.at(candidate_name(name, attempt))
         try:
-            rename_noreplace(source, target)
+            _rename_noreplace(source, target)
         except FileExistsError:
             continue
         return target
-    raise FileExistsError(errno.EEXIST, f"no free name for {name!r} in {str(folder)!r}")
+    raise FileExistsError(errno.EEXIST, f"no free name for {name!r} in {str(folder.path)!r}")
 
 
-def _write_durably(path: Path, fill: Callable[[int], None], mode: int = 0o600) -> None:
-    """Create ``path`` (never an existing one), fill it and fsync it; on failure it is removed."""
-    fd = SYSCALLS.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+def _write_durably(entry: At, fill: Callable[[int], None], mode: int = 0o600) -> None:
+    """Create ``entry`` (never an existing one), fill it and fsync it; on failure it is removed."""
+    fd = SYSCALLS.open(entry, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         try:
             fill(fd)
@@ -218,18 +418,28 @@ def _write_durably(path: Path, fill: Callable[[int], None], mode: int = 0o600) -
         finally:
             SYSCALLS.close(fd)
     except BaseException:
-        _take_back(path)
+        _take_back(entry)
         raise
 
 
-def _copy_into(source: Path, folder: Path, name: str) -> Path:
+def _replaced(source: At) -> FileReplaced:
+    return FileReplaced(f"{str(source.path)!r} was replaced by another file after it was read")
+
+
+def _copy_into(source: At, folder: Folder, name: str, expect: Expect | None) -> At:
     """Copy ``source`` to a new, unique, durable name in ``folder`` without ever overwriting."""
-    temporary = folder / f".clipsort-{uuid.uuid4().hex}.tmp"
+    temporary = folder.at(f".clipsort-{uuid.uuid4().hex}.tmp")
     reader = SYSCALLS.open(source, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        _write_durably(temporary, lambda writer: SYSCALLS.copy(reader, writer))
+        if expect is not None and not expect(SYSCALLS.fstat(reader)):
+            raise _replaced(source)  # nothing written yet
+
+        def fill(writer: int) -> None:
+            SYSCALLS.copy(reader, writer)
+            SYSCALLS.copystat(reader, writer)
+
+        _write_durably(temporary, fill)
         try:
-            SYSCALLS.copystat(source, temporary)
             target = _rename_into(temporary, folder, name)
         except BaseException:
             _take_back(temporary)
@@ -237,11 +447,24 @@ def _copy_into(source: Path, folder: Path, name: str) -> Path:
     finally:
         _close_quietly(reader)
     try:
-        fsync_dir(folder)  # the copy must be durable before the original may go
+        SYSCALLS.fsync(folder.fd)  # the copy must be durable before the original may go
     except BaseException:
         _take_back(target)
         raise
     return target
+
+
+def _confirm(moved: At, source: At, expect: Expect) -> None:
+    """Put a renamed file back where it came from unless it is the one that was read."""
+    if expect(SYSCALLS.lstat(moved)):
+        return
+    try:
+        back = _rename_into(moved, Folder(source.dir_fd, source.path.parent), source.name)
+    except OSError as exc:
+        log.error("replaced_file_not_put_back", path=str(moved.path), error=str(exc))
+        raise _replaced(source) from None
+    log.warning("file_replaced", file=str(source.path), put_back_as=str(back.path))
+    raise _replaced(source)
 
 
 def preview(source: Path, folder: Path) -> Path:
@@ -253,65 +476,85 @@ def preview(source: Path, folder: Path) -> Path:
     raise FileExistsError(errno.EEXIST, f"no free name for {source.name!r} in {str(folder)!r}")
 
 
-def place(source: Path, folder: Path, *, boundary: Path, keep_source: bool = False, name: str = "") -> Path:
-    """Move (or with ``keep_source``, copy) ``source`` into ``folder`` inside ``boundary``; its new path.
+def place(
+    source: Path,
+    folder: Path,
+    *,
+    boundary: Path,
+    keep_source: bool = False,
+    name: str = "",
+    expect: Expect | None = None,
+) -> Path:
+    """Move (or with ``keep_source``, copy) ``source`` into ``folder``, both in ``boundary``; its new path.
 
     The file keeps its name unless ``name`` gives another; a taken name gets a number.
     """
-    ensure_dir(folder, boundary)
-    target = move_into(source, folder, keep_source=keep_source, name=name)
-    if not keep_source:
-        sync_folders(folder, source.parent)
+    with opened(source.parent, boundary) as origin, opened(folder, boundary, create=True) as destination:
+        target = move_into(
+            origin.at(source.name), destination, keep_source=keep_source, name=name, expect=expect
+        )
+        if not keep_source:
+            sync_folders(destination, origin)
     return target
 
 
-def move_into(source: Path, folder: Path, *, keep_source: bool = False, name: str = "") -> Path:
-    """:func:`place` into a folder already made and checked by :func:`ensure_dir`, without the folder fsyncs.
+def move_into(
+    source: At, folder: Folder, *, keep_source: bool = False, name: str = "", expect: Expect | None = None
+) -> Path:
+    """:func:`place` between folders already open, without the folder fsyncs.
 
-    For batches: the caller checks each folder once and fsyncs each once
-    (:func:`sync_folders`) before recording the moves as done.
+    For batches: the caller opens each folder once (:class:`OpenFolders`) and
+    fsyncs each once (:func:`sync_folders`) before recording the moves as done.
     """
     name = name or source.name
     if keep_source:
-        return _copy_into(source, folder, name)
+        return _copy_into(source, folder, name, expect).path
     try:
         target = _rename_into(source, folder, name)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        target = _copy_into(source, folder, name)
+        target = _copy_into(source, folder, name, expect)
         try:
             SYSCALLS.unlink(source)
         except BaseException:
             _take_back(target)
             raise
-    return target
+        return target.path
+    if expect is not None:
+        _confirm(target, source, expect)
+    return target.path
 
 
-def remove_temporaries(folder: Path) -> list[Path]:
+def remove_temporaries(folder: Path, boundary: Path) -> list[Path]:
     """Delete leftovers of copies a crash interrupted; the originals still exist (see ``_copy_into``)."""
+    try:
+        handle = open_folder(folder, boundary)
+    except (OSError, UnsafeDestination):
+        return []  # missing, or a symlink clipsort never wrote through
     removed = []
     try:
-        entries = list(os.scandir(folder))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    for entry in entries:
-        if TEMPORARY.match(entry.name) and entry.is_file(follow_symlinks=False):
-            SYSCALLS.unlink(Path(entry.path))
-            removed.append(Path(entry.path))
+        for name in os.listdir(handle.fd):
+            entry = handle.at(name)
+            if TEMPORARY.match(name) and stat.S_ISREG(SYSCALLS.lstat(entry).st_mode):
+                SYSCALLS.unlink(entry)
+                removed.append(entry.path)
+    finally:
+        close_folder(handle)
     return removed
 
 
-def drop_second_copy(path: Path, kept: Path) -> None:
+def drop_second_copy(path: Path, kept: Path, boundary: Path) -> None:
     """Unlink ``path`` because ``kept`` holds the same bytes (a move a crash left half-done)."""
-    SYSCALLS.unlink(path)
-    sync_folders(path.parent, kept.parent)
+    with opened(path.parent, boundary) as origin, opened(kept.parent, boundary) as destination:
+        SYSCALLS.unlink(origin.at(path.name))
+        sync_folders(origin, destination)
 
 
 def write_new(path: Path, text: str) -> bool:
     """Create ``path`` with ``text`` unless it exists; True when written."""
     try:
-        fd = SYSCALLS.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = SYSCALLS.open(At.own(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return False
     try:
@@ -327,14 +570,14 @@ def discard_tree(folder: Path, boundary: Path) -> None:
     Only for folders clipsort created and nobody else has seen; never for a
     dataset's folders. Symlinks inside are removed, not followed (rmtree).
     """
-    check_inside(boundary, folder)
+    _parts_beneath(folder, boundary)
     shutil.rmtree(folder, ignore_errors=True)
 
 
 def make_state_dir(folder: Path) -> None:
     """Create clipsort's private state folder (caches, journal, status); ConfigError if it cannot be."""
     try:
-        ensure_dir(folder, folder, mode=0o750)
+        make_own_dir(folder, mode=0o750)
         if not os.access(folder, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
     except OSError as exc:
@@ -346,11 +589,11 @@ def write_atomic(path: Path, data: bytes) -> None:
 
     Replacing is the point here (a status file clipsort owns), unlike :func:`place`.
     """
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    temporary = At.own(path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp"))
     _write_durably(temporary, lambda fd: SYSCALLS.write(fd, data), 0o644)
     try:
-        SYSCALLS.replace(temporary, path)
+        SYSCALLS.replace(temporary, At.own(path))
     except BaseException:
         _take_back(temporary)
         raise
-    fsync_dir(path.parent)
+    _fsync_own_dir(path.parent)

@@ -92,7 +92,10 @@ def _folders(layout: DatasetLayout) -> list[Path]:
 
 def recover(journal: Journal, layouts: Sequence[DatasetLayout]) -> Recovered:
     """Settle every interrupted move; run before the scanner looks at any inbox."""
-    temporaries = sum(len(remove_temporaries(folder)) for layout in layouts for folder in _folders(layout))
+    temporaries = sum(
+        len(remove_temporaries(folder, layout.root)) for layout in layouts for folder in _folders(layout)
+    )
+    roots = {layout.name: layout.root for layout in layouts}
     completed = cleared = 0
     listings: dict[Path, list[str]] = {}
     for entry in journal.planned():
@@ -103,8 +106,8 @@ def recover(journal: Journal, layouts: Sequence[DatasetLayout]) -> Recovered:
             )
             cleared += 1
             continue
-        if holds(entry.intent.source, entry):
-            drop_second_copy(entry.intent.source, placed)
+        if holds(entry.intent.source, entry) and entry.intent.dataset in roots:
+            drop_second_copy(entry.intent.source, placed, roots[entry.intent.dataset])
         journal.settle(
             [Settlement(entry.id, "rejected" if entry.intent.placement == "rejected" else "moved", placed)]
         )

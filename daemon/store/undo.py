@@ -76,12 +76,12 @@ def undo(entry: Entry, journal: Journal, root: Path, to_class: str | None) -> Un
         return Undone(entry, None, f"left alone: no longer at {entry.destination} as clipsort put it")
     layout = DatasetLayout(root / entry.intent.dataset)
     if to_class is None:
-        path = place(entry.destination, layout.inbox, boundary=layout.inbox, name=entry.intent.source.name)
+        path = place(entry.destination, layout.inbox, boundary=layout.root, name=entry.intent.source.name)
         journal.settle([Settlement(entry.id, "undone", path)])
         return Undone(entry, path, "back in the inbox")
     plain = to_class not in ("", ".", "..") and "/" not in to_class
     if not plain or not ((layout.classes / to_class).is_dir() or layout.class_dir(to_class).is_dir()):
         raise JournalError(f"dataset {layout.name!r} has no class {to_class!r}")
-    path = place(entry.destination, layout.class_dir(to_class), boundary=layout.sorted)
+    path = place(entry.destination, layout.class_dir(to_class), boundary=layout.root)
     journal.correct(entry, layout.name, entry.intent.sha256, path, to_class)
     return Undone(entry, path, f"corrected: {entry.intent.label} -> {to_class}")
