@@ -36,6 +36,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from daemon import imageplugins
 from daemon.errors import ConfigError
 
 Mode = Literal["reference", "text", "mixed", "finetuned"]
@@ -56,8 +57,9 @@ SYSTEM_CONFIG = Path("/etc/clipsort/config.toml")
 EVALUATED_MODES = ("text", "reference-max", "reference-avg", "mixed")
 # `clipsort train`'s default backbone (the original third script's).
 DEFAULT_BASE = "google/vit-base-patch16-224-in21k"
-# Pillow's names; AVIF comes from Pillow's own plugin (phones' HEIC needs a decoder clipsort lacks yet).
-DEFAULT_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "BMP", "TIFF")
+# Pillow's names; AVIF comes from Pillow's own plugin, HEIF (phones' HEIC) from pi-heif, RAW from
+# rawpy when the raw extra is installed (see imageplugins).
+DEFAULT_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "HEIF", "RAW", "GIF", "BMP", "TIFF")
 # Temporary names of files still being written (and dotfiles): never touched in an inbox.
 DEFAULT_IGNORE = (".*", "*.part", "*.partial", "*.tmp", "*.crdownload", "~$*")
 
@@ -235,7 +237,8 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_IMAGE_FORMATS),
         description=(
             "Pillow formats that may be decoded; anything else goes to Rejected/. Animated and "
-            "multi-page files (GIF, WebP, TIFF) are read by their first frame."
+            "multi-page files (GIF, WebP, TIFF) are read by their first frame. RAW (camera raw "
+            "files, by their embedded preview) needs the raw extra: pip install 'clipsort[raw]'."
         ),
     )
     ignore_patterns: list[str] = Field(
@@ -281,6 +284,23 @@ class Settings(BaseSettings):
         10.0, description="Daemon: on SIGTERM, how long the in-flight batch may take to finish."
     )
     status_seconds: PositiveFloat = Field(2.0, description="Daemon: how often the status file is rewritten.")
+    vector_retention_days: PositiveFloat = Field(
+        30.0,
+        description=(
+            "Daemon: cached vectors and file hashes unused this long are deleted. A correction made "
+            "later re-encodes its file; references in use are used again at every class rebuild."
+        ),
+    )
+    journal_retention_days: PositiveFloat = Field(
+        365.0,
+        description=(
+            "Daemon: settled journal entries older than this are deleted (corrected ones are kept); "
+            "history, undo and learning from hand moves reach back this far."
+        ),
+    )
+    housekeeping_seconds: PositiveFloat = Field(
+        3600.0, description="Daemon: how often the state is pruned to the retention windows (and at start)."
+    )
     metrics_port: int | None = Field(
         None,
         ge=1,
@@ -318,9 +338,10 @@ class Settings(BaseSettings):
     @field_validator("image_formats")
     @classmethod
     def _known_formats(cls, value: list[str]) -> list[str]:
+        imageplugins.register()
         Image.init()  # registers every Pillow plugin, so OPEN lists them all
         names = [name.upper() for name in value]
-        unknown = [name for name in names if name not in Image.OPEN]
+        unknown = [name for name in names if name not in Image.OPEN and name not in imageplugins.OWN_FORMATS]
         if unknown:
             raise ValueError(f"unknown Pillow format(s) {', '.join(unknown)}")
         return names

@@ -48,3 +48,13 @@ def test_startup_smoke_run_reports_every_light_command(tmp_path: Path) -> None:
     assert report["commands"]["python -c pass"]["vs_bare_python"] == 1.0
     for name, row in report["commands"].items():
         assert row["median_s"] > 0 and row["model_stack"] == [], name
+
+
+def test_state_growth_smoke_run_samples_both_runs(tmp_path: Path) -> None:
+    """``python -m bench.state_growth --quick`` exits 0; the pruned run ends smaller than the baseline."""
+    report = smoke("bench.state_growth", tmp_path / "state.json")
+    for run in ("baseline", "pruned"):
+        samples = report["runs"][run]["samples"]
+        assert [s["files"] for s in samples] == list(range(50, 401, 50))
+        assert all(s["state_bytes"] > 0 for s in samples)
+    assert report["summary"]["final_state_ratio"] < 1

@@ -43,6 +43,19 @@ def test_sort_moves_each_file_into_its_class(cli: CliRunner, data_root: Path) ->
     assert "total" in out
 
 
+def test_sort_files_phone_and_camera_raw_photos_by_what_they_show(cli: CliRunner, data_root: Path) -> None:
+    """HEIC and RAW (DNG) are in the default formats: red and blue files of each land in their classes."""
+    make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=2)
+    for name in ("red.heic", "blue.heic", "red.dng", "blue.dng"):
+        shutil.copy(Path(__file__).parent / "fixtures" / name, data_root / "ds" / "Images" / f"IMG_{name}")
+    code, out, _ = sort(cli, "--root", str(data_root))
+    assert code == 0, out
+    assert tree(data_root / "ds" / "Dataset") == {
+        "blue": ["IMG_blue.dng", "IMG_blue.heic"],
+        "red": ["IMG_red.dng", "IMG_red.heic"],
+    }
+
+
 def test_dry_run_moves_nothing_and_reports_destinations(cli: CliRunner, data_root: Path) -> None:
     """--dry-run --json tells where each file would go; the tree is unchanged."""
     make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=2, inbox=["blue", "red"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import stat
 import subprocess
@@ -193,3 +194,72 @@ def test_the_default_formats_decode_the_first_frame(
     picture = DecodeLimits(DEFAULT_IMAGE_FORMATS, 10**8, 2**30).load(path, 32)
     red, green, blue = np.asarray(picture, dtype=np.float64).mean(axis=(0, 1))
     assert red > 150 and blue < 100, (red, green, blue)
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize(("name", "channel"), [("red.heic", 0), ("blue.heic", 2)])
+def test_heic_from_libheif_decodes_under_the_default_formats(name: str, channel: int) -> None:
+    """A phone's HEIC (written by libheif's own encoder): decoded by pi-heif, its colour intact."""
+    picture = DecodeLimits(DEFAULT_IMAGE_FORMATS, 10**8, 2**30).load(FIXTURES / name, 32)
+    assert picture.mode == "RGB" and min(picture.size) == 32
+    means = np.asarray(picture, dtype=np.float64).mean(axis=(0, 1))
+    assert int(np.argmax(means)) == channel, means
+
+
+def test_heic_obeys_the_pixel_cap_and_a_truncated_one_is_rejected(tmp_path: Path) -> None:
+    """The same limits as every format: the header's size is checked first; cut bytes are an error."""
+    with pytest.raises(ImageRejected, match="exceeds the 1000-pixel limit"):
+        DecodeLimits(DEFAULT_IMAGE_FORMATS, 1000, 2**30).load(FIXTURES / "red.heic", 32)
+    cut = tmp_path / "cut.heic"
+    cut.write_bytes((FIXTURES / "red.heic").read_bytes()[:600])
+    with pytest.raises(ImageRejected):
+        DecodeLimits(DEFAULT_IMAGE_FORMATS, 10**8, 2**30).load(cut, 32)
+
+
+def test_heic_outside_the_allow_list_is_refused() -> None:
+    """An administrator who leaves HEIF out of image_formats gets it rejected, not decoded."""
+    with pytest.raises(ImageRejected, match="not an image in an allowed format"):
+        DecodeLimits(("JPEG", "PNG"), 10**8, 2**30).load(FIXTURES / "red.heic", 32)
+
+
+requires_rawpy = pytest.mark.skipif(
+    importlib.util.find_spec("rawpy") is None, reason="the raw extra (rawpy) is part of the test extras"
+)
+
+
+@requires_rawpy
+@pytest.mark.parametrize(("name", "channel"), [("red.dng", 0), ("blue.dng", 2)])
+def test_a_camera_raw_file_decodes_by_its_sensor_data(name: str, channel: int) -> None:
+    """A DNG that PiDNG wrote (no embedded preview): LibRaw's half-size demosaic, colour intact."""
+    picture = DecodeLimits(DEFAULT_IMAGE_FORMATS, 10**8, 2**30).load(FIXTURES / name, 32)
+    assert picture.mode == "RGB" and min(picture.size) == 32
+    means = np.asarray(picture, dtype=np.float64).mean(axis=(0, 1))
+    assert int(np.argmax(means)) == channel, means
+
+
+@requires_rawpy
+def test_a_raw_file_obeys_the_pixel_cap_and_the_allow_list() -> None:
+    """The sensor's size is checked before any demosaic; without RAW listed, TIFF's plugin refuses it."""
+    with pytest.raises(ImageRejected, match="exceeds the 10000-pixel limit"):
+        DecodeLimits(DEFAULT_IMAGE_FORMATS, 10_000, 2**30).load(FIXTURES / "red.dng", 32)
+    without = tuple(name for name in DEFAULT_IMAGE_FORMATS if name != "RAW")
+    with pytest.raises(ImageRejected):
+        DecodeLimits(without, 10**8, 2**30).load(FIXTURES / "red.dng", 32)
+
+
+def test_a_plain_tiff_still_goes_to_pillow_when_raw_is_allowed(tmp_path: Path) -> None:
+    """TIFF shares RAW's signature: LibRaw declines it and Pillow decodes it as before."""
+    Image.new("RGB", (64, 48), (220, 30, 30)).save(tmp_path / "p.tiff")
+    picture = DecodeLimits(DEFAULT_IMAGE_FORMATS, 10**8, 2**30).load(tmp_path / "p.tiff", 32)
+    assert np.asarray(picture)[..., 0].mean() > 200
+
+
+@requires_rawpy
+def test_a_truncated_raw_file_is_rejected_not_a_crash(tmp_path: Path) -> None:
+    """Half a DNG: a one-line reason, no exception out of the decoder."""
+    cut = tmp_path / "cut.dng"
+    cut.write_bytes((FIXTURES / "red.dng").read_bytes()[:20_000])
+    with pytest.raises(ImageRejected):
+        DecodeLimits(DEFAULT_IMAGE_FORMATS, 10**8, 2**30).load(cut, 32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -220,6 +221,49 @@ def test_space_freed_in_the_destination_is_used_at_once_not_after_the_back_off(
     wait_until(lambda: len(list((dataset / "Images").iterdir())) < waiting, timeout=30)
     assert time.monotonic() - freed < 4, "noticed at the deletion, not at the next back-off"
     assert daemon.events("retries_expedited")
+
+
+def test_a_full_state_folder_is_one_error_per_cause_and_work_resumes_when_space_returns(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """A full state disk: nothing moves, each failure is logged once; freed space sorts in seconds."""
+    state = tmp_path / "home" / "state"
+    state.mkdir(parents=True)
+    if os.geteuid() != 0 or not _mount("-t", "tmpfs", "-o", "size=2m", "tmpfs", str(state)):
+        pytest.skip("needs permission to mount a tmpfs")
+    try:
+        root = tmp_path / "Data"
+        make_dataset(root / "rgb", RGB, references=3, seed=3)
+        daemon = start(daemons, root, tiny_model, tmp_path / "home", settle_seconds=0.05)
+        filler = state / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        with contextlib.suppress(OSError):  # unbuffered: the write that meets the end of the disk raises
+            while True:
+                os.write(fd, b"\0" * 4096)
+        os.close(fd)
+        pictures = {f"p{k}.png": picture_bytes(tmp_path, "red", 300 + k, "p.png") for k in range(8)}
+        for name, data in pictures.items():
+            drop(root / "rgb" / "Images", name, data)
+        daemon.wait_event("state_write_failed", timeout=30)
+        time.sleep(3)  # several rounds of retries meet the same full disk
+        assert len(daemon.events("state_write_failed")) == 1, "one error line per cause, not one per retry"
+        assert len(daemon.events("status_write_failed")) <= 1
+        assert len(daemon.events("cache_write_failed")) <= 1
+        assert not daemon.events("inference_failed"), "a full state folder is not a model failure"
+        assert sorted(p.name for p in (root / "rgb" / "Images").iterdir()) == sorted(pictures)
+        freed = time.monotonic()
+        filler.unlink()
+        wait_until(lambda: not list((root / "rgb" / "Images").iterdir()), timeout=30)
+        assert time.monotonic() - freed < 5, "noticed when space returned, not after the back-off"
+        assert daemon.events("state_writable_again")
+        assert sorted(placed_hashes(root / "rgb")) == sorted(sha_of(d) for d in pictures.values())
+        assert daemon.stop() == 0
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=True)
+
+
+def sha_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_one_daemon_per_root_and_the_one_shot_commands_wait_for_it(

@@ -23,7 +23,7 @@ from daemon.cli.app import (
 from daemon.config import render_config_toml
 from daemon.errors import ConfigError, DatasetError
 from daemon.layout import CLASSES_DIR, INBOX_DIR, SORTED_DIR
-from daemon.service.status import is_live, read_status
+from daemon.service.status import folder_size, is_live, read_status
 from daemon.store.instance import holder
 from daemon.store.mover import ensure_dir, write_new
 
@@ -89,7 +89,12 @@ def status(
             str(sum(counts.corrections.values())),
         )
     console.print(table)
+    console.print(f"state folder: {_megabytes(folder_size(settings.state_path))} in {settings.state_path}")
     console.print(f"last error: {found.last_error or 'none'}")
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
 
 
 @app.command()

@@ -20,7 +20,11 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from daemon import imageplugins
+from daemon.encode import rawimages
 from daemon.errors import ImageIncomplete, ImageRejected
+
+imageplugins.register()  # HEIF: before any file is opened
 
 Crop = npt.NDArray[np.uint8]  # a picture as an image tower's input: size x size x 3
 
@@ -103,8 +107,19 @@ def decode_image(
     Raises :class:`ImageRejected` with a human-readable reason when the bytes
     are not an allowed, complete, reasonably sized image.
     """
+    if rawimages.FORMAT in formats and rawimages.maybe_raw(data):
+        picture = rawimages.decode_raw(
+            data,
+            target=target,
+            max_pixels=max_pixels,
+            decode_jpeg=lambda jpeg: decode_image(
+                jpeg, target=target, formats=("JPEG",), max_pixels=max_pixels, slack=slack
+            ),
+        )
+        if picture is not None:
+            return _shrink(_flatten(picture), target, slack)
     try:
-        image = Image.open(io.BytesIO(data), formats=list(formats))
+        image = Image.open(io.BytesIO(data), formats=[name for name in formats if name != rawimages.FORMAT])
     except UnidentifiedImageError:
         raise ImageRejected(f"not an image in an allowed format ({', '.join(formats)})") from None
     except (

@@ -68,6 +68,11 @@ class Metrics:
         self.queue_depth = Gauge(
             "clipsort_queue_depth", "Files waiting for the model", registry=self.registry
         )
+        self.state_bytes = Gauge(
+            "clipsort_state_bytes",
+            "Size of the state folder after the last housekeeping",
+            registry=self.registry,
+        )
         self._corrections = Gauge(
             "clipsort_corrections",
             "Corrected examples in use (files a person moved to another class)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ class Status:
     model: str
     version: str
     references_embedded: int = 0
+    state_bytes: int = 0  # the state folder's size after the last housekeeping
     last_error: str | None = None
     datasets: dict[str, DatasetStatus] = field(default_factory=dict)
 
@@ -81,3 +83,22 @@ def is_live(status: Status, now: float | None = None) -> bool:
         pass  # alive, owned by another user (the service account)
     fresh = (now if now is not None else time.time()) - status.updated_at < 3 * status.interval + 1
     return fresh and status.state != "stopped"
+
+
+def folder_size(folder: Path) -> int:
+    """Bytes of the regular files under ``folder``, never following a symlink; 0 if it is missing."""
+    total = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            status = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue  # removed meanwhile
+        if stat.S_ISDIR(status.st_mode):
+            total += folder_size(Path(entry.path))
+        elif stat.S_ISREG(status.st_mode):
+            total += status.st_size
+    return total

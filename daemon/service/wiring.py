@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 from typing import TypeVar
@@ -39,6 +40,7 @@ from daemon.ingest.workqueue import FairQueue
 from daemon.layout import DatasetLayout, discover, warn_unknown_tables
 from daemon.learn.corrections import Learner, corrected_from
 from daemon.logs import configure_logging
+from daemon.service.housekeeping import sweep
 from daemon.service.metrics import Metrics
 from daemon.service.sdnotify import notify, reloading, watchdog_interval
 from daemon.service.status import DatasetStatus, Status, write_status
@@ -98,6 +100,8 @@ class Service:
         self.config_file = config_file
         self.flags = flags  # command-line values outrank the file on every reload too
         self.started = time.time()
+        self.state_bytes = 0
+        self._status_failure = ""  # the last error writing status.json, logged once
         self.metrics = Metrics()
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -204,6 +208,7 @@ class Service:
     def _supervise(self) -> int:
         ping_every = watchdog_interval()
         last_status = last_ping = 0.0
+        last_sweep = -float("inf")
         while not self._stop.wait(HEALTH_TICK):
             if self._reload.is_set():
                 self._reload.clear()
@@ -216,7 +221,12 @@ class Service:
                     log.exception("observer_restart_failed", error=str(exc))
                     return 1  # systemd restarts us (Restart=on-failure)
                 self.intake.request_rescan(ALL)
+            if self.worker.policy.state_blocked and self.journal.writable():
+                self._state_writable_again()
             now = time.monotonic()
+            if now - last_sweep >= self.settings.housekeeping_seconds:
+                self._housekeep()
+                last_sweep = now
             self.metrics.queue_depth.set(len(self.work))
             if now - last_status >= self.settings.status_seconds:
                 self._write_status("running")
@@ -226,6 +236,26 @@ class Service:
                 notify("WATCHDOG=1")
                 last_ping = now
         return 0
+
+    def _state_writable_again(self) -> None:
+        """The journal takes writes again (space was freed): waiting files go now, not after the back-off."""
+        log.info("state_writable_again")
+        self.worker.policy.state_blocked = False
+        self.worker.policy.reset()
+        for name in self._known:
+            self.intake.expedite(name)
+
+    def _housekeep(self) -> None:
+        """Prune the state to its retention windows: one ``state_swept`` line a round."""
+        try:
+            swept = sweep(self.settings, self.cache, self.journal, time.time())
+        except Exception as exc:  # a full or broken state folder must not end the daemon; next round retries
+            log.error("housekeeping_failed", error=str(exc))
+            self.metrics.error("housekeeping", str(exc))
+            return
+        self.state_bytes = swept.state_bytes
+        self.metrics.state_bytes.set(swept.state_bytes)
+        log.info("state_swept", **asdict(swept))
 
     def _healthy(self, window: float) -> bool:
         """Pinging systemd's watchdog only while events flow and the worker makes progress."""
@@ -329,13 +359,18 @@ class Service:
             model=self.encoder.name if self.encoder else NO_CLIP,
             version=__version__,
             references_embedded=self.worker.embedder.encoded_references,
+            state_bytes=self.state_bytes,
             last_error=self.metrics.last_error,
             datasets=datasets,
         )
         try:
             write_status(self.settings.state_path, status)
         except OSError as exc:
-            log.warning("status_write_failed", error=str(exc))
+            if str(exc) != self._status_failure:  # once per cause, not every status_seconds
+                log.warning("status_write_failed", error=str(exc))
+            self._status_failure = str(exc)
+        else:
+            self._status_failure = ""
 
 
 def run_service(settings: Settings, config_file: Path | None, flags: dict[str, object]) -> int:

@@ -24,7 +24,7 @@ from daemon.encode.decoding import Decoded
 from daemon.encode.embedcache import EmbeddingCache
 from daemon.encode.encoder import Encoder
 from daemon.encode.vectors import Vectors
-from daemon.errors import ClipsortError, ImageRejected
+from daemon.errors import ClipsortError, ImageRejected, JournalError
 from daemon.ingest.readiness import Job, Signature
 from daemon.store.journal import Intent, Journal, Settlement, State
 from daemon.store.mover import OpenFolders, move_into, preview
@@ -225,7 +225,12 @@ def deliver(
             folder, _, _ = item.placement
             results.append(_outcome(item, preview(item.job.path, folder), model, dry_run=True))
         return results
-    entries = journal.plan([item.intent(m) for item, m in zip(batch, models, strict=True)]) if journal else []
+    try:
+        entries = (
+            journal.plan([item.intent(m) for item, m in zip(batch, models, strict=True)]) if journal else []
+        )
+    except JournalError as exc:  # no intent recorded: nothing may move
+        return [exc for _ in batch]
     folders = OpenFolders()  # each folder is opened (made, checked) once, from the dataset's own folder
     try:
         states = [_place(item, model, folders, results) for item, model in zip(batch, models, strict=True)]
@@ -233,7 +238,10 @@ def deliver(
     finally:
         folders.close()
     if journal is not None:
-        journal.settle([Settlement(entry, *state) for entry, state in zip(entries, states, strict=True)])
+        try:
+            journal.settle([Settlement(entry, *state) for entry, state in zip(entries, states, strict=True)])
+        except JournalError as exc:  # the files moved: their outcomes are written with the next batch
+            log.error("journal_write_failed", error=str(exc), kept="outcomes, written with the next batch")
     return results
 
 

@@ -27,7 +27,7 @@ from daemon.classify.catalog import Catalog
 from daemon.config import Settings
 from daemon.encode.decoding import DecodePool
 from daemon.encode.embeddings import Embedder
-from daemon.errors import ImageIncomplete
+from daemon.errors import ImageIncomplete, JournalError
 from daemon.ingest.intake import Intake
 from daemon.ingest.readiness import Job, age, is_unchanged
 from daemon.ingest.workqueue import FairQueue
@@ -182,6 +182,7 @@ class RetryAndGoOn:
         self._intake = intake
         self._metrics = metrics
         self._retries: dict[str, tuple[float, float]] = {}  # cause -> (delay, when it last doubled)
+        self.state_blocked = False  # files wait because the journal cannot be written
         self._lock = threading.Lock()  # the model's and the placer's thread both back off
 
     falls_back: ClassVar[bool] = True  # smaller batches, then the CPU; a file that still fails waits
@@ -206,6 +207,7 @@ class RetryAndGoOn:
 
     def settled(self, job: Job, result: Result) -> None:
         if isinstance(result, Outcome):
+            self.state_blocked = False
             with self._lock:
                 self._retries.clear()
             self._intake.release(job)
@@ -216,9 +218,13 @@ class RetryAndGoOn:
                 log.error("move_failed", file=str(job.path), error=str(result))
             self._metrics.error("move", str(result))
             self._intake.retry(job, self._backoff(cause))
-        elif isinstance(
-            result, FileReplaced
-        ):  # other bytes under its name now: they get a decision of their own
+        elif isinstance(result, JournalError):  # a full or read-only state folder: nothing moved, all waits
+            if "journal" not in self._retries:
+                log.error("state_write_failed", file=str(job.path), error=str(result), action="retrying")
+            self.state_blocked = True
+            self._metrics.error("journal", str(result))
+            self._intake.retry(job, self._backoff("journal"))
+        elif isinstance(result, FileReplaced):  # other bytes under its name: they get a decision of their own
             self._metrics.error("replaced", str(result))
             self._intake.retry(job, self._settings().settle_seconds)
         else:  # e.g. a class folder that is a symlink out of the dataset: never written through

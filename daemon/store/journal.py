@@ -20,13 +20,18 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import structlog
+
 from daemon.errors import JournalError
+from daemon.statedb import connect, reclaim
+
+log = structlog.get_logger()
 
 JOURNAL_DB = "journal.sqlite3"
 
@@ -161,16 +166,35 @@ def _path(value: bytes | None) -> Path | None:
 class Journal:
     """Thread-safe access to the journal file; one connection per process."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, clock: Callable[[], float] = time.time) -> None:
         self.path = folder / JOURNAL_DB
+        self.clock = clock
         self._lock = threading.Lock()
+        self._unsettled: list[Settlement] = []
+        self._db, self._inode = self._open()
+
+    def _open(self) -> tuple[sqlite3.Connection, int]:
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
+            db = connect(self.path, SCHEMA, synchronous="FULL", timeout=30)
+            return db, os.stat(self.path).st_ino
+        except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open the journal {str(self.path)!r}: {exc}") from None
+
+    def _still_there(self) -> None:
+        """Reopen (so recreate) the journal if its file was deleted or replaced under this process.
+
+        SQLite keeps writing to a deleted file's inode without complaint, so
+        every later entry would be lost with it; a stat per transaction notices.
+        """
+        try:
+            same = os.stat(self.path).st_ino == self._inode
+        except FileNotFoundError:
+            same = False
+        if same:
+            return
+        log.error("journal_vanished", path=str(self.path), note="recreated; the history before this is lost")
+        self._db.close()
+        self._db, self._inode = self._open()
 
     def close(self) -> None:
         with self._lock:
@@ -185,18 +209,24 @@ class Journal:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._still_there()
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:  # a full or read-only state folder, mostly
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise JournalError(f"the journal {str(self.path)!r} cannot be written: {exc}") from None
 
     # --- writing ---------------------------------------------------------------------
     def plan(self, intents: Sequence[Intent]) -> list[int]:
         """Record intents before their moves, in one transaction; their row ids."""
-        now = time.time()
+        now = self.clock()
         ids = []
         with self._transaction() as db:
             for intent in intents:
@@ -224,8 +254,15 @@ class Journal:
         return ids
 
     def settle(self, outcomes: Sequence[Settlement]) -> None:
-        """Record what became of entries (moved, rejected, cleared, undone), in one transaction."""
-        now = time.time()
+        """Record what became of entries (moved, rejected, cleared, undone), in one transaction.
+
+        Outcomes that could not be written (:class:`JournalError`) are kept
+        and written with the next call: their files have moved already, and a
+        restart before then settles them from the file system (recovery).
+        """
+        outcomes = [*self._unsettled, *outcomes]
+        self._unsettled = outcomes
+        now = self.clock()
         with self._transaction() as db:
             db.executemany(
                 "UPDATE decisions SET state = ?, destination = COALESCE(?, destination),"
@@ -241,12 +278,13 @@ class Journal:
                     for o in outcomes
                 ],
             )
+        self._unsettled = []
 
     def correct(
         self, entry: Entry | None, dataset: str, sha256: str, path: Path, new_label: str
     ) -> Correction:
         """Record a person's class for a file (and mark the decision corrected)."""
-        now = time.time()
+        now = self.clock()
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO corrections (decision, dataset, sha256, path, old_label, new_label, created)"
@@ -353,6 +391,39 @@ class Journal:
             touched = db.execute(f"SELECT DISTINCT dataset FROM corrections WHERE {where}", values).fetchall()
             self._bump(db, *(row[0] for row in touched))
             return db.execute(f"DELETE FROM corrections WHERE {where}", values).rowcount
+
+    def writable(self) -> bool:
+        """Whether a write transaction commits now (probing a state folder that was full)."""
+        try:
+            with self._transaction() as db:
+                db.execute("INSERT OR REPLACE INTO counters VALUES ('probe', 0)")
+        except JournalError:
+            return False
+        return True
+
+    def compact(self, settled_before: float) -> int:
+        """Delete settled entries last changed before ``settled_before``; how many went.
+
+        Kept: entries still ``planned`` (recovery needs them) and those a
+        correction refers to (what was corrected stays explainable). The
+        space is returned to the file system (see :mod:`daemon.statedb`).
+        """
+        with self._transaction() as db:
+            deleted = db.execute(
+                "DELETE FROM decisions WHERE updated < ? AND state != 'planned' AND id NOT IN"
+                " (SELECT decision FROM corrections WHERE decision IS NOT NULL)",
+                (settled_before,),
+            ).rowcount
+            if deleted:
+                db.execute(
+                    "INSERT INTO counters VALUES ('compacted', ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                    (deleted,),
+                )
+        if deleted:
+            with self._lock:
+                reclaim(self._db)
+        return deleted
 
     def corrections_versions(self) -> dict[str, int]:
         """Per dataset, a number that grows when any process adds or forgets one of its corrections.
