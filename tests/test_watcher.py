@@ -238,3 +238,18 @@ def test_a_deletion_in_a_class_folder_reports_a_changed_destination(tmp_path: Pa
         (layout.class_dir("red") / "a.jpg").unlink()
         wait_until(lambda: "changed:ds" in sink.rescans, timeout=10)
     assert sink.rescans.count("changed:ds") == 1
+
+
+def test_a_class_folder_whose_permissions_change_reports_a_changed_destination(tmp_path: Path) -> None:
+    """chmod on a destination (made writable again) is reported; files arriving there are not."""
+    layout = inbox(tmp_path)
+    layout.class_dir("red").mkdir(parents=True)
+    sink = Sink()
+    with native(tmp_path, sink, layout):
+        (layout.class_dir("red") / ".a.part").write_bytes(b"A")
+        os.rename(layout.class_dir("red") / ".a.part", layout.class_dir("red") / "a.jpg")
+        wait_until(lambda: sink.placed_files, timeout=10)
+        assert "changed:ds" not in sink.rescans  # a file coming in changes nothing for the retries
+        layout.class_dir("red").chmod(0o755)
+        wait_until(lambda: "changed:ds" in sink.rescans, timeout=10)
+    assert sink.rescans.count("changed:ds") == 1

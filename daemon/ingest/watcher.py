@@ -50,8 +50,10 @@ from watchdog.events import (
     EVENT_TYPE_CLOSED,
     EVENT_TYPE_DELETED,
     EVENT_TYPE_MOVED,
+    DirAttribEvent,
     DirCreatedEvent,
     DirDeletedEvent,
+    DirModifiedEvent,
     DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
@@ -174,18 +176,33 @@ class _ClassesHandler(_SafeHandler):
 class _SortedHandler(_SafeHandler):
     """``Dataset/``: files arriving in a class folder may be a person's corrections.
 
-    A deletion there is what a person does to free a full disk: files waiting
-    for their back-off are then tried at once (``destination_changed``).
+    A deletion there is what a person does to free a full disk, a folder's
+    changed permissions what one does to a read-only one: files waiting for
+    their back-off are then tried at once (``destination_changed``).
     """
 
-    events = (FileClosedEvent, FileMovedEvent, FileDeletedEvent, DirCreatedEvent, DirMovedEvent)
+    # DirModifiedEvent only widens the kernel's mask: watchdog (7.1) builds IN_ATTRIB into it
+    # for DirModifiedEvent but for no attribute event, so DirAttribEvent alone never arrives.
+    events = (
+        FileClosedEvent,
+        FileMovedEvent,
+        FileDeletedEvent,
+        DirCreatedEvent,
+        DirMovedEvent,
+        DirAttribEvent,
+        DirModifiedEvent,
+    )
 
     def __init__(self, name: str, sink: WatchSink) -> None:
         self.name = name
         self.sink = sink
 
     def handle(self, event: FileSystemEvent) -> None:
-        if event.event_type == EVENT_TYPE_DELETED:
+        if isinstance(event, DirModifiedEvent):
+            return  # an entry in the folder changed: the file events tell which
+        if isinstance(event, DirAttribEvent):
+            self.sink.destination_changed(self.name)  # chmod, chown: perhaps writable again
+        elif event.event_type == EVENT_TYPE_DELETED:
             # Not a hidden name: the mover's own temporaries (a cross-device copy that met a full
             # disk is deleted again) would otherwise reset the back-off on every failure.
             if not Path(os.fsdecode(event.src_path)).name.startswith("."):
