@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from daemon.ingest.readiness import Hint, Readiness, Signature, is_unchanged
+from daemon.ingest.readiness import Hint, Job, Readiness, Signature, is_unchanged
 
 
 class Clock:
@@ -24,6 +24,16 @@ def fresh(path: Path, data: bytes = b"x") -> Path:
 
 def make(clock: Clock, capacity: int = 10) -> Readiness:
     return Readiness(settle=1.0, settle_closed=0.05, capacity=capacity, clock=clock)
+
+
+def handed_out(path: Path) -> tuple[Clock, Readiness, Job]:
+    """A new file at ``path``, offered after a close-after-write and handed to the worker."""
+    clock = Clock()
+    readiness = make(clock)
+    readiness.offer(Hint("d", fresh(path), "closed"))
+    clock.now += 1
+    [job] = readiness.ready()
+    return clock, readiness, job
 
 
 def test_closed_file_is_ready_after_the_short_confirmation(tmp_path: Path) -> None:
@@ -81,11 +91,7 @@ def test_capacity_refuses_new_paths_but_keeps_known_ones(tmp_path: Path) -> None
 
 def test_retry_keeps_first_seen_and_release_frees(tmp_path: Path) -> None:
     """A job put back keeps its first-seen time for the max-wait clock."""
-    clock = Clock()
-    readiness = make(clock)
-    readiness.offer(Hint("d", fresh(tmp_path / "a.jpg"), "closed"))
-    clock.now += 1
-    [job] = readiness.ready()
+    clock, readiness, job = handed_out(tmp_path / "a.jpg")
     readiness.retry(job, delay=5)
     clock.now += 4
     assert readiness.ready() == []
@@ -111,12 +117,8 @@ def test_vanished_symlinked_and_special_paths_are_dropped(tmp_path: Path) -> Non
 
 def test_signature_detects_replacement(tmp_path: Path) -> None:
     """A file replaced after classification (new inode or size) is not 'unchanged'."""
-    clock = Clock()
-    readiness = make(clock)
-    path = fresh(tmp_path / "a.jpg")
-    readiness.offer(Hint("d", path, "closed"))
-    clock.now += 1
-    [job] = readiness.ready()
+    path = tmp_path / "a.jpg"
+    *_, job = handed_out(path)
     assert is_unchanged(job)
     (tmp_path / "b.jpg").write_bytes(b"other")
     os.replace(tmp_path / "b.jpg", path)
@@ -174,12 +176,8 @@ def test_a_new_file_under_the_name_of_one_in_flight_is_offered_once_that_one_is_
     tmp_path: Path,
 ) -> None:
     """Hinted while the worker had the old file: tracked at release, not lost until a rescan."""
-    clock = Clock()
-    readiness = make(clock)
-    path = fresh(tmp_path / "a.jpg")
-    readiness.offer(Hint("d", path, "closed"))
-    clock.now += 1
-    [job] = readiness.ready()
+    path = tmp_path / "a.jpg"
+    clock, readiness, job = handed_out(path)
     path.unlink()  # the worker moved the first file away...
     fresh(path, b"another")  # ...and a second one arrived under its name
     assert readiness.offer(Hint("d", path, "closed"))
@@ -192,11 +190,7 @@ def test_a_new_file_under_the_name_of_one_in_flight_is_offered_once_that_one_is_
 
 def test_a_release_without_a_new_hint_tracks_nothing(tmp_path: Path) -> None:
     """A moved file that nobody replaced is simply done."""
-    clock = Clock()
-    readiness = make(clock)
-    readiness.offer(Hint("d", fresh(tmp_path / "a.jpg"), "closed"))
-    clock.now += 1
-    [job] = readiness.ready()
+    clock, readiness, job = handed_out(tmp_path / "a.jpg")
     readiness.release(job)
     clock.now += 5
     assert readiness.ready() == [] and len(readiness) == 0
