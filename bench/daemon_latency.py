@@ -57,7 +57,9 @@ def forward_ms(encoder: Encoder, repeats: int = 10) -> float:
 
 
 def arrived(dataset: Path, name: str) -> bool:
-    return any((dataset / "Dataset" / label / name).exists() for label in CLASSES)
+    """Filed into a class, or held in Review/ (the unknown gate judges a random model's vectors too)."""
+    folders = [dataset / "Dataset" / label for label in CLASSES] + [dataset / "Review"]
+    return any((folder / name).exists() for folder in folders)
 
 
 def measure(

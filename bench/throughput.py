@@ -193,12 +193,9 @@ def sort_pipeline(encoder: Encoder, files: list[Path], work: Path, options: dict
 
 
 def arrived_count(dataset: Path) -> int:
-    return sum(
-        1
-        for label in CLASSES
-        if (dataset / "Dataset" / label).is_dir()
-        for _ in (dataset / "Dataset" / label).iterdir()
-    )
+    """Files filed into a class or held in Review/ (the unknown gate judges a random model's vectors too)."""
+    folders = [dataset / "Dataset" / label for label in CLASSES] + [dataset / "Review"]
+    return sum(1 for folder in folders if folder.is_dir() for _ in folder.iterdir())
 
 
 def daemon_burst(model: Path, files: list[Path], work: Path, options: dict[str, Any]) -> dict[str, float]:

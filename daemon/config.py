@@ -88,6 +88,7 @@ class DatasetOverrides(BaseModel):
     beta: PositiveFloat | Auto | None = None
     min_confidence: Probability | Auto | None = None
     min_margin: Probability | None = None
+    unknown_gate: bool | None = None
     descriptions: dict[str, str] = Field(default_factory=dict)
 
     _templates = field_validator("prompt_templates")(_check_templates)
@@ -106,6 +107,7 @@ class DatasetSettings(BaseModel):
     beta: float | Auto
     min_confidence: float | Auto | None
     min_margin: float | None
+    unknown_gate: bool
     auto_keep: float
     descriptions: Mapping[str, str]
 
@@ -203,8 +205,22 @@ class Settings(BaseSettings):
         description="Files whose two best classes' probabilities differ less go to Review/; off when unset.",
         examples=[0.1],
     )
+    unknown_gate: bool = Field(
+        True,
+        description=(
+            'The "none of these" gate: a picture unlike every class (by its nearest reference, its '
+            "class description, or, without references, words far from every class name) goes to "
+            "Review/ with reason unknown. Calibrated per dataset from the references (README); "
+            "pictures in Clases/_none/ count as none of these. false files every picture in some class, "
+            "as the original scripts did. Not used in finetuned mode."
+        ),
+    )
     auto_keep: Probability = Field(
-        0.95, description="min_confidence = auto keeps this share of correctly classified references."
+        0.95,
+        description=(
+            "min_confidence = auto and the unknown gate keep this share of the reference images "
+            "(leave-one-out; min_confidence: of the correctly classified ones)."
+        ),
     )
     correction_weight: PositiveFloat = Field(
         1.0,
@@ -319,7 +335,8 @@ class Settings(BaseSettings):
         default_factory=dict,
         description=(
             "Per-dataset overrides of mode, aggregate, prompt_templates, action, alpha, beta, "
-            "min_confidence and min_margin, plus descriptions: class name -> text describing it."
+            "min_confidence, min_margin and unknown_gate, plus descriptions: class name -> text "
+            "describing it."
         ),
     )
 
@@ -375,6 +392,7 @@ class Settings(BaseSettings):
             beta=own.beta if own.beta is not None else self.beta,
             min_confidence=own.min_confidence if own.min_confidence is not None else self.min_confidence,
             min_margin=own.min_margin if own.min_margin is not None else self.min_margin,
+            unknown_gate=own.unknown_gate if own.unknown_gate is not None else self.unknown_gate,
             auto_keep=self.auto_keep,
             descriptions=own.descriptions,
         )

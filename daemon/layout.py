@@ -23,6 +23,8 @@ INBOX_DIR = "Images"
 SORTED_DIR = "Dataset"
 REJECTED_DIR = "Rejected"
 REVIEW_DIR = "Review"
+# Clases/_none/: pictures of "none of these" (the unknown gate's negatives), never a class of its own.
+NEGATIVES_DIR = "_none"
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,10 @@ class DatasetLayout:
     @property
     def review(self) -> Path:
         return self.root / REVIEW_DIR
+
+    @property
+    def negatives(self) -> Path:
+        return self.classes / NEGATIVES_DIR
 
     def class_dir(self, label: str) -> Path:
         """``Dataset/<label>``; labels only ever come from folder names."""

@@ -12,7 +12,15 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from daemon.classify.classindex import ClassIndex
+from daemon.config import load_settings
+from daemon.encode.encoder import Encoder
+from daemon.encode.factory import make_embedder
+from daemon.layout import discover
+from daemon.sort.oneshot import gather, run
+from daemon.sort.pipeline import Outcome
 from daemon.store import mover
+from tests.synthetic import SHAPES, draw, save
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,6 +30,31 @@ def unit(*rows: list[float]) -> npt.NDArray[np.float32]:
     array = np.asarray(rows, dtype=np.float32)
     scaled: npt.NDArray[np.float32] = array / np.linalg.norm(array, axis=1, keepdims=True)
     return scaled
+
+
+def hand_index(
+    refs: npt.NDArray[np.float32],
+    labels: list[int],
+    text: npt.NDArray[np.float32],
+    *,
+    negatives: npt.NDArray[np.float32] | None = None,
+    descriptions: tuple[str, ...] | None = None,
+) -> ClassIndex:
+    """A class index of hand-written vectors: class ``k`` is ``c{k}``, described by row ``k`` of ``text``."""
+    names = tuple(f"c{k}" for k in range(len(text)))
+    return ClassIndex(
+        dataset="d",
+        classes=names,
+        descriptions=descriptions or names,
+        text_vectors=text,
+        reference_vectors=refs,
+        reference_labels=np.asarray(labels, dtype=np.int64),
+        reference_paths=tuple(Path(f"r{k}") for k in range(len(labels))),
+        reference_weights=np.ones(len(labels), dtype=np.float32),
+        corrected=np.zeros(len(labels), dtype=np.bool_),
+        negative_vectors=np.zeros((0, text.shape[1]), np.float32) if negatives is None else negatives,
+        negative_paths=() if negatives is None else tuple(Path(f"n{k}") for k in range(len(negatives))),
+    )
 
 
 def python_process(
@@ -68,3 +101,38 @@ class GatedRenames(mover.Syscalls):
         if not self.gate.wait(timeout=60):
             raise OSError("the test never opened the gate")
         super().renameat2(source, target)
+
+
+def held_out(root: Path, classes: Mapping[str, str], per_class: int = 10, seed: int = 77) -> dict[str, str]:
+    """Unseen pictures in ``root``'s Images/, ``classes`` mapping a name to a colour: file -> name."""
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for name, color in classes.items():
+        for k in range(per_class):
+            file = f"{name}-{k}.png"
+            save(draw(rng, color, SHAPES[k % 3], size=int(rng.integers(40, 160))), root / "Images" / file)
+            truth[file] = name
+    return truth
+
+
+def sort_all(root: Path, encoder: Encoder, **flags: object) -> list[Outcome]:
+    """What `clipsort sort --dry-run` decides for every inbox file under ``root``, with ``flags``."""
+    settings = load_settings(None, {"root": root, **flags})
+    embedder = make_embedder(settings, encoder)
+    outcomes: list[Outcome] = []
+    run(
+        gather(discover(root), settings, embedder, named=False),
+        settings,
+        embedder,
+        journal=None,
+        dry_run=True,
+        on_outcome=outcomes.append,
+    )
+    return outcomes
+
+
+def accuracy(outcomes: list[Outcome], truth: Mapping[str, str]) -> float:
+    """Share of ``outcomes`` whose decided class is the file's true one."""
+    return float(
+        np.mean([o.decision is not None and o.decision.label == truth[o.source.name] for o in outcomes])
+    )

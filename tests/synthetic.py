@@ -140,7 +140,10 @@ def make_dataset(
     for name, color in classes.items():
         (root / "Clases" / name).mkdir(parents=True, exist_ok=True)
         for k in range(references):
-            save(draw(rng, color, SHAPES[k % 3]), root / "Clases" / name / f"ref{k}.png")
+            # Drawn as varied as the inbox's pictures, as real references are: the unknown gate
+            # learns from their spread how far a picture of the class may stray.
+            picture = draw(rng, color, SHAPES[k % 3], size=int(rng.integers(40, 160)))
+            save(picture, root / "Clases" / name / f"ref{k}.png")
     (root / "Images").mkdir(parents=True, exist_ok=True)
     truth = {}
     for k, color in enumerate(inbox):

@@ -58,3 +58,13 @@ def test_state_growth_smoke_run_samples_both_runs(tmp_path: Path) -> None:
         assert [s["files"] for s in samples] == list(range(50, 401, 50))
         assert all(s["state_bytes"] > 0 for s in samples)
     assert report["summary"]["final_state_ratio"] < 1
+
+
+def test_unknown_gate_smoke_run_times_the_gate_beside_the_pipeline(tmp_path: Path) -> None:
+    """``python -m bench.unknown_gate --quick`` exits 0: decide and gate per file per mode, their ratio."""
+    report = smoke("bench.unknown_gate", tmp_path / "gate.json")
+    assert report["decode_us_per_file"] > 0 and report["encode_us_per_file"] > 0
+    assert set(report["modes"]) == {"reference", "text", "mixed"}
+    for row in report["modes"].values():
+        assert row["gate_vs_decide"] == row["gate_us_per_file"] / row["decide_us_per_file"]
+        assert 0 < row["gate_share_of_pipeline"] < 1 and row["calibrate_ms"] > 0

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from daemon.classify.calibration import accuracy, calibrate, confidence_threshold, leave_one_out
-from daemon.classify.classindex import ClassIndex
+from tests.helpers import hand_index as index
 from tests.helpers import unit
-
-
-def index(refs: np.ndarray, labels: list[int], text: np.ndarray) -> ClassIndex:
-    return ClassIndex(
-        dataset="d",
-        classes=tuple(f"c{k}" for k in range(len(text))),
-        descriptions=tuple(f"c{k}" for k in range(len(text))),
-        text_vectors=text,
-        reference_vectors=refs,
-        reference_labels=np.asarray(labels, dtype=np.int64),
-        reference_paths=tuple(Path(f"r{k}") for k in range(len(labels))),
-        reference_weights=np.ones(len(labels), dtype=np.float32),
-        corrected=np.zeros(len(labels), dtype=np.bool_),
-    )
 
 
 def test_leave_one_out_never_sees_the_sample_itself() -> None:

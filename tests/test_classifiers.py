@@ -88,8 +88,10 @@ def test_review_policy_holds_back_uncertain_decisions() -> None:
     [sure, torn] = decide(np.array([[0.9, 0.1], [0.5, 0.49]], dtype=np.float32), ("x", "y"), 10.0)
     assert ReviewPolicy().hold_back(torn) is None
     assert ReviewPolicy(min_confidence=0.9).hold_back(sure) is None
-    assert "confidence" in (ReviewPolicy(min_confidence=0.9).hold_back(torn) or "")
-    assert "margin" in (ReviewPolicy(min_margin=0.2).hold_back(torn) or "")
+    unsure = ReviewPolicy(min_confidence=0.9).hold_back(torn)
+    assert unsure is not None and unsure.reason == "uncertain" and "confidence" in unsure.detail
+    close = ReviewPolicy(min_margin=0.2).hold_back(torn)
+    assert close is not None and close.reason == "uncertain" and "margin" in close.detail
 
 
 def test_reference_mode_needs_references() -> None:

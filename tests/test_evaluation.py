@@ -99,3 +99,34 @@ def test_eval_tables_and_errors(cli: CliRunner, data_root: Path) -> None:
     assert bare.exit_code == 2 and "needs reference images" in bare.stderr
     wrong = cli.invoke(app, ["eval", "--root", str(data_root), "--modes", "psychic"])
     assert wrong.exit_code == 2 and "psychic" in wrong.stderr
+
+
+def test_eval_reports_the_unknown_gate_per_mode_with_its_chart(
+    cli: CliRunner, data_root: Path, tmp_path: Path
+) -> None:
+    """Per mode: held-out references kept, Clases/_none/ pictures kept out, and the score chart."""
+    make_dataset(data_root / "ds", {"red": "red", "green": "green"}, references=6, seed=5)
+    make_dataset(data_root / "strangers", {"_none": "blue", "x": "purple"}, references=3, seed=6)
+    for picture in (data_root / "strangers" / "Clases").rglob("*.png"):  # three blue, three purple
+        (data_root / "ds" / "Clases" / "_none").mkdir(exist_ok=True)
+        shutil.copy(picture, data_root / "ds" / "Clases" / "_none" / f"{picture.parent.name}-{picture.name}")
+    shutil.rmtree(data_root / "strangers")
+    report_dir = tmp_path / "report"
+    found = cli.invoke(
+        app, ["eval", "--root", str(data_root), "--folds", "3", "--json", "--report", str(report_dir)]
+    )
+    assert found.exit_code == 0, found.output
+    report = json.loads(found.stdout)
+    assert report["classes"] == ["green", "red"], "_none is no class"
+    for mode in ("text", "reference-max", "mixed"):
+        gate = report["modes"][mode]["gate"]
+        assert gate["negatives"] == 6
+        assert gate["references_kept"] >= 0.8 and gate["negatives_kept_out"] >= 0.8, (mode, gate)
+        assert len(gate["reference_margins"]) == 12 and len(gate["negative_margins"]) == 6
+    chart = report_dir / "ds-unknown-gate.png"
+    assert str(chart) in report["charts"]
+    with Image.open(chart) as drawn:
+        drawn.verify()
+    shown = cli.invoke(app, ["eval", "--root", str(data_root), "--folds", "3", "--modes", "mixed"])
+    assert shown.exit_code == 0 and '"none of these" gate' in shown.stdout
+    assert "references kept" in shown.stdout and "no negatives" not in shown.stdout

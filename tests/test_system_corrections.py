@@ -6,12 +6,14 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
 from typer.testing import CliRunner
 
 from daemon.cli import app
 from daemon.store.journal import Journal
 from tests.daemonproc import Daemon, drop, picture_bytes, start
-from tests.synthetic import MISLEADING, make_dataset
+from tests.synthetic import MISLEADING, grid, make_dataset, save
 from tests.waiting import wait_until
 
 
@@ -36,7 +38,16 @@ def misleading(daemons: list[Daemon], tmp_path: Path, tiny_model: Path) -> tuple
     make_dataset(root / "rgb", MISLEADING, references=4, seed=11)
     staging = tmp_path / "staging"
     staging.mkdir(exist_ok=True)
-    daemon = start(daemons, root, tiny_model, tmp_path / "home", mode="reference", settle_seconds=0.05)
+    # Without the unknown gate, which would hold the blue pictures back as unlike every reference.
+    daemon = start(
+        daemons,
+        root,
+        tiny_model,
+        tmp_path / "home",
+        mode="reference",
+        settle_seconds=0.05,
+        unknown_gate=False,
+    )
     return daemon, root / "rgb", staging
 
 
@@ -96,8 +107,50 @@ def test_a_correction_seen_just_before_kill_9_is_kept(
     assert daemon.process is not None
     daemon.process.kill()
     daemon.process.wait(timeout=10)
-    again = start(daemons, dataset.parent, tiny_model, daemon.home, mode="reference", settle_seconds=0.05)
+    again = start(
+        daemons,
+        dataset.parent,
+        tiny_model,
+        daemon.home,
+        mode="reference",
+        settle_seconds=0.05,
+        unknown_gate=False,
+    )
     wait_until(lambda: again.status().datasets["rgb"].corrections == {"blue": 1}, timeout=30)
     (correction,) = Journal(again.state).corrections()
     assert (correction.old_label, correction.new_label, correction.path.name) == ("red", "blue", victim)
     assert again.stop() == 0
+
+
+def test_a_filed_picture_moved_into_the_negatives_folder_teaches_the_unknown_gate(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """Dataset/<class> -> Clases/_none/ is a correction; a near-copy that arrives later is held as unknown."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, {c: c for c in ("red", "green", "blue")}, references=4, seed=5)
+    daemon = start(daemons, root, tiny_model, tmp_path / "home", mode="reference", settle_seconds=0.05)
+    patterns = {f"lines-{k}.png": np.asarray(grid(np.random.default_rng(k))) for k in range(10)}
+    for name, pixels in patterns.items():
+        save(Image.fromarray(pixels), dataset / "Images" / name)
+    wait_until(lambda: not list((dataset / "Images").iterdir()), timeout=30)
+    # Most patterns are held as unknown; the few the gate let into a class (two, measured) are
+    # the person's to correct.
+    filed = sorted((dataset / "Dataset").rglob("lines-*.png"))
+    assert filed and len(filed) <= 3
+    (dataset / "Clases" / "_none").mkdir()
+    for path in filed:
+        os.rename(path, dataset / "Clases" / "_none" / path.name)
+    daemon.wait_event("unknown_gate", lambda r: r["negatives"] == len(filed), timeout=30)
+    wait_until(lambda: len(Journal(daemon.state).corrections(label="_none")) == len(filed), timeout=30)
+    assert daemon.events("classes_loaded")[-1]["classes"] == ["blue", "green", "red"], "_none is no class"
+
+    for path in filed:  # the same pattern again, one pixel different: not a byte-identical duplicate
+        pixels = patterns[path.name].copy()
+        pixels[0, 0] = 255 - pixels[0, 0]
+        save(Image.fromarray(pixels), dataset / "Images" / f"again-{path.name}")
+    wait_until(lambda: all((dataset / "Review" / f"again-{p.name}").exists() for p in filed), timeout=30)
+    held = [r for r in daemon.events("review") if "again-" in r["file"]]
+    assert len(held) == len(filed) and all(r["reason"] == "unknown" for r in held)
+    assert all(r["detail"].startswith("negative") for r in held)
+    assert daemon.stop() == 0

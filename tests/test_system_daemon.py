@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -107,12 +108,14 @@ def test_live_retargeting_new_classes_removed_classes_new_datasets(
     drop(dataset, "g.png", "green")
     wait_until(lambda: sorted_files(dataset).get("g.png") == "green")
 
-    # A class folder is removed: nothing more goes there.
+    # A class folder is removed: nothing more goes there; a red picture is now a stranger, which
+    # the unknown gate (recalibrated on the edit) holds in Review/ rather than filing it as blue or green.
     shutil.rmtree(dataset / "Clases" / "red")
     daemon.wait_event("classes_loaded", lambda r: r["classes"] == ["blue", "green"])
     drop(dataset, "r.png", "red")
-    wait_until(lambda: "r.png" in sorted_files(dataset))
-    assert sorted_files(dataset)["r.png"] != "red"
+    wait_until(lambda: (dataset / "Review" / "r.png").exists() or "r.png" in sorted_files(dataset))
+    assert "r.png" not in sorted_files(dataset)
+    assert daemon.wait_event("review", lambda r: r["file"].endswith("r.png"))["reason"] == "unknown"
 
     # A dataset created while running is watched; its files wait until it has classes.
     second = root / "second"
@@ -215,7 +218,7 @@ def test_systemd_protocol_reload_status_and_metrics(
     assert "rgb" in shown.stdout and "tiny-clip" in shown.stdout
 
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    assert 'clipsort_files_total{class="red",dataset="rgb",status="sorted"} 1.0' in body
+    assert 'clipsort_files_total{class="red",dataset="rgb",reason="",status="sorted"} 1.0' in body
     assert "clipsort_drop_to_move_seconds_bucket" in body
     assert 'clipsort_review_share{dataset="rgb"} 0.0' in body
     assert 'clipsort_confidence_bucket{dataset="rgb",le="1.0"} 1.0' in body
@@ -281,24 +284,37 @@ def test_a_burst_of_20000_files_loses_none_in_bounded_memory(
     assert daemon.stop() == 0
 
 
-def test_uncertain_pictures_are_held_for_review_by_the_daemon(
-    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+@pytest.mark.parametrize(
+    ("settings", "reason", "detail"),
+    [
+        ({}, "unknown", "reference"),  # the default: the unknown gate
+        ({"unknown_gate": False, "min_confidence": "auto"}, "uncertain", "confidence"),
+    ],
+)
+def test_pictures_of_no_class_are_held_for_review_by_the_daemon(
+    daemons: list[Daemon],
+    tmp_path: Path,
+    tiny_model: Path,
+    settings: dict[str, object],
+    reason: str,
+    detail: str,
 ) -> None:
-    """With min_confidence = auto, a line pattern goes to Review/ and a red picture to its class."""
+    """A line pattern goes to Review/ (as unknown by default, as uncertain by confidence) and red to red."""
     root = tmp_path / "Data"
     dataset = root / "rgb"
     make_dataset(dataset, RGB, references=4, seed=5)
-    daemon = start(daemons, root, tiny_model, tmp_path / "home", min_confidence="auto")
-    calibrated = daemon.wait_event("calibrated")
-    assert 0 < calibrated["min_confidence"] < 1
+    daemon = start(daemons, root, tiny_model, tmp_path / "home", None, **settings)
+    if "min_confidence" in settings:
+        assert 0 < daemon.wait_event("calibrated")["min_confidence"] < 1
     save(grid(np.random.default_rng(3)), dataset / "Images" / "lines.png")
     save(draw(np.random.default_rng(4), "red", "circle", 80), dataset / "Images" / "red.png")
     wait_until(
         lambda: (dataset / "Review" / "lines.png").exists() and sorted_files(dataset).get("red.png") == "red"
     )
     held = daemon.wait_event("review")
-    assert len(held["top3"]) == 3 and "confidence" in held["reason"]
-    wait_until(lambda: daemon.status().datasets["rgb"].review == 1)
+    assert len(held["top3"]) == 3 and held["reason"] == reason and detail in held["detail"]
+    wait_until(lambda: getattr(daemon.status().datasets["rgb"], reason) == 1)
+    assert daemon.status().datasets["rgb"].review == 1
     assert daemon.stop() == 0
 
 
@@ -328,7 +344,9 @@ def test_a_reload_reaches_what_was_built_at_start(
     assert {"max_file_mb", "max_wait_seconds", "decode_workers", "queue_capacity"} <= set(reloaded["changed"])
     assert daemon.wait_event("reload_needs_restart")["settings"] == ["metrics_port"]
     drop(dataset / "Images", "big-after.png", big.read_bytes())
-    wait_until(lambda: "big-after.png" in sorted_files(dataset), timeout=30)  # the new cap holds
+    # The new cap holds: the picture is decoded and classified (noise is "none of these", so the unknown
+    # gate holds it in Review/) instead of being rejected.
+    wait_until((dataset / "Review" / "big-after.png").exists, timeout=30)
     wait_until((dataset / "Rejected" / "empty.png").exists, timeout=30)  # the new wait holds
     daemon.wait_event("decode_workers_changed", lambda r: r["workers"] == 3)
 

@@ -162,7 +162,10 @@ def daemon_on_small_disk(daemons: list[Daemon], tmp_path: Path, tiny_model: Path
     """The rgb dataset (its Dataset/ the small_disk mount) and a daemon sorting it."""
     root = tmp_path / "Data"
     make_dataset(root / "rgb", RGB, references=3, seed=3)
-    return root / "rgb", start(daemons, root, tiny_model, tmp_path / "home", settle_seconds=0.05)
+    # The noise pictures must all go to Dataset/, the disk under test: with the unknown gate on, most
+    # would be held in Review/ (they show no class), on another file system.
+    home = tmp_path / "home"
+    return root / "rgb", start(daemons, root, tiny_model, home, settle_seconds=0.05, unknown_gate=False)
 
 
 def drop_noise(dataset: Path, tmp_path: Path, count: int, seed: int) -> dict[str, bytes]:

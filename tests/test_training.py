@@ -237,15 +237,16 @@ def test_clip_base_improves_on_its_zero_shot_accuracy(data_root: Path, tiny_mode
     """--base naming the CLIP model: the vision tower is fine-tuned under the zero-shot head and beats it.
 
     Two of five classes have names that mean nothing to the model, so zero-shot
-    (text mode) is imperfect; eight pictures per class are enough to fix that.
+    (text mode) is imperfect; twelve pictures per class are enough to fix that.
     """
     classes = {"red": "red", "green": "green", "blue": "blue", "lote-3": "yellow", "class_07": "purple"}
-    make_dataset(data_root / "ds", classes, references=8, seed=5)
+    make_dataset(data_root / "ds", classes, references=12, seed=5)
     rng = np.random.default_rng(77)
     truth = {}
     for name, color in classes.items():
         for k in range(10):
-            draw(rng, color, SHAPES[k % 3], 64).save(data_root / "ds" / "Images" / f"{name}-{k}.png")
+            picture = draw(rng, color, SHAPES[k % 3], int(rng.integers(40, 160)))  # as the references
+            picture.save(data_root / "ds" / "Images" / f"{name}-{k}.png")
             truth[f"{name}-{k}.png"] = name
     runner = CliRunner(env={"CLIPSORT_MODEL": str(tiny_model)})
     train_into(

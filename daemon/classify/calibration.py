@@ -44,7 +44,7 @@ class LeaveOneOut:
     scores: dict[str, Scores]
 
 
-def _sample(labels: npt.NDArray[np.int64], limit: int) -> npt.NDArray[np.int64]:
+def sample_rows(labels: npt.NDArray[np.int64], limit: int) -> npt.NDArray[np.int64]:
     """All rows, or a fixed stratified subset of ``limit`` rows."""
     if len(labels) <= limit:
         return np.arange(len(labels))
@@ -58,7 +58,7 @@ def _sample(labels: npt.NDArray[np.int64], limit: int) -> npt.NDArray[np.int64]:
 
 def leave_one_out(index: ClassIndex, betas: tuple[float, ...] = BETAS) -> LeaveOneOut:
     """Scores of every mode (and every beta of the cache term) with each sample's own row removed."""
-    rows = _sample(index.reference_labels, MAX_SAMPLES)
+    rows = sample_rows(index.reference_labels, MAX_SAMPLES)
     queries = index.reference_vectors[rows]
     truth = index.reference_labels[rows]
     classes = len(index.classes)

@@ -5,12 +5,16 @@ its references (none is fine: a text-only class). A class's description is,
 first found: the dataset's ``descriptions`` table in the config,
 ``Clases/<class>/description.txt``, or the folder name with ``_`` and ``-``
 read as spaces.
+
+``Clases/_none/`` is not a class: its pictures are the negatives of the
+"none of these" gate (:mod:`daemon.classify.unknown`), kept apart from the
+references.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +25,7 @@ from daemon.config import DEFAULT_IGNORE
 from daemon.encode.vectors import Vectors
 from daemon.errors import NoClassesError
 from daemon.ingest.scanner import scan
-from daemon.layout import DatasetLayout
+from daemon.layout import NEGATIVES_DIR, DatasetLayout
 
 if TYPE_CHECKING:  # the embedder loads the model stack; the index itself is plain arrays
     from daemon.encode.embeddings import Embedder
@@ -46,6 +50,9 @@ class ClassIndex:
     # Corrected examples (see daemon.corrections) follow the reference images.
     reference_weights: npt.NDArray[np.float32]  # each row's weight in its class's average
     corrected: npt.NDArray[np.bool_]  # which rows are corrected examples
+    # Clases/_none/: pictures of nothing the dataset sorts, (0, dim) when there are none.
+    negative_vectors: Vectors = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    negative_paths: tuple[Path, ...] = ()
 
     def reference_counts(self) -> npt.NDArray[np.int64]:
         """How many references each class has, in class order."""
@@ -85,13 +92,16 @@ def class_description(folder: Path, configured: Mapping[str, str]) -> str:
 
 
 def class_folders(layout: DatasetLayout) -> list[Path]:
-    """The real (non-hidden, non-symlink) sub-folders of ``Clases/``, sorted."""
+    """The real (non-hidden, non-symlink) sub-folders of ``Clases/``, sorted; the negatives folder is none."""
     if not layout.classes.is_dir():
         return []
     return sorted(
         path
         for path in layout.classes.iterdir()
-        if path.is_dir() and not path.is_symlink() and not path.name.startswith(".")
+        if path.is_dir()
+        and not path.is_symlink()
+        and not path.name.startswith(".")
+        and path.name != NEGATIVES_DIR
     )
 
 
@@ -122,6 +132,13 @@ def build_class_index(
         vectors.append(found)
         labels.extend([label] * len(kept))
         paths.extend(kept)
+    negatives = layout.negatives
+    files = (
+        [] if negatives.is_symlink() or not negatives.is_dir() else list(scan(negatives, REFERENCE_IGNORE))
+    )
+    negative_vectors, negative_paths = (
+        embedder.images(files) if embedder else (np.zeros((len(files), 0), np.float32), files)
+    )
     texts = tuple(class_description(folder, descriptions or {}) for folder in folders)
     names = [folder.name for folder in folders]
     usable = [example for example in examples if example.label in names]
@@ -142,4 +159,6 @@ def build_class_index(
         reference_paths=tuple(paths),
         reference_weights=np.asarray(weights, dtype=np.float32),
         corrected=np.asarray(corrected, dtype=np.bool_),
+        negative_vectors=negative_vectors.astype(np.float32),
+        negative_paths=tuple(negative_paths),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -13,9 +14,11 @@ from daemon.classify.classindex import ClassIndex, Example, build_class_index
 from daemon.classify.modes import Classifier, ClipClassifier, make_classifier
 from daemon.classify.modes.finetuned import CheckpointCache, FinetunedClassifier
 from daemon.classify.review import ReviewPolicy
+from daemon.classify.unknown import NEGATIVE_TEMPLATE, Gate, calibrate_gate, candidate_words
 from daemon.config import DatasetSettings, Settings
 from daemon.encode.embeddings import Embedder
 from daemon.encode.encoder import resolve_device
+from daemon.encode.vectors import Vectors
 from daemon.errors import NoClassesError
 from daemon.layout import DatasetLayout
 
@@ -36,6 +39,7 @@ class Target:
     classifier: Classifier
     review: ReviewPolicy = field(default_factory=ReviewPolicy)
     calibration: Calibration | None = None
+    gate: Gate | None = None  # the "none of these" gate; None when off (and in finetuned mode)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -127,6 +131,50 @@ def make_target(
         classifier=classifier,
         review=review,
         calibration=calibration,
+        gate=make_gate(own, index, embedder) if own.unknown_gate else None,
+    )
+
+
+def make_gate(own: DatasetSettings, index: ClassIndex, embedder: Embedder) -> Gate:
+    """The unknown gate of ``index`` in ``own.mode``; a dataset without references gets negative labels."""
+    words: tuple[str, ...] = ()
+    vectors = None
+    if not len(index.reference_labels):  # nothing to calibrate on: NegLabel's words stand in
+        words = candidate_words(embedder.clip.vocabulary())
+        vectors = embedder.descriptions(words, (NEGATIVE_TEMPLATE,))
+    gate = gate_for(own.mode, index, own.auto_keep, embedder.clip.logit_scale, words, vectors)
+    log.info(
+        "unknown_gate",
+        dataset=index.dataset,
+        rule=gate.rule,
+        thresholds={
+            name: round(float(value), 4)
+            for name, value in zip(index.classes, gate.class_thresholds, strict=True)
+            if not math.isnan(value)
+        },
+        text_threshold=None if gate.text_threshold is None else round(gate.text_threshold, 4),
+        negatives=len(index.negative_paths),
+        negative_labels=len(gate.words),
+    )
+    return gate
+
+
+def gate_for(
+    mode: str,
+    index: ClassIndex,
+    keep: float,
+    logit_scale: float,
+    words: Sequence[str] = (),
+    vectors: Vectors | None = None,
+) -> Gate:
+    """The gate a dataset in ``mode`` gets (``clipsort eval`` builds the same one per fold)."""
+    return calibrate_gate(
+        index,
+        by_reference=mode != "text",
+        keep=keep,
+        label_scale=logit_scale,
+        words=words,
+        word_vectors=vectors,
     )
 
 

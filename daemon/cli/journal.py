@@ -56,7 +56,8 @@ def history(
             entry.intent.source.name,
             entry.intent.label or f"({entry.intent.placement})",
             "" if score is None else f"{score:.2f}",
-            entry.state,
+            # Review/'s reason (unknown, uncertain) beside the state: a column more would wrap the names.
+            f"{entry.state} ({entry.reason})" if entry.intent.placement == "review" else entry.state,
             "" if entry.destination is None else str(entry.destination),
         )
     Console().print(table)

@@ -75,7 +75,7 @@ def status(
         f"{uptime % 60:02d}s, {found.model} on {found.device}"
     )
     table = text_table(
-        "dataset", "classes", "sorted", "review", "rejected", "queued", "corrections", labels=1
+        "dataset", "classes", "sorted", "unknown", "uncertain", "rejected", "queued", "corrections", labels=1
     )
     for name, counts in found.datasets.items():
         classes = "waiting" if counts.waiting_for_classes else str(counts.classes)
@@ -83,7 +83,8 @@ def status(
             name,
             classes,
             str(counts.sorted),
-            str(counts.review),
+            str(counts.unknown),
+            str(counts.uncertain),
             str(counts.rejected),
             str(counts.queued),
             str(sum(counts.corrections.values())),

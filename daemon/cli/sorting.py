@@ -256,6 +256,20 @@ def show_evaluation(found: EvalReport, charts: list[Path]) -> None:
                 name, str(int(effect["examples"])), f"{effect['without']:.1%}", f"{effect['with']:.1%}"
             )
         console.print(learned)
+    gates = {name: result.gate for name, result in found.modes.items() if result.gate is not None}
+    if gates:
+        gated = text_table(
+            "mode",
+            "rule",
+            "references kept",
+            "negatives kept out",
+            labels=2,
+            title='the "none of these" gate on held-out pictures (negatives: Clases/_none/)',
+        )
+        for name, gate in gates.items():
+            out = "no negatives" if gate.negatives_kept_out is None else f"{gate.negatives_kept_out:.1%}"
+            gated.add_row(name, gate.rule, f"{gate.references_kept:.1%}", out)
+        console.print(gated)
     for chart in charts:
         console.print(f"wrote {chart}")
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # the embedder drives an encoder it is given; importing one l
 
 log = structlog.get_logger()
 PICTURE_SIDE = 224  # decoding's target without a CLIP model: the common input of image classifiers
+TEXT_CHUNK = 256  # prompts encoded per forward pass
 
 
 def normalise(vectors: Vectors) -> Vectors:
@@ -114,7 +115,13 @@ class Embedder:
         missing = [text for text, key in zip(texts, keys, strict=True) if key not in known]
         if missing:
             prompts = [template.format(text) for text in missing for template in templates]
-            vectors = self.clip.encode_texts(prompts).reshape(len(missing), len(templates), -1)
+            # In chunks: thousands of prompts (the unknown gate's candidate words) in one batch
+            # would hold every layer's attention for all of them at once.
+            chunks = [
+                self.clip.encode_texts(prompts[k : k + TEXT_CHUNK])
+                for k in range(0, len(prompts), TEXT_CHUNK)
+            ]
+            vectors = np.concatenate(chunks).reshape(len(missing), len(templates), -1)
             new = dict(
                 zip([text_key(t, templates) for t in missing], normalise(vectors.mean(axis=1)), strict=True)
             )

@@ -13,7 +13,7 @@ import os
 import socket
 import urllib.parse
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +35,25 @@ if TYPE_CHECKING:  # imported where a model is loaded: a fine-tuned-only run nev
 log = structlog.get_logger()
 
 DEFAULT_LOGIT_SCALE = 100.0  # OpenAI CLIP's value, for models that do not carry one
+
+
+def whole_words(tokens: Iterable[str]) -> tuple[str, ...]:
+    """Tokens that are whole words of three letters or more, lower-cased and sorted.
+
+    CLIP's BPE marks a word's end with ``</w>``; WordPiece marks a word's
+    continuation with ``##`` and SentencePiece a word's start with ``▁``.
+    """
+    tokens = list(tokens)
+    # In a BPE vocabulary only word ends are words; "gree" is a piece of "green".
+    ends = any(token.endswith("</w>") for token in tokens)
+    words = set()
+    for token in tokens:
+        if token.startswith("##") or (ends and not token.endswith("</w>")):
+            continue
+        word = token.removesuffix("</w>").removeprefix("\u2581")
+        if len(word) >= 3 and word.isalpha():
+            words.add(word.lower())
+    return tuple(sorted(words))
 
 
 def resolve_device(device: str) -> str:
@@ -417,6 +436,12 @@ class Encoder:
     def encode_texts(self, texts: Sequence[str]) -> Vectors:
         """One row per text."""
         return self._encode(self._text, list(texts))
+
+    def vocabulary(self) -> tuple[str, ...]:
+        """The whole words the text encoder's tokenizer knows (the unknown gate's negative labels)."""
+        tokenizer = getattr(self._text, "tokenizer", None)
+        get_vocab = getattr(tokenizer, "get_vocab", None)
+        return whole_words(get_vocab() if callable(get_vocab) else {})
 
     def _encode(self, model: SentenceTransformer, items: list[Image.Image] | list[str]) -> Vectors:
         if not items:

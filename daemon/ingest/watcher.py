@@ -48,6 +48,7 @@ from typing import ClassVar, Protocol
 import structlog
 from watchdog.events import (
     EVENT_TYPE_CLOSED,
+    EVENT_TYPE_CREATED,
     EVENT_TYPE_DELETED,
     EVENT_TYPE_MOVED,
     DirAttribEvent,
@@ -89,7 +90,7 @@ class WatchSink(Protocol):
 
     def placed(self, dataset: str, path: Path) -> None: ...
 
-    def rescan_sorted(self, dataset: str) -> None: ...
+    def rescan_filed(self, dataset: str) -> None: ...
 
     def destination_changed(self, dataset: str) -> None: ...
 
@@ -169,8 +170,12 @@ class _ClassesHandler(_SafeHandler):
 
     def handle(self, event: FileSystemEvent) -> None:
         self.sink.classes_changed(self.name)
-        if event.event_type == EVENT_TYPE_MOVED and (arrived := _arrival(event)) is not None:
-            self.sink.placed(self.name, arrived)  # maybe dragged here from Review/
+        if event.is_directory and event.event_type in (EVENT_TYPE_CREATED, EVENT_TYPE_MOVED):
+            # A new folder (Clases/_none/ made to drag files into) is watched only once its
+            # creation is seen; a file moved into it at once sends no event. One scan finds it.
+            self.sink.rescan_filed(self.name)
+        elif event.event_type == EVENT_TYPE_MOVED and (arrived := _arrival(event)) is not None:
+            self.sink.placed(self.name, arrived)  # maybe dragged here from Review/ or Dataset/
 
 
 class _SortedHandler(_SafeHandler):
@@ -211,7 +216,7 @@ class _SortedHandler(_SafeHandler):
             # inotify watches a new folder only once its creation is seen: a file moved
             # into it at once sends no event. The folder is watched by now, so one scan
             # finds what came before and events report what comes after.
-            self.sink.rescan_sorted(self.name)
+            self.sink.rescan_filed(self.name)
         elif (arrived := _arrival(event)) is not None:
             self.sink.placed(self.name, arrived)
 

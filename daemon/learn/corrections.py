@@ -122,6 +122,8 @@ def _judge(
         return None  # the same bytes in flight to another folder: not a person's answer
     elif entry.state == "moved" and entry.intent.placement == "sorted" and entry.intent.label == label:
         return None  # renamed or copied within the class clipsort chose
+    elif entry.state == "corrected" and entry.destination == path:
+        return None  # this very answer is recorded already (a rescan meets it again)
     found = journal.correct(entry, layout.name, digest, path, label)
     log.info(
         "correction_recorded",
@@ -189,7 +191,7 @@ class Learner:
             log.warning("learner_full", file=str(path))
 
     def scan(self, dataset: str) -> None:
-        """Look at every file in ``Dataset/<class>/``: arrivals before the watch or while down."""
+        """Look at every file in ``Dataset/`` and ``Clases/``: arrivals before the watch or while down."""
         try:
             self._arrivals.put_nowait((dataset, None))
         except queue.Full:
@@ -215,11 +217,12 @@ class Learner:
                 self._learn(dataset, paths)
 
     def _learn(self, dataset: str, arrived: list[Path | None]) -> None:
-        """Look at the files that ``arrived`` in ``dataset`` (None: everything in its Dataset/)."""
+        """Look at the files that ``arrived`` in ``dataset`` (None: everything in Dataset/ and Clases/)."""
         layout = DatasetLayout(self.settings.root / dataset)
         paths = [path for path in arrived if path is not None]
         if None in arrived:
             paths += scan(layout.sorted, self.settings.ignore_patterns)
+            paths += scan(layout.classes, self.settings.ignore_patterns)
         try:
             # What is recorded reaches the classifier through the journal (Worker._follow_corrections).
             observe(paths, layout, self._journal, self.embedder, self.settings)

@@ -5,8 +5,10 @@ is classified by an index built from the other folds' references (nothing is
 re-encoded; the vectors are sliced), exactly as ``clipsort sort`` would
 classify those pictures if only the other folds were in ``Clases/``. Mixed
 mode is calibrated inside each fold from that fold's training references
-only, as the daemon would. Pure maths over the class index; plotting lives
-in :func:`write_report`.
+only, as the daemon would. The "none of these" gate is calibrated in each
+fold the same way and judges the held-out references (the share it keeps)
+and the held-out pictures of ``Clases/_none/`` (the share it keeps out).
+Pure maths over the class index; plotting lives in :func:`write_report`.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import numpy.typing as npt
 from matplotlib.figure import Figure
 
 from daemon.classify.classindex import ClassIndex
-from daemon.classify.modes.base import ClipClassifier
-from daemon.classify.targets import choose_classifier
+from daemon.classify.modes.base import ClipClassifier, Familiarity
+from daemon.classify.targets import choose_classifier, gate_for
 from daemon.config import EVALUATED_MODES, DatasetSettings
 from daemon.errors import NoClassesError
 from daemon.store.mover import ensure_dir
@@ -41,6 +43,23 @@ class Prediction:
 
 
 @dataclass
+class GateResult:
+    """Cross-validated results of one mode's unknown gate.
+
+    A margin is how far a picture's score lies on the known side of its
+    threshold (negative: held back as unknown), so every rule and class
+    shares one axis with the threshold at 0.
+    """
+
+    rule: str
+    references_kept: float  # held-out references the gate let through
+    negatives: int  # pictures in Clases/_none/
+    negatives_kept_out: float | None  # of those, held out, the share the gate stopped; None without any
+    reference_margins: list[float] = field(default_factory=list)
+    negative_margins: list[float] = field(default_factory=list)
+
+
+@dataclass
 class ModeResult:
     """Cross-validated results of one mode."""
 
@@ -49,6 +68,7 @@ class ModeResult:
     recall: dict[str, float]
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     predictions: list[Prediction] = field(default_factory=list)
+    gate: GateResult | None = None
 
 
 @dataclass
@@ -77,6 +97,7 @@ class EvalReport:
                     "recall": result.recall,
                     "confusion": result.confusion,
                     "predictions": [vars(p) for p in result.predictions],
+                    "gate": None if result.gate is None else vars(result.gate),
                 }
                 for name, result in self.modes.items()
             },
@@ -152,14 +173,18 @@ def evaluate(
         )
     folds = max(2, min(folds, int(np.bincount(index.reference_labels).max())))
     assignment = fold_of(index.reference_labels, folds)
+    negatives = index.negative_vectors
+    negative_fold = fold_of(np.zeros(len(negatives), dtype=np.int64), folds)
     classes = list(index.classes)
     confusion = {mode: np.zeros((len(classes), len(classes)), dtype=np.int64) for mode in modes}
     predictions: dict[str, list[Prediction]] = {mode: [] for mode in modes}
+    margins: dict[str, tuple[list[float], list[float]]] = {mode: ([], []) for mode in modes}
     for fold in range(folds):
         held = assignment == fold
-        train = subset(index, ~held)
+        train = replace(subset(index, ~held), negative_vectors=negatives[negative_fold != fold])
         vectors = index.reference_vectors[held]
         truth = index.reference_labels[held]
+        strangers = negatives[negative_fold == fold]
         files = [str(p) for p, h in zip(index.reference_paths, held, strict=True) if h]
         for mode in modes:
             classifier = classifier_for(mode, train, settings, logit_scale)
@@ -169,6 +194,14 @@ def evaluate(
                 Prediction(file, fold, classes[t], classes[g])
                 for file, t, g in zip(files, truth, guessed, strict=True)
             ]
+            if settings.unknown_gate:
+                gate = gate_for(mode.partition("-")[0], train, settings.auto_keep, logit_scale)
+                given = (
+                    np.argmax(classifier.scores(strangers, train), axis=1) if len(strangers) else guessed[:0]
+                )
+                judged = ((vectors, guessed), (strangers, given))
+                for found, (pictures, labels) in zip(margins[mode], judged, strict=True):
+                    found += [margin(f) for f in gate.judge(pictures, labels, train) if f is not None]
             step()
     results = {}
     for mode in modes:
@@ -180,10 +213,39 @@ def evaluate(
             recall=recall,
             confusion=matrix.tolist(),
             predictions=predictions[mode],
+            gate=gate_result(mode, index, settings, logit_scale, *margins[mode])
+            if settings.unknown_gate
+            else None,
         )
     # Ties go to the earlier (simpler) mode in MODES order.
     recommended = max(modes, key=lambda mode: (results[mode].accuracy, -MODES.index(mode)))
     return EvalReport(index.dataset, folds, classes, results, recommended, effect)
+
+
+def margin(familiar: Familiarity) -> float:
+    """How far a picture is on the known side of its threshold (negative: unknown)."""
+    distance = abs(familiar.score - familiar.threshold)
+    return distance if familiar.known else -distance
+
+
+def gate_result(
+    mode: str,
+    index: ClassIndex,
+    settings: DatasetSettings,
+    logit_scale: float,
+    references: list[float],
+    negatives: list[float],
+) -> GateResult:
+    """The gate figures of one mode from the folds' margins."""
+    rule = gate_for(mode.partition("-")[0], index, settings.auto_keep, logit_scale).rule
+    return GateResult(
+        rule=rule,
+        references_kept=float(np.mean([m >= 0 for m in references])) if references else 0.0,
+        negatives=len(index.negative_vectors),
+        negatives_kept_out=float(np.mean([m < 0 for m in negatives])) if negatives else None,
+        reference_margins=[round(m, 6) for m in references],
+        negative_margins=[round(m, 6) for m in negatives],
+    )
 
 
 def corrections_effect(
@@ -283,4 +345,33 @@ def write_report(report: EvalReport, folder: Path) -> list[Path]:
     axes.set_title(f"{report.dataset}, {shown}")
     figure.tight_layout()
     figure.savefig(matrix)
-    return [bars, matrix]
+    return [bars, matrix, *gate_chart(report, folder)]
+
+
+def gate_chart(report: EvalReport, folder: Path) -> list[Path]:
+    """Per mode, the margins of the held-out references and negatives around the gate's threshold."""
+    gated = {name: result.gate for name, result in report.modes.items() if result.gate is not None}
+    if not gated:
+        return []
+    chart = folder / f"{report.dataset}-unknown-gate.png"
+    figure = Figure(figsize=(4 * len(gated), 3.5))
+    for axes, (name, gate) in zip(np.atleast_1d(figure.subplots(1, len(gated))), gated.items(), strict=True):
+        bins = np.linspace(
+            min([-0.1, *gate.reference_margins, *gate.negative_margins]),
+            max([0.1, *gate.reference_margins, *gate.negative_margins]),
+            30,
+        )
+        axes.hist(gate.reference_margins, bins=bins, alpha=0.7, color="#4c72b0", label="references")
+        if gate.negative_margins:
+            axes.hist(gate.negative_margins, bins=bins, alpha=0.7, color="#c44e52", label="Clases/_none")
+        axes.axvline(0.0, color="black", linestyle="--", label="threshold")
+        kept_out = (
+            "" if gate.negatives_kept_out is None else f", {gate.negatives_kept_out:.0%} of negatives out"
+        )
+        axes.set_title(f"{name} ({gate.rule} rule)\n{gate.references_kept:.0%} kept{kept_out}", fontsize=9)
+        axes.set_xlabel("score minus threshold")
+        axes.legend(fontsize=7)
+    figure.suptitle(f"{report.dataset}: the unknown gate, held-out pictures")
+    figure.tight_layout()
+    figure.savefig(chart)
+    return [chart]

@@ -1,7 +1,9 @@
 """Counters for the status file and, when enabled, a Prometheus endpoint.
 
 The share of files sent to Review/ per dataset is clipsort_files_total{status="review"}
-over all of that dataset's files; confidence and margin are histograms per dataset.
+over all of that dataset's files, and its ``reason`` label tells pictures of none of the
+classes (``unknown``) from those between two classes (``uncertain``); confidence and
+margin are histograms per dataset.
 
 Prometheus collectors live in a registry of their own, so several daemons in
 one test process do not collide on the global one.
@@ -30,10 +32,14 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.outcomes: Counter[tuple[str, str]] = Counter()  # (dataset, status)
+        self.held: Counter[tuple[str, str]] = Counter()  # (dataset, reason) of the files in Review/
         self.last_error: str | None = None
         self.registry = CollectorRegistry()
         self._files = PromCounter(
-            "clipsort_files", "Files handled", ["dataset", "class", "status"], registry=self.registry
+            "clipsort_files",
+            "Files handled",
+            ["dataset", "class", "status", "reason"],
+            registry=self.registry,
         )
         self._batches = Histogram(
             "clipsort_batch_size", "Images per inference batch", buckets=BATCH_BUCKETS, registry=self.registry
@@ -87,13 +93,16 @@ class Metrics:
     def record(self, outcome: Outcome, latency: float) -> None:
         """One file done."""
         label = outcome.decision.label if outcome.decision else ""
+        reason = (outcome.reason or "") if outcome.status == "review" else ""  # Rejected/'s are free text
         with self._lock:
             self.outcomes[(outcome.dataset, outcome.status)] += 1
+            if reason:
+                self.held[(outcome.dataset, reason)] += 1
             review = self.outcomes[(outcome.dataset, "review")]
             decided = review + self.outcomes[(outcome.dataset, "sorted")]
         if decided:
             self._review_share.labels(outcome.dataset).set(review / decided)
-        self._files.labels(outcome.dataset, label, outcome.status).inc()
+        self._files.labels(outcome.dataset, label, outcome.status, reason).inc()
         self._latency.labels(outcome.dataset).observe(latency)
         if outcome.decision is not None:
             self._confidence.labels(outcome.dataset).observe(outcome.decision.score)
@@ -121,6 +130,11 @@ class Metrics:
     def count(self, dataset: str, status: str) -> int:
         with self._lock:
             return self.outcomes[(dataset, status)]
+
+    def held_back(self, dataset: str, reason: str) -> int:
+        """Files of ``dataset`` sent to Review/ for ``reason`` (unknown or uncertain)."""
+        with self._lock:
+            return self.held[(dataset, reason)]
 
     def serve(self, address: str, port: int) -> None:
         """Expose the registry over HTTP (a daemon thread of prometheus_client's)."""

@@ -27,6 +27,8 @@ class DatasetStatus:
 
     sorted: int = 0
     review: int = 0
+    unknown: int = 0  # of review: pictures of none of the classes
+    uncertain: int = 0  # of review: pictures between classes
     rejected: int = 0
     queued: int = 0
     classes: int = 0

@@ -150,7 +150,7 @@ class Service:
     def placed(self, dataset: str, path: Path) -> None:
         self.learner.offer(dataset, path)
 
-    def rescan_sorted(self, dataset: str) -> None:
+    def rescan_filed(self, dataset: str) -> None:
         self.learner.scan(dataset)
 
     def destination_changed(self, dataset: str) -> None:
@@ -340,6 +340,8 @@ class Service:
             name: DatasetStatus(
                 sorted=self.metrics.count(name, "sorted"),
                 review=self.metrics.count(name, "review"),
+                unknown=self.metrics.held_back(name, "unknown"),
+                uncertain=self.metrics.held_back(name, "uncertain"),
                 rejected=self.metrics.count(name, "rejected"),
                 queued=depths.get(name, 0),
                 classes=len(targets[name].classes) if name in targets else 0,

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import structlog
@@ -43,7 +43,8 @@ class Outcome:
     status: Status
     destination: Path
     decision: Decision | None = None
-    reason: str | None = None
+    reason: str | None = None  # Review/: unknown or uncertain; Rejected/: why the file is unreadable
+    detail: str | None = None  # Review/: the numbers behind the reason
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -68,6 +69,8 @@ class Outcome:
             }
         if self.reason is not None:
             data["reason"] = self.reason
+        if self.detail is not None:
+            data["detail"] = self.detail
         return data | dict(self.extra)
 
 
@@ -120,6 +123,8 @@ def classify(
             rows = vectors[np.asarray([row_of[i] for i in members])]
         inputs = Inputs(pictures=[pictures[i] for i in members], vectors=rows)  # type: ignore[misc]
         decisions = target.classifier.classify(inputs, target.index, clip_scale)
+        if target.gate is not None and rows is not None:
+            decisions = target.gate.apply(decisions, rows, target.index)
         decided.update(zip(members, decisions, strict=True))
     return [
         picture if isinstance(picture, ImageRejected) else decided[i] for i, picture in enumerate(pictures)
@@ -168,6 +173,15 @@ def deciding_model(target: Target, encoder: Encoder | None) -> str:
     return encoder.name if encoder is not None else ""
 
 
+class Placement(NamedTuple):
+    """Where a file goes, as what, and why."""
+
+    folder: Path
+    status: Status
+    reason: str | None = None
+    detail: str | None = None
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One classified file, ready to be placed."""
@@ -178,17 +192,17 @@ class Delivery:
     target: Target
 
     @functools.cached_property
-    def placement(self) -> tuple[Path, Status, str | None]:
+    def placement(self) -> Placement:
         """The folder (in ``Dataset/``, ``Review/`` or ``Rejected/``), the status and why."""
         layout, verdict = self.target.layout, self.verdict
         if isinstance(verdict, ImageRejected):
-            return layout.rejected, "rejected", str(verdict)
+            return Placement(layout.rejected, "rejected", str(verdict))
         if held := self.target.review.hold_back(verdict):
-            return layout.review, "review", held
-        return layout.class_dir(verdict.label), "sorted", None
+            return Placement(layout.review, "review", held.reason, held.detail)
+        return Placement(layout.class_dir(verdict.label), "sorted")
 
     def intent(self, model: str) -> Intent:
-        folder, status, _ = self.placement
+        folder, status, *_ = self.placement
         decision = self.verdict if isinstance(self.verdict, Decision) else None
         return Intent(
             dataset=self.job.dataset,
@@ -222,7 +236,7 @@ def deliver(
     results: list[Result] = []
     if dry_run:
         for item, model in zip(batch, models, strict=True):
-            folder, _, _ = item.placement
+            folder = item.placement.folder
             results.append(_outcome(item, preview(item.job.path, folder), model, dry_run=True))
         return results
     try:
@@ -247,14 +261,14 @@ def deliver(
 
 def _place(
     item: Delivery, model: str, folders: OpenFolders, results: list[Result]
-) -> tuple[State, Path | None, str | None]:
+) -> tuple[State, Path | None, str | None, str | None]:
     """Move one file through folders opened from its dataset's folder; its journal state.
 
     The move confirms that the file it renamed is the one that was read (its
     inode, size and modification time are the job's), so the journal's hash is
     always that of the file now filed.
     """
-    folder, status, reason = item.placement
+    folder, status, reason, detail = item.placement
     root = item.target.layout.root
     try:
         origin = folders.get(item.job.path.parent, root, create=False)
@@ -267,10 +281,10 @@ def _place(
         )
     except (OSError, ClipsortError) as exc:
         results.append(exc)
-        return ("cleared", None, f"not moved: {exc}")
+        return ("cleared", None, f"not moved: {exc}", None)
     folders.touch(destination, origin)
     results.append(_outcome(item, placed, model, dry_run=False))
-    return ("rejected" if status == "rejected" else "moved", placed, reason)
+    return ("rejected" if status == "rejected" else "moved", placed, reason, detail)
 
 
 def _is_job(job: Job, status: os.stat_result) -> bool:
@@ -280,7 +294,7 @@ def _is_job(job: Job, status: os.stat_result) -> bool:
 
 def _outcome(item: Delivery, destination: Path, model: str, *, dry_run: bool) -> Outcome:
     """The outcome of one placed file, logged as its canonical line."""
-    _, status, reason = item.placement
+    _, status, reason, detail = item.placement
     outcome = Outcome(
         dataset=item.job.dataset,
         source=item.job.path,
@@ -288,6 +302,7 @@ def _outcome(item: Delivery, destination: Path, model: str, *, dry_run: bool) ->
         destination=destination,
         decision=item.verdict if isinstance(item.verdict, Decision) else None,
         reason=reason,
+        detail=detail,
         extra={"mode": item.target.classifier.name, "model": model, "dry_run": dry_run},
     )
     (log.info if status == "sorted" else log.warning)(status, **outcome.as_dict())

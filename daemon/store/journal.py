@@ -29,7 +29,7 @@ from typing import Literal
 import structlog
 
 from daemon.errors import JournalError
-from daemon.statedb import connect, reclaim
+from daemon.statedb import add_column, connect, reclaim
 
 log = structlog.get_logger()
 
@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     state TEXT NOT NULL,
     reason TEXT,
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    detail TEXT
 );
 CREATE INDEX IF NOT EXISTS decisions_state ON decisions (state);
 CREATE INDEX IF NOT EXISTS decisions_created ON decisions (created);
@@ -100,9 +101,10 @@ class Entry:
     intent: Intent
     destination: Path | None
     state: State
-    reason: str | None
+    reason: str | None  # Review/: unknown or uncertain; Rejected/ and cleared: why
     created: float
     updated: float
+    detail: str | None = None  # Review/: the numbers behind the reason
 
     def as_dict(self) -> dict[str, object]:
         """The JSON form printed by ``clipsort history --json``."""
@@ -122,6 +124,7 @@ class Entry:
             "destination": None if self.destination is None else str(self.destination),
             "state": self.state,
             "reason": self.reason,
+            "detail": self.detail,
             "updated": self.updated,
         }
 
@@ -134,6 +137,7 @@ class Settlement:
     state: State
     destination: Path | None = None
     reason: str | None = None
+    detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,7 @@ class Journal:
     def _open(self) -> tuple[sqlite3.Connection, int]:
         try:
             db = connect(self.path, SCHEMA, synchronous="FULL", timeout=30)
+            add_column(db, "decisions", "detail", "TEXT")  # journals from before the unknown gate
             return db, os.stat(self.path).st_ino
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open the journal {str(self.path)!r}: {exc}") from None
@@ -266,12 +271,13 @@ class Journal:
         with self._transaction() as db:
             db.executemany(
                 "UPDATE decisions SET state = ?, destination = COALESCE(?, destination),"
-                " reason = COALESCE(?, reason), updated = ? WHERE id = ?",
+                " reason = COALESCE(?, reason), detail = COALESCE(?, detail), updated = ? WHERE id = ?",
                 [
                     (
                         o.state,
                         None if o.destination is None else os.fsencode(o.destination),
                         o.reason,
+                        o.detail,
                         now,
                         o.entry,
                     )
@@ -449,7 +455,7 @@ class Journal:
     def _select(self, where: str, values: Sequence[object], newest: int | None = None) -> list[Entry]:
         query = (
             "SELECT id, dataset, source, sha256, size, mode, model, label, top3, placement, folder,"
-            f" destination, state, reason, created, updated FROM decisions WHERE {where} ORDER BY id"
+            f" destination, state, reason, created, updated, detail FROM decisions WHERE {where} ORDER BY id"
         )
         if newest is not None:
             query = f"SELECT * FROM ({query} DESC LIMIT {int(newest)}) ORDER BY id"
@@ -475,6 +481,7 @@ class Journal:
                 reason=row[13],
                 created=row[14],
                 updated=row[15],
+                detail=row[16],
             )
             for row in rows
         ]

@@ -92,6 +92,24 @@ class ClipClassifier(abc.ABC):
 
 
 @dataclass(frozen=True)
+class Familiarity:
+    """How much a picture looks like the class it was given at all: the "none of these" gate's measure.
+
+    ``basis`` names the rule (see :mod:`daemon.classify.unknown`), which
+    compared ``score`` with ``threshold`` and found the picture ``known`` or not.
+    """
+
+    basis: str
+    score: float
+    threshold: float
+    known: bool
+
+    def __str__(self) -> str:
+        relation = "<" if self.score < self.threshold else ">="
+        return f"{self.basis} {self.score:.3f} {relation} {self.threshold:.3f}"
+
+
+@dataclass(frozen=True)
 class Decision:
     """The winning class of one image, with probabilities and the runners-up."""
 
@@ -101,6 +119,7 @@ class Decision:
     runner_up_score: float | None
     similarity: float  # the classifier's raw score of ``label`` (cosine units)
     top: tuple[tuple[str, float], ...]  # the three most probable classes
+    familiar: Familiarity | None = None  # the unknown gate's measure, where a gate judged it
 
     @property
     def margin(self) -> float:
