@@ -23,7 +23,6 @@ drift with the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from bench.reports import write_report
 from daemon.classify.classindex import ClassIndex
 from daemon.classify.modes import make_classifier
 from daemon.classify.modes.base import Inputs
@@ -160,9 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{report['encode_us_per_file']:.0f} us/file",
         flush=True,
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

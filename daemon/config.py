@@ -325,6 +325,24 @@ class Settings(BaseSettings):
         examples=[9464],
     )
     metrics_address: str = Field("127.0.0.1", description="Daemon: address the metrics endpoint binds.")
+    web_host: str = Field(
+        "127.0.0.1",
+        description="clipsort web: the address the review page binds; beyond loopback it needs web_token.",
+    )
+    web_port: int = Field(8765, ge=1, le=65535, description="clipsort web: the review page's port.")
+    web_token: str | None = Field(
+        None,
+        description=(
+            "clipsort web: the token the page asks for once (then kept in a cookie); required to bind "
+            "an address other than loopback. Keep the config file private when it is set."
+        ),
+    )
+    web_thumbnail_cache_mb: PositiveFloat = Field(
+        64.0, description="clipsort web: most megabytes of thumbnails kept in the state folder."
+    )
+    web_decode_seconds: PositiveFloat = Field(
+        5.0, description="clipsort web: a thumbnail that takes longer to decode is not shown."
+    )
     log_format: Literal["auto", "console", "json"] = Field(
         "auto", description="auto = readable on a terminal, JSON lines otherwise (journald)."
     )

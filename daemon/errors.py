@@ -12,6 +12,8 @@ one of these at the boundary where they happen, so callers catch one family::
     ├── ModelLoadError       the CLIP model cannot be loaded
     ├── TrainingError        a dataset cannot be fine-tuned as asked
     ├── JournalError         the journal cannot be read or has nothing to undo
+    ├── ActionError          a review-page action cannot be carried out (HTTP 400)
+    │   └── GoneError        its entry, dataset or file is not there any more (HTTP 404)
     └── ImageRejected        one file cannot be read as an image (quarantined)
         └── ImageIncomplete  empty or truncated: maybe still arriving
 
@@ -60,3 +62,15 @@ class ImageRejected(ClipsortError):
 
 class ImageIncomplete(ImageRejected):
     """Empty or truncated: the daemon waits for more bytes before quarantining it."""
+
+
+class ActionError(ClipsortError):
+    """A review-page request that cannot be carried out; nothing was moved."""
+
+    status = 400
+
+
+class GoneError(ActionError):
+    """What a review-page request names (entry, dataset, file) is not there any more."""
+
+    status = 404

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -61,3 +62,32 @@ def daemons() -> Iterator[list[Daemon]]:
     yield started
     for daemon in started:
         daemon.kill()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args() -> dict[str, object]:
+    """pytest-playwright launches Debian's chromium: Playwright cannot download its own browsers here.
+
+    The flags keep Chromium from reaching for Google's hosts at start (refused
+    on a closed network, many connections at a time).
+    """
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's package)")
+        pytest.skip("chromium is not installed: apt-get install chromium")
+    return {
+        "executable_path": CHROMIUM,
+        "headless": True,
+        "args": [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ],
+    }

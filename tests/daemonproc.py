@@ -211,3 +211,10 @@ def drop(inbox: Path, name: str, data: bytes) -> None:
     temporary = inbox / f".drop-{uuid.uuid4().hex}.part"
     temporary.write_bytes(data)
     os.rename(temporary, inbox / name)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (on loopback)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

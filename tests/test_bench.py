@@ -68,3 +68,12 @@ def test_unknown_gate_smoke_run_times_the_gate_beside_the_pipeline(tmp_path: Pat
     for row in report["modes"].values():
         assert row["gate_vs_decide"] == row["gate_us_per_file"] / row["decide_us_per_file"]
         assert 0 < row["gate_share_of_pipeline"] < 1 and row["calibrate_ms"] > 0
+
+
+def test_overhead_smoke_run_reports_sort_and_daemon_against_the_decode_ceiling(tmp_path: Path) -> None:
+    """``python -m bench.overhead --quick`` exits 0: the ceiling, sort and daemon rates and their ratios."""
+    report = smoke("bench.overhead", tmp_path / "overhead.json")
+    [one] = report["rounds"]
+    assert min(one["ceiling"], one["sort"], one["daemon"]) > 0
+    assert report["sort_vs_ceiling"] == one["sort"] / one["ceiling"]
+    assert report["daemon_vs_ceiling"] == one["daemon"] / one["ceiling"]

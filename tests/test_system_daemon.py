@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
 import urllib.request
@@ -19,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from daemon.cli import app
-from tests.daemonproc import Daemon, drop, picture_bytes, sha, sorted_files, start
+from tests.daemonproc import Daemon, drop, free_port, picture_bytes, sha, sorted_files, start
 from tests.helpers import tree
 from tests.synthetic import draw, grid, make_dataset, save, tiny_vit
 from tests.waiting import wait_until
@@ -190,12 +189,6 @@ def test_sigterm_during_a_stream_loses_and_duplicates_nothing(
     assert sorted(present) == sorted(hashes)
     assert not [p for p in dataset.rglob("*clipsort*")], "temporary files left behind"
     assert "STOPPING=1" in daemon.received()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_systemd_protocol_reload_status_and_metrics(

@@ -1,4 +1,4 @@
-"""The shipped systemd unit verifies and keeps its hardening (exposure <= 2.5)."""
+"""The shipped systemd units verify and keep their hardening (exposure <= 2.5)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,20 @@ from pathlib import Path
 
 import pytest
 
-UNIT = Path(__file__).resolve().parents[1] / "systemd" / "clipsort.service"
+UNITS = Path(__file__).resolve().parents[1] / "systemd"
+UNIT = UNITS / "clipsort.service"
 ANALYZE = shutil.which("systemd-analyze")
 pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
 
 
-@pytest.fixture
-def unit(tmp_path: Path) -> Path:
-    """The unit with ExecStart pointing at this environment's clipsort (verify checks it exists)."""
+@pytest.fixture(params=["clipsort.service", "clipsort-web.service"])
+def unit(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """Each unit with ExecStart pointing at this environment's clipsort (verify checks it exists)."""
     program = shutil.which("clipsort")
     assert program, "clipsort is not installed"
-    text = UNIT.read_text().replace("/usr/local/bin/clipsort", program)
-    target = tmp_path / "clipsort.service"
+    name: str = request.param
+    text = (UNITS / name).read_text().replace("/usr/local/bin/clipsort", program)
+    target = tmp_path / name
     target.write_text(text)
     return target
 
@@ -29,18 +31,18 @@ def test_unit_verifies(unit: Path) -> None:
     """systemd-analyze verify reports nothing."""
     done = subprocess.run([str(ANALYZE), "verify", str(unit)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
-    assert "clipsort.service" not in done.stderr, done.stderr
+    assert unit.name not in done.stderr, done.stderr
 
 
 def test_exposure_score_is_at_most_2_5(unit: Path) -> None:
-    """systemd-analyze security rates the unit 2.5 or better."""
+    """systemd-analyze security rates each unit 2.5 or better."""
     done = subprocess.run(
         [str(ANALYZE), "security", "--offline=true", str(unit)],
         capture_output=True,
         text=True,
         check=False,
     )
-    found = re.search(r"Overall exposure level for clipsort\.service: ([0-9.]+)", done.stdout)
+    found = re.search(rf"Overall exposure level for {re.escape(unit.name)}: ([0-9.]+)", done.stdout)
     assert found, done.stdout + done.stderr
     assert float(found.group(1)) <= 2.5
 

@@ -6,10 +6,10 @@ on :data:`daemon.cli.app.app`.
 
 from __future__ import annotations
 
-from daemon.cli import journal, service, sorting
+from daemon.cli import journal, service, sorting, web
 from daemon.cli.app import app
 
-__all__ = ["app", "journal", "main", "service", "sorting"]
+__all__ = ["app", "journal", "main", "service", "sorting", "web"]
 
 
 def main() -> None:

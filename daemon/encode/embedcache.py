@@ -148,6 +148,14 @@ class EmbeddingCache:
                     )
         return found
 
+    def models_of(self, key: str) -> list[str]:
+        """The models that have a vector stored for ``key``, most recently used first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT model FROM vectors WHERE key = ? ORDER BY used DESC", (key,)
+            ).fetchall()
+        return [str(row[0]) for row in rows]
+
     def put(self, model: str, vectors: Mapping[str, Vectors]) -> None:
         """Store ``vectors`` for ``model`` (one transaction)."""
         now = self.clock()

@@ -337,6 +337,11 @@ class Journal:
             values += tuple(states)
         return self._select(where, values, newest=last)
 
+    def by_id(self, entry_id: int) -> Entry | None:
+        """The decision with that id (the review page names entries by id, never by path)."""
+        found = self._select("id = ?", (int(entry_id),))
+        return found[0] if found else None
+
     def at(self, path: Path) -> Entry | None:
         """The newest decision that put a file at ``path``."""
         found = self._select("destination = ?", (os.fsencode(path),), newest=1)
@@ -397,6 +402,17 @@ class Journal:
             touched = db.execute(f"SELECT DISTINCT dataset FROM corrections WHERE {where}", values).fetchall()
             self._bump(db, *(row[0] for row in touched))
             return db.execute(f"DELETE FROM corrections WHERE {where}", values).rowcount
+
+    def uncorrect(self, correction: Correction, path: Path) -> None:
+        """Take a correction back: its file lies at ``path`` again, where clipsort had put it."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM corrections WHERE id = ?", (correction.id,))
+            self._bump(db, correction.dataset)
+            if correction.decision is not None:
+                db.execute(
+                    "UPDATE decisions SET state = 'moved', destination = ?, updated = ? WHERE id = ?",
+                    (os.fsencode(path), self.clock(), correction.decision),
+                )
 
     def writable(self) -> bool:
         """Whether a write transaction commits now (probing a state folder that was full)."""

@@ -15,9 +15,9 @@ from datetime import datetime
 from pathlib import Path
 
 from daemon.errors import JournalError
-from daemon.layout import DatasetLayout
+from daemon.layout import NEGATIVES_DIR, DatasetLayout
 from daemon.store.journal import Entry, Journal, Settlement, State
-from daemon.store.mover import place
+from daemon.store.mover import place, preview
 from daemon.store.recovery import holds
 
 UNDOABLE: tuple[State, ...] = ("moved", "rejected")
@@ -82,6 +82,18 @@ def undo(entry: Entry, journal: Journal, root: Path, to_class: str | None) -> Un
     plain = to_class not in ("", ".", "..") and "/" not in to_class
     if not plain or not ((layout.classes / to_class).is_dir() or layout.class_dir(to_class).is_dir()):
         raise JournalError(f"dataset {layout.name!r} has no class {to_class!r}")
-    path = place(entry.destination, layout.class_dir(to_class), boundary=layout.root)
-    journal.correct(entry, layout.name, entry.intent.sha256, path, to_class)
+    # "None of these" is no class folder: such a file joins the unknown gate's negatives.
+    folder = layout.negatives if to_class == NEGATIVES_DIR else layout.class_dir(to_class)
+    # The correction is journalled before the move: the daemon's learner, seeing the file
+    # arrive, must find the answer already there, or it would record the move a second time.
+    expected = preview(entry.destination, folder)
+    correction = journal.correct(entry, layout.name, entry.intent.sha256, expected, to_class)
+    try:
+        path = place(entry.destination, folder, boundary=layout.root, name=expected.name)
+    except BaseException:
+        journal.uncorrect(correction, entry.destination)
+        raise
+    if path != expected:  # the name was taken meanwhile and the file got a number
+        journal.uncorrect(correction, entry.destination)
+        journal.correct(entry, layout.name, entry.intent.sha256, path, to_class)
     return Undone(entry, path, f"corrected: {entry.intent.label} -> {to_class}")

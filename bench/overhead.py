@@ -1,0 +1,130 @@
+"""The pipeline's own cost: `sort` and the daemon against the decode ceiling, with a near-free model.
+
+Usage (from the repository root)::
+
+    python -m bench.overhead              # 1,500 distinct 640x480 JPEGs, three rounds
+    python -m bench.overhead --quick      # seconds-long smoke run (what CI runs)
+
+A two-layer random CLIP (hidden size 32, 224-pixel input) stands in for a GPU:
+the model is nearly free, so what is left is clipsort's own work around it.
+On the same distinct files (every one a new hash and a new vector), each
+round measures side by side:
+
+- ``ceiling``: the decode work alone, in as many threads as the pipeline
+  decodes with (``decode_workers``): read, sha256, draft decode, resize and
+  crop to the model's input (the project's own ``read_and_decode``), nothing
+  else: no model, no journal, no move;
+- ``sort``: ``clipsort sort``'s pipeline, model loaded, journal on;
+- ``daemon``: the real daemon, from the first rename of a burst into the
+  inbox to the last file's arrival.
+
+The report holds each rate, and the ratios ``sort / ceiling`` and
+``daemon / ceiling`` (medians over the rounds): issue 20's targets are 0.9
+and 0.85.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from bench.reports import write_report
+from bench.throughput import daemon_burst, sort_pipeline
+from daemon.config import load_settings
+from daemon.encode.decoding import read_and_decode
+from daemon.encode.encoder import Encoder
+from daemon.encode.factory import decode_limits
+from tests.synthetic import draw, random_clip
+
+
+def distinct_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """``count`` 640x480 JPEGs with different bytes (a few drawn scenes, fresh noise in each)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    scenes = [
+        np.asarray(draw(rng, color, "circle", 300).resize((640, 480), Image.Resampling.BICUBIC), np.int16)
+        for color in ("red", "green", "blue")
+    ]
+    files = []
+    for k in range(count):
+        noise = rng.integers(-10, 11, size=scenes[0].shape, dtype=np.int16)
+        pixels = np.clip(scenes[k % 3] + noise, 0, 255).astype(np.uint8)
+        path = folder / f"p{k:05d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        files.append(path)
+    return files
+
+
+def decode_ceiling(encoder: Encoder, files: list[Path], workers: int) -> float:
+    """Files/s of read + hash + decode + crop alone, in ``workers`` threads."""
+    limits = decode_limits(load_settings(None, {}))
+    side, crop = encoder.image_size, encoder.crop
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        decoded = list(pool.map(lambda path: read_and_decode(path, limits, side, crop), files))
+    elapsed = time.perf_counter() - started
+    assert all(d.crop is not None for d in decoded), "every file decodes"
+    return len(files) / elapsed
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--files", type=int, default=1500)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--decode-workers", type=int, default=2, help="the pipeline's, and the ceiling's")
+    parser.add_argument("--quick", action="store_true", help="a few files, one round: a smoke run")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/overhead.json"))
+    args = parser.parse_args(argv)
+    count, rounds = (60, 1) if args.quick else (args.files, args.rounds)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    options: dict[str, Any] = {"decode_workers": args.decode_workers}
+    report: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "files": count,
+        "decode_workers": args.decode_workers,
+        "rounds": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="clipsort-bench-") as scratch:
+        work = Path(scratch)
+        model = random_clip(work / "model", small=True)
+        encoder = Encoder(str(model), device="cpu")
+        files = distinct_jpegs(work / "files", count)
+        for k in range(rounds):
+            one = {
+                "ceiling": decode_ceiling(encoder, files, args.decode_workers),
+                "sort": sort_pipeline(encoder, files, work / f"sort-{k}", options),
+                "daemon": daemon_burst(model, files, work / f"daemon-{k}", options)["files_per_s"],
+            }
+            one["sort_vs_ceiling"] = one["sort"] / one["ceiling"]
+            one["daemon_vs_ceiling"] = one["daemon"] / one["ceiling"]
+            print(
+                f"round {k + 1}: ceiling {one['ceiling']:.0f}/s  sort {one['sort']:.0f}/s "
+                f"({one['sort_vs_ceiling']:.2f})  daemon {one['daemon']:.0f}/s "
+                f"({one['daemon_vs_ceiling']:.2f})",
+                flush=True,
+            )
+            report["rounds"].append(one)
+    for key in ("ceiling", "sort", "daemon", "sort_vs_ceiling", "daemon_vs_ceiling"):
+        report[key] = statistics.median(one[key] for one in report["rounds"])
+    print(
+        f"median: sort {report['sort_vs_ceiling']:.2f} and daemon {report['daemon_vs_ceiling']:.2f} "
+        "of the decode ceiling",
+        flush=True,
+    )
+    write_report(args.out, report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""``clipsort web``: the review page, a Starlette app over the journal, status.json and the folders.
+
+Pages: overview (``/``), the review queue (``/review``), recent decisions
+(``/recent``) and classes (``/classes``); htmx (vendored, no CDN) swaps the
+fragments the routes return. Every route names journal entries by id and
+reference images by dataset, class and number, never by path; files are
+served only from where the journal or the class folders say they are, never
+through a symlink. Security (token, Origin, CSRF) is :mod:`daemon.web.security`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from daemon.config import Settings
+from daemon.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
+from daemon.encode.images import DecodeLimits
+from daemon.errors import ActionError, JournalError
+from daemon.layout import NEGATIVES_DIR
+from daemon.store.journal import Journal
+from daemon.store.undo import parse_since
+from daemon.web.actions import Actions, Done
+from daemon.web.security import TOKEN_COOKIE, Guard
+from daemon.web.thumbnails import Thumbnails
+from daemon.web.views import Library
+
+STATIC = Path(__file__).parent / "static"
+HTMX = "htmx-2.0.11.min.js"
+STATES = ("sorted", "review", "rejected", "corrected", "undone")
+
+
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+class Pages:
+    """The routes of one page server."""
+
+    def __init__(self, settings: Settings, guard: Guard) -> None:
+        state = settings.state_path
+        state.mkdir(parents=True, exist_ok=True)
+        self.library = Library(
+            settings.root,
+            state,
+            Journal(state),
+            EmbeddingCache(state / EMBEDDINGS_DB),
+            settings.max_corrections_per_class,
+        )
+        self.actions = Actions(self.library)
+        limits = DecodeLimits(
+            tuple(settings.image_formats), settings.max_pixels, int(settings.max_file_mb * 2**20)
+        )
+        self.thumbnails = Thumbnails(
+            state,
+            limits,
+            max_bytes=int(settings.web_thumbnail_cache_mb * 2**20),
+            timeout=settings.web_decode_seconds,
+        )
+        self.guard = guard
+        self.templates = Environment(
+            loader=PackageLoader("daemon.web", "templates"), autoescape=select_autoescape(["html"])
+        )
+        self.templates.filters.update(percent=percent, when=when)
+
+    def close(self) -> None:
+        self.thumbnails.close()
+        self.library.cache.close()
+        self.library.journal.close()
+
+    def render(self, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        page = self.templates.get_template(name).render(
+            csrf=self.guard.csrf, htmx=HTMX, negatives=NEGATIVES_DIR, **context
+        )
+        return HTMLResponse(page, status_code=status_code)
+
+    # --- pages -----------------------------------------------------------------------
+    async def overview(self, request: Request) -> Response:
+        name = "overview_body.html" if request.headers.get("hx-request") else "overview.html"
+        return self.render(name, view=self.library.overview())
+
+    async def review(self, request: Request) -> Response:
+        dataset = request.query_params.get("dataset") or None
+        return self.render("review.html", cards=self.library.queue(dataset), dataset=dataset)
+
+    async def recent(self, request: Request) -> Response:
+        query = request.query_params
+        try:
+            since = parse_since(query["since"], time.time()) if query.get("since") else None
+        except JournalError as exc:
+            return self.render("message.html", 400, message=str(exc))
+        state = query.get("status") or None
+        entries = self.library.recent(
+            dataset=query.get("dataset") or None, label=query.get("class") or None, state=state, since=since
+        )
+        layouts = self.library.layouts()
+        classes = {name: self.library.classes(layout) for name, layout in layouts.items()}
+        return self.render(
+            "recent.html", entries=entries, classes=classes, query=dict(query), states=STATES, layouts=layouts
+        )
+
+    async def classes(self, request: Request) -> Response:
+        layouts = self.library.layouts()
+        shown = {name: self.library.class_summaries(layout) for name, layout in sorted(layouts.items())}
+        return self.render("classes.html", datasets=shown)
+
+    async def login(self, request: Request) -> Response:
+        if request.method == "GET":
+            return self.render("login.html", wrong=False)
+        form = await request.form()
+        given = form.get("token")
+        if not isinstance(given, str) or not self.guard.token_matches(given):
+            return self.render("login.html", 401, wrong=True)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(TOKEN_COOKIE, self.guard.cookie_value(), httponly=True, samesite="strict")
+        return response
+
+    # --- pictures --------------------------------------------------------------------
+    async def entry_thumbnail(self, request: Request) -> Response:
+        entry = self.library.journal.by_id(int(request.path_params["entry"]))
+        if entry is None or entry.destination is None or self.library.layout(entry.intent.dataset) is None:
+            return PlainTextResponse("no such picture", status_code=404)
+        layout = self.library.layout(entry.intent.dataset)
+        assert layout is not None
+        if not entry.destination.is_relative_to(layout.root):
+            return PlainTextResponse("no such picture", status_code=404)
+        return self._picture(entry.destination, entry.intent.sha256)
+
+    async def reference_thumbnail(self, request: Request) -> Response:
+        params = request.path_params
+        path = self.library.reference_path(params["dataset"], params["label"], int(params["number"]))
+        if path is None:
+            return PlainTextResponse("no such picture", status_code=404)
+        return self._picture(path)
+
+    def _picture(self, path: Path, sha256: str = "") -> Response:
+        data = self.thumbnails.get(path, sha256)
+        if data is None:
+            return PlainTextResponse("no picture", status_code=404)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
+
+    # --- actions ---------------------------------------------------------------------
+    async def file(self, request: Request) -> Response:
+        form = await request.form()
+        label = form.get("label")
+        entry_id = int(request.path_params["entry"])
+        if not isinstance(label, str):
+            return self.render("message.html", 400, message="which class? (no label given)")
+        return self._acted(lambda: self.actions.file(entry_id, label), entry_id)
+
+    async def undo(self, request: Request) -> Response:
+        return self._acted(self.actions.undo_last, None)
+
+    async def revert(self, request: Request) -> Response:
+        entry_id = int(request.path_params["entry"])
+        return self._acted(lambda: self.actions.revert(entry_id), entry_id)
+
+    def _acted(self, action: Any, entry_id: int | None) -> Response:
+        """Run ``action``; the entry's card as it now stands, or the error on it."""
+        try:
+            done: Done = action()
+        except ActionError as exc:
+            card = self.library.card(entry_id) if entry_id is not None else None
+            return self.render(
+                "card.html", exc.status, card=card, note=str(exc), error=True, entry_id=entry_id
+            )
+        card = self.library.card(done.entry_id)
+        response = self.render("card.html", card=card, note=done.note, error=False, entry_id=done.entry_id)
+        response.headers["HX-Trigger"] = "clipsort-acted"
+        response.headers["X-Clipsort-Entry"] = str(done.entry_id)
+        return response
+
+
+def create_app(settings: Settings, token: str | None = None) -> Starlette:
+    """The review page's app for ``settings`` (``token``: what a non-loopback page asks for)."""
+    guard = Guard(token)
+    pages = Pages(settings, guard)
+    routes = [
+        Route("/", pages.overview),
+        Route("/review", pages.review),
+        Route("/recent", pages.recent),
+        Route("/classes", pages.classes),
+        Route("/login", pages.login, methods=["GET", "POST"]),
+        Route("/thumb/entry/{entry:int}", pages.entry_thumbnail),
+        Route("/thumb/reference/{dataset}/{label}/{number:int}", pages.reference_thumbnail),
+        Route("/entries/{entry:int}/file", pages.file, methods=["POST"]),
+        Route("/entries/{entry:int}/revert", pages.revert, methods=["POST"]),
+        Route("/undo", pages.undo, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        pages.close()
+
+    app = Starlette(
+        routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)], lifespan=lifespan
+    )
+    app.state.pages = pages
+    return app

@@ -1,0 +1,254 @@
+"""The review page's routes through Starlette's TestClient, on real folders and a real journal.
+
+Each test sorts a small dataset with `clipsort sort` and the tiny CLIP (the
+line patterns go to Review/ as unknown), then drives the page as a browser
+would: same-origin requests carrying the page's CSRF token.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+from typer.testing import CliRunner
+
+from daemon.cli import app
+from daemon.config import load_settings
+from daemon.encode.images import DecodeLimits
+from daemon.store.journal import Journal
+from daemon.web.app import Pages, create_app
+from daemon.web.thumbnails import Thumbnails
+from tests.synthetic import draw, grid, make_dataset, save
+
+RGB = {"red": "red", "green": "green", "blue": "blue"}
+SAME_ORIGIN = {"Origin": "http://testserver"}
+
+
+def sorted_dataset(root: Path, tiny_model: Path) -> Path:
+    """rgb: three pictures of its classes sorted, four line patterns held in Review/."""
+    dataset = root / "rgb"
+    make_dataset(dataset, RGB, references=4, inbox=["red", "green", "blue"], seed=5)
+    for k in range(4):
+        save(grid(np.random.default_rng(k)), dataset / "Images" / f"lines-{k}.png")
+    done = CliRunner().invoke(app, ["sort", "--root", str(root), "--model", str(tiny_model)])
+    assert done.exit_code == 0, done.output
+    assert len(list((dataset / "Review").iterdir())) >= 3
+    return dataset
+
+
+@pytest.fixture
+def page(data_root: Path, tiny_model: Path) -> Iterator[TestClient]:
+    sorted_dataset(data_root, tiny_model)
+    with TestClient(create_app(load_settings(None, {"root": data_root}))) as client:
+        yield client
+
+
+def csrf(client: TestClient) -> dict[str, str]:
+    """The headers the page's script sends with every state change."""
+    token = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/review").text)
+    assert token is not None
+    return {**SAME_ORIGIN, "X-CSRF-Token": token.group(1)}
+
+
+def queue(client: TestClient) -> list[int]:
+    """The entry ids of the review queue, in page order."""
+    return [
+        int(n)
+        for n in re.findall(r'<article class="card[^"]*"\s+id="card-(\d+)"', client.get("/review").text)
+    ]
+
+
+def test_every_page_renders_from_the_journal_and_the_folders(page: TestClient) -> None:
+    """Overview, queue (least confident first), recent decisions and classes, without the model."""
+    overview = page.get("/")
+    assert (
+        overview.status_code == 200 and "Daemon not running" in overview.text and ">rgb</a>" in overview.text
+    )
+    ids = queue(page)
+    assert len(ids) >= 3
+    review = page.get("/review").text
+    confidences = [float(p) for p in re.findall(r"<ol class=\"top\">\s*<li>\w+ <span>([\d.]+)%", review)]
+    assert confidences == sorted(confidences), "least confident first"
+    assert "unknown: reference" in review and "nearest references" in review
+    recent = page.get("/recent", params={"dataset": "rgb", "status": "review"}).text
+    assert recent.count('<tr id="row-') == len(ids)
+    classes = page.get("/classes").text
+    assert classes.count("leave-one-out accuracy 100%") == 3 and classes.count('<svg class="histogram"') == 3
+    assert page.get(f"/thumb/entry/{ids[0]}").headers["content-type"] == "image/jpeg"
+    assert page.get("/thumb/reference/rgb/red/0").status_code == 200
+
+
+def test_filing_a_card_is_a_correction_a_double_submit_is_harmless_and_undo_takes_it_back(
+    page: TestClient, data_root: Path
+) -> None:
+    """Key 1-9's request: the file moves to Dataset/<class>/, journalled; undo puts it back in Review/."""
+    headers = csrf(page)
+    first = queue(page)[0]
+    journal = Journal(data_root / ".clipsort")
+    held = journal.by_id(first)
+    assert held is not None and held.destination is not None
+    filed = page.post(f"/entries/{first}/file", data={"label": "green"}, headers=headers)
+    assert filed.status_code == 200 and "filed into green" in filed.text
+    assert (data_root / "rgb" / "Dataset" / "green" / held.destination.name).exists()
+    assert not held.destination.exists()
+    [correction] = journal.corrections(dataset="rgb")
+    assert (correction.decision, correction.old_label, correction.new_label) == (
+        first,
+        held.intent.label,
+        "green",
+    )
+    again = page.post(f"/entries/{first}/file", data={"label": "green"}, headers=headers)
+    assert again.status_code == 200 and "already in green" in again.text
+    assert len(journal.corrections(dataset="rgb")) == 1
+    assert first not in queue(page)
+
+    undone = page.post("/undo", headers=headers)
+    assert undone.status_code == 200 and "back in Review" in undone.text
+    assert held.destination.exists() and journal.corrections(dataset="rgb") == []
+    back = journal.by_id(first)
+    assert back is not None and back.state == "moved" and back.destination == held.destination
+    assert page.post("/undo", headers=headers).status_code == 400  # nothing left to undo
+
+
+def test_key_zero_files_into_the_negatives_folder_only_where_there_is_one(
+    page: TestClient, data_root: Path
+) -> None:
+    """_none is refused without Clases/_none/; with it the file becomes a negative."""
+    headers = csrf(page)
+    first = queue(page)[0]
+    refused = page.post(f"/entries/{first}/file", data={"label": "_none"}, headers=headers)
+    assert refused.status_code == 400 and "has no class '_none'" in html.unescape(refused.text)
+    (data_root / "rgb" / "Clases" / "_none").mkdir()
+    taken = page.post(f"/entries/{first}/file", data={"label": "_none"}, headers=headers)
+    assert taken.status_code == 200
+    assert len(list((data_root / "rgb" / "Clases" / "_none").iterdir())) == 1
+    assert Journal(data_root / ".clipsort").corrections(label="_none")[0].decision == first
+
+
+def test_bad_requests_move_nothing_and_say_why(page: TestClient, data_root: Path) -> None:
+    """Unknown class, unknown entry, a file deleted since, a dataset that disappeared."""
+    headers = csrf(page)
+    ids = queue(page)
+    review = data_root / "rgb" / "Review"
+    before = sorted(p.name for p in review.iterdir())
+    unknown = page.post(f"/entries/{ids[0]}/file", data={"label": "purple"}, headers=headers)
+    assert unknown.status_code == 400 and "has no class 'purple'" in html.unescape(unknown.text)
+    assert page.post("/entries/99999/file", data={"label": "red"}, headers=headers).status_code == 404
+    assert sorted(p.name for p in review.iterdir()) == before
+
+    entry = Journal(data_root / ".clipsort").by_id(ids[1])
+    assert entry is not None and entry.destination is not None
+    entry.destination.unlink()  # a person deleted it meanwhile
+    assert "the file was moved or deleted since" in page.get("/review").text
+    gone = page.post(f"/entries/{ids[1]}/file", data={"label": "red"}, headers=headers)
+    assert gone.status_code == 404 and "moved or changed since" in gone.text
+
+    os.rename(data_root / "rgb", data_root.parent / "elsewhere")
+    vanished = page.post(f"/entries/{ids[2]}/file", data={"label": "red"}, headers=headers)
+    assert vanished.status_code == 404 and "no longer exists" in vanished.text
+    assert page.get("/review").status_code == 200 and queue(page) == []
+
+
+def test_state_changes_need_the_same_origin_and_the_csrf_token(page: TestClient, data_root: Path) -> None:
+    """A POST without the token, from another origin, or with no origin at all, is refused."""
+    first = queue(page)[0]
+    good = csrf(page)
+    attempts = [
+        {**SAME_ORIGIN},  # no token
+        {**good, "Origin": "http://evil.example"},  # cross-origin, even with the token
+        {"X-CSRF-Token": good["X-CSRF-Token"]},  # no Origin nor Referer
+        {**SAME_ORIGIN, "X-CSRF-Token": "forged"},
+    ]
+    for headers in attempts:
+        assert page.post(f"/entries/{first}/file", data={"label": "red"}, headers=headers).status_code == 403
+    assert first in queue(page) and Journal(data_root / ".clipsort").corrections() == []
+    referer = {"Referer": "http://testserver/review", "X-CSRF-Token": good["X-CSRF-Token"]}
+    assert page.post(f"/entries/{first}/file", data={"label": "red"}, headers=referer).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/thumb/reference/rgb/..%2F..%2F..%2Fetc/0",
+        "/thumb/reference/..%2Frgb/red/0",
+        "/thumb/reference/rgb/red/99",
+        "/thumb/entry/99999",
+        "/static/..%2F..%2F..%2Fconfig.py",
+        "/static/../app.py",
+    ],
+)
+def test_nothing_outside_the_datasets_can_be_served(page: TestClient, path: str) -> None:
+    """Path-traversal attempts name no file: requests name entries and references, not paths."""
+    response = page.get(path)
+    assert response.status_code == 404
+    assert b"import" not in response.content
+
+
+def test_a_symlink_swapped_in_is_neither_served_nor_moved(
+    page: TestClient, data_root: Path, tmp_path: Path
+) -> None:
+    """A Review/ file replaced by a symlink to a picture elsewhere: no thumbnail, no move."""
+    first = queue(page)[0]
+    entry = Journal(data_root / ".clipsort").by_id(first)
+    assert entry is not None and entry.destination is not None
+    outside = save(draw(np.random.default_rng(1), "red", "circle"), tmp_path / "secret.png")
+    entry.destination.unlink()
+    entry.destination.symlink_to(outside)
+    pages: Pages = page.app.state.pages  # type: ignore[attr-defined]
+    shutil.rmtree(pages.thumbnails.folder, ignore_errors=True)  # nothing cached from before the swap
+    assert page.get(f"/thumb/entry/{first}").status_code == 404
+    moved = page.post(f"/entries/{first}/file", data={"label": "red"}, headers=csrf(page))
+    assert moved.status_code == 404 and entry.destination.is_symlink() and outside.exists()
+
+
+def test_a_token_is_asked_for_once_and_kept_in_a_cookie(data_root: Path, tiny_model: Path) -> None:
+    """With web_token: every page redirects to /login until the token is given; a wrong one is refused."""
+    sorted_dataset(data_root, tiny_model)
+    with TestClient(create_app(load_settings(None, {"root": data_root}), token="s3cret")) as client:
+        assert client.get("/review", follow_redirects=False).headers["location"] == "/login"
+        assert client.post("/entries/1/file", data={"label": "red"}, headers=SAME_ORIGIN).status_code == 401
+        wrong = client.post("/login", data={"token": "guess"}, headers=SAME_ORIGIN)
+        assert wrong.status_code == 401 and "not the token" in wrong.text
+        right = client.post("/login", data={"token": "s3cret"}, headers=SAME_ORIGIN, follow_redirects=False)
+        assert right.status_code == 303 and "s3cret" not in right.headers["set-cookie"]
+        assert client.get("/review").status_code == 200 and queue(client)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::"])
+def test_a_bind_beyond_loopback_without_a_token_is_refused_at_start(data_root: Path, host: str) -> None:
+    """clipsort web --host <not loopback> with no web_token: exit 2 and one line, nothing served."""
+    refused = CliRunner().invoke(app, ["web", "--root", str(data_root), "--host", host])
+    assert refused.exit_code == 2
+    assert "web_token" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_thumbnails_are_upright_bounded_and_only_of_allowed_formats(data_root: Path, tmp_path: Path) -> None:
+    """EXIF orientation applied; formats outside image_formats get none; the cache stays under its cap."""
+    thumbs = Thumbnails(
+        tmp_path / "state", DecodeLimits(("JPEG", "PNG"), 10_000_000, 10 * 2**20), max_bytes=40_000, timeout=5
+    )
+    portrait = Image.new("RGB", (120, 60), (200, 30, 30))
+    exif = portrait.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees to show
+    portrait.save(tmp_path / "phone.jpg", exif=exif)
+    data = thumbs.get(tmp_path / "phone.jpg")
+    assert data is not None
+    (tmp_path / "t.jpg").write_bytes(data)
+    with Image.open(tmp_path / "t.jpg") as shown:
+        assert shown.height > shown.width
+    Image.new("RGB", (50, 50)).save(tmp_path / "old.bmp")
+    assert thumbs.get(tmp_path / "old.bmp") is None
+    rng = np.random.default_rng(0)
+    for k in range(12):
+        Image.fromarray(rng.integers(0, 255, (300, 300, 3), dtype=np.uint8)).save(tmp_path / f"n{k}.png")
+        assert thumbs.get(tmp_path / f"n{k}.png") is not None
+    assert sum(p.stat().st_size for p in thumbs.folder.iterdir()) <= 40_000
+    thumbs.close()

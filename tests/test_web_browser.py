@@ -1,0 +1,128 @@
+"""End to end in a real browser: the daemon sorts, `clipsort web` serves, headless Chromium presses keys.
+
+pytest-playwright drives Debian's chromium (see ``browser_type_launch_args``
+in conftest). The screenshots are kept in ``test-artifacts/`` (or
+``$CLIPSORT_TEST_ARTIFACTS``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from playwright.sync_api import Page, expect
+
+from daemon.store.journal import Journal
+from tests.daemonproc import Daemon, free_port, start
+from tests.helpers import REPO
+from tests.synthetic import draw, grid, make_dataset, save
+from tests.waiting import wait_until
+
+ARTIFACTS = Path(os.environ.get("CLIPSORT_TEST_ARTIFACTS", REPO / "test-artifacts"))
+
+
+def reachable(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def served(daemons: list[Daemon], tmp_path: Path, tiny_model: Path) -> Iterator[tuple[Daemon, Path, str]]:
+    """A running daemon that held line patterns in Review/, and `clipsort web` on the same config."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, {c: c for c in ("red", "green", "blue")}, references=4, seed=5)
+    daemon = start(daemons, root, tiny_model, tmp_path / "home")
+    for k in range(3):
+        save(grid(np.random.default_rng(k)), dataset / "Images" / f"lines-{k}.png")
+    save(draw(np.random.default_rng(9), "red", "circle", 80), dataset / "Images" / "red.png")
+    wait_until(lambda: len(list((dataset / "Review").glob("lines-*.png"))) >= 2, timeout=30)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "web", "--config", str(daemon.config), "--port", str(port)],
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: reachable(base + "/") or server.poll() is not None, timeout=30)
+        assert server.poll() is None, server.communicate()[0].decode()
+        yield daemon, dataset, base
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_a_key_on_the_review_page_files_the_picture_and_u_takes_it_back(
+    served: tuple[Daemon, Path, str], page: Page
+) -> None:
+    """Key 1 files the focused card into Dataset/blue/, a correction the daemon uses; u undoes it."""
+    daemon, dataset, base = served
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.goto(base + "/review")
+    first = page.locator("#queue .card").first
+    expect(first).to_be_focused()
+    entry = int(first.get_attribute("data-entry") or 0)
+    journal = Journal(daemon.state)
+    held = journal.by_id(entry)
+    assert held is not None and held.destination is not None and held.destination.parent.name == "Review"
+    page.screenshot(path=str(ARTIFACTS / "review-queue.png"), full_page=True)
+
+    page.keyboard.press("1")  # the first class in the keys: blue
+    expect(page.locator(f"#card-{entry} .note")).to_have_text("filed into blue")
+    filed = dataset / "Dataset" / "blue" / held.destination.name
+    assert filed.exists() and not held.destination.exists()
+    assert [c.decision for c in journal.corrections(dataset="rgb", label="blue")] == [entry]
+    wait_until(lambda: daemon.status().datasets["rgb"].corrections == {"blue": 1}, timeout=30)
+    page.screenshot(path=str(ARTIFACTS / "review-queue-filed.png"), full_page=True)
+
+    page.keyboard.press("u")
+    expect(page.locator(f"#card-{entry} .note")).to_have_text("back in Review")
+    assert held.destination.exists() and not filed.exists()
+    assert journal.corrections(dataset="rgb") == []
+    wait_until(lambda: daemon.status().datasets["rgb"].corrections == {}, timeout=30)
+
+
+def test_several_selected_cards_are_filed_with_one_key_and_the_overview_is_live(
+    served: tuple[Daemon, Path, str], page: Page
+) -> None:
+    """x selects two cards, 2 files both; the recent page moves and undoes; the overview is live."""
+    daemon, dataset, base = served
+    page.goto(base + "/review")
+    cards = page.locator("#queue .card")
+    ids = [int(cards.nth(k).get_attribute("data-entry") or 0) for k in range(2)]
+    page.keyboard.press("x")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("x")
+    page.keyboard.press("2")
+    for entry in ids:
+        expect(page.locator(f"#card-{entry} .note")).to_have_text("filed into green")
+    wait_until(lambda: len(list((dataset / "Dataset" / "green").glob("lines-*.png"))) == 2, timeout=10)
+
+    # Recent decisions: the corrected rows, "move to..." another class, and undo back to Review/.
+    page.goto(base + "/recent?dataset=rgb&status=corrected")
+    row = page.locator(f"#row-{ids[0]}")
+    row.locator("select[name=label]").select_option("red")
+    row.get_by_role("button", name="move to…").click()
+    expect(page.locator(f"#act-{ids[0]}")).to_contain_text("filed into red")
+    wait_until(lambda: len(list((dataset / "Dataset" / "red").glob("lines-*.png"))) == 1, timeout=10)
+    page.goto(base + "/recent?dataset=rgb&status=corrected")
+    page.locator(f"#row-{ids[1]}").get_by_role("button", name="undo").click()
+    expect(page.locator(f"#act-{ids[1]}")).to_contain_text("back in Review")
+    assert len(list((dataset / "Review").glob("lines-*.png"))) >= 1
+    page.goto(base + "/")
+    expect(page.locator("h1")).to_have_text("Daemon running")
+    page.screenshot(path=str(ARTIFACTS / "overview.png"), full_page=True)
+    assert daemon.stop() == 0
+    expect(page.locator("h1")).to_have_text("Daemon not running", timeout=20_000)
