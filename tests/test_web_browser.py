@@ -121,6 +121,11 @@ def test_several_selected_cards_are_filed_with_one_key_and_the_overview_is_live(
     page.locator(f"#row-{ids[1]}").get_by_role("button", name="undo").click()
     expect(page.locator(f"#act-{ids[1]}")).to_contain_text("back in Review")
     assert len(list((dataset / "Review").glob("lines-*.png"))) >= 1
+    for gone in (dataset / "Dataset" / "red").glob("lines-*.png"):
+        gone.unlink()  # a person deleted it meanwhile: the refusal shows in the row
+    page.goto(base + "/recent?dataset=rgb&status=corrected")
+    page.locator(f"#row-{ids[0]}").get_by_role("button", name="move to…").click()
+    expect(page.locator(f"#act-{ids[0]}")).to_contain_text("moved or changed since")
     page.goto(base + "/")
     expect(page.locator("h1")).to_have_text("Daemon running")
     page.screenshot(path=str(ARTIFACTS / "overview.png"), full_page=True)

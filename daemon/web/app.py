@@ -18,6 +18,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
@@ -91,15 +92,17 @@ class Pages:
         return HTMLResponse(page, status_code=status_code)
 
     # --- pages -----------------------------------------------------------------------
-    async def overview(self, request: Request) -> Response:
+    # Plain (not async) endpoints: Starlette runs them in its thread pool, so the journal queries,
+    # folder scans, decodes and moves they do never block the event loop.
+    def overview(self, request: Request) -> Response:
         name = "overview_body.html" if request.headers.get("hx-request") else "overview.html"
         return self.render(name, view=self.library.overview())
 
-    async def review(self, request: Request) -> Response:
+    def review(self, request: Request) -> Response:
         dataset = request.query_params.get("dataset") or None
         return self.render("review.html", cards=self.library.queue(dataset), dataset=dataset)
 
-    async def recent(self, request: Request) -> Response:
+    def recent(self, request: Request) -> Response:
         query = request.query_params
         try:
             since = parse_since(query["since"], time.time()) if query.get("since") else None
@@ -115,7 +118,7 @@ class Pages:
             "recent.html", entries=entries, classes=classes, query=dict(query), states=STATES, layouts=layouts
         )
 
-    async def classes(self, request: Request) -> Response:
+    def classes(self, request: Request) -> Response:
         layouts = self.library.layouts()
         shown = {name: self.library.class_summaries(layout) for name, layout in sorted(layouts.items())}
         return self.render("classes.html", datasets=shown)
@@ -132,7 +135,7 @@ class Pages:
         return response
 
     # --- pictures --------------------------------------------------------------------
-    async def entry_thumbnail(self, request: Request) -> Response:
+    def entry_thumbnail(self, request: Request) -> Response:
         entry = self.library.journal.by_id(int(request.path_params["entry"]))
         if entry is None or entry.destination is None or self.library.layout(entry.intent.dataset) is None:
             return PlainTextResponse("no such picture", status_code=404)
@@ -142,7 +145,7 @@ class Pages:
             return PlainTextResponse("no such picture", status_code=404)
         return self._picture(entry.destination, entry.intent.sha256)
 
-    async def reference_thumbnail(self, request: Request) -> Response:
+    def reference_thumbnail(self, request: Request) -> Response:
         params = request.path_params
         path = self.library.reference_path(params["dataset"], params["label"], int(params["number"]))
         if path is None:
@@ -162,12 +165,12 @@ class Pages:
         entry_id = int(request.path_params["entry"])
         if not isinstance(label, str):
             return self.render("message.html", 400, message="which class? (no label given)")
-        return self._acted(lambda: self.actions.file(entry_id, label), entry_id)
+        return await run_in_threadpool(self._acted, lambda: self.actions.file(entry_id, label), entry_id)
 
-    async def undo(self, request: Request) -> Response:
+    def undo(self, request: Request) -> Response:
         return self._acted(self.actions.undo_last, None)
 
-    async def revert(self, request: Request) -> Response:
+    def revert(self, request: Request) -> Response:
         entry_id = int(request.path_params["entry"])
         return self._acted(lambda: self.actions.revert(entry_id), entry_id)
 

@@ -231,13 +231,8 @@ class Library:
                     float(len(hour)),
                 )
             )
-        errors = [
-            e
-            for e in self.journal.entries(states=("rejected", "failed"), last=20)  # type: ignore[arg-type]
-        ][::-1]
-        return Overview(
-            status is not None and is_live(status, now), status, tuple(summaries), tuple(errors[:10])
-        )
+        errors = self.journal.entries(states=("rejected",), last=10)[::-1]
+        return Overview(status is not None and is_live(status, now), status, tuple(summaries), tuple(errors))
 
     # --- classes ---------------------------------------------------------------------
     def class_summaries(self, layout: DatasetLayout) -> list[ClassSummary]:
