@@ -252,3 +252,41 @@ def test_thumbnails_are_upright_bounded_and_only_of_allowed_formats(data_root: P
         assert thumbs.get(tmp_path / f"n{k}.png") is not None
     assert sum(p.stat().st_size for p in thumbs.folder.iterdir()) <= 40_000
     thumbs.close()
+
+
+def test_recent_decisions_filter_by_dataset_class_status_and_time(page: TestClient, data_root: Path) -> None:
+    """The filters are the journal's own query; a bad status matches nothing, a bad time says why."""
+    journal = Journal(data_root / ".clipsort")
+    everything = journal.entries()
+
+    def rows(**query: str) -> list[int]:
+        return [int(n) for n in re.findall(r'<tr id="row-(\d+)"', page.get("/recent", params=query).text)]
+
+    assert sorted(rows()) == [e.id for e in everything]
+    assert rows(**{"class": "red"}) == [e.id for e in everything if e.intent.label == "red"][::-1]
+    assert sorted(rows(status="review")) == sorted(queue(page))
+    first = queue(page)[0]
+    page.post(f"/entries/{first}/file", data={"label": "blue"}, headers=csrf(page))
+    assert rows(status="corrected") == [first]
+    assert rows(status="corrected", dataset="other") == []
+    assert rows(status="bogus") == []
+    assert sorted(rows(since="1h")) == [e.id for e in everything]
+    assert rows(since="2099-01-01") == []
+    wrong = page.get("/recent", params={"since": "soon"})
+    assert wrong.status_code == 400 and "cannot read --since" in html.unescape(wrong.text)
+
+
+def test_a_thumbnail_over_the_pixel_cap_or_the_time_limit_is_not_made(tmp_path: Path) -> None:
+    """The daemon's pixel cap holds for thumbnails, and a decode past web_decode_seconds is given up."""
+    Image.new("RGB", (50, 50), (10, 200, 10)).save(tmp_path / "small.png")
+    capped = Thumbnails(tmp_path / "a", DecodeLimits(("PNG",), 100, 2**20), max_bytes=2**20, timeout=5)
+    assert capped.get(tmp_path / "small.png") is None
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (3000, 4000, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+    hurried = Thumbnails(tmp_path / "b", DecodeLimits(("PNG",), 10**8, 2**30), max_bytes=2**20, timeout=1e-4)
+    assert hurried.get(tmp_path / "big.png") is None
+    assert not hurried.folder.exists(), "nothing was cached"
+    patient = Thumbnails(tmp_path / "c", DecodeLimits(("PNG",), 10**8, 2**30), max_bytes=2**20, timeout=60)
+    assert patient.get(tmp_path / "big.png") is not None
+    for thumbs in (capped, hurried, patient):
+        thumbs.close()

@@ -329,9 +329,16 @@ class Journal:
         since: float | None = None,
         states: Sequence[State] = (),
         last: int | None = None,
+        label: str | None = None,
+        placement: Placement | None = None,
     ) -> list[Entry]:
         """Decisions, oldest first, filtered as asked (``last``: only the newest N)."""
-        where, values = _where(("dataset = ?", dataset), ("created >= ?", since))
+        where, values = _where(
+            ("dataset = ?", dataset),
+            ("created >= ?", since),
+            ("label = ?", label),
+            ("placement = ?", placement),
+        )
         if states:
             where += f" AND state IN ({','.join('?' * len(states))})"
             values += tuple(states)

@@ -36,11 +36,10 @@ from daemon.store.undo import parse_since
 from daemon.web.actions import Actions, Done
 from daemon.web.security import TOKEN_COOKIE, Guard
 from daemon.web.thumbnails import Thumbnails
-from daemon.web.views import Library
+from daemon.web.views import STATUS_FILTERS, Library
 
 STATIC = Path(__file__).parent / "static"
 HTMX = "htmx-2.0.11.min.js"
-STATES = ("sorted", "review", "rejected", "corrected", "undone")
 
 
 def percent(value: float | None) -> str:
@@ -115,7 +114,12 @@ class Pages:
         layouts = self.library.layouts()
         classes = {name: self.library.classes(layout) for name, layout in layouts.items()}
         return self.render(
-            "recent.html", entries=entries, classes=classes, query=dict(query), states=STATES, layouts=layouts
+            "recent.html",
+            entries=entries,
+            classes=classes,
+            query=dict(query),
+            states=STATUS_FILTERS,
+            layouts=layouts,
         )
 
     def classes(self, request: Request) -> Response:

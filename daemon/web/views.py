@@ -20,13 +20,17 @@ from daemon.encode.embedcache import EmbeddingCache
 from daemon.ingest.scanner import scan
 from daemon.layout import NEGATIVES_DIR, DatasetLayout, discover
 from daemon.service.status import Status, is_live, read_status
-from daemon.store.journal import Entry, Journal
+from daemon.store.journal import Entry, Journal, Placement, State
 from daemon.store.recovery import holds
 
 QUEUE_LIMIT = 500  # cards on the review page at once, least confident first
 RECENT_LIMIT = 200
 NEAREST = 3
 HISTOGRAM_BINS = 10
+# The recent page's status filter: where a decision put the file, or what became of it since.
+PLACEMENT_FILTERS: dict[str, Placement] = {"sorted": "sorted", "review": "review"}
+STATE_FILTERS: dict[str, State] = {"rejected": "rejected", "corrected": "corrected", "undone": "undone"}
+STATUS_FILTERS = (*PLACEMENT_FILTERS, *STATE_FILTERS)
 
 
 @dataclass(frozen=True)
@@ -198,15 +202,19 @@ class Library:
         state: str | None = None,
         since: float | None = None,
     ) -> list[Entry]:
-        """The newest decisions, filtered; newest first."""
-        found = self.journal.entries(dataset=dataset, since=since, last=RECENT_LIMIT * 5)
-        picked = [
-            e
-            for e in found
-            if (label is None or e.intent.label == label)
-            and (state is None or state in (e.state, e.intent.placement))
-        ]
-        return picked[::-1][:RECENT_LIMIT]
+        """The newest decisions, filtered in the journal's own query; newest first.
+
+        ``state`` is a placement (``sorted``, ``review``) or a journal state
+        (``rejected``, ``corrected``, ``undone``), as the page's filter lists them.
+        """
+        if state is not None and state not in STATUS_FILTERS:
+            return []
+        placement = PLACEMENT_FILTERS.get(state) if state else None
+        states = (STATE_FILTERS[state],) if state in STATE_FILTERS else ()
+        found = self.journal.entries(
+            dataset=dataset, since=since, label=label, placement=placement, states=states, last=RECENT_LIMIT
+        )
+        return found[::-1]
 
     # --- overview --------------------------------------------------------------------
     def overview(self, now: float | None = None) -> Overview:
