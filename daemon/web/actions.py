@@ -29,7 +29,6 @@ class Done:
 
     entry_id: int
     note: str
-    correction: Correction | None = None  # the one recorded, when the action recorded one
 
 
 class Actions:
@@ -69,7 +68,7 @@ class Actions:
             correction = self._newest_correction(entry_id, layout.name)
             assert correction is not None  # undo() just recorded it
             self._done.append(correction)
-            return Done(entry_id, f"filed into {label}", correction)
+            return Done(entry_id, f"filed into {label}")
 
     def undo_last(self) -> Done:
         """Take back the newest action of this page that is still standing."""

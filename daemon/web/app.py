@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -178,10 +178,10 @@ class Pages:
         entry_id = int(request.path_params["entry"])
         return self._acted(lambda: self.actions.revert(entry_id), entry_id)
 
-    def _acted(self, action: Any, entry_id: int | None) -> Response:
+    def _acted(self, action: Callable[[], Done], entry_id: int | None) -> Response:
         """Run ``action``; the entry's card as it now stands, or the error on it."""
         try:
-            done: Done = action()
+            done = action()
         except ActionError as exc:
             card = self.library.card(entry_id) if entry_id is not None else None
             return self.render(

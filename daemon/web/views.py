@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,11 @@ STATE_FILTERS: dict[str, State] = {"rejected": "rejected", "corrected": "correct
 STATUS_FILTERS = (*PLACEMENT_FILTERS, *STATE_FILTERS)
 
 
+def confidence(entry: Entry) -> float:
+    """The probability of an entry's likeliest class: the review queue's order, least first."""
+    return entry.intent.top3[0][1] if entry.intent.top3 else 0.0
+
+
 @dataclass(frozen=True)
 class Reference:
     """A reference image, named by dataset, class and position in its sorted folder."""
@@ -52,10 +57,6 @@ class Card:
     classes: tuple[str, ...]  # keys 1-9 file into these, in this order
     negatives: bool  # key 0 files into Clases/_none/
     nearest: tuple[Reference, ...] = ()
-
-    @property
-    def confidence(self) -> float:
-        return self.entry.intent.top3[0][1] if self.entry.intent.top3 else 0.0
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,6 @@ class Library:
     journal: Journal
     cache: EmbeddingCache
     max_corrections_per_class: int
-    _started: float = field(default_factory=time.time)
 
     # --- datasets and classes --------------------------------------------------------
     def layouts(self) -> dict[str, DatasetLayout]:
@@ -142,20 +142,13 @@ class Library:
             for e in self.journal.entries(dataset=dataset, states=("moved",))
             if e.intent.placement == "review" and e.intent.dataset in layouts
         ]
-        held.sort(key=lambda e: (e.intent.top3[0][1] if e.intent.top3 else 0.0, e.id))
+        held.sort(key=lambda entry: (confidence(entry), entry.id))
         cards = []
-        for entry in held[:QUEUE_LIMIT]:
+        for entry in held[:QUEUE_LIMIT]:  # checking a file reads it: only the cards shown
             layout = layouts[entry.intent.dataset]
             present = entry.destination is not None and holds(entry.destination, entry)
-            cards.append(
-                Card(
-                    entry,
-                    present,
-                    self.classes(layout),
-                    self.has_negatives(layout),
-                    self.nearest(layout, entry) if present else (),
-                )
-            )
+            nearest = self.nearest(layout, entry) if present else ()
+            cards.append(Card(entry, present, self.classes(layout), self.has_negatives(layout), nearest))
         return cards
 
     def card(self, entry_id: int) -> Card | None:
@@ -250,7 +243,7 @@ class Library:
         confidences: dict[str, list[float]] = {}
         for e in entries:
             if e.intent.placement == "sorted" and e.intent.label and e.intent.top3:
-                confidences.setdefault(e.intent.label, []).append(e.intent.top3[0][1])
+                confidences.setdefault(e.intent.label, []).append(confidence(e))
         corrected = Counter(c.new_label for c in self.journal.corrections(dataset=layout.name))
         accuracy = self._leave_one_out(layout)
         summaries = []
