@@ -43,7 +43,7 @@ from bench.throughput import daemon_burst, sort_pipeline
 from daemon.config import load_settings
 from daemon.encode.decoding import read_and_decode
 from daemon.encode.encoder import Encoder
-from daemon.encode.factory import decode_limits
+from daemon.encode.images import DecodeLimits
 from tests.synthetic import draw, random_clip
 
 
@@ -67,7 +67,7 @@ def distinct_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
 
 def decode_ceiling(encoder: Encoder, files: list[Path], workers: int) -> float:
     """Files/s of read + hash + decode + crop alone, in ``workers`` threads."""
-    limits = decode_limits(load_settings(None, {}))
+    limits = DecodeLimits.from_settings(load_settings(None, {}))
     side, crop = encoder.image_size, encoder.crop
     started = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:

@@ -305,7 +305,7 @@ def train_model(
     validation pictures (exit 1 otherwise, the current one stays), unless --force.
     """
     from daemon.encode.encoder import resolve_device
-    from daemon.encode.factory import decode_limits
+    from daemon.encode.images import DecodeLimits
     from daemon.learn.training import SMALL_VALIDATION, TrainOptions, train
 
     settings = settings_from(config, root=root, model=model)
@@ -320,7 +320,7 @@ def train_model(
         seed=seed,
         device=resolve_device(settings.device),
     )
-    limits = decode_limits(settings)
+    limits = DecodeLimits.from_settings(settings)
     with progress_bar("training", TextColumn("{task.fields[accuracy]}")) as progress:
         task = progress.add_task("train", total=epochs, accuracy="")
 

@@ -16,11 +16,6 @@ from daemon.encode.encoder import Encoder
 from daemon.encode.images import DecodeLimits
 
 
-def decode_limits(settings: Settings) -> DecodeLimits:
-    """What an inbox or reference file may be, as configured."""
-    return DecodeLimits(tuple(settings.image_formats), settings.max_pixels, int(settings.max_file_mb * 2**20))
-
-
 def make_encoder(settings: Settings) -> Encoder:
     """The configured model on the configured device, in the configured precision."""
     return Encoder(settings.model, settings.device, settings.text_model, settings.precision)
@@ -48,4 +43,4 @@ def make_embedder(
     settings: Settings, encoder: Encoder | None, cache: EmbeddingCache | None = None
 ) -> Embedder:
     """The embedder with the configured decoding limits."""
-    return Embedder(encoder, decode_limits(settings), cache)
+    return Embedder(encoder, DecodeLimits.from_settings(settings), cache)

@@ -15,6 +15,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +24,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from daemon import imageplugins
 from daemon.encode import rawimages
 from daemon.errors import ImageIncomplete, ImageRejected
+
+if TYPE_CHECKING:
+    from daemon.config import Settings
 
 imageplugins.register()  # HEIF: before any file is opened
 
@@ -165,6 +169,11 @@ class DecodeLimits:
     def read(self, path: Path) -> bytes:
         """:func:`read_file` within these limits."""
         return read_file(path, max_bytes=self.max_bytes)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DecodeLimits:
+        """What an inbox or reference file may be, as configured (the daemon's, the page's)."""
+        return cls(tuple(settings.image_formats), settings.max_pixels, int(settings.max_file_mb * 2**20))
 
     def load(self, path: Path, target: int) -> Image.Image:
         """:func:`read_file` then :func:`decode_image`, within these limits."""

@@ -64,9 +64,7 @@ class Pages:
             settings.max_corrections_per_class,
         )
         self.actions = Actions(self.library)
-        limits = DecodeLimits(
-            tuple(settings.image_formats), settings.max_pixels, int(settings.max_file_mb * 2**20)
-        )
+        limits = DecodeLimits.from_settings(settings)
         self.thumbnails = Thumbnails(
             state,
             limits,
