@@ -154,6 +154,14 @@ class Settings(BaseSettings):
             "the 16-core GPU machine)."
         ),
     )
+    decode_in: Literal["processes", "threads"] = Field(
+        "threads",
+        description=(
+            "Where the CLIP path decodes: threads in the daemon's own interpreter, or worker processes "
+            "writing the model's input into shared memory, one message per batch (a worker that dies "
+            "loses no file; bench/README.md, overhead mode). Fine-tuned checkpoints decode in threads."
+        ),
+    )
     text_model: str | None = Field(
         None,
         description=(

@@ -448,3 +448,50 @@ def test_finetuned_checkpoints_are_hot_swapped(
     save(draw(rng, "green", "circle", 64), dataset / "Images" / "later.png")
     wait_until(lambda: sorted_files(dataset).get("later.png") in set(spanish.values()))
     assert daemon.stop() == 0
+
+
+def decoder_processes(parent: int) -> list[int]:
+    """The decoding worker processes of the process ``parent``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # it ended meanwhile
+        if ppid == parent and b"daemon.encode.decodeprocesses" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_decode_worker_killed_mid_burst_loses_and_duplicates_nothing(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """SIGKILL a decoding process during a burst: every file lands exactly once, bytes unchanged."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, RGB, references=2, seed=3)
+    daemon = start(daemons, root, tiny_model, tmp_path / "home", decode_in="processes", batch_size=16)
+    assert daemon.process is not None
+    pid = daemon.process.pid
+    wait_until(lambda: len(decoder_processes(pid)) == 2)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    hashes = []
+    for k in range(300):
+        data = picture_bytes(staging, list(RGB)[k % 3], k, "k.png")
+        drop(dataset / "Images", f"k{k:03d}.png", data)
+        hashes.append(hashlib.sha256(data).hexdigest())
+    wait_until(lambda: len(sorted_files(dataset)) >= 30, timeout=60, every=0.01)
+    victim = decoder_processes(pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: not list((dataset / "Images").iterdir()), timeout=120, every=0.2)
+    daemon.wait_event("decoder_died", lambda record: record["pid"] == victim)
+    present = [sha(p) for p in dataset.rglob("*") if p.is_file() and "Clases" not in p.parts]
+    assert sorted(present) == sorted(hashes), "each file once, whole, and nothing else"
+    assert not list((dataset / "Images").iterdir())
+    wait_until(lambda: len(decoder_processes(pid)) == 2)  # a fresh worker took the dead one's place
+    assert victim not in decoder_processes(pid)
+    assert daemon.stop() == 0

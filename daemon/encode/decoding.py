@@ -2,10 +2,12 @@
 
 Threads suffice: Pillow and hashlib release the GIL for the heavy parts
 (the entropy decoding, the resize, the hash), so batch k+1 decodes while
-the model encodes batch k. Processes were measured and not adopted (see
-bench/README.md): the parent's share of a process pool's per-file work
-(queueing the call, receiving and unpickling the picture) held the GIL
-about as long as the Python part of a threaded decode.
+the model encodes batch k. A process pool handing over one picture per file
+was measured and not adopted (bench/README.md): the parent's share of its
+per-file work held the GIL about as long as a threaded decode. The daemon's
+CLIP path decodes in processes that hand over a whole batch per message
+instead (:mod:`daemon.encode.decodeprocesses`); these threads remain for
+what needs Pillow pictures (fine-tuned checkpoints, references).
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from PIL import Image
 
 from daemon.encode.images import Crop, DecodeLimits
 from daemon.errors import ImageRejected
 
-Picture = Image.Image | ImageRejected
+Picture = Image.Image | ImageRejected | None  # None: decoded to its crop only (in a decoding process)
 Prepare = Callable[[Image.Image], Crop]
 
 # How much larger than the model's input a picture with a crop may stay. A JPEG drafted at the
@@ -70,6 +73,24 @@ def _size(path: Path) -> int:
         return 0
 
 
+class Decoding(Protocol):
+    """What the batch driver decodes with: :class:`DecodePool` (threads) or a process pool."""
+
+    limits: DecodeLimits
+    workers: int
+
+    def start(
+        self, paths: Sequence[Path], target: int, prepare: Prepare | None = None
+    ) -> list[Future[Decoded]]:
+        """Begin decoding ``paths``."""
+
+    def collect(self, futures: Sequence[Future[Decoded]], timeout: float) -> list[Decoded]:
+        """The decoded files, within ``timeout`` seconds of decoding each."""
+
+    def close(self, *, wait: bool = True, cancel: bool = True) -> None:
+        """Stop decoding."""
+
+
 class DecodePool:
     """``workers`` threads that read and decode files while the model runs."""
 
@@ -87,6 +108,10 @@ class DecodePool:
         made into the model's input here, so the model's thread only stacks them.
         """
         return [self._executor.submit(read_and_decode, path, self.limits, target, prepare) for path in paths]
+
+    def collect(self, futures: Sequence[Future[Decoded]], timeout: float) -> list[Decoded]:
+        """:func:`collect`."""
+        return collect(futures, timeout)
 
     def close(self, *, wait: bool = True, cancel: bool = True) -> None:
         """Stop the threads; with ``wait=False`` a decode in progress is abandoned, not awaited.

@@ -25,7 +25,7 @@ import torch
 import transformers
 from PIL import Image
 
-from daemon.encode.images import Crop, input_size
+from daemon.encode.images import Crop, centre_crop, input_size
 from daemon.encode.vectors import Vectors
 from daemon.errors import ModelLoadError
 
@@ -240,23 +240,8 @@ class ImageTower:
         self.graph = self._trace()
 
     def crop(self, image: Image.Image) -> Crop:
-        """size x size x 3 uint8: shortest edge to ``size`` (bicubic, as the processor), centre crop.
-
-        Thread-safe, so the decoding threads can do it instead of the model's thread.
-        """
-        side = self.size
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        short, long = min(rgb.size), max(rgb.size)
-        scaled = int(side * long / short)  # the long edge after scaling, rounded down as the processor does
-        along = long / scaled  # picture pixels per crop pixel along the long edge
-        start, end = (scaled - side) // 2 * along, ((scaled - side) // 2 + side) * along
-        box = (start, 0.0, end, float(short)) if rgb.width >= rgb.height else (0.0, start, float(short), end)
-        if short == side:  # decoding shrank it already
-            return np.asarray(rgb.crop((round(box[0]), round(box[1]), round(box[2]), round(box[3]))))
-        # Only the crop's part of the picture is resized: Pillow's filter still reads the pixels
-        # around the box, so this equals resizing everything and then cropping (but for rounding:
-        # a few pixels differ by a few levels) at three quarters of the work for a 4:3 picture.
-        return np.asarray(rgb.resize((side, side), Image.Resampling.BICUBIC, box=box))
+        """:func:`~daemon.encode.images.centre_crop` to this tower's input; thread-safe, for the decoders."""
+        return centre_crop(image, self.size)
 
     def pixels(self, images: Sequence[Image.Image | Crop]) -> torch.Tensor:
         """uint8 N x 3 x size x size of pictures, or of their :meth:`crop` where already made."""

@@ -52,6 +52,26 @@ def _shrink(image: Image.Image, target: int, slack: float) -> Image.Image:
     return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
+def centre_crop(image: Image.Image, side: int) -> Crop:
+    """side x side x 3 uint8: shortest edge to ``side`` (bicubic, as CLIP's processor), centre crop.
+
+    Pure Pillow and numpy, so decoding threads and decoding processes (which never import torch) make
+    the model's input themselves.
+    """
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    short, long = min(rgb.size), max(rgb.size)
+    scaled = int(side * long / short)  # the long edge after scaling, rounded down as the processor does
+    along = long / scaled  # picture pixels per crop pixel along the long edge
+    start, end = (scaled - side) // 2 * along, ((scaled - side) // 2 + side) * along
+    box = (start, 0.0, end, float(short)) if rgb.width >= rgb.height else (0.0, start, float(short), end)
+    if short == side:  # decoding shrank it already
+        return np.asarray(rgb.crop((round(box[0]), round(box[1]), round(box[2]), round(box[3]))))
+    # Only the crop's part of the picture is resized: Pillow's filter still reads the pixels
+    # around the box, so this equals resizing everything and then cropping (but for rounding:
+    # a few pixels differ by a few levels) at three quarters of the work for a 4:3 picture.
+    return np.asarray(rgb.resize((side, side), Image.Resampling.BICUBIC, box=box))
+
+
 def input_size(image_processor: object, default: int = 224) -> int:
     """The side of the square a Hugging Face image processor feeds its model.
 

@@ -22,16 +22,18 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 from daemon.classify.modes import Decision
 from daemon.classify.targets import Target
-from daemon.encode.decoding import Decoded, DecodePool, collect
+from daemon.encode.decodeprocesses import ProcessDecodePool
+from daemon.encode.decoding import Decoded, DecodePool, Decoding
 from daemon.encode.embeddings import Embedder
 from daemon.encode.encoder import Encoder
+from daemon.encode.images import DecodeLimits
 from daemon.errors import ImageRejected
 from daemon.ingest.readiness import Job
 from daemon.sort.pipeline import Delivery, Result, classify, classify_with_fallback, deliver
@@ -47,6 +49,49 @@ class Batch:
     jobs: list[Job]
     pictures: list[Future[Decoded]]
     encoder: Encoder | None  # a model swapped in meanwhile ignores these crops
+    pool: Decoding  # what collects them
+
+
+class Decoders:
+    """The decoding threads, and the decoding processes for batches that need only the model's input.
+
+    Processes hand over a batch per message (:mod:`daemon.encode.decodeprocesses`); the threads
+    remain for what needs Pillow pictures: a fine-tuned checkpoint's dataset, a model without an
+    image tower. ``processes=False`` (``decode_in = "threads"``) decodes everything in threads.
+    """
+
+    def __init__(self, limits: DecodeLimits, workers: int, *, processes: bool, timeout: float) -> None:
+        self.threads = DecodePool(limits, workers)
+        self.processes = ProcessDecodePool(limits, workers, timeout=timeout) if processes else None
+
+    @property
+    def workers(self) -> int:
+        return self.threads.workers
+
+    def set_limits(self, limits: DecodeLimits, timeout: float) -> None:
+        """Limits for every file submitted from now on."""
+        self.threads.limits = limits
+        if self.processes is not None:
+            self.processes.limits, self.processes.timeout = limits, timeout
+
+    def pick(self, jobs: Sequence[Job], targets: Mapping[str, Target], crops: bool) -> Decoding:
+        """The processes when every job's dataset classifies CLIP vectors of crops, else the threads."""
+        if self.processes is None or not crops:
+            return self.threads
+        if all(job.dataset in targets and targets[job.dataset].classifier.needs == "vectors" for job in jobs):
+            return self.processes
+        return self.threads
+
+    def close(self, *, wait: bool = True, cancel: bool = True) -> None:
+        self.threads.close(wait=wait, cancel=cancel)
+        if self.processes is not None:
+            self.processes.close(wait=wait, cancel=cancel)
+
+    def __enter__(self) -> Decoders:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass(frozen=True)
@@ -95,10 +140,13 @@ class Driver:
         self.placer = threading.Thread(target=self._place_all, name="clipsort-placer", daemon=True)
         self.placer.start()
 
-    def decode(self, jobs: list[Job], pool: DecodePool, embedder: Embedder) -> Batch:
-        """Start decoding ``jobs`` (to the model's input where it has one) on ``pool``."""
+    def decode(
+        self, jobs: list[Job], decoders: Decoders, embedder: Embedder, targets: Mapping[str, Target]
+    ) -> Batch:
+        """Start decoding ``jobs`` (to the model's input where it has one) on the pool that suits them."""
         side, crop = embedder.decoding()
-        return Batch(jobs, pool.start([job.path for job in jobs], side, crop), embedder.encoder)
+        pool = decoders.pick(jobs, targets, crop is not None)
+        return Batch(jobs, pool.start([job.path for job in jobs], side, crop), embedder.encoder, pool)
 
     def classify(
         self, batch: Batch, targets: Mapping[str, Target], embedder: Embedder, decode_timeout: float
@@ -108,7 +156,7 @@ class Driver:
         Returns how many files were classified.
         """
         jobs, reads = [], []
-        for job, read in zip(batch.jobs, collect(batch.pictures, decode_timeout), strict=True):
+        for job, read in zip(batch.jobs, batch.pool.collect(batch.pictures, decode_timeout), strict=True):
             if job.dataset in targets:
                 jobs.append(job)
                 reads.append(read)

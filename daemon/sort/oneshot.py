@@ -16,13 +16,12 @@ import structlog
 
 from daemon.classify.targets import Corrected, Target, make_target
 from daemon.config import Settings
-from daemon.encode.decoding import DecodePool
 from daemon.encode.embeddings import Embedder
 from daemon.errors import NoClassesError
 from daemon.ingest.readiness import Job, Signature
 from daemon.ingest.scanner import scan
 from daemon.layout import DatasetLayout
-from daemon.sort.driver import Classified, Driver, Verdict
+from daemon.sort.driver import Classified, Decoders, Driver, Verdict
 from daemon.sort.pipeline import Delivery, Outcome, Result
 from daemon.store.journal import Journal
 from daemon.store.mover import FileReplaced
@@ -91,16 +90,19 @@ def run(
         for start in range(0, len(item.files), size)
     ]
     driver = Driver(StopAtFirst(on_outcome), journal, dry_run=dry_run)
-    with DecodePool(embedder.limits, settings.decode_workers) as pool:
+    targets = {item.target.layout.name: item.target for item in work}
+    processes = settings.decode_in == "processes" and bool(batches)
+    timeout = settings.decode_timeout_seconds
+    with Decoders(embedder.limits, settings.decode_workers, processes=processes, timeout=timeout) as pool:
         try:
-            upcoming = driver.decode(batches[0][1], pool, embedder) if batches else None
+            upcoming = driver.decode(batches[0][1], pool, embedder, targets) if batches else None
             for k, (target, _) in enumerate(batches):
                 if driver.stopped or upcoming is None:
                     break
                 current = upcoming
-                upcoming = driver.decode(batches[k + 1][1], pool, embedder) if k + 1 < len(batches) else None
-                targets = {target.layout.name: target}
-                driver.classify(current, targets, embedder, settings.decode_timeout_seconds)
+                following = batches[k + 1][1] if k + 1 < len(batches) else None
+                upcoming = driver.decode(following, pool, embedder, targets) if following else None
+                driver.classify(current, {target.layout.name: target}, embedder, timeout)
         finally:  # the batch being placed is finished (and reported) whatever happened here
             driver.finish()
     if driver.failure is not None:

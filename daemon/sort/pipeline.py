@@ -92,7 +92,7 @@ def classify(
     hash, so a later correction can use it without encoding it again.
     """
     pictures = [read.picture for read in reads]
-    readable = [i for i, picture in enumerate(pictures) if isinstance(picture, Image.Image)]
+    readable = [i for i, picture in enumerate(pictures) if not isinstance(picture, ImageRejected)]
     by_dataset: dict[str, list[int]] = {}
     for i in readable:
         by_dataset.setdefault(jobs[i].dataset, []).append(i)
@@ -121,7 +121,8 @@ def classify(
         rows = None
         if vectors is not None and target.classifier.needs == "vectors":
             rows = vectors[np.asarray([row_of[i] for i in members])]
-        inputs = Inputs(pictures=[pictures[i] for i in members], vectors=rows)  # type: ignore[misc]
+        needed = target.classifier.needs == "pictures"
+        inputs = Inputs(pictures=[_picture(reads[i]) for i in members] if needed else [], vectors=rows)
         decisions = target.classifier.classify(inputs, target.index, clip_scale)
         if target.gate is not None and rows is not None:
             decisions = target.gate.apply(decisions, rows, target.index)
@@ -129,6 +130,18 @@ def classify(
     return [
         picture if isinstance(picture, ImageRejected) else decided[i] for i, picture in enumerate(pictures)
     ]
+
+
+def _picture(read: Decoded) -> Image.Image:
+    """The file's Pillow picture; from its crop when a decoding process made only that.
+
+    (The driver decodes in processes only for datasets that classify CLIP vectors: this is for a
+    dataset whose mode changed to a fine-tuned checkpoint while its batch was decoding.)
+    """
+    if isinstance(read.picture, Image.Image):
+        return read.picture
+    assert read.crop is not None, "a readable file has a picture or a crop"
+    return Image.fromarray(read.crop)
 
 
 def classify_with_fallback(

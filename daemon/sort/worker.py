@@ -25,13 +25,12 @@ import structlog
 
 from daemon.classify.catalog import Catalog
 from daemon.config import Settings
-from daemon.encode.decoding import DecodePool
 from daemon.encode.embeddings import Embedder
 from daemon.errors import ImageIncomplete, JournalError
 from daemon.ingest.intake import Intake
 from daemon.ingest.readiness import Job, age, is_unchanged
 from daemon.ingest.workqueue import FairQueue
-from daemon.sort.driver import Batch, Classified, Driver, Verdict
+from daemon.sort.driver import Batch, Classified, Decoders, Driver, Verdict
 from daemon.sort.pipeline import Delivery, Outcome, Result
 from daemon.store.journal import Journal
 from daemon.store.mover import FileReplaced
@@ -77,7 +76,7 @@ class Worker:
         self._work = work
         self._metrics = metrics
         self._journal = journal
-        self._pool = DecodePool(embedder.limits, settings.decode_workers)
+        self._pool = self._decoders(settings, embedder)
         self._stop = threading.Event()
         self._swap: Embedder | None = None
         self.policy = RetryAndGoOn(lambda: self.settings, intake, metrics)
@@ -111,7 +110,7 @@ class Worker:
         the worker takes before its next look at the swap.
         """
         self._swap = embedder
-        self._pool.limits = embedder.limits
+        self._pool.set_limits(embedder.limits, self.settings.decode_timeout_seconds)
 
     def _run(self) -> None:
         upcoming: Batch | None = None
@@ -125,9 +124,9 @@ class Worker:
                     linger=0.0 if upcoming else self.settings.max_batch_delay_ms / 1000,
                 )
                 current = upcoming
-                upcoming = self.driver.decode(jobs, self._pool, self.embedder) if jobs else None
+                targets = self._catalog.snapshot()
+                upcoming = self.driver.decode(jobs, self._pool, self.embedder, targets) if jobs else None
                 if current is not None:
-                    targets = self._catalog.snapshot()
                     timeout = self.settings.decode_timeout_seconds
                     if classified := self.driver.classify(current, targets, self.embedder, timeout):
                         self._metrics.batch(classified)
@@ -142,12 +141,16 @@ class Worker:
     def _maintain(self) -> None:
         if self._swap is not None:
             self.embedder, self._swap = self._swap, None
-            self._pool.limits = self.embedder.limits  # set by replace_embedder already; kept in step
             self._catalog.rebuild_all(self.embedder)
-        if self._pool.workers != self.settings.decode_workers:
-            # A thread pool cannot change its size: a new one takes the next batch, and the old one
-            # decodes what it was given (the prefetched batch) before its threads end.
-            old, self._pool = self._pool, DecodePool(self.embedder.limits, self.settings.decode_workers)
+        # Set by replace_embedder already for a new model; a reload may change the timeout.
+        self._pool.set_limits(self.embedder.limits, self.settings.decode_timeout_seconds)
+        if (self._pool.workers, self._pool.processes is not None) != (
+            self.settings.decode_workers,
+            self.settings.decode_in == "processes",
+        ):
+            # A pool cannot change its size: a new one takes the next batch, and the old one
+            # decodes what it was given (the prefetched batch) before its workers end.
+            old, self._pool = self._pool, self._decoders(self.settings, self.embedder)
             old.close(wait=False, cancel=False)
             log.info("decode_workers_changed", workers=self._pool.workers)
         now = time.monotonic()
@@ -158,6 +161,15 @@ class Worker:
             self._checked_corrections = now
             self._follow_corrections()
         self._catalog.rebuild_due(self.embedder)
+
+    @staticmethod
+    def _decoders(settings: Settings, embedder: Embedder) -> Decoders:
+        return Decoders(
+            embedder.limits,
+            settings.decode_workers,
+            processes=settings.decode_in == "processes",
+            timeout=settings.decode_timeout_seconds,
+        )
 
     def _follow_corrections(self) -> None:
         """Rebuild each dataset whose corrections changed (by the learner or the CLI) since the last look.

@@ -1,0 +1,121 @@
+"""Tests for daemon.encode.decodeprocesses: real worker processes, real shared memory, real kills."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from daemon.encode.decodeprocesses import ProcessDecodePool
+from daemon.encode.decoding import read_and_decode
+from daemon.encode.images import DecodeLimits, centre_crop
+from daemon.errors import ImageIncomplete, ImageRejected
+from tests.synthetic import save
+from tests.waiting import live_threads, wait_until
+
+LIMITS = DecodeLimits(formats=("JPEG", "PNG"), max_pixels=50_000_000, max_bytes=10_000_000)
+SIDE = 32
+
+
+def photos(folder: Path, count: int) -> list[Path]:
+    """``count`` small JPEGs, each with different noise (different bytes, different crops)."""
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(7)
+    paths = []
+    for k in range(count):
+        path = folder / f"p{k:03d}.jpg"
+        save(Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)), path)
+        paths.append(path)
+    return paths
+
+
+def in_a_thread(path: Path, limits: DecodeLimits = LIMITS) -> tuple[str, int, np.ndarray | None, str]:
+    """What the threaded path makes of ``path``: hash, size, crop, rejection."""
+    read = read_and_decode(path, limits, SIDE, functools.partial(centre_crop, side=SIDE))
+    rejected = str(read.picture) if isinstance(read.picture, ImageRejected) else ""
+    return read.sha256, read.size, read.crop, rejected
+
+
+def test_crops_hashes_and_rejections_match_the_threaded_path(tmp_path: Path) -> None:
+    """Every limit holds in the workers: format, pixel cap, size cap, a truncated file; the rest decode."""
+    files = photos(tmp_path, 5)
+    (tmp_path / "text.jpg").write_bytes(b"not a picture")
+    save(Image.new("RGB", (1200, 1000)), tmp_path / "many-pixels.png")
+    (tmp_path / "huge.jpg").write_bytes(files[0].read_bytes() + b"\0" * 6000)
+    whole = files[1].read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) * 2 // 3])
+    gif = tmp_path / "anim.gif"
+    Image.new("RGB", (40, 40)).save(gif)
+    odd = [tmp_path / name for name in ("text.jpg", "many-pixels.png", "huge.jpg", "cut.jpg", "anim.gif")]
+    limits = DecodeLimits(formats=("JPEG", "PNG"), max_pixels=1_000_000, max_bytes=8000)
+    with ProcessDecodePool(limits, 2, timeout=30) as pool:
+        got = pool.collect(pool.start(files + odd, SIDE), 30)
+    for path, read in zip(files + odd, got, strict=True):
+        sha256, size, crop, rejected = in_a_thread(path, limits)
+        assert (read.sha256, read.size) == (sha256, size), path.name
+        if crop is None:
+            assert read.crop is None and str(read.picture) == rejected, path.name
+        else:
+            assert read.crop is not None and np.array_equal(read.crop, crop), path.name
+    reasons = [str(read.picture) for read in got[len(files) :]]
+    assert "allowed format" in reasons[0] and "pixel limit" in reasons[1] and "file size limit" in reasons[2]
+    assert isinstance(got[len(files) + 3].picture, ImageIncomplete), "a truncated file is retried later"
+
+
+def test_a_worker_killed_mid_batch_loses_no_file(tmp_path: Path) -> None:
+    """SIGKILL one worker while it decodes: its files are decoded again by a fresh one, each once."""
+    files = photos(tmp_path, 400)
+    with ProcessDecodePool(LIMITS, 2, timeout=30) as pool:
+        wait_until(lambda: len(pool.pids) == 2)
+        victim = pool.pids[0]
+        futures = pool.start(files, SIDE)
+        os.kill(victim, signal.SIGKILL)
+        got = pool.collect(futures, 30)
+        assert victim not in pool.pids
+        wait_until(lambda: len(pool.pids) == 2)  # the dead worker is replaced (an interpreter starting)
+    for path, read in zip(files, got, strict=True):
+        sha256, _, crop, _ = in_a_thread(path)
+        assert read.sha256 == sha256 and read.crop is not None and crop is not None
+        assert np.array_equal(read.crop, crop)
+    assert not live_threads(("clipsort-decoder",)), "the pool's threads ended with it"
+
+
+def test_a_file_that_kills_its_worker_twice_is_rejected_with_the_reason(tmp_path: Path) -> None:
+    """A 40-megapixel PNG past the time limit ends its worker twice and is rejected; its batch decodes."""
+    files = photos(tmp_path, 6)
+    slow = tmp_path / "slow.png"
+    save(Image.new("RGB", (8000, 5000), (200, 10, 10)), slow)
+    limits = DecodeLimits(formats=("JPEG", "PNG"), max_pixels=50_000_000, max_bytes=10_000_000)
+    with ProcessDecodePool(limits, 1, timeout=0.3) as pool:
+        got = pool.collect(pool.start([*files[:3], slow, *files[3:]], SIDE), 30)
+    rejected = got[3]
+    assert isinstance(rejected.picture, ImageRejected) and not isinstance(rejected.picture, ImageIncomplete)
+    assert str(rejected.picture) == "decoding took longer than 0.3 s"
+    assert all(read.crop is not None for read in got[:3] + got[4:])
+
+
+def test_slots_are_bounded_and_reused(tmp_path: Path) -> None:
+    """More batches than slots in flight: each waits for a free slot, and all decode."""
+    files = photos(tmp_path, 8)
+    before = segments()
+    with ProcessDecodePool(LIMITS, 2, timeout=30, slots=2) as pool:
+        pending = [pool.start(files, SIDE) for _ in range(12)]
+        results = [pool.collect(futures, 30) for futures in pending]
+        ours = segments() - before
+    first, last = results[0], results[-1]
+    assert all(read.crop is not None for batch in results for read in batch)
+    assert all(
+        a.sha256 == b.sha256 and np.array_equal(np.asarray(a.crop), np.asarray(b.crop))
+        for a, b in zip(first, last, strict=True)
+    )
+    assert 1 <= len(ours) <= 2, "at most the two slots, whatever the batches in flight"
+    assert ours.isdisjoint(segments()), "closing the pool unlinks its slots"
+
+
+def segments() -> set[str]:
+    """The shared-memory segments on this machine (Python names them psm_...)."""
+    return {name for name in os.listdir("/dev/shm") if name.startswith("psm_")}
