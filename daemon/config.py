@@ -155,11 +155,12 @@ class Settings(BaseSettings):
         ),
     )
     decode_in: Literal["processes", "threads"] = Field(
-        "threads",
+        "processes",
         description=(
-            "Where the CLIP path decodes: threads in the daemon's own interpreter, or worker processes "
-            "writing the model's input into shared memory, one message per batch (a worker that dies "
-            "loses no file; bench/README.md, overhead mode). Fine-tuned checkpoints decode in threads."
+            "Where the CLIP path decodes: worker processes writing the model's input into shared "
+            "memory, one message per batch (a worker that dies loses no file), or threads in the "
+            "daemon's own interpreter (bench/README.md, overhead mode). Fine-tuned checkpoints "
+            "decode in threads."
         ),
     )
     text_model: str | None = Field(

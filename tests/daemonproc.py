@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -140,12 +141,17 @@ class Daemon:
             self._socket.close()
 
     def peak_rss_mb(self) -> float:
-        """The process's high-water mark of resident memory (VmHWM), in MiB."""
+        """The high-water mark of resident memory (VmHWM), in MiB, of the process and its children.
+
+        The children are the decoding processes (``decode_in = "processes"``): they hold their
+        own decoders' buffers, so a bound on the daemon's memory counts them.
+        """
         assert self.process is not None
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmHWM in /proc")
+        peaks = [_peak_rss_mb(self.process.pid)]
+        for child in children(self.process.pid):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # it ended meanwhile
+                peaks.append(_peak_rss_mb(child))
+        return sum(peaks)
 
     def status(self) -> Status:
         found = read_status(self.state)
@@ -218,3 +224,26 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}")
+
+
+def children(parent: int, command: bytes = b"") -> list[int]:
+    """The processes whose parent is ``parent`` (and whose command line holds ``command``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            line = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # it ended meanwhile
+        if ppid == parent and command in line:
+            found.append(int(entry.name))
+    return found

@@ -71,9 +71,11 @@ def test_unknown_gate_smoke_run_times_the_gate_beside_the_pipeline(tmp_path: Pat
 
 
 def test_overhead_smoke_run_reports_sort_and_daemon_against_the_decode_ceiling(tmp_path: Path) -> None:
-    """``python -m bench.overhead --quick`` exits 0: the ceiling, sort and daemon rates and their ratios."""
+    """``python -m bench.overhead --quick`` exits 0: the ceilings, sort and daemon per input path, ratios."""
     report = smoke("bench.overhead", tmp_path / "overhead.json")
     [one] = report["rounds"]
-    assert min(one["ceiling"], one["sort"], one["daemon"]) > 0
-    assert report["sort_vs_ceiling"] == one["sort"] / one["ceiling"]
-    assert report["daemon_vs_ceiling"] == one["daemon"] / one["ceiling"]
+    assert one["ceiling"] == max(one["ceiling_threads"], one["ceiling_processes"]) > 0
+    for path in ("threads", "processes"):
+        assert min(one[path]["sort"], one[path]["daemon"]) > 0
+        assert report[path]["sort_vs_ceiling"] == one[path]["sort"] / one["ceiling"]
+        assert report[path]["daemon_vs_ceiling"] == one[path]["daemon"] / one["ceiling"]

@@ -119,3 +119,20 @@ def test_slots_are_bounded_and_reused(tmp_path: Path) -> None:
 def segments() -> set[str]:
     """The shared-memory segments on this machine (Python names them psm_...)."""
     return {name for name in os.listdir("/dev/shm") if name.startswith("psm_")}
+
+
+def test_closing_without_waiting_settles_every_file_and_unlinks_the_slots(tmp_path: Path) -> None:
+    """close(wait=False) mid-batch, as the daemon stops: each file decoded or not ready, nothing left."""
+    files = photos(tmp_path, 400)
+    before = segments()
+    pool = ProcessDecodePool(LIMITS, 2, timeout=30)
+    wait_until(lambda: len(pool.pids) == 2)
+    workers = pool.pids
+    futures = pool.start(files, SIDE)
+    pool.close(wait=False)
+    got = [future.result(timeout=30) for future in futures]
+    assert all(read.crop is not None or isinstance(read.picture, ImageIncomplete) for read in got)
+    assert any(isinstance(read.picture, ImageIncomplete) for read in got), "the batch was cut short"
+    wait_until(lambda: not live_threads(("clipsort-decoder",)))
+    assert segments() == before, "the last dispatcher to end unlinked the slots"
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "the workers were killed and reaped"

@@ -250,7 +250,7 @@ def test_clip_base_improves_on_its_zero_shot_accuracy(data_root: Path, tiny_mode
             truth[f"{name}-{k}.png"] = name
     runner = CliRunner(env={"CLIPSORT_MODEL": str(tiny_model)})
     train_into(
-        runner, tiny_model, data_root, "ds", "--epochs", "20", "--learning-rate", "0.001", "--patience", "6"
+        runner, tiny_model, data_root, "ds", "--epochs", "30", "--learning-rate", "0.001", "--patience", "10"
     )
 
     def accuracy(mode: str) -> float:

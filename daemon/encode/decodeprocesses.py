@@ -64,6 +64,7 @@ SLOTS = 3  # the batch being decoded, the one being collected, one spare
 STARTUP_SECONDS = 60.0  # a fresh interpreter's imports, on a loaded machine
 READY = "ready"
 STRIKES = 2  # a file whose decoding ends its worker this often (once alone) is rejected
+CANCELLED = "the decoding pool closed before decoding it"
 Reply = tuple[int, str, int, str, str]  # index, sha256, size, rejection kind ("" when decoded), reason
 
 
@@ -214,6 +215,8 @@ class ProcessDecodePool:
         self._chunks: queue.Queue[_Chunk | None] = queue.Queue()
         self._lock = threading.Lock()
         self._processes: list[_Worker] = []
+        self._cancelled = False  # closed with cancel: what is left is not decoded
+        self._running = workers  # dispatchers not yet ended: the last one frees the slots
         self._threads = [
             threading.Thread(target=self._dispatch, name=f"clipsort-decoder-{k}", daemon=True)
             for k in range(workers)
@@ -251,19 +254,24 @@ class ProcessDecodePool:
         return [future.result() for future in futures]
 
     def close(self, *, wait: bool = True, cancel: bool = True) -> None:
-        """End the workers; the files not yet decoded are rejected as not ready (they are tried again)."""
+        """End the workers once they have decoded what they were given; with ``cancel`` at once.
+
+        Cancelled files are returned as not ready (:class:`ImageIncomplete`: the daemon tries them
+        again). The slots are unlinked by the last dispatcher to end, so also after
+        ``wait=False``: a slot is never freed while a dispatcher may still touch it.
+        """
         for _ in self._threads:
             self._chunks.put(None)
+        if cancel:
+            with self._lock:
+                self._cancelled = True
+                for worker in self._processes:
+                    # Only the process: its socket is its dispatcher's, which sees the death
+                    # (and does not retry now) and closes it.
+                    worker.process.kill()
         if wait:
             for thread in self._threads:
                 thread.join()
-        with self._lock:
-            for worker in self._processes:
-                worker.kill()
-            self._processes.clear()
-        if wait:
-            for slot in self._all_slots:
-                slot.free()
 
     def __enter__(self) -> ProcessDecodePool:
         return self
@@ -276,7 +284,9 @@ class ProcessDecodePool:
         while (chunk := self._chunks.get()) is not None:
             try:
                 worker = worker or self._spawn()
-                if worker is None:  # not the files' fault: decode them here, with the same limits
+                if self._cancelled:
+                    self._cancel(chunk)
+                elif worker is None:  # not the files' fault: decode them here, with the same limits
                     self._finish(chunk, self._in_thread(chunk))
                 else:
                     worker = self._decode(worker, chunk)
@@ -286,6 +296,17 @@ class ProcessDecodePool:
                 self._finish(chunk, [(i, "", 0, "incomplete", failed) for i, _ in chunk.items])
         if worker is not None:
             self._retire(worker)
+        with self._lock:
+            self._running -= 1
+            last = self._running == 0
+        if last:
+            # Retries queued behind the closing sentinels: nobody is left to decode them.
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    if (left := self._chunks.get_nowait()) is not None:
+                        self._cancel(left)
+            for slot in self._all_slots:
+                slot.free()
 
     def _decode(self, worker: _Worker, chunk: _Chunk) -> _Worker | None:
         """Decode ``chunk`` in ``worker``; the worker for the next chunk (a fresh one after a death)."""
@@ -297,8 +318,11 @@ class ProcessDecodePool:
         if not isinstance(result, str):
             self._finish(chunk, result)
             return worker
-        log.warning("decoder_died", files=len(chunk.items), reason=result, pid=worker.pid)
         self._retire(worker)
+        if self._cancelled:  # killed by close(): the files are not to blame
+            self._cancel(chunk)
+            return None
+        log.warning("decoder_died", files=len(chunk.items), reason=result, pid=worker.pid)
         if len(chunk.items) == 1 and chunk.strikes + 1 >= STRIKES:
             index = chunk.items[0][0]
             self._finish(chunk, [(index, "", 0, "rejected", result)])
@@ -317,6 +341,8 @@ class ProcessDecodePool:
 
     def _spawn(self) -> _Worker | None:
         """A started worker, or None (logged) when an interpreter cannot be started."""
+        if self._cancelled:
+            return None
         worker = _Worker()
         if not worker.started():
             log.error("decoder_not_started", pid=worker.pid, action="decoding in a thread")
@@ -330,6 +356,9 @@ class ProcessDecodePool:
         with self._lock:
             if worker in self._processes:
                 self._processes.remove(worker)
+
+    def _cancel(self, chunk: _Chunk) -> None:
+        self._finish(chunk, [(index, "", 0, "incomplete", CANCELLED) for index, _ in chunk.items])
 
     def _finish(self, chunk: _Chunk, replies: list[Reply]) -> None:
         batch = chunk.batch

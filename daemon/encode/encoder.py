@@ -8,6 +8,7 @@ touches the network.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import socket
@@ -205,9 +206,11 @@ class ImageTower:
 
     Pictures are centre-cropped on the CPU and sent to the device as uint8
     (a quarter of float32's bytes, pinned for an asynchronous copy on CUDA);
-    scaling to [0, 1] and CLIP's mean/std normalisation happen there, in the
-    model's dtype. Outputs match the sentence-transformers path (a test holds
-    them to it), which remains for models that are not a plain CLIPModel.
+    scaling to [0, 1] and CLIP's mean/std normalisation are folded into the
+    patch embedding's weights, so the model takes the pixels' 0-255 values as
+    they are (see :func:`_folded_patches`). Outputs match the
+    sentence-transformers path (a test holds them to it), which remains for
+    models that are not a plain CLIPModel.
     """
 
     def __init__(
@@ -230,13 +233,10 @@ class ImageTower:
         if self.bf16:
             clip.vision_model.to(torch.bfloat16)
             clip.visual_projection.to(torch.bfloat16)
-        dtype = clip.logit_scale.dtype  # fp16 on CUDA, else fp32: the dtype pixels are normalised in
-        self.mean = (
-            torch.tensor(image_processor.image_mean, dtype=dtype, device=device).view(1, 3, 1, 1) * 255
-        )
-        self.std = torch.tensor(image_processor.image_std, dtype=dtype, device=device).view(1, 3, 1, 1) * 255
-        self.dtype = dtype
-        self._module = _Projected(clip).eval()
+        self.dtype = clip.logit_scale.dtype  # fp16 on CUDA, else fp32: the dtype pixels enter in
+        mean = torch.tensor(image_processor.image_mean, dtype=torch.float32) * 255
+        std = torch.tensor(image_processor.image_std, dtype=torch.float32) * 255
+        self._module = _Projected(clip, mean, std).eval()
         self.graph = self._trace()
 
     def crop(self, image: Image.Image) -> Crop:
@@ -257,8 +257,8 @@ class ImageTower:
         return np.asarray(features.cpu().numpy(), dtype=np.float32)
 
     def normalised(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 pixels (on the device) as the model's input: in its dtype, scaled and normalised."""
-        return pixels.to(self.dtype).sub_(self.mean).div_(self.std)  # in place: one buffer, not three
+        """uint8 pixels (on the device) as the model's input: its dtype; the patch weights normalise."""
+        return pixels.to(self.dtype)
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         """Projected image features of :meth:`normalised` pixels, in the configured precision."""
@@ -330,17 +330,57 @@ def _interpreted() -> AbstractContextManager[None]:
 
 
 class _Projected(torch.nn.Module):
-    """CLIP's vision tower and projection as one module: what is traced."""
+    """CLIP's vision tower and projection as one module, fed 0-255 pixels: what is traced.
 
-    def __init__(self, clip: transformers.CLIPModel) -> None:
+    The tower is a shallow copy of ``clip``'s whose patch embedding alone is replaced by
+    :func:`_folded_patches`: every other weight is shared (no second copy in memory), and
+    ``clip`` itself is untouched (training copies its vision weights as they are).
+    """
+
+    def __init__(self, clip: transformers.CLIPModel, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
-        self.clip = clip
+        tower = copy.copy(clip.vision_model)
+        tower._modules = dict(tower._modules)
+        embeddings = copy.copy(tower.embeddings)
+        embeddings._modules = dict(embeddings._modules)
+        embeddings.patch_embedding = _folded_patches(embeddings.patch_embedding, mean, std)
+        tower.embeddings = embeddings
+        self.tower = tower
+        self.projection = clip.visual_projection
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
-        projected: torch.Tensor = self.clip.visual_projection(
-            self.clip.vision_model(pixel_values=values).pooler_output
-        )
+        projected: torch.Tensor = self.projection(self.tower(pixel_values=values).pooler_output)
         return projected
+
+
+def _folded_patches(conv: torch.nn.Conv2d, mean: torch.Tensor, std: torch.Tensor) -> torch.nn.Conv2d:
+    """``conv`` applied to ``(x - mean) / std`` per channel, as one convolution of ``x`` itself.
+
+    Why: normalising a batch was three passes over every pixel (cast, subtract, divide), which
+    on two CPU cores cost about twice the two-layer model's whole forward pass (bench/README.md).
+    A convolution is linear: ``W * ((x - m) / s) = (W / s) * x - sum(W * m / s)``, and CLIP's
+    patch embedding has no padding, so the second term is one constant per output channel: a bias.
+    """
+    assert conv.padding in ((0, 0), "valid") and conv.groups == 1, "only a plain unpadded convolution folds"
+    weight = conv.weight.detach().float()
+    scale = (1 / std).view(1, -1, 1, 1)
+    bias = -(weight * (mean.view(1, -1, 1, 1) * scale)).sum(dim=(1, 2, 3))
+    if conv.bias is not None:
+        bias = bias + conv.bias.detach().float()
+    folded = torch.nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        kernel_size=conv.kernel_size,  # type: ignore[arg-type]
+        stride=conv.stride,  # type: ignore[arg-type]
+        bias=True,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
+    assert folded.bias is not None
+    with torch.no_grad():
+        folded.weight.copy_(weight * scale)
+        folded.bias.copy_(bias)
+    return folded.requires_grad_(False)
 
 
 def image_tower(model: SentenceTransformer, size: int, device: str, precision: str) -> ImageTower | None:
