@@ -21,19 +21,27 @@ round measures side by side:
 
 The report holds each rate, and per input path the ratios ``sort / ceiling``
 and ``daemon / ceiling`` (medians over the rounds): issue 20's targets are
-0.9 and 0.85.
+0.9 and 0.85. Beside them, where the CPU went: per file, the main
+interpreter's and the decoding processes' CPU and the cores kept busy (for
+the processes ceiling too), and ``bound_with_model``, the most of the
+ceiling any pipeline can reach while the model shares the decoders' cores.
+The model runs with ``model_threads`` = 1, what automatic gives on the GPU
+it stands in for.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import multiprocessing
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,11 +50,12 @@ import numpy as np
 from PIL import Image
 
 from bench.reports import write_report
-from bench.throughput import daemon_burst, sort_pipeline
+from bench.throughput import cpu_per_file, daemon_burst, own_and_children_cpu, sort_pipeline
 from daemon.config import load_settings
 from daemon.encode.decoding import read_and_decode
 from daemon.encode.encoder import Encoder
 from daemon.encode.images import DecodeLimits, centre_crop
+from daemon.logs import configure_logging
 from tests.synthetic import draw, random_clip
 
 
@@ -84,22 +93,68 @@ def _decodes(path: Path, limits: DecodeLimits, side: int) -> bool:
     return read_and_decode(path, limits, side, functools.partial(centre_crop, side=side)).crop is not None
 
 
-def decode_ceiling_in_processes(encoder: Encoder, files: list[Path], workers: int) -> float:
+def decode_ceiling_in_processes(
+    encoder: Encoder, files: list[Path], workers: int, usage: dict[str, float] | None = None
+) -> float:
     """Files/s of the same work in ``workers`` processes (no GIL shared), handing back only a flag.
 
     Forked (the children never touch torch) and started before the clock, so neither an
     interpreter's start nor a crop's transfer is counted: what is left is the hardware's rate.
+    With ``usage``, it gets the CPU per file (the workers' is the decoding's own cost).
     """
     limits = DecodeLimits.from_settings(load_settings(None, {}))
     side = encoder.image_size
+    before = own_and_children_cpu()
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         list(pool.map(_decodes, files[:workers], [limits] * workers, [side] * workers))  # start them
         started = time.perf_counter()
         chunk = max(1, len(files) // (workers * 8))
         decoded = list(pool.map(_decodes, files, [limits] * len(files), [side] * len(files), chunksize=chunk))
         elapsed = time.perf_counter() - started
+    if usage is not None:  # the workers are reaped by the pool's shutdown, so they count
+        usage |= cpu_per_file(before, own_and_children_cpu(), elapsed, len(files))
     assert all(decoded), "every file decodes"
     return len(files) / elapsed
+
+
+def model_core_ms(encoder: Encoder, files: list[Path], batch: int = 32) -> float:
+    """Core time (ms, every thread of this process) per file of the model's encode alone, on made crops."""
+    limits = DecodeLimits.from_settings(load_settings(None, {}))
+    crops = [read_and_decode(path, limits, encoder.image_size, encoder.crop).crop for path in files[:batch]]
+    ready = [crop for crop in crops if crop is not None]
+    encoder.encode_images(ready)  # applies the model's threads on this thread, warms up
+    started, rounds = time.process_time(), max(1, len(files) // len(ready))
+    for _ in range(rounds):
+        encoder.encode_images(ready)
+    return (time.process_time() - started) * 1e3 / (rounds * len(ready))
+
+
+def bound_with_model(ceiling: float, model_ms: float, workers: int) -> float:
+    """The most of the ceiling any pipeline reaches when the model runs on the decoders' cores.
+
+    Per file the ceiling spends ``min(workers, cores) / ceiling`` seconds of core time; the model
+    adds ``model_ms`` of it on the same cores, so at best the rate is the ceiling times
+    decode / (decode + model). A GPU takes the model off the cores, and the bound away.
+    """
+    decode_ms = min(workers, os.cpu_count() or 1) * 1e3 / ceiling
+    return decode_ms / (decode_ms + model_ms)
+
+
+@contextlib.contextmanager
+def logging_into(path: Path) -> Iterator[None]:
+    """Log as ``clipsort sort`` under a service does (JSON lines, every file's line) into ``path``.
+
+    The daemon beside it writes the same lines to its own log file, so both pay for their logging
+    and neither for a terminal; after, warnings only, as the other benchmarks log.
+    """
+    with path.open("w") as stream:
+        saved, sys.stderr = sys.stderr, stream
+        try:
+            configure_logging("json", "info")
+            yield
+        finally:
+            sys.stderr = saved
+            configure_logging("console", "warning")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,45 +167,76 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--decode-in", default="threads,processes", help="the input paths measured, side by side"
     )
+    parser.add_argument(
+        "--model-threads",
+        type=int,
+        default=1,
+        help="the model's operator threads (model_threads); 1 is what automatic gives on a GPU",
+    )
     parser.add_argument("--quick", action="store_true", help="a few files, one round: a smoke run")
     parser.add_argument("--out", type=Path, default=Path("bench/results/overhead.json"))
     args = parser.parse_args(argv)
     count, rounds = (60, 1) if args.quick else (args.files, args.rounds)
     paths = args.decode_in.split(",")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    configure_logging("console", "warning")
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "files": count,
         "decode_workers": args.decode_workers,
+        "model_threads": args.model_threads,
         "rounds": [],
     }
     with tempfile.TemporaryDirectory(prefix="clipsort-bench-") as scratch:
         work = Path(scratch)
         model = random_clip(work / "model", small=True)
-        encoder = Encoder(str(model), device="cpu")
+        encoder = Encoder(str(model), device="cpu", threads=args.model_threads)
         files = distinct_jpegs(work / "files", count)
         for k in range(rounds):
+            ceiling_usage: dict[str, float] = {}
             one: dict[str, Any] = {
                 "ceiling_threads": decode_ceiling(encoder, files, args.decode_workers),
-                "ceiling_processes": decode_ceiling_in_processes(encoder, files, args.decode_workers),
+                "ceiling_processes": decode_ceiling_in_processes(
+                    encoder, files, args.decode_workers, ceiling_usage
+                ),
+                "ceiling_processes_cpu": ceiling_usage,
+                "model_core_ms_per_file": model_core_ms(encoder, files),
             }
             one["ceiling"] = max(one["ceiling_threads"], one["ceiling_processes"])
-            line = f"round {k + 1}: ceiling {one['ceiling']:.0f}/s"
+            one["bound_with_model"] = bound_with_model(
+                one["ceiling"], one["model_core_ms_per_file"], args.decode_workers
+            )
+            line = f"round {k + 1}: ceiling {one['ceiling']:.0f}/s (bound {one['bound_with_model']:.2f})"
             for path in paths:
-                options = {"decode_workers": args.decode_workers, "decode_in": path}
-                sort = sort_pipeline(encoder, files, work / f"sort-{path}-{k}", options)
-                daemon = daemon_burst(model, files, work / f"daemon-{path}-{k}", options)["files_per_s"]
+                options = {
+                    "decode_workers": args.decode_workers,
+                    "decode_in": path,
+                    "model_threads": args.model_threads,
+                }
+                sort_usage: dict[str, float] = {}
+                with logging_into(work / f"sort-{path}-{k}.log"):
+                    sort = sort_pipeline(encoder, files, work / f"sort-{path}-{k}", options, sort_usage)
+                burst = daemon_burst(model, files, work / f"daemon-{path}-{k}", options)
+                daemon = burst["files_per_s"]
                 one[path] = {
                     "sort": sort,
                     "daemon": daemon,
                     "sort_vs_ceiling": sort / one["ceiling"],
                     "daemon_vs_ceiling": daemon / one["ceiling"],
+                    "sort_cpu": sort_usage,
+                    "daemon_cpu": {key: value for key, value in burst.items() if key in sort_usage},
                 }
                 line += f"  {path}: sort {sort:.0f}/s ({sort / one['ceiling']:.2f}) daemon {daemon:.0f}/s "
                 line += f"({daemon / one['ceiling']:.2f})"
             print(line, flush=True)
             report["rounds"].append(one)
-    for key in ("ceiling_threads", "ceiling_processes", "ceiling"):
+    for key in (
+        "ceiling_threads",
+        "ceiling_processes",
+        "ceiling",
+        "model_core_ms_per_file",
+        "bound_with_model",
+    ):
         report[key] = statistics.median(one[key] for one in report["rounds"])
     for path in paths:
         report[path] = {

@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import tempfile
@@ -50,10 +51,10 @@ from daemon.encode.encoder import Encoder, load_model
 from daemon.encode.factory import make_embedder
 from daemon.layout import discover
 from daemon.logs import configure_logging
-from daemon.sort.oneshot import gather, run
+from daemon.sort.oneshot import decoders_for, gather, run
 from daemon.store.journal import Journal
 from daemon.store.mover import make_state_dir
-from tests.daemonproc import Daemon
+from tests.daemonproc import Daemon, cpu_seconds_of
 from tests.synthetic import draw, make_dataset, random_clip
 from tests.waiting import wait_until
 
@@ -173,8 +174,20 @@ def gil_effect(encoder: Encoder, count: int, batch_size: int) -> dict[str, float
     }
 
 
-def sort_pipeline(encoder: Encoder, files: list[Path], work: Path, options: dict[str, Any]) -> float:
-    """Images/s of `clipsort sort`'s pipeline, with the model and class index ready."""
+def sort_pipeline(
+    encoder: Encoder,
+    files: list[Path],
+    work: Path,
+    options: dict[str, Any],
+    usage: dict[str, float] | None = None,
+) -> float:
+    """Images/s of `clipsort sort`'s pipeline, with the model, the class index and the decoders ready.
+
+    `clipsort sort` starts its decoding processes before it loads the model, so by its first batch
+    they have started; here they are started, and waited for, before the clock.
+
+    With ``usage``, it gets the run's CPU per file (:func:`cpu_per_file`).
+    """
     root = work / "Data"
     make_dataset(root / "bench", CLASSES, references=2, seed=1)
     fill(root / "bench" / "Images", files)
@@ -184,12 +197,52 @@ def sort_pipeline(encoder: Encoder, files: list[Path], work: Path, options: dict
     make_state_dir(settings.state_path)
     journal = Journal(settings.state_path)
     done: list[object] = []
-    started = time.perf_counter()
-    run(jobs, settings, embedder, journal=journal, dry_run=False, on_outcome=done.append)
-    elapsed = time.perf_counter() - started
+    with decoders_for(settings) as decoders:
+        pids: list[int] = []
+        if (processes := decoders.processes) is not None:
+            wait_until(lambda: len(processes.pids) == settings.decode_workers, timeout=60)
+            pids = processes.pids
+        before = own_and_workers_cpu(pids)
+        started = time.perf_counter()
+        run(
+            jobs,
+            settings,
+            embedder,
+            journal=journal,
+            dry_run=False,
+            on_outcome=done.append,
+            decoders=decoders,
+        )
+        elapsed = time.perf_counter() - started
+        if usage is not None:  # read while the workers live: their start is not the run's
+            usage |= cpu_per_file(before, own_and_workers_cpu(pids), elapsed, len(files))
     journal.close()
     assert len(done) == len(files)
     return len(files) / elapsed
+
+
+def own_and_children_cpu() -> tuple[float, float]:
+    """User + system seconds of this process (every thread) and of its reaped children."""
+    own, reaped = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, reaped.ru_utime + reaped.ru_stime
+
+
+def own_and_workers_cpu(workers: list[int]) -> tuple[float, float]:
+    """User + system seconds of this process (every thread) and of the live processes ``workers``."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime, sum(cpu_seconds_of(pid) for pid in workers)
+
+
+def cpu_per_file(
+    before: tuple[float, float], after: tuple[float, float], elapsed: float, files: int
+) -> dict[str, float]:
+    """Where a run's CPU went: the interpreter's and the decoding processes' ms per file, cores busy."""
+    own, spawned = after[0] - before[0], after[1] - before[1]
+    return {
+        "main_cpu_ms_per_file": own * 1e3 / files,
+        "decoders_cpu_ms_per_file": spawned * 1e3 / files,
+        "cores_busy": (own + spawned) / elapsed,
+    }
 
 
 def arrived_count(dataset: Path) -> int:
@@ -209,16 +262,17 @@ def daemon_burst(model: Path, files: list[Path], work: Path, options: dict[str, 
     try:
         for path in files:
             shutil.copyfile(path, dataset / "Images" / f".{path.name}")
+        before = daemon.cpu_seconds()
         started = time.perf_counter()
         for path in files:
             os.rename(dataset / "Images" / f".{path.name}", dataset / "Images" / path.name)
         wait_until(lambda: arrived_count(dataset) == len(files), timeout=3600, every=0.01)
         elapsed = time.perf_counter() - started
-        assert daemon.process is not None
+        usage = cpu_per_file(before, daemon.cpu_seconds(), elapsed, len(files))
         peak = daemon.peak_rss_mb()
     finally:
         daemon.stop()
-    return {"files_per_s": len(files) / elapsed, "peak_rss_mb": peak}
+    return {"files_per_s": len(files) / elapsed, "peak_rss_mb": peak, **usage}
 
 
 def rss_flatness(work: Path, bursts: tuple[int, int], options: dict[str, Any]) -> dict[str, float]:

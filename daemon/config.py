@@ -163,6 +163,16 @@ class Settings(BaseSettings):
             "decode in threads."
         ),
     )
+    model_threads: NonNegativeInt = Field(
+        0,
+        description=(
+            "CPU threads for the model's own operators, on the thread that runs it. 0 is automatic: "
+            "one per core when the model runs on the CPU, 1 when it runs on a GPU, where the GPU does "
+            "the work and the cores are the decoders'. Measured on 2 cores with a near-free model and "
+            "decoding in processes: 1 thread sorted faster than 2, which spin beside the decoders "
+            "(bench/README.md, overhead mode)."
+        ),
+    )
     text_model: str | None = Field(
         None,
         description=(

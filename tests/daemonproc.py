@@ -153,6 +153,20 @@ class Daemon:
                 peaks.append(_peak_rss_mb(child))
         return sum(peaks)
 
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time (user + system) so far of the daemon's own process and of its live children.
+
+        The children are the decoding processes: the benchmarks split the daemon's work per file
+        into the interpreter's and the decoders' with two readings around a burst.
+        """
+        assert self.process is not None
+        own = cpu_seconds_of(self.process.pid)
+        spawned = 0.0
+        for child in children(self.process.pid):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # it ended meanwhile
+                spawned += cpu_seconds_of(child)
+        return own, spawned
+
     def status(self) -> Status:
         found = read_status(self.state)
         assert found is not None, "no status file"
@@ -231,6 +245,12 @@ def _peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise AssertionError(f"no VmHWM in /proc/{pid}")
+
+
+def cpu_seconds_of(pid: int) -> float:
+    """utime + stime of every thread of ``pid`` (fields 14 and 15 of /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children(parent: int, command: bytes = b"") -> list[int]:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.overhead import bound_with_model
 from tests.helpers import REPO, python_process
 
 
@@ -71,11 +72,18 @@ def test_unknown_gate_smoke_run_times_the_gate_beside_the_pipeline(tmp_path: Pat
 
 
 def test_overhead_smoke_run_reports_sort_and_daemon_against_the_decode_ceiling(tmp_path: Path) -> None:
-    """``python -m bench.overhead --quick`` exits 0: the ceilings, sort and daemon per input path, ratios."""
+    """``python -m bench.overhead --quick`` exits 0: ceilings, the bound, sort and daemon, their CPU."""
     report = smoke("bench.overhead", tmp_path / "overhead.json")
     [one] = report["rounds"]
     assert one["ceiling"] == max(one["ceiling_threads"], one["ceiling_processes"]) > 0
+    assert one["model_core_ms_per_file"] > 0 and report["model_threads"] == 1
+    assert one["bound_with_model"] == bound_with_model(one["ceiling"], one["model_core_ms_per_file"], 2) < 1
+    assert one["ceiling_processes_cpu"]["decoders_cpu_ms_per_file"] > 0
     for path in ("threads", "processes"):
         assert min(one[path]["sort"], one[path]["daemon"]) > 0
+        for run in ("sort_cpu", "daemon_cpu"):
+            assert one[path][run]["main_cpu_ms_per_file"] > 0 and one[path][run]["cores_busy"] > 0
+        decoders = one[path]["sort_cpu"]["decoders_cpu_ms_per_file"]
+        assert decoders > 0 if path == "processes" else decoders == 0
         assert report[path]["sort_vs_ceiling"] == one[path]["sort"] / one["ceiling"]
         assert report[path]["daemon_vs_ceiling"] == one[path]["daemon"] / one["ceiling"]

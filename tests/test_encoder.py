@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from daemon.encode.encoder import (
     looks_like_path,
     model_identity,
     resolve_device,
+    resolve_threads,
 )
 from daemon.errors import ModelLoadError
 from tests.helpers import clipsort_process
@@ -75,6 +77,34 @@ def test_device_resolution() -> None:
     assert resolve_device("cuda:1") == "cuda:1"
     assert resolve_device("auto") in {"cpu", "cuda", "mps"}
     assert looks_like_path("./m") and looks_like_path("/m") and not looks_like_path("org/model")
+
+
+def test_model_threads_are_automatic_per_device() -> None:
+    """0 leaves torch's default on the CPU and means one thread on a GPU; a number is kept."""
+    assert resolve_threads(0, "cpu") is None
+    assert resolve_threads(0, "cuda:0") == 1
+    assert resolve_threads(3, "cpu") == 3
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core cannot show a second one idle")
+def test_one_model_thread_holds_on_the_thread_that_encodes(tiny_model: Path) -> None:
+    """With threads = 1 a forward pass on a fresh thread keeps to one core (part of it is set per thread)."""
+    model = Encoder(str(tiny_model), "cpu", threads=1)
+    crops = [np.full((model.image_size, model.image_size, 3), k, np.uint8) for k in range(128)]
+    ratios: list[float] = []
+
+    def encode() -> None:
+        model.encode_images(crops)  # applies the setting, warms up
+        cpu, wall = time.process_time(), time.perf_counter()
+        while time.perf_counter() - wall < 1.0:
+            model.encode_images(crops)
+        ratios.append((time.process_time() - cpu) / (time.perf_counter() - wall))
+
+    worker = threading.Thread(target=encode)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive() and len(ratios) == 1
+    assert ratios[0] < 1.3, f"{ratios[0]:.2f} cores busy during a one-thread forward pass"
 
 
 def test_the_direct_image_path_agrees_with_sentence_transformers(encoder: Encoder) -> None:

@@ -23,7 +23,7 @@ from daemon.encode.factory import make_embedder
 from daemon.encode.images import Crop
 from daemon.ingest.scanner import content_hash
 from daemon.layout import discover
-from daemon.sort.oneshot import Work, gather, run
+from daemon.sort.oneshot import Work, decoders_for, gather, run
 from daemon.sort.pipeline import Outcome
 from daemon.store import mover
 from daemon.store.journal import Journal
@@ -156,6 +156,27 @@ class VanishingFile(mover.Syscalls):
         if source.name == self.name and source.path.parent.name == "Images":
             source.path.unlink()
         super().renameat2(source, target)
+
+
+def test_decoders_started_ahead_serve_the_run_and_stay_the_callers(sorting: Sorting) -> None:
+    """Started before the model loads (as the CLI does), the same decoding processes serve the run."""
+    with decoders_for(sorting.settings) as decoders:
+        assert decoders.processes is not None
+        wait_until(lambda: len(decoders.processes.pids) == sorting.settings.decode_workers, timeout=60)  # type: ignore[union-attr]
+        workers = decoders.processes.pids
+        outcomes: list[Outcome] = []
+        run(
+            sorting.gather(),
+            sorting.settings,
+            sorting.embedder,
+            journal=sorting.journal,
+            dry_run=False,
+            on_outcome=outcomes.append,
+            decoders=decoders,
+        )
+        assert decoders.processes.pids == workers, "the run neither replaced nor ended the caller's workers"
+    assert sorting.folder("Dataset") == {"blue": ["p1.png", "p2.png"], "red": ["p0.png", "p3.png"]}
+    assert all(not Path(f"/proc/{pid}").exists() for pid in workers), "closed by the caller, they end"
 
 
 def test_a_file_that_vanishes_under_sort_is_skipped_with_a_log_line(

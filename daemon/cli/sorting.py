@@ -61,17 +61,20 @@ def sort(
 ) -> None:
     """Classify every image in the datasets' Images/ folders once, and move each into Dataset/<class>/."""
     from daemon.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
-    from daemon.encode.factory import clip_for, make_embedder
+    from daemon.encode.factory import clip_for, make_embedder, needs_clip
     from daemon.learn.corrections import corrected_from
-    from daemon.sort.oneshot import gather, run
+    from daemon.sort.oneshot import decoders_for, gather, run
 
     settings = settings_from(config, root=root, model=model, mode=mode, aggregate=aggregate)
     layouts = select(settings.root, dataset or [])  # before the slow model load
     if not dry_run:
         refuse_if_served(settings.state_path, settings.root, "sort")
-    encoder = clip_for(settings, [layout.name for layout in layouts])  # none if all are fine-tuned
+    names = [layout.name for layout in layouts]
     outcomes: list[Outcome] = []
     with contextlib.ExitStack() as stack:
+        # Started first: the decoding processes' interpreters start while the model loads.
+        decoders = stack.enter_context(decoders_for(settings, processes=needs_clip(settings, names)))
+        encoder = clip_for(settings, names)  # none if all are fine-tuned
         # A real run journals and caches vectors (so the daemon can learn from corrections later).
         # A dry run creates nothing, but reads the corrections an existing journal holds, so that
         # it decides as the real run would.
@@ -100,6 +103,7 @@ def sort(
                 journal=None if dry_run else journal,
                 dry_run=dry_run,
                 on_outcome=record,
+                decoders=decoders,
             )
         except OSError as exc:  # the first file that could not be moved (disk full, permissions): one line
             where = f" {exc.filename!r}" if exc.filename else ""

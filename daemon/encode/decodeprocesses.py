@@ -292,8 +292,7 @@ class ProcessDecodePool:
                     worker = self._decode(worker, chunk)
             except Exception as exc:  # a bug here must not leave a batch waiting for ever
                 log.exception("decoder_failed", error=str(exc))
-                failed = f"decoder failed: {exc}"
-                self._finish(chunk, [(i, "", 0, "incomplete", failed) for i, _ in chunk.items])
+                self._cancel(chunk, f"decoder failed: {exc}")
         if worker is not None:
             self._retire(worker)
         with self._lock:
@@ -357,8 +356,9 @@ class ProcessDecodePool:
             if worker in self._processes:
                 self._processes.remove(worker)
 
-    def _cancel(self, chunk: _Chunk) -> None:
-        self._finish(chunk, [(index, "", 0, "incomplete", CANCELLED) for index, _ in chunk.items])
+    def _cancel(self, chunk: _Chunk, reason: str = CANCELLED) -> None:
+        """Settle every file of ``chunk`` as not ready (tried again later), for ``reason``."""
+        self._finish(chunk, [(index, "", 0, "incomplete", reason) for index, _ in chunk.items])
 
     def _finish(self, chunk: _Chunk, replies: list[Reply]) -> None:
         batch = chunk.batch

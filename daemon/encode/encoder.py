@@ -12,6 +12,7 @@ import copy
 import hashlib
 import os
 import socket
+import threading
 import urllib.parse
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -66,6 +67,17 @@ def resolve_device(device: str) -> str:
     if torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def resolve_threads(threads: int, device: str) -> int | None:
+    """The model's operator threads for ``threads`` (0: automatic) on ``device``; None is torch's default.
+
+    Automatic is torch's default (one per core) on the CPU, where the model does the work, and 1 on
+    a GPU, where the host side only hands batches over and the cores are better left to decoding.
+    """
+    if threads:
+        return threads
+    return 1 if device.startswith("cuda") else None
 
 
 def cpu_has_bf16() -> bool:
@@ -402,10 +414,17 @@ class Encoder:
     """
 
     def __init__(
-        self, model: str, device: str = "auto", text_model: str | None = None, precision: str = "fp32"
+        self,
+        model: str,
+        device: str = "auto",
+        text_model: str | None = None,
+        precision: str = "fp32",
+        threads: int = 0,
     ) -> None:
         self.name = model
         self.device = resolve_device(device)
+        self.threads = resolve_threads(threads, self.device)
+        self._applied = threading.local()  # which threads have had self.threads applied (see _on_this_thread)
         self.precision = resolve_precision(precision, self.device)
         self._model = load_model(model, self.device)
         self._text = load_model(text_model, self.device) if text_model else self._model
@@ -444,6 +463,7 @@ class Encoder:
 
     def encode_images(self, images: Sequence[Image.Image | Crop]) -> Vectors:
         """One row per picture, or per picture already made into its :attr:`crop`."""
+        self._on_this_thread()
         if self._tower is not None and images:
             return self._tower(images)
         return self._encode(self._model, _pictures(images))
@@ -468,7 +488,20 @@ class Encoder:
         get_vocab = getattr(tokenizer, "get_vocab", None)
         return whole_words(get_vocab() if callable(get_vocab) else {})
 
+    def _on_this_thread(self) -> None:
+        """Apply :attr:`threads` on the calling thread, once per thread.
+
+        Why per thread: part of the setting is the calling thread's own. After
+        ``torch.set_num_threads(1)`` on the main thread, ATen's loops on another thread kept to
+        one core, but an MKL matrix product there still kept two busy (measured, 2 cores), so
+        the thread that runs the model sets it itself.
+        """
+        if self.threads is not None and not getattr(self._applied, "done", False):
+            torch.set_num_threads(self.threads)
+            self._applied.done = True
+
     def _encode(self, model: SentenceTransformer, items: list[Image.Image] | list[str]) -> Vectors:
+        self._on_this_thread()
         if not items:
             return np.zeros((0, self.dimension), dtype=np.float32)
         with torch.inference_mode():

@@ -18,7 +18,9 @@ from daemon.encode.images import DecodeLimits
 
 def make_encoder(settings: Settings) -> Encoder:
     """The configured model on the configured device, in the configured precision."""
-    return Encoder(settings.model, settings.device, settings.text_model, settings.precision)
+    return Encoder(
+        settings.model, settings.device, settings.text_model, settings.precision, settings.model_threads
+    )
 
 
 def needs_clip(settings: Settings, datasets: Iterable[str] | None = None) -> bool:

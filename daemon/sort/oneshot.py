@@ -6,6 +6,7 @@ no model) fails before the first file moves.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import structlog
 from daemon.classify.targets import Corrected, Target, make_target
 from daemon.config import Settings
 from daemon.encode.embeddings import Embedder
+from daemon.encode.images import DecodeLimits
 from daemon.errors import NoClassesError
 from daemon.ingest.readiness import Job, Signature
 from daemon.ingest.scanner import scan
@@ -73,8 +75,12 @@ def run(
     journal: Journal | None,
     dry_run: bool,
     on_outcome: Callable[[Outcome], None],
+    decoders: Decoders | None = None,
 ) -> None:
     """Classify and place every gathered file through the batch driver, as the daemon does.
+
+    ``decoders`` (see :func:`decoders_for`) are the caller's, started ahead so that the decoding
+    processes start while the model loads; without, the run starts and closes its own.
 
     Batch k+1 decodes while batch k is encoded and batch k-1 is journalled and
     moved. Every placement is journalled when a ``journal`` is given (not on
@@ -91,9 +97,9 @@ def run(
     ]
     driver = Driver(StopAtFirst(on_outcome), journal, dry_run=dry_run)
     targets = {item.target.layout.name: item.target for item in work}
-    processes = settings.decode_in == "processes" and bool(batches)
     timeout = settings.decode_timeout_seconds
-    with Decoders(embedder.limits, settings.decode_workers, processes=processes, timeout=timeout) as pool:
+    with contextlib.ExitStack() as stack:
+        pool = decoders or stack.enter_context(decoders_for(settings, processes=bool(batches)))
         try:
             upcoming = driver.decode(batches[0][1], pool, embedder, targets) if batches else None
             for k, (target, _) in enumerate(batches):
@@ -107,6 +113,20 @@ def run(
             driver.finish()
     if driver.failure is not None:
         raise driver.failure
+
+
+def decoders_for(settings: Settings, *, processes: bool = True) -> Decoders:
+    """The decoding pools a one-shot run uses; processes where configured and ``processes``.
+
+    A worker process takes about half a second of CPU to start (its interpreter and imports), so
+    ``clipsort sort`` starts them before it loads the model, and they are ready by the first batch.
+    """
+    return Decoders(
+        DecodeLimits.from_settings(settings),
+        settings.decode_workers,
+        processes=processes and settings.decode_in == "processes",
+        timeout=settings.decode_timeout_seconds,
+    )
 
 
 @dataclass(frozen=True)
