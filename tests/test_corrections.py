@@ -24,7 +24,7 @@ from daemon.encode.factory import make_embedder
 from daemon.layout import DatasetLayout
 from daemon.learn.corrections import corrected_from, examples, observe
 from daemon.sort.oneshot import gather, run
-from daemon.store.journal import Correction, Journal
+from daemon.store.journal import Correction, Journal, Settlement
 from tests.synthetic import MISLEADING, draw, make_dataset, save
 
 World = tuple[DatasetLayout, Settings, Journal, Embedder]
@@ -111,6 +111,24 @@ def test_clipsorts_move_in_flight_is_recognised_without_reading_the_file(
 
     monkeypatch.setattr(embedder.cache, "file_key", unread)
     assert observe_one(blue / "new_1.png", layout, journal, embedder, settings) is None
+
+
+def test_a_move_before_the_placer_settles_is_looked_at_again_not_dropped(world: World) -> None:
+    """Moved to blue/ while its journal entry is still planned: held back, recorded once settled."""
+    layout, settings, journal, embedder = world
+    victim = wrongly_sorted(layout)[0]
+    [entry] = [e for e in journal.entries(states=("moved",)) if e.destination == victim]
+    # As the placer leaves it between its rename and its settle: the same bytes planned, not yet moved.
+    [pending] = journal.plan([replace(entry.intent, source=layout.inbox / victim.name)])
+    layout.class_dir("blue").mkdir(exist_ok=True)
+    moved = layout.class_dir("blue") / victim.name
+    os.rename(victim, moved)
+    in_flight: list[Path] = []
+    assert observe([moved], layout, journal, embedder, settings, in_flight) == []
+    assert in_flight == [moved]
+    journal.settle([Settlement(pending, "moved", victim)])
+    [found] = observe(in_flight, layout, journal, embedder, settings)
+    assert (found.old_label, found.new_label, found.path) == ("red", "blue", moved)
 
 
 def test_a_file_of_a_size_no_decision_had_is_not_read(world: World, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +43,7 @@ from daemon.store.mover import is_candidate
 log = structlog.get_logger()
 
 ARRIVALS_PER_ROUND = 4096
+IN_FLIGHT_SECONDS = 60.0  # how long an arrival whose bytes are still being placed is looked at again
 
 
 def filed_under(layout: DatasetLayout, path: Path) -> tuple[str, bool] | None:
@@ -74,9 +76,18 @@ def _own(paths: Sequence[Path], journal: Journal) -> set[Path]:
 
 
 def observe(
-    paths: Sequence[Path], layout: DatasetLayout, journal: Journal, embedder: Embedder, settings: Settings
+    paths: Sequence[Path],
+    layout: DatasetLayout,
+    journal: Journal,
+    embedder: Embedder,
+    settings: Settings,
+    in_flight: list[Path] | None = None,
 ) -> list[Correction]:
-    """Record the corrections that files arriving at ``paths`` stand for."""
+    """Record the corrections that files arriving at ``paths`` stand for.
+
+    A file whose bytes clipsort is still placing (its journal entry only planned) cannot be told
+    yet: it is added to ``in_flight`` to be looked at again once the placer has settled it.
+    """
     cache = embedder.cache
     if cache is None:
         return []
@@ -88,7 +99,7 @@ def observe(
     }
     own = _own(list(filed), journal)
     found = (
-        _judge(path, label, reference, layout, journal, cache, settings)
+        _judge(path, label, reference, layout, journal, cache, settings, in_flight)
         for path, (label, reference) in filed.items()
         if path not in own
     )
@@ -103,6 +114,7 @@ def _judge(
     journal: Journal,
     cache: EmbeddingCache,
     settings: Settings,
+    in_flight: list[Path] | None = None,
 ) -> Correction | None:
     """The correction a file clipsort did not put at ``path`` stands for, if it is one."""
     signature = Signature.of(path)
@@ -119,7 +131,11 @@ def _judge(
         if reference or not settings.learn_from_dataset:
             return None  # the person's own picture, not an answer to a decision
     elif entry.state == "planned":
-        return None  # the same bytes in flight to another folder: not a person's answer
+        # The same bytes in flight: clipsort's own move, or a person's just after it, before the
+        # placer recorded where it put them. Which one is told once that is recorded.
+        if in_flight is not None:
+            in_flight.append(path)
+        return None
     elif entry.state == "moved" and entry.intent.placement == "sorted" and entry.intent.label == label:
         return None  # renamed or copied within the class clipsort chose
     elif entry.state == "corrected" and entry.destination == path:
@@ -180,6 +196,7 @@ class Learner:
         self.embedder = embedder
         self._journal = journal
         self._arrivals: queue.Queue[tuple[str, Path | None]] = queue.Queue(maxsize=10_000)
+        self._in_flight: dict[tuple[str, Path], float] = {}  # arrivals to look at again: first seen
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="clipsort-learner", daemon=True)
 
@@ -211,7 +228,7 @@ class Learner:
             # files costs a few journal queries, not two per file.
             arrivals = drain(self._arrivals, 0.2, ARRIVALS_PER_ROUND)
             by_dataset: dict[str, list[Path | None]] = {}
-            for dataset, path in arrivals:
+            for dataset, path in [*arrivals, *self._in_flight]:  # those in flight: once a round
                 by_dataset.setdefault(dataset, []).append(path)
             for dataset, paths in by_dataset.items():
                 self._learn(dataset, paths)
@@ -223,8 +240,15 @@ class Learner:
         if None in arrived:
             paths += scan(layout.sorted, self.settings.ignore_patterns)
             paths += scan(layout.classes, self.settings.ignore_patterns)
+        in_flight: list[Path] = []
         try:
             # What is recorded reaches the classifier through the journal (Worker._follow_corrections).
-            observe(paths, layout, self._journal, self.embedder, self.settings)
+            observe(paths, layout, self._journal, self.embedder, self.settings, in_flight)
         except Exception as exc:  # one odd file must not end learning for good
             log.exception("learner_failed", dataset=dataset, error=str(exc))
+        now = time.monotonic()
+        seen = {path: self._in_flight.pop((dataset, path), now) for path in paths}
+        for path in in_flight:
+            # A placer stuck longer than this left its batch planned; recovery settles it at start.
+            if now - seen[path] < IN_FLIGHT_SECONDS:
+                self._in_flight[(dataset, path)] = seen[path]
