@@ -37,6 +37,7 @@ import functools
 import multiprocessing
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -50,7 +51,7 @@ import numpy as np
 from PIL import Image
 
 from bench.reports import write_report
-from bench.throughput import cpu_per_file, daemon_burst, own_and_children_cpu, sort_pipeline
+from bench.throughput import cpu_per_file, daemon_burst, sort_pipeline
 from daemon.config import load_settings
 from daemon.encode.decoding import read_and_decode
 from daemon.encode.encoder import Encoder
@@ -91,6 +92,12 @@ def decode_ceiling(encoder: Encoder, files: list[Path], workers: int) -> float:
 
 def _decodes(path: Path, limits: DecodeLimits, side: int) -> bool:
     return read_and_decode(path, limits, side, functools.partial(centre_crop, side=side)).crop is not None
+
+
+def own_and_children_cpu() -> tuple[float, float]:
+    """User + system seconds of this process (every thread) and of its reaped children."""
+    own, reaped = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, reaped.ru_utime + reaped.ru_stime
 
 
 def decode_ceiling_in_processes(

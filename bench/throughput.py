@@ -221,12 +221,6 @@ def sort_pipeline(
     return len(files) / elapsed
 
 
-def own_and_children_cpu() -> tuple[float, float]:
-    """User + system seconds of this process (every thread) and of its reaped children."""
-    own, reaped = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime, reaped.ru_utime + reaped.ru_stime
-
-
 def own_and_workers_cpu(workers: list[int]) -> tuple[float, float]:
     """User + system seconds of this process (every thread) and of the live processes ``workers``."""
     own = resource.getrusage(resource.RUSAGE_SELF)

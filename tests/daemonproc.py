@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,11 +148,7 @@ class Daemon:
         own decoders' buffers, so a bound on the daemon's memory counts them.
         """
         assert self.process is not None
-        peaks = [_peak_rss_mb(self.process.pid)]
-        for child in children(self.process.pid):
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # it ended meanwhile
-                peaks.append(_peak_rss_mb(child))
-        return sum(peaks)
+        return _peak_rss_mb(self.process.pid) + sum(self._of_children(_peak_rss_mb))
 
     def cpu_seconds(self) -> tuple[float, float]:
         """CPU time (user + system) so far of the daemon's own process and of its live children.
@@ -160,12 +157,16 @@ class Daemon:
         into the interpreter's and the decoders' with two readings around a burst.
         """
         assert self.process is not None
-        own = cpu_seconds_of(self.process.pid)
-        spawned = 0.0
+        return cpu_seconds_of(self.process.pid), sum(self._of_children(cpu_seconds_of))
+
+    def _of_children(self, read: Callable[[int], float]) -> list[float]:
+        """``read`` of each live child process; one that ends meanwhile is left out."""
+        assert self.process is not None
+        values = []
         for child in children(self.process.pid):
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # it ended meanwhile
-                spawned += cpu_seconds_of(child)
-        return own, spawned
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                values.append(read(child))
+        return values
 
     def status(self) -> Status:
         found = read_status(self.state)
