@@ -14,12 +14,15 @@ round measures side by side:
   decodes with (``decode_workers``): read, sha256, draft decode, resize and
   crop to the model's input (the project's own ``read_and_decode``), nothing
   else: no model, no journal, no move; measured in threads and in processes,
-  and the higher of the two is the ceiling;
-- per input path (``decode_in``: threads, processes), ``sort``: ``clipsort
+  and the higher of the two is the ceiling. The host's speed drifts, so it
+  is measured before each variant and after the last, and each variant is
+  held to the mean of the two measurements around it;
+- per input path (``decode_in``: threads, processes; with several
+  ``--decode-ahead`` values, per path and value), ``sort``: ``clipsort
   sort``'s pipeline, model loaded, journal on; ``daemon``: the real daemon,
   from the first rename of a burst into the inbox to the last file's arrival.
 
-The report holds each rate, and per input path the ratios ``sort / ceiling``
+The report holds each rate, and per variant the ratios ``sort / ceiling``
 and ``daemon / ceiling`` (medians over the rounds): issue 20's targets are
 0.9 and 0.85. Beside them, where the CPU went: per file, the main
 interpreter's and the decoding processes' CPU and the cores kept busy (for
@@ -124,6 +127,18 @@ def decode_ceiling_in_processes(
     return len(files) / elapsed
 
 
+def ceilings(encoder: Encoder, files: list[Path], workers: int) -> dict[str, Any]:
+    """The decode ceiling now: in threads, in processes (with their CPU per file), the higher of the two."""
+    usage: dict[str, float] = {}
+    found: dict[str, Any] = {
+        "ceiling_threads": decode_ceiling(encoder, files, workers),
+        "ceiling_processes": decode_ceiling_in_processes(encoder, files, workers, usage),
+        "ceiling_processes_cpu": usage,
+    }
+    found["ceiling"] = max(found["ceiling_threads"], found["ceiling_processes"])
+    return found
+
+
 def model_core_ms(encoder: Encoder, files: list[Path], batch: int = 32) -> float:
     """Core time (ms, every thread of this process) per file of the model's encode alone, on made crops."""
     limits = DecodeLimits.from_settings(load_settings(None, {}))
@@ -175,6 +190,11 @@ def main(argv: list[str] | None = None) -> None:
         "--decode-in", default="threads,processes", help="the input paths measured, side by side"
     )
     parser.add_argument(
+        "--decode-ahead",
+        default="2",
+        help="batches decoded ahead (decode_ahead); several, comma-separated, are measured side by side",
+    )
+    parser.add_argument(
         "--model-threads",
         type=int,
         default=1,
@@ -184,7 +204,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/overhead.json"))
     args = parser.parse_args(argv)
     count, rounds = (60, 1) if args.quick else (args.files, args.rounds)
-    paths = args.decode_in.split(",")
+    aheads = [int(value) for value in args.decode_ahead.split(",")]
+    # Each variant: an input path and how far it decodes ahead, named by the path alone when every
+    # variant decodes equally far ahead.
+    variants = {
+        path if len(aheads) == 1 else f"{path}-ahead{ahead}": (path, ahead)
+        for path in args.decode_in.split(",")
+        for ahead in aheads
+    }
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     configure_logging("console", "warning")
     report: dict[str, Any] = {
@@ -192,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         "files": count,
         "decode_workers": args.decode_workers,
         "model_threads": args.model_threads,
+        "decode_ahead": aheads,
         "rounds": [],
     }
     with tempfile.TemporaryDirectory(prefix="clipsort-bench-") as scratch:
@@ -200,42 +228,45 @@ def main(argv: list[str] | None = None) -> None:
         encoder = Encoder(str(model), device="cpu", threads=args.model_threads)
         files = distinct_jpegs(work / "files", count)
         for k in range(rounds):
-            ceiling_usage: dict[str, float] = {}
+            # The host's speed drifts within a round (by up to 40 % here), so the ceiling is measured
+            # before each variant and after the last: each variant is held to the mean of the two
+            # measurements around it.
             one: dict[str, Any] = {
-                "ceiling_threads": decode_ceiling(encoder, files, args.decode_workers),
-                "ceiling_processes": decode_ceiling_in_processes(
-                    encoder, files, args.decode_workers, ceiling_usage
-                ),
-                "ceiling_processes_cpu": ceiling_usage,
+                "ceilings": [ceilings(encoder, files, args.decode_workers)],
                 "model_core_ms_per_file": model_core_ms(encoder, files),
             }
-            one["ceiling"] = max(one["ceiling_threads"], one["ceiling_processes"])
-            one["bound_with_model"] = bound_with_model(
-                one["ceiling"], one["model_core_ms_per_file"], args.decode_workers
-            )
-            line = f"round {k + 1}: ceiling {one['ceiling']:.0f}/s (bound {one['bound_with_model']:.2f})"
-            for path in paths:
+            line = f"round {k + 1}:"
+            for path, (decode_in, ahead) in variants.items():
                 options = {
                     "decode_workers": args.decode_workers,
-                    "decode_in": path,
+                    "decode_in": decode_in,
+                    "decode_ahead": ahead,
                     "model_threads": args.model_threads,
                 }
                 sort_usage: dict[str, float] = {}
                 with logging_into(work / f"sort-{path}-{k}.log"):
                     sort = sort_pipeline(encoder, files, work / f"sort-{path}-{k}", options, sort_usage)
                 burst = daemon_burst(model, files, work / f"daemon-{path}-{k}", options)
+                one["ceilings"].append(ceilings(encoder, files, args.decode_workers))
+                ceiling = (one["ceilings"][-2]["ceiling"] + one["ceilings"][-1]["ceiling"]) / 2
                 daemon = burst["files_per_s"]
                 one[path] = {
+                    "ceiling": ceiling,
                     "sort": sort,
                     "daemon": daemon,
-                    "sort_vs_ceiling": sort / one["ceiling"],
-                    "daemon_vs_ceiling": daemon / one["ceiling"],
+                    "sort_vs_ceiling": sort / ceiling,
+                    "daemon_vs_ceiling": daemon / ceiling,
                     "sort_cpu": sort_usage,
                     "daemon_cpu": {key: value for key, value in burst.items() if key in sort_usage},
                 }
-                line += f"  {path}: sort {sort:.0f}/s ({sort / one['ceiling']:.2f}) daemon {daemon:.0f}/s "
-                line += f"({daemon / one['ceiling']:.2f})"
-            print(line, flush=True)
+                line += f"  {path}: ceiling {ceiling:.0f}/s, sort {sort:.0f}/s ({sort / ceiling:.2f}) "
+                line += f"daemon {daemon:.0f}/s ({daemon / ceiling:.2f})"
+            for key in ("ceiling_threads", "ceiling_processes", "ceiling"):
+                one[key] = statistics.median(around[key] for around in one["ceilings"])
+            one["bound_with_model"] = bound_with_model(
+                one["ceiling"], one["model_core_ms_per_file"], args.decode_workers
+            )
+            print(f"{line}  (bound {one['bound_with_model']:.2f})", flush=True)
             report["rounds"].append(one)
     for key in (
         "ceiling_threads",
@@ -245,13 +276,13 @@ def main(argv: list[str] | None = None) -> None:
         "bound_with_model",
     ):
         report[key] = statistics.median(one[key] for one in report["rounds"])
-    for path in paths:
+    for path in variants:
         report[path] = {
             key: statistics.median(one[path][key] for one in report["rounds"])
             for key in ("sort", "daemon", "sort_vs_ceiling", "daemon_vs_ceiling")
         }
         print(
-            f"median, decoding in {path}: sort {report[path]['sort_vs_ceiling']:.2f} and daemon "
+            f"median, {path}: sort {report[path]['sort_vs_ceiling']:.2f} and daemon "
             f"{report[path]['daemon_vs_ceiling']:.2f} of the decode ceiling",
             flush=True,
         )

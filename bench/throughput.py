@@ -46,7 +46,7 @@ from PIL import Image
 from sentence_transformers import SentenceTransformer
 
 from bench.daemon_latency import CLASSES, forward_ms, measure
-from daemon.config import load_settings
+from daemon.config import Settings, load_settings
 from daemon.encode.encoder import Encoder, load_model
 from daemon.encode.factory import make_embedder
 from daemon.layout import discover
@@ -252,7 +252,10 @@ def daemon_burst(model: Path, files: list[Path], work: Path, options: dict[str, 
     make_dataset(dataset, CLASSES, references=2, seed=1)
     home = work / "home"
     home.mkdir()
-    daemon = Daemon(root, model, home, settle_seconds=0.05, **options).start(wait=True)
+    # The status file as often as a deployed daemon writes it (the tests' helper writes it faster).
+    status_seconds = Settings.model_fields["status_seconds"].default
+    daemon = Daemon(root, model, home, settle_seconds=0.05, status_seconds=status_seconds, **options)
+    daemon.start(wait=True)
     try:
         for path in files:
             shutil.copyfile(path, dataset / "Images" / f".{path.name}")

@@ -163,6 +163,16 @@ class Settings(BaseSettings):
             "decode in threads."
         ),
     )
+    decode_ahead: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description=(
+            "Batches decoded ahead of the one the model classifies. With 1 the decoders wait while "
+            "each batch is classified and handed on; 2 keeps them busy (bench/README.md, overhead "
+            "mode). Each costs one batch of the model's input in memory."
+        ),
+    )
     model_threads: NonNegativeInt = Field(
         0,
         description=(

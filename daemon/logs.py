@@ -8,6 +8,8 @@ Each output keeps to one time zone and says which: JSON lines carry UTC
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import sys
 import time
@@ -16,6 +18,8 @@ from datetime import datetime
 from pathlib import PurePath
 from typing import Any, Literal
 
+import numpy as np
+import orjson
 import structlog
 
 LogFormat = Literal["auto", "console", "json"]
@@ -50,12 +54,36 @@ def _brief(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return kept
 
 
+def _json_line(event: Any, default: Any = None) -> str:
+    """One JSON line, with orjson: about half the cost of the standard library's per file sorted.
+
+    numpy scalars are written as numbers and non-string keys as strings; whatever else it cannot
+    write (a path, an exception) goes through structlog's fallback (``repr``) rather than failing.
+    """
+    options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    try:
+        return orjson.dumps(event, default=default, option=options).decode()
+    except orjson.JSONEncodeError:
+        # A file name that is not UTF-8 (os.fsdecode keeps its bytes as surrogates), which orjson
+        # refuses, or an integer past 64 bits: the standard library escapes both (\udcff), and
+        # os.fsencode of the value read back gives the name's bytes.
+        return json.dumps(event, default=functools.partial(_number_or, default))
+
+
+def _number_or(default: Any, value: Any) -> Any:
+    """A numpy scalar as the Python number it holds, anything else as ``default`` makes it."""
+    return value.item() if isinstance(value, np.generic) else default(value)
+
+
 def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
     """(Re)configure structlog; safe to call again, e.g. after SIGHUP."""
     stream = sys.stderr
     as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     shaping: list[structlog.typing.Processor] = (
-        [structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.processors.JSONRenderer()]
+        [
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(serializer=_json_line),
+        ]
         if as_json
         else [
             _local_stamp,

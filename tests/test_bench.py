@@ -75,15 +75,18 @@ def test_overhead_smoke_run_reports_sort_and_daemon_against_the_decode_ceiling(t
     """``python -m bench.overhead --quick`` exits 0: ceilings, the bound, sort and daemon, their CPU."""
     report = smoke("bench.overhead", tmp_path / "overhead.json")
     [one] = report["rounds"]
-    assert one["ceiling"] == max(one["ceiling_threads"], one["ceiling_processes"]) > 0
+    assert len(one["ceilings"]) == 3, "before each of the two input paths, and after the last"
+    for around in one["ceilings"]:
+        assert around["ceiling"] == max(around["ceiling_threads"], around["ceiling_processes"]) > 0
+        assert around["ceiling_processes_cpu"]["decoders_cpu_ms_per_file"] > 0
     assert one["model_core_ms_per_file"] > 0 and report["model_threads"] == 1
     assert one["bound_with_model"] == bound_with_model(one["ceiling"], one["model_core_ms_per_file"], 2) < 1
-    assert one["ceiling_processes_cpu"]["decoders_cpu_ms_per_file"] > 0
-    for path in ("threads", "processes"):
+    for k, path in enumerate(("threads", "processes")):
+        assert one[path]["ceiling"] == (one["ceilings"][k]["ceiling"] + one["ceilings"][k + 1]["ceiling"]) / 2
         assert min(one[path]["sort"], one[path]["daemon"]) > 0
         for run in ("sort_cpu", "daemon_cpu"):
             assert one[path][run]["main_cpu_ms_per_file"] > 0 and one[path][run]["cores_busy"] > 0
         decoders = one[path]["sort_cpu"]["decoders_cpu_ms_per_file"]
         assert decoders > 0 if path == "processes" else decoders == 0
-        assert report[path]["sort_vs_ceiling"] == one[path]["sort"] / one["ceiling"]
-        assert report[path]["daemon_vs_ceiling"] == one[path]["daemon"] / one["ceiling"]
+        assert report[path]["sort_vs_ceiling"] == one[path]["sort"] / one[path]["ceiling"]
+        assert report[path]["daemon_vs_ceiling"] == one[path]["daemon"] / one[path]["ceiling"]

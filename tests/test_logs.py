@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import structlog
 
@@ -50,6 +52,26 @@ def test_json_lines_keep_every_detail_in_utc(capsys: pytest.CaptureFixture[str])
     assert record["destination"] == str(ROOT / "Dataset" / "beach" / "IMG_20261202_101010_HDR.jpg")
     assert record["top3"][1] == ["mountains", 0.01]
     assert record["timestamp"].endswith("Z")
+
+
+def test_json_lines_write_numpy_numbers_as_numbers_and_other_objects_as_text(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A numpy score stays a number; a path, a set or a number-keyed map still gives one valid line."""
+    configure_logging("json")
+    structlog.get_logger().info("scored", score=np.float32(0.25), path=ROOT, counts={3: 1}, seen={"a"})
+    record = json.loads(capsys.readouterr().err)
+    assert record["score"] == 0.25 and record["counts"] == {"3": 1}
+    assert record["path"] == repr(ROOT) and record["seen"] == repr({"a"})
+
+
+def test_a_json_line_names_a_file_that_is_not_utf8_exactly(capsys: pytest.CaptureFixture[str]) -> None:
+    """A name with a 0xff byte (orjson refuses it) still gives one valid line that gives its bytes back."""
+    configure_logging("json")
+    name = os.fsdecode(b"/srv/Images/caf\xff.png")
+    structlog.get_logger().info("sorted", file=name, score=np.float32(0.5))
+    record = json.loads(capsys.readouterr().err)
+    assert os.fsencode(record["file"]) == b"/srv/Images/caf\xff.png" and record["score"] == 0.5
 
 
 def test_other_events_keep_their_fields_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:

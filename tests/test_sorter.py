@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +17,15 @@ from typer.testing import CliRunner
 
 from daemon.cli import app
 from daemon.config import Settings, load_settings
+from daemon.encode.decoding import Decoded, DecodePool, Prepare
 from daemon.encode.embedcache import EmbeddingCache
 from daemon.encode.embeddings import Embedder
 from daemon.encode.encoder import Encoder
 from daemon.encode.factory import make_embedder
-from daemon.encode.images import Crop
+from daemon.encode.images import Crop, DecodeLimits
 from daemon.ingest.scanner import content_hash
 from daemon.layout import discover
+from daemon.sort.driver import Decoders
 from daemon.sort.oneshot import Work, decoders_for, gather, run
 from daemon.sort.pipeline import Outcome
 from daemon.store import mover
@@ -177,6 +180,58 @@ def test_decoders_started_ahead_serve_the_run_and_stay_the_callers(sorting: Sort
         assert decoders.processes.pids == workers, "the run neither replaced nor ended the caller's workers"
     assert sorting.folder("Dataset") == {"blue": ["p1.png", "p2.png"], "red": ["p0.png", "p3.png"]}
     assert all(not Path(f"/proc/{pid}").exists() for pid in workers), "closed by the caller, they end"
+
+
+class RecordingPool(DecodePool):
+    """Decoding threads that note when each batch (named by its first file) starts and is collected."""
+
+    def __init__(self, limits: DecodeLimits, workers: int) -> None:
+        super().__init__(limits, workers)
+        self.calls: list[str] = []
+        self._firsts: dict[int, str] = {}
+
+    def start(
+        self, paths: Sequence[Path], target: int, prepare: Prepare | None = None
+    ) -> list[Future[Decoded]]:
+        futures = super().start(paths, target, prepare)
+        self._firsts[id(futures[0])] = paths[0].stem
+        self.calls.append(f"start {paths[0].stem}")
+        return futures
+
+    def collect(self, futures: Sequence[Future[Decoded]], timeout: float) -> list[Decoded]:
+        self.calls.append(f"collect {self._firsts[id(futures[0])]}")
+        return super().collect(futures, timeout)
+
+
+@pytest.mark.parametrize(
+    ("ahead", "order"),
+    [
+        (1, ["start p0", "start p1", "collect p0", "start p2", "collect p1", "start p3", "collect p2"]),
+        (2, ["start p0", "start p1", "start p2", "collect p0", "start p3", "collect p1", "collect p2"]),
+    ],
+)
+def test_decode_ahead_batches_are_decoding_while_one_is_classified(
+    sorting: Sorting, ahead: int, order: list[str]
+) -> None:
+    """One file a batch: before batch k is collected, batches up to k + decode_ahead have started."""
+    settings = sorting.settings.model_copy(update={"batch_size": 1, "decode_ahead": ahead})
+    limits = DecodeLimits.from_settings(settings)
+    decoders = Decoders.configured(settings, limits, processes=False)
+    decoders.threads.close()
+    pool = decoders.threads = RecordingPool(limits, settings.decode_workers)
+    outcomes: list[Outcome] = []
+    with decoders:
+        run(
+            sorting.gather(),
+            settings,
+            sorting.embedder,
+            journal=sorting.journal,
+            dry_run=False,
+            on_outcome=outcomes.append,
+            decoders=decoders,
+        )
+    assert pool.calls == [*order, "collect p3"]
+    assert sorting.folder("Dataset") == {"blue": ["p1.png", "p2.png"], "red": ["p0.png", "p3.png"]}
 
 
 def test_a_file_that_vanishes_under_sort_is_skipped_with_a_log_line(

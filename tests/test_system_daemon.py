@@ -330,18 +330,25 @@ def test_a_reload_reaches_what_was_built_at_start(
     assert (dataset / "Images" / "empty.png").exists()
 
     daemon.update_config(
-        max_file_mb=50, max_wait_seconds=1, decode_workers=3, queue_capacity=64, metrics_port=free_port()
+        max_file_mb=50,
+        max_wait_seconds=1,
+        decode_workers=3,
+        decode_ahead=3,
+        queue_capacity=64,
+        metrics_port=free_port(),
     )
     daemon.signal(signal.SIGHUP)
     reloaded = daemon.wait_event("config_reloaded")
-    assert {"max_file_mb", "max_wait_seconds", "decode_workers", "queue_capacity"} <= set(reloaded["changed"])
+    assert {"max_file_mb", "max_wait_seconds", "decode_workers", "decode_ahead", "queue_capacity"} <= set(
+        reloaded["changed"]
+    )
     assert daemon.wait_event("reload_needs_restart")["settings"] == ["metrics_port"]
     drop(dataset / "Images", "big-after.png", big.read_bytes())
     # The new cap holds: the picture is decoded and classified (noise is "none of these", so the unknown
     # gate holds it in Review/) instead of being rejected.
     wait_until((dataset / "Review" / "big-after.png").exists, timeout=30)
     wait_until((dataset / "Rejected" / "empty.png").exists, timeout=30)  # the new wait holds
-    daemon.wait_event("decode_workers_changed", lambda r: r["workers"] == 3)
+    daemon.wait_event("decode_workers_changed", lambda r: (r["workers"], r["ahead"]) == (3, 3))
 
 
 def test_a_reload_to_a_missing_root_is_refused_and_the_next_good_one_sorts(

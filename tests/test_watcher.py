@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, WatchDescriptor
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper, PathedInotifyEvent
 
 from daemon.config import DEFAULT_IGNORE
 from daemon.ingest.readiness import Hint
-from daemon.ingest.watcher import ALL_DATASETS, Watcher
+from daemon.ingest.watcher import ALL_DATASETS, MOVE_PAIRING_SECONDS, Watcher
 from daemon.layout import DatasetLayout
 from tests.waiting import wait_until
 
@@ -254,3 +256,45 @@ def test_a_class_folder_whose_permissions_change_reports_a_changed_destination(t
         layout.class_dir("red").chmod(0o755)
         wait_until(lambda: "changed:ds" in sink.rescans, timeout=10)
     assert sink.rescans.count("changed:ds") == 1
+
+
+def test_a_folder_renamed_inside_the_inbox_is_watched_under_its_new_name(tmp_path: Path) -> None:
+    """Moves are not paired (watcher's caveats): a renamed sub-folder still reports, by its new path."""
+    sink = Sink()
+    layout = inbox(tmp_path)
+    (layout.inbox / "album").mkdir()
+    with native(tmp_path, sink, layout):
+        os.rename(layout.inbox / "album", layout.inbox / "trip")
+        wait_until(lambda: "ds" in sink.rescans, timeout=10)
+        (layout.inbox / "trip" / "a.jpg").write_bytes(b"x")
+        wait_until(lambda: sink.hinted("a.jpg", kind="closed"), timeout=10)
+    with sink.lock:
+        assert {h.path for h in sink.hints} == {layout.inbox / "trip" / "a.jpg"}
+
+
+def test_a_burst_of_renames_into_place_is_hinted_once_each_as_closed(tmp_path: Path) -> None:
+    """500 uploads renamed from hidden names in one go: each final name hinted closed, once, none lost."""
+    sink = Sink()
+    layout = inbox(tmp_path)
+    names = [f"p{k:03d}.jpg" for k in range(500)]
+    for name in names:
+        (layout.inbox / f".{name}").write_bytes(b"x")
+    with native(tmp_path, sink, layout):
+        for name in names:
+            os.rename(layout.inbox / f".{name}", layout.inbox / name)
+        wait_until(lambda: len(sink.hints) >= len(names), timeout=30)
+    with sink.lock:
+        assert sorted((h.path.name, h.kind) for h in sink.hints) == [(name, "closed") for name in names]
+
+
+def test_watchdog_move_pairing_is_switched_off() -> None:
+    """The watchdog in use has the internals the watcher adjusts (else a burst pays a scan per move)."""
+    grouper = InotifyMoveEventGrouper()
+    assert grouper.delay == MOVE_PAIRING_SECONDS
+    wd = WatchDescriptor(1)
+    source = PathedInotifyEvent(InotifyEvent(wd, InotifyConstants.IN_MOVED_FROM, 7, b"a"), b"/inbox/a")
+    target = PathedInotifyEvent(InotifyEvent(wd, InotifyConstants.IN_MOVED_TO, 7, b"b"), b"/inbox/b")
+    grouper.put_event(source)
+    assert grouper.get_queued_moved_from_event(7) is None
+    grouper.put_event(target)
+    assert [grouper.read_event(), grouper.read_event()] == [source, target], "two moves, not a pair"

@@ -16,9 +16,9 @@ kernel's OOM killer, the timeout) loses nothing: its chunk's files are tried
 again one by one in a fresh worker, and a file that fails alone as well is
 rejected with the reason (it goes to Rejected/ like any unreadable file).
 
-Memory is bounded: ``slots`` slots of one batch each (the batch in decoding,
-the one being collected, one spare); :meth:`ProcessDecodePool.start` waits
-for a free one. A batch's crops are copied out of its slot when its last
+Memory is bounded: ``slots`` slots of one batch each (the batch driver asks
+for one per batch decoded ahead and one for the batch being collected);
+:meth:`ProcessDecodePool.start` waits for a free one. A batch's crops are copied out of its slot when its last
 chunk arrives, so a slot is free again before the batch is classified.
 
 OS caveats: each worker is a fresh interpreter (``python -m`` this module,
@@ -60,7 +60,7 @@ from daemon.errors import ImageIncomplete, ImageRejected
 
 log = structlog.get_logger()
 
-SLOTS = 3  # the batch being decoded, the one being collected, one spare
+SLOTS = 3  # two batches decoded ahead, the one being collected (the driver's default)
 STARTUP_SECONDS = 60.0  # a fresh interpreter's imports, on a loaded machine
 READY = "ready"
 STRIKES = 2  # a file whose decoding ends its worker this often (once alone) is rejected

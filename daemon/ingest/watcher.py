@@ -24,7 +24,14 @@ OS caveats handled here:
   measured 118 files/s on a GPU that sorts 495/s). clipsort needs no pairing:
   with ``generate_full_events`` an unpaired IN_MOVED_TO still arrives as a
   move (a finished file, unlike a create) and an unpaired IN_MOVED_FROM as a
-  move out, which is ignored. So the delay is zero.
+  move out, which is ignored. So the delay is zero, and pairing is switched
+  off altogether: watchdog pairs by scanning its whole pending queue for the
+  cookie, twice per IN_MOVED_TO, so in a burst, when the queue is long, each
+  move cost a scan of it (a third of the event reader's time, measured).
+  Unpaired, a rename inside a watched folder arrives as two moves, out and in;
+  a folder renamed inside the inbox is watched again under its new name
+  (watchdog re-adds the watches of a folder moved in from an unknown place),
+  and the handlers ask for a rescan of it.
 - By default watchdog asks inotify for every event, opens and reads
   included, and turns each into one or more Python event objects (plus a
   "folder modified" event per move or create). Every file clipsort sorts
@@ -41,6 +48,7 @@ import contextlib
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -66,7 +74,7 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.inotify import InotifyObserver
-from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper, PathedInotifyEvent
 from watchdog.observers.polling import PollingObserver
 
 from daemon.ingest.readiness import Hint
@@ -76,8 +84,31 @@ from daemon.layout import DatasetLayout
 log = structlog.get_logger()
 
 MOVE_PAIRING_SECONDS = 0.0
-if hasattr(InotifyMoveEventGrouper, "delay"):  # absent on other watchdog versions and platforms
+
+
+def _unpaired(_: InotifyMoveEventGrouper, event: PathedInotifyEvent) -> PathedInotifyEvent:
+    """An IN_MOVED_TO as it came, never looked up in the pending queue (see the module docstring)."""
+    return event
+
+
+def _no_pending_source(_: InotifyMoveEventGrouper, cookie: int) -> None:
+    """No queued IN_MOVED_FROM is ever matched to a move (see the module docstring)."""
+    return None
+
+
+# A folder renamed inside a watched tree is watched again under its new name (moves are unpaired,
+# above); watchdog warns that the folder's callback is replaced, by itself, which is what is meant.
+warnings.filterwarnings(
+    "ignore", message="Callback with id .* already exists for watch", category=RuntimeWarning
+)
+# Where watchdog's internals differ (another version, another platform), pairing stays on: slower
+# in a burst, as correct.
+if hasattr(InotifyMoveEventGrouper, "delay"):
     InotifyMoveEventGrouper.delay = MOVE_PAIRING_SECONDS
+if hasattr(InotifyMoveEventGrouper, "_group_moved_to_event"):
+    setattr(InotifyMoveEventGrouper, "_group_moved_to_event", _unpaired)  # noqa: B010 (a method)
+if hasattr(InotifyMoveEventGrouper, "get_queued_moved_from_event"):
+    setattr(InotifyMoveEventGrouper, "get_queued_moved_from_event", _no_pending_source)  # noqa: B010
 ALL_DATASETS = "*"
 
 
@@ -132,11 +163,13 @@ class _InboxHandler(_SafeHandler):
             self.sink.request_rescan(self.layout.name)
             return
         moved = event.event_type == EVENT_TYPE_MOVED
+        if moved and not event.dest_path:
+            return  # moved out of the inbox (each file clipsort sorts)
         path = _path(event.dest_path if moved else event.src_path)
         try:
             parts = path.relative_to(self.layout.inbox).parts
         except ValueError:
-            return  # moved out of the inbox
+            return  # moved out of the inbox, when watchdog paired it with a move elsewhere
         if any(is_ignored(part, self.ignore) for part in parts):
             return  # a temporary name: its final rename will be seen
         closed = event.event_type in (EVENT_TYPE_CLOSED, EVENT_TYPE_MOVED)

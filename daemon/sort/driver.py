@@ -29,6 +29,7 @@ from typing import Protocol
 
 from daemon.classify.modes import Decision
 from daemon.classify.targets import Target
+from daemon.config import Settings
 from daemon.encode.decodeprocesses import ProcessDecodePool
 from daemon.encode.decoding import Decoded, DecodePool, Decoding
 from daemon.encode.embeddings import Embedder
@@ -60,13 +61,38 @@ class Decoders:
     image tower. ``processes=False`` (``decode_in = "threads"``) decodes everything in threads.
     """
 
-    def __init__(self, limits: DecodeLimits, workers: int, *, processes: bool, timeout: float) -> None:
+    def __init__(
+        self, limits: DecodeLimits, workers: int, *, processes: bool, timeout: float, ahead: int = 2
+    ) -> None:
         self.threads = DecodePool(limits, workers)
-        self.processes = ProcessDecodePool(limits, workers, timeout=timeout) if processes else None
+        # A slot per batch decoded ahead, one for the batch being collected.
+        self.processes = (
+            ProcessDecodePool(limits, workers, timeout=timeout, slots=ahead + 1) if processes else None
+        )
+        self.ahead = ahead
+
+    @classmethod
+    def configured(cls, settings: Settings, limits: DecodeLimits, *, processes: bool = True) -> Decoders:
+        """The pools ``settings`` ask for; processes only where configured and ``processes``."""
+        return cls(
+            limits,
+            settings.decode_workers,
+            processes=processes and settings.decode_in == "processes",
+            timeout=settings.decode_timeout_seconds,
+            ahead=settings.decode_ahead,
+        )
 
     @property
     def workers(self) -> int:
         return self.threads.workers
+
+    def suits(self, settings: Settings) -> bool:
+        """Whether these pools are the ones ``settings`` ask for (a pool cannot change its size)."""
+        return (self.workers, self.processes is not None, self.ahead) == (
+            settings.decode_workers,
+            settings.decode_in == "processes",
+            settings.decode_ahead,
+        )
 
     def set_limits(self, limits: DecodeLimits, timeout: float) -> None:
         """Limits for every file submitted from now on."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from daemon.errors import NoClassesError
 from daemon.ingest.readiness import Job, Signature
 from daemon.ingest.scanner import scan
 from daemon.layout import DatasetLayout
-from daemon.sort.driver import Classified, Decoders, Driver, Verdict
+from daemon.sort.driver import Batch, Classified, Decoders, Driver, Verdict
 from daemon.sort.pipeline import Delivery, Outcome, Result
 from daemon.store.journal import Journal
 from daemon.store.mover import FileReplaced
@@ -82,8 +83,8 @@ def run(
     ``decoders`` (see :func:`decoders_for`) are the caller's, started ahead so that the decoding
     processes start while the model loads; without, the run starts and closes its own.
 
-    Batch k+1 decodes while batch k is encoded and batch k-1 is journalled and
-    moved. Every placement is journalled when a ``journal`` is given (not on
+    Batches k+1 to k+``decode_ahead`` decode while batch k is encoded and batch
+    k-1 is journalled and moved. Every placement is journalled when a ``journal`` is given (not on
     dry runs). The run stops at the first file it cannot place (raising its
     error): the batch after it may have been classified by then, but none of
     its files moves. A failure to classify is raised once the batch being
@@ -101,13 +102,15 @@ def run(
     with contextlib.ExitStack() as stack:
         pool = decoders or stack.enter_context(decoders_for(settings, processes=bool(batches)))
         try:
-            upcoming = driver.decode(batches[0][1], pool, embedder, targets) if batches else None
-            for k, (target, _) in enumerate(batches):
-                if driver.stopped or upcoming is None:
+            waiting = iter(batches)
+            ahead: deque[tuple[Target, Batch]] = deque()  # being decoded, oldest first
+            while not driver.stopped:
+                # Keep decode_ahead batches decoding beside the one being classified.
+                while len(ahead) <= pool.ahead and (following := next(waiting, None)) is not None:
+                    ahead.append((following[0], driver.decode(following[1], pool, embedder, targets)))
+                if not ahead:
                     break
-                current = upcoming
-                following = batches[k + 1][1] if k + 1 < len(batches) else None
-                upcoming = driver.decode(following, pool, embedder, targets) if following else None
+                target, current = ahead.popleft()
                 driver.classify(current, {target.layout.name: target}, embedder, timeout)
         finally:  # the batch being placed is finished (and reported) whatever happened here
             driver.finish()
@@ -121,12 +124,7 @@ def decoders_for(settings: Settings, *, processes: bool = True) -> Decoders:
     A worker process takes about half a second of CPU to start (its interpreter and imports), so
     ``clipsort sort`` starts them before it loads the model, and they are ready by the first batch.
     """
-    return Decoders(
-        DecodeLimits.from_settings(settings),
-        settings.decode_workers,
-        processes=processes and settings.decode_in == "processes",
-        timeout=settings.decode_timeout_seconds,
-    )
+    return Decoders.configured(settings, DecodeLimits.from_settings(settings), processes=processes)
 
 
 @dataclass(frozen=True)

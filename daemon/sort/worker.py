@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import ClassVar, Protocol
 
@@ -76,7 +77,7 @@ class Worker:
         self._work = work
         self._metrics = metrics
         self._journal = journal
-        self._pool = self._decoders(settings, embedder)
+        self._pool = Decoders.configured(settings, embedder.limits)
         self._stop = threading.Event()
         self._swap: Embedder | None = None
         self.policy = RetryAndGoOn(lambda: self.settings, intake, metrics)
@@ -113,29 +114,31 @@ class Worker:
         self._pool.set_limits(embedder.limits, self.settings.decode_timeout_seconds)
 
     def _run(self) -> None:
-        upcoming: Batch | None = None
+        ahead: deque[Batch] = deque()  # being decoded, oldest first
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             try:
                 self._maintain()
+                # Files waiting: start decoding them (up to decode_ahead batches) before the oldest is
+                # classified, so the decoders have work while it is. None waiting: classify at once.
                 jobs = self._work.take(
                     self.settings.batch_size,
-                    wait=0.0 if upcoming else IDLE_WAIT,
-                    linger=0.0 if upcoming else self.settings.max_batch_delay_ms / 1000,
+                    wait=0.0 if ahead else IDLE_WAIT,
+                    linger=0.0 if ahead else self.settings.max_batch_delay_ms / 1000,
                 )
-                current = upcoming
                 targets = self._catalog.snapshot()
-                upcoming = self.driver.decode(jobs, self._pool, self.embedder, targets) if jobs else None
-                if current is not None:
+                if jobs:
+                    ahead.append(self.driver.decode(jobs, self._pool, self.embedder, targets))
+                if ahead and (not jobs or len(ahead) > self._pool.ahead):
                     timeout = self.settings.decode_timeout_seconds
-                    if classified := self.driver.classify(current, targets, self.embedder, timeout):
+                    if classified := self.driver.classify(ahead.popleft(), targets, self.embedder, timeout):
                         self._metrics.batch(classified)
             except Exception as exc:  # never let the worker die: systemd's watchdog would restart us
                 log.exception("worker_failed", error=str(exc))
                 self._metrics.error("worker", str(exc))
                 time.sleep(IDLE_WAIT)
-        if upcoming is not None:  # decoded but not classified: it stays in the inbox
-            for job in upcoming.jobs:
+        for batch in ahead:  # decoded but not classified: it stays in the inbox
+            for job in batch.jobs:
                 self._intake.release(job)
 
     def _maintain(self) -> None:
@@ -144,15 +147,17 @@ class Worker:
             self._catalog.rebuild_all(self.embedder)
         # Set by replace_embedder already for a new model; a reload may change the timeout.
         self._pool.set_limits(self.embedder.limits, self.settings.decode_timeout_seconds)
-        if (self._pool.workers, self._pool.processes is not None) != (
-            self.settings.decode_workers,
-            self.settings.decode_in == "processes",
-        ):
+        if not self._pool.suits(self.settings):
             # A pool cannot change its size: a new one takes the next batch, and the old one
-            # decodes what it was given (the prefetched batch) before its workers end.
-            old, self._pool = self._pool, self._decoders(self.settings, self.embedder)
+            # decodes what it was given (the batches decoded ahead) before its workers end.
+            old, self._pool = self._pool, Decoders.configured(self.settings, self.embedder.limits)
             old.close(wait=False, cancel=False)
-            log.info("decode_workers_changed", workers=self._pool.workers)
+            log.info(
+                "decode_workers_changed",
+                workers=self._pool.workers,
+                ahead=self._pool.ahead,
+                processes=self._pool.processes is not None,
+            )
         now = time.monotonic()
         if now - self._checked_checkpoints >= CHECKPOINT_POLL:
             self._checked_checkpoints = now
@@ -161,15 +166,6 @@ class Worker:
             self._checked_corrections = now
             self._follow_corrections()
         self._catalog.rebuild_due(self.embedder)
-
-    @staticmethod
-    def _decoders(settings: Settings, embedder: Embedder) -> Decoders:
-        return Decoders(
-            embedder.limits,
-            settings.decode_workers,
-            processes=settings.decode_in == "processes",
-            timeout=settings.decode_timeout_seconds,
-        )
 
     def _follow_corrections(self) -> None:
         """Rebuild each dataset whose corrections changed (by the learner or the CLI) since the last look.
