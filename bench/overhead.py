@@ -45,7 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -179,6 +179,30 @@ def logging_into(path: Path) -> Iterator[None]:
             configure_logging("console", "warning")
 
 
+def listed(allowed: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    """An argparse type: comma-separated values, each through ``allowed`` (ValueError: exit 2)."""
+
+    def parse(text: str) -> list[Any]:
+        try:
+            return [allowed(value) for value in text.split(",")]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _decode_in(value: str) -> str:
+    if value not in ("threads", "processes"):
+        raise ValueError(f"{value!r} is neither threads nor processes")
+    return value
+
+
+def _ahead(value: str) -> int:
+    if not 1 <= (ahead := int(value)) <= 8:
+        raise ValueError(f"decode_ahead is 1 to 8, not {ahead}")
+    return ahead
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -187,10 +211,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--decode-workers", type=int, default=2, help="the pipeline's, and the ceiling's")
     parser.add_argument(
-        "--decode-in", default="threads,processes", help="the input paths measured, side by side"
+        "--decode-in",
+        type=listed(_decode_in),
+        default="threads,processes",
+        help="the input paths measured, side by side",
     )
     parser.add_argument(
         "--decode-ahead",
+        type=listed(_ahead),
         default="2",
         help="batches decoded ahead (decode_ahead); several, comma-separated, are measured side by side",
     )
@@ -204,12 +232,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/overhead.json"))
     args = parser.parse_args(argv)
     count, rounds = (60, 1) if args.quick else (args.files, args.rounds)
-    aheads = [int(value) for value in args.decode_ahead.split(",")]
+    aheads: list[int] = args.decode_ahead
     # Each variant: an input path and how far it decodes ahead, named by the path alone when every
     # variant decodes equally far ahead.
     variants = {
         path if len(aheads) == 1 else f"{path}-ahead{ahead}": (path, ahead)
-        for path in args.decode_in.split(",")
+        for path in args.decode_in
         for ahead in aheads
     }
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

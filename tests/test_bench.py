@@ -90,3 +90,13 @@ def test_overhead_smoke_run_reports_sort_and_daemon_against_the_decode_ceiling(t
         assert decoders > 0 if path == "processes" else decoders == 0
         assert report[path]["sort_vs_ceiling"] == one[path]["sort"] / one[path]["ceiling"]
         assert report[path]["daemon_vs_ceiling"] == one[path]["daemon"] / one[path]["ceiling"]
+
+
+def test_overhead_refuses_a_bad_variant_in_one_line_with_exit_2(tmp_path: Path) -> None:
+    """``--decode-ahead 0`` or ``--decode-in gpu``: argparse's usage error, exit 2, no traceback."""
+    for option, value in (("--decode-ahead", "2,0"), ("--decode-in", "threads,gpu")):
+        done = python_process("-m", "bench.overhead", option, value, timeout=120, cwd=REPO)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].endswith(
+            ("decode_ahead is 1 to 8, not 0", "'gpu' is neither threads nor processes")
+        )
