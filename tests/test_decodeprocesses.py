@@ -121,6 +121,29 @@ def segments() -> set[str]:
     return {name for name in os.listdir("/dev/shm") if name.startswith("psm_")}
 
 
+def mapped_segments(pid: int) -> list[str]:
+    """The shared-memory segments process ``pid`` has mapped, "(deleted)" marking an unlinked one."""
+    lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return sorted({line.split("/dev/shm/", 1)[1] for line in lines if "/dev/shm/psm_" in line})
+
+
+def test_a_worker_keeps_each_live_slot_mapped_and_lets_go_of_freed_ones(tmp_path: Path) -> None:
+    """Batches rotating through two slots stay mapped in the worker; slots regrown bigger replace them."""
+    small, large = photos(tmp_path, 8)[:2], photos(tmp_path, 8)
+    with ProcessDecodePool(LIMITS, 1, timeout=30, slots=2) as pool:
+        for files in (small, small, small):
+            assert all(read.crop is not None for read in pool.collect(pool.start(files, SIDE), 30))
+        (worker,) = pool.pids
+        first = mapped_segments(worker)
+        for files in (large, large, large):  # each slot grows: a new segment, the old one unlinked
+            assert all(read.crop is not None for read in pool.collect(pool.start(files, SIDE), 30))
+        then = mapped_segments(worker)
+        live = segments()
+    assert len(first) == 2 and not any("deleted" in name for name in first), "both slots, mapped once"
+    assert len(then) == 2 and set(then) <= live, "the grown slots only: the freed ones were let go"
+    assert set(then).isdisjoint(first)
+
+
 def test_closing_without_waiting_settles_every_file_and_unlinks_the_slots(tmp_path: Path) -> None:
     """close(wait=False) mid-batch, as the daemon stops: each file decoded or not ready, nothing left."""
     files = photos(tmp_path, 400)

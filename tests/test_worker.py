@@ -1,15 +1,22 @@
-"""Tests for daemon.worker in-process: the model classifies the next batch while the last is placed."""
+"""Tests for daemon.worker in-process: the model classifies the next batch while the last is placed,
+and a failure in the loop gives its files back to be tried again."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from daemon.config import load_settings
+from daemon.config import Settings, load_settings
+from daemon.encode.decodeprocesses import ProcessDecodePool
+from daemon.encode.decoding import DecodePool
 from daemon.ingest.scanner import content_hash
 from daemon.service.wiring import Service
 from daemon.store import mover
@@ -18,43 +25,91 @@ from tests.synthetic import draw, make_dataset, save
 from tests.waiting import wait_until
 
 
+@contextlib.contextmanager
+def running(settings: Settings, datasets: list[str]) -> Iterator[Service]:
+    """The service's intake and worker threads on ``settings``'s datasets, stopped cleanly after."""
+    service = Service(settings, None, {})
+    service.catalog.request(datasets, 0.0)
+    service.catalog.rebuild_due(service.embedder)
+    service.intake.start()
+    service.worker.start()
+    try:
+        yield service
+    finally:
+        service.intake.stop()
+        assert service.worker.stop(timeout=10)
+        service.cache.close()
+        service.journal.close()
+
+
+COLORS = ["red", "blue", "blue", "red"]
+
+
+def backlog(data_root: Path) -> dict[Path, str]:
+    """Dataset ``rgb`` (red, blue) with four old files in its inbox, each with its colour."""
+    make_dataset(data_root / "rgb", {"red": "red", "blue": "blue"}, references=2)
+    files = {data_root / "rgb" / "Images" / f"p{k}.png": color for k, color in enumerate(COLORS)}
+    for k, path in enumerate(files):
+        save(draw(np.random.default_rng(k), files[path]), path)
+        os.utime(path, (time.time() - 60, time.time() - 60))  # an old backlog: ready at the first scan
+    return files
+
+
 def test_the_next_batch_is_classified_while_the_last_is_placed(
     data_root: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the first batch's moves held up, the second batch is still encoded; then all four land."""
-    make_dataset(data_root / "rgb", {"red": "red", "blue": "blue"}, references=2)
-    inbox = data_root / "rgb" / "Images"
-    colors = ["red", "blue", "blue", "red"]
-    files = [inbox / f"p{k}.png" for k in range(len(colors))]
-    for k, (path, color) in enumerate(zip(files, colors, strict=True)):
-        save(draw(np.random.default_rng(k), color), path)
-        os.utime(path, (time.time() - 60, time.time() - 60))  # an old backlog: ready at the first scan
+    files = backlog(data_root)
     syscalls = GatedRenames()
     monkeypatch.setattr(mover, "SYSCALLS", syscalls)
     settings = load_settings(
         None,
         {"root": data_root, "model": str(tiny_model), "batch_size": 2, "settle_seconds": 0.1},
     )
-    service = Service(settings, None, {})
-    service.catalog.request(["rgb"], 0.0)
-    service.catalog.rebuild_due(service.embedder)
-    service.intake.start()
-    service.worker.start()
-    try:
-        assert syscalls.waiting.wait(timeout=30), "the first batch never reached its moves"
-        keys = [content_hash(path) for path in files]
-        # Every file has been through the model (its vector is cached at classification) while
-        # none has moved: the model did not wait for the placer.
-        wait_until(
-            lambda: len(service.cache.get(service.embedder.clip.identity, keys)) == len(files), timeout=30
-        )
-        assert all(path.exists() for path in files)
-        syscalls.gate.set()
-        for path, color in zip(files, colors, strict=True):
+    with running(settings, ["rgb"]) as service:
+        try:
+            assert syscalls.waiting.wait(timeout=30), "the first batch never reached its moves"
+            keys = [content_hash(path) for path in files]
+            # Every file has been through the model (its vector is cached at classification) while
+            # none has moved: the model did not wait for the placer.
+            wait_until(
+                lambda: len(service.cache.get(service.embedder.clip.identity, keys)) == len(files), timeout=30
+            )
+            assert all(path.exists() for path in files)
+            syscalls.gate.set()
+            for path, color in files.items():
+                wait_until((data_root / "rgb" / "Dataset" / color / path.name).exists, timeout=30)
+        finally:
+            syscalls.gate.set()  # before the worker stops: a failed assertion must not hold the placer
+
+
+def fails_once(method: Callable[..., Any], raised: threading.Event) -> Callable[..., Any]:
+    """A pool method that raises once (a bug in the loop), then behaves; ``raised`` tells when it did."""
+
+    def method_or_fault(pool: object, *args: object, **kwargs: object) -> Any:
+        if not raised.is_set():
+            raised.set()
+            raise RuntimeError("a bug in the decoding seam")
+        return method(pool, *args, **kwargs)
+
+    return method_or_fault
+
+
+@pytest.mark.parametrize("step", ["start", "collect"])
+def test_a_batch_whose_decoding_raises_in_the_loop_is_tried_again_and_placed(
+    data_root: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """A batch lost to an exception (starting or collecting its decoding) waits and is placed later."""
+    files = backlog(data_root)
+    inbox = data_root / "rgb" / "Images"
+    raised = threading.Event()
+    for pool in (DecodePool, ProcessDecodePool):
+        monkeypatch.setattr(pool, step, fails_once(getattr(pool, step), raised))
+    settings = load_settings(None, {"root": data_root, "model": str(tiny_model), "settle_seconds": 0.1})
+    with running(settings, ["rgb"]) as service:
+        for path, color in files.items():
             wait_until((data_root / "rgb" / "Dataset" / color / path.name).exists, timeout=30)
-    finally:
-        syscalls.gate.set()
-        service.intake.stop()
-        assert service.worker.stop(timeout=10)
-        service.cache.close()
-        service.journal.close()
+        assert not list(inbox.iterdir())
+        errors = service.metrics.registry.get_sample_value("clipsort_errors_total", {"kind": "worker"})
+    assert raised.is_set(), "the fault was never met"
+    assert errors == 1

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import queue
 import signal
 import socket
@@ -78,16 +79,27 @@ def _serve(connection: Connection) -> None:
         except (EOFError, OSError):  # the daemon ended or closed the pool
             return
         if name not in attached:
-            for old in attached.values():
-                old.close()
-            attached = {name: shared_memory.SharedMemory(name)}
-            # See the module's caveats: the parent owns the segment and unlinks it.
-            resource_tracker.unregister(attached[name]._name, "shared_memory")  # type: ignore[attr-defined]
+            _attach(attached, name)
         replies = _decode_into(attached[name], count, side, limits, items)
         try:
             connection.send(replies)
         except OSError:  # the daemon is gone
             return
+
+
+def _attach(attached: dict[str, shared_memory.SharedMemory], name: str) -> None:
+    """Map slot ``name`` beside the others, and drop the mappings of slots the parent freed since.
+
+    Each slot stays mapped while it lives: the batches rotate through the slots, and mapping one
+    again for every chunk would cost a fault per page the worker writes. A slot only goes (grown,
+    or its pool closed) when the parent unlinks it, which is when a new name comes, so that is
+    when the gone ones are let go (on Linux a segment is a file under ``/dev/shm``).
+    """
+    for old in [old for old in attached if not os.path.exists(f"/dev/shm/{old}")]:
+        attached.pop(old).close()
+    attached[name] = shared_memory.SharedMemory(name)
+    # See the module's caveats: the parent owns the segment and unlinks it.
+    resource_tracker.unregister(attached[name]._name, "shared_memory")  # type: ignore[attr-defined]
 
 
 def _decode_into(

@@ -179,7 +179,8 @@ class Driver:
     ) -> int:
         """Collect, classify and hand a batch to the placer (waiting while the last is placed).
 
-        Returns how many files were classified.
+        Returns how many files were classified. Handing over is its last step: if it raises, none
+        of the batch's files reached the placer, so the caller may give them all back.
         """
         jobs, reads = [], []
         for job, read in zip(batch.jobs, batch.pool.collect(batch.pictures, decode_timeout), strict=True):

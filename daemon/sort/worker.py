@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar, Protocol
 
 import structlog
@@ -117,11 +117,12 @@ class Worker:
         ahead: deque[Batch] = deque()  # being decoded, oldest first
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
+            held: list[Job] = []  # taken from the queue and in no batch of ``ahead``: ours to give back
             try:
                 self._maintain()
                 # Files waiting: start decoding them (up to decode_ahead batches) before the oldest is
                 # classified, so the decoders have work while it is. None waiting: classify at once.
-                jobs = self._work.take(
+                held = jobs = self._work.take(
                     self.settings.batch_size,
                     wait=0.0 if ahead else IDLE_WAIT,
                     linger=0.0 if ahead else self.settings.max_batch_delay_ms / 1000,
@@ -129,13 +130,20 @@ class Worker:
                 targets = self._catalog.snapshot()
                 if jobs:
                     ahead.append(self.driver.decode(jobs, self._pool, self.embedder, targets))
+                held = []
                 if ahead and (not jobs or len(ahead) > self._pool.ahead):
                     timeout = self.settings.decode_timeout_seconds
-                    if classified := self.driver.classify(ahead.popleft(), targets, self.embedder, timeout):
+                    batch = ahead.popleft()
+                    held = batch.jobs
+                    classified = self.driver.classify(batch, targets, self.embedder, timeout)
+                    held = []
+                    if classified:
                         self._metrics.batch(classified)
             except Exception as exc:  # never let the worker die: systemd's watchdog would restart us
-                log.exception("worker_failed", error=str(exc))
-                self._metrics.error("worker", str(exc))
+                log.exception("worker_failed", error=str(exc), files=len(held))
+                # A raising classify handed none of them to the placer: they wait and are tried
+                # again, or readiness would hold them as in flight until the daemon restarts.
+                self.policy.failed(held, "worker", str(exc))
                 time.sleep(IDLE_WAIT)
         for batch in ahead:  # decoded but not classified: it stays in the inbox
             for job in batch.jobs:
@@ -239,6 +247,12 @@ class RetryAndGoOn:
             log.error("unsafe_destination", file=str(job.path), error=str(result))
             self._metrics.error("unsafe_destination", str(result))
             self._intake.release(job)
+
+    def failed(self, jobs: Sequence[Job], cause: str, message: str) -> None:
+        """A failure outside any one file (a bug in the loop): ``jobs`` wait and are tried again."""
+        self._metrics.error(cause, message)
+        for job in jobs:
+            self._intake.retry(job, self._backoff(cause))
 
     def unplaced(self, job: Job) -> None:
         self._intake.release(job)  # it stays in the inbox; the next scan offers it again
