@@ -298,3 +298,43 @@ def test_watchdog_move_pairing_is_switched_off() -> None:
     assert grouper.get_queued_moved_from_event(7) is None
     grouper.put_event(target)
     assert [grouper.read_event(), grouper.read_event()] == [source, target], "two moves, not a pair"
+
+
+def kernel_masks() -> dict[int, int]:
+    """Each inotify watch of this process: the watched folder's inode and the kernel's event mask."""
+    masks = {}
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
+                if line.startswith("inotify "):
+                    fields = dict(part.split(":", 1) for part in line.split()[1:])
+                    masks[int(fields["ino"], 16)] = int(fields["mask"], 16)
+    return masks
+
+
+def test_moves_out_of_the_inbox_and_dataset_are_not_asked_of_the_kernel(tmp_path: Path) -> None:
+    """IN_MOVED_FROM (each sorted file's) is left out in Images/ and Dataset/, kept in Clases/."""
+    layout = inbox(tmp_path)
+    for folder in (layout.inbox / "album", layout.class_dir("red"), layout.classes / "red"):
+        folder.mkdir(parents=True)
+    sink = Sink()
+    with native(tmp_path, sink, layout):
+        masks = kernel_masks()
+        (layout.inbox / ".a.part").write_bytes(b"A")
+        os.rename(layout.inbox / ".a.part", layout.inbox / "a.jpg")  # an upload renamed into place
+        os.rename(layout.inbox / "a.jpg", layout.class_dir("red") / "a.jpg")  # as clipsort sorts it
+        os.rename(layout.class_dir("red") / "a.jpg", layout.classes / "red" / "a.jpg")  # a new reference
+        wait_until(lambda: sink.classes and len(sink.placed_files) == 2, timeout=10)
+    moved_from, moved_to = InotifyConstants.IN_MOVED_FROM, InotifyConstants.IN_MOVED_TO
+    for folder in (layout.inbox, layout.inbox / "album", layout.sorted, layout.class_dir("red")):
+        mask = masks[folder.stat().st_ino]
+        assert mask & moved_to and not mask & moved_from, folder
+    for folder in (layout.classes, layout.classes / "red", layout.root):
+        assert masks[folder.stat().st_ino] & moved_from, folder
+    assert sink.hinted("a.jpg", kind="closed")
+    # Each watch has its emitter thread: the two arrivals may come in either order.
+    assert sorted(sink.placed_files) == sorted(
+        [layout.class_dir("red") / "a.jpg", layout.classes / "red" / "a.jpg"]
+    )

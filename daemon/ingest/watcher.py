@@ -40,6 +40,14 @@ OS caveats handled here:
   holding the GIL. Each handler therefore names the events it uses
   (``event_filter``), which also narrows the kernel's inotify mask: reads,
   per-write IN_MODIFY and folder-modified events are never delivered.
+- watchdog's filter cannot ask for moves in without moves out (both are its
+  one ``FileMovedEvent``), yet every file clipsort sorts leaves the inbox by
+  a rename (an IN_MOVED_FROM there) and an upload renamed into place sends
+  one too. Neither the handlers nor watchdog itself, with pairing off, use
+  an IN_MOVED_FROM in the inbox or ``Dataset/``, so those watches leave it
+  out of the kernel's mask (``_MovesInOnly``): half the events of a burst
+  of uploads renamed into place. ``Clases/`` and the dataset folders keep
+  it: a reference or a folder moved away changes what is sorted into what.
 """
 
 from __future__ import annotations
@@ -73,7 +81,8 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.inotify import InotifyObserver
+from watchdog.observers.inotify import InotifyFullEmitter, InotifyObserver
+from watchdog.observers.inotify_c import InotifyConstants, Mask
 from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper, PathedInotifyEvent
 from watchdog.observers.polling import PollingObserver
 
@@ -110,6 +119,30 @@ if hasattr(InotifyMoveEventGrouper, "_group_moved_to_event"):
 if hasattr(InotifyMoveEventGrouper, "get_queued_moved_from_event"):
     setattr(InotifyMoveEventGrouper, "get_queued_moved_from_event", _no_pending_source)  # noqa: B010
 ALL_DATASETS = "*"
+
+
+class _MovesInOnly(FileSystemEvent):
+    """Never emitted: among a handler's events, it leaves IN_MOVED_FROM out of its watch's mask."""
+
+
+class _Emitter(InotifyFullEmitter):
+    """watchdog's emitter of unpaired moves, asking the kernel for moves in only where told to."""
+
+    def get_event_mask_from_filter(self) -> Mask:
+        mask = super().get_event_mask_from_filter()
+        if self._event_filter is not None and _MovesInOnly in self._event_filter:
+            mask = Mask(mask & ~InotifyConstants.IN_MOVED_FROM)
+        return mask
+
+
+class _Observer(InotifyObserver):
+    """watchdog's inotify observer (one reader for every watch) with :class:`_Emitter`."""
+
+    def __init__(self) -> None:
+        super().__init__(generate_full_events=True)
+        # BaseObserver keeps the class it builds emitters from here; InotifyObserver offers no
+        # parameter for it (watchdog 7.1).
+        self._emitter_class = _Emitter
 
 
 class WatchSink(Protocol):
@@ -151,7 +184,7 @@ class _SafeHandler(FileSystemEventHandler):
 class _InboxHandler(_SafeHandler):
     # A create is enough to start the settle clock: readiness then watches the
     # size itself, so one event per write (IN_MODIFY) would add nothing.
-    events = (FileCreatedEvent, FileClosedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent)
+    events = (FileCreatedEvent, FileClosedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent, _MovesInOnly)
 
     def __init__(self, layout: DatasetLayout, sink: WatchSink, ignore: Sequence[str]) -> None:
         self.layout = layout
@@ -229,6 +262,7 @@ class _SortedHandler(_SafeHandler):
         DirMovedEvent,
         DirAttribEvent,
         DirModifiedEvent,
+        _MovesInOnly,  # a file moved out of a class folder leaves nothing to learn or retry
     )
 
     def __init__(self, name: str, sink: WatchSink) -> None:
@@ -298,7 +332,7 @@ class Watcher:
     def _new_observer(self) -> BaseObserver:
         if self.polling:
             return PollingObserver(timeout=self.polling_seconds)
-        return InotifyObserver(generate_full_events=True)
+        return _Observer()
 
     def start(self) -> None:
         with self._lock:
