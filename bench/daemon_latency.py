@@ -16,7 +16,6 @@ floor for single-file latency). Results go to a JSON file.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from bench.reports import bench_parser, write_report
 from daemon.encode.encoder import Encoder
 from tests.daemonproc import Daemon
 from tests.synthetic import draw, make_dataset, random_clip
@@ -125,15 +125,11 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__, "daemon_latency", quick="tiny model, few files: a smoke run")
     parser.add_argument("--model", type=Path, help="local model folder (default: random ViT-B/32)")
-    parser.add_argument("--quick", action="store_true", help="tiny model, few files: a smoke run")
     parser.add_argument("--delays", default="0,25,100", help="max_batch_delay_ms values to compare")
     parser.add_argument("--singles", type=int, default=20)
     parser.add_argument("--burst", type=int, default=200)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/daemon_latency.json"))
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="clipsort-bench-") as scratch:
@@ -158,8 +154,7 @@ def main(argv: list[str] | None = None) -> None:
             "forward_1_image_ms": round(forward_ms(Encoder(str(model), "cpu")), 1),  # the daemon's precision
             "runs": runs,
         }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_report(args.out, report)
     print(f"forward pass, 1 image: {report['forward_1_image_ms']} ms")
     print(f"{'delay ms':>9} {'p50 ms':>8} {'p95 ms':>8} {'burst files/s':>14}")
     for run in runs:

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench.reports import write_report
+from bench.reports import bench_parser, write_report
 from bench.throughput import cpu_per_file, daemon_burst, sort_pipeline
 from daemon.config import load_settings
 from daemon.encode.decoding import read_and_decode
@@ -204,9 +204,7 @@ def _ahead(value: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__, "overhead", quick="a few files, one round: a smoke run")
     parser.add_argument("--files", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--decode-workers", type=int, default=2, help="the pipeline's, and the ceiling's")
@@ -228,8 +226,6 @@ def main(argv: list[str] | None = None) -> None:
         default=1,
         help="the model's operator threads (model_threads); 1 is what automatic gives on a GPU",
     )
-    parser.add_argument("--quick", action="store_true", help="a few files, one round: a smoke run")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/overhead.json"))
     args = parser.parse_args(argv)
     count, rounds = (60, 1) if args.quick else (args.files, args.rounds)
     aheads: list[int] = args.decode_ahead

@@ -14,7 +14,6 @@ sentence-transformers) it loaded, which should be none
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -24,11 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.reports import bench_parser, write_report
 from daemon.store.journal import Journal
 from daemon.store.mover import make_state_dir
 from tests.helpers import python_process
 
-REPO = Path(__file__).resolve().parents[1]  # results go to bench/results/ of this checkout
 MODEL_STACK = ("torch", "transformers", "sentence_transformers")
 # The commands that classify nothing, with their arguments ({root} is the data root).
 LIGHT_COMMANDS: dict[str, list[str]] = {
@@ -111,19 +110,15 @@ def measure(repeats: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one run of each command")
+    parser = bench_parser(__doc__, "startup", quick="one run of each command")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "startup.json")
     options = parser.parse_args()
     report = measure(1 if options.quick else options.repeats)
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text(json.dumps(report, indent=2))
+    write_report(options.out, report)
     print(f"{'command':<20} {'median s':>9} {'x python':>9}  model stack")
     for name, row in report["commands"].items():
         stack = ", ".join(row["model_stack"]) or "none"
         print(f"{name:<20} {row['median_s']:>9.3f} {row['vs_bare_python']:>9.1f}  {stack}")
-    print(f"wrote {options.out}")
 
 
 if __name__ == "__main__":

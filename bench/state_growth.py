@@ -22,7 +22,6 @@ run's size should stay flat once its window has passed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from bench.reports import bench_parser, write_report
 from daemon.service.housekeeping import DAY
 from daemon.service.status import folder_size
 from tests.daemonproc import Daemon
@@ -95,15 +95,11 @@ def stream(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__, "state_growth", quick="a few hundred files: a smoke run")
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--chunk", type=int, default=2_500)
     parser.add_argument("--window-s", type=float, default=60.0, help="pruned run: vectors' window")
     parser.add_argument("--pause-s", type=float, default=0.0, help="wait between chunks")
-    parser.add_argument("--quick", action="store_true", help="a few hundred files: a smoke run")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/state_growth.json"))
     args = parser.parse_args(argv)
     files, chunk, window, pause = (
         (400, 50, 1.0, 0.5) if args.quick else (args.files, args.chunk, args.window_s, args.pause_s)
@@ -141,8 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         # Flat: over the second half of the run the pruned state grows by at most this factor.
         "pruned_second_half_growth": round(max(late) / min(late), 3),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    write_report(args.out, report)
     print(json.dumps(report["summary"], indent=2))
 
 

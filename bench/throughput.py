@@ -28,7 +28,6 @@ the model's). Results go to a JSON file; a table is printed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -46,6 +45,7 @@ from PIL import Image
 from sentence_transformers import SentenceTransformer
 
 from bench.daemon_latency import CLASSES, forward_ms, measure
+from bench.reports import bench_parser, write_report
 from daemon.config import Settings, load_settings
 from daemon.encode.encoder import Encoder, load_model
 from daemon.encode.factory import make_embedder
@@ -360,10 +360,7 @@ def latency_and_rss(
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="two-layer model, a few files: a smoke run")
+    parser = bench_parser(__doc__, "throughput", quick="two-layer model, a few files: a smoke run")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     parser.add_argument("--precision", default="auto", help="auto, fp32 or bf16 (the daemon's setting)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -382,7 +379,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--singles", type=int, default=20, help="single drops for latency")
     parser.add_argument("--rss", default="1000,10000", help="burst sizes compared for peak RSS")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
     args = parser.parse_args(argv)
     if args.quick:  # a few files of each kind, each step a few times
         args.counts, args.model_only, args.singles, args.rss = "2,2,4", 8, 3, "20,60"
@@ -429,8 +425,7 @@ def main(argv: list[str] | None = None) -> None:
         "sets": results,
         **extras,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=2))
+    write_report(args.out, summary)
     header = ("set", "baseline", "sort", "daemon", "model", "d/base", "d/model", "s/model")
     print("\nimages/s\n" + " ".join(f"{name:>9}" for name in header))
     for kind, row in results.items():

@@ -22,7 +22,6 @@ drift with the machine.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import tempfile
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench.reports import write_report
+from bench.reports import bench_parser, write_report
 from daemon.classify.classindex import ClassIndex
 from daemon.classify.modes import make_classifier
 from daemon.classify.modes.base import Inputs
@@ -93,15 +92,11 @@ def per_file_us(work: Callable[[], object], files: int, seconds: float) -> float
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__, "unknown_gate", quick="small sizes, short measurements")
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--references", type=int, default=50, help="per class")
     parser.add_argument("--negatives", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
-    parser.add_argument("--quick", action="store_true", help="small sizes, short measurements")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/unknown_gate.json"))
     args = parser.parse_args(argv)
     classes, references, negatives, seconds = (
         (4, 5, 4, 0.05) if args.quick else (args.classes, args.references, args.negatives, args.seconds)

@@ -9,13 +9,14 @@ import shutil
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from daemon import __version__
 from daemon.cli import app
 from tests.helpers import clipsort_process, tree
-from tests.synthetic import make_dataset, tiny_vit
+from tests.synthetic import draw, make_dataset, save, tiny_vit
 
 
 @pytest.fixture
@@ -182,6 +183,30 @@ def test_python_dash_m_runs_the_cli_in_a_real_process(data_root: Path, tiny_mode
     events = [json.loads(line)["event"] for line in done.stderr.splitlines() if line.startswith("{")]
     assert "model_loaded" in events and "sorted" in events
     assert tree(data_root / "ds" / "Dataset") == {"blue": ["img0000.png"]}
+
+
+def test_sort_starts_decoding_processes_only_when_an_inbox_holds_files(
+    data_root: Path, tiny_model: Path
+) -> None:
+    """An empty inbox: ``clipsort sort`` starts no decoding process; one file: each of the workers starts."""
+    make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=2)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "CLIPSORT_DECODE_IN": "processes",
+        "CLIPSORT_DECODE_WORKERS": "2",
+    }
+
+    def decoders_started() -> int:
+        done = clipsort_process("sort", "--root", str(data_root), "--model", str(tiny_model), env=env)
+        assert done.returncode == 0, done.stderr
+        lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+        return sum(line["event"] == "decoder_started" for line in lines)
+
+    assert decoders_started() == 0
+    save(draw(np.random.default_rng(4), "blue", "circle"), data_root / "ds" / "Images" / "sky.png")
+    assert decoders_started() == 2
+    assert tree(data_root / "ds" / "Dataset") == {"blue": ["sky.png"]}
 
 
 def test_a_model_that_is_not_a_clip_is_one_line_and_exit_2(

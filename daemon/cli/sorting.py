@@ -63,7 +63,7 @@ def sort(
     from daemon.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
     from daemon.encode.factory import clip_for, make_embedder, needs_clip
     from daemon.learn.corrections import corrected_from
-    from daemon.sort.oneshot import decoders_for, gather, run
+    from daemon.sort.oneshot import decoders_for, gather, run, waiting
 
     settings = settings_from(config, root=root, model=model, mode=mode, aggregate=aggregate)
     layouts = select(settings.root, dataset or [])  # before the slow model load
@@ -73,7 +73,9 @@ def sort(
     outcomes: list[Outcome] = []
     with contextlib.ExitStack() as stack:
         # Started first: the decoding processes' interpreters start while the model loads.
-        decoders = stack.enter_context(decoders_for(settings, processes=needs_clip(settings, names)))
+        found = waiting(layouts, settings)
+        needed = needs_clip(settings, names) and any(found.values())  # nothing to sort: no decoding process
+        decoders = stack.enter_context(decoders_for(settings, processes=needed))
         encoder = clip_for(settings, names)  # none if all are fine-tuned
         # A real run journals and caches vectors (so the daemon can learn from corrections later).
         # A dry run creates nothing, but reads the corrections an existing journal holds, so that
@@ -84,7 +86,7 @@ def sort(
         cache = stack.enter_context(EmbeddingCache(settings.state_path / EMBEDDINGS_DB)) if journal else None
         embedder = make_embedder(settings, encoder, cache)
         corrected = corrected_from(journal) if journal is not None else None
-        work = gather(layouts, settings, embedder, named=bool(dataset), corrected=corrected)
+        work = gather(layouts, settings, embedder, named=bool(dataset), corrected=corrected, found=found)
         stack.enter_context(progress := progress_bar("sorting", TimeRemainingColumn()))
         task = progress.add_task("sort", total=sum(len(item.files) for item in work))
 

@@ -360,6 +360,7 @@ class ProcessDecodePool:
             return None
         with self._lock:
             self._processes.append(worker)
+        log.info("decoder_started", pid=worker.pid)
         return worker
 
     def _retire(self, worker: _Worker) -> None:

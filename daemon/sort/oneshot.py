@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -40,6 +40,15 @@ class Work:
     files: list[Path]
 
 
+def waiting(layouts: Sequence[DatasetLayout], settings: Settings) -> dict[str, list[Path]]:
+    """The files in each of ``layouts``' inboxes, by dataset name: what a run sorts.
+
+    Found before the model loads, so that a run with nothing to sort starts no decoding process
+    (each takes about half a second of CPU); files that arrive later wait for the next run.
+    """
+    return {layout.name: list(scan(layout.inbox, settings.ignore_patterns)) for layout in layouts}
+
+
 def gather(
     layouts: Sequence[DatasetLayout],
     settings: Settings,
@@ -47,12 +56,15 @@ def gather(
     *,
     named: bool,
     corrected: Corrected | None = None,
+    found: Mapping[str, list[Path]] | None = None,
 ) -> list[Work]:
     """Targets (with their ``corrected`` examples) and inbox files of ``layouts``.
 
     Datasets the user ``named`` must be usable; otherwise (all datasets)
-    those that have no classes yet are skipped with a warning.
+    those that have no classes yet are skipped with a warning. The files are
+    those ``found`` by :func:`waiting`, else the inboxes are listed now.
     """
+    files = waiting(layouts, settings) if found is None else found
     work = []
     for layout in layouts:
         try:
@@ -62,7 +74,7 @@ def gather(
                 raise
             log.warning("dataset_skipped", dataset=layout.name, reason=str(exc))
             continue
-        work.append(Work(target, list(scan(layout.inbox, settings.ignore_patterns))))
+        work.append(Work(target, list(files.get(layout.name, []))))
     if not work:
         raise NoClassesError(f"no dataset under {str(settings.root)!r} has classes to sort into")
     return work
@@ -102,11 +114,11 @@ def run(
     with contextlib.ExitStack() as stack:
         pool = decoders or stack.enter_context(decoders_for(settings, processes=bool(batches)))
         try:
-            waiting = iter(batches)
+            queued = iter(batches)
             ahead: deque[tuple[Target, Batch]] = deque()  # being decoded, oldest first
             while not driver.stopped:
                 # Keep decode_ahead batches decoding beside the one being classified.
-                while len(ahead) <= pool.ahead and (following := next(waiting, None)) is not None:
+                while len(ahead) <= pool.ahead and (following := next(queued, None)) is not None:
                     ahead.append((following[0], driver.decode(following[1], pool, embedder, targets)))
                 if not ahead:
                     break
