@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +13,17 @@ import torch
 
 from daemon.config import load_settings
 from daemon.errors import ConfigError
+from daemon.layout import DatasetLayout
 from daemon.service.wiring import Service, check_daemon_settings, on_own_thread
 from tests.synthetic import draw, make_dataset, save
 from tests.waiting import wait_until
 
 
-def test_a_dead_observer_is_restarted_and_missed_files_are_found(data_root: Path, tiny_model: Path) -> None:
-    """The supervisor sees the observer died, starts a new one; a rescan finds what arrived meanwhile."""
-    make_dataset(data_root / "rgb", {"red": "red", "blue": "blue"}, references=2)
+@contextlib.contextmanager
+def watching(data_root: Path, model: Path) -> Iterator[Service]:
+    """The in-process service on dataset ``rgb``: its watcher, intake, learner and worker, shut down after."""
     settings = load_settings(
-        None, {"root": data_root, "model": str(tiny_model), "settle_seconds": 0.1, "status_seconds": 0.2}
+        None, {"root": data_root, "model": str(model), "settle_seconds": 0.1, "status_seconds": 0.2}
     )
     service = Service(settings, None, {})
     service.catalog.request(["rgb"], 0.0)
@@ -28,23 +31,51 @@ def test_a_dead_observer_is_restarted_and_missed_files_are_found(data_root: Path
     service._known = {"rgb"}
     service.watcher.start()
     service.intake.start()
+    service.learner.start()
     service.worker.start()
-    supervisor = threading.Thread(target=service._supervise)
-    supervisor.start()
     try:
-        wait_until(lambda: service.intake.scans >= 1)
-        service.watcher._observer.stop()  # the dispatch thread dies, as after an uncaught handler error
-        service.watcher._observer.join()
-        save(draw(np.random.default_rng(0), "blue"), data_root / "rgb" / "Images" / "while-dead.png")
-        wait_until((data_root / "rgb" / "Dataset" / "blue" / "while-dead.png").exists, timeout=30)
-        assert service.watcher.is_alive()
-        save(draw(np.random.default_rng(1), "red"), data_root / "rgb" / "Images" / "after.png")
-        wait_until((data_root / "rgb" / "Dataset" / "red" / "after.png").exists, timeout=30)
+        yield service
     finally:
-        service._stop.set()
-        supervisor.join(timeout=10)
         service._shutdown()
+
+
+def test_a_dead_observer_is_restarted_and_missed_files_are_found(data_root: Path, tiny_model: Path) -> None:
+    """The supervisor sees the observer died, starts a new one; a rescan finds what arrived meanwhile."""
+    make_dataset(data_root / "rgb", {"red": "red", "blue": "blue"}, references=2)
+    with watching(data_root, tiny_model) as service:
+        supervisor = threading.Thread(target=service._supervise)
+        supervisor.start()
+        try:
+            wait_until(lambda: service.intake.scans >= 1)
+            service.watcher._observer.stop()  # the dispatch thread dies, as after an uncaught handler error
+            service.watcher._observer.join()
+            save(draw(np.random.default_rng(0), "blue"), data_root / "rgb" / "Images" / "while-dead.png")
+            wait_until((data_root / "rgb" / "Dataset" / "blue" / "while-dead.png").exists, timeout=30)
+            assert service.watcher.is_alive()
+            save(draw(np.random.default_rng(1), "red"), data_root / "rgb" / "Images" / "after.png")
+            wait_until((data_root / "rgb" / "Dataset" / "red" / "after.png").exists, timeout=30)
+        finally:
+            service._stop.set()
+            supervisor.join(timeout=10)
     assert not supervisor.is_alive()
+
+
+def test_the_first_files_sorted_into_a_new_dataset_folder_list_no_inbox_again(
+    data_root: Path, tiny_model: Path
+) -> None:
+    """Dataset/ and its class folders made by the first placements are watched; the inbox is listed once."""
+    make_dataset(data_root / "rgb", {"red": "red", "blue": "blue"}, references=2)
+    layout = DatasetLayout(data_root / "rgb")
+    with watching(data_root, tiny_model) as service:
+        wait_until(lambda: service.intake.scans == 1)
+        for k, color in enumerate(["red", "blue", "red"]):
+            save(draw(np.random.default_rng(k), color), layout.inbox / f"{color}{k}.png")
+        wait_until(lambda: len(list(layout.sorted.rglob("*.png"))) == 3, timeout=30)
+        wait_until(lambda: service.watcher.watching(layout.sorted), timeout=10)
+        assert service.intake.scans == 1
+        # A hand-made sub-folder of the dataset other than clipsort's own still brings a rescan.
+        (layout.root / "Images2").mkdir()
+        wait_until(lambda: service.intake.scans == 2, timeout=10)
 
 
 def test_copy_action_is_refused_for_any_dataset(data_root: Path) -> None:

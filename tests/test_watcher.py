@@ -28,6 +28,7 @@ class Sink:
         self.rescans: list[str] = []
         self.classes: list[str] = []
         self.placed_files: list[Path] = []
+        self.folder_changes = 0
         self.lock = threading.Lock()
 
     def hint(self, hint: Hint) -> None:
@@ -37,6 +38,10 @@ class Sink:
     def request_rescan(self, dataset: str = ALL_DATASETS) -> None:
         with self.lock:
             self.rescans.append(dataset)
+
+    def folders_changed(self) -> None:
+        with self.lock:
+            self.folder_changes += 1
 
     def classes_changed(self, dataset: str) -> None:
         with self.lock:
@@ -118,6 +123,22 @@ def test_class_changes_and_new_folders(watched: tuple[Watcher, Sink, DatasetLayo
     (layout.classes / "red" / "ref.png").write_bytes(b"x")
     (layout.inbox / "album").mkdir()
     wait_until(lambda: "ds" in sink.classes and "ds" in sink.rescans, timeout=10)
+
+
+def test_a_datasets_own_output_folders_change_what_is_watched_without_a_rescan(
+    watched: tuple[Watcher, Sink, DatasetLayout],
+) -> None:
+    """Dataset/, Review/, Rejected/ made or removed: watches change, no rescan; other folders rescan all."""
+    watcher, sink, layout = watched
+    for folder in (layout.sorted, layout.review, layout.rejected):
+        folder.mkdir()
+    wait_until(lambda: sink.folder_changes == 3, timeout=10)
+    layout.review.rmdir()
+    wait_until(lambda: sink.folder_changes == 4, timeout=10)
+    assert ALL_DATASETS not in sink.rescans
+    (watcher.root / "Dataset").mkdir()  # a dataset of that name, beside "ds"
+    (layout.root / "Notes").mkdir()
+    wait_until(lambda: sink.rescans.count(ALL_DATASETS) >= 2, timeout=10)
 
 
 def test_native_close_write_is_marked_closed(tmp_path: Path) -> None:

@@ -50,3 +50,26 @@ def test_drain_takes_what_queued_up_in_one_round() -> None:
     assert drain(source, 0.0, 3) == [0, 1, 2]
     assert drain(source, 0.0, 10) == [3, 4]
     assert drain(source, 0.01, 10) == []
+
+
+def test_drain_with_linger_takes_items_that_trickle_in_after_the_first_in_the_same_round() -> None:
+    """Items put 0.1 s apart: without linger a round takes one, lingering 1 s it takes all three."""
+    source: Queue[int] = Queue()
+
+    def trickle(first: int) -> threading.Thread:
+        def put() -> None:
+            for item in range(first, first + 3):
+                source.put(item)
+                time.sleep(0.1)
+
+        thread = threading.Thread(target=put)
+        thread.start()
+        return thread
+
+    writer = trickle(0)
+    assert drain(source, 1.0, 10) == [0]
+    writer.join()
+    assert drain(source, 0.0, 10) == [1, 2]
+    writer = trickle(3)
+    assert drain(source, 1.0, 10, linger=1.0) == [3, 4, 5]
+    writer.join()

@@ -64,6 +64,7 @@ class Intake:
         self._on_datasets = on_datasets
         self._hints: queue.Queue[Hint] = queue.Queue(maxsize=4 * settings.queue_capacity)
         self._requested: set[str] = {ALL}
+        self._resync = False  # look for folders to watch, scanning no inbox
         self._overflowed: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -94,6 +95,11 @@ class Intake:
         """Rescan one dataset's inbox, or (``ALL``) every dataset and look for new ones."""
         with self._lock:
             self._requested.add(dataset)
+
+    def request_sync(self) -> None:
+        """Look for datasets and folders to watch (and those gone), scanning no inbox."""
+        with self._lock:
+            self._resync = True
 
     def expedite(self, dataset: str) -> None:
         """Try ``dataset``'s files that wait after a failure now, not after their back-off."""
@@ -149,12 +155,14 @@ class Intake:
                 self._requested |= self._overflowed
                 self._overflowed.clear()
             requested, self._requested = self._requested, set()
-        if not requested:
-            return
-        if ALL in requested:
+            resync, self._resync = self._resync, False
+        if ALL in requested or resync:
             layouts = discover(self.settings.root)
             self._on_datasets(layouts)
-            requested = {layout.name for layout in layouts}
+            if ALL in requested:
+                requested = {layout.name for layout in layouts}
+        if not requested:
+            return
         sortable = self._catalog.layouts()
         for name in sorted(requested):
             if name in sortable:

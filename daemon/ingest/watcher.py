@@ -88,7 +88,7 @@ from watchdog.observers.polling import PollingObserver
 
 from daemon.ingest.readiness import Hint
 from daemon.ingest.scanner import is_ignored
-from daemon.layout import DatasetLayout
+from daemon.layout import REJECTED_DIR, REVIEW_DIR, SORTED_DIR, DatasetLayout
 
 log = structlog.get_logger()
 
@@ -151,6 +151,9 @@ class WatchSink(Protocol):
     def hint(self, hint: Hint) -> None: ...
 
     def request_rescan(self, dataset: str = ALL_DATASETS) -> None: ...
+
+    def folders_changed(self) -> None:
+        """A dataset's output folder came or went: watch what exists now (no inbox needs a scan)."""
 
     def placed(self, dataset: str, path: Path) -> None: ...
 
@@ -289,15 +292,27 @@ class _SortedHandler(_SafeHandler):
 
 
 class _StructureHandler(_SafeHandler):
-    """The data root and each dataset folder: new or removed datasets and sub-folders."""
+    """The data root and each dataset folder: new or removed datasets and sub-folders.
+
+    A dataset, its ``Images/`` or its ``Clases/`` may come with files that sent no event of
+    their own, so each inbox is scanned again. ``Dataset/``, ``Review/`` and ``Rejected/``
+    (clipsort makes each with the first file it sends there) only change what is watched: with
+    a backlog of 100,000 files, the first one sorted would otherwise list the inbox again.
+    """
 
     events = (DirCreatedEvent, DirMovedEvent, DirDeletedEvent)
+    OUTPUTS = frozenset({SORTED_DIR, REVIEW_DIR, REJECTED_DIR})
 
-    def __init__(self, sink: WatchSink) -> None:
+    def __init__(self, sink: WatchSink, *, in_dataset: bool) -> None:
         self.sink = sink
+        self.in_dataset = in_dataset  # a dataset folder, not the root (where "Dataset" is a dataset)
 
     def handle(self, event: FileSystemEvent) -> None:
-        self.sink.request_rescan(ALL_DATASETS)
+        # An unpaired move has its name in dest_path (moved in) or src_path (moved out).
+        if self.in_dataset and _path(event.dest_path or event.src_path).name in self.OUTPUTS:
+            self.sink.folders_changed()
+        else:
+            self.sink.request_rescan(ALL_DATASETS)
 
 
 class _OverflowListener(logging.Handler):
@@ -338,7 +353,7 @@ class Watcher:
         with self._lock:
             logging.getLogger("watchdog.observers.inotify_c").addHandler(self._overflow)
             self._observer.start()
-            self._schedule(self.root, _StructureHandler(self.sink), recursive=False)
+            self._schedule(self.root, _StructureHandler(self.sink, in_dataset=False), recursive=False)
 
     def stop(self) -> None:
         with self._lock:
@@ -366,7 +381,7 @@ class Watcher:
             for folder in [folder for folder in self._watches if folder != self.root and not folder.is_dir()]:
                 self._unschedule(folder)
             for layout in layouts:
-                self._schedule(layout.root, _StructureHandler(self.sink), recursive=False)
+                self._schedule(layout.root, _StructureHandler(self.sink, in_dataset=True), recursive=False)
                 self._schedule(layout.inbox, _InboxHandler(layout, self.sink, self.ignore), recursive=True)
                 self._schedule(layout.classes, _ClassesHandler(layout.name, self.sink), recursive=True)
                 self._schedule(layout.sorted, _SortedHandler(layout.name, self.sink), recursive=True)

@@ -20,15 +20,20 @@ from daemon.ingest.readiness import Job
 T = TypeVar("T")
 
 
-def drain(source: queue.Queue[T], timeout: float, limit: int) -> list[T]:
+def drain(source: queue.Queue[T], timeout: float, limit: int, *, linger: float = 0.0) -> list[T]:
     """The next item within ``timeout`` seconds and what queued up behind it, at most ``limit``; [] if none.
 
     Threads fed one item at a time by others (hints, arrivals) take them in
-    rounds: a burst then costs one round of work, not one per item.
+    rounds: a burst then costs one round of work, not one per item. A burst
+    that trickles in (one item each millisecond) would still wake a round per
+    item, so ``linger`` waits that long after the first item before taking
+    the rest.
     """
     items: list[T] = []
     with contextlib.suppress(queue.Empty):
         items.append(source.get(timeout=timeout))
+        if linger > 0:
+            time.sleep(linger)
         while len(items) < limit:
             items.append(source.get_nowait())
     return items

@@ -144,6 +144,9 @@ class Service:
     def request_rescan(self, dataset: str = ALL) -> None:
         self.intake.request_rescan(dataset)
 
+    def folders_changed(self) -> None:
+        self.intake.request_sync()
+
     def classes_changed(self, dataset: str) -> None:
         self.catalog.request([dataset], self.settings.class_debounce_seconds)
 
