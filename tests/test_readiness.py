@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from structlog.testing import capture_logs
+
 from daemon.ingest.readiness import Hint, Job, Readiness, Signature, is_unchanged
 
 
@@ -101,14 +103,19 @@ def test_retry_keeps_first_seen_and_release_frees(tmp_path: Path) -> None:
 
 
 def test_vanished_symlinked_and_special_paths_are_dropped(tmp_path: Path) -> None:
-    """Nothing that is not a regular file ever becomes a job."""
+    """Nothing that is not a regular file ever becomes a job; a symlink and a FIFO are logged as left."""
     clock = Clock()
     readiness = make(clock)
     gone = fresh(tmp_path / "gone.jpg")
     (tmp_path / "link.jpg").symlink_to(gone)
     os.mkfifo(tmp_path / "fifo.jpg")
-    for name in ("gone.jpg", "link.jpg", "fifo.jpg"):
-        readiness.offer(Hint("d", tmp_path / name, "closed"))
+    with capture_logs() as logs:
+        for name in ("gone.jpg", "link.jpg", "fifo.jpg"):
+            readiness.offer(Hint("d", tmp_path / name, "closed"))
+    assert [(line["event"], Path(line["path"]).name) for line in logs] == [
+        ("symlink_skipped", "link.jpg"),
+        ("special_file_skipped", "fifo.jpg"),
+    ]
     gone.unlink()
     clock.now += 1
     assert readiness.ready() == []

@@ -41,8 +41,8 @@ def placed(dataset: Path) -> list[Path]:
 
 def journal_matches_the_files(home: Path) -> None:
     """Every moved entry's hash is that of the file now at its destination."""
-    journal = Journal(home / "state")
-    moved = [entry for entry in journal.entries() if entry.state == "moved"]
+    with Journal(home / "state") as journal:
+        moved = [entry for entry in journal.entries() if entry.state == "moved"]
     assert moved
     assert all(
         entry.destination is not None and sha(entry.destination) == entry.intent.sha256 for entry in moved

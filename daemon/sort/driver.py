@@ -74,13 +74,19 @@ class Decoders:
     @classmethod
     def configured(cls, settings: Settings, limits: DecodeLimits, *, processes: bool = True) -> Decoders:
         """The pools ``settings`` ask for; processes only where configured and ``processes``."""
+        workers, in_processes, ahead = cls._shape(settings)
         return cls(
             limits,
-            settings.decode_workers,
-            processes=processes and settings.decode_in == "processes",
+            workers,
+            processes=processes and in_processes,
             timeout=settings.decode_timeout_seconds,
-            ahead=settings.decode_ahead,
+            ahead=ahead,
         )
+
+    @staticmethod
+    def _shape(settings: Settings) -> tuple[int, bool, int]:
+        """What fixes a pool once made: its workers, whether they are processes, batches ahead."""
+        return settings.decode_workers, settings.decode_in == "processes", settings.decode_ahead
 
     @property
     def workers(self) -> int:
@@ -88,11 +94,7 @@ class Decoders:
 
     def suits(self, settings: Settings) -> bool:
         """Whether these pools are the ones ``settings`` ask for (a pool cannot change its size)."""
-        return (self.workers, self.processes is not None, self.ahead) == (
-            settings.decode_workers,
-            settings.decode_in == "processes",
-            settings.decode_ahead,
-        )
+        return (self.workers, self.processes is not None, self.ahead) == self._shape(settings)
 
     def set_limits(self, limits: DecodeLimits, timeout: float) -> None:
         """Limits for every file submitted from now on."""
