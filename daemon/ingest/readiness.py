@@ -26,21 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import structlog
-
-log = structlog.get_logger()
-
-
-def _left_alone(path: Path, status: os.stat_result) -> None:
-    """Say why a symlink or a special file (a FIFO, a socket) announced by an event stays put.
-
-    The same lines as the scanner's: a FIFO dropped into the inbox is reported when it arrives,
-    not only at the next rescan.
-    """
-    if stat.S_ISLNK(status.st_mode):
-        log.info("symlink_skipped", path=str(path))
-    elif not stat.S_ISDIR(status.st_mode):
-        log.info("special_file_skipped", path=str(path))
+from daemon.ingest.scanner import left_alone
 
 
 @dataclass(frozen=True)
@@ -161,7 +147,8 @@ class Readiness:
                 return True  # vanished: nothing to do
             signature = Signature.of_status(status)
             if signature is None:
-                _left_alone(path, status)
+                if not stat.S_ISDIR(status.st_mode):
+                    left_alone(path, symlink=stat.S_ISLNK(status.st_mode))
                 return True
             if self.wall() - signature.mtime_ns / 1e9 > self.settle:
                 wait = 0.0  # untouched for longer than the settle time already

@@ -46,13 +46,22 @@ def scan(folder: Path, ignore: Sequence[str] = DEFAULT_IGNORE) -> Iterator[Path]
             continue
         path = Path(entry.path)
         if entry.is_symlink():
-            log.info("symlink_skipped", path=str(path))
+            left_alone(path, symlink=True)
         elif entry.is_dir(follow_symlinks=False):
             yield from scan(path, ignore)
         elif entry.is_file(follow_symlinks=False):
             yield path
         else:
-            log.info("special_file_skipped", path=str(path))
+            left_alone(path, symlink=False)
+
+
+def left_alone(path: Path, *, symlink: bool) -> None:
+    """Say that a symlink or a special file (a FIFO, a socket, a device) stays where it is, unread.
+
+    Said by a scan and, for one an event announces, by readiness: a FIFO dropped into the inbox is
+    reported when it arrives, not only at the next rescan.
+    """
+    log.info("symlink_skipped" if symlink else "special_file_skipped", path=str(path))
 
 
 def content_hash(path: Path) -> str:
