@@ -8,7 +8,7 @@ import shutil
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -53,6 +53,19 @@ def _fresh_logging() -> Iterator[None]:
     """CLI tests bind structlog to CliRunner's captured stderr; unbind it afterwards."""
     yield
     structlog.reset_defaults()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failing test that started daemons shows the end of each one's log beside its traceback."""
+    report: pytest.TestReport = yield
+    started = getattr(item, "funcargs", {}).get("daemons")
+    if report.failed and started:
+        for daemon in started:
+            report.sections.append((f"daemon log {daemon.log} (last lines)", daemon.log_tail()))
+    return report
 
 
 @pytest.fixture

@@ -168,6 +168,13 @@ class Daemon:
                 values.append(read(child))
         return values
 
+    def log_tail(self, lines: int = 80) -> str:
+        """The last ``lines`` lines of the daemon's log (what a failing test shows)."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as exc:
+            return f"(no log: {exc})"
+
     def status(self) -> Status:
         found = read_status(self.state)
         assert found is not None, "no status file"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from daemon.encode.decodeprocesses import ProcessDecodePool
+from daemon.encode.decodeprocesses import SLOT_PREFIX, ProcessDecodePool
 from daemon.encode.decoding import read_and_decode
 from daemon.encode.images import DecodeLimits, centre_crop
 from daemon.errors import ImageIncomplete, ImageRejected
@@ -117,14 +119,47 @@ def test_slots_are_bounded_and_reused(tmp_path: Path) -> None:
 
 
 def segments() -> set[str]:
-    """The shared-memory segments on this machine (Python names them psm_...)."""
-    return {name for name in os.listdir("/dev/shm") if name.startswith("psm_")}
+    """The decoding slots on this machine (named clipsort-<owner>-...)."""
+    return {name for name in os.listdir("/dev/shm") if name.startswith(SLOT_PREFIX)}
 
 
 def mapped_segments(pid: int) -> list[str]:
     """The shared-memory segments process ``pid`` has mapped, "(deleted)" marking an unlinked one."""
     lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
-    return sorted({line.split("/dev/shm/", 1)[1] for line in lines if "/dev/shm/psm_" in line})
+    return sorted({line.split("/dev/shm/", 1)[1] for line in lines if f"/dev/shm/{SLOT_PREFIX}" in line})
+
+
+def test_slots_are_named_after_their_owner_and_reclaimed_once_it_is_gone(tmp_path: Path) -> None:
+    """A slot left by a process killed with SIGKILL is unlinked when the next pool starts; live ones stay."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", SLOT_HOLDER], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    left = holder.stdout.readline().strip()
+    assert left.startswith(f"{SLOT_PREFIX}{holder.pid}-"), left
+    assert left in segments()
+    with ProcessDecodePool(LIMITS, 1, timeout=30):
+        assert left in segments(), "its owner lives: the slot is in use"
+    holder.kill()
+    holder.wait()
+    assert left in segments(), "SIGKILL unlinks nothing"
+    with ProcessDecodePool(LIMITS, 1, timeout=30) as pool:
+        assert left not in segments(), "the next pool reclaimed it"
+        assert all(read.crop is not None for read in pool.collect(pool.start(photos(tmp_path, 2), SIDE), 30))
+
+
+# A process that makes one slot as a pool does, says its name, and waits to be killed (its resource
+# tracker would unlink the slot at a clean exit; a SIGKILL to the group, as systemd sends, kills both).
+SLOT_HOLDER = """
+import sys
+from multiprocessing import resource_tracker
+from daemon.encode.decodeprocesses import _Slot
+slot = _Slot()
+memory = slot.fit(4096)
+resource_tracker.unregister(memory._name, "shared_memory")
+print(memory.name, flush=True)
+sys.stdin.read()
+"""
 
 
 def test_a_worker_keeps_each_live_slot_mapped_and_lets_go_of_freed_ones(tmp_path: Path) -> None:

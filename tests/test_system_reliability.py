@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import random
+import signal
 import subprocess
 import threading
 import time
@@ -16,8 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from daemon.encode.decodeprocesses import SLOT_PREFIX
 from daemon.store.journal import Journal
-from tests.daemonproc import Daemon, drop, picture_bytes, sha, sorted_files, start
+from tests.daemonproc import Daemon, children, drop, picture_bytes, sha, sorted_files, start
 from tests.helpers import clipsort_process
 from tests.synthetic import draw, make_dataset, save
 from tests.waiting import wait_until
@@ -76,6 +78,42 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     moved = [e for e in journal.entries() if e.state == "moved"]
     assert sorted(e.intent.sha256 for e in moved) == expected, "the journal knows where every file went"
     assert all(e.destination is not None and sha(e.destination) == e.intent.sha256 for e in moved)
+
+
+def slots_of(pid: int) -> list[str]:
+    """The decoding slots in /dev/shm that process ``pid`` made."""
+    return [name for name in os.listdir("/dev/shm") if name.startswith(f"{SLOT_PREFIX}{pid}-")]
+
+
+def test_shared_memory_of_a_daemon_killed_with_its_children_is_reclaimed_at_the_next_start(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """SIGKILL to the daemon and every child (systemd's cgroup kill): the next daemon unlinks the slots."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, RGB, references=2, seed=3)
+    home = tmp_path / "home"
+    daemon = start(daemons, root, tiny_model, home, settle_seconds=0.05)
+    drop(dataset / "Images", "first.png", picture_bytes(tmp_path, "red", 1, "p.png"))
+    wait_until(lambda: sorted_files(dataset), timeout=60)
+    assert daemon.process is not None
+    pid = daemon.process.pid
+    left = slots_of(pid)
+    assert left, "the decoding processes' slots exist while the daemon runs"
+    family = [pid, *children(pid)]  # the decoding processes and Python's resource tracker
+    for member in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+    daemon.process.wait(timeout=10)
+    assert slots_of(pid) == left, "SIGKILL unlinks nothing"
+    again = start(daemons, root, tiny_model, home, settle_seconds=0.05)
+    drop(dataset / "Images", "second.png", picture_bytes(tmp_path, "red", 2, "p.png"))
+    wait_until(lambda: len(sorted_files(dataset)) == 2, timeout=60)
+    assert slots_of(pid) == [], "reclaimed when the new daemon's decoding pool started"
+    assert again.wait_event("shared_memory_reclaimed")["slots"] == len(left)
+    assert again.stop() == 0
+    assert again.process is not None
+    assert slots_of(again.process.pid) == [], "a clean stop unlinks its own slots"
 
 
 def test_malformed_input_is_quarantined_or_left_alone_and_the_daemon_carries_on(

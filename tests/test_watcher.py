@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import threading
@@ -359,3 +360,65 @@ def test_moves_out_of_the_inbox_and_dataset_are_not_asked_of_the_kernel(tmp_path
     assert sorted(sink.placed_files) == sorted(
         [layout.class_dir("red") / "a.jpg", layout.classes / "red" / "a.jpg"]
     )
+
+
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2
+
+
+def exchange(first: Path, second: Path) -> None:
+    """Swap two names atomically (``renameat2(RENAME_EXCHANGE)``): each keeps existing throughout."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE):
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def swappable(tmp_path: Path) -> tuple[DatasetLayout, Path, Path]:
+    """A dataset whose Dataset/red can be swapped with a symlink out of the root."""
+    layout = inbox(tmp_path)
+    red = layout.sorted / "red"
+    red.mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    decoy = layout.sorted / ".decoy"
+    decoy.symlink_to(outside)
+    return layout, red, decoy
+
+
+def test_a_watched_folder_swapped_many_times_never_breaks_the_watchers_stop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dataset/red swapped with a symlink 2,000 times under a live watch: stop() ends every thread."""
+    layout, red, decoy = swappable(tmp_path)
+    sink = Sink()
+    watcher = Watcher(tmp_path, sink, polling=False, polling_seconds=1, ignore=DEFAULT_IGNORE)
+    watcher.start()
+    watcher.sync([layout])
+    for _ in range(2000):
+        exchange(red, decoy)
+    folder = red if red.is_dir() and not red.is_symlink() else decoy
+    (folder / "after.png").write_bytes(b"x")
+    wait_until(lambda: sink.placed_files, timeout=20)  # every swap's event was read by then
+    before = threading.active_count()
+    watcher.stop()
+    assert not watcher.is_alive()
+    assert threading.active_count() < before, "the observer's threads ended"
+
+
+def test_watches_whose_books_disagree_are_still_removed(tmp_path: Path) -> None:
+    """The state a swapped folder leaves (a watch whose path is no longer mapped to it) stops cleanly.
+
+    watchdog 7.1's own bookkeeping raised KeyError here, from Observer.stop(), which cut the
+    daemon's shutdown short; this test fails loudly if the pinned watchdog changes what is patched.
+    """
+    layout, red, _ = swappable(tmp_path)
+    watcher = Watcher(tmp_path, Sink(), polling=False, polling_seconds=1, ignore=DEFAULT_IGNORE)
+    watcher.start()
+    watcher.sync([layout])
+    groups = [emitter._inotify for emitter in watcher._observer.emitters]  # type: ignore[attr-defined]
+    (group,) = [group for group in groups if group is not None and group.path == bytes(layout.sorted)]
+    del group._active_callbacks_by_path[bytes(red)]
+    watcher.stop()
+    assert not watcher.is_alive()
+    assert not group._active_callbacks_by_watch, "every watch forgotten"

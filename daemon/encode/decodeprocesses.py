@@ -31,6 +31,13 @@ registered when the process ends, so a worker's exit would delete the
 parent's slot: the worker unregisters its attachments (3.13's ``track=False``).
 A worker ignores SIGINT (a Ctrl-C in the terminal is the parent's to handle)
 and ends when its socket closes, so it never outlives the daemon for long.
+
+A process killed with SIGKILL (an OOM kill, ``kill -9``, systemd's final
+cgroup kill, which takes the resource tracker with it) unlinks nothing, and
+a segment under ``/dev/shm`` outlives every process. So each slot is named
+after its owner (``clipsort-<pid>-<start time>-<random>``: the start time
+tells a live owner from a later process that reuses its pid), and every pool
+that starts unlinks the slots whose owner is gone (:func:`reclaim_slots`).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -66,6 +74,8 @@ STARTUP_SECONDS = 60.0  # a fresh interpreter's imports, on a loaded machine
 READY = "ready"
 STRIKES = 2  # a file whose decoding ends its worker this often (once alone) is rejected
 CANCELLED = "the decoding pool closed before decoding it"
+SHM_FOLDER = Path("/dev/shm")  # where Linux keeps POSIX shared memory, a file per segment
+SLOT_PREFIX = "clipsort-"
 Reply = tuple[int, str, int, str, str]  # index, sha256, size, rejection kind ("" when decoded), reason
 
 
@@ -95,7 +105,7 @@ def _attach(attached: dict[str, shared_memory.SharedMemory], name: str) -> None:
     or its pool closed) when the parent unlinks it, which is when a new name comes, so that is
     when the gone ones are let go (on Linux a segment is a file under ``/dev/shm``).
     """
-    for old in [old for old in attached if not os.path.exists(f"/dev/shm/{old}")]:
+    for old in [old for old in attached if not (SHM_FOLDER / old).exists()]:
         attached.pop(old).close()
     attached[name] = shared_memory.SharedMemory(name)
     # See the module's caveats: the parent owns the segment and unlinks it.
@@ -124,6 +134,53 @@ def _decode_into(
     return replies
 
 
+def _started(pid: int) -> str | None:
+    """Process ``pid``'s start time in clock ticks since boot (field 22 of its stat), or None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _owner() -> str:
+    """This process as slot names spell it: ``<pid>-<start time>``."""
+    return f"{os.getpid()}-{_started(os.getpid())}"
+
+
+def _owner_of(name: str) -> tuple[int, str] | None:
+    """The (pid, start time) a slot name records, or None for a name that is not a slot's."""
+    pid, _, rest = name.removeprefix(SLOT_PREFIX).partition("-")
+    started, _, _ = rest.partition("-")
+    return (int(pid), started) if name.startswith(SLOT_PREFIX) and pid.isdigit() else None
+
+
+def reclaim_slots(*, own: bool = False) -> int:
+    """Unlink the slots whose owner process is gone (with ``own``: this process's); how many.
+
+    Called as a pool starts (a daemon or `clipsort sort` killed with SIGKILL left its slots) and as
+    the daemon stops (whatever a dispatcher still running at exit would have freed).
+    """
+    try:
+        names = [entry.name for entry in os.scandir(SHM_FOLDER) if entry.name.startswith(SLOT_PREFIX)]
+    except OSError:
+        return 0  # no /dev/shm (not Linux): nothing to look at
+    mine = _owner()
+    freed = 0
+    for name in names:
+        owner = _owner_of(name)
+        if owner is None:
+            continue
+        pid, started = owner
+        stale = f"{pid}-{started}" == mine if own else _started(pid) != started
+        if stale:
+            with contextlib.suppress(OSError):
+                shared_memory.SharedMemory(name).unlink()
+                freed += 1
+    if freed and not own:
+        log.warning("shared_memory_reclaimed", slots=freed, reason="left by a process that was killed")
+    return freed
+
+
 class _Slot:
     """One batch's worth of shared memory, grown when a batch needs more."""
 
@@ -133,7 +190,8 @@ class _Slot:
     def fit(self, nbytes: int) -> shared_memory.SharedMemory:
         if self.memory is None or self.memory.size < nbytes:
             self.free()
-            self.memory = shared_memory.SharedMemory(create=True, size=nbytes)
+            name = f"{SLOT_PREFIX}{_owner()}-{uuid.uuid4().hex[:12]}"
+            self.memory = shared_memory.SharedMemory(name, create=True, size=nbytes)
         return self.memory
 
     def free(self) -> None:
@@ -217,6 +275,7 @@ class ProcessDecodePool:
     """``workers`` decoding processes, fed a chunk of each batch per worker (see the module)."""
 
     def __init__(self, limits: DecodeLimits, workers: int, *, timeout: float, slots: int = SLOTS) -> None:
+        reclaim_slots()  # before making its own: what a killed daemon or sort left in /dev/shm
         self.limits = limits  # replaceable, as the thread pool's
         self.timeout = timeout  # a chunk's decoding past this ends its worker (then each file gets its own)
         self.workers = workers

@@ -48,6 +48,13 @@ OS caveats handled here:
   out of the kernel's mask (``_MovesInOnly``): half the events of a burst
   of uploads renamed into place. ``Clases/`` and the dataset folders keep
   it: a reference or a folder moved away changes what is sorted into what.
+- inotify gives one watch per inode, so a folder swapped with another name
+  (``renameat2(RENAME_EXCHANGE)``, or moved away and back) can leave
+  watchdog's two maps of its watches (by descriptor, by path) disagreeing;
+  removing such a watch then raised ``KeyError`` from watchdog's own
+  bookkeeping, in its reader thread or in ``Observer.stop()``, which skipped
+  the rest of the daemon's shutdown. :class:`_WatchGroup` forgets a watch
+  whatever the maps say, and :meth:`Watcher.stop` never raises.
 """
 
 from __future__ import annotations
@@ -81,8 +88,8 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.inotify import InotifyFullEmitter, InotifyObserver
-from watchdog.observers.inotify_c import InotifyConstants, Mask
+from watchdog.observers.inotify import InotifyFullEmitter, InotifyObserver, InotifyWatchGroup
+from watchdog.observers.inotify_c import InotifyConstants, Mask, WatchDescriptor
 from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper, PathedInotifyEvent
 from watchdog.observers.polling import PollingObserver
 
@@ -125,8 +132,28 @@ class _MovesInOnly(FileSystemEvent):
     """Never emitted: among a handler's events, it leaves IN_MOVED_FROM out of its watch's mask."""
 
 
+class _WatchGroup(InotifyWatchGroup):
+    """watchdog's watches of one scheduled folder, tolerant of a folder swapped under them."""
+
+    def _remove_watch_internally(self, wd: WatchDescriptor) -> None:
+        """Forget watch ``wd``; the maps may already disagree about it (see the module docstring)."""
+        path = self._active_callbacks_by_watch.pop(wd, None)
+        if path is not None and self._active_callbacks_by_path.get(path) == wd:
+            del self._active_callbacks_by_path[path]
+
+
 class _Emitter(InotifyFullEmitter):
     """watchdog's emitter of unpaired moves, asking the kernel for moves in only where told to."""
+
+    def on_thread_start(self) -> None:
+        # InotifyEmitter.on_thread_start with the tolerant group (watchdog 7.1 names no factory).
+        self._inotify = _WatchGroup(
+            self._inotify_fd,
+            os.fsencode(self.watch.path),
+            is_recursive=self.watch.is_recursive,
+            event_mask=self.get_event_mask_from_filter(),
+            follow_symlink=self.watch.follow_symlink,
+        )
 
     def get_event_mask_from_filter(self) -> Mask:
         mask = super().get_event_mask_from_filter()
@@ -356,10 +383,14 @@ class Watcher:
             self._schedule(self.root, _StructureHandler(self.sink, in_dataset=False), recursive=False)
 
     def stop(self) -> None:
+        """Stop watching; never raises (an error in watchdog's teardown is logged, the rest goes on)."""
         with self._lock:
             logging.getLogger("watchdog.observers.inotify_c").removeHandler(self._overflow)
-            self._observer.stop()
-            self._observer.join(timeout=5)
+            try:
+                self._observer.stop()
+                self._observer.join(timeout=5)
+            except Exception as exc:
+                log.error("watcher_stop_failed", error=f"{type(exc).__name__}: {exc}")
             self._watches.clear()
 
     def is_alive(self) -> bool:

@@ -29,6 +29,7 @@ import structlog
 from daemon import __version__
 from daemon.classify.catalog import Catalog
 from daemon.config import Settings, load_settings
+from daemon.encode.decodeprocesses import reclaim_slots
 from daemon.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
 from daemon.encode.encoder import resolve_device
 from daemon.encode.factory import clip_for, make_embedder, make_encoder, needs_clip
@@ -265,18 +266,37 @@ class Service:
         return self.watcher.is_alive() and time.monotonic() - self.worker.heartbeat < 2 * window
 
     def _shutdown(self) -> None:
+        """Stop every part in order; a part that raises is logged and the next one still stops.
+
+        A step skipped by an exception would leave the decoding processes' shared memory
+        linked, the journal open and the exit code 1 for a stop that lost nothing.
+        """
         notify("STOPPING=1")
         log.info("daemon_stopping", queued=len(self.work))
-        self.watcher.stop()
-        self.intake.stop()
-        self.learner.stop()
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("watcher", self.watcher.stop),
+            ("intake", self.intake.stop),
+            ("learner", self.learner.stop),
+            ("worker", self._stop_worker),
+            # The decoding processes' slots: a dispatcher still ending frees them too late for exit.
+            ("shared memory", lambda: reclaim_slots(own=True)),
+            ("status", lambda: self._write_status("stopped")),
+            ("cache", self.cache.close),
+            ("journal", self.journal.close),
+            ("lock", self.lock.release),
+        ]
+        failed = []
+        for name, step in steps:
+            try:
+                step()
+            except Exception as exc:
+                failed.append(name)
+                log.error("shutdown_step_failed", step=name, error=f"{type(exc).__name__}: {exc}")
+        log.info("daemon_stopped", failed_steps=failed)
+
+    def _stop_worker(self) -> None:
         if not self.worker.stop(self.settings.shutdown_seconds):
             log.warning("shutdown_timeout", seconds=self.settings.shutdown_seconds)
-        self._write_status("stopped")
-        self.cache.close()
-        self.journal.close()
-        self.lock.release()
-        log.info("daemon_stopped")
 
     def _install_signals(self) -> None:
         def stop(signum: int, frame: FrameType | None) -> None:
