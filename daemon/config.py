@@ -9,10 +9,11 @@ and the offending value.
 
 from __future__ import annotations
 
+import difflib
 import json
 import textwrap
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -445,6 +446,19 @@ class Settings(BaseSettings):
         )
 
 
+def needs_clip(settings: Settings, datasets: Iterable[str] | None = None) -> bool:
+    """Whether some dataset classifies CLIP vectors (every mode does but ``finetuned``).
+
+    With ``datasets`` (a one-shot run's) only those count; without, every
+    dataset the daemon may meet: one without a ``[datasets.<name>]`` table
+    follows the global mode.
+    """
+    if datasets is not None:
+        return any(settings.for_dataset(name).mode != "finetuned" for name in datasets)
+    tables = (own.mode for own in settings.datasets.values())
+    return settings.mode != "finetuned" or any(mode not in (None, "finetuned") for mode in tables)
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -537,7 +551,14 @@ def describe_validation_error(exc: ValidationError, path: Path | None) -> str:
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"])
         if error["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown option")
+            lines.append(f"  {key}: unknown option{_did_you_mean(error['loc'])}")
         else:
             lines.append(f"  {key} = {error['input']!r}: {error['msg']}")
     return "\n".join(lines)
+
+
+def _did_you_mean(location: tuple[int | str, ...]) -> str:
+    """`` (did you mean NAME?)`` for a mistyped option's nearest real name, else nothing."""
+    model: type[BaseModel] = DatasetOverrides if location[0] == "datasets" else Settings
+    close = difflib.get_close_matches(str(location[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""

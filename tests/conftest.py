@@ -23,7 +23,8 @@ from tests.daemonproc import Daemon
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny CLIP trained on coloured shapes, made by `clipsort demo-model` as a user makes it."""
-    folder = tmp_path_factory.mktemp("models") / "tiny-clip"
+    # A folder whose parent does not exist yet, as in the README's `clipsort demo-model models/demo`.
+    folder = tmp_path_factory.mktemp("clone") / "models" / "demo"
     made = CliRunner().invoke(app, ["demo-model", str(folder)])
     assert made.exit_code == 0, made.output
     return folder

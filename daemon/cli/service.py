@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from daemon.cli import preflight
 from daemon.cli.app import (
     NOT_RUNNING,
     ConfigOption,
@@ -36,10 +37,13 @@ def run_daemon(
     model: ModelOption = None,
 ) -> None:
     """Run the daemon: watch every Data/<dataset>/Images/ and sort what arrives (systemd-ready)."""
-    from daemon.service.wiring import run_service
-
     flags: dict[str, object] = {"root": root, "model": model}
     settings = settings_from(config, **flags)
+    preflight.data_root(settings.root)
+    preflight.not_served(settings)
+    preflight.models(settings)
+    from daemon.service.wiring import run_service  # the model stack: after the user's errors
+
     raise typer.Exit(run_service(settings, config, flags))
 
 

@@ -21,6 +21,7 @@ from rich.progress import TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from daemon.classify.checkpoints import checkpoints_of, current_checkpoint
+from daemon.cli import preflight
 from daemon.cli.app import (
     NOT_RUNNING,
     ConfigOption,
@@ -36,7 +37,8 @@ from daemon.cli.app import (
     text_table,
     user_errors,
 )
-from daemon.config import DEFAULT_BASE, EVALUATED_MODES, Settings
+from daemon.config import DEFAULT_BASE, EVALUATED_MODES, Settings, needs_clip
+from daemon.encode.hub import require_available
 from daemon.errors import ConfigError, DatasetError, NoClassesError
 from daemon.layout import DatasetLayout, select
 from daemon.store.instance import refuse_if_served
@@ -60,16 +62,18 @@ def sort(
     model: ModelOption = None,
 ) -> None:
     """Classify every image in the datasets' Images/ folders once, and move each into Dataset/<class>/."""
-    from daemon.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
-    from daemon.encode.factory import clip_for, make_embedder, needs_clip
-    from daemon.learn.corrections import corrected_from
-    from daemon.sort.oneshot import decoders_for, gather, run, waiting
-
     settings = settings_from(config, root=root, model=model, mode=mode, aggregate=aggregate)
-    layouts = select(settings.root, dataset or [])  # before the slow model load
+    preflight.data_root(settings.root)  # the user's errors before the slow model stack
+    layouts = select(settings.root, dataset or [])
     if not dry_run:
         refuse_if_served(settings.state_path, settings.root, "sort")
     names = [layout.name for layout in layouts]
+    preflight.models(settings, names)
+    from daemon.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
+    from daemon.encode.factory import clip_for, make_embedder
+    from daemon.learn.corrections import corrected_from
+    from daemon.sort.oneshot import decoders_for, gather, run, waiting
+
     outcomes: list[Outcome] = []
     with contextlib.ExitStack() as stack:
         # Started first: the decoding processes' interpreters start while the model loads.
@@ -153,12 +157,6 @@ def evaluate_modes(
     model: ModelOption = None,
 ) -> None:
     """Cross-validated accuracy of every mode on the reference images, and the mode to use."""
-    from daemon.classify.classindex import build_class_index
-    from daemon.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
-    from daemon.encode.factory import make_embedder, make_encoder, needs_clip
-    from daemon.learn.corrections import examples as corrected_examples
-    from daemon.learn.evaluation import add_finetuned, evaluate, write_report
-
     known = (*EVALUATED_MODES, "finetuned")
     unknown = [mode for mode in modes or () if mode not in known]
     if unknown:
@@ -166,9 +164,18 @@ def evaluate_modes(
     chosen = [mode for mode in modes or EVALUATED_MODES if mode in EVALUATED_MODES]
     with_checkpoint = not modes or "finetuned" in modes
     settings = settings_from(config, root=root, model=model)
+    preflight.data_root(settings.root)
     layouts = select(settings.root, dataset or [])
     if not modes and not needs_clip(settings, [layout.name for layout in layouts]):
         chosen = []  # every dataset is fine-tuned: its checkpoint's own report, and no CLIP model
+    if chosen:
+        require_available(settings.model)
+    from daemon.classify.classindex import build_class_index
+    from daemon.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
+    from daemon.encode.factory import make_embedder, make_encoder
+    from daemon.learn.corrections import examples as corrected_examples
+    from daemon.learn.evaluation import add_finetuned, evaluate, write_report
+
     results = [checkpoint_only(settings, layout) for layout in layouts] if not chosen else []
     indexes = []
     with contextlib.ExitStack() as stack:
@@ -310,13 +317,15 @@ def train_model(
     A run is published only if it is at least as accurate as the current checkpoint on the same
     validation pictures (exit 1 otherwise, the current one stays), unless --force.
     """
+    settings = settings_from(config, root=root, model=model)
+    preflight.data_root(settings.root)
+    [layout] = select(settings.root, [dataset])
+    refuse_if_served(settings.state_path, settings.root, "train")  # the daemon hot-swaps checkpoints
+    require_available(base, "base model", "--base")  # transformers would retry for two minutes
     from daemon.encode.encoder import resolve_device
     from daemon.encode.images import DecodeLimits
     from daemon.learn.training import SMALL_VALIDATION, TrainOptions, train
 
-    settings = settings_from(config, root=root, model=model)
-    [layout] = select(settings.root, [dataset])
-    refuse_if_served(settings.state_path, settings.root, "train")  # the daemon hot-swaps checkpoints
     options = TrainOptions(
         base=base,
         epochs=epochs,
@@ -362,19 +371,24 @@ def train_model(
 def demo_model(
     folder: Annotated[Path, typer.Argument(help="New folder to write the model into.")],
 ) -> None:
-    """Train a small demonstration CLIP on generated pictures, offline, for Data/example (about 20 s).
+    """Train a small demonstration CLIP on generated pictures, offline, for Data/example (about a minute).
 
     It knows six colours (red, green, blue, yellow, purple, orange) and three
     shapes, nothing else: enough to watch the daemon sort the shipped example
     without a network. Use it with --model FOLDER.
     """
-    from daemon.learn import demo
-
     if folder.exists():
         raise ConfigError(f"{str(folder)!r} exists already; name a new folder for the demonstration model")
     parent = folder.absolute().parent
-    if not parent.is_dir():
-        raise ConfigError(f"folder {str(parent)!r} does not exist")
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"{str(parent)!r} is not a folder")
+    # The folders leading to it are made (`clipsort demo-model models/demo` on a fresh clone).
+    ensure_dir(parent, boundary=next(above for above in parent.parents if above.is_dir()))
+    typer.echo(
+        f"training a demonstration CLIP into {folder} (about a minute on 2 cores; once)", err=True
+    )
+    from daemon.learn import demo
+
     staging = parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.partial"
     ensure_dir(staging, boundary=parent)
     try:

@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from typing import Annotated
 
 import typer
 
+from daemon.cli import preflight
 from daemon.cli.app import ConfigOption, RootOption, app, settings_from, user_errors
+from daemon.errors import ConfigError
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` and listening, or ConfigError in one line.
+
+    Bound here rather than by uvicorn, whose busy port is a logged ``[Errno 98]`` and exit 3.
+    """
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is in use (another clipsort web?): stop it, or pass --port"
+            ) from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
 
 
 @app.command()
@@ -18,13 +43,18 @@ def web(
     root: RootOption = None,
 ) -> None:
     """Serve the review page: see what clipsort decided and why, and fix it with one key."""
+    settings = settings_from(config, root=root)
+    preflight.data_root(settings.root)
+    bind = host or settings.web_host
     import uvicorn
 
     from daemon.web.app import create_app
     from daemon.web.security import check_bind
 
-    settings = settings_from(config, root=root)
-    bind = host or settings.web_host
     check_bind(bind, settings.web_token)
     app_ = create_app(settings, token=settings.web_token)
-    uvicorn.run(app_, host=bind, port=port or settings.web_port, log_level="warning", access_log=False)
+    sock = listen(bind, port or settings.web_port)
+    shown = f"[{bind.strip('[]')}]" if ":" in bind else bind
+    typer.echo(f"clipsort web: review page at http://{shown}:{sock.getsockname()[1]}/ (Ctrl-C stops it)")
+    server = uvicorn.Server(uvicorn.Config(app_, log_level="warning", access_log=False))
+    server.run(sockets=[sock])

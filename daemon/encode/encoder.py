@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
-import socket
 import threading
-import urllib.parse
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import huggingface_hub
 import numpy as np
 import structlog
 import torch
 import transformers
 from PIL import Image
 
+from daemon.encode.hub import DEMO_HINT, looks_like_path, require_available
 from daemon.encode.images import Crop, centre_crop, input_size
 from daemon.encode.vectors import Vectors
 from daemon.errors import ModelLoadError
@@ -98,11 +95,6 @@ def resolve_precision(precision: str, device: str) -> str:
     return "bf16" if device == "cpu" and cpu_has_bf16() else "fp32"
 
 
-def looks_like_path(name: str) -> bool:
-    """A model given as a folder rather than a hub name."""
-    return Path(name).expanduser().exists() or name.startswith(("/", ".", "~"))
-
-
 def model_identity(name: str) -> str:
     """A short stable id of the weights, so caches never mix two models."""
     if not looks_like_path(name):
@@ -116,10 +108,6 @@ def model_identity(name: str) -> str:
     return f"{folder.name}-{digest.hexdigest()[:16]}"
 
 
-DEMO_HINT = "`clipsort demo-model DIR` makes a small demonstration model for Data/example offline"
-HUB_PROBE_SECONDS = 3.0
-
-
 def quiet_transformers() -> None:
     """Silence transformers' progress bars and notices: they mean nothing to a clipsort user.
 
@@ -129,25 +117,6 @@ def quiet_transformers() -> None:
     """
     transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-
-
-def hub_unreachable() -> str | None:
-    """Why the Hugging Face hub cannot be reached (None when it can, or a proxy is in the way).
-
-    huggingface_hub retries a refused connection with back-off, so without a
-    network a download fails only after about 86 s of "Retrying in Ns" lines;
-    one direct TCP connect answers in at most a few seconds. Behind a proxy the
-    direct connect proves nothing, so the hub client is left to try.
-    """
-    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    endpoint = urllib.parse.urlsplit(huggingface_hub.constants.ENDPOINT)
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((endpoint.hostname or "", port), timeout=HUB_PROBE_SECONDS).close()
-    except OSError as exc:
-        return f"{endpoint.hostname}:{port}: {exc.strerror or exc}"
-    return None
 
 
 def load_model(model: str, device: str) -> SentenceTransformer:
@@ -164,18 +133,8 @@ def load_model(model: str, device: str) -> SentenceTransformer:
     try:
         return _load(model, model, device, local=True)
     except ModelLoadError:
-        pass  # not in the cache: download it
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
-        raise ModelLoadError(
-            f"hub model {model!r} is not in the local cache and HF_HUB_OFFLINE is set; "
-            f"give a local model folder with --model ({DEMO_HINT})"
-        )
-    unreachable = hub_unreachable()
-    if unreachable is not None:
-        raise ModelLoadError(
-            f"cannot download hub model {model!r}: the hub is unreachable ({unreachable}); "
-            f"on an offline machine give a local model folder with --model ({DEMO_HINT})"
-        )
+        pass  # not in the cache: download it, if the hub can be reached
+    require_available(model)
     return _load(model, model, device, local=False)
 
 

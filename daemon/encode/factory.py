@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from daemon.config import Settings
+from daemon.config import Settings, needs_clip
 from daemon.encode.embedcache import EmbeddingCache
 from daemon.encode.embeddings import Embedder
 from daemon.encode.encoder import Encoder
@@ -21,19 +21,6 @@ def make_encoder(settings: Settings) -> Encoder:
     return Encoder(
         settings.model, settings.device, settings.text_model, settings.precision, settings.model_threads
     )
-
-
-def needs_clip(settings: Settings, datasets: Iterable[str] | None = None) -> bool:
-    """Whether some dataset classifies CLIP vectors (every mode does but ``finetuned``).
-
-    With ``datasets`` (a one-shot run's) only those count; without, every
-    dataset the daemon may meet: one without a ``[datasets.<name>]`` table
-    follows the global mode.
-    """
-    if datasets is not None:
-        return any(settings.for_dataset(name).mode != "finetuned" for name in datasets)
-    tables = (own.mode for own in settings.datasets.values())
-    return settings.mode != "finetuned" or any(mode not in (None, "finetuned") for mode in tables)
 
 
 def clip_for(settings: Settings, datasets: Iterable[str] | None = None) -> Encoder | None:

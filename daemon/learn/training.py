@@ -41,7 +41,8 @@ from daemon.classify.classindex import REFERENCE_IGNORE, class_description, clas
 from daemon.classify.modes.finetuned import load_checkpoint
 from daemon.config import DEFAULT_BASE, DEFAULT_TEMPLATES
 from daemon.encode.cliphead import ClipHeadForImageClassification
-from daemon.encode.encoder import looks_like_path, quiet_transformers
+from daemon.encode.encoder import quiet_transformers
+from daemon.encode.hub import looks_like_path
 from daemon.encode.images import DecodeLimits, input_size
 from daemon.errors import ImageRejected, ModelLoadError, TrainingError
 from daemon.ingest.scanner import scan
