@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import socket
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,3 +103,34 @@ def test_a_bad_config_is_said_before_the_model_stack_loads(
     message = refused(tmp_path, *command)
     assert "batch_size = 'many'" in message
     assert "bach_delay_ms: unknown option (did you mean max_batch_delay_ms?)" in message
+
+
+def test_the_review_page_says_where_it_is_and_a_busy_port_is_one_line(
+    data_root: Path, tmp_path: Path
+) -> None:
+    """`clipsort web` prints its URL at start (and answers there); a taken port is exit 2, one line."""
+    make_dataset(data_root / "ds", {"red": "red"}, references=1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = refused(tmp_path, "web", "--root", str(data_root), "--port", str(port))
+    assert f"port {port} on 127.0.0.1 is in use" in line
+    web = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "web", "--root", str(data_root), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert web.stdout is not None
+        first = web.stdout.readline()
+        found = re.search(r"review page at (http://127\.0\.0\.1:(\d+)/)", first)
+        assert found, first
+        with urllib.request.urlopen(found[1], timeout=30) as page:
+            assert page.status == 200 and b"clipsort" in page.read()
+    finally:
+        web.terminate()
+        # uvicorn shuts down gracefully, then re-raises the signal: systemd counts that as a clean stop.
+        assert web.wait(timeout=30) == -signal.SIGTERM
