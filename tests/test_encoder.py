@@ -19,11 +19,11 @@ from daemon.encode.encoder import (
     Encoder,
     _pictures,
     cpu_has_bf16,
-    looks_like_path,
     model_identity,
     resolve_device,
     resolve_threads,
 )
+from daemon.encode.hub import looks_like_path
 from daemon.errors import ModelLoadError
 from tests.helpers import clipsort_process
 from tests.synthetic import draw, make_dataset

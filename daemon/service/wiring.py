@@ -28,11 +28,11 @@ import structlog
 
 from daemon import __version__
 from daemon.classify.catalog import Catalog
-from daemon.config import Settings, load_settings
+from daemon.config import Settings, load_settings, needs_clip
 from daemon.encode.decodeprocesses import reclaim_slots
 from daemon.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
 from daemon.encode.encoder import resolve_device
-from daemon.encode.factory import clip_for, make_embedder, make_encoder, needs_clip
+from daemon.encode.factory import clip_for, make_embedder, make_encoder
 from daemon.errors import ConfigError
 from daemon.ingest.intake import ALL, Intake
 from daemon.ingest.readiness import Hint
