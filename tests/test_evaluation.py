@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from daemon.cli import app
-from daemon.learn.evaluation import MODES, fold_of
+from daemon.learn.evaluation import MODES, GateResult, ModeResult, fold_of, recommend
 from tests.synthetic import make_dataset
 
 CLASSES = {"red": "red", "green": "green", "blue": "blue", "lote-3": "yellow"}
@@ -130,3 +130,21 @@ def test_eval_reports_the_unknown_gate_per_mode_with_its_chart(
     shown = cli.invoke(app, ["eval", "--root", str(data_root), "--folds", "3", "--modes", "mixed"])
     assert shown.exit_code == 0 and '"none of these" gate' in shown.stdout
     assert "references kept" in shown.stdout and "no negatives" not in shown.stdout
+
+
+def result(accuracy: float, kept: float | None) -> ModeResult:
+    gate = None if kept is None else GateResult("rule", kept, 0, None)
+    return ModeResult(accuracy, {}, {}, [], gate=gate)
+
+
+def test_a_tie_goes_to_the_mode_whose_gate_keeps_most_references_and_says_so() -> None:
+    """All at 100 %: text's gate keeps 75 % of the references, reference's 100 %: reference, with why."""
+    chosen, why = recommend({"text": result(1.0, 0.75), "reference-max": result(1.0, 1.0)})
+    assert chosen == "reference-max"
+    assert "tied at 100.0% with text" in why and "keeps 100% of the held-out references (text 75%)" in why
+    full_tie = {"reference-max": result(1.0, 1.0), "text": result(1.0, 1.0)}
+    assert recommend(full_tie)[0] == "text", "then the simpler mode, earlier in MODES"
+    assert recommend({"text": result(0.9, 1.0), "mixed": result(0.95, 0.5)}) == (
+        "mixed",
+        "the most accurate (95.0%)",
+    ), "accuracy first: the gate only breaks ties"

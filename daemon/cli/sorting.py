@@ -250,6 +250,8 @@ def show_evaluation(found: EvalReport, charts: list[Path]) -> None:
             name + (" (recommended)" if name == found.recommended else ""), f"{result.accuracy:.1%}"
         )
     console.print(table)
+    if found.why:
+        console.print(f"recommended {found.recommended}: {found.why}")
     best = found.modes[found.recommended]
     classes = text_table("class", "precision", "recall", labels=1, title=f"per class, {found.recommended}")
     for name in found.classes:
@@ -384,9 +386,7 @@ def demo_model(
         raise ConfigError(f"{str(parent)!r} is not a folder")
     # The folders leading to it are made (`clipsort demo-model models/demo` on a fresh clone).
     ensure_dir(parent, boundary=next(above for above in parent.parents if above.is_dir()))
-    typer.echo(
-        f"training a demonstration CLIP into {folder} (about a minute on 2 cores; once)", err=True
-    )
+    typer.echo(f"training a demonstration CLIP into {folder} (about a minute on 2 cores; once)", err=True)
     from daemon.learn import demo
 
     staging = parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.partial"

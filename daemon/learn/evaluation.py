@@ -82,6 +82,7 @@ class EvalReport:
     recommended: str
     # mode -> accuracy on the corrected examples "without" and "with" the other corrections
     corrections: dict[str, dict[str, float]] = field(default_factory=dict)
+    why: str = ""  # why the recommended mode (a tie says what broke it)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -89,6 +90,7 @@ class EvalReport:
             "folds": self.folds,
             "classes": self.classes,
             "recommended": self.recommended,
+            "why": self.why,
             "corrections": self.corrections,
             "modes": {
                 name: {
@@ -217,9 +219,31 @@ def evaluate(
             if settings.unknown_gate
             else None,
         )
-    # Ties go to the earlier (simpler) mode in MODES order.
-    recommended = max(modes, key=lambda mode: (results[mode].accuracy, -MODES.index(mode)))
-    return EvalReport(index.dataset, folds, classes, results, recommended, effect)
+    recommended, why = recommend(results)
+    return EvalReport(index.dataset, folds, classes, results, recommended, effect, why)
+
+
+def _kept(result: ModeResult) -> float:
+    """The share of held-out references its gate lets through (all of them without a gate)."""
+    return 1.0 if result.gate is None else result.gate.references_kept
+
+
+def recommend(results: dict[str, ModeResult]) -> tuple[str, str]:
+    """The mode to use and why: the most accurate; among equals, the one whose gate keeps most references.
+
+    A gate that holds back a quarter of a class's own references sends a quarter of its real
+    arrivals to Review/, which the accuracy (taken without the gate) does not show. Remaining ties go
+    to the earlier (simpler) mode in MODES order.
+    """
+    best = max(results, key=lambda mode: (results[mode].accuracy, _kept(results[mode]), -MODES.index(mode)))
+    tied = [mode for mode in results if mode != best and results[mode].accuracy == results[best].accuracy]
+    if not tied:
+        return best, f"the most accurate ({results[best].accuracy:.1%})"
+    others = ", ".join(f"{mode} {_kept(results[mode]):.0%}" for mode in tied)
+    return best, (
+        f"tied at {results[best].accuracy:.1%} with {', '.join(tied)}; its gate keeps "
+        f"{_kept(results[best]):.0%} of the held-out references ({others})"
+    )
 
 
 def margin(familiar: Familiarity) -> float:
@@ -301,6 +325,7 @@ def add_finetuned(report: EvalReport, checkpoint: Path) -> None:
     best = report.modes.get(report.recommended)
     if best is None or report.modes["finetuned"].accuracy > best.accuracy:
         report.recommended = "finetuned"
+        report.why = f"the most accurate ({report.modes['finetuned'].accuracy:.1%} on its validation split)"
 
 
 def checkpoint_report(dataset: str, classes: Sequence[str], checkpoint: Path) -> EvalReport:
