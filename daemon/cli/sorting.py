@@ -37,6 +37,7 @@ from daemon.cli.app import (
     text_table,
     user_errors,
 )
+from daemon.cli.interrupt import INTERRUPTED, Interrupt
 from daemon.config import DEFAULT_BASE, EVALUATED_MODES, Settings, needs_clip
 from daemon.encode.hub import require_available
 from daemon.errors import ConfigError, DatasetError, NoClassesError
@@ -61,7 +62,44 @@ def sort(
     root: RootOption = None,
     model: ModelOption = None,
 ) -> None:
-    """Classify every image in the datasets' Images/ folders once, and move each into Dataset/<class>/."""
+    """Classify every image in the datasets' Images/ folders once, and move each into Dataset/<class>/.
+
+    Ctrl-C stops it promptly (exit 130): the batch being placed is placed whole, the rest stays in
+    the inbox for the next run.
+    """
+    outcomes: list[Outcome] = []
+    interrupt = Interrupt()
+    try:
+        with interrupt:
+            _sort(interrupt, outcomes, dataset, mode, aggregate, dry_run, as_json, config, root, model)
+    except KeyboardInterrupt:
+        pass  # the signal came before anything was placed: only the line below is said
+    if not interrupt.requested.is_set():
+        Console(stderr=as_json).print(summary(outcomes, dry_run=dry_run))
+        return
+    if outcomes:
+        Console(stderr=True).print(summary(outcomes, dry_run=dry_run))
+    done = "would have been sorted" if dry_run else "were placed"
+    typer.echo(
+        f"clipsort: interrupted: {len(outcomes)} file(s) {done}; the rest stays in Images/ for the next run",
+        err=True,
+    )
+    raise typer.Exit(INTERRUPTED)
+
+
+def _sort(
+    interrupt: Interrupt,
+    outcomes: list[Outcome],
+    dataset: list[str] | None,
+    mode: str | None,
+    aggregate: str | None,
+    dry_run: bool,
+    as_json: bool,
+    config: Path | None,
+    root: Path | None,
+    model: str | None,
+) -> None:
+    """The body of ``clipsort sort``; ``outcomes`` collects every file placed (or that would be)."""
     settings = settings_from(config, root=root, model=model, mode=mode, aggregate=aggregate)
     preflight.data_root(settings.root)  # the user's errors before the slow model stack
     layouts = select(settings.root, dataset or [])
@@ -74,7 +112,6 @@ def sort(
     from daemon.learn.corrections import corrected_from
     from daemon.sort.oneshot import decoders_for, gather, run, waiting
 
-    outcomes: list[Outcome] = []
     with contextlib.ExitStack() as stack:
         # Started first: the decoding processes' interpreters start while the model loads.
         found = waiting(layouts, settings)
@@ -102,21 +139,22 @@ def sort(
             progress.advance(task)
 
         try:
-            run(
-                work,
-                settings,
-                embedder,
-                journal=None if dry_run else journal,
-                dry_run=dry_run,
-                on_outcome=record,
-                decoders=decoders,
-            )
+            with interrupt.deferred() as stop:
+                run(
+                    work,
+                    settings,
+                    embedder,
+                    journal=None if dry_run else journal,
+                    dry_run=dry_run,
+                    on_outcome=record,
+                    decoders=decoders,
+                    stop=stop,
+                )
         except OSError as exc:  # the first file that could not be moved (disk full, permissions): one line
             where = f" {exc.filename!r}" if exc.filename else ""
             raise DatasetError(
                 f"stopped: cannot move{where}: {exc.strerror or exc}; the rest stays in Images/"
             ) from None
-    Console(stderr=as_json).print(summary(outcomes, dry_run=dry_run))
 
 
 def summary(outcomes: list[Outcome], *, dry_run: bool) -> Table:

@@ -29,8 +29,11 @@ hundreds of MB per worker). Python 3.11's ``SharedMemory`` registers every
 attachment with the process's resource tracker, which unlinks what is still
 registered when the process ends, so a worker's exit would delete the
 parent's slot: the worker unregisters its attachments (3.13's ``track=False``).
-A worker ignores SIGINT (a Ctrl-C in the terminal is the parent's to handle)
-and ends when its socket closes, so it never outlives the daemon for long.
+A worker runs in a process group of its own and ignores SIGINT: a Ctrl-C in
+the terminal goes to the terminal's foreground group, and is the parent's to
+handle (before, a Ctrl-C during a worker's imports killed it, and the pool
+went on decoding in threads). A worker ends when its socket closes, so it
+never outlives the daemon for long.
 
 A process killed with SIGKILL (an OOM kill, ``kill -9``, systemd's final
 cgroup kill, which takes the resource tracker with it) unlinks nothing, and
@@ -231,6 +234,7 @@ class _Worker:
                 [sys.executable, "-m", __name__, str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
+                process_group=0,  # out of the terminal's group: Ctrl-C is the parent's (see the module)
             )
         self.connection = Connection(ours.detach())
 

@@ -385,6 +385,7 @@ class Encoder:
         self.threads = resolve_threads(threads, self.device)
         self._applied = threading.local()  # which threads have had self.threads applied (see _on_this_thread)
         self.precision = resolve_precision(precision, self.device)
+        log.info("model_loading", model=model, device=self.device)  # seconds: say so before, not only after
         self._model = load_model(model, self.device)
         self._text = load_model(text_model, self.device) if text_model else self._model
         require_modalities(self._model, model, ("image",) if text_model else ("image", "text"))

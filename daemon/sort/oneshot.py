@@ -7,6 +7,7 @@ no model) fails before the first file moves.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -89,6 +90,7 @@ def run(
     dry_run: bool,
     on_outcome: Callable[[Outcome], None],
     decoders: Decoders | None = None,
+    stop: threading.Event | None = None,
 ) -> None:
     """Classify and place every gathered file through the batch driver, as the daemon does.
 
@@ -100,7 +102,8 @@ def run(
     dry runs). The run stops at the first file it cannot place (raising its
     error): the batch after it may have been classified by then, but none of
     its files moves. A failure to classify is raised once the batch being
-    placed meanwhile is finished and reported.
+    placed meanwhile is finished and reported. Once ``stop`` is set (Ctrl-C) no further batch is
+    classified: the one handed to the placer is placed whole, the rest stays in the inbox.
     """
     size = settings.batch_size
     batches = [
@@ -116,7 +119,7 @@ def run(
         try:
             queued = iter(batches)
             ahead: deque[tuple[Target, Batch]] = deque()  # being decoded, oldest first
-            while not driver.stopped:
+            while not driver.stopped and not (stop is not None and stop.is_set()):
                 # Keep decode_ahead batches decoding beside the one being classified.
                 while len(ahead) <= pool.ahead and (following := next(queued, None)) is not None:
                     ahead.append((following[0], driver.decode(following[1], pool, embedder, targets)))
