@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,7 @@ def decoding_processes(pid: int) -> list[int]:
 
 
 OUTCOMES = ("sorted", "review", "rejected")  # a file's line, once it is placed
-PHASES = {
+PHASES: dict[str, Callable[[Sorting], object]] = {
     "decoding processes starting": lambda run: decoding_processes(run.process.pid),
     "model loading": lambda run: run.events("model_loading"),
     "a batch in flight": lambda run: run.events(*OUTCOMES),
