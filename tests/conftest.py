@@ -24,7 +24,7 @@ from tests.daemonproc import Daemon
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny CLIP trained on coloured shapes, made by `clipsort demo-model` as a user makes it."""
     # A folder whose parent does not exist yet, as in the README's `clipsort demo-model models/demo`.
-    folder = tmp_path_factory.mktemp("clone") / "models" / "demo"
+    folder = tmp_path_factory.mktemp("clone") / "models" / "tiny-clip"
     made = CliRunner().invoke(app, ["demo-model", str(folder)])
     assert made.exit_code == 0, made.output
     return folder

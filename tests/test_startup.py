@@ -22,6 +22,7 @@ def test_a_command_that_classifies_nothing_loads_no_model_stack(name: str, tmp_p
 def test_a_command_that_classifies_loads_it(tmp_path: Path) -> None:
     """The probe itself sees the model stack where it is loaded (`eval` builds class indexes)."""
     root = prepare(tmp_path)
-    run = launch(["eval", "--root", "{root}", "--model", str(tmp_path / "none")], root, tmp_path)
-    assert run["exit_code"] == 2 and "model path" in run["stderr"]
+    (tmp_path / "not-a-model").mkdir()  # a folder: the checks before the model stack let it through
+    run = launch(["eval", "--root", "{root}", "--model", str(tmp_path / "not-a-model")], root, tmp_path)
+    assert run["exit_code"] == 2 and "cannot load the model folder" in run["stderr"]
     assert "torch" in run["model_stack"]

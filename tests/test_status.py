@@ -8,6 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from typer.testing import CliRunner
+
+from daemon.cli import app
 from daemon.service.status import STATUS_FILE, DatasetStatus, Status, is_live, read_status, write_status
 
 
@@ -49,3 +52,23 @@ def test_missing_or_corrupt_file_reads_as_none(tmp_path: Path) -> None:
     assert read_status(tmp_path) is None
     (tmp_path / STATUS_FILE).write_text("{not json")
     assert read_status(tmp_path) is None
+
+
+def test_status_fits_80_columns(data_root: Path) -> None:
+    """`clipsort status` at 80 columns: no line wraps or runs over, long names and paths are cut."""
+    state = data_root / ".clipsort"
+    state.mkdir()
+    found = status(os.getpid(), time.time())
+    found.model = "/srv/models/" + "a-very-long-model-folder-name/" * 4 + "clip-vit-base-patch32"
+    found.last_error = "the destination folder could not be written: " + "x" * 100
+    found.datasets["photographs-of-the-family-archive-2026"] = DatasetStatus(sorted=123456, queued=7)
+    write_status(state, found)
+    shown = CliRunner(env={"COLUMNS": "80"}).invoke(app, ["status", "--root", str(data_root)])
+    assert shown.exit_code == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, shown.stdout
+    header = next(line for line in lines if "dataset" in line)
+    assert all(name in header for name in ("classes", "sorted", "unknown", "uncertain", "corrections"))
+    assert any("123456" in line for line in lines) and any(
+        line.endswith("clip-vit-base-patch32") for line in lines
+    )

@@ -124,6 +124,7 @@ def test_a_worse_checkpoint_is_not_published_unless_forced(
         ("one-image", "has 1 image(s); at least 2 are needed"),
         ("empty-class", "has 0 image(s)"),
         ("bad-base", "cannot load the base folder"),
+        ("missing-base", "does not exist or is not a folder"),
     ],
 )
 def test_training_errors_exit_2_and_touch_nothing(
@@ -135,7 +136,9 @@ def test_training_errors_exit_2_and_touch_nothing(
     )
     if setup == "empty-class":
         (data_root / "ds" / "Clases" / "green").mkdir()
-    chosen = str(tmp_path / "missing-base") if setup == "bad-base" else str(base)
+    chosen = str(tmp_path / setup) if setup.endswith("-base") else str(base)
+    if setup == "bad-base":
+        (tmp_path / setup).mkdir()  # a folder, so it passes the check made before the model stack loads
     before = tree(data_root)
     result = CliRunner().invoke(
         app,

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from daemon.cli import app
 from daemon.errors import JournalError
-from daemon.store.journal import Journal
+from daemon.store.journal import Intent, Journal, Settlement
+from daemon.store.mover import make_state_dir
 from daemon.store.undo import parse_since
 from tests.helpers import clipsort_process, tree
 from tests.synthetic import make_dataset
@@ -162,3 +163,45 @@ def test_history_json_escapes_a_name_that_is_not_utf8(cli: CliRunner, data_root:
     assert done.returncode == 0, done.stderr
     [row] = [json.loads(line) for line in done.stdout.splitlines()]
     assert os.fsencode(row["source"]) == inbox + b"/caf\xff.png"
+
+
+def test_history_fits_80_columns_with_a_default_limit(data_root: Path) -> None:
+    """Deep paths and many decisions: one row per line in 80 columns, paths cut from the left, newest 50."""
+    folder = data_root / "a-dataset-with-a-long-name" / "Images" / "from the camera" / "2026" / "December"
+    make_state_dir(data_root / ".clipsort")
+    with Journal(data_root / ".clipsort") as journal:
+        intents = [
+            Intent(
+                "a-dataset-with-a-long-name",
+                folder / f"IMG_{k:04d}-a-rather-long-file-name.jpeg",
+                f"{k:064x}",
+                1000,
+                "reference-max",
+                "m",
+                "landscape",
+                (("landscape", 0.91), ("portrait", 0.05)),
+                "sorted",
+                data_root / "a-dataset-with-a-long-name" / "Dataset" / "landscape",
+            )
+            for k in range(60)
+        ]
+        ids = journal.plan(intents)
+        journal.settle(
+            [
+                Settlement(i, "moved", intent.folder / intent.source.name)
+                for i, intent in zip(ids, intents, strict=True)
+            ]
+        )
+    runner = CliRunner(env={"COLUMNS": "80"})
+    shown = runner.invoke(app, ["history", "--root", str(data_root)])
+    assert shown.exit_code == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+    rows = [line for line in lines if "moved" in line]
+    assert len(rows) == 50 and "IMG_0010-a-rather-long-file-name.jpeg" in rows[0]
+    assert "IMG_0059-a-rather-long-file-name.jpeg" in rows[-1] and "landscape" in rows[-1]
+    assert "…" in rows[-1] and str(data_root) not in shown.stdout, "relative to the root, cut from the left"
+    assert "the newest 50 of 60; --limit N shows more, --limit 0 all" in shown.stdout
+    everything = runner.invoke(app, ["history", "--root", str(data_root), "--limit", "0"])
+    assert sum("moved" in line for line in everything.stdout.splitlines()) == 60
+    assert "--limit" not in everything.stdout

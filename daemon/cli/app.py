@@ -12,7 +12,8 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
@@ -136,6 +137,56 @@ def text_table(*columns: str, labels: int | None = None, title: str | None = Non
     for k, column in enumerate(columns):
         table.add_column(column, justify="left" if labels is None or k < labels else "right")
     return table
+
+
+COLUMN_GAP = 2  # the spaces between two columns of a fitted table
+
+
+def fitted_table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    width: int,
+    flexible: int,
+    numbers: Sequence[str] = (),
+    cut_left: bool = False,
+) -> Table:
+    """A borderless table of ``rows`` that fits ``width`` columns, each row on one line.
+
+    Every column is as wide as its widest cell but column ``flexible``, which takes what is left
+    and whose longer cells are cut (from the left with ``cut_left``: a path's end names its file).
+    """
+    widths = [max([len(header), *(len(row[k]) for row in rows)]) for k, header in enumerate(headers)]
+    room = width - COLUMN_GAP * (len(headers) - 1) - sum(widths) + widths[flexible]
+    widths[flexible] = max(len(headers[flexible]), min(widths[flexible], room))
+    table = Table(box=None, pad_edge=False, padding=(0, COLUMN_GAP // 2), header_style="bold")
+    for header, size in zip(headers, widths, strict=True):
+        table.add_column(header, justify="right" if header in numbers else "left", no_wrap=True, width=size)
+    for row in rows:
+        cells = list(row)
+        if len(cells[flexible]) > widths[flexible]:
+            cut = widths[flexible] - 1
+            cells[flexible] = "…" + cells[flexible][-cut:] if cut_left else cells[flexible][:cut] + "…"
+        table.add_row(*cells)
+    return table
+
+
+def shorten_left(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, cut from the left (a path's end names its file)."""
+    return text if len(text) <= width else "…" + text[len(text) - width + 1 :]
+
+
+def relative_to(path: Path, root: Path) -> str:
+    """``path`` relative to the data root where it is under it, else as it is."""
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def short_time(epoch: float) -> str:
+    """``MM-DD HH:MM:SS`` in local time: a table row's time, the year and zone left to the header."""
+    return datetime.fromtimestamp(epoch).astimezone().strftime("%m-%d %H:%M:%S")
 
 
 def open_journal(settings: Settings, layouts: list[DatasetLayout]) -> Journal:

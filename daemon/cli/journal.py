@@ -17,8 +17,11 @@ from daemon.cli.app import (
     SinceOption,
     app,
     existing_journal,
+    fitted_table,
     json_line,
+    relative_to,
     settings_from,
+    short_time,
     since_time,
     text_table,
     user_errors,
@@ -26,8 +29,11 @@ from daemon.cli.app import (
 from daemon.errors import JournalError
 from daemon.logs import local_time
 from daemon.store.instance import refuse_if_served
+from daemon.store.journal import Entry
 from daemon.store.undo import choose
 from daemon.store.undo import undo as undo_entry
+
+HISTORY_LIMIT = 50  # the newest decisions shown by default: a long-lived journal holds many thousands
 
 
 @app.command()
@@ -35,32 +41,50 @@ from daemon.store.undo import undo as undo_entry
 def history(
     dataset: OneDataset = None,
     since: SinceOption = None,
+    limit: Annotated[
+        int, typer.Option("--limit", min=0, help=f"The newest N decisions (default {HISTORY_LIMIT}; 0: all).")
+    ] = HISTORY_LIMIT,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per decision on stdout.")] = False,
     config: ConfigOption = None,
     root: RootOption = None,
 ) -> None:
-    """List clipsort's decisions and moves, oldest first, from its journal."""
+    """List clipsort's decisions and moves, oldest first, from its journal (the newest 50 by default)."""
     settings = settings_from(config, root=root)
     with existing_journal(settings) as journal:
-        entries = journal.entries(dataset=dataset, since=since_time(since))
+        entries = journal.entries(dataset=dataset, since=since_time(since), last=limit or None)
+        total = (
+            len(entries) if not limit or len(entries) < limit else journal.count(dataset, since_time(since))
+        )
     if as_json:
         for entry in entries:
             typer.echo(json_line(entry.as_dict()))
         return
-    table = text_table("time", "dataset", "file", "class", "score", "state", "now at")
-    for entry in entries:
-        score = entry.intent.top3[0][1] if entry.intent.top3 else None
-        table.add_row(
-            local_time(entry.created),
-            entry.intent.dataset,
-            entry.intent.source.name,
+    console = Console()
+    rows = [
+        (
+            short_time(entry.created),
             entry.intent.label or f"({entry.intent.placement})",
-            "" if score is None else f"{score:.2f}",
-            # Review/'s reason (unknown, uncertain) beside the state: a column more would wrap the names.
+            f"{entry.intent.top3[0][1]:.2f}" if entry.intent.top3 else "",
+            # Review/'s reason (unknown, uncertain) beside the state: a column more would cut the path.
             f"{entry.state} ({entry.reason})" if entry.intent.placement == "review" else entry.state,
-            "" if entry.destination is None else str(entry.destination),
+            # Relative to the root (whose path every row would repeat): cut from the left to fit the
+            # terminal, as the last column; --json has both paths in full.
+            relative_to(where_now(entry), settings.root),
         )
-    Console().print(table)
+        for entry in entries
+    ]
+    headers = ("time", "class", "score", "state", "file (where it is now)")
+    table = fitted_table(headers, rows, width=console.width, flexible=4, numbers=("score",), cut_left=True)
+    console.print(table)
+    if total > len(entries):
+        console.print(f"the newest {len(entries)} of {total}; --limit N shows more, --limit 0 all")
+
+
+def where_now(entry: Entry) -> Path:
+    """Where the file of ``entry`` is now, as far as the journal knows: placed, or back in the inbox."""
+    if entry.destination is None or entry.state in ("planned", "undone"):
+        return entry.intent.source
+    return entry.destination
 
 
 @app.command()

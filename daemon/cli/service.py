@@ -17,8 +17,9 @@ from daemon.cli.app import (
     ModelOption,
     RootOption,
     app,
+    fitted_table,
     settings_from,
-    text_table,
+    shorten_left,
     user_errors,
 )
 from daemon.config import render_config_toml
@@ -74,18 +75,19 @@ def status(
         return
     uptime = int(time.time() - found.started_at)
     console = Console()
+    # Each line fits the terminal (80 columns and up): long values are cut, a path from the left.
     console.print(
         f"clipsort {found.version} pid {found.pid}, up {uptime // 3600}h{uptime // 60 % 60:02d}m"
-        f"{uptime % 60:02d}s, {found.model} on {found.device}"
+        f"{uptime % 60:02d}s on {found.device}",
+        no_wrap=True,
+        overflow="ellipsis",
     )
-    table = text_table(
-        "dataset", "classes", "sorted", "unknown", "uncertain", "rejected", "queued", "corrections", labels=1
-    )
-    for name, counts in found.datasets.items():
-        classes = "waiting" if counts.waiting_for_classes else str(counts.classes)
-        table.add_row(
+    console.print(f"model: {shorten_left(found.model, console.width - 7)}", no_wrap=True)
+    headers = ("dataset", "classes", "sorted", "unknown", "uncertain", "rejected", "queued", "corrections")
+    rows = [
+        (
             name,
-            classes,
+            "waiting" if counts.waiting_for_classes else str(counts.classes),
             str(counts.sorted),
             str(counts.unknown),
             str(counts.uncertain),
@@ -93,9 +95,13 @@ def status(
             str(counts.queued),
             str(sum(counts.corrections.values())),
         )
+        for name, counts in found.datasets.items()
+    ]
+    table = fitted_table(headers, rows, width=console.width, flexible=0, numbers=headers[1:])
     console.print(table)
-    console.print(f"state folder: {_megabytes(folder_size(settings.state_path))} in {settings.state_path}")
-    console.print(f"last error: {found.last_error or 'none'}")
+    size = _megabytes(folder_size(settings.state_path))
+    console.print(f"state folder: {size} in {shorten_left(str(settings.state_path), console.width - 24)}")
+    console.print(f"last error: {found.last_error or 'none'}", no_wrap=True, overflow="ellipsis")
 
 
 def _megabytes(size: int) -> str:

@@ -344,6 +344,13 @@ class Journal:
             values += tuple(states)
         return self._select(where, values, newest=last)
 
+    def count(self, dataset: str | None = None, since: float | None = None) -> int:
+        """How many decisions :meth:`entries` would list with these filters and no ``last``."""
+        where, values = _where(("dataset = ?", dataset), ("created >= ?", since))
+        with self._lock:
+            row = self._db.execute(f"SELECT count(*) FROM decisions WHERE {where}", values).fetchone()
+        return int(row[0])
+
     def by_id(self, entry_id: int) -> Entry | None:
         """The decision with that id (the review page names entries by id, never by path)."""
         found = self._select("id = ?", (int(entry_id),))
