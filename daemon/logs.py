@@ -26,8 +26,11 @@ LogFormat = Literal["auto", "console", "json"]
 
 # The canonical line per file (pipeline.Outcome.as_dict) and the keys a terminal shows of it; JSON
 # keeps everything (destination, runner-up, margin, top three, model).
-FILE_EVENTS = frozenset({"sorted", "review", "rejected"})
-BRIEF_KEYS = ("dataset", "file", "class", "score", "reason")
+# A dry run's lines say what would happen (`would sort`), never that it did.
+DRY_RUN_EVENTS = {"sorted": "would sort", "review": "would review", "rejected": "would reject"}
+FILE_EVENTS = frozenset({"sorted", "review", "rejected", *DRY_RUN_EVENTS.values()})
+# A held file's reason comes with its numbers (`reference 0.649 < 0.952`): a few words that say why.
+BRIEF_KEYS = ("dataset", "file", "class", "guess", "score", "reason", "detail")
 
 
 def local_time(epoch: float | None = None, *, seconds_only: bool = False) -> str:

@@ -8,6 +8,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -136,3 +137,9 @@ def accuracy(outcomes: list[Outcome], truth: Mapping[str, str]) -> float:
     return float(
         np.mean([o.decision is not None and o.decision.label == truth[o.source.name] for o in outcomes])
     )
+
+
+def predicted(record: Mapping[str, Any]) -> str | None:
+    """The class a decision's JSON line names: where it went, or its guess when held in Review/."""
+    label = record["class"] if record["class"] is not None else record.get("guess")
+    return None if label is None else str(label)

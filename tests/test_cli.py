@@ -7,16 +7,21 @@ import os
 import re
 import shutil
 import socket
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from daemon import __version__
 from daemon.cli import app
 from tests.helpers import clipsort_process, tree
 from tests.synthetic import draw, make_dataset, save, tiny_vit
+
+RGB = {"red": "red", "green": "green", "blue": "blue"}
 
 
 @pytest.fixture
@@ -172,6 +177,14 @@ def test_init_creates_layout_and_config_once(data_root: Path) -> None:
     assert Path("etc/clipsort.toml").read_text().startswith("# clipsort configuration")
     bad = runner.invoke(app, ["init", "../escape", "--root", str(data_root)])
     assert bad.exit_code == 2 and "invalid dataset name" in bad.stderr
+    make_dataset(data_root / "full", RGB, references=2, inbox=["red"])
+    before = tree(data_root / "full")
+    again = runner.invoke(app, ["init", "full", "--root", str(data_root)])
+    assert again.exit_code == 0
+    assert f"created {data_root / 'full'}/{{Dataset}}" in again.stdout
+    assert "left alone, as they exist: " in again.stdout and "{Clases,Images}" in again.stdout
+    assert "holds 3 class folders" in again.stdout
+    assert tree(data_root / "full") == before, "nothing in it touched"
 
 
 def test_python_dash_m_runs_the_cli_in_a_real_process(data_root: Path, tiny_model: Path) -> None:
@@ -330,3 +343,32 @@ def test_an_inbox_that_is_a_symlink_is_not_followed(cli: CliRunner, data_root: P
     assert tree(outside) == before
     assert "symlinked_folder_skipped" in result.stderr
     assert "Dataset" not in tree(data_root / "ds")
+
+
+def huge_png_header(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims ``width`` x ``height`` (its pixels never come): a 108 MP picture's start."""
+    Image.new("RGB", (8, 8)).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR's width and height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # and its checksum
+    path.write_bytes(bytes(data))
+
+
+def test_terminal_lines_say_would_and_why_and_json_names_a_held_files_guess(
+    data_root: Path, tiny_model: Path
+) -> None:
+    """Dry runs say `would sort`; a held file says why; --json: class null and a guess; no Pillow warning."""
+    make_dataset(data_root / "ds", RGB, references=3, inbox=["red"], seed=4)
+    Image.effect_noise((96, 96), 90).convert("RGB").save(data_root / "ds" / "Images" / "noise.png")
+    huge_png_header(data_root / "ds" / "Images" / "huge.png", 12_000, 9_000)
+    env = {**os.environ, "CLIPSORT_MODEL": str(tiny_model), "CLIPSORT_LOG_FORMAT": "console"}
+    dry = clipsort_process("sort", "--root", str(data_root), "--dry-run", "--json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "would sort" in dry.stderr and "would reject" in dry.stderr
+    assert not re.search(r"\bsorted\b.*img0000", dry.stderr), "a dry run never says it sorted"
+    held = [json.loads(line) for line in dry.stdout.splitlines() if json.loads(line)["status"] == "review"]
+    assert held and all(record["class"] is None and record["guess"] in RGB for record in held)
+    review_line = next(line for line in dry.stderr.splitlines() if "would review" in line)
+    assert "reason=unknown" in review_line and "detail=" in review_line and "<" in review_line
+    assert "DecompressionBombWarning" not in dry.stderr and "warnings.warn" not in dry.stderr
+    assert re.search(r"would reject.*huge\.png.*pixel limit", dry.stderr), dry.stderr

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from daemon.cli import app
 from daemon.learn.evaluation import MODES, GateResult, ModeResult, fold_of, recommend
+from tests.helpers import predicted
 from tests.synthetic import make_dataset
 
 CLASSES = {"red": "red", "green": "green", "blue": "blue", "lote-3": "yellow"}
@@ -79,7 +80,7 @@ def test_eval_json_agrees_with_sort_on_the_same_held_out_split(
             app, ["sort", "--root", str(check.parent), "--dry-run", "--json", *SORT_FLAGS[mode]]
         )
         assert sorted_run.exit_code == 0, sorted_run.output
-        got = {Path(r["file"]).name: r["class"] for r in map(json.loads, sorted_run.stdout.splitlines())}
+        got = {Path(r["file"]).name: predicted(r) for r in map(json.loads, sorted_run.stdout.splitlines())}
         assert got == expected, mode
         accuracy = np.mean([name.startswith(f"{label}-") for name, label in got.items()])
         fold_truth = [p for p in report["modes"][mode]["predictions"] if p["fold"] == 0]

@@ -157,6 +157,6 @@ def test_a_filed_picture_moved_into_the_negatives_folder_teaches_the_unknown_gat
     before = daemon.events("unknown_gate")[0]["thresholds"]
     for record in held:
         rule, score, _, _ = record["detail"].split()  # the detail logs 3 decimals
-        raised = rule == "reference" and before[record["class"]] <= float(score) + 5e-4
+        raised = rule == "reference" and before[record["guess"]] <= float(score) + 5e-4
         assert rule == "negative" or raised, record
     assert daemon.stop() == 0

@@ -167,6 +167,9 @@ def test_malformed_input_is_quarantined_or_left_alone_and_the_daemon_carries_on(
     assert "empty" in reasons["empty.jpg"] and "truncated" in reasons["truncated.jpg"]
     assert "pixel limit" in reasons["bomb.png"] and "file size limit" in reasons["huge.png"]
     assert "allowed format" in reasons["text.jpg"]
+    waited = [Path(r["file"]).name for r in daemon.events("waiting")]
+    assert sorted(waited) == ["empty.jpg", "truncated.jpg"], "one line each, as the wait began"
+    assert "empty" in daemon.events("waiting")[waited.index("empty.jpg")]["reason"]
     assert {Path(r["path"]).name for r in daemon.events("special_file_skipped")} == {"fifo.jpg"}
     assert {Path(r["path"]).name for r in daemon.events("symlink_skipped")} == {"link.png"}
     journal = Journal(daemon.state)

@@ -17,7 +17,7 @@ from bench.startup import launch
 from daemon.classify.checkpoints import current_checkpoint
 from daemon.cli import app
 from daemon.learn.training import augment, predict, stratified_split
-from tests.helpers import tree
+from tests.helpers import predicted, tree
 from tests.synthetic import SHAPES, draw, make_dataset, tiny_vit
 
 COLORS = {"red": "red", "green": "green", "blue": "blue", "yellow": "yellow"}
@@ -178,7 +178,7 @@ def test_sort_in_finetuned_mode_files_by_the_checkpoint(
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert {r["mode"] for r in records} == {"finetuned"}
-    assert np.mean([r["class"] == truth[Path(r["file"]).name] for r in records]) >= 0.85
+    assert np.mean([predicted(r) == truth[Path(r["file"]).name] for r in records]) >= 0.85
     assert all(0 <= r["score"] <= 1 for r in records)
 
 
@@ -195,7 +195,7 @@ def test_a_fine_tuned_root_needs_no_clip_model(base: Path, data_root: Path, tmp_
     assert "sentence_transformers" not in sorted_["model_stack"]
     records = [json.loads(line) for line in sorted_["stdout"].splitlines()]
     assert len(records) == len(COLORS) and {r["mode"] for r in records} == {"finetuned"}
-    assert sum(r["class"] == Path(r["file"]).stem for r in records) >= 3
+    assert sum(predicted(r) == Path(r["file"]).stem for r in records) >= 3
     evaluated = launch(["eval", "--root", "{root}", "--json"], data_root, Path.cwd())
     assert evaluated["exit_code"] == 0, evaluated["stderr"]
     assert "sentence_transformers" not in evaluated["model_stack"]
@@ -260,7 +260,7 @@ def test_clip_base_improves_on_its_zero_shot_accuracy(data_root: Path, tiny_mode
         result = runner.invoke(app, ["sort", "--root", str(data_root), "--mode", mode, "--dry-run", "--json"])
         assert result.exit_code == 0, result.output
         records = [json.loads(line) for line in result.stdout.splitlines()]
-        return float(np.mean([r["class"] == truth[Path(r["file"]).name] for r in records]))
+        return float(np.mean([predicted(r) == truth[Path(r["file"]).name] for r in records]))
 
     zero_shot, finetuned = accuracy("text"), accuracy("finetuned")
     assert zero_shot < 0.9

@@ -131,9 +131,19 @@ def init(
     if not name or name.startswith(".") or "/" in name or name in ("..",):
         raise DatasetError(f"invalid dataset name {name!r}: use a plain folder name")
     dataset = settings.root / name
-    for part in (CLASSES_DIR, INBOX_DIR, SORTED_DIR):
+    parts = (CLASSES_DIR, INBOX_DIR, SORTED_DIR)
+    existing = [part for part in parts if (dataset / part).is_dir()]
+    for part in parts:
         ensure_dir(dataset / part, boundary=settings.root)
-    typer.echo(f"created {dataset}/{{{CLASSES_DIR},{INBOX_DIR},{SORTED_DIR}}}")
+    made = [part for part in parts if part not in existing]
+    if made:
+        typer.echo(f"created {dataset}/{{{','.join(made)}}}")
+    if existing:  # what a person filled is never touched: say so rather than "created"
+        classes = sum(1 for entry in (dataset / CLASSES_DIR).iterdir() if entry.is_dir())
+        held = (
+            f" ({CLASSES_DIR}/ holds {classes} class folder{'s' if classes != 1 else ''})" if classes else ""
+        )
+        typer.echo(f"left alone, as they exist: {dataset}/{{{','.join(existing)}}}{held}")
     typer.echo(
         f"next: a folder per class in {dataset / CLASSES_DIR}, images to sort in {dataset / INBOX_DIR}"
     )

@@ -67,7 +67,7 @@ import numpy.typing as npt
 import structlog
 
 from daemon.encode.decoding import Decoded, Prepare, read_and_decode
-from daemon.encode.images import DecodeLimits, centre_crop
+from daemon.encode.images import DecodeLimits, centre_crop, pillow_warnings_off
 from daemon.errors import ImageIncomplete, ImageRejected
 
 log = structlog.get_logger()
@@ -465,4 +465,5 @@ def _resolve(batch: _Batch, release: Callable[[_Slot], None]) -> None:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pillow_warnings_off()
     _serve(Connection(int(sys.argv[1])))

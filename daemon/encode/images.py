@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,17 @@ def read_file(path: Path, *, max_bytes: int) -> bytes:
     return data
 
 
+def pillow_warnings_off() -> None:
+    """Keep Pillow's DecompressionBombWarning off the terminal wherever files are decoded.
+
+    Pillow warns, in ``Image.open``, of a picture between its MAX_IMAGE_PIXELS and twice that;
+    :func:`decode_image` rejects such a picture itself, from the header, and its rejection line says
+    it all. Unfiltered, the warning printed its raw text and source line before that line. An
+    "ignore" filter (unlike an "error" one, see below) loses nothing if another filter undoes it.
+    """
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def decode_image(
     data: bytes, *, target: int, formats: Sequence[str], max_pixels: int, slack: float = 1.0
 ) -> Image.Image:
@@ -193,6 +205,7 @@ class DecodeLimits:
     @classmethod
     def from_settings(cls, settings: Settings) -> DecodeLimits:
         """What an inbox or reference file may be, as configured (the daemon's, the page's)."""
+        pillow_warnings_off()
         return cls(tuple(settings.image_formats), settings.max_pixels, int(settings.max_file_mb * 2**20))
 
     def load(self, path: Path, target: int) -> Image.Image:

@@ -26,6 +26,7 @@ from daemon.encode.encoder import Encoder
 from daemon.encode.vectors import Vectors
 from daemon.errors import ClipsortError, ImageRejected, JournalError
 from daemon.ingest.readiness import Job, Signature
+from daemon.logs import DRY_RUN_EVENTS
 from daemon.store.journal import Intent, Journal, Settlement, State
 from daemon.store.mover import OpenFolders, move_into, preview
 
@@ -56,8 +57,10 @@ class Outcome:
             "destination": str(self.destination),
         }
         if self.decision is not None:
+            held = self.status != "sorted"  # in Review/: the class is a guess, not where it went
             data |= {
-                "class": self.decision.label,
+                "class": None if held else self.decision.label,
+                **({"guess": self.decision.label} if held else {}),
                 "score": round(self.decision.score, 6),
                 "runner_up": self.decision.runner_up,
                 "runner_up_score": None
@@ -318,5 +321,6 @@ def _outcome(item: Delivery, destination: Path, model: str, *, dry_run: bool) ->
         detail=detail,
         extra={"mode": item.target.classifier.name, "model": model, "dry_run": dry_run},
     )
-    (log.info if status == "sorted" else log.warning)(status, **outcome.as_dict())
+    event = DRY_RUN_EVENTS[status] if dry_run else status
+    (log.info if status == "sorted" else log.warning)(event, **outcome.as_dict())
     return outcome

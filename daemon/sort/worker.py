@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import ClassVar, Protocol
 
 import structlog
@@ -200,6 +201,7 @@ class RetryAndGoOn:
         self._retries: dict[str, tuple[float, float]] = {}  # cause -> (delay, when it last doubled)
         self.state_blocked = False  # files wait because the journal cannot be written
         self._lock = threading.Lock()  # the model's and the placer's thread both back off
+        self._waiting: set[Path] = set()  # files waited on until complete (their `waiting` line said)
 
     falls_back: ClassVar[bool] = True  # smaller batches, then the CPU; a file that still fails waits
 
@@ -209,10 +211,24 @@ class RetryAndGoOn:
             self._intake.retry(job, self._backoff("inference"))
             return False
         if isinstance(verdict, ImageIncomplete) and age(job) < self._settings().max_wait_seconds:
-            log.debug("not_ready", file=str(job.path), reason=str(verdict))
+            with self._lock:
+                first = job.path not in self._waiting
+                self._waiting.add(job.path)
+            if first:  # once, as the wait starts: a file silent for minutes before its verdict puzzles
+                log.info(
+                    "waiting",
+                    file=str(job.path),
+                    reason=str(verdict),
+                    until=f"complete, or rejected after {self._settings().max_wait_seconds:g} s",
+                )
             self._intake.retry(job, self._recheck_delay(job))  # not ready is not bad
             return False
+        self._done_waiting(job)
         return True
+
+    def _done_waiting(self, job: Job) -> None:
+        with self._lock:
+            self._waiting.discard(job.path)
 
     def still_there(self, delivery: Delivery) -> bool:
         if is_unchanged(delivery.job):
@@ -255,6 +271,7 @@ class RetryAndGoOn:
             self._intake.retry(job, self._backoff(cause))
 
     def unplaced(self, job: Job) -> None:
+        self._done_waiting(job)
         self._intake.release(job)  # it stays in the inbox; the next scan offers it again
 
     def placing_failed(self, batch: Classified, error: Exception) -> bool:
