@@ -55,6 +55,9 @@ DEFAULT_TEMPLATES = (
 )
 SYSTEM_CONFIG = Path("/etc/clipsort/config.toml")
 # What `clipsort eval` compares: each CLIP mode, reference mode with both aggregations.
+# Lightroom and darktable (.xmp), Apple Photos edits (.aae), Google Takeout (IMG_1.jpg.json),
+# camera thumbnails (.thm).
+DEFAULT_SIDECARS = (".xmp", ".aae", ".json", ".thm")
 EVALUATED_MODES = ("text", "reference-max", "reference-avg", "mixed")
 # `clipsort train`'s default backbone (the original third script's).
 DEFAULT_BASE = "google/vit-base-patch16-224-in21k"
@@ -111,6 +114,7 @@ class DatasetSettings(BaseModel):
     unknown_gate: bool
     auto_keep: float
     descriptions: Mapping[str, str]
+    sidecar_suffixes: tuple[str, ...] = DEFAULT_SIDECARS
 
 
 class Settings(BaseSettings):
@@ -291,6 +295,14 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_IGNORE),
         description="Inbox names never touched (temporary names of files still being written).",
     )
+    sidecar_suffixes: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_SIDECARS),
+        description=(
+            "Sidecar files (edits, metadata) travel with their picture into the same folder: a file named "
+            "like a picture with one of these suffixes (IMG_1.xmp or IMG_1.jpg.xmp beside IMG_1.jpg; case "
+            "does not matter). One whose picture never comes stays in the inbox."
+        ),
+    )
     state_dir: Path | None = Field(
         None,
         description="Caches, status file and journal; unset means <root>/.clipsort.",
@@ -400,6 +412,14 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
 
+    @field_validator("sidecar_suffixes")
+    @classmethod
+    def _suffixes(cls, value: list[str]) -> list[str]:
+        bad = [suffix for suffix in value if not suffix.startswith(".") or len(suffix) < 2 or "/" in suffix]
+        if bad:
+            raise ValueError(f"a suffix starts with a dot, as .xmp does (not {', '.join(map(repr, bad))})")
+        return [suffix.lower() for suffix in value]
+
     @field_validator("image_formats")
     @classmethod
     def _known_formats(cls, value: list[str]) -> list[str]:
@@ -443,6 +463,7 @@ class Settings(BaseSettings):
             unknown_gate=own.unknown_gate if own.unknown_gate is not None else self.unknown_gate,
             auto_keep=self.auto_keep,
             descriptions=own.descriptions,
+            sidecar_suffixes=tuple(self.sidecar_suffixes),
         )
 
 

@@ -15,6 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Protocol
 
 import structlog
@@ -22,6 +23,7 @@ import structlog
 from daemon.config import Settings
 from daemon.ingest.readiness import Hint, Job, Readiness
 from daemon.ingest.scanner import scan
+from daemon.ingest.sidecars import is_sidecar, pictures_of, split
 from daemon.ingest.workqueue import FairQueue, drain
 from daemon.layout import DatasetLayout, discover
 
@@ -29,6 +31,7 @@ log = structlog.get_logger()
 
 ALL = "*"  # rescan request meaning every dataset, and look for new ones
 HINTS_PER_TICK = 2048
+SIDECARS_REMEMBERED = 10_000  # orphaned sidecars whose line was said
 TICK = 0.1
 # After close-after-write or a rename into the inbox the writer is done; a short
 # second look confirms the size held still (a writer that reopens to append is
@@ -66,6 +69,7 @@ class Intake:
         self._requested: set[str] = {ALL}
         self._resync = False  # look for folders to watch, scanning no inbox
         self._overflowed: set[str] = set()
+        self._waiting_sidecars: set[Path] = set()  # orphaned sidecars already logged (once each)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._next_full = 0.0
@@ -119,6 +123,15 @@ class Intake:
         self._stop.set()
         self.thread.join(timeout=5)
 
+    def _sidecar(self, path: Path) -> None:
+        """Say once that a sidecar waits for a picture that is not in its folder (it is never rejected)."""
+        if path in self._waiting_sidecars or pictures_of(path, self.settings.sidecar_suffixes):
+            return
+        if len(self._waiting_sidecars) >= SIDECARS_REMEMBERED:
+            self._waiting_sidecars.clear()  # at worst one line more for each: memory stays bounded
+        self._waiting_sidecars.add(path)
+        log.info("sidecar_waiting", file=str(path), reason="its picture is not in the inbox")
+
     # --- the intake thread ---------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -136,6 +149,9 @@ class Intake:
         linked = {name for name, layout in sortable.items() if hints and layout.inbox.is_symlink()}
         for hint in hints:
             if hint.dataset in linked:  # an inbox that is a symlink is never followed (see scan)
+                continue
+            if is_sidecar(hint.path.name, self.settings.sidecar_suffixes):
+                self._sidecar(hint.path)  # never a job: it moves with its picture
                 continue
             if hint.dataset in sortable and not self.readiness.offer(hint):
                 self._overflowed.add(hint.dataset)
@@ -171,7 +187,12 @@ class Intake:
         self.scans += 1
 
     def _scan(self, layout: DatasetLayout) -> None:
-        for path in scan(layout.inbox, self.settings.ignore_patterns):
+        files, sidecars = split(
+            scan(layout.inbox, self.settings.ignore_patterns), self.settings.sidecar_suffixes
+        )
+        for path in sidecars:
+            self._sidecar(path)
+        for path in files:
             if not self.readiness.offer(Hint(layout.name, path)):
                 self._overflowed.add(layout.name)
                 log.info("intake_full", dataset=layout.name, capacity=self.settings.queue_capacity)

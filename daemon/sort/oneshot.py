@@ -24,6 +24,7 @@ from daemon.encode.images import DecodeLimits
 from daemon.errors import NoClassesError
 from daemon.ingest.readiness import Job, Signature
 from daemon.ingest.scanner import scan
+from daemon.ingest.sidecars import pictures_of, split
 from daemon.layout import DatasetLayout
 from daemon.sort.driver import Batch, Classified, Decoders, Driver, Verdict
 from daemon.sort.pipeline import Delivery, Outcome, Result
@@ -47,7 +48,14 @@ def waiting(layouts: Sequence[DatasetLayout], settings: Settings) -> dict[str, l
     Found before the model loads, so that a run with nothing to sort starts no decoding process
     (each takes about half a second of CPU); files that arrive later wait for the next run.
     """
-    return {layout.name: list(scan(layout.inbox, settings.ignore_patterns)) for layout in layouts}
+    found = {}
+    for layout in layouts:
+        files, sidecars = split(scan(layout.inbox, settings.ignore_patterns), settings.sidecar_suffixes)
+        found[layout.name] = files  # a sidecar moves with its picture, never on its own
+        for path in sidecars:
+            if not pictures_of(path, settings.sidecar_suffixes):
+                log.info("sidecar_waiting", file=str(path), reason="its picture is not in the inbox")
+    return found
 
 
 def gather(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -26,6 +26,8 @@ from daemon.encode.encoder import Encoder
 from daemon.encode.vectors import Vectors
 from daemon.errors import ClipsortError, ImageRejected, JournalError
 from daemon.ingest.readiness import Job, Signature
+from daemon.ingest.scanner import content_hash
+from daemon.ingest.sidecars import companions, renamed
 from daemon.logs import DRY_RUN_EVENTS
 from daemon.store.journal import Intent, Journal, Settlement, State
 from daemon.store.mover import OpenFolders, move_into, preview
@@ -255,15 +257,25 @@ def deliver(
             folder = item.placement.folder
             results.append(_outcome(item, preview(item.job.path, folder), model, dry_run=True))
         return results
+    travelling = _sidecars(batch)
+    intents = [item.intent(m) for item, m in zip(batch, models, strict=True)]
+    intents += [
+        replace(intents[k], source=path, sha256=sha256, size=size, mode=SIDECAR_MODE, top3=(), companion=k)
+        for k, found in enumerate(travelling)
+        for path, sha256, size in found
+    ]
     try:
-        entries = (
-            journal.plan([item.intent(m) for item, m in zip(batch, models, strict=True)]) if journal else []
-        )
+        entries = journal.plan(intents) if journal else []
     except JournalError as exc:  # no intent recorded: nothing may move
         return [exc for _ in batch]
     folders = OpenFolders()  # each folder is opened (made, checked) once, from the dataset's own folder
     try:
         states = [_place(item, model, folders, results) for item, model in zip(batch, models, strict=True)]
+        states += [
+            _place_sidecar(path, item, states[k][1], folders)
+            for k, (item, found) in enumerate(zip(batch, travelling, strict=True))
+            for path, _, _ in found
+        ]
         folders.sync_touched()  # before the outcomes are recorded as durable
     finally:
         folders.close()
@@ -273,6 +285,55 @@ def deliver(
         except JournalError as exc:  # the files moved: their outcomes are written with the next batch
             log.error("journal_write_failed", error=str(exc), kept="outcomes, written with the next batch")
     return results
+
+
+SIDECAR_MODE = "sidecar"  # a sidecar's journal entry: its picture's decision, its own bytes
+
+
+def _sidecars(batch: Sequence[Delivery]) -> list[list[tuple[Path, str, int]]]:
+    """Per file of ``batch``, its sidecars in the inbox now (path, sha256, size); each folder listed once."""
+    listings: dict[Path, list[str]] = {}
+    found: list[list[tuple[Path, str, int]]] = []
+    for item in batch:
+        folder = item.job.path.parent
+        if folder not in listings:
+            try:
+                listings[folder] = os.listdir(folder)
+            except OSError:
+                listings[folder] = []
+        names = companions(item.job.path.name, listings[folder], item.target.settings.sidecar_suffixes)
+        mine = []
+        for name in names:
+            path = folder / name
+            try:
+                mine.append((path, content_hash(path), path.lstat().st_size))
+            except OSError:  # gone meanwhile, or a FIFO's or symlink's name: it stays, unread
+                continue
+        found.append(mine)
+    return found
+
+
+def _place_sidecar(
+    path: Path, item: Delivery, placed: Path | None, folders: OpenFolders
+) -> tuple[State, Path | None, str | None, str | None]:
+    """Move one sidecar beside its picture, now at ``placed`` (None: the picture did not move)."""
+    if placed is None:
+        return ("cleared", None, "its picture did not move", None)
+    root = item.target.layout.root
+    try:
+        origin = folders.get(path.parent, root, create=False)
+        destination = folders.get(placed.parent, root, create=False)
+        moved = move_into(
+            origin.at(path.name),
+            destination,
+            keep_source=item.target.settings.action == "copy",
+            name=renamed(path.name, item.job.path.name, placed.name),
+        )
+    except (OSError, ClipsortError) as exc:
+        log.warning("sidecar_not_moved", file=str(path), error=str(exc))
+        return ("cleared", None, f"not moved: {exc}", None)
+    log.info("sidecar_moved", file=str(path), destination=str(moved))
+    return ("moved", moved, None, None)
 
 
 def _place(

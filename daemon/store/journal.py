@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     reason TEXT,
     created REAL NOT NULL,
     updated REAL NOT NULL,
-    detail TEXT
+    detail TEXT,
+    companion INTEGER
 );
 CREATE INDEX IF NOT EXISTS decisions_state ON decisions (state);
 CREATE INDEX IF NOT EXISTS decisions_created ON decisions (created);
@@ -91,6 +92,9 @@ class Intent:
     top3: tuple[tuple[str, float], ...]
     placement: Placement
     folder: Path
+    # A sidecar (IMG_1.xmp beside IMG_1.jpg) travels with its picture: the index, in the same
+    # :meth:`Journal.plan` call, of the picture's intent (stored as that row's id, Entry.companion).
+    companion: int | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class Entry:
     created: float
     updated: float
     detail: str | None = None  # Review/: the numbers behind the reason
+    companion: int | None = None  # a sidecar's picture's entry id (None for a picture)
 
     def as_dict(self) -> dict[str, object]:
         """The JSON form printed by ``clipsort history --json``."""
@@ -126,6 +131,7 @@ class Entry:
             "reason": self.reason,
             "detail": self.detail,
             "updated": self.updated,
+            "sidecar_of": self.companion,
         }
 
 
@@ -181,6 +187,8 @@ class Journal:
         try:
             db = connect(self.path, SCHEMA, synchronous="FULL", timeout=30)
             add_column(db, "decisions", "detail", "TEXT")  # journals from before the unknown gate
+            add_column(db, "decisions", "companion", "INTEGER")  # journals from before sidecars
+            db.execute("CREATE INDEX IF NOT EXISTS decisions_companion ON decisions (companion)")
             return db, os.stat(self.path).st_ino
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open the journal {str(self.path)!r}: {exc}") from None
@@ -232,13 +240,13 @@ class Journal:
     def plan(self, intents: Sequence[Intent]) -> list[int]:
         """Record intents before their moves, in one transaction; their row ids."""
         now = self.clock()
-        ids = []
+        ids: list[int] = []
         with self._transaction() as db:
             for intent in intents:
                 cursor = db.execute(
                     "INSERT INTO decisions (dataset, source, sha256, size, mode, model, label, top3,"
-                    " placement, folder, state, created, updated)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?)",
+                    " placement, folder, state, created, updated, companion)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?, ?)",
                     (
                         intent.dataset,
                         os.fsencode(intent.source),
@@ -252,6 +260,7 @@ class Journal:
                         os.fsencode(intent.folder),
                         now,
                         now,
+                        None if intent.companion is None else ids[intent.companion],
                     ),
                 )
                 assert cursor.lastrowid is not None
@@ -331,18 +340,29 @@ class Journal:
         last: int | None = None,
         label: str | None = None,
         placement: Placement | None = None,
+        sidecars: bool = False,
     ) -> list[Entry]:
-        """Decisions, oldest first, filtered as asked (``last``: only the newest N)."""
+        """Decisions, oldest first, filtered as asked (``last``: only the newest N).
+
+        A sidecar's entry is listed only with ``sidecars``: undo, the page and the learner deal in
+        pictures, and a sidecar goes wherever its picture goes (:meth:`sidecars_of`).
+        """
         where, values = _where(
             ("dataset = ?", dataset),
             ("created >= ?", since),
             ("label = ?", label),
             ("placement = ?", placement),
         )
+        if not sidecars:
+            where += " AND companion IS NULL"
         if states:
             where += f" AND state IN ({','.join('?' * len(states))})"
             values += tuple(states)
         return self._select(where, values, newest=last)
+
+    def sidecars_of(self, entry: Entry) -> list[Entry]:
+        """The sidecars that travelled with ``entry``'s picture."""
+        return self._select("companion = ?", (entry.id,))
 
     def count(self, dataset: str | None = None, since: float | None = None) -> int:
         """How many decisions :meth:`entries` would list with these filters and no ``last``."""
@@ -485,7 +505,8 @@ class Journal:
     def _select(self, where: str, values: Sequence[object], newest: int | None = None) -> list[Entry]:
         query = (
             "SELECT id, dataset, source, sha256, size, mode, model, label, top3, placement, folder,"
-            f" destination, state, reason, created, updated, detail FROM decisions WHERE {where} ORDER BY id"
+            " destination, state, reason, created, updated, detail, companion"
+            f" FROM decisions WHERE {where} ORDER BY id"
         )
         if newest is not None:
             query = f"SELECT * FROM ({query} DESC LIMIT {int(newest)}) ORDER BY id"
@@ -512,6 +533,7 @@ class Journal:
                 created=row[14],
                 updated=row[15],
                 detail=row[16],
+                companion=row[17],
             )
             for row in rows
         ]
