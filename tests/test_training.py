@@ -17,7 +17,8 @@ from bench.startup import launch
 from daemon.classify.checkpoints import current_checkpoint
 from daemon.cli import app
 from daemon.learn.training import augment, predict, stratified_split
-from tests.helpers import predicted, tree
+from tests.helpers import held_out, predicted, tree
+from tests.synthetic import COLORS as SIX_COLORS
 from tests.synthetic import SHAPES, draw, make_dataset, tiny_vit
 
 COLORS = {"red": "red", "green": "green", "blue": "blue", "yellow": "yellow"}
@@ -268,3 +269,34 @@ def test_clip_base_improves_on_its_zero_shot_accuracy(data_root: Path, tiny_mode
     published = current_checkpoint(data_root / ".clipsort" / "checkpoints" / "ds")
     assert published is not None
     assert json.loads((published / "config.json").read_text())["model_type"] == "clipsort-clip-head"
+
+
+def test_a_checkpoint_keeps_strangers_out_by_default(data_root: Path, tiny_model: Path) -> None:
+    """Fine-tuned mode's "none of these": strangers held as unknown, pictures of the classes filed.
+
+    Four of the six colours are classes, 12 references each; the inbox holds 12 unseen pictures of
+    every colour. Default settings: >= 80% of strangers kept out, <= 10% of in-class pictures held.
+    """
+    classes = ("red", "green", "blue", "yellow")
+    make_dataset(data_root / "ds", {c: c for c in classes}, references=12, seed=5)
+    truth = held_out(data_root / "ds", {c: c for c in SIX_COLORS}, per_class=12)
+    runner = CliRunner(env={"CLIPSORT_MODEL": str(tiny_model)})
+    train_into(runner, tiny_model, data_root, "ds")
+    result = runner.invoke(
+        app, ["sort", "--root", str(data_root), "--mode", "finetuned", "--dry-run", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    inside = [r for r in records if truth[Path(r["file"]).name] in classes]
+    strangers = [r for r in records if truth[Path(r["file"]).name] not in classes]
+    kept_out = np.mean([r["status"] == "review" and r["reason"] == "unknown" for r in strangers])
+    held = np.mean([r["status"] != "sorted" for r in inside])
+    right = np.mean([r["class"] == truth[Path(r["file"]).name] for r in inside])
+    assert kept_out >= 0.8 and held <= 0.1, (kept_out, held, right)
+    assert right >= 0.85, (kept_out, held, right)
+    assert all("reference" in r["detail"] for r in strangers if r["status"] == "review")
+    evaluated = runner.invoke(app, ["eval", "--root", str(data_root), "--modes", "finetuned", "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    gate = json.loads(evaluated.stdout)["modes"]["finetuned"]["gate"]
+    assert gate["rule"] == "reference (checkpoint features)" and gate["references_kept"] == 1.0, gate
+    assert len(gate["reference_margins"]) == len(classes) * 12

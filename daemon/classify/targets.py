@@ -4,22 +4,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import structlog
+from PIL import Image
 
 from daemon.classify.calibration import Calibration, calibrate
 from daemon.classify.checkpoints import checkpoints_of, current_checkpoint
 from daemon.classify.classindex import ClassIndex, Example, build_class_index
 from daemon.classify.modes import Classifier, ClipClassifier, make_classifier
-from daemon.classify.modes.finetuned import CheckpointCache, FinetunedClassifier
+from daemon.classify.modes.finetuned import CheckpointCache, FinetunedClassifier, known_features
 from daemon.classify.review import ReviewPolicy
-from daemon.classify.unknown import NEGATIVE_TEMPLATE, Gate, calibrate_gate, candidate_words
+from daemon.classify.unknown import (
+    NEGATIVE_TEMPLATE,
+    Gate,
+    calibrate_gate,
+    candidate_words,
+    reference_thresholds,
+    within_own_references,
+)
 from daemon.config import DatasetSettings, Settings
 from daemon.encode.embeddings import Embedder
 from daemon.encode.encoder import resolve_device
+from daemon.encode.images import DecodeLimits, input_size
 from daemon.encode.vectors import Vectors
-from daemon.errors import NoClassesError
+from daemon.errors import ClipsortError, NoClassesError
 from daemon.layout import DatasetLayout
 
 log = structlog.get_logger()
@@ -57,6 +67,9 @@ def finetuned_target(
             f"dataset {layout.name!r} has no fine-tuned checkpoint yet: run `clipsort train -d {layout.name}`"
         )
     classifier = FinetunedClassifier(checkpoints.get(path))
+    own = settings.for_dataset(layout.name)
+    if own.unknown_gate:
+        classifier = finetuned_gate(classifier, index, DecodeLimits.from_settings(settings), own.auto_keep)
     if set(classifier.classes(index)) != set(index.classes):
         log.warning(
             "checkpoint_classes_differ",
@@ -65,9 +78,49 @@ def finetuned_target(
             checkpoint_classes=list(classifier.classes(index)),
             class_folders=list(index.classes),
         )
-    own = settings.for_dataset(layout.name)
     review = ReviewPolicy(min_confidence=_number(own.min_confidence), min_margin=own.min_margin)
     return Target(layout=layout, settings=own, index=index, classifier=classifier, review=review)
+
+
+def finetuned_gate(
+    classifier: FinetunedClassifier, index: ClassIndex, limits: DecodeLimits, keep: float
+) -> FinetunedClassifier:
+    """``classifier`` with the unknown gate on its own features, calibrated on the references.
+
+    The same reference rule as the CLIP modes (k = 1 nearest reference, thresholds from leave-one-out,
+    ``Clases/_none/`` as strangers), on the checkpoint's pooled output instead of CLIP vectors: the
+    references are decoded and run through the checkpoint once per (re)build of the dataset.
+    """
+    side = input_size(
+        getattr(classifier.checkpoint.processor, "image_processor", classifier.checkpoint.processor)
+    )
+
+    def load(path: Path) -> Image.Image | None:
+        try:
+            return limits.load(path, side)
+        except (ClipsortError, OSError):
+            return None  # an unreadable reference is left out here as in the class index
+
+    known = known_features(classifier, index, load)
+    if known is None:
+        log.warning(
+            "unknown_gate_unavailable", dataset=index.dataset, reason="no usable references or features"
+        )
+        return classifier
+    thresholds = within_own_references(known, reference_thresholds(known, keep))
+    gate = Gate(by_reference=True, class_thresholds=thresholds)
+    log.info(
+        "unknown_gate",
+        dataset=index.dataset,
+        rule="reference (checkpoint features)",
+        thresholds={
+            name: round(float(value), 4)
+            for name, value in zip(known.classes, gate.class_thresholds, strict=True)
+            if not math.isnan(value)
+        },
+        negatives=len(known.negative_paths),
+    )
+    return replace(classifier, gate=gate, known=known)
 
 
 def choose_classifier(

@@ -212,7 +212,7 @@ def evaluate_modes(
     from daemon.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
     from daemon.encode.factory import make_embedder, make_encoder
     from daemon.learn.corrections import examples as corrected_examples
-    from daemon.learn.evaluation import add_finetuned, evaluate, write_report
+    from daemon.learn.evaluation import add_finetuned, checkpoint_gate, evaluate, write_report
 
     results = [checkpoint_only(settings, layout) for layout in layouts] if not chosen else []
     indexes = []
@@ -250,7 +250,8 @@ def evaluate_modes(
             )
         checkpoint = current_checkpoint(checkpoints_of(settings.state_path, found.dataset))
         if checkpoint is not None and with_checkpoint and "finetuned" not in found.modes:
-            add_finetuned(found, checkpoint)
+            layout = next(layout for layout in layouts if layout.name == found.dataset)
+            add_finetuned(found, checkpoint, checkpoint_gate(settings, layout, checkpoint))
         charts = write_report(found, report) if report is not None else []
         if as_json:
             sys.stdout.write(json.dumps(found.as_dict() | {"charts": [str(c) for c in charts]}) + "\n")
@@ -261,7 +262,7 @@ def evaluate_modes(
 def checkpoint_only(settings: Settings, layout: DatasetLayout) -> EvalReport:
     """A fine-tuned dataset's report from its checkpoint's validation split alone."""
     from daemon.classify.classindex import class_folders
-    from daemon.learn.evaluation import checkpoint_report
+    from daemon.learn.evaluation import checkpoint_gate, checkpoint_report
 
     checkpoint = current_checkpoint(checkpoints_of(settings.state_path, layout.name))
     if checkpoint is None:
@@ -269,7 +270,8 @@ def checkpoint_only(settings: Settings, layout: DatasetLayout) -> EvalReport:
             f"dataset {layout.name!r} has no fine-tuned checkpoint yet: run "
             f"`clipsort train -d {layout.name}`, or name CLIP modes to compare with --modes"
         )
-    return checkpoint_report(layout.name, [folder.name for folder in class_folders(layout)], checkpoint)
+    classes = [folder.name for folder in class_folders(layout)]
+    return checkpoint_report(layout.name, classes, checkpoint, checkpoint_gate(settings, layout, checkpoint))
 
 
 def show_evaluation(found: EvalReport, charts: list[Path]) -> None:

@@ -22,11 +22,15 @@ import numpy as np
 import numpy.typing as npt
 from matplotlib.figure import Figure
 
-from daemon.classify.classindex import ClassIndex
+from daemon.classify.classindex import ClassIndex, build_class_index
 from daemon.classify.modes.base import ClipClassifier, Familiarity
-from daemon.classify.targets import choose_classifier, gate_for
-from daemon.config import EVALUATED_MODES, DatasetSettings
+from daemon.classify.modes.finetuned import FinetunedClassifier, load_checkpoint
+from daemon.classify.targets import choose_classifier, finetuned_gate, gate_for
+from daemon.config import EVALUATED_MODES, DatasetSettings, Settings
+from daemon.encode.encoder import resolve_device
+from daemon.encode.images import DecodeLimits
 from daemon.errors import NoClassesError
+from daemon.layout import DatasetLayout
 from daemon.store.mover import ensure_dir
 
 MODES = EVALUATED_MODES
@@ -307,7 +311,44 @@ def corrections_effect(
     return effect
 
 
-def add_finetuned(report: EvalReport, checkpoint: Path) -> None:
+def checkpoint_gate(settings: Settings, layout: DatasetLayout, checkpoint: Path) -> GateResult | None:
+    """The fine-tuned mode's unknown gate figures: leave-one-out over the references' features.
+
+    As for the CLIP modes, each reference is judged by the others (its nearest same-class reference
+    against its class's threshold), and each picture of ``Clases/_none/`` by its nearest reference.
+    """
+    own = settings.for_dataset(layout.name)
+    if not own.unknown_gate:
+        return None
+    index = build_class_index(layout, None, own.prompt_templates, own.descriptions)
+    loaded = FinetunedClassifier(load_checkpoint(checkpoint, resolve_device(settings.device)))
+    gated = finetuned_gate(loaded, index, DecodeLimits.from_settings(settings), own.auto_keep)
+    if gated.gate is None or gated.known is None:
+        return None
+    known, thresholds = gated.known, gated.gate.class_thresholds
+    similarity = known.reference_vectors @ known.reference_vectors.T
+    np.fill_diagonal(similarity, -np.inf)
+    same = known.reference_labels[:, np.newaxis] == known.reference_labels[np.newaxis, :]
+    nearest = np.where(same, similarity, -np.inf).max(axis=1)
+    usable = np.isfinite(nearest)
+    references = (nearest - thresholds[known.reference_labels])[usable].tolist()
+    negatives: list[float] = []
+    if len(known.negative_vectors):
+        closest = known.negative_vectors @ known.reference_vectors.T
+        columns = closest.argmax(axis=1)
+        scores = closest[np.arange(len(columns)), columns]
+        negatives = (scores - thresholds[known.reference_labels[columns]]).tolist()
+    return GateResult(
+        rule="reference (checkpoint features)",
+        references_kept=float(np.mean([m >= 0 for m in references])) if references else 0.0,
+        negatives=len(known.negative_vectors),
+        negatives_kept_out=float(np.mean([m < 0 for m in negatives])) if negatives else None,
+        reference_margins=[round(float(m), 6) for m in references],
+        negative_margins=[round(float(m), 6) for m in negatives],
+    )
+
+
+def add_finetuned(report: EvalReport, checkpoint: Path, gate: GateResult | None = None) -> None:
     """Report a published checkpoint beside the CLIP modes, from its own validation split.
 
     Cross-validating it on the references would test it on its training
@@ -321,6 +362,7 @@ def add_finetuned(report: EvalReport, checkpoint: Path) -> None:
         precision={name: float(metrics["precision"].get(name, 0.0)) for name in classes},
         recall={name: float(metrics["recall"].get(name, 0.0)) for name in classes},
         confusion=[],
+        gate=gate,
     )
     best = report.modes.get(report.recommended)
     if best is None or report.modes["finetuned"].accuracy > best.accuracy:
@@ -328,10 +370,12 @@ def add_finetuned(report: EvalReport, checkpoint: Path) -> None:
         report.why = f"the most accurate ({report.modes['finetuned'].accuracy:.1%} on its validation split)"
 
 
-def checkpoint_report(dataset: str, classes: Sequence[str], checkpoint: Path) -> EvalReport:
+def checkpoint_report(
+    dataset: str, classes: Sequence[str], checkpoint: Path, gate: GateResult | None = None
+) -> EvalReport:
     """The report of a dataset evaluated only by its checkpoint (no CLIP mode asked for)."""
     report = EvalReport(dataset, 0, list(classes), {}, "finetuned")
-    add_finetuned(report, checkpoint)
+    add_finetuned(report, checkpoint, gate)
     return report
 
 
