@@ -59,11 +59,13 @@ def csrf(client: TestClient) -> dict[str, str]:
 
 
 def queue(client: TestClient) -> list[int]:
-    """The entry ids of the review queue, in page order."""
-    return [
-        int(n)
-        for n in re.findall(r'<article class="card[^"]*"\s+id="card-(\d+)"', client.get("/review").text)
-    ]
+    """The entry ids of the review queue, in page order (a card's copies of its picture after it)."""
+    cards = re.findall(
+        r'<article class="card[^"]*"\s+id="card-(\d+)".*?data-copies="([\d ]*)"',
+        client.get("/review").text,
+        re.S,
+    )
+    return [int(n) for card, copies in cards for n in (card, *copies.split())]
 
 
 def test_every_page_renders_from_the_journal_and_the_folders(page: TestClient) -> None:
@@ -273,7 +275,9 @@ def test_recent_decisions_filter_by_dataset_class_status_and_time(page: TestClie
     assert sorted(rows(since="1h")) == [e.id for e in everything]
     assert rows(since="2099-01-01") == []
     wrong = page.get("/recent", params={"since": "soon"})
-    assert wrong.status_code == 400 and "cannot read --since" in html.unescape(wrong.text)
+    shown = html.unescape(wrong.text)
+    assert wrong.status_code == 400 and "since: cannot read 'soon'" in shown and "--since" not in shown
+    assert '<form class="filters"' in shown and 'value="soon"' in html.unescape(wrong.text), "the form stays"
 
 
 def test_a_thumbnail_over_the_pixel_cap_or_the_time_limit_is_not_made(tmp_path: Path) -> None:
@@ -290,3 +294,64 @@ def test_a_thumbnail_over_the_pixel_cap_or_the_time_limit_is_not_made(tmp_path: 
     assert patient.get(tmp_path / "big.png") is not None
     for thumbs in (capped, hurried, patient):
         thumbs.close()
+
+
+def test_copies_of_one_picture_are_one_card_filed_and_undone_together(
+    page: TestClient, data_root: Path
+) -> None:
+    """lines-2 and lines-3 are the same bytes: one card (x2); filing moves both, one undo takes both back."""
+    review = page.get("/review").text
+    copies = re.search(r'id="card-(\d+)"[^>]*?data-files="2" data-copies="(\d+)"', review, re.S)
+    assert copies is not None and "\u00d72" in review
+    both = [int(copies.group(1)), int(copies.group(2))]
+    files = page.post(
+        "/entries/file", data={"label": "green", "entry": [str(n) for n in both]}, headers=csrf(page)
+    )
+    assert files.status_code == 200 and files.headers["X-Clipsort-Entries"] == ",".join(map(str, both))
+    green = data_root / "rgb" / "Dataset" / "green"
+    assert sorted(p.name for p in green.glob("lines-*")) == ["lines-2.png", "lines-3.png"]
+    undone = page.post("/undo", headers=csrf(page))
+    assert (
+        undone.status_code == 200
+        and sorted(map(int, undone.headers["X-Clipsort-Entries"].split(","))) == both
+    )
+    assert not list(green.glob("lines-*")) and (data_root / "rgb" / "Review" / "lines-3.png").exists()
+    assert page.post("/undo", headers=csrf(page)).status_code == 400, "the whole action was one undo"
+
+
+def test_recent_pages_on_and_a_forgotten_correction_is_not_shown_as_one(
+    page: TestClient, data_root: Path
+) -> None:
+    """Past 200 decisions an "older" link pages on; corrections forgotten by the CLI lose their undo."""
+    first = queue(page)[0]
+    assert page.post(f"/entries/{first}/file", data={"label": "red"}, headers=csrf(page)).status_code == 200
+    row = re.search(rf'<tr id="row-{first}">.*?</tr>', page.get("/recent").text, re.S)
+    assert row is not None and "<td>corrected (review" in row.group(0) and "/revert" in row.group(0)
+    assert '<option value="" selected disabled>class…</option>' in row.group(0), (
+        "no class chosen for the user"
+    )
+    assert f'src="/thumb/entry/{first}"' in row.group(0), "each row with its picture"
+    assert (
+        CliRunner().invoke(app, ["corrections", "forget", "--all", "--root", str(data_root)]).exit_code == 0
+    )
+    row = re.search(rf'<tr id="row-{first}">.*?</tr>', page.get("/recent").text, re.S)
+    assert row is not None and "correction forgotten" in row.group(0) and "/revert" not in row.group(0)
+    with Journal(data_root / ".clipsort") as journal:
+        template = journal.entries()[0].intent
+        journal.plan([template] * 250)
+        newest = journal.entries(last=1)[0].id
+    first_page = page.get("/recent").text
+    shown = [int(n) for n in re.findall(r'<tr id="row-(\d+)"', first_page)]
+    assert len(shown) == 200 and shown[0] == newest
+    older = re.search(r'<a href="([^"]+)">older decisions', first_page)
+    assert older is not None and f"before={shown[-1]}" in html.unescape(older.group(1))
+    second = [int(n) for n in re.findall(r'<tr id="row-(\d+)"', page.get(html.unescape(older.group(1))).text)]
+    assert second and max(second) < min(shown) and len(set(shown) | set(second)) == len(shown) + len(second)
+
+
+def test_every_page_has_a_viewport_and_an_icon(page: TestClient) -> None:
+    for path in ("/", "/review", "/recent", "/classes"):
+        shown = page.get(path).text
+        assert 'name="viewport" content="width=device-width' in shown and 'rel="icon"' in shown
+    icon = page.get("/static/favicon.svg")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg")

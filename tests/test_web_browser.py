@@ -124,10 +124,67 @@ def test_several_selected_cards_are_filed_with_one_key_and_the_overview_is_live(
     for gone in (dataset / "Dataset" / "red").glob("lines-*.png"):
         gone.unlink()  # a person deleted it meanwhile: the refusal shows in the row
     page.goto(base + "/recent?dataset=rgb&status=corrected")
-    page.locator(f"#row-{ids[0]}").get_by_role("button", name="move to…").click()
+    row = page.locator(f"#row-{ids[0]}")
+    expect(row.locator("select[name=label]")).to_have_value("")  # no class is chosen for the user
+    row.locator("select[name=label]").select_option("blue")
+    row.get_by_role("button", name="move to…").click()
     expect(page.locator(f"#act-{ids[0]}")).to_contain_text("moved or changed since")
     page.goto(base + "/")
     expect(page.locator("h1")).to_have_text("Daemon running")
     page.screenshot(path=str(ARTIFACTS / "overview.png"), full_page=True)
     assert daemon.stop() == 0
     expect(page.locator("h1")).to_have_text("Daemon not running", timeout=20_000)
+
+
+def to_review(files: int) -> str:
+    return f"{files} file{'' if files == 1 else 's'} to review"
+
+
+def test_one_key_is_one_action_undone_whole_with_the_count_and_focus_following(
+    served: tuple[Daemon, Path, str], page: Page
+) -> None:
+    """x, j, x, 3 files two cards; u takes both back; the count follows; focus goes to the next card."""
+    _, dataset, base = served
+    page.goto(base + "/review")
+    cards = page.locator("#queue .card")
+    total = cards.count()
+    assert total >= 3
+    ids = [int(cards.nth(k).get_attribute("data-entry") or 0) for k in range(total)]
+    expect(page.locator("#count")).to_have_text(to_review(total))
+    for key in ("x", "j", "x", "3"):
+        page.keyboard.press(key)
+    for entry in ids[:2]:
+        expect(page.locator(f"#card-{entry} .note")).to_have_text("filed into red")  # key 3: the third
+    expect(page.locator("#count")).to_have_text(to_review(total - 2))
+    expect(page.locator("#flash")).to_contain_text(f"filed 2 files into red; {total - 2} left")
+    expect(page.locator(f"#card-{ids[2]}")).to_be_focused()
+    page.keyboard.press("u")
+    for entry in ids[:2]:
+        expect(page.locator(f"#card-{entry} .note")).to_have_text("back in Review")
+    expect(page.locator("#count")).to_have_text(to_review(total))
+    wait_until(lambda: not list((dataset / "Dataset" / "red").glob("lines-*.png")), timeout=10)
+    assert len(list((dataset / "Review").glob("lines-*.png"))) == total
+
+
+@pytest.mark.parametrize("width", [1280, 390], ids=["desktop", "phone"])
+def test_every_page_has_its_screenshot(served: tuple[Daemon, Path, str], page: Page, width: int) -> None:
+    """Each page as a person sees it, kept in test-artifacts/; on a phone nothing runs off the side."""
+    _, _, base = served
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": width, "height": 900})
+    suffix = "" if width > 600 else "-phone"
+    for name, path in (
+        ("overview", "/"),
+        ("review-queue", "/review"),
+        ("recent", "/recent"),
+        ("classes", "/classes"),
+    ):
+        page.goto(base + path)
+        expect(page.locator("h1")).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / f"page-{name}{suffix}.png"), full_page=True)
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 1, f"{path} runs {overflow} px off a {width} px screen"
+    icon = page.request.get(base + "/static/favicon.svg")
+    assert icon.status == 200 and icon.headers["content-type"].startswith("image/svg")

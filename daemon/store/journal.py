@@ -341,8 +341,9 @@ class Journal:
         label: str | None = None,
         placement: Placement | None = None,
         sidecars: bool = False,
+        before: int | None = None,
     ) -> list[Entry]:
-        """Decisions, oldest first, filtered as asked (``last``: only the newest N).
+        """Decisions, oldest first, filtered as asked (``last``: only the newest N; ``before``: an id).
 
         A sidecar's entry is listed only with ``sidecars``: undo, the page and the learner deal in
         pictures, and a sidecar goes wherever its picture goes (:meth:`sidecars_of`).
@@ -352,6 +353,7 @@ class Journal:
             ("created >= ?", since),
             ("label = ?", label),
             ("placement = ?", placement),
+            ("id < ?", before),
         )
         if not sidecars:
             where += " AND companion IS NULL"

@@ -79,7 +79,7 @@ def undo(entry: Entry, journal: Journal, root: Path, to_class: str | None) -> Un
     if to_class is None:
         path = place(entry.destination, layout.inbox, boundary=layout.root, name=entry.intent.source.name)
         journal.settle([Settlement(entry.id, "undone", path)])
-        _follow(entry, path, journal, layout, "undone")
+        follow_sidecars(entry, entry.destination.name, path, journal, layout, "undone")
         return Undone(entry, path, "back in the inbox")
     plain = to_class not in ("", ".", "..") and "/" not in to_class
     if not plain or not ((layout.classes / to_class).is_dir() or layout.class_dir(to_class).is_dir()):
@@ -98,16 +98,17 @@ def undo(entry: Entry, journal: Journal, root: Path, to_class: str | None) -> Un
     if path != expected:  # the name was taken meanwhile and the file got a number
         journal.uncorrect(correction, entry.destination)
         journal.correct(entry, layout.name, entry.intent.sha256, path, to_class)
-    _follow(entry, path, journal, layout, "moved")
+    follow_sidecars(entry, entry.destination.name, path, journal, layout, "moved")
     return Undone(entry, path, f"corrected: {entry.intent.label} -> {to_class}")
 
 
-def _follow(entry: Entry, path: Path, journal: Journal, layout: DatasetLayout, state: State) -> None:
-    """Move the sidecars that travelled with ``entry``'s picture beside it again, now at ``path``."""
-    assert entry.destination is not None
+def follow_sidecars(
+    entry: Entry, was: str, path: Path, journal: Journal, layout: DatasetLayout, state: State
+) -> None:
+    """Move the sidecars that travelled with ``entry``'s picture (named ``was``) beside it at ``path``."""
     for sidecar in journal.sidecars_of(entry):
         if sidecar.state != "moved" or sidecar.destination is None or not holds(sidecar.destination, sidecar):
             continue  # moved or changed by someone since: never touched
-        name = renamed(sidecar.destination.name, entry.destination.name, path.name)
+        name = renamed(sidecar.destination.name, was, path.name)
         moved = place(sidecar.destination, path.parent, boundary=layout.root, name=name)
         journal.settle([Settlement(sidecar.id, state, moved)])

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
@@ -36,7 +37,7 @@ from daemon.store.undo import parse_since
 from daemon.web.actions import Actions, Done
 from daemon.web.security import TOKEN_COOKIE, Guard
 from daemon.web.thumbnails import Thumbnails
-from daemon.web.views import STATUS_FILTERS, Library
+from daemon.web.views import RECENT_LIMIT, STATUS_FILTERS, Library
 
 STATIC = Path(__file__).parent / "static"
 HTMX = "htmx-2.0.11.min.js"
@@ -101,23 +102,41 @@ class Pages:
 
     def recent(self, request: Request) -> Response:
         query = request.query_params
+        problem = ""
+        since = None
         try:
             since = parse_since(query["since"], time.time()) if query.get("since") else None
-        except JournalError as exc:
-            return self.render("message.html", 400, message=str(exc))
+        except JournalError as exc:  # said above the form, which keeps what was typed
+            problem = f"since: {exc}".replace("--since ", "")
+        before = query.get("before", "")
         state = query.get("status") or None
-        entries = self.library.recent(
-            dataset=query.get("dataset") or None, label=query.get("class") or None, state=state, since=since
+        entries = (
+            []
+            if problem
+            else self.library.recent(
+                dataset=query.get("dataset") or None,
+                label=query.get("class") or None,
+                state=state,
+                since=since,
+                before=int(before) if before.isdigit() else None,
+            )
         )
         layouts = self.library.layouts()
         classes = {name: self.library.classes(layout) for name, layout in layouts.items()}
+        older = ""
+        if len(entries) == RECENT_LIMIT:  # a full page: the next one starts below its oldest entry
+            older = "/recent?" + urlencode({**dict(query), "before": entries[-1].id})
         return self.render(
             "recent.html",
+            400 if problem else 200,
             entries=entries,
+            standing=self.library.corrected(entries),
             classes=classes,
             query=dict(query),
             states=STATUS_FILTERS,
             layouts=layouts,
+            problem=problem,
+            older=older,
         )
 
     def classes(self, request: Request) -> Response:
@@ -162,33 +181,52 @@ class Pages:
 
     # --- actions ---------------------------------------------------------------------
     async def file(self, request: Request) -> Response:
+        """File one entry (the recent page's "move to…"), or, without an id, the form's ``entry`` ids."""
         form = await request.form()
         label = form.get("label")
-        entry_id = int(request.path_params["entry"])
-        if not isinstance(label, str):
-            return self.render("message.html", 400, message="which class? (no label given)")
-        return await run_in_threadpool(self._acted, lambda: self.actions.file(entry_id, label), entry_id)
+        if "entry" in request.path_params:
+            entries = [int(request.path_params["entry"])]
+        else:
+            entries = [
+                int(value) for value in form.getlist("entry") if isinstance(value, str) and value.isdigit()
+            ]
+        if not isinstance(label, str) or not label:
+            return self.render("message.html", 400, message="which class? (no class chosen)")
+        if not entries:
+            return self.render("message.html", 400, message="which file? (no card chosen)")
+        return await run_in_threadpool(self._acted, lambda: self.actions.file(entries, label))
 
     def undo(self, request: Request) -> Response:
-        return self._acted(self.actions.undo_last, None)
+        return self._acted(self.actions.undo_last)
 
     def revert(self, request: Request) -> Response:
         entry_id = int(request.path_params["entry"])
-        return self._acted(lambda: self.actions.revert(entry_id), entry_id)
+        return self._acted(lambda: [self.actions.revert(entry_id)])
 
-    def _acted(self, action: Callable[[], Done], entry_id: int | None) -> Response:
-        """Run ``action``; the entry's card as it now stands, or the error on it."""
+    def _acted(self, action: Callable[[], list[Done]]) -> Response:
+        """Run ``action``; each entry's card as it now stands (a refusal noted on its card).
+
+        ``X-Clipsort-Entries`` names the cards, so the page replaces each and counts what is left.
+        """
         try:
             done = action()
         except ActionError as exc:
-            card = self.library.card(entry_id) if entry_id is not None else None
-            return self.render(
-                "card.html", exc.status, card=card, note=str(exc), error=True, entry_id=entry_id
+            return self.render("message.html", exc.status, message=str(exc))
+        pages = [
+            self.templates.get_template("card.html").render(
+                card=self.library.card(item.entry_id),
+                note=item.note,
+                error=bool(item.error),
+                entry_id=item.entry_id,
+                negatives=NEGATIVES_DIR,
             )
-        card = self.library.card(done.entry_id)
-        response = self.render("card.html", card=card, note=done.note, error=False, entry_id=done.entry_id)
+            for item in done
+        ]
+        failed = [item.error for item in done if item.error]
+        status = failed[0] if failed and len(failed) == len(done) else 200
+        response = HTMLResponse("".join(pages), status_code=status)
         response.headers["HX-Trigger"] = "clipsort-acted"
-        response.headers["X-Clipsort-Entry"] = str(done.entry_id)
+        response.headers["X-Clipsort-Entries"] = ",".join(str(item.entry_id) for item in done)
         return response
 
 
@@ -204,6 +242,7 @@ def create_app(settings: Settings, token: str | None = None) -> Starlette:
         Route("/login", pages.login, methods=["GET", "POST"]),
         Route("/thumb/entry/{entry:int}", pages.entry_thumbnail),
         Route("/thumb/reference/{dataset}/{label}/{number:int}", pages.reference_thumbnail),
+        Route("/entries/file", pages.file, methods=["POST"]),
         Route("/entries/{entry:int}/file", pages.file, methods=["POST"]),
         Route("/entries/{entry:int}/revert", pages.revert, methods=["POST"]),
         Route("/undo", pages.undo, methods=["POST"]),

@@ -57,6 +57,13 @@ class Card:
     classes: tuple[str, ...]  # keys 1-9 file into these, in this order
     negatives: bool  # key 0 files into Clases/_none/
     nearest: tuple[Reference, ...] = ()
+    # The same picture dropped more than once (the same content hash): one card, filed together.
+    copies: tuple[int, ...] = ()
+
+    @property
+    def entries(self) -> tuple[int, ...]:
+        """Every entry this card files: its own and its copies'."""
+        return (self.entry.id, *self.copies)
 
 
 @dataclass(frozen=True)
@@ -143,12 +150,19 @@ class Library:
             if e.intent.placement == "review" and e.intent.dataset in layouts
         ]
         held.sort(key=lambda entry: (confidence(entry), entry.id))
+        alike: dict[tuple[str, str], list[Entry]] = {}
+        for entry in held:  # one card per picture: copies of it (its content hash) join the first
+            alike.setdefault((entry.intent.dataset, entry.intent.sha256 or str(entry.id)), []).append(entry)
         cards = []
-        for entry in held[:QUEUE_LIMIT]:  # checking a file reads it: only the cards shown
+        for group in list(alike.values())[:QUEUE_LIMIT]:  # checking a file reads it: only the cards shown
+            entry = group[0]
             layout = layouts[entry.intent.dataset]
             present = entry.destination is not None and holds(entry.destination, entry)
             nearest = self.nearest(layout, entry) if present else ()
-            cards.append(Card(entry, present, self.classes(layout), self.has_negatives(layout), nearest))
+            copies = tuple(other.id for other in group[1:])
+            cards.append(
+                Card(entry, present, self.classes(layout), self.has_negatives(layout), nearest, copies)
+            )
         return cards
 
     def card(self, entry_id: int) -> Card | None:
@@ -194,20 +208,32 @@ class Library:
         label: str | None = None,
         state: str | None = None,
         since: float | None = None,
+        before: int | None = None,
     ) -> list[Entry]:
-        """The newest decisions, filtered in the journal's own query; newest first.
+        """The newest decisions (older than entry ``before``: the next page), newest first.
 
-        ``state`` is a placement (``sorted``, ``review``) or a journal state
-        (``rejected``, ``corrected``, ``undone``), as the page's filter lists them.
+        Filtered in the journal's own query. ``state`` is a placement (``sorted``, ``review``) or a
+        journal state (``rejected``, ``corrected``, ``undone``), as the page's filter lists them.
         """
         if state is not None and state not in STATUS_FILTERS:
             return []
         placement = PLACEMENT_FILTERS.get(state) if state else None
         states = (STATE_FILTERS[state],) if state in STATE_FILTERS else ()
         found = self.journal.entries(
-            dataset=dataset, since=since, label=label, placement=placement, states=states, last=RECENT_LIMIT
+            dataset=dataset,
+            since=since,
+            label=label,
+            placement=placement,
+            states=states,
+            last=RECENT_LIMIT,
+            before=before,
         )
         return found[::-1]
+
+    def corrected(self, entries: list[Entry]) -> set[int]:
+        """Which of ``entries`` have a correction standing (one forgotten since no longer counts)."""
+        ids = {entry.id for entry in entries if entry.state == "corrected"}
+        return {c.decision for c in self.journal.corrections() if c.decision in ids}
 
     # --- overview --------------------------------------------------------------------
     def overview(self, now: float | None = None) -> Overview:

@@ -1,8 +1,11 @@
 // The review queue's keys: 1-9 file into a class, 0 into Clases/_none/, x selects, u undoes, arrows move.
+// One key press is one action: its cards (and their copies) are filed in one request, and u takes
+// back the whole of the last one. After each action the count and the status line say what is left.
 (function () {
   "use strict";
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const flash = document.getElementById("flash");
+  const count = document.getElementById("count");
   const cards = () => Array.from(document.querySelectorAll("#queue .card"));
   let focused = null;
 
@@ -15,6 +18,17 @@
 
   function open(card) {
     return !card.classList.contains("settled");
+  }
+
+  function files(card) {
+    return Number(card.dataset.files || "1");
+  }
+
+  function recount() {
+    const left = cards().filter(open);
+    const total = left.reduce((sum, card) => sum + files(card), 0);
+    if (count) count.textContent = total + (total === 1 ? " file" : " files") + " to review";
+    return total;
   }
 
   function step(by) {
@@ -33,38 +47,56 @@
     return { response, html: await response.text() };
   }
 
-  function replaceCard(id, html) {
-    const old = document.getElementById("card-" + id);
+  // The response holds one card per entry it acted on; each replaces the card showing that entry.
+  function replaceCards(html) {
     const holder = document.createElement("div");
     holder.innerHTML = html.trim();
-    const fresh = holder.firstElementChild;
-    if (old && fresh) {
-      old.replaceWith(fresh);
-      bind(fresh);
-      return fresh;
+    const fresh = [];
+    for (const card of Array.from(holder.querySelectorAll(".card"))) {
+      const old = document.getElementById("card-" + card.dataset.entry) ||
+        document.querySelector('.card[data-copies~="' + card.dataset.entry + '"]');
+      if (old) {
+        card.dataset.files = old.dataset.files || "1";
+        card.dataset.copies = old.dataset.copies || "";
+        old.replaceWith(card);
+        bind(card);
+        fresh.push(card);
+      }
     }
-    return null;
+    return fresh;
   }
 
   async function fileInto(label, targets) {
-    for (const card of targets) {
-      const body = new URLSearchParams({ label: label });
-      const { html } = await post("/entries/" + card.dataset.entry + "/file", body);
-      replaceCard(card.dataset.entry, html);
-    }
-    const next = cards().find(open);
-    focusCard(next || document.getElementById("card-" + targets[targets.length - 1].dataset.entry));
+    const all = cards();
+    const after = all.indexOf(targets[targets.length - 1]);
+    const body = new URLSearchParams({ label: label });
+    targets.forEach((card) => {
+      body.append("entry", card.dataset.entry);
+      (card.dataset.copies || "").split(" ").filter(Boolean).forEach((id) => body.append("entry", id));
+    });
+    const { response, html } = await post("/entries/file", body);
+    const fresh = replaceCards(html);
+    const moved = targets.reduce((sum, card) => sum + files(card), 0);
+    const left = recount();
+    flash.textContent = response.ok
+      ? "filed " + moved + (moved === 1 ? " file" : " files") + " into " + label + "; " + left + " left (u undoes)"
+      : fresh.map((card) => card.querySelector(".note")?.textContent).join("; ");
+    // Focus the next open card after the last one filed, not the first of the queue.
+    const now = cards();
+    const next = now.slice(after + 1).find(open) || now.find(open);
+    focusCard(next || fresh[fresh.length - 1]);
   }
 
   async function undo() {
     const { response, html } = await post("/undo", new URLSearchParams());
-    const id = response.headers.get("X-Clipsort-Entry");
-    if (id) {
-      focusCard(replaceCard(id, html));
-      flash.textContent = "undone";
-    } else {
+    if (!response.ok || !response.headers.get("X-Clipsort-Entries")) {
       flash.textContent = "nothing to undo";
+      return;
     }
+    const fresh = replaceCards(html);
+    const left = recount();
+    flash.textContent = "undone: " + fresh.length + (fresh.length === 1 ? " card" : " cards") + " back; " + left + " left";
+    focusCard(fresh[0]);
   }
 
   function chosen() {
@@ -107,5 +139,6 @@
   });
 
   cards().forEach(bind);
+  recount();
   focusCard(cards().find(open));
 })();
