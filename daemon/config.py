@@ -379,6 +379,16 @@ class Settings(BaseSettings):
             "an address other than loopback. Keep the config file private when it is set."
         ),
     )
+    web_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "clipsort web: names the page may be reached by besides its bound address and loopback "
+            "(photos.lan, or photos.lan:443 behind a proxy); any other Host header is refused."
+        ),
+    )
+    web_session_hours: PositiveFloat = Field(
+        12.0, description="clipsort web: a sign-in with web_token lasts this long (and ends with a restart)."
+    )
     web_thumbnail_cache_mb: PositiveFloat = Field(
         64.0, description="clipsort web: most megabytes of thumbnails kept in the state folder."
     )

@@ -7,10 +7,12 @@ would: same-origin requests carrying the page's CSRF token.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +31,9 @@ from daemon.web.thumbnails import Thumbnails
 from tests.synthetic import draw, grid, make_dataset, save
 
 RGB = {"red": "red", "green": "green", "blue": "blue"}
-SAME_ORIGIN = {"Origin": "http://testserver"}
+PAGE = "http://127.0.0.1:8765"  # web_host and web_port's defaults: the page's own address
+SAME_ORIGIN = {"Origin": PAGE}
+TOKEN = "a-token-of-twenty-chars"
 
 
 def sorted_dataset(root: Path, tiny_model: Path) -> Path:
@@ -47,7 +51,7 @@ def sorted_dataset(root: Path, tiny_model: Path) -> Path:
 @pytest.fixture
 def page(data_root: Path, tiny_model: Path) -> Iterator[TestClient]:
     sorted_dataset(data_root, tiny_model)
-    with TestClient(create_app(load_settings(None, {"root": data_root}))) as client:
+    with TestClient(create_app(load_settings(None, {"root": data_root})), base_url=PAGE) as client:
         yield client
 
 
@@ -172,7 +176,7 @@ def test_state_changes_need_the_same_origin_and_the_csrf_token(page: TestClient,
     for headers in attempts:
         assert page.post(f"/entries/{first}/file", data={"label": "red"}, headers=headers).status_code == 403
     assert first in queue(page) and Journal(data_root / ".clipsort").corrections() == []
-    referer = {"Referer": "http://testserver/review", "X-CSRF-Token": good["X-CSRF-Token"]}
+    referer = {"Referer": f"{PAGE}/review", "X-CSRF-Token": good["X-CSRF-Token"]}
     assert page.post(f"/entries/{first}/file", data={"label": "red"}, headers=referer).status_code == 200
 
 
@@ -211,17 +215,110 @@ def test_a_symlink_swapped_in_is_neither_served_nor_moved(
     assert moved.status_code == 404 and entry.destination.is_symlink() and outside.exists()
 
 
-def test_a_token_is_asked_for_once_and_kept_in_a_cookie(data_root: Path, tiny_model: Path) -> None:
-    """With web_token: every page redirects to /login until the token is given; a wrong one is refused."""
+def test_a_token_is_asked_for_once_and_kept_in_a_session_cookie(data_root: Path, tiny_model: Path) -> None:
+    """With web_token: every page redirects to /login until the token is given; a wrong one is refused.
+
+    The cookie is a random session id, not the token nor a digest of it: another server (a restart)
+    does not know it, and a session expires.
+    """
     sorted_dataset(data_root, tiny_model)
-    with TestClient(create_app(load_settings(None, {"root": data_root}), token="s3cret")) as client:
+    settings = load_settings(None, {"root": data_root, "web_session_hours": 1})
+    with TestClient(create_app(settings, token=TOKEN), base_url=PAGE) as client:
         assert client.get("/review", follow_redirects=False).headers["location"] == "/login"
         assert client.post("/entries/1/file", data={"label": "red"}, headers=SAME_ORIGIN).status_code == 401
         wrong = client.post("/login", data={"token": "guess"}, headers=SAME_ORIGIN)
         assert wrong.status_code == 401 and "not the token" in wrong.text
-        right = client.post("/login", data={"token": "s3cret"}, headers=SAME_ORIGIN, follow_redirects=False)
-        assert right.status_code == 303 and "s3cret" not in right.headers["set-cookie"]
+        right = client.post("/login", data={"token": TOKEN}, headers=SAME_ORIGIN, follow_redirects=False)
+        cookie = right.headers["set-cookie"]
+        assert right.status_code == 303 and TOKEN not in cookie and "Max-Age=3600" in cookie
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" not in cookie
+        session = client.cookies["clipsort_session"]
+        assert hashlib.sha256(f"clipsort-web:{TOKEN}".encode()).hexdigest() != session
         assert client.get("/review").status_code == 200 and queue(client)
+    with TestClient(create_app(settings, token=TOKEN), base_url=PAGE) as restarted:
+        restarted.cookies.set("clipsort_session", session)
+        assert restarted.get("/review", follow_redirects=False).status_code == 303, "a restart ends sessions"
+
+
+def test_wrong_tokens_are_slowed_then_refused(data_root: Path) -> None:
+    """Guessing: each wrong token waits longer, and past ten in ten minutes the client gets 429."""
+    with TestClient(
+        create_app(load_settings(None, {"root": data_root}), token=TOKEN), base_url=PAGE
+    ) as client:
+        started = time.monotonic()
+        codes = [
+            client.post("/login", data={"token": f"guess{k}"}, headers=SAME_ORIGIN).status_code
+            for k in range(12)
+        ]
+        assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]
+        assert time.monotonic() - started >= 5, "the wrong guesses were slowed down"
+        locked = client.post("/login", data={"token": TOKEN}, headers=SAME_ORIGIN, follow_redirects=False)
+        assert locked.status_code == 429, "locked out: even the right token waits for the window"
+
+
+def test_a_token_that_is_too_short_is_refused_at_start(data_root: Path) -> None:
+    Path("config.toml").write_text('web_token = "s3cret"\n')
+    refused = CliRunner().invoke(app, ["web", "--root", str(data_root)])
+    assert refused.exit_code == 2 and "at least 16" in refused.stderr
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize(
+    "path", ["/", "/review", "/recent", "/classes", "/static/style.css", "/thumb/entry/1", "/undo"]
+)
+def test_a_rebound_host_is_refused_before_anything(page: TestClient, method: str, path: str) -> None:
+    """DNS rebinding: a request for evil.example that reaches the loopback page gets 400 and nothing else."""
+    good = csrf(page)
+    headers = {
+        "Host": "evil.example:8765",
+        "Origin": "http://evil.example:8765",
+        "X-CSRF-Token": good["X-CSRF-Token"],
+    }
+    response = page.request(method, path, headers=headers)
+    assert response.status_code == 400 and "clipsort" not in response.text
+    assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_a_foreign_origin_with_a_valid_token_moves_nothing(page: TestClient, data_root: Path) -> None:
+    """Origin is checked against the page's own hosts, never against the request's Host."""
+    first = queue(page)[0]
+    forged = {**csrf(page), "Origin": "http://evil.example:8765", "Host": "127.0.0.1:8765"}
+    assert page.post(f"/entries/{first}/file", data={"label": "red"}, headers=forged).status_code == 403
+    assert Journal(data_root / ".clipsort").corrections() == []
+
+
+def test_every_response_forbids_framing_and_sniffing(page: TestClient) -> None:
+    for path in ("/", "/review", "/static/review.js", "/thumb/entry/99999", "/nothing"):
+        headers = page.get(path).headers
+        assert (
+            headers["X-Frame-Options"] == "DENY"
+            and "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+        )
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+        assert headers["X-Content-Type-Options"] == "nosniff" and headers["Referrer-Policy"] == "same-origin"
+
+
+@pytest.mark.parametrize("path", ["/thumb/entry/99999999999999999999999", "/thumb/entry/-1"])
+def test_an_id_that_is_no_row_is_404(page: TestClient, path: str) -> None:
+    assert page.get(path).status_code == 404
+    huge = page.post("/entries/99999999999999999999999/file", data={"label": "red"}, headers=csrf(page))
+    assert huge.status_code == 404
+
+
+def test_a_symlinked_clases_folder_is_not_followed_by_the_page(
+    page: TestClient, data_root: Path, tmp_path: Path
+) -> None:
+    """Clases/ replaced by a symlink to a folder of pictures elsewhere: no reference thumbnail from there."""
+    outside = tmp_path / "elsewhere"
+    (outside / "red").mkdir(parents=True)
+    save(draw(np.random.default_rng(1), "red", "circle"), outside / "red" / "secret.png")
+    classes = data_root / "rgb" / "Clases"
+    shutil.rmtree(classes)
+    classes.symlink_to(outside)
+    pages: Pages = page.app.state.pages  # type: ignore[attr-defined]
+    shutil.rmtree(pages.thumbnails.folder, ignore_errors=True)
+    assert page.get("/thumb/reference/rgb/red/0").status_code == 404
+    assert "secret" not in page.get("/classes").text
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::"])

@@ -93,8 +93,8 @@ def class_description(folder: Path, configured: Mapping[str, str]) -> str:
 
 def class_folders(layout: DatasetLayout) -> list[Path]:
     """The real (non-hidden, non-symlink) sub-folders of ``Clases/``, sorted; the negatives folder is none."""
-    if not layout.classes.is_dir():
-        return []
+    if layout.classes.is_symlink() or not layout.classes.is_dir():
+        return []  # a Clases/ linked elsewhere holds no dataset's references: never followed
     return sorted(
         path
         for path in layout.classes.iterdir()

@@ -52,8 +52,8 @@ def web(
     from daemon.web.security import check_bind
 
     check_bind(bind, settings.web_token)
-    app_ = create_app(settings, token=settings.web_token)
     sock = listen(bind, port or settings.web_port)
+    app_ = create_app(settings, token=settings.web_token, host=bind, port=sock.getsockname()[1])
     shown = f"[{bind.strip('[]')}]" if ":" in bind else bind
     typer.echo(f"clipsort web: review page at http://{shown}:{sock.getsockname()[1]}/ (Ctrl-C stops it)")
     server = uvicorn.Server(uvicorn.Config(app_, log_level="warning", access_log=False))

@@ -374,7 +374,9 @@ class Journal:
         return int(row[0])
 
     def by_id(self, entry_id: int) -> Entry | None:
-        """The decision with that id (the review page names entries by id, never by path)."""
+        """The decision with that id (the review page names entries by id, never by path); None for no row."""
+        if not 0 < entry_id < 2**63:  # SQLite's integers: a larger one is no row, not an overflow error
+            return None
         found = self._select("id = ?", (int(entry_id),))
         return found[0] if found else None
 

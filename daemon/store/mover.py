@@ -269,6 +269,25 @@ def opened(folder: Path, boundary: Path, *, create: bool = False, mode: int = 0o
         close_folder(handle)
 
 
+def read_inside(path: Path, boundary: Path, limit: int) -> bytes:
+    """The bytes of the regular file ``path`` under ``boundary``, reached through no symlink.
+
+    For readers that must not be led out of a dataset (the review page's thumbnails): every folder
+    from ``boundary`` down is opened relative to its parent's descriptor, as the mover's moves are,
+    and the file itself with O_NOFOLLOW, so a folder swapped for a symlink meanwhile is refused too.
+    OSError (EFBIG) past ``limit`` bytes.
+    """
+    with opened(path.parent, boundary) as folder:
+        fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder.fd)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise OSError(errno.EINVAL, f"{path.name!r} is not a regular file")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"{path.name!r} is over {limit} bytes")
+    return data
+
+
 class OpenFolders:
     """Each folder a batch touches, opened once (or the reason it cannot be); closed together at the end."""
 

@@ -35,7 +35,7 @@ from daemon.layout import NEGATIVES_DIR
 from daemon.store.journal import Journal
 from daemon.store.undo import parse_since
 from daemon.web.actions import Actions, Done
-from daemon.web.security import TOKEN_COOKIE, Guard
+from daemon.web.security import SESSION_COOKIE, Guard, allowed_hosts
 from daemon.web.thumbnails import Thumbnails
 from daemon.web.views import RECENT_LIMIT, STATUS_FILTERS, Library
 
@@ -147,12 +147,24 @@ class Pages:
     async def login(self, request: Request) -> Response:
         if request.method == "GET":
             return self.render("login.html", wrong=False)
+        client = request.client.host if request.client else ""
+        if self.guard.locked_out(client):
+            return PlainTextResponse("too many wrong tokens; try again in a few minutes", status_code=429)
         form = await request.form()
         given = form.get("token")
         if not isinstance(given, str) or not self.guard.token_matches(given):
+            if not await self.guard.failed_login(client):
+                return PlainTextResponse("too many wrong tokens; try again in a few minutes", status_code=429)
             return self.render("login.html", 401, wrong=True)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(TOKEN_COOKIE, self.guard.cookie_value(), httponly=True, samesite="strict")
+        response.set_cookie(
+            SESSION_COOKIE,
+            self.guard.new_session(),
+            max_age=int(self.guard.session_seconds),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",  # behind a TLS proxy that says so
+        )
         return response
 
     # --- pictures --------------------------------------------------------------------
@@ -164,17 +176,19 @@ class Pages:
         assert layout is not None
         if not entry.destination.is_relative_to(layout.root):
             return PlainTextResponse("no such picture", status_code=404)
-        return self._picture(entry.destination, entry.intent.sha256)
+        return self._picture(entry.destination, layout.root, entry.intent.sha256)
 
     def reference_thumbnail(self, request: Request) -> Response:
         params = request.path_params
+        layout = self.library.layout(params["dataset"])
         path = self.library.reference_path(params["dataset"], params["label"], int(params["number"]))
-        if path is None:
+        if path is None or layout is None:
             return PlainTextResponse("no such picture", status_code=404)
-        return self._picture(path)
+        return self._picture(path, layout.root)
 
-    def _picture(self, path: Path, sha256: str = "") -> Response:
-        data = self.thumbnails.get(path, sha256)
+    def _picture(self, path: Path, boundary: Path, sha256: str = "") -> Response:
+        """A thumbnail of ``path``, read through no symlink below the dataset's folder ``boundary``."""
+        data = self.thumbnails.get(path, sha256, boundary)
         if data is None:
             return PlainTextResponse("no picture", status_code=404)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
@@ -230,9 +244,16 @@ class Pages:
         return response
 
 
-def create_app(settings: Settings, token: str | None = None) -> Starlette:
-    """The review page's app for ``settings`` (``token``: what a non-loopback page asks for)."""
-    guard = Guard(token)
+def create_app(
+    settings: Settings, token: str | None = None, *, host: str | None = None, port: int | None = None
+) -> Starlette:
+    """The review page's app for ``settings`` served at ``host``:``port`` (default web_host, web_port).
+
+    ``token``: what a non-loopback page asks for. Requests must name that address, a loopback name
+    on that port, or one of ``web_allowed_hosts`` (see :mod:`daemon.web.security`).
+    """
+    hosts = allowed_hosts(host or settings.web_host, port or settings.web_port, settings.web_allowed_hosts)
+    guard = Guard(token, hosts, settings.web_session_hours * 3600)
     pages = Pages(settings, guard)
     routes = [
         Route("/", pages.overview),

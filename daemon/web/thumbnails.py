@@ -21,7 +21,8 @@ from pathlib import Path
 from PIL import ImageOps
 
 from daemon.encode.images import DecodeLimits
-from daemon.errors import ImageRejected
+from daemon.errors import ClipsortError
+from daemon.store.mover import read_inside
 
 SIZE = 256
 THUMBNAILS_DIR = "thumbnails"
@@ -50,8 +51,11 @@ class Thumbnails:
         signature = f"{path}:{status.st_dev}:{status.st_ino}:{status.st_size}:{status.st_mtime_ns}"
         return hashlib.sha256(signature.encode()).hexdigest()
 
-    def get(self, path: Path, sha256: str = "") -> bytes | None:
-        """The thumbnail of the picture at ``path`` (None: not a picture clipsort may decode, or too slow)."""
+    def get(self, path: Path, sha256: str = "", boundary: Path | None = None) -> bytes | None:
+        """The thumbnail of the picture at ``path`` (None: not a picture clipsort may decode, or too slow).
+
+        With ``boundary`` (the dataset's folder) the file is read through no symlink below it.
+        """
         try:
             key = self.key_of(path, sha256)
         except OSError:
@@ -63,16 +67,19 @@ class Thumbnails:
             return data
         except OSError:
             pass
-        future = self._pool.submit(self._make, path)
+        future = self._pool.submit(self._make, path, boundary)
         try:
             data = future.result(timeout=self.timeout)
-        except (concurrent.futures.TimeoutError, ImageRejected, OSError):
+        except (concurrent.futures.TimeoutError, ClipsortError, OSError):
             return None
         self._store(cached, data)
         return data
 
-    def _make(self, path: Path) -> bytes:
-        picture = self.limits.load(path, SIZE)
+    def _make(self, path: Path, boundary: Path | None) -> bytes:
+        if boundary is None:
+            picture = self.limits.load(path, SIZE)
+        else:
+            picture = self.limits.decode(read_inside(path, boundary, self.limits.max_bytes), SIZE)
         picture = ImageOps.exif_transpose(picture)
         picture.thumbnail((SIZE, SIZE))
         out = io.BytesIO()
