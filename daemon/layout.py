@@ -90,6 +90,26 @@ def discover(root: Path) -> list[DatasetLayout]:
     return [DatasetLayout(path) for path in sorted(root.iterdir()) if is_dataset(path)]
 
 
+def require_data_root(root: Path) -> None:
+    """DatasetError unless ``root`` is an existing folder that is not itself a dataset.
+
+    A root that does not exist would otherwise be created (its state folder inside), and one that
+    is a dataset would hold no dataset: either way the daemon would idle for good, sorting nothing.
+    Checked by the commands before the model loads, and by a reload that changes the root.
+    """
+    if not root.is_dir():
+        raise DatasetError(
+            f"data root {str(root)!r} does not exist or is not a folder: pass --root with the folder "
+            f"that holds your datasets (each with {CLASSES_DIR}/ and {INBOX_DIR}/), or set root in the config"
+        )
+    inside = [name for name in (CLASSES_DIR, INBOX_DIR) if (root / name).is_dir()]
+    if inside:
+        raise DatasetError(
+            f"{str(root)!r} is a dataset (it holds {inside[0]}/), not the data root: "
+            f"use --root {str(root.parent)!r}, the folder that holds it"
+        )
+
+
 def select(root: Path, names: Sequence[str]) -> list[DatasetLayout]:
     """The named datasets (all of them when ``names`` is empty)."""
     found = discover(root)

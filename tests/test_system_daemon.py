@@ -495,3 +495,52 @@ def test_a_decode_worker_killed_mid_burst_loses_and_duplicates_nothing(
     # still registered, that is one the daemon forgot to unlink.
     time.sleep(1.0)
     assert "leaked shared_memory" not in daemon.log.read_text(errors="replace")
+
+
+def test_a_sighup_on_a_half_written_config_applies_nothing_it_did_not_read(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """Truncated during SIGHUP, then a storm of SIGHUPs while it is rewritten: the root never changes.
+
+    Before, a config read while empty fell back to the default root (./Data beside the daemon's
+    working directory) and sorted a tree nobody named.
+    """
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, RGB, references=3, seed=5)
+    home = tmp_path / "home"
+    decoy = home / "Data" / "decoy"  # ./Data of the daemon's working directory: the default root
+    make_dataset(decoy, RGB, references=2, inbox=["red"], seed=6)
+    daemon = start(daemons, root, tiny_model, home)
+    whole = daemon.config.read_text()
+    daemon.config.write_text("")  # as `cp` or an editor leaves it for a moment
+    daemon.signal(signal.SIGHUP)
+    assert "is empty" in daemon.wait_event("reload_rejected")["error"]
+    stop = threading.Event()
+    rounds = [0]
+
+    def rewrite() -> None:
+        while not stop.is_set():
+            with daemon.config.open("w") as handle:  # truncated, then written in pieces
+                for start_at in range(0, len(whole), 40):
+                    handle.write(whole[start_at : start_at + 40])
+                    handle.flush()
+            rounds[0] += 1
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        for reload in range(12):  # each SIGHUP after another rewrite began
+            wait_until(lambda reload=reload: rounds[0] > reload)  # type: ignore[misc]
+            daemon.signal(signal.SIGHUP)
+    finally:
+        stop.set()
+        writer.join()
+    daemon.config.write_text(whole)
+    daemon.signal(signal.SIGHUP)
+    wait_until(lambda: daemon.events("config_reloaded"), timeout=60)
+    save(draw(np.random.default_rng(3), "blue", "circle"), dataset / "Images" / "after.png")
+    wait_until(lambda: sorted_files(dataset).get("after.png") == "blue")
+    assert not any("root" in record["changed"] for record in daemon.events("config_reloaded"))
+    assert (decoy / "Images" / "img0000.png").exists() and not (decoy / "Dataset").exists()
+    assert daemon.status().state == "running"

@@ -10,32 +10,11 @@ client). The commands that load a model call these first.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 from daemon.config import Settings, needs_clip
 from daemon.encode.hub import require_available
-from daemon.errors import ConfigError, DatasetError
-from daemon.layout import CLASSES_DIR, INBOX_DIR
+from daemon.errors import ConfigError
 from daemon.store.instance import holder
-
-
-def data_root(root: Path) -> None:
-    """DatasetError unless ``root`` is an existing folder that is not itself a dataset.
-
-    A root that does not exist would otherwise be created (its state folder inside), and one that
-    is a dataset would hold no dataset: either way the daemon would idle for good, sorting nothing.
-    """
-    if not root.is_dir():
-        raise DatasetError(
-            f"data root {str(root)!r} does not exist or is not a folder: pass --root with the folder "
-            f"that holds your datasets (each with {CLASSES_DIR}/ and {INBOX_DIR}/), or set root in the config"
-        )
-    inside = [name for name in (CLASSES_DIR, INBOX_DIR) if (root / name).is_dir()]
-    if inside:
-        raise DatasetError(
-            f"{str(root)!r} is a dataset (it holds {inside[0]}/), not the data root: "
-            f"use --root {str(root.parent)!r}, the folder that holds it"
-        )
 
 
 def not_served(settings: Settings) -> None:

@@ -24,7 +24,7 @@ from daemon.cli.app import (
 )
 from daemon.config import render_config_toml
 from daemon.errors import ConfigError, DatasetError
-from daemon.layout import CLASSES_DIR, INBOX_DIR, SORTED_DIR
+from daemon.layout import CLASSES_DIR, INBOX_DIR, SORTED_DIR, require_data_root
 from daemon.service.status import folder_size, is_live, read_status
 from daemon.store.instance import holder
 from daemon.store.mover import ensure_dir, write_new
@@ -40,7 +40,7 @@ def run_daemon(
     """Run the daemon: watch every Data/<dataset>/Images/ and sort what arrives (systemd-ready)."""
     flags: dict[str, object] = {"root": root, "model": model}
     settings = settings_from(config, **flags)
-    preflight.data_root(settings.root)
+    require_data_root(settings.root)
     preflight.not_served(settings)
     preflight.models(settings)
     from daemon.service.wiring import run_service  # the model stack: after the user's errors

@@ -41,7 +41,7 @@ from daemon.cli.interrupt import INTERRUPTED, Interrupt
 from daemon.config import DEFAULT_BASE, EVALUATED_MODES, Settings, needs_clip
 from daemon.encode.hub import require_available
 from daemon.errors import ConfigError, DatasetError, NoClassesError
-from daemon.layout import DatasetLayout, select
+from daemon.layout import DatasetLayout, require_data_root, select
 from daemon.store.instance import refuse_if_served
 from daemon.store.mover import discard_tree, ensure_dir, rename_noreplace
 
@@ -101,7 +101,7 @@ def _sort(
 ) -> None:
     """The body of ``clipsort sort``; ``outcomes`` collects every file placed (or that would be)."""
     settings = settings_from(config, root=root, model=model, mode=mode, aggregate=aggregate)
-    preflight.data_root(settings.root)  # the user's errors before the slow model stack
+    require_data_root(settings.root)  # the user's errors before the slow model stack
     layouts = select(settings.root, dataset or [])
     if not dry_run:
         refuse_if_served(settings.state_path, settings.root, "sort")
@@ -202,7 +202,7 @@ def evaluate_modes(
     chosen = [mode for mode in modes or EVALUATED_MODES if mode in EVALUATED_MODES]
     with_checkpoint = not modes or "finetuned" in modes
     settings = settings_from(config, root=root, model=model)
-    preflight.data_root(settings.root)
+    require_data_root(settings.root)
     layouts = select(settings.root, dataset or [])
     if not modes and not needs_clip(settings, [layout.name for layout in layouts]):
         chosen = []  # every dataset is fine-tuned: its checkpoint's own report, and no CLIP model
@@ -360,7 +360,7 @@ def train_model(
     validation pictures (exit 1 otherwise, the current one stays), unless --force.
     """
     settings = settings_from(config, root=root, model=model)
-    preflight.data_root(settings.root)
+    require_data_root(settings.root)
     [layout] = select(settings.root, [dataset])
     refuse_if_served(settings.state_path, settings.root, "train")  # the daemon hot-swaps checkpoints
     require_available(base, "base model", "--base")  # transformers would retry for two minutes

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from daemon.cli import preflight
 from daemon.cli.app import ConfigOption, RootOption, app, settings_from, user_errors
 from daemon.errors import ConfigError
+from daemon.layout import require_data_root
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -44,7 +44,7 @@ def web(
 ) -> None:
     """Serve the review page: see what clipsort decided and why, and fix it with one key."""
     settings = settings_from(config, root=root)
-    preflight.data_root(settings.root)
+    require_data_root(settings.root)
     bind = host or settings.web_host
     import uvicorn
 

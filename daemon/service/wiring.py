@@ -17,6 +17,7 @@ import os
 import signal
 import threading
 import time
+import tomllib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -28,7 +29,7 @@ import structlog
 
 from daemon import __version__
 from daemon.classify.catalog import Catalog
-from daemon.config import Settings, load_settings, needs_clip
+from daemon.config import Settings, find_config_file, load_settings, needs_clip
 from daemon.encode.decodeprocesses import reclaim_slots
 from daemon.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
 from daemon.encode.encoder import resolve_device
@@ -38,7 +39,7 @@ from daemon.ingest.intake import ALL, Intake
 from daemon.ingest.readiness import Hint
 from daemon.ingest.watcher import Watcher
 from daemon.ingest.workqueue import FairQueue
-from daemon.layout import DatasetLayout, discover, warn_unknown_tables
+from daemon.layout import DatasetLayout, discover, require_data_root, warn_unknown_tables
 from daemon.learn.corrections import Learner, corrected_from
 from daemon.logs import configure_logging
 from daemon.service.housekeeping import sweep
@@ -312,9 +313,8 @@ class Service:
     def _reload_config(self) -> None:
         reloading()
         try:
-            settings = load_settings(self.config_file, self.flags)
+            settings = reread(self.config_file, self.flags, self.settings)
             check_daemon_settings(settings)
-            discover(settings.root)  # a root that is not a folder is refused before anything is swapped
             self._apply(settings)
         except Exception as exc:  # a bad new config must never take the running daemon down
             log.error("reload_rejected", error=str(exc), kept="previous configuration")
@@ -396,6 +396,51 @@ class Service:
             self._status_failure = str(exc)
         else:
             self._status_failure = ""
+
+
+STILL_SECONDS = 0.3  # a config file unchanged this long is taken as written whole
+STILL_TRIES = 20  # about six seconds of a file that keeps changing, then the reload is refused
+
+
+def _signature(path: Path | None) -> tuple[int, int, int] | None:
+    if path is None:
+        return None
+    status = path.stat()
+    return (status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def reread(config_file: Path | None, flags: dict[str, object], current: Settings) -> Settings:
+    """The settings a reload applies: a whole config file, or ConfigError (the old settings stay).
+
+    An editor or ``cp`` writing the file leaves it empty or cut short for a moment, and a SIGHUP
+    then read a half-written file: parsed as "no root", a daemon once fell back to ``./Data`` and
+    sorted an unrelated tree. So the file must be still for ``STILL_SECONDS`` before it is read and
+    unchanged after; an empty file is refused; ``root`` must be one the file, the environment or
+    a flag names (never a default's) and an existing data root.
+    """
+    path = find_config_file(config_file)
+    for _ in range(STILL_TRIES):
+        before = _signature(path)
+        time.sleep(STILL_SECONDS)
+        if _signature(path) != before:
+            continue  # still being written
+        text = path.read_text(errors="replace") if path is not None else ""
+        settings = load_settings(config_file, flags)
+        if _signature(path) == before:
+            break
+    else:
+        raise ConfigError(f"config file {str(path)!r} kept changing for {STILL_SECONDS * STILL_TRIES:g} s")
+    if path is not None and not text.strip():
+        raise ConfigError(f"config file {str(path)!r} is empty (half-written?)")
+    named = flags.get("root") is not None or "CLIPSORT_ROOT" in os.environ
+    named = named or (path is not None and "root" in tomllib.loads(text))
+    if not named and settings.root != current.root:
+        raise ConfigError(
+            f"the reloaded config names no root: it would fall back to the default {str(settings.root)!r}"
+        )
+    if settings.root != current.root:
+        require_data_root(settings.root)  # refused before anything is swapped
+    return settings
 
 
 def run_service(settings: Settings, config_file: Path | None, flags: dict[str, object]) -> int:
