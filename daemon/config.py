@@ -168,6 +168,14 @@ class Settings(BaseSettings):
             "decode in threads."
         ),
     )
+    decode_memory_mb: PositiveInt = Field(
+        1536,
+        description=(
+            "Most memory (heap) one decoding process may take: a picture that needs more fails inside "
+            "the process with its own error and is rejected with that reason, instead of the kernel's "
+            "OOM killer ending the process (which is not the file's fault: it is retried)."
+        ),
+    )
     decode_ahead: int = Field(
         2,
         ge=1,

@@ -16,6 +16,7 @@ one of these at the boundary where they happen, so callers catch one family::
     │   └── GoneError        its entry, dataset or file is not there any more (HTTP 404)
     └── ImageRejected        one file cannot be read as an image (quarantined)
         └── ImageIncomplete  empty or truncated: maybe still arriving
+            └── DecoderKilled   its decoding process was killed from outside: tried again, never rejected
 
 The CLI turns every ClipsortError except ImageRejected into exit code 2 and
 a one-line message; ImageRejected never escapes: the file goes to Rejected/.
@@ -62,6 +63,10 @@ class ImageRejected(ClipsortError):
 
 class ImageIncomplete(ImageRejected):
     """Empty or truncated: the daemon waits for more bytes before quarantining it."""
+
+
+class DecoderKilled(ImageIncomplete):
+    """The decoding process was killed from outside (SIGKILL) again and again: not the file's fault."""
 
 
 class ActionError(ClipsortError):

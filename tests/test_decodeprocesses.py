@@ -21,6 +21,7 @@ from tests.waiting import live_threads, wait_until
 
 LIMITS = DecodeLimits(formats=("JPEG", "PNG"), max_pixels=50_000_000, max_bytes=10_000_000)
 SIDE = 32
+ROOMY = DecodeLimits(formats=("PNG",), max_pixels=10**9, max_bytes=10**8)  # big pictures get decoded
 
 
 def photos(folder: Path, count: int) -> list[Path]:
@@ -194,3 +195,30 @@ def test_closing_without_waiting_settles_every_file_and_unlinks_the_slots(tmp_pa
     wait_until(lambda: not live_threads(("clipsort-decoder",)))
     assert segments() == before, "the last dispatcher to end unlinked the slots"
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "the workers were killed and reaped"
+
+
+def test_a_worker_killed_from_outside_twice_is_not_the_files_fault(tmp_path: Path) -> None:
+    """SIGKILL (the OOM killer, an admin) to the worker decoding a good file, twice: it is still decoded."""
+    big = tmp_path / "big.png"
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (2400, 2400, 3), dtype=np.uint8)).save(big)  # slow to decode
+    with ProcessDecodePool(ROOMY, 1, timeout=60) as pool:
+        wait_until(lambda: len(pool.pids) == 1)
+        futures = pool.start([big], SIDE)
+        for _ in range(2):
+            (victim,) = pool.pids
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda victim=victim: pool.pids and pool.pids != [victim], timeout=60)  # type: ignore[misc]
+        (read,) = pool.collect(futures, 60)
+    assert read.crop is not None, read.picture
+    assert pool.kills == 2
+
+
+def test_a_picture_over_the_memory_limit_is_rejected_with_its_own_reason(tmp_path: Path) -> None:
+    """Decoding processes run under decode_memory_mb: a picture that needs more fails in the process."""
+    Image.new("RGB", (7000, 7000), (200, 10, 10)).save(tmp_path / "wide.png")  # 147 MB of pixels
+    with ProcessDecodePool(ROOMY, 1, timeout=60, memory_mb=200) as pool:
+        (read,) = pool.collect(pool.start([tmp_path / "wide.png"], SIDE), 60)
+        assert pool.kills == 0
+    assert isinstance(read.picture, ImageRejected) and not isinstance(read.picture, ImageIncomplete)
+    assert "decode_memory_mb" in str(read.picture)

@@ -49,15 +49,17 @@ import contextlib
 import functools
 import os
 import queue
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import resource_tracker, shared_memory
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -68,7 +70,7 @@ import structlog
 
 from daemon.encode.decoding import Decoded, Prepare, read_and_decode
 from daemon.encode.images import DecodeLimits, centre_crop, pillow_warnings_off
-from daemon.errors import ImageIncomplete, ImageRejected
+from daemon.errors import DecoderKilled, ImageIncomplete, ImageRejected
 
 log = structlog.get_logger()
 
@@ -76,14 +78,23 @@ SLOTS = 3  # two batches decoded ahead, the one being collected (the driver's de
 STARTUP_SECONDS = 60.0  # a fresh interpreter's imports, on a loaded machine
 READY = "ready"
 STRIKES = 2  # a file whose decoding ends its worker this often (once alone) is rejected
+KILLS = 3  # attempts ended by a SIGKILL from outside before a chunk's files wait (never rejected)
+KILLED_BACKOFF = 0.5  # seconds before the first retry after such a kill, doubling
 CANCELLED = "the decoding pool closed before decoding it"
 SHM_FOLDER = Path("/dev/shm")  # where Linux keeps POSIX shared memory, a file per segment
 SLOT_PREFIX = "clipsort-"
 Reply = tuple[int, str, int, str, str]  # index, sha256, size, rejection kind ("" when decoded), reason
 
 
-def _serve(connection: Connection) -> None:
-    """A worker process: decode each chunk it is sent into its slot until the pipe closes."""
+def _serve(connection: Connection, memory_mb: int = 0) -> None:
+    """A worker process: decode each chunk it is sent into its slot until the pipe closes.
+
+    With ``memory_mb`` its heap is capped (RLIMIT_DATA): a picture that needs more fails here, as a
+    MemoryError that rejects that file, before the kernel's OOM killer would end the process.
+    """
+    if memory_mb:
+        limit = memory_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     attached: dict[str, shared_memory.SharedMemory] = {}
     connection.send(READY)  # imports done: from here the timeout measures decoding alone
     while True:
@@ -222,21 +233,25 @@ class _Chunk:
     batch: _Batch
     items: list[tuple[int, str]]  # index in the batch, path
     strikes: int = 0  # how often these files were in a chunk whose worker died
+    kills: int = 0  # how often its worker was killed from outside (SIGKILL) while it decoded them
 
 
 class _Worker:
     """One worker process (a fresh interpreter) and the socket to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory_mb: int = 0) -> None:
         ours, theirs = socket.socketpair()
         with theirs:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(theirs.fileno())],
+                [sys.executable, "-m", __name__, str(theirs.fileno()), str(memory_mb)],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 process_group=0,  # out of the terminal's group: Ctrl-C is the parent's (see the module)
             )
         self.connection = Connection(ours.detach())
+        # Ended by SIGKILL from outside (the OOM killer, an administrator): no decoder raises that,
+        # so it is not the file's fault (see ProcessDecodePool._decode).
+        self.killed = False
 
     def started(self) -> bool:
         """Whether it finished its imports and said so (else it is killed)."""
@@ -262,6 +277,7 @@ class _Worker:
 
     def _ended(self) -> str:
         code = self.process.wait(5.0)
+        self.killed = code == -signal.SIGKILL
         how = f"signal {-code}" if code < 0 else f"exit status {code}"
         return f"its decoding ended the decoder process ({how})"
 
@@ -278,11 +294,15 @@ class _Worker:
 class ProcessDecodePool:
     """``workers`` decoding processes, fed a chunk of each batch per worker (see the module)."""
 
-    def __init__(self, limits: DecodeLimits, workers: int, *, timeout: float, slots: int = SLOTS) -> None:
+    def __init__(
+        self, limits: DecodeLimits, workers: int, *, timeout: float, slots: int = SLOTS, memory_mb: int = 0
+    ) -> None:
         reclaim_slots()  # before making its own: what a killed daemon or sort left in /dev/shm
         self.limits = limits  # replaceable, as the thread pool's
         self.timeout = timeout  # a chunk's decoding past this ends its worker (then each file gets its own)
         self.workers = workers
+        self.memory_mb = memory_mb  # each worker's heap limit (0: none)
+        self.kills = 0  # workers killed from outside while decoding (for tests and the status)
         self._slots: queue.Queue[_Slot] = queue.Queue()
         self._all_slots = [_Slot() for _ in range(slots)]
         for slot in self._all_slots:
@@ -397,7 +417,9 @@ class ProcessDecodePool:
             self._cancel(chunk)
             return None
         log.warning("decoder_died", files=len(chunk.items), reason=result, pid=worker.pid)
-        if len(chunk.items) == 1 and chunk.strikes + 1 >= STRIKES:
+        if worker.killed:
+            self._killed(chunk, result)
+        elif len(chunk.items) == 1 and chunk.strikes + 1 >= STRIKES:
             index = chunk.items[0][0]
             self._finish(chunk, [(index, "", 0, "rejected", result)])
         else:
@@ -408,6 +430,21 @@ class ProcessDecodePool:
                 self._chunks.put(_Chunk(batch, [item], chunk.strikes + 1))
         return self._spawn()
 
+    def _killed(self, chunk: _Chunk, reason: str) -> None:
+        """A SIGKILL from outside ended the chunk's worker: try the chunk again, later; never reject it.
+
+        A decoder that fails raises SIGSEGV, SIGABRT or SIGBUS, or a MemoryError under the heap
+        limit; only another process sends SIGKILL. After ``KILLS`` such deaths the files are settled
+        as killed: the daemon keeps them in the inbox and tries again after its back-off.
+        """
+        with self._lock:
+            self.kills += 1
+        if chunk.kills + 1 >= KILLS:
+            self._finish(chunk, [(index, "", 0, "killed", reason) for index, _ in chunk.items])
+            return
+        time.sleep(KILLED_BACKOFF * 2**chunk.kills)  # this dispatcher's own thread: the others go on
+        self._chunks.put(replace(chunk, kills=chunk.kills + 1))
+
     def _in_thread(self, chunk: _Chunk) -> list[Reply]:
         batch = chunk.batch
         assert batch.slot.memory is not None
@@ -417,7 +454,7 @@ class ProcessDecodePool:
         """A started worker, or None (logged) when an interpreter cannot be started."""
         if self._cancelled:
             return None
-        worker = _Worker()
+        worker = _Worker(self.memory_mb)
         if not worker.started():
             log.error("decoder_not_started", pid=worker.pid, action="decoding in a thread")
             return None
@@ -459,11 +496,11 @@ def _resolve(batch: _Batch, release: Callable[[_Slot], None]) -> None:
         if not kind:
             future.set_result(Decoded(None, sha256, size, crops[index]))
         else:
-            error = ImageIncomplete(reason) if kind == "incomplete" else ImageRejected(reason)
-            future.set_result(Decoded(error, sha256, size))
+            errors = {"incomplete": ImageIncomplete, "killed": DecoderKilled}
+            future.set_result(Decoded(errors.get(kind, ImageRejected)(reason), sha256, size))
 
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     pillow_warnings_off()
-    _serve(Connection(int(sys.argv[1])))
+    _serve(Connection(int(sys.argv[1])), int(sys.argv[2]) if len(sys.argv) > 2 else 0)

@@ -175,6 +175,10 @@ def decode_image(
     try:
         image.draft("RGB", (target, target))
         image.load()
+    except MemoryError:  # the decoding process's memory limit (decode_memory_mb), not a partial file
+        raise ImageRejected(
+            f"{image.width}x{image.height} needs more memory to decode than decode_memory_mb allows"
+        ) from None
     except Exception as exc:  # Pillow raises many types for corrupt data
         raise ImageIncomplete(f"corrupt or truncated image: {exc}") from None
     try:

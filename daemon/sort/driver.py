@@ -62,12 +62,21 @@ class Decoders:
     """
 
     def __init__(
-        self, limits: DecodeLimits, workers: int, *, processes: bool, timeout: float, ahead: int = 2
+        self,
+        limits: DecodeLimits,
+        workers: int,
+        *,
+        processes: bool,
+        timeout: float,
+        ahead: int = 2,
+        memory_mb: int = 0,
     ) -> None:
         self.threads = DecodePool(limits, workers)
         # A slot per batch decoded ahead, one for the batch being collected.
         self.processes = (
-            ProcessDecodePool(limits, workers, timeout=timeout, slots=ahead + 1) if processes else None
+            ProcessDecodePool(limits, workers, timeout=timeout, slots=ahead + 1, memory_mb=memory_mb)
+            if processes
+            else None
         )
         self.ahead = ahead
 
@@ -81,6 +90,7 @@ class Decoders:
             processes=processes and in_processes,
             timeout=settings.decode_timeout_seconds,
             ahead=ahead,
+            memory_mb=settings.decode_memory_mb,
         )
 
     @staticmethod

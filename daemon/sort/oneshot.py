@@ -21,7 +21,7 @@ from daemon.classify.targets import Corrected, Target, make_target
 from daemon.config import Settings
 from daemon.encode.embeddings import Embedder
 from daemon.encode.images import DecodeLimits
-from daemon.errors import NoClassesError
+from daemon.errors import DecoderKilled, NoClassesError
 from daemon.ingest.readiness import Job, Signature
 from daemon.ingest.scanner import scan
 from daemon.ingest.sidecars import pictures_of, split
@@ -159,6 +159,9 @@ class StopAtFirst:
     falls_back: ClassVar[bool] = False  # an inference error ends the run, with the error
 
     def deliverable(self, job: Job, verdict: Verdict) -> bool:
+        if isinstance(verdict, DecoderKilled):  # never the file's fault: it stays for the next run
+            log.warning("decoder_killed", file=str(job.path), reason=str(verdict), action="left in the inbox")
+            return False
         return True  # nothing is awaited: a file still being written is rejected now
 
     def still_there(self, delivery: Delivery) -> bool:

@@ -28,7 +28,7 @@ import structlog
 from daemon.classify.catalog import Catalog
 from daemon.config import Settings
 from daemon.encode.embeddings import Embedder
-from daemon.errors import ImageIncomplete, JournalError
+from daemon.errors import DecoderKilled, ImageIncomplete, JournalError
 from daemon.ingest.intake import Intake
 from daemon.ingest.readiness import Job, age, is_unchanged
 from daemon.ingest.workqueue import FairQueue
@@ -209,6 +209,11 @@ class RetryAndGoOn:
         if verdict is None:  # even the CPU failed: the file waits and is tried again
             self._metrics.error("inference", "inference failed")
             self._intake.retry(job, self._backoff("inference"))
+            return False
+        if isinstance(verdict, DecoderKilled):  # never the file's fault: it waits, however long
+            log.warning("decoder_killed", file=str(job.path), reason=str(verdict), action="retrying later")
+            self._metrics.error("decoder_killed", f"decoding processes killed from outside: {verdict}")
+            self._intake.retry(job, self._backoff("decoder_killed"))
             return False
         if isinstance(verdict, ImageIncomplete) and age(job) < self._settings().max_wait_seconds:
             with self._lock:
