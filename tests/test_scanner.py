@@ -40,3 +40,16 @@ def test_custom_ignore_patterns() -> None:
 def test_scan_of_missing_folder_is_empty(tmp_path: Path) -> None:
     """A folder that vanished yields nothing rather than failing."""
     assert list(scan(tmp_path / "gone")) == []
+
+
+def test_a_chain_deeper_than_the_limit_is_left_alone_without_recursion(tmp_path: Path) -> None:
+    """2,000 nested folders: the files within max_depth are found, the rest left alone, no RecursionError."""
+    bottom = tmp_path
+    for _ in range(2000):
+        bottom = bottom / "d"
+        bottom.mkdir()
+    (tmp_path / "d" / "top.png").write_bytes(b"x")
+    (bottom / "deep.png").write_bytes(b"x")
+    found = [path.name for path in scan(tmp_path, max_depth=32)]
+    assert found == ["top.png"]
+    assert [path.name for path in scan(tmp_path / "d", max_depth=5000)] == ["top.png", "deep.png"]

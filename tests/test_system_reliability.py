@@ -331,3 +331,42 @@ def test_one_daemon_per_root_and_the_one_shot_commands_wait_for_it(
     done = clipsort_process("sort", "--config", str(first.config))
     assert done.returncode == 0, done.stderr
     assert sorted_files(dataset)["later.png"] == "red"
+
+
+def test_a_deep_chain_and_thousands_of_folders_stop_no_dataset(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """A 1,200-deep chain and 5,000 sibling folders in one inbox: both datasets keep sorting, restart too.
+
+    Before, watchdog's recursive walk died of RecursionError in its reader thread (no event ever
+    again, for any dataset), rescans raised it too, and a restart crashed at start.
+    """
+    root = tmp_path / "Data"
+    make_dataset(root / "rgb", RGB, references=2, seed=3)
+    make_dataset(root / "other", RGB, references=2, seed=4)
+    home = tmp_path / "home"
+    daemon = start(daemons, root, tiny_model, home, settle_seconds=0.05, unknown_gate=False)
+    chain = bottom = tmp_path / "chain"
+    chain.mkdir()
+    for _ in range(1200):  # one level at a time: pathlib's mkdir(parents=True) recurses
+        bottom = bottom / "d"
+        bottom.mkdir()
+    save(draw(np.random.default_rng(1), "red", "circle", 64), chain / "d" / "d" / "near.png")
+    save(draw(np.random.default_rng(2), "red", "circle", 64), bottom / "far.png")
+    os.rename(chain, root / "rgb" / "Images" / "chain")  # moved in whole, as a person or a sync does
+    siblings = root / "rgb" / "Images" / "many"
+    for k in range(5000):
+        (siblings / f"f{k:04d}").mkdir(parents=True)
+    drop(root / "other" / "Images", "meanwhile.png", picture_bytes(tmp_path, "blue", 5, "p.png"))
+    wait_until(lambda: sorted_files(root / "other").get("meanwhile.png") == "blue", timeout=60)
+    wait_until(lambda: sorted_files(root / "rgb").get("near.png") == "red", timeout=60)
+    assert daemon.wait_event("folder_too_deep")["max_depth"] == 32
+    assert not daemon.events("observer_died") and daemon.status().state == "running"
+    assert daemon.stop() == 0
+    again = start(daemons, root, tiny_model, home, settle_seconds=0.05, unknown_gate=False)
+    drop(root / "rgb" / "Images", "after.png", picture_bytes(tmp_path, "green", 6, "p.png"))
+    wait_until(lambda: sorted_files(root / "rgb").get("after.png") == "green", timeout=60)
+    assert not daemon.events("intake_failed") and not again.events("intake_failed")
+    far = root / "rgb" / "Images" / "chain" / bottom.relative_to(chain) / "far.png"
+    assert far.exists(), "below max_depth: left alone, where it was"
+    assert again.stop() == 0

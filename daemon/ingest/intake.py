@@ -183,7 +183,10 @@ class Intake:
         for name in sorted(requested):
             if name in sortable:
                 self.readiness.expedite(name)  # a rescan is a fresh look: so is a retry
-                self._scan(sortable[name])
+                try:
+                    self._scan(sortable[name])
+                except Exception as exc:  # one dataset's failure must not cost the others their scan
+                    log.error("scan_failed", dataset=name, error=f"{type(exc).__name__}: {exc}")
         self.scans += 1
 
     def _scan(self, layout: DatasetLayout) -> None:

@@ -25,34 +25,58 @@ def is_ignored(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
-def scan(folder: Path, ignore: Sequence[str] = DEFAULT_IGNORE) -> Iterator[Path]:
-    """Regular files under ``folder`` (recursively), in sorted order per folder.
+MAX_DEPTH = 32  # folders below an inbox; deeper ones are left alone (a 1,000-deep chain broke os.walk)
+_said_too_deep: set[Path] = set()  # deep folders already logged (once each, bounded)
 
-    A ``folder`` that is itself a symlink (an inbox linked elsewhere) yields
-    nothing: its files are not the dataset's, and they are never moved in.
+
+def scan(folder: Path, ignore: Sequence[str] = DEFAULT_IGNORE, max_depth: int = MAX_DEPTH) -> Iterator[Path]:
+    """Regular files under ``folder`` (at most ``max_depth`` folders down), in sorted order per folder.
+
+    Iterative, with an explicit stack: a chain of thousands of nested folders (moved in by a
+    person or a sync tool) once raised RecursionError here and stopped every later scan. A folder
+    deeper than ``max_depth`` is logged once and left alone. A ``folder`` that is itself a symlink
+    (an inbox linked elsewhere) yields nothing: its files are not the dataset's, and they are never
+    moved in.
     """
     if folder.is_symlink():
         log.warning("symlinked_folder_skipped", folder=str(folder), target=os.readlink(folder))
         return
-    try:
-        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        log.warning("scan_failed", folder=str(folder), error=str(exc))
-        return
-    for entry in entries:
-        if is_ignored(entry.name, ignore):
+    stack: list[tuple[Path, int]] = [(folder, 0)]
+    while stack:
+        here, depth = stack.pop()
+        try:
+            entries = sorted(os.scandir(here), key=lambda entry: entry.name)
+        except FileNotFoundError:
             continue
-        path = Path(entry.path)
-        if entry.is_symlink():
-            left_alone(path, symlink=True)
-        elif entry.is_dir(follow_symlinks=False):
-            yield from scan(path, ignore)
-        elif entry.is_file(follow_symlinks=False):
-            yield path
-        else:
-            left_alone(path, symlink=False)
+        except OSError as exc:
+            log.warning("scan_failed", folder=str(here), error=str(exc))
+            continue
+        below: list[tuple[Path, int]] = []
+        for entry in entries:
+            if is_ignored(entry.name, ignore):
+                continue
+            path = Path(entry.path)
+            if entry.is_symlink():
+                left_alone(path, symlink=True)
+            elif entry.is_dir(follow_symlinks=False):
+                if depth < max_depth:
+                    below.append((path, depth + 1))
+                else:
+                    _too_deep(path, max_depth)
+            elif entry.is_file(follow_symlinks=False):
+                yield path
+            else:
+                left_alone(path, symlink=False)
+        stack.extend(reversed(below))  # depth first, in name order, as the recursive walk went
+
+
+def _too_deep(path: Path, max_depth: int) -> None:
+    if path in _said_too_deep:
+        return
+    if len(_said_too_deep) > 10_000:
+        _said_too_deep.clear()
+    _said_too_deep.add(path)
+    log.warning("folder_too_deep", folder=str(path), max_depth=max_depth, action="left alone")
 
 
 def left_alone(path: Path, *, symlink: bool) -> None:

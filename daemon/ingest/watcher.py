@@ -64,7 +64,7 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -89,12 +89,12 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.inotify import InotifyFullEmitter, InotifyObserver, InotifyWatchGroup
-from watchdog.observers.inotify_c import InotifyConstants, Mask, WatchDescriptor
+from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, Mask, WatchDescriptor
 from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper, PathedInotifyEvent
 from watchdog.observers.polling import PollingObserver
 
 from daemon.ingest.readiness import Hint
-from daemon.ingest.scanner import is_ignored
+from daemon.ingest.scanner import MAX_DEPTH, is_ignored
 from daemon.layout import REJECTED_DIR, REVIEW_DIR, SORTED_DIR, DatasetLayout
 
 log = structlog.get_logger()
@@ -133,13 +133,69 @@ class _MovesInOnly(FileSystemEvent):
 
 
 class _WatchGroup(InotifyWatchGroup):
-    """watchdog's watches of one scheduled folder, tolerant of a folder swapped under them."""
+    """watchdog's watches of one scheduled folder, tolerant of a folder swapped under them.
+
+    Its walks are iterative and stop at :data:`MAX_DEPTH` (watchdog's ``os.walk`` recursed: a chain
+    of a thousand nested folders raised RecursionError in its reader thread, which then died and
+    no event reached the daemon again), and an error while handling one event is logged and
+    swallowed here rather than ending that thread: the rescans find what its events missed.
+    """
+
+    def on_event(self, event: InotifyEvent) -> None:
+        try:
+            super().on_event(event)
+        except Exception as exc:
+            if not getattr(self, "_said", False):  # once per watched folder: rescans take over
+                self._said = True
+                log.error(
+                    "watch_event_failed", folder=os.fsdecode(self.path), error=f"{type(exc).__name__}: {exc}"
+                )
+
+    def _add_all_callbacks(self, path: bytes) -> None:
+        self._add_callback(path)
+        if self.is_recursive and os.path.isdir(path):
+            for folder in _folders_below(path):
+                self._add_callback(folder)
+
+    def _recursive_simulate(self, src_path: bytes) -> list[InotifyEvent]:
+        events = []
+        for root, folders, files in _walk(src_path):
+            wd_root = self._active_callbacks_by_path.get(root)
+            if wd_root is None:
+                continue  # not watched (yet): its own IN_CREATE will report its content
+            events += [InotifyEvent(wd_root, _DIR_CREATED, 0, name) for name in folders]
+            events += [InotifyEvent(wd_root, InotifyConstants.IN_CREATE, 0, name) for name in files]
+        return events
 
     def _remove_watch_internally(self, wd: WatchDescriptor) -> None:
         """Forget watch ``wd``; the maps may already disagree about it (see the module docstring)."""
         path = self._active_callbacks_by_watch.pop(wd, None)
         if path is not None and self._active_callbacks_by_path.get(path) == wd:
             del self._active_callbacks_by_path[path]
+
+
+_DIR_CREATED = Mask(InotifyConstants.IN_CREATE | InotifyConstants.IN_ISDIR)
+
+
+def _walk(top: bytes) -> Iterator[tuple[bytes, list[bytes], list[bytes]]]:
+    """``os.walk`` without recursion or symlinks, at most :data:`MAX_DEPTH` folders down."""
+    stack = [(top, 0)]
+    while stack:
+        here, depth = stack.pop()
+        try:
+            entries = list(os.scandir(here))
+        except OSError:
+            continue
+        folders = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        files = [e.name for e in entries if not e.is_dir(follow_symlinks=False)]
+        yield here, folders, files
+        if depth < MAX_DEPTH:
+            stack.extend((os.path.join(here, name), depth + 1) for name in folders)
+
+
+def _folders_below(top: bytes) -> Iterator[bytes]:
+    for root, folders, _ in _walk(top):
+        yield from (os.path.join(root, name) for name in folders)
 
 
 class _Emitter(InotifyFullEmitter):
@@ -394,8 +450,13 @@ class Watcher:
             self._watches.clear()
 
     def is_alive(self) -> bool:
-        """The dispatch thread and every emitter thread are running."""
-        return self._observer.is_alive() and all(emitter.is_alive() for emitter in self._observer.emitters)
+        """The dispatch thread, every emitter thread and inotify's reader thread are running."""
+        reader = getattr(self._observer, "_inotify_fd", None)  # watchdog's one reader of every watch
+        return (
+            self._observer.is_alive()
+            and all(emitter.is_alive() for emitter in self._observer.emitters)
+            and (reader is None or reader.is_alive())
+        )
 
     def restart(self) -> None:
         """A fresh observer with the same folders (events in between are lost: rescan after)."""
@@ -429,8 +490,10 @@ class Watcher:
             self._watches[folder] = self._observer.schedule(
                 handler, str(folder), recursive=recursive, event_filter=list(handler.events)
             )
-        except OSError as exc:  # e.g. the inotify watch limit (fs.inotify.max_user_watches)
-            log.error("watch_failed", folder=str(folder), error=str(exc))
+        except Exception as exc:  # the inotify watch limit (max_user_watches), or a folder's shape
+            log.error(
+                "watch_failed", folder=str(folder), error=f"{type(exc).__name__}: {exc}", action="rescans"
+            )
 
     def _unschedule(self, folder: Path) -> None:
         watch = self._watches.pop(folder)

@@ -263,8 +263,13 @@ class Service:
         log.info("state_swept", **asdict(swept))
 
     def _healthy(self, window: float) -> bool:
-        """Pinging systemd's watchdog only while events flow and the worker makes progress."""
-        return self.watcher.is_alive() and time.monotonic() - self.worker.heartbeat < 2 * window
+        """Pinging systemd's watchdog only while every part lives and the worker makes progress."""
+        threads = (self.intake.thread, self.learner.thread, self.worker.thread)
+        return (
+            self.watcher.is_alive()
+            and all(thread.is_alive() for thread in threads)
+            and time.monotonic() - self.worker.heartbeat < 2 * window
+        )
 
     def _shutdown(self) -> None:
         """Stop every part in order; a part that raises is logged and the next one still stops.
