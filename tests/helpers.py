@@ -143,3 +143,23 @@ def predicted(record: Mapping[str, Any]) -> str | None:
     """The class a decision's JSON line names: where it went, or its guess when held in Review/."""
     label = record["class"] if record["class"] is not None else record.get("guess")
     return None if label is None else str(label)
+
+
+def remove_deep(top: Path) -> None:
+    """Delete a folder tree of any depth, iteratively: shutil.rmtree (and pytest's clean-up of old
+    temporary folders) recurse, and a 1,200-deep chain left behind would crash them later."""
+    if not top.exists():
+        return
+    here = top
+    while True:
+        entries = list(os.scandir(here))
+        folder = next((entry for entry in entries if entry.is_dir(follow_symlinks=False)), None)
+        if folder is not None:
+            here = Path(folder.path)
+            continue
+        for entry in entries:
+            os.unlink(entry.path)
+        os.rmdir(here)
+        if here == top:
+            return
+        here = here.parent

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from daemon.ingest.scanner import is_ignored, scan
+from tests.helpers import remove_deep
 
 
 def test_scan_recurses_and_skips_temporary_hidden_links_and_fifos(tmp_path: Path) -> None:
@@ -50,6 +51,9 @@ def test_a_chain_deeper_than_the_limit_is_left_alone_without_recursion(tmp_path:
         bottom.mkdir()
     (tmp_path / "d" / "top.png").write_bytes(b"x")
     (bottom / "deep.png").write_bytes(b"x")
-    found = [path.name for path in scan(tmp_path, max_depth=32)]
-    assert found == ["top.png"]
-    assert [path.name for path in scan(tmp_path / "d", max_depth=5000)] == ["top.png", "deep.png"]
+    try:
+        found = [path.name for path in scan(tmp_path, max_depth=32)]
+        assert found == ["top.png"]
+        assert [path.name for path in scan(tmp_path / "d", max_depth=5000)] == ["top.png", "deep.png"]
+    finally:
+        remove_deep(tmp_path / "d")

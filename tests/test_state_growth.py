@@ -122,14 +122,14 @@ def test_compaction_keeps_planned_and_corrected_entries(tmp_path: Path) -> None:
 
 
 def test_a_journal_deleted_under_a_running_process_is_recreated_with_an_error(tmp_path: Path) -> None:
-    """The next transaction notices, logs journal_vanished and writes to a new file, not the lost inode."""
+    """The next transaction notices, logs journal_recreated and writes to a new file, not the lost inode."""
     journal = Journal(tmp_path)
     journal.plan([intent(1, tmp_path)])
     for leftover in tmp_path.glob("journal.sqlite3*"):
         leftover.unlink()
     with capture_logs() as logs:
         [entry] = journal.plan([intent(2, tmp_path)])
-    assert [log["event"] for log in logs] == ["journal_vanished"]
+    assert [log["event"] for log in logs] == ["journal_recreated"]
     assert journal.path.exists()
     with Journal(tmp_path) as other:  # another process sees what was written after the loss
         assert [e.id for e in other.entries()] == [entry]

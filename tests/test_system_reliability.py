@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import threading
@@ -20,7 +21,7 @@ from PIL import Image
 from daemon.encode.decodeprocesses import SLOT_PREFIX
 from daemon.store.journal import Journal
 from tests.daemonproc import Daemon, children, drop, picture_bytes, sha, sorted_files, start
-from tests.helpers import clipsort_process
+from tests.helpers import clipsort_process, remove_deep
 from tests.synthetic import draw, make_dataset, save
 from tests.waiting import wait_until
 
@@ -354,6 +355,24 @@ def test_a_deep_chain_and_thousands_of_folders_stop_no_dataset(
     save(draw(np.random.default_rng(1), "red", "circle", 64), chain / "d" / "d" / "near.png")
     save(draw(np.random.default_rng(2), "red", "circle", 64), bottom / "far.png")
     os.rename(chain, root / "rgb" / "Images" / "chain")  # moved in whole, as a person or a sync does
+    try:
+        _sorted_beside_a_deep_chain(
+            daemons, daemon, root, tmp_path, tiny_model, home, bottom.relative_to(chain)
+        )
+    finally:
+        remove_deep(root / "rgb" / "Images" / "chain")
+
+
+def _sorted_beside_a_deep_chain(
+    daemons: list[Daemon],
+    daemon: Daemon,
+    root: Path,
+    tmp_path: Path,
+    tiny_model: Path,
+    home: Path,
+    below: Path,
+) -> None:
+    """The rest of the test above, run with the chain in the inbox (its caller removes the chain)."""
     siblings = root / "rgb" / "Images" / "many"
     for k in range(5000):
         (siblings / f"f{k:04d}").mkdir(parents=True)
@@ -367,6 +386,50 @@ def test_a_deep_chain_and_thousands_of_folders_stop_no_dataset(
     drop(root / "rgb" / "Images", "after.png", picture_bytes(tmp_path, "green", 6, "p.png"))
     wait_until(lambda: sorted_files(root / "rgb").get("after.png") == "green", timeout=60)
     assert not daemon.events("intake_failed") and not again.events("intake_failed")
-    far = root / "rgb" / "Images" / "chain" / bottom.relative_to(chain) / "far.png"
+    far = root / "rgb" / "Images" / "chain" / below / "far.png"
     assert far.exists(), "below max_depth: left alone, where it was"
     assert again.stop() == 0
+
+
+def test_a_state_folder_deleted_mid_burst_is_recreated_and_no_second_daemon_runs(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """rm -rf of the state folder during a burst: every file sorted once, the lock re-taken, one line.
+
+    Before, the daemon sorted nothing more, logged "recreated" 141 times while nothing was, and a
+    second daemon started beside it (the lock file went with the folder).
+    """
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, RGB, references=2, seed=3)
+    home = tmp_path / "home"
+    daemon = start(daemons, root, tiny_model, home, settle_seconds=0.05, unknown_gate=False)
+    colours = list(RGB)
+    pictures = {
+        f"b{k:03d}.png": picture_bytes(tmp_path, colours[k % 3], 300 + k, "p.png") for k in range(200)
+    }
+    for name, data in list(pictures.items())[:100]:
+        drop(dataset / "Images", name, data)
+    wait_until(lambda: len(sorted_files(dataset)) >= 20, timeout=60)
+    shutil.rmtree(daemon.state)
+    (tmp_path / "second").mkdir()
+    second = Daemon(root, tiny_model, tmp_path / "second", state_dir=str(daemon.state))
+    daemons.append(second)
+    second.start(wait=False)
+    for name, data in list(pictures.items())[100:]:
+        drop(dataset / "Images", name, data)
+    recreated = daemon.wait_event("state_folder_recreated", timeout=30)
+    assert "history" in recreated["lost"]
+    assert second.process is not None and second.process.wait(timeout=120) != 0, "the second refused to run"
+    assert "already serves" in second.log.read_text()
+    wait_until(lambda: not list((dataset / "Images").iterdir()), timeout=120)
+    assert sorted(sha(p) for p in (dataset / "Dataset").rglob("*") if p.is_file()) == sorted(
+        hashlib.sha256(data).hexdigest() for data in pictures.values()
+    ), "every file sorted, once"
+    assert len(daemon.events("state_folder_recreated")) == 1
+    assert (daemon.state / "daemon.lock").read_text().strip() == str(
+        daemon.process.pid if daemon.process else ""
+    )
+    with Journal(daemon.state) as journal:
+        assert journal.entries(), "the journal was recreated and records what came after"
+    assert daemon.stop() == 0

@@ -81,6 +81,13 @@ class EmbeddingCache:
         with self._lock:
             self._db.close()
 
+    def reopen(self) -> None:
+        """A fresh (empty) cache file at ``path``, after the state folder was deleted under this process."""
+        fresh = connect(self.path, SCHEMA, synchronous="NORMAL")
+        with self._lock:
+            old, self._db = self._db, fresh
+        old.close()
+
     def __enter__(self) -> EmbeddingCache:
         return self
 

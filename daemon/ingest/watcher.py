@@ -90,7 +90,11 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.inotify import InotifyFullEmitter, InotifyObserver, InotifyWatchGroup
 from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, Mask, WatchDescriptor
-from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper, PathedInotifyEvent
+from watchdog.observers.inotify_move_event_grouper import (
+    GroupedInotifyEvent,
+    InotifyMoveEventGrouper,
+    PathedInotifyEvent,
+)
 from watchdog.observers.polling import PollingObserver
 
 from daemon.ingest.readiness import Hint
@@ -199,7 +203,21 @@ def _folders_below(top: bytes) -> Iterator[bytes]:
 
 
 class _Emitter(InotifyFullEmitter):
-    """watchdog's emitter of unpaired moves, asking the kernel for moves in only where told to."""
+    """watchdog's emitter of unpaired moves, asking the kernel for moves in only where told to.
+
+    A folder moved in makes watchdog walk it for synthetic "created" events with ``os.walk``, which
+    recurses: a 1,000-deep chain raised RecursionError in this emitter's thread and ended it. The
+    folder's own event is queued before that walk, and it asks for a rescan (which walks to
+    :data:`MAX_DEPTH`), so such an error is logged once and the thread goes on.
+    """
+
+    def build_and_queue_event(self, event: GroupedInotifyEvent, *, full_events: bool = True) -> None:
+        try:
+            super().build_and_queue_event(event, full_events=full_events)
+        except Exception as exc:
+            if not getattr(self, "_said", False):
+                self._said = True
+                log.error("watch_event_failed", folder=self.watch.path, error=f"{type(exc).__name__}: {exc}")
 
     def on_thread_start(self) -> None:
         # InotifyEmitter.on_thread_start with the tolerant group (watchdog 7.1 names no factory).

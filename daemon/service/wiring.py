@@ -226,6 +226,8 @@ class Service:
                     log.exception("observer_restart_failed", error=str(exc))
                     return 1  # systemd restarts us (Restart=on-failure)
                 self.intake.request_rescan(ALL)
+            if not self.lock.intact() and not self._state_replaced():
+                return 1  # another daemon took the state folder: systemd reports the error line
             if self.worker.policy.state_blocked and self.journal.writable():
                 self._state_writable_again()
             now = time.monotonic()
@@ -241,6 +243,35 @@ class Service:
                 notify("WATCHDOG=1")
                 last_ping = now
         return 0
+
+    def _state_replaced(self) -> bool:
+        """The state folder (or its lock file) was deleted or replaced: make it again and go on.
+
+        Re-takes the instance lock first, so no second daemon can serve the root beside this one;
+        False (the daemon must stop) when another process holds it already. The journal then
+        recreates its file with its next write, and the vector cache starts empty.
+        """
+        state = self.settings.state_path
+        try:
+            make_state_dir(state)
+            lock = InstanceLock(state)
+            lock.acquire()
+        except (ConfigError, OSError) as exc:
+            log.error("state_folder_taken", state=str(state), error=str(exc), action="stopping")
+            return False
+        self.lock.release()
+        self.lock = lock
+        try:
+            self.cache.reopen()
+        except Exception as exc:  # the cache only saves work: without it files are still sorted
+            log.error("cache_reopen_failed", error=str(exc))
+        log.error(
+            "state_folder_recreated",
+            state=str(state),
+            lost="the journal's history, the vector cache and corrections learned before now",
+        )
+        self.metrics.error("state", f"state folder {state} was deleted; recreated")
+        return True
 
     def _state_writable_again(self) -> None:
         """The journal takes writes again (space was freed): waiting files go now, not after the back-off."""

@@ -77,6 +77,20 @@ class InstanceLock:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
+    def intact(self) -> bool:
+        """Whether the lock file this process holds is still the one at its path (not deleted or replaced).
+
+        flock belongs to the open file: a state folder deleted under the daemon leaves it holding a
+        lock on a file nobody can find, and a second daemon would take a lock of its own beside it.
+        """
+        if self._fd is None:
+            return False
+        try:
+            here, held = os.stat(self.path, follow_symlinks=False), os.fstat(self._fd)
+        except OSError:
+            return False
+        return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
     def release(self) -> None:
         if self._fd is not None:
             with contextlib.suppress(OSError):

@@ -205,9 +205,12 @@ class Journal:
             same = False
         if same:
             return
-        log.error("journal_vanished", path=str(self.path), note="recreated; the history before this is lost")
+        # The new file first: while it cannot be made (its folder is gone too) the old connection
+        # stays open, so readers get a JournalError, never "cannot operate on a closed database".
+        db, inode = self._open()
         self._db.close()
-        self._db, self._inode = self._open()
+        self._db, self._inode = db, inode
+        log.error("journal_recreated", path=str(self.path), lost="every decision journalled before now")
 
     def close(self) -> None:
         with self._lock:
