@@ -22,7 +22,7 @@ def not_served(settings: Settings) -> None:
     pid = holder(settings.state_path)
     if pid is not None:
         raise ConfigError(
-            f"a clipsort daemon (pid {pid or 'starting'}) already serves {str(settings.root)!r} "
+            f"a clipsort daemon (pid {pid or 'starting'}) serves {str(settings.root)!r} already "
             f"(state folder {str(settings.state_path)!r}); stop it first, or `clipsort status` shows it"
         )
 
