@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -159,4 +161,45 @@ def test_a_filed_picture_moved_into_the_negatives_folder_teaches_the_unknown_gat
         rule, score, _, _ = record["detail"].split()  # the detail logs 3 decimals
         raised = rule == "reference" and before[record["guess"]] <= float(score) + 5e-4
         assert rule == "negative" or raised, record
+    assert daemon.stop() == 0
+
+
+def link_then_unlink(source: Path, target: Path) -> None:
+    os.link(source, target)
+    source.unlink()
+
+
+def copy_then_delete(source: Path, target: Path) -> None:
+    shutil.copyfile(source, target)
+    source.unlink()
+
+
+def unlink_then_link(source: Path, target: Path) -> None:
+    """The other order: the old name goes first (a second link keeps the inode), then the new one."""
+    keeper = source.parent.parent.parent / "Images" / ".keeper.tmp"
+    os.link(source, keeper)
+    source.unlink()
+    os.link(keeper, target)
+    keeper.unlink()
+
+
+@pytest.mark.parametrize("shape", [os.rename, link_then_unlink, copy_then_delete, unlink_then_link])
+def test_a_hand_move_of_every_shape_is_one_correction(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path, shape: Callable[[Path, Path], None]
+) -> None:
+    """rename, ln then rm (file managers, sync tools), cp then rm, rm then ln: each one correction."""
+    daemon, dataset, staging = misleading(daemons, tmp_path, tiny_model)
+    # Made first, so that its watch (and the one scan a new folder gets) is long done: only the
+    # hand move's own events can teach the daemon here.
+    (dataset / "Dataset" / "blue").mkdir(parents=True)
+    names = drop_blue(dataset, staging, range(100, 104))
+    wait_until(lambda: landed(dataset, names), timeout=30)
+    wrong = sorted(dataset / "Dataset" / "red" / n for n, c in landed(dataset, names).items() if c == "red")
+    assert wrong
+    target = dataset / "Dataset" / "blue" / wrong[0].name
+    shape(wrong[0], target)
+    wait_until(lambda: daemon.status().datasets["rgb"].corrections == {"blue": 1}, timeout=30)
+    recorded = [r for r in daemon.events("correction_recorded") if r["file"] == str(target)]
+    assert len(recorded) == 1 and recorded[0]["now"] == "blue"
+    assert [c.new_label for c in Journal(daemon.state).corrections()] == ["blue"]
     assert daemon.stop() == 0

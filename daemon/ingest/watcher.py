@@ -314,8 +314,20 @@ class _InboxHandler(_SafeHandler):
 
 
 def _arrival(event: FileSystemEvent) -> Path | None:
-    """The file a finished write or a move into the watched folder brought, if any."""
-    if event.is_directory or event.event_type not in (EVENT_TYPE_MOVED, EVENT_TYPE_CLOSED):
+    """The file a finished write, a move or a hard link into the watched folder brought, if any.
+
+    A hard link (``ln`` then ``rm``, as some file managers and sync tools move a file) sends only
+    IN_CREATE, never a close after a write: a created file with more than one link is one.
+    """
+    if event.is_directory:
+        return None
+    if event.event_type == EVENT_TYPE_CREATED:
+        path = _path(event.src_path)
+        try:
+            return path if os.lstat(path).st_nlink > 1 else None
+        except OSError:
+            return None
+    if event.event_type not in (EVENT_TYPE_MOVED, EVENT_TYPE_CLOSED):
         return None
     target = event.dest_path if event.event_type == EVENT_TYPE_MOVED else event.src_path
     return _path(target) if target else None
@@ -344,8 +356,8 @@ class _ClassesHandler(_SafeHandler):
             # A new folder (Clases/_none/ made to drag files into) is watched only once its
             # creation is seen; a file moved into it at once sends no event. One scan finds it.
             self.sink.rescan_filed(self.name)
-        elif event.event_type == EVENT_TYPE_MOVED and (arrived := _arrival(event)) is not None:
-            self.sink.placed(self.name, arrived)  # maybe dragged here from Review/ or Dataset/
+        elif event.event_type in (EVENT_TYPE_MOVED, EVENT_TYPE_CREATED) and (arrived := _arrival(event)):
+            self.sink.placed(self.name, arrived)  # maybe dragged (or linked) here from Review/ or Dataset/
 
 
 class _SortedHandler(_SafeHandler):
@@ -359,6 +371,7 @@ class _SortedHandler(_SafeHandler):
     # DirModifiedEvent only widens the kernel's mask: watchdog (7.1) builds IN_ATTRIB into it
     # for DirModifiedEvent but for no attribute event, so DirAttribEvent alone never arrives.
     events = (
+        FileCreatedEvent,  # only a hard link's counts as an arrival (see _arrival)
         FileClosedEvent,
         FileMovedEvent,
         FileDeletedEvent,
