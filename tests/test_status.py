@@ -72,3 +72,19 @@ def test_status_fits_80_columns(data_root: Path) -> None:
     assert any("123456" in line for line in lines) and any(
         line.endswith("clip-vit-base-patch32") for line in lines
     )
+
+
+def test_status_says_which_dataset_is_degraded_and_why(data_root: Path) -> None:
+    state = data_root / ".clipsort"
+    state.mkdir()
+    found = status(os.getpid(), time.time())
+    found.datasets["a"].degraded = "Images/ not watched: OSError: inotify watch limit reached"
+    write_status(state, found)
+    shown = CliRunner(env={"COLUMNS": "80"}).invoke(app, ["status", "--root", str(data_root)])
+    assert shown.exit_code == 0 and "a: degraded, sorted by rescans only: Images/ not watched" in shown.stdout
+    read = read_status(state)
+    assert (
+        read is not None
+        and read.datasets["a"].degraded is not None
+        and "watch limit" in read.datasets["a"].degraded
+    )

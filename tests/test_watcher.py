@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, WatchDescriptor
+from watchdog.observers.inotify import InotifyWatchGroup
+from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD, WatchDescriptor
 from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper, PathedInotifyEvent
 
 from daemon.config import DEFAULT_IGNORE
@@ -422,3 +423,45 @@ def test_watches_whose_books_disagree_are_still_removed(tmp_path: Path) -> None:
     watcher.stop()
     assert not watcher.is_alive()
     assert not group._active_callbacks_by_watch, "every watch forgotten"
+
+
+def test_a_watch_whose_events_fail_is_reported_degraded_and_its_thread_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error handling one folder's events (injected) is logged once; the dataset shows as degraded."""
+    layout = inbox(tmp_path)
+    sink = Sink()
+    with native(tmp_path, sink, layout) as watcher:
+
+        def broken(self: InotifyWatchGroup, event: InotifyEvent) -> None:
+            raise RuntimeError("injected")
+
+        monkeypatch.setattr(InotifyWatchGroup, "on_event", broken)
+        for k in range(3):
+            (layout.inbox / f"p{k}.png").write_bytes(b"x")
+        wait_until(watcher.degraded, timeout=10)
+        assert watcher.degraded() == {layout.name: "Images/ not watched: RuntimeError: injected"}
+        assert watcher.is_alive(), "the reader thread goes on"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the injected death
+def test_a_dead_watchdog_reader_thread_is_seen_and_a_restart_brings_events_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """watchdog's inotify reader killed by an injected error: is_alive says so; restart() revives it."""
+    layout = inbox(tmp_path)
+    sink = Sink()
+    with native(tmp_path, sink, layout) as watcher:
+        original = InotifyFD.handle_event
+
+        def once(self: InotifyFD, event: InotifyEvent) -> None:
+            monkeypatch.setattr(InotifyFD, "handle_event", original)
+            raise RuntimeError("injected into watchdog's reader")
+
+        monkeypatch.setattr(InotifyFD, "handle_event", once)
+        (layout.inbox / "killer.png").write_bytes(b"x")
+        wait_until(lambda: not watcher.is_alive(), timeout=10)
+        watcher.restart()
+        (layout.inbox / "after.png").write_bytes(b"x")
+        wait_until(lambda: sink.hinted("after.png"), timeout=10)
+        assert watcher.is_alive()

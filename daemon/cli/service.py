@@ -99,6 +99,9 @@ def status(
     ]
     table = fitted_table(headers, rows, width=console.width, flexible=0, numbers=headers[1:])
     console.print(table)
+    for name, counts in found.datasets.items():
+        if counts.degraded:  # its events are not watched: sorted by the periodic rescans meanwhile
+            console.print(f"{name}: degraded, sorted by rescans only: {counts.degraded}", overflow="fold")
     size = _megabytes(folder_size(settings.state_path))
     console.print(f"state folder: {size} in {shorten_left(str(settings.state_path), console.width - 24)}")
     console.print(f"last error: {found.last_error or 'none'}", no_wrap=True, overflow="ellipsis")

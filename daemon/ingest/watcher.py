@@ -149,11 +149,9 @@ class _WatchGroup(InotifyWatchGroup):
         try:
             super().on_event(event)
         except Exception as exc:
-            if not getattr(self, "_said", False):  # once per watched folder: rescans take over
-                self._said = True
-                log.error(
-                    "watch_event_failed", folder=os.fsdecode(self.path), error=f"{type(exc).__name__}: {exc}"
-                )
+            if not getattr(self, "failure", ""):  # once per watched folder: rescans take over
+                self.failure = f"{type(exc).__name__}: {exc}"
+                log.error("watch_event_failed", folder=os.fsdecode(self.path), error=self.failure)
 
     def _add_all_callbacks(self, path: bytes) -> None:
         self._add_callback(path)
@@ -454,6 +452,7 @@ class Watcher:
         self.polling_seconds = polling_seconds
         self.ignore = ignore
         self._watches: dict[Path, ObservedWatch] = {}
+        self._failed: dict[Path, str] = {}  # folders that could not be watched, and why
         self._lock = threading.RLock()  # sync() runs on the intake thread, restart() on the main one
         self._observer = self._new_observer()
         self._overflow = _OverflowListener(sink)
@@ -509,6 +508,23 @@ class Watcher:
                 self._schedule(layout.classes, _ClassesHandler(layout.name, self.sink), recursive=True)
                 self._schedule(layout.sorted, _SortedHandler(layout.name, self.sink), recursive=True)
 
+    def degraded(self) -> dict[str, str]:
+        """Per dataset whose events are not (all) watched, why; rescans sort it meanwhile."""
+        with self._lock:
+            failed = dict(self._failed)
+            for emitter in self._observer.emitters:
+                group = getattr(emitter, "_inotify", None)
+                if failure := getattr(group, "failure", ""):
+                    failed[Path(emitter.watch.path)] = failure
+        found: dict[str, str] = {}
+        for folder, failure in failed.items():
+            try:
+                dataset = folder.relative_to(self.root).parts[0]
+            except (ValueError, IndexError):
+                continue  # the root itself: every dataset is looked at by the full rescans
+            found.setdefault(dataset, f"{folder.name}/ not watched: {failure}")
+        return found
+
     def watching(self, folder: Path) -> bool:
         """Whether events from ``folder`` are being reported."""
         with self._lock:
@@ -522,11 +538,12 @@ class Watcher:
                 handler, str(folder), recursive=recursive, event_filter=list(handler.events)
             )
         except Exception as exc:  # the inotify watch limit (max_user_watches), or a folder's shape
-            log.error(
-                "watch_failed", folder=str(folder), error=f"{type(exc).__name__}: {exc}", action="rescans"
-            )
+            failure = f"{type(exc).__name__}: {exc}"
+            log.error("watch_failed", folder=str(folder), error=failure, action="rescans")
+            self._failed[folder] = failure
 
     def _unschedule(self, folder: Path) -> None:
+        self._failed.pop(folder, None)
         watch = self._watches.pop(folder)
         # watchdog may already have dropped the watch of a deleted folder.
         with contextlib.suppress(KeyError, OSError):

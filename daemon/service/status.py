@@ -34,6 +34,7 @@ class DatasetStatus:
     classes: int = 0
     waiting_for_classes: bool = False
     corrections: dict[str, int] = field(default_factory=dict)  # corrected examples in use, per class
+    degraded: str | None = None  # why its events are not watched (it is sorted by rescans meanwhile)
 
 
 @dataclass

@@ -395,6 +395,7 @@ class Service:
         targets = self.catalog.snapshot()
         depths = self.work.depths()
         waiting = self.catalog.waiting()
+        degraded = self.watcher.degraded()
         datasets = {
             name: DatasetStatus(
                 sorted=self.metrics.count(name, "sorted"),
@@ -406,6 +407,7 @@ class Service:
                 classes=len(targets[name].classes) if name in targets else 0,
                 waiting_for_classes=name in waiting,
                 corrections=targets[name].index.correction_counts() if name in targets else {},
+                degraded=degraded.get(name),
             )
             for name in sorted(self._known | set(targets))
         }
