@@ -303,6 +303,13 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_IGNORE),
         description="Inbox names never touched (temporary names of files still being written).",
     )
+    max_folder_depth: PositiveInt = Field(
+        32,
+        description=(
+            "Folders below an inbox that are looked into; a deeper one is left alone and logged once "
+            "(a chain of a thousand nested folders must not stop the daemon)."
+        ),
+    )
     sidecar_suffixes: list[str] = Field(
         default_factory=lambda: list(DEFAULT_SIDECARS),
         description=(

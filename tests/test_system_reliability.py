@@ -379,7 +379,7 @@ def _sorted_beside_a_deep_chain(
     drop(root / "other" / "Images", "meanwhile.png", picture_bytes(tmp_path, "blue", 5, "p.png"))
     wait_until(lambda: sorted_files(root / "other").get("meanwhile.png") == "blue", timeout=60)
     wait_until(lambda: sorted_files(root / "rgb").get("near.png") == "red", timeout=60)
-    assert daemon.wait_event("folder_too_deep")["max_depth"] == 32
+    assert daemon.wait_event("folder_too_deep")["max_depth"] == 32, "max_folder_depth's default"
     assert not daemon.events("observer_died") and daemon.status().state == "running"
     assert daemon.stop() == 0
     again = start(daemons, root, tiny_model, home, settle_seconds=0.05, unknown_gate=False)

@@ -191,7 +191,8 @@ class Intake:
 
     def _scan(self, layout: DatasetLayout) -> None:
         files, sidecars = split(
-            scan(layout.inbox, self.settings.ignore_patterns), self.settings.sidecar_suffixes
+            scan(layout.inbox, self.settings.ignore_patterns, self.settings.max_folder_depth),
+            self.settings.sidecar_suffixes,
         )
         for path in sidecars:
             self._sidecar(path)

@@ -139,11 +139,15 @@ class _MovesInOnly(FileSystemEvent):
 class _WatchGroup(InotifyWatchGroup):
     """watchdog's watches of one scheduled folder, tolerant of a folder swapped under them.
 
-    Its walks are iterative and stop at :data:`MAX_DEPTH` (watchdog's ``os.walk`` recursed: a chain
+    Its walks are iterative and stop at ``max_depth`` (watchdog's ``os.walk`` recursed: a chain
     of a thousand nested folders raised RecursionError in its reader thread, which then died and
     no event reached the daemon again), and an error while handling one event is logged and
     swallowed here rather than ending that thread: the rescans find what its events missed.
     """
+
+    # The daemon's max_folder_depth, set by the one Watcher of the process: watchdog builds this
+    # object itself (in _Emitter.on_thread_start) and takes no parameter for it.
+    max_depth: ClassVar[int] = MAX_DEPTH
 
     def on_event(self, event: InotifyEvent) -> None:
         try:
@@ -156,12 +160,12 @@ class _WatchGroup(InotifyWatchGroup):
     def _add_all_callbacks(self, path: bytes) -> None:
         self._add_callback(path)
         if self.is_recursive and os.path.isdir(path):
-            for folder in _folders_below(path):
+            for folder in _folders_below(path, self.max_depth):
                 self._add_callback(folder)
 
     def _recursive_simulate(self, src_path: bytes) -> list[InotifyEvent]:
         events = []
-        for root, folders, files in _walk(src_path):
+        for root, folders, files in _walk(src_path, self.max_depth):
             wd_root = self._active_callbacks_by_path.get(root)
             if wd_root is None:
                 continue  # not watched (yet): its own IN_CREATE will report its content
@@ -179,8 +183,8 @@ class _WatchGroup(InotifyWatchGroup):
 _DIR_CREATED = Mask(InotifyConstants.IN_CREATE | InotifyConstants.IN_ISDIR)
 
 
-def _walk(top: bytes) -> Iterator[tuple[bytes, list[bytes], list[bytes]]]:
-    """``os.walk`` without recursion or symlinks, at most :data:`MAX_DEPTH` folders down."""
+def _walk(top: bytes, max_depth: int) -> Iterator[tuple[bytes, list[bytes], list[bytes]]]:
+    """``os.walk`` without recursion or symlinks, at most ``max_depth`` folders down."""
     stack = [(top, 0)]
     while stack:
         here, depth = stack.pop()
@@ -191,12 +195,12 @@ def _walk(top: bytes) -> Iterator[tuple[bytes, list[bytes], list[bytes]]]:
         folders = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
         files = [e.name for e in entries if not e.is_dir(follow_symlinks=False)]
         yield here, folders, files
-        if depth < MAX_DEPTH:
+        if depth < max_depth:
             stack.extend((os.path.join(here, name), depth + 1) for name in folders)
 
 
-def _folders_below(top: bytes) -> Iterator[bytes]:
-    for root, folders, _ in _walk(top):
+def _folders_below(top: bytes, max_depth: int) -> Iterator[bytes]:
+    for root, folders, _ in _walk(top, max_depth):
         yield from (os.path.join(root, name) for name in folders)
 
 
@@ -206,7 +210,7 @@ class _Emitter(InotifyFullEmitter):
     A folder moved in makes watchdog walk it for synthetic "created" events with ``os.walk``, which
     recurses: a 1,000-deep chain raised RecursionError in this emitter's thread and ended it. The
     folder's own event is queued before that walk, and it asks for a rescan (which walks to
-    :data:`MAX_DEPTH`), so such an error is logged once and the thread goes on.
+    ``max_folder_depth``), so such an error is logged once and the thread goes on.
     """
 
     def build_and_queue_event(self, event: GroupedInotifyEvent, *, full_events: bool = True) -> None:
@@ -444,8 +448,16 @@ class Watcher:
     """One observer watching the root, each dataset folder, its inbox and its classes."""
 
     def __init__(
-        self, root: Path, sink: WatchSink, *, polling: bool, polling_seconds: float, ignore: Sequence[str]
+        self,
+        root: Path,
+        sink: WatchSink,
+        *,
+        polling: bool,
+        polling_seconds: float,
+        ignore: Sequence[str],
+        max_depth: int = MAX_DEPTH,
     ) -> None:
+        _WatchGroup.max_depth = max_depth
         self.root = root
         self.sink = sink
         self.polling = polling

@@ -57,7 +57,7 @@ NO_CLIP = "none (every dataset is classified by its checkpoint)"
 # Opened or bound once at start (the journal and caches, the metrics socket): a reload that changes
 # them logs `reload_needs_restart` and keeps the old values. Every other setting reaches its owner.
 RESTART_ONLY = ("state_dir", "metrics_port", "metrics_address")
-WATCHER_SETTINGS = ("root", "observer", "polling_seconds", "ignore_patterns")
+WATCHER_SETTINGS = ("root", "observer", "polling_seconds", "ignore_patterns", "max_folder_depth")
 
 HEALTH_TICK = 0.5
 T = TypeVar("T")
@@ -137,6 +137,7 @@ class Service:
             polling=settings.observer == "polling",
             polling_seconds=settings.polling_seconds,
             ignore=settings.ignore_patterns,
+            max_depth=settings.max_folder_depth,
         )
 
     # --- the watcher's sink ---------------------------------------------------------

@@ -50,7 +50,9 @@ def waiting(layouts: Sequence[DatasetLayout], settings: Settings) -> dict[str, l
     """
     found = {}
     for layout in layouts:
-        files, sidecars = split(scan(layout.inbox, settings.ignore_patterns), settings.sidecar_suffixes)
+        files, sidecars = split(
+            scan(layout.inbox, settings.ignore_patterns, settings.max_folder_depth), settings.sidecar_suffixes
+        )
         found[layout.name] = files  # a sidecar moves with its picture, never on its own
         for path in sidecars:
             if not pictures_of(path, settings.sidecar_suffixes):
