@@ -211,7 +211,10 @@ class _Slot:
     def free(self) -> None:
         if self.memory is not None:
             self.memory.close()
-            self.memory.unlink()
+            # A stopping daemon reclaims its own slots (reclaim_slots) while a dispatcher may still
+            # be ending: the segment can be gone already.
+            with contextlib.suppress(FileNotFoundError):
+                self.memory.unlink()
             self.memory = None
 
 
