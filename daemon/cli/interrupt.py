@@ -1,10 +1,17 @@
 """Ctrl-C (SIGINT) and SIGTERM for a one-shot command: stop promptly, never half-way through a batch.
 
-While nothing is being placed (settings, the model loading, the decoding processes starting) a
-signal raises :class:`KeyboardInterrupt` at once: what was opened closes on the way out and no file
-has moved. Once files are being placed, a signal only asks to stop: no new batch is classified, the
-batch already handed to the placer is placed whole, the batches decoding ahead are dropped (their
-files stay in the inbox), and the command exits 130 as a shell expects of an interrupted program.
+A signal only asks to stop; the command looks at that request between its steps (after its
+imports, once the decoding processes started, once the model loaded, once the classes are
+indexed) and, from then on, between batches: no new batch is classified, the batch already handed
+to the placer is placed whole, the batches decoding ahead are dropped (their files stay in the
+inbox), and the command exits 130 as a shell expects of an interrupted program. A second signal
+raises :class:`KeyboardInterrupt` at once, wherever the command is (nothing half-moved either: the
+placer finishes its batch while the command unwinds).
+
+Why not raise on the first signal: CPython marks a KeyboardInterrupt that surfaces inside code run
+by ``exec`` of a string (dataclasses build their methods so, while torch and transformers import)
+as unhandled, and kills the process with SIGINT at exit even after the command caught it: the
+exit status was -2 instead of 130 when the signal landed during the model's loading.
 
 OS caveat: a terminal sends Ctrl-C's SIGINT to its whole foreground process group. The decoding
 processes run in a process group of their own (:mod:`daemon.encode.decodeprocesses`), so the
@@ -14,10 +21,8 @@ half-way through their imports.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import threading
-from collections.abc import Iterator
 from types import FrameType, TracebackType
 
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program ended by Ctrl-C
@@ -29,7 +34,6 @@ class Interrupt:
 
     def __init__(self) -> None:
         self.requested = threading.Event()
-        self._raise = True
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> Interrupt:
@@ -46,17 +50,11 @@ class Interrupt:
             signal.signal(number, handler)  # type: ignore[arg-type]  # what signal.signal returned
 
     def _handle(self, number: int, frame: FrameType | None) -> None:
-        self.requested.set()
-        if self._raise:
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def deferred(self) -> Iterator[threading.Event]:
-        """While placing: a signal sets the event it yields instead of raising."""
         if self.requested.is_set():
-            raise KeyboardInterrupt  # it came just before: nothing has been placed yet
-        self._raise = False
-        try:
-            yield self.requested
-        finally:
-            self._raise = True
+            raise KeyboardInterrupt  # the second: the person means it
+        self.requested.set()
+
+    def check(self) -> None:
+        """Between two steps: stop here (KeyboardInterrupt) if a signal asked to."""
+        if self.requested.is_set():
+            raise KeyboardInterrupt

@@ -73,7 +73,7 @@ def sort(
         with interrupt:
             _sort(interrupt, outcomes, dataset, mode, aggregate, dry_run, as_json, config, root, model)
     except KeyboardInterrupt:
-        pass  # the signal came before anything was placed: only the line below is said
+        pass  # asked to stop before anything was placed (or a second Ctrl-C): the line below says so
     if not interrupt.requested.is_set():
         Console(stderr=as_json).print(summary(outcomes, dry_run=dry_run))
         return
@@ -112,12 +112,16 @@ def _sort(
     from daemon.learn.corrections import corrected_from
     from daemon.sort.oneshot import decoders_for, gather, run, waiting
 
+    interrupt.check()
+
     with contextlib.ExitStack() as stack:
         # Started first: the decoding processes' interpreters start while the model loads.
         found = waiting(layouts, settings)
         needed = needs_clip(settings, names) and any(found.values())  # nothing to sort: no decoding process
         decoders = stack.enter_context(decoders_for(settings, processes=needed))
+        interrupt.check()
         encoder = clip_for(settings, names)  # none if all are fine-tuned
+        interrupt.check()
         # A real run journals and caches vectors (so the daemon can learn from corrections later).
         # A dry run creates nothing, but reads the corrections an existing journal holds, so that
         # it decides as the real run would.
@@ -128,6 +132,7 @@ def _sort(
         embedder = make_embedder(settings, encoder, cache)
         corrected = corrected_from(journal) if journal is not None else None
         work = gather(layouts, settings, embedder, named=bool(dataset), corrected=corrected, found=found)
+        interrupt.check()
         stack.enter_context(progress := progress_bar("sorting", TimeRemainingColumn()))
         task = progress.add_task("sort", total=sum(len(item.files) for item in work))
 
@@ -139,17 +144,16 @@ def _sort(
             progress.advance(task)
 
         try:
-            with interrupt.deferred() as stop:
-                run(
-                    work,
-                    settings,
-                    embedder,
-                    journal=None if dry_run else journal,
-                    dry_run=dry_run,
-                    on_outcome=record,
-                    decoders=decoders,
-                    stop=stop,
-                )
+            run(
+                work,
+                settings,
+                embedder,
+                journal=None if dry_run else journal,
+                dry_run=dry_run,
+                on_outcome=record,
+                decoders=decoders,
+                stop=interrupt.requested,
+            )
         except OSError as exc:  # the first file that could not be moved (disk full, permissions): one line
             where = f" {exc.filename!r}" if exc.filename else ""
             raise DatasetError(
