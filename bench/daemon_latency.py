@@ -6,7 +6,7 @@ Usage (from the repository root)::
     python -m bench.daemon_latency --quick         # seconds-long smoke run (what CI runs)
     python -m bench.daemon_latency --model DIR     # any local model folder
 
-It builds everything itself (model, images), starts ``python -m daemon run``
+It builds everything itself (model, images), starts ``python -m clipsort run``
 like systemd would, drops single files one at a time (renamed in, as a
 finished upload would be) and then a burst, and reports p50/p95 latency
 from the rename to the file's arrival in ``Dataset/<class>/``, files per
@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from bench.reports import bench_parser, write_report
-from daemon.encode.encoder import Encoder
+from clipsort.encode.encoder import Encoder
 from tests.daemonproc import Daemon
 from tests.synthetic import draw, make_dataset, random_clip
 from tests.waiting import wait_until

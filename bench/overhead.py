@@ -55,11 +55,11 @@ from PIL import Image
 
 from bench.reports import bench_parser, write_report
 from bench.throughput import cpu_per_file, daemon_burst, sort_pipeline
-from daemon.config import load_settings
-from daemon.encode.decoding import read_and_decode
-from daemon.encode.encoder import Encoder
-from daemon.encode.images import DecodeLimits, centre_crop
-from daemon.logs import configure_logging
+from clipsort.config import load_settings
+from clipsort.decode.decoding import read_and_decode
+from clipsort.decode.images import DecodeLimits, centre_crop
+from clipsort.encode.encoder import Encoder
+from clipsort.logs import configure_logging
 from tests.synthetic import draw, random_clip
 
 

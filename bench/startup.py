@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.reports import bench_parser, write_report
-from daemon.store.journal import Journal
-from daemon.store.mover import make_state_dir
+from clipsort.store.journal import Journal
+from clipsort.store.mover import make_state_dir
 from tests.helpers import python_process
 
 MODEL_STACK = ("torch", "transformers", "sentence_transformers")
@@ -45,7 +45,7 @@ import atexit, json, sys
 report, stack = sys.argv[1], sys.argv[2].split(",")
 atexit.register(lambda: open(report, "w").write(json.dumps([m for m in stack if m in sys.modules])))
 sys.argv = ["clipsort", *sys.argv[3:]]
-from daemon.cli import main
+from clipsort.cli import main
 main()
 """
 

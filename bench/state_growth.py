@@ -5,7 +5,7 @@ Usage (from the repository root)::
     python -m bench.state_growth               # 100,000 files per run, two runs
     python -m bench.state_growth --quick       # seconds-long smoke run (what CI runs)
 
-Two runs of the real daemon (``python -m daemon run``) side by side, on one
+Two runs of the real daemon (``python -m clipsort run``) side by side, on one
 two-layer random CLIP and tiny PNGs, so that what is measured is the state
 the pipeline leaves behind, not the model:
 
@@ -34,8 +34,8 @@ import numpy as np
 from PIL import Image
 
 from bench.reports import bench_parser, write_report
-from daemon.service.housekeeping import DAY
-from daemon.service.status import folder_size
+from clipsort.service.housekeeping import DAY
+from clipsort.service.status import folder_size
 from tests.daemonproc import Daemon
 from tests.synthetic import make_dataset, random_clip
 from tests.waiting import wait_until

@@ -46,14 +46,14 @@ from sentence_transformers import SentenceTransformer
 
 from bench.daemon_latency import CLASSES, forward_ms, measure
 from bench.reports import bench_parser, write_report
-from daemon.config import Settings, load_settings
-from daemon.encode.encoder import Encoder, load_model
-from daemon.encode.factory import make_embedder
-from daemon.layout import discover
-from daemon.logs import configure_logging
-from daemon.sort.oneshot import decoders_for, gather, run
-from daemon.store.journal import Journal
-from daemon.store.mover import make_state_dir
+from clipsort.config import Settings, load_settings
+from clipsort.encode.encoder import Encoder, load_model
+from clipsort.encode.factory import make_embedder
+from clipsort.layout import discover
+from clipsort.logs import configure_logging
+from clipsort.sort.oneshot import decoders_for, gather, run
+from clipsort.store.journal import Journal
+from clipsort.store.mover import make_state_dir
 from tests.daemonproc import Daemon, cpu_seconds_of
 from tests.synthetic import draw, make_dataset, random_clip
 from tests.waiting import wait_until

@@ -34,15 +34,15 @@ import numpy as np
 from PIL import Image
 
 from bench.reports import bench_parser, write_report
-from daemon.classify.classindex import ClassIndex
-from daemon.classify.modes import make_classifier
-from daemon.classify.modes.base import Inputs
-from daemon.classify.targets import gate_for
-from daemon.config import load_settings
-from daemon.encode.decoding import read_and_decode
-from daemon.encode.encoder import Encoder
-from daemon.encode.images import DecodeLimits
-from daemon.encode.vectors import Vectors
+from clipsort.classify.classindex import ClassIndex
+from clipsort.classify.modes import make_classifier
+from clipsort.classify.modes.base import Inputs
+from clipsort.classify.targets import gate_for
+from clipsort.config import load_settings
+from clipsort.decode.decoding import read_and_decode
+from clipsort.decode.images import DecodeLimits
+from clipsort.encode.encoder import Encoder
+from clipsort.encode.vectors import Vectors
 from tests.synthetic import random_clip
 
 BATCH = 64

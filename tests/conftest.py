@@ -15,8 +15,8 @@ import pytest
 import structlog
 from typer.testing import CliRunner
 
-from daemon.cli import app
-from daemon.encode.encoder import Encoder
+from clipsort.cli import app
+from clipsort.encode.encoder import Encoder
 from tests.daemonproc import Daemon
 
 

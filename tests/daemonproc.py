@@ -1,4 +1,4 @@
-"""Running the real daemon (``python -m daemon run``) as a subprocess, as systemd would."""
+"""Running the real daemon (``python -m clipsort run``) as a subprocess, as systemd would."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from daemon.service.status import Status, read_status
+from clipsort.service.status import Status, read_status
 from tests.synthetic import draw, save
 from tests.waiting import wait_until
 
@@ -80,7 +80,7 @@ class Daemon:
         }
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "daemon", "run", "--config", str(self.config)],
+                [sys.executable, "-m", "clipsort", "run", "--config", str(self.config)],
                 cwd=self.home,
                 env=env,
                 stdout=subprocess.DEVNULL,

@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from daemon.classify.classindex import ClassIndex
-from daemon.config import load_settings
-from daemon.encode.encoder import Encoder
-from daemon.encode.factory import make_embedder
-from daemon.layout import discover
-from daemon.sort.oneshot import gather, run
-from daemon.sort.pipeline import Outcome
-from daemon.store import mover
+from clipsort.classify.classindex import ClassIndex
+from clipsort.config import load_settings
+from clipsort.encode.encoder import Encoder
+from clipsort.encode.factory import make_embedder
+from clipsort.layout import discover
+from clipsort.sort.oneshot import gather, run
+from clipsort.sort.pipeline import Outcome
+from clipsort.store import mover
 from tests.synthetic import SHAPES, draw, save
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,8 +77,8 @@ def python_process(
 def clipsort_process(
     *args: str, env: Mapping[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m daemon ARGS``: clipsort as its console script runs it."""
-    return python_process("-m", "daemon", *args, env=env, timeout=timeout)
+    """``python -m clipsort ARGS``: clipsort as its console script runs it."""
+    return python_process("-m", "clipsort", *args, env=env, timeout=timeout)
 
 
 def tree(root: Path) -> dict[str, list[str]]:

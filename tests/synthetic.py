@@ -1,7 +1,7 @@
 """Synthetic pictures and a tiny CLIP that has really learned them.
 
 No pretrained weights can be fetched here, so the tests train their own
-few-layer CLIP on coloured shapes with captions (``daemon.learn.demo``, the same
+few-layer CLIP on coloured shapes with captions (``clipsort.learn.demo``, the same
 model ``clipsort demo-model`` makes). It learns colours (and shapes) well
 enough that accuracy can be asserted, not just shapes of arrays; training is
 deterministic and takes about 20 s on 2 CPU cores.
@@ -29,7 +29,7 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from daemon.learn.demo import (
+from clipsort.learn.demo import (
     COLORS,
     IMAGE_SIZE,
     SHAPES,

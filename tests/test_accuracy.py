@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import load_settings
-from daemon.encode.encoder import Encoder
-from daemon.encode.factory import make_embedder
-from daemon.layout import discover
-from daemon.sort.oneshot import gather, run
-from daemon.sort.pipeline import Outcome
+from clipsort.config import load_settings
+from clipsort.encode.encoder import Encoder
+from clipsort.encode.factory import make_embedder
+from clipsort.layout import discover
+from clipsort.sort.oneshot import gather, run
+from clipsort.sort.pipeline import Outcome
 from tests.synthetic import COLORS, make_dataset
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daemon.classify.calibration import accuracy, calibrate, confidence_threshold, leave_one_out
+from clipsort.classify.calibration import accuracy, calibrate, confidence_threshold, leave_one_out
 from tests.helpers import hand_index as index
 from tests.helpers import unit
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.classify.catalog import Catalog
-from daemon.config import load_settings
-from daemon.encode.encoder import Encoder
-from daemon.encode.factory import make_embedder
+from clipsort.classify.catalog import Catalog
+from clipsort.config import load_settings
+from clipsort.encode.encoder import Encoder
+from clipsort.encode.factory import make_embedder
 from tests.synthetic import draw, make_dataset, save
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.classify.checkpoints import CURRENT, current_checkpoint
-from daemon.classify.modes.finetuned import CheckpointCache
+from clipsort.classify.checkpoints import CURRENT, current_checkpoint
+from clipsort.classify.modes.finetuned import CheckpointCache
 from tests.synthetic import tiny_vit
 
 

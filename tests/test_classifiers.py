@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.classify.classindex import ClassIndex
-from daemon.classify.modes import decide, make_classifier
-from daemon.classify.modes.mixed import MixedClassifier
-from daemon.classify.modes.reference import ReferenceClassifier
-from daemon.classify.modes.text import TextClassifier
-from daemon.classify.review import ReviewPolicy
-from daemon.config import DatasetSettings, load_settings
-from daemon.errors import NoClassesError
+from clipsort.classify.classindex import ClassIndex
+from clipsort.classify.modes import decide, make_classifier
+from clipsort.classify.modes.mixed import MixedClassifier
+from clipsort.classify.modes.reference import ReferenceClassifier
+from clipsort.classify.modes.text import TextClassifier
+from clipsort.classify.review import ReviewPolicy
+from clipsort.config import DatasetSettings, load_settings
+from clipsort.errors import NoClassesError
 from tests.helpers import unit
 
 # Three classes in 2-D. Class "a" has two references, one close to the query

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.classify.classindex import build_class_index, describe
-from daemon.encode.embeddings import Embedder
-from daemon.encode.encoder import Encoder
-from daemon.encode.images import DecodeLimits
-from daemon.errors import NoClassesError
-from daemon.layout import DatasetLayout
+from clipsort.classify.classindex import build_class_index, describe
+from clipsort.decode.images import DecodeLimits
+from clipsort.encode.embeddings import Embedder
+from clipsort.encode.encoder import Encoder
+from clipsort.errors import NoClassesError
+from clipsort.layout import DatasetLayout
 from tests.synthetic import make_dataset
 
 

@@ -1,4 +1,4 @@
-"""Tests for daemon.cli: ``clipsort sort`` and ``clipsort init`` as a user runs them."""
+"""Tests for clipsort.cli: ``clipsort sort`` and ``clipsort init`` as a user runs them."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from daemon import __version__
-from daemon.cli import app
+from clipsort import __version__
+from clipsort.cli import app
 from tests.helpers import clipsort_process, tree
 from tests.synthetic import draw, make_dataset, save, tiny_vit
 
@@ -188,7 +188,7 @@ def test_init_creates_layout_and_config_once(data_root: Path) -> None:
 
 
 def test_python_dash_m_runs_the_cli_in_a_real_process(data_root: Path, tiny_model: Path) -> None:
-    """``python -m daemon sort --json`` works as a subprocess, logs on stderr as JSON lines."""
+    """``python -m clipsort sort --json`` works as a subprocess, logs on stderr as JSON lines."""
     make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=2, inbox=["blue"])
     done = clipsort_process("sort", "--root", str(data_root), "--model", str(tiny_model), "--json")
     assert done.returncode == 0, done.stderr

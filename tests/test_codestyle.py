@@ -45,16 +45,16 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 def test_store_and_the_classification_maths_load_no_model_stack() -> None:
     """Imported in a fresh interpreter, store/ and the maths of each mode leave torch unloaded."""
     modules = [
-        "daemon.store.mover",
-        "daemon.store.journal",
-        "daemon.store.recovery",
-        "daemon.store.undo",
-        "daemon.classify.modes.base",
-        "daemon.classify.modes.reference",
-        "daemon.classify.modes.text",
-        "daemon.classify.modes.mixed",
-        "daemon.classify.calibration",
-        "daemon.classify.review",
+        "clipsort.store.mover",
+        "clipsort.store.journal",
+        "clipsort.store.recovery",
+        "clipsort.store.undo",
+        "clipsort.classify.modes.base",
+        "clipsort.classify.modes.reference",
+        "clipsort.classify.modes.text",
+        "clipsort.classify.modes.mixed",
+        "clipsort.classify.calibration",
+        "clipsort.classify.review",
     ]
     probe = (
         f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; "

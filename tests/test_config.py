@@ -1,4 +1,4 @@
-"""Tests for daemon.config: sources, precedence, validation and the documented file."""
+"""Tests for clipsort.config: sources, precedence, validation and the documented file."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import DEFAULT_TEMPLATES, find_config_file, load_settings, render_config_toml
-from daemon.errors import ConfigError
+from clipsort.config import DEFAULT_TEMPLATES, find_config_file, load_settings, render_config_toml
+from clipsort.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Tests for daemon.corrections: which arrivals are corrections, and what they add to a class."""
+"""Tests for clipsort.learn.corrections: which arrivals are corrections, and what they add to a class."""
 
 from __future__ import annotations
 
@@ -13,18 +13,18 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from daemon.classify.modes import ClipClassifier, decide
-from daemon.classify.targets import make_target
-from daemon.cli import app
-from daemon.config import Settings, load_settings
-from daemon.encode.embedcache import EmbeddingCache
-from daemon.encode.embeddings import Embedder
-from daemon.encode.encoder import Encoder
-from daemon.encode.factory import make_embedder
-from daemon.layout import DatasetLayout
-from daemon.learn.corrections import corrected_from, examples, observe
-from daemon.sort.oneshot import gather, run
-from daemon.store.journal import Correction, Journal, Settlement
+from clipsort.classify.modes import ClipClassifier, decide
+from clipsort.classify.targets import make_target
+from clipsort.cli import app
+from clipsort.config import Settings, load_settings
+from clipsort.encode.embedcache import EmbeddingCache
+from clipsort.encode.embeddings import Embedder
+from clipsort.encode.encoder import Encoder
+from clipsort.encode.factory import make_embedder
+from clipsort.layout import DatasetLayout
+from clipsort.learn.corrections import corrected_from, examples, observe
+from clipsort.sort.oneshot import gather, run
+from clipsort.store.journal import Correction, Journal, Settlement
 from tests.synthetic import MISLEADING, draw, make_dataset, save
 
 World = tuple[DatasetLayout, Settings, Journal, Embedder]

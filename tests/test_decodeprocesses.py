@@ -1,4 +1,4 @@
-"""Tests for daemon.encode.decodeprocesses: real worker processes, real shared memory, real kills."""
+"""Tests for clipsort.decode.decodeprocesses: real worker processes, real shared memory, real kills."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from daemon.encode.decodeprocesses import SLOT_PREFIX, ProcessDecodePool
-from daemon.encode.decoding import read_and_decode
-from daemon.encode.images import DecodeLimits, centre_crop
-from daemon.errors import ImageIncomplete, ImageRejected
+from clipsort.decode.decodeprocesses import SLOT_PREFIX, ProcessDecodePool
+from clipsort.decode.decoding import read_and_decode
+from clipsort.decode.images import DecodeLimits, centre_crop
+from clipsort.errors import ImageIncomplete, ImageRejected
 from tests.synthetic import save
 from tests.waiting import live_threads, wait_until
 
@@ -154,7 +154,7 @@ def test_slots_are_named_after_their_owner_and_reclaimed_once_it_is_gone(tmp_pat
 SLOT_HOLDER = """
 import sys
 from multiprocessing import resource_tracker
-from daemon.encode.decodeprocesses import _Slot
+from clipsort.decode.decodeprocesses import _Slot
 slot = _Slot()
 memory = slot.fit(4096)
 resource_tracker.unregister(memory._name, "shared_memory")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon.encode.decoding import Decoded, DecodePool, collect
-from daemon.encode.encoder import Encoder
-from daemon.encode.images import DecodeLimits
-from daemon.errors import ImageRejected
+from clipsort.decode.decoding import Decoded, DecodePool, collect
+from clipsort.decode.images import DecodeLimits
+from clipsort.encode.encoder import Encoder
+from clipsort.errors import ImageRejected
 from tests.synthetic import save
 
 LIMITS = DecodeLimits(formats=("JPEG", "PNG"), max_pixels=50_000_000, max_bytes=10_000_000)

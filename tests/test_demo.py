@@ -12,8 +12,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from daemon.cli import app
-from daemon.learn.demo import train_tiny_clip
+from clipsort.cli import app
+from clipsort.learn.demo import train_tiny_clip
 from tests.helpers import predicted, tree
 
 REPO = Path(__file__).resolve().parents[1]

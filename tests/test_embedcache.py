@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.encode.embedcache import EmbeddingCache, text_key
-from daemon.ingest.scanner import content_hash
+from clipsort.encode.embedcache import EmbeddingCache, text_key
+from clipsort.files import content_hash
 
 
 def test_vectors_round_trip_per_model(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from structlog.testing import capture_logs
 
-from daemon.encode.encoder import (
+from clipsort.encode.encoder import (
     Encoder,
     _pictures,
     cpu_has_bf16,
@@ -23,8 +23,8 @@ from daemon.encode.encoder import (
     resolve_device,
     resolve_threads,
 )
-from daemon.encode.hub import looks_like_path
-from daemon.errors import ModelLoadError
+from clipsort.encode.hub import looks_like_path
+from clipsort.errors import ModelLoadError
 from tests.helpers import clipsort_process
 from tests.synthetic import draw, make_dataset
 

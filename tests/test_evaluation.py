@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from daemon.cli import app
-from daemon.learn.evaluation import MODES, GateResult, ModeResult, fold_of, recommend
+from clipsort.cli import app
+from clipsort.learn.evaluation import MODES, GateResult, ModeResult, fold_of, recommend
 from tests.helpers import predicted
 from tests.synthetic import make_dataset
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon.config import DEFAULT_IMAGE_FORMATS
-from daemon.encode.images import DecodeLimits
-from daemon.errors import ImageIncomplete, ImageRejected
+from clipsort.config import DEFAULT_IMAGE_FORMATS
+from clipsort.decode.images import DecodeLimits
+from clipsort.errors import ImageIncomplete, ImageRejected
 
 FORMATS = ("JPEG", "PNG", "GIF")
 
@@ -159,8 +159,8 @@ def test_an_unreadable_file_is_rejected_with_the_reason(tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
     script = (
         "import os, sys, pathlib\n"
-        "from daemon.encode.images import DecodeLimits\n"
-        "from daemon.errors import ImageRejected\n"
+        "from clipsort.decode.images import DecodeLimits\n"
+        "from clipsort.errors import ImageRejected\n"
         "if os.geteuid() == 0:\n    os.setgid(65534); os.setuid(65534)\n"
         "try:\n    DecodeLimits(('PNG',), 10**8, 2**30).load(pathlib.Path(sys.argv[1]), 8)\n"
         "except ImageRejected as exc:\n    print(exc)\n"

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from daemon.store.journal import Intent, Journal, Settlement
+from clipsort.store.journal import Intent, Journal, Settlement
 
 
 def intent(source: Path, folder: Path, label: str | None = "red", dataset: str = "rgb") -> Intent:

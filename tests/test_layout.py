@@ -1,4 +1,4 @@
-"""Tests for daemon.layout: finding datasets under the data root."""
+"""Tests for clipsort.layout: finding datasets under the data root."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.errors import DatasetError, UnknownDatasetError
-from daemon.layout import discover, select
+from clipsort.errors import DatasetError, UnknownDatasetError
+from clipsort.layout import discover, select
 
 
 def test_discover_lists_folders_with_classes_or_inbox(tmp_path: Path) -> None:

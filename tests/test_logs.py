@@ -1,4 +1,4 @@
-"""Tests for daemon.logs: one short line per file on a terminal, every detail in JSON, one time zone."""
+"""Tests for clipsort.logs: one short line per file on a terminal, every detail in JSON, one time zone."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import structlog
 
-from daemon.classify.modes.base import Decision
-from daemon.logs import configure_logging, local_time
-from daemon.sort.pipeline import Outcome
+from clipsort.classify.modes.base import Decision
+from clipsort.logs import configure_logging, local_time
+from clipsort.sort.pipeline import Outcome
 
 ROOT = Path("/srv/clipsort/Data/holidays")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.service.metrics import Metrics
+from clipsort.service.metrics import Metrics
 
 
 def test_forgotten_corrections_leave_the_gauge() -> None:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from daemon.classify.targets import make_target
-from daemon.config import load_settings
-from daemon.encode.encoder import Encoder
-from daemon.encode.factory import make_embedder
-from daemon.layout import DatasetLayout
+from clipsort.classify.targets import make_target
+from clipsort.config import load_settings
+from clipsort.encode.encoder import Encoder
+from clipsort.encode.factory import make_embedder
+from clipsort.layout import DatasetLayout
 from tests.helpers import accuracy, held_out, sort_all
 from tests.synthetic import draw, grid, make_dataset, random_clip, save
 

@@ -11,8 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.store import mover
-from daemon.store.mover import UnsafeDestination, candidate_name, place, preview, rename_noreplace, write_new
+from clipsort.errors import FileReplaced, UnsafeDestination
+from clipsort.store import mover
+from clipsort.store.mover import (
+    candidate_name,
+    place,
+    preview,
+    rename_noreplace,
+    write_new,
+)
 from tests.helpers import tree
 
 
@@ -129,7 +136,7 @@ def test_a_file_replaced_after_it_was_read_is_put_back_not_filed(tmp_path: Path)
     replacement = tmp_path / "in" / ".new"
     replacement.write_bytes(b"second")
     replacement.rename(source)  # what an editor's atomic save does
-    with pytest.raises(mover.FileReplaced, match="replaced by another file"):
+    with pytest.raises(FileReplaced, match="replaced by another file"):
         place(source, tmp_path / "out", boundary=tmp_path, expect=lambda now: now.st_ino == read.st_ino)
     assert tree(tmp_path) == {"in": ["a.jpg"]}
     assert source.read_bytes() == b"second"

@@ -10,21 +10,20 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from daemon.classify.modes import Decision
-from daemon.classify.targets import Target, make_target
-from daemon.config import load_settings
-from daemon.encode.decoding import Decoded, DecodePool, collect
-from daemon.encode.encoder import Encoder
-from daemon.encode.factory import make_embedder
-from daemon.encode.images import Crop
-from daemon.encode.vectors import Vectors
-from daemon.errors import ImageRejected
-from daemon.ingest.readiness import Job
-from daemon.layout import DatasetLayout
-from daemon.sort.oneshot import job_for
-from daemon.sort.pipeline import Delivery, Outcome, classify, classify_with_fallback, deliver
-from daemon.store.journal import Journal
-from daemon.store.mover import UnsafeDestination
+from clipsort.classify.modes import Decision
+from clipsort.classify.targets import Target, make_target
+from clipsort.config import load_settings
+from clipsort.decode.decoding import Decoded, DecodePool, collect
+from clipsort.decode.images import Crop
+from clipsort.encode.encoder import Encoder
+from clipsort.encode.factory import make_embedder
+from clipsort.encode.vectors import Vectors
+from clipsort.errors import ImageRejected, UnsafeDestination
+from clipsort.layout import DatasetLayout
+from clipsort.sort.oneshot import job_for
+from clipsort.sort.pipeline import Delivery, Outcome, classify, classify_with_fallback, deliver
+from clipsort.store.journal import Journal
+from clipsort.work import Job
 from tests.synthetic import make_dataset
 
 RGB = {"red": "red", "green": "green", "blue": "blue"}

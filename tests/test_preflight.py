@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.store.instance import InstanceLock
-from daemon.store.mover import make_state_dir
+from clipsort.store.instance import InstanceLock
+from clipsort.store.mover import make_state_dir
 from tests.helpers import python_process
 from tests.synthetic import make_dataset
 
@@ -44,7 +44,7 @@ def served(data_root: Path) -> Iterator[None]:
 
 def refused(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
     """Run ``clipsort ARGS`` with import timing on; the one error line, after checking how it ended."""
-    done = python_process("-X", "importtime", "-m", "daemon", *args, env=env, cwd=tmp_path)
+    done = python_process("-X", "importtime", "-m", "clipsort", *args, env=env, cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
     # One line; a bad config adds one indented line per bad key.
@@ -117,7 +117,7 @@ def test_the_review_page_says_where_it_is_and_a_busy_port_is_one_line(
         line = refused(tmp_path, "web", "--root", str(data_root), "--port", str(port))
     assert f"port {port} on 127.0.0.1 is in use" in line
     web = subprocess.Popen(
-        [sys.executable, "-m", "daemon", "web", "--root", str(data_root), "--port", "0"],
+        [sys.executable, "-m", "clipsort", "web", "--root", str(data_root), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

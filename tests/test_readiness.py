@@ -7,7 +7,8 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from daemon.ingest.readiness import Hint, Job, Readiness, Signature, is_unchanged
+from clipsort.ingest.readiness import Readiness
+from clipsort.work import Hint, Job, Signature, is_unchanged
 
 
 class Clock:

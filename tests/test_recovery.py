@@ -7,9 +7,9 @@ import os
 import uuid
 from pathlib import Path
 
-from daemon.layout import DatasetLayout
-from daemon.store.journal import Intent, Journal, Settlement
-from daemon.store.recovery import Recovered, recover
+from clipsort.layout import DatasetLayout
+from clipsort.store.journal import Intent, Journal, Settlement
+from clipsort.store.recovery import Recovered, recover
 from tests.helpers import tree
 
 

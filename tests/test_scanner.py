@@ -1,11 +1,11 @@
-"""Tests for daemon.scanner: which files are candidates."""
+"""Tests for clipsort.files: which files are candidates."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from daemon.ingest.scanner import is_ignored, scan
+from clipsort.files import is_ignored, scan
 from tests.helpers import remove_deep
 
 

@@ -1,4 +1,4 @@
-"""Tests for daemon.sdnotify: the datagram protocol over a real AF_UNIX socket."""
+"""Tests for clipsort.service.sdnotify: the datagram protocol over a real AF_UNIX socket."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.service.sdnotify import notify, reloading, watchdog_interval
+from clipsort.service.sdnotify import notify, reloading, watchdog_interval
 
 
 def test_notify_sends_fields_to_the_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""Tests for daemon.service in-process: supervision, model work on passing threads, daemon-only checks."""
+"""Tests for clipsort.service in-process: supervision, model work on passing threads, daemon-only checks."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from daemon.config import load_settings
-from daemon.errors import ConfigError
-from daemon.layout import DatasetLayout
-from daemon.service.wiring import Service, check_daemon_settings, on_own_thread
+from clipsort.config import load_settings
+from clipsort.errors import ConfigError
+from clipsort.layout import DatasetLayout
+from clipsort.service.wiring import Service, check_daemon_settings, on_own_thread
 from tests.synthetic import draw, make_dataset, save
 from tests.waiting import wait_until
 

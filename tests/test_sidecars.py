@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from daemon.cli import app
-from daemon.config import DEFAULT_SIDECARS
-from daemon.ingest.sidecars import companions, is_sidecar, renamed
-from daemon.store.journal import Journal
+from clipsort.cli import app
+from clipsort.config import DEFAULT_SIDECARS
+from clipsort.ingest.sidecars import companions, is_sidecar, renamed
+from clipsort.store.journal import Journal
 from tests.daemonproc import Daemon, drop, picture_bytes, start
 from tests.synthetic import make_dataset
 from tests.waiting import wait_until

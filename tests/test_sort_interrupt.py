@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon.encode.decodeprocesses import SLOT_PREFIX
-from daemon.store.journal import Journal
+from clipsort.decode.decodeprocesses import SLOT_PREFIX
+from clipsort.store.journal import Journal
 from tests.daemonproc import children
 from tests.synthetic import make_dataset
 from tests.waiting import wait_until
@@ -64,7 +64,7 @@ class Sorting:
             "CLIPSORT_BATCH_SIZE": str(BATCH),
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "sort", "--root", str(root), "--model", str(model)],
+            [sys.executable, "-m", "clipsort", "sort", "--root", str(root), "--model", str(model)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -1,4 +1,4 @@
-"""Tests for daemon.sorter in-process: one-shot sorting places a batch while the next is classified."""
+"""Tests for clipsort.sort.oneshot in-process: one-shot sort places a batch while the next is classified."""
 
 from __future__ import annotations
 
@@ -15,22 +15,22 @@ from PIL import Image
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
-from daemon.cli import app
-from daemon.config import Settings, load_settings
-from daemon.encode.decoding import Decoded, DecodePool, Prepare
-from daemon.encode.embedcache import EmbeddingCache
-from daemon.encode.embeddings import Embedder
-from daemon.encode.encoder import Encoder
-from daemon.encode.factory import make_embedder
-from daemon.encode.images import Crop, DecodeLimits
-from daemon.ingest.scanner import content_hash
-from daemon.layout import discover
-from daemon.sort.driver import Decoders
-from daemon.sort.oneshot import Work, decoders_for, gather, run
-from daemon.sort.pipeline import Outcome
-from daemon.store import mover
-from daemon.store.journal import Journal
-from daemon.store.mover import make_state_dir
+from clipsort.cli import app
+from clipsort.config import Settings, load_settings
+from clipsort.decode.decoding import Decoded, DecodePool, Prepare
+from clipsort.decode.images import Crop, DecodeLimits
+from clipsort.encode.embedcache import EmbeddingCache
+from clipsort.encode.embeddings import Embedder
+from clipsort.encode.encoder import Encoder
+from clipsort.encode.factory import make_embedder
+from clipsort.files import content_hash
+from clipsort.layout import discover
+from clipsort.sort.driver import Decoders
+from clipsort.sort.oneshot import Work, decoders_for, gather, run
+from clipsort.sort.pipeline import Outcome
+from clipsort.store import mover
+from clipsort.store.journal import Journal
+from clipsort.store.mover import make_state_dir
 from tests.helpers import GatedRenames, tree
 from tests.synthetic import draw, make_dataset, save
 from tests.waiting import wait_until

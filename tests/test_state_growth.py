@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.config import load_settings
-from daemon.encode.embedcache import EmbeddingCache
-from daemon.service.housekeeping import DAY, sweep
-from daemon.service.status import folder_size
-from daemon.store.journal import Intent, Journal, Settlement
+from clipsort.config import load_settings
+from clipsort.encode.embedcache import EmbeddingCache
+from clipsort.service.housekeeping import DAY, sweep
+from clipsort.service.status import folder_size
+from clipsort.store.journal import Intent, Journal, Settlement
 
 DIMS = 512  # ViT-B/32's vectors, so the sizes below are the real ones
 

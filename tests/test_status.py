@@ -10,8 +10,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from daemon.cli import app
-from daemon.service.status import STATUS_FILE, DatasetStatus, Status, is_live, read_status, write_status
+from clipsort.cli import app
+from clipsort.service.status import STATUS_FILE, DatasetStatus, Status, is_live, read_status, write_status
 
 
 def status(pid: int, updated: float) -> Status:

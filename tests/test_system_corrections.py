@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from daemon.cli import app
-from daemon.store.journal import Journal
+from clipsort.cli import app
+from clipsort.store.journal import Journal
 from tests.daemonproc import Daemon, drop, picture_bytes, start
 from tests.synthetic import MISLEADING, grid, make_dataset, save
 from tests.waiting import wait_until

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from daemon.cli import app
+from clipsort.cli import app
 from tests.daemonproc import Daemon, children, drop, free_port, picture_bytes, sha, sorted_files, start
 from tests.helpers import tree
 from tests.synthetic import draw, grid, make_dataset, save, tiny_vit
@@ -459,7 +459,7 @@ def test_finetuned_checkpoints_are_hot_swapped(
 
 def decoder_processes(parent: int) -> list[int]:
     """The decoding worker processes of the process ``parent``."""
-    return children(parent, b"daemon.encode.decodeprocesses")
+    return children(parent, b"clipsort.decode.decodeprocesses")
 
 
 def test_a_decode_worker_killed_mid_burst_loses_and_duplicates_nothing(

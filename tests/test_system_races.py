@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from daemon.store.journal import Journal
+from clipsort.store.journal import Journal
 from tests.daemonproc import Daemon, drop, picture_bytes, sha, start
 from tests.synthetic import make_dataset
 from tests.waiting import wait_until

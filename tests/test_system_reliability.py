@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon.encode.decodeprocesses import SLOT_PREFIX
-from daemon.store.journal import Journal
+from clipsort.decode.decodeprocesses import SLOT_PREFIX
+from clipsort.store.journal import Journal
 from tests.daemonproc import Daemon, children, drop, picture_bytes, sha, sorted_files, start
 from tests.helpers import clipsort_process, remove_deep
 from tests.synthetic import draw, make_dataset, save

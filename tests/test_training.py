@@ -1,4 +1,4 @@
-"""Tests for daemon.training and ``clipsort train``: a tiny ViT fine-tuned and published atomically."""
+"""Tests for clipsort.learn.training and ``clipsort train``: a tiny ViT fine-tuned, published atomically."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from typer.testing import CliRunner, Result
 
 from bench.startup import launch
-from daemon.classify.checkpoints import current_checkpoint
-from daemon.cli import app
-from daemon.learn.training import augment, predict, stratified_split
+from clipsort.classify.checkpoints import current_checkpoint
+from clipsort.cli import app
+from clipsort.learn.training import augment, predict, stratified_split
 from tests.helpers import held_out, predicted, tree
 from tests.synthetic import COLORS as SIX_COLORS
 from tests.synthetic import SHAPES, draw, make_dataset, tiny_vit

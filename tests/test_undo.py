@@ -1,4 +1,4 @@
-"""Tests for daemon.undo: ``clipsort history`` and ``clipsort undo`` on real sorted folders."""
+"""Tests for clipsort.store.undo: ``clipsort history`` and ``clipsort undo`` on real sorted folders."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from daemon.cli import app
-from daemon.errors import JournalError
-from daemon.store.journal import Intent, Journal, Settlement
-from daemon.store.mover import make_state_dir
-from daemon.store.undo import parse_since
+from clipsort.cli import app
+from clipsort.errors import JournalError
+from clipsort.store.journal import Intent, Journal, Settlement
+from clipsort.store.mover import make_state_dir
+from clipsort.store.undo import parse_since
 from tests.helpers import clipsort_process, tree
 from tests.synthetic import make_dataset
 

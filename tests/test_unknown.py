@@ -1,13 +1,13 @@
-"""Tests for daemon.classify.unknown: the "none of these" gate's maths, by hand."""
+"""Tests for clipsort.classify.unknown: the "none of these" gate's maths, by hand."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from daemon.classify.modes.base import Decision, Familiarity
-from daemon.classify.review import ReviewPolicy
-from daemon.classify.unknown import (
+from clipsort.classify.modes.base import Decision, Familiarity
+from clipsort.classify.review import ReviewPolicy
+from clipsort.classify.unknown import (
     Gate,
     calibrate_gate,
     candidate_words,
@@ -16,8 +16,8 @@ from daemon.classify.unknown import (
     reference_thresholds,
     text_threshold,
 )
-from daemon.encode.encoder import whole_words
-from daemon.encode.vectors import Vectors
+from clipsort.encode.encoder import whole_words
+from clipsort.encode.vectors import Vectors
 from tests.helpers import hand_index, unit
 
 

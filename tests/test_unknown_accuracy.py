@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon.encode.encoder import Encoder
-from daemon.sort.pipeline import Outcome
+from clipsort.encode.encoder import Encoder
+from clipsort.sort.pipeline import Outcome
 from tests.helpers import held_out, sort_all
 from tests.synthetic import COLORS, SHAPES, draw, grid, make_dataset, save
 

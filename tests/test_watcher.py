@@ -1,4 +1,4 @@
-"""Tests for daemon.watcher with a real watchdog observer on real folders."""
+"""Tests for clipsort.ingest.watcher with a real watchdog observer on real folders."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from watchdog.observers.inotify import InotifyWatchGroup
 from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD, WatchDescriptor
 from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper, PathedInotifyEvent
 
-from daemon.config import DEFAULT_IGNORE
-from daemon.ingest.readiness import Hint
-from daemon.ingest.watcher import ALL_DATASETS, MOVE_PAIRING_SECONDS, Watcher
-from daemon.layout import DatasetLayout
+from clipsort.config import DEFAULT_IGNORE
+from clipsort.ingest.watcher import ALL_DATASETS, MOVE_PAIRING_SECONDS, Watcher
+from clipsort.layout import DatasetLayout
+from clipsort.work import Hint
 from tests.waiting import wait_until
 
 

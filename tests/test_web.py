@@ -22,12 +22,12 @@ from PIL import Image
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
-from daemon.cli import app
-from daemon.config import load_settings
-from daemon.encode.images import DecodeLimits
-from daemon.store.journal import Journal
-from daemon.web.app import Pages, create_app
-from daemon.web.thumbnails import Thumbnails
+from clipsort.cli import app
+from clipsort.config import load_settings
+from clipsort.decode.images import DecodeLimits
+from clipsort.store.journal import Journal
+from clipsort.web.app import Pages, create_app
+from clipsort.web.thumbnails import Thumbnails
 from tests.synthetic import draw, grid, make_dataset, save
 
 RGB = {"red": "red", "green": "green", "blue": "blue"}

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import Page, expect
 
-from daemon.store.journal import Journal
+from clipsort.store.journal import Journal
 from tests.daemonproc import Daemon, free_port, start
 from tests.helpers import REPO
 from tests.synthetic import draw, grid, make_dataset, save
@@ -48,7 +48,7 @@ def served(daemons: list[Daemon], tmp_path: Path, tiny_model: Path) -> Iterator[
     wait_until(lambda: len(list((dataset / "Review").glob("lines-*.png"))) >= 2, timeout=30)
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "daemon", "web", "--config", str(daemon.config), "--port", str(port)],
+        [sys.executable, "-m", "clipsort", "web", "--config", str(daemon.config), "--port", str(port)],
         cwd=tmp_path,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         stdout=subprocess.PIPE,

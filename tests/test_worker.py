@@ -1,4 +1,4 @@
-"""Tests for daemon.worker in-process: the model classifies the next batch while the last is placed,
+"""Tests for clipsort.sort.worker in-process: the model classifies the next batch while the last is placed,
 and a failure in the loop gives its files back to be tried again."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from daemon.config import Settings, load_settings
-from daemon.encode.decodeprocesses import ProcessDecodePool
-from daemon.encode.decoding import DecodePool
-from daemon.ingest.scanner import content_hash
-from daemon.service.wiring import Service
-from daemon.store import mover
+from clipsort.config import Settings, load_settings
+from clipsort.decode.decodeprocesses import ProcessDecodePool
+from clipsort.decode.decoding import DecodePool
+from clipsort.files import content_hash
+from clipsort.service.wiring import Service
+from clipsort.store import mover
 from tests.helpers import GatedRenames
 from tests.synthetic import draw, make_dataset, save
 from tests.waiting import wait_until

@@ -1,4 +1,4 @@
-"""Tests for daemon.workqueue: fair, lingering micro-batches; draining a queue in rounds."""
+"""Tests for clipsort.ingest.workqueue: fair, lingering micro-batches; draining a queue in rounds."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from queue import Queue
 
-from daemon.ingest.readiness import Job, Signature
-from daemon.ingest.workqueue import FairQueue, drain
+from clipsort.ingest.workqueue import FairQueue
+from clipsort.work import Job, Signature, drain
 
 
 def job(dataset: str, k: int) -> Job:

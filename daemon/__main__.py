@@ -1,5 +1,0 @@
-"""``python -m daemon`` is the ``clipsort`` command."""
-
-from daemon.cli import main
-
-main()

@@ -1,0 +1,5 @@
+"""``python -m clipsort`` is the ``clipsort`` command."""
+
+from clipsort.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Files to pixels: reading, format checks, decoding within limits, the decoding processes."""

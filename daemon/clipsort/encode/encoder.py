@@ -1,0 +1,480 @@
+"""The one place that loads the CLIP model and turns pictures and text into vectors.
+
+A model is a sentence-transformers name (``clip-ViT-B-32``, downloaded once
+on a connected machine) or a local directory (a sentence-transformers folder
+or a plain Hugging Face ``CLIPModel`` folder); a local directory never
+touches the network.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import structlog
+import torch
+import transformers
+from PIL import Image
+
+from clipsort.decode.images import Crop, centre_crop, input_size
+from clipsort.encode.hub import DEMO_HINT, looks_like_path, require_available
+from clipsort.encode.vectors import Vectors
+from clipsort.errors import ModelLoadError
+
+if TYPE_CHECKING:  # imported where a model is loaded: a fine-tuned-only run never needs it (3 s)
+    from sentence_transformers import SentenceTransformer
+
+log = structlog.get_logger()
+
+DEFAULT_LOGIT_SCALE = 100.0  # OpenAI CLIP's value, for models that do not carry one
+
+
+def whole_words(tokens: Iterable[str]) -> tuple[str, ...]:
+    """Tokens that are whole words of three letters or more, lower-cased and sorted.
+
+    CLIP's BPE marks a word's end with ``</w>``; WordPiece marks a word's
+    continuation with ``##`` and SentencePiece a word's start with ``▁``.
+    """
+    tokens = list(tokens)
+    # In a BPE vocabulary only word ends are words; "gree" is a piece of "green".
+    ends = any(token.endswith("</w>") for token in tokens)
+    words = set()
+    for token in tokens:
+        if token.startswith("##") or (ends and not token.endswith("</w>")):
+            continue
+        word = token.removesuffix("</w>").removeprefix("\u2581")
+        if len(word) >= 3 and word.isalpha():
+            words.add(word.lower())
+    return tuple(sorted(words))
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` means CUDA, then Apple's MPS, then the CPU."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_threads(threads: int, device: str) -> int | None:
+    """The model's operator threads for ``threads`` (0: automatic) on ``device``; None is torch's default.
+
+    Automatic is torch's default (one per core) on the CPU, where the model does the work, and 1 on
+    a GPU, where the host side only hands batches over and the cores are better left to decoding.
+    """
+    if threads:
+        return threads
+    return 1 if device.startswith("cuda") else None
+
+
+def cpu_has_bf16() -> bool:
+    """The CPU multiplies bf16 natively (AMX or AVX-512 BF16); elsewhere bf16 is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto``: fp16 on CUDA (as loaded), bf16 on a CPU that has it, else fp32."""
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "fp16"
+    return "bf16" if device == "cpu" and cpu_has_bf16() else "fp32"
+
+
+def model_identity(name: str) -> str:
+    """A short stable id of the weights, so caches never mix two models."""
+    if not looks_like_path(name):
+        return name
+    folder = Path(name).expanduser().resolve()
+    digest = hashlib.sha256(str(folder).encode())
+    for item in sorted(folder.rglob("*")):
+        if item.is_file() and item.suffix in (".json", ".safetensors", ".bin", ".txt"):
+            status = item.stat()
+            digest.update(f"{item.relative_to(folder)}:{status.st_size}:{status.st_mtime_ns}".encode())
+    return f"{folder.name}-{digest.hexdigest()[:16]}"
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' progress bars and notices: they mean nothing to a clipsort user.
+
+    They would interleave with our structured log lines (a tqdm bar per
+    weight file written, a load report with raw escape codes); real failures
+    still surface as exceptions.
+    """
+    transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def load_model(model: str, device: str) -> SentenceTransformer:
+    """A sentence-transformers model from a hub name or a local folder, or ModelLoadError.
+
+    A hub name is looked for in the local cache first, so a model downloaded
+    once starts without the network ever being asked.
+    """
+    if looks_like_path(model) and not Path(model).expanduser().is_dir():
+        raise ModelLoadError(f"model path {model!r} does not exist or is not a folder")
+    quiet_transformers()
+    if looks_like_path(model):
+        return _load(model, str(Path(model).expanduser()), device, local=True)
+    try:
+        return _load(model, model, device, local=True)
+    except ModelLoadError:
+        pass  # not in the cache: download it, if the hub can be reached
+    require_available(model)
+    return _load(model, model, device, local=False)
+
+
+def _load(model: str, source: str, device: str, *, local: bool) -> SentenceTransformer:
+    from sentence_transformers import SentenceTransformer  # noqa: PLC0415  (see the TYPE_CHECKING import)
+
+    try:
+        loaded = SentenceTransformer(source, device=device, local_files_only=local)
+    except Exception as exc:  # hub, I/O and format errors all mean "cannot load"
+        raise ModelLoadError(_explain(model, exc)) from None
+    if device.startswith("cuda"):
+        loaded.half()
+    return loaded.eval()
+
+
+def require_modalities(model: SentenceTransformer, name: str, needed: Sequence[str]) -> None:
+    """ModelLoadError unless ``model`` encodes each of ``needed`` (``image``, ``text``)."""
+    has = {str(modality) for modality in model.modalities}
+    missing = [modality for modality in needed if modality not in has]
+    if missing:
+        raise ModelLoadError(
+            f"model {name!r} is not a CLIP model: it cannot encode {' or '.join(missing)} "
+            f"(it encodes {', '.join(sorted(has)) or 'nothing'}); clipsort needs one that encodes "
+            'both images and text. A fine-tuned image classifier is used with mode = "finetuned"'
+        )
+
+
+def _explain(model: str, exc: Exception) -> str:
+    if looks_like_path(model):
+        return f"cannot load the model folder {model!r}: {exc}"
+    return (
+        f"cannot load hub model {model!r} ({type(exc).__name__}: {exc}). "
+        "It is downloaded on first use, which needs a network connection; "
+        f"on an offline machine give a local model folder instead ({DEMO_HINT})."
+    )
+
+
+class ImageTower:
+    """CLIP's image side fed straight with pixels, skipping the processor's per-image float work.
+
+    Pictures are centre-cropped on the CPU and sent to the device as uint8
+    (a quarter of float32's bytes, pinned for an asynchronous copy on CUDA);
+    scaling to [0, 1] and CLIP's mean/std normalisation are folded into the
+    patch embedding's weights, so the model takes the pixels' 0-255 values as
+    they are (see :func:`_folded_patches`). Outputs match the
+    sentence-transformers path (a test holds them to it), which remains for
+    models that are not a plain CLIPModel.
+    """
+
+    def __init__(
+        self,
+        clip: transformers.CLIPModel,
+        image_processor: Any,
+        size: int,
+        device: str,
+        precision: str = "fp32",
+    ) -> None:
+        self.clip = clip
+        self.size = size
+        self.device = device
+        # bf16 on the CPU: the image side's weights are stored in bf16 and autocast keeps the
+        # precision-sensitive steps (layer norms, softmax) in fp32. Storing them matters: with
+        # fp32 weights autocast recasts all of them on every batch, which cost ViT-B/32 a fifth of
+        # its rate on two cores (bench/README.md). The sentence-transformers image path is then
+        # unusable for this model; it is only used for models that have no tower.
+        self.bf16 = precision == "bf16" and device == "cpu"
+        if self.bf16:
+            clip.vision_model.to(torch.bfloat16)
+            clip.visual_projection.to(torch.bfloat16)
+        self.dtype = clip.logit_scale.dtype  # fp16 on CUDA, else fp32: the dtype pixels enter in
+        mean = torch.tensor(image_processor.image_mean, dtype=torch.float32) * 255
+        std = torch.tensor(image_processor.image_std, dtype=torch.float32) * 255
+        self._module = _Projected(clip, mean, std).eval()
+        self.graph = self._trace()
+
+    def crop(self, image: Image.Image) -> Crop:
+        """:func:`~clipsort.decode.images.centre_crop` to this tower's input; thread-safe."""
+        return centre_crop(image, self.size)
+
+    def pixels(self, images: Sequence[Image.Image | Crop]) -> torch.Tensor:
+        """uint8 N x 3 x size x size of pictures, or of their :meth:`crop` where already made."""
+        batch = np.stack([item if isinstance(item, np.ndarray) else self.crop(item) for item in images])
+        return torch.from_numpy(batch).permute(0, 3, 1, 2)
+
+    def __call__(self, images: Sequence[Image.Image | Crop]) -> Vectors:
+        pixels = self.pixels(images)
+        if self.device.startswith("cuda"):
+            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            features = torch.nn.functional.normalize(self.forward(self.normalised(pixels)).float(), dim=-1)
+        return np.asarray(features.cpu().numpy(), dtype=np.float32)
+
+    def normalised(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels (on the device) as the model's input: its dtype; the patch weights normalise."""
+        return pixels.to(self.dtype)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        """Projected image features of :meth:`normalised` pixels, in the configured precision."""
+        if self.graph is None:
+            return self.eager(values)
+        # Plain interpretation: the optimising executor would re-profile the graph for each new
+        # batch size (the daemon's batches vary), and its fusions buy nothing measurable here.
+        with _interpreted():
+            return self.graph(values)
+
+    def eager(self, values: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` through the Python modules, one operator at a time."""
+        with self._autocast():
+            projected: torch.Tensor = self._module(values)
+        return projected
+
+    def _autocast(self) -> torch.autocast:
+        """bf16 matrix products with fp32 norms where configured (CPU bf16); elsewhere it does nothing."""
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+
+    def _trace(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The image side recorded as a TorchScript graph, or None where that fails or disagrees.
+
+        Why: the graph runs a whole forward pass in C++ without the GIL. Eager PyTorch takes the
+        GIL back after each of the ~200 operators of ViT-B/32, and in the daemon the decoding,
+        watching and intake threads hold it in between: beside one busy Python thread an eager
+        forward ran at a third of its rate, the graph at full rate (bench/README.md). The trace
+        records autocast's casts, so the graph is called outside autocast.
+        """
+        sample = torch.rand((2, 3, self.size, self.size), generator=torch.Generator().manual_seed(0))
+        sample = sample.to(self.device, self.dtype)
+        try:
+            with warnings.catch_warnings():
+                # The tracer warns about every Python-level shape check it freezes; the image
+                # size is fixed per model and the check below compares the result.
+                warnings.simplefilter("ignore", _TracerWarning)
+                warnings.simplefilter("ignore", FutureWarning)  # transformers' attribute renames
+                # Deprecated since torch 2.13 for torch.compile/torch.export, which compile C++ at
+                # every start (bench/README.md); if tracing goes, the eager fallback below serves.
+                warnings.filterwarnings("ignore", r"`torch\.jit\.trace", DeprecationWarning)
+                with torch.inference_mode(), _interpreted():
+                    with self._autocast():
+                        graph: Callable[[torch.Tensor], torch.Tensor] = torch.jit.trace(  # type: ignore[no-untyped-call]
+                            self._module, sample, check_trace=False
+                        )
+                    expected, traced = self.eager(sample), graph(sample)
+        except Exception as exc:  # an unusual model runs eagerly, as before
+            log.warning("model_not_traced", reason=f"{type(exc).__name__}: {exc}")
+            return None
+        if not torch.allclose(traced.float(), expected.float(), rtol=1e-3, atol=1e-3):
+            log.warning("model_not_traced", reason="the traced graph disagrees with the model")
+            return None
+        return graph
+
+
+def _pictures(images: Sequence[Image.Image | Crop]) -> list[Image.Image]:
+    """Pillow images for the sentence-transformers path (a crop is already the model's input size)."""
+    return [Image.fromarray(item) if isinstance(item, np.ndarray) else item for item in images]
+
+
+# Public parts of torch.jit that torch's type stubs do not re-export.
+_TracerWarning: type[Warning] = torch.jit.TracerWarning  # type: ignore[attr-defined]
+
+
+def _interpreted() -> AbstractContextManager[None]:
+    """TorchScript's plain interpreter, without the optimising executor's per-shape profiling."""
+    manager: AbstractContextManager[None] = torch.jit.optimized_execution(False)  # type: ignore[attr-defined]
+    return manager
+
+
+class _Projected(torch.nn.Module):
+    """CLIP's vision tower and projection as one module, fed 0-255 pixels: what is traced.
+
+    The tower is a shallow copy of ``clip``'s whose patch embedding alone is replaced by
+    :func:`_folded_patches`: every other weight is shared (no second copy in memory), and
+    ``clip`` itself is untouched (training copies its vision weights as they are).
+    """
+
+    def __init__(self, clip: transformers.CLIPModel, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        tower = copy.copy(clip.vision_model)
+        tower._modules = dict(tower._modules)
+        embeddings = copy.copy(tower.embeddings)
+        embeddings._modules = dict(embeddings._modules)
+        embeddings.patch_embedding = _folded_patches(embeddings.patch_embedding, mean, std)
+        tower.embeddings = embeddings
+        self.tower = tower
+        self.projection = clip.visual_projection
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        projected: torch.Tensor = self.projection(self.tower(pixel_values=values).pooler_output)
+        return projected
+
+
+def _folded_patches(conv: torch.nn.Conv2d, mean: torch.Tensor, std: torch.Tensor) -> torch.nn.Conv2d:
+    """``conv`` applied to ``(x - mean) / std`` per channel, as one convolution of ``x`` itself.
+
+    Why: normalising a batch was three passes over every pixel (cast, subtract, divide), which
+    on two CPU cores cost about twice the two-layer model's whole forward pass (bench/README.md).
+    A convolution is linear: ``W * ((x - m) / s) = (W / s) * x - sum(W * m / s)``, and CLIP's
+    patch embedding has no padding, so the second term is one constant per output channel: a bias.
+    """
+    assert conv.padding in ((0, 0), "valid") and conv.groups == 1, "only a plain unpadded convolution folds"
+    weight = conv.weight.detach().float()
+    scale = (1 / std).view(1, -1, 1, 1)
+    bias = -(weight * (mean.view(1, -1, 1, 1) * scale)).sum(dim=(1, 2, 3))
+    if conv.bias is not None:
+        bias = bias + conv.bias.detach().float()
+    folded = torch.nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        kernel_size=conv.kernel_size,  # type: ignore[arg-type]
+        stride=conv.stride,  # type: ignore[arg-type]
+        bias=True,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
+    assert folded.bias is not None
+    with torch.no_grad():
+        folded.weight.copy_(weight * scale)
+        folded.bias.copy_(bias)
+    return folded.requires_grad_(False)
+
+
+def image_tower(model: SentenceTransformer, size: int, device: str, precision: str) -> ImageTower | None:
+    """The direct image path when ``model`` is a single CLIPModel module, else None."""
+    module = model[0]
+    clip = getattr(module, "model", None)
+    processor = getattr(getattr(module, "processor", None), "image_processor", None)
+    if len(model) != 1 or not isinstance(clip, transformers.CLIPModel) or processor is None:
+        return None
+    return ImageTower(clip, processor, size, device, precision)
+
+
+class Encoder:
+    """A resident CLIP model that encodes batches into L2-normalised float32 rows.
+
+    With ``text_model``, texts are encoded by that second model (e.g. a
+    multilingual text encoder trained into CLIP's image space) and images by
+    ``model``.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        text_model: str | None = None,
+        precision: str = "fp32",
+        threads: int = 0,
+    ) -> None:
+        self.name = model
+        self.device = resolve_device(device)
+        self.threads = resolve_threads(threads, self.device)
+        self._applied = threading.local()  # which threads have had self.threads applied (see _on_this_thread)
+        self.precision = resolve_precision(precision, self.device)
+        log.info("model_loading", model=model, device=self.device)  # seconds: say so before, not only after
+        self._model = load_model(model, self.device)
+        self._text = load_model(text_model, self.device) if text_model else self._model
+        require_modalities(self._model, model, ("image",) if text_model else ("image", "text"))
+        if text_model:
+            require_modalities(self._text, text_model, ("text",))
+        self._cpu: SentenceTransformer | None = None  # loaded the first time the accelerator fails
+        # Cached vectors never mix precisions: bf16 ones differ in the last digits.
+        self.identity = model_identity(model) + ("@bf16" if self.precision == "bf16" else "")
+        self.text_identity = f"{self.identity}+{model_identity(text_model)}" if text_model else self.identity
+        self.image_size = input_size(
+            getattr(getattr(self._model[0], "processor", None), "image_processor", None)
+        )
+        self.logit_scale = self._logit_scale()
+        self._tower = image_tower(self._model, self.image_size, self.device, self.precision)
+        log.info(
+            "model_loaded",
+            model=model,
+            text_model=text_model,
+            device=self.device,
+            precision=self.precision,
+            identity=self.identity,
+        )
+
+    def _logit_scale(self) -> float:
+        """CLIP's learned temperature (100 for OpenAI's models), for turning cosines into probabilities."""
+        scale = getattr(getattr(self._model[0], "model", None), "logit_scale", None)
+        if isinstance(scale, torch.Tensor):
+            return float(scale.detach().float().exp().item())
+        return DEFAULT_LOGIT_SCALE
+
+    @property
+    def crop(self) -> Callable[[Image.Image], Crop] | None:
+        """What turns a picture into the model's input ahead of :meth:`encode_images`; None if nothing can."""
+        return None if self._tower is None else self._tower.crop
+
+    def encode_images(self, images: Sequence[Image.Image | Crop]) -> Vectors:
+        """One row per picture, or per picture already made into its :attr:`crop`."""
+        self._on_this_thread()
+        if self._tower is not None and images:
+            return self._tower(images)
+        return self._encode(self._model, _pictures(images))
+
+    def encode_images_on_cpu(self, images: Sequence[Image.Image | Crop]) -> Vectors:
+        """The last resort when the accelerator fails (out of memory): the same weights on the CPU."""
+        if self.device == "cpu":
+            return self.encode_images(images)
+        if self._cpu is None:
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            self._cpu = load_model(self.name, "cpu")
+        return self._encode(self._cpu, _pictures(images))
+
+    def encode_texts(self, texts: Sequence[str]) -> Vectors:
+        """One row per text."""
+        return self._encode(self._text, list(texts))
+
+    def vocabulary(self) -> tuple[str, ...]:
+        """The whole words the text encoder's tokenizer knows (the unknown gate's negative labels)."""
+        tokenizer = getattr(self._text, "tokenizer", None)
+        get_vocab = getattr(tokenizer, "get_vocab", None)
+        return whole_words(get_vocab() if callable(get_vocab) else {})
+
+    def _on_this_thread(self) -> None:
+        """Apply :attr:`threads` on the calling thread, once per thread.
+
+        Why per thread: part of the setting is the calling thread's own. After
+        ``torch.set_num_threads(1)`` on the main thread, ATen's loops on another thread kept to
+        one core, but an MKL matrix product there still kept two busy (measured, 2 cores), so
+        the thread that runs the model sets it itself.
+        """
+        if self.threads is not None and not getattr(self._applied, "done", False):
+            torch.set_num_threads(self.threads)
+            self._applied.done = True
+
+    def _encode(self, model: SentenceTransformer, items: list[Image.Image] | list[str]) -> Vectors:
+        self._on_this_thread()
+        if not items:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        with torch.inference_mode():
+            vectors = model.encode(
+                items,
+                batch_size=len(items),
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+    @property
+    def dimension(self) -> int:
+        size = self._model.get_embedding_dimension()
+        return int(size) if size else 0

@@ -1,0 +1,35 @@
+"""The encode stage's parts built from the settings: decode limits, the encoder, the embedder.
+
+The CLIP model is loaded only where some dataset's mode uses it: a root whose
+datasets are all classified by fine-tuned checkpoints needs none (and so no
+hub download and no memory for it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from clipsort.config import Settings, needs_clip
+from clipsort.decode.images import DecodeLimits
+from clipsort.encode.embedcache import EmbeddingCache
+from clipsort.encode.embeddings import Embedder
+from clipsort.encode.encoder import Encoder
+
+
+def make_encoder(settings: Settings) -> Encoder:
+    """The configured model on the configured device, in the configured precision."""
+    return Encoder(
+        settings.model, settings.device, settings.text_model, settings.precision, settings.model_threads
+    )
+
+
+def clip_for(settings: Settings, datasets: Iterable[str] | None = None) -> Encoder | None:
+    """The CLIP model where :func:`needs_clip`, else None."""
+    return make_encoder(settings) if needs_clip(settings, datasets) else None
+
+
+def make_embedder(
+    settings: Settings, encoder: Encoder | None, cache: EmbeddingCache | None = None
+) -> Embedder:
+    """The embedder with the configured decoding limits."""
+    return Embedder(encoder, DecodeLimits.from_settings(settings), cache)

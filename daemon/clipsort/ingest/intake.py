@@ -1,0 +1,204 @@
+"""The intake thread: hints in, settled jobs out, and the rescans that catch what events miss.
+
+Watchdog handlers only call :meth:`Intake.hint` (a non-blocking put). A
+bounded hint queue that fills up does not block or grow: the dataset is
+marked for a rescan instead. The scanner is the source of truth; it runs at
+start, every ``rescan_seconds`` (with jitter, so many daemons on one NAS do
+not scan in step), when the watcher reports an inotify queue overflow, and
+when room frees up after an overflow of our own capacity.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from clipsort.config import Settings
+from clipsort.files import scan
+from clipsort.ingest.readiness import Readiness
+from clipsort.ingest.sidecars import is_sidecar, pictures_of, split
+from clipsort.ingest.workqueue import FairQueue
+from clipsort.layout import DatasetLayout, discover
+from clipsort.work import Hint, Job, drain
+
+log = structlog.get_logger()
+
+ALL = "*"  # rescan request meaning every dataset, and look for new ones
+HINTS_PER_TICK = 2048
+SIDECARS_REMEMBERED = 10_000  # orphaned sidecars whose line was said
+TICK = 0.1
+# After close-after-write or a rename into the inbox the writer is done; a short
+# second look confirms the size held still (a writer that reopens to append is
+# then caught by the truncation check and retried, see worker.py).
+SETTLE_AFTER_CLOSE = 0.05
+
+
+class Sortable(Protocol):
+    """The datasets that can be sorted now (the classify stage's catalog is one)."""
+
+    def layouts(self) -> Mapping[str, DatasetLayout]:
+        """Name -> folders of every dataset that has classes."""
+
+
+class Intake:
+    """Owns readiness; feeds the fair queue."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Sortable,
+        work: FairQueue,
+        on_datasets: Callable[[list[DatasetLayout]], None],
+    ) -> None:
+        self.settings = settings
+        self.readiness = Readiness(
+            settle=settings.settle_seconds,
+            settle_closed=min(settings.settle_seconds, SETTLE_AFTER_CLOSE),
+            capacity=settings.queue_capacity,
+        )
+        self._catalog = catalog
+        self._work = work
+        self._on_datasets = on_datasets
+        self._hints: queue.Queue[Hint] = queue.Queue(maxsize=4 * settings.queue_capacity)
+        self._requested: set[str] = {ALL}
+        self._resync = False  # look for folders to watch, scanning no inbox
+        self._overflowed: set[str] = set()
+        self._waiting_sidecars: set[Path] = set()  # orphaned sidecars already logged (once each)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._next_full = 0.0
+        self.scans = 0
+        self.thread = threading.Thread(target=self._run, name="clipsort-intake", daemon=True)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Apply reloaded settings: readiness timings, capacity, the hint queue's bound, rescans."""
+        self.settings = settings
+        self.readiness.reconfigure(
+            settle=settings.settle_seconds,
+            settle_closed=min(settings.settle_seconds, SETTLE_AFTER_CLOSE),
+            capacity=settings.queue_capacity,
+        )
+        # queue.Queue reads maxsize on every put, under its lock: a new bound holds from the next hint.
+        self._hints.maxsize = 4 * settings.queue_capacity
+
+    # --- called from other threads -------------------------------------------------
+    def hint(self, hint: Hint) -> None:
+        """A path that may be ready (watchdog threads); never blocks."""
+        try:
+            self._hints.put_nowait(hint)
+        except queue.Full:
+            self.request_rescan(hint.dataset)
+
+    def request_rescan(self, dataset: str = ALL) -> None:
+        """Rescan one dataset's inbox, or (``ALL``) every dataset and look for new ones."""
+        with self._lock:
+            self._requested.add(dataset)
+
+    def request_sync(self) -> None:
+        """Look for datasets and folders to watch (and those gone), scanning no inbox."""
+        with self._lock:
+            self._resync = True
+
+    def expedite(self, dataset: str) -> None:
+        """Try ``dataset``'s files that wait after a failure now, not after their back-off."""
+        if self.readiness.expedite(dataset):
+            log.info("retries_expedited", dataset=dataset)
+
+    def release(self, job: Job) -> None:
+        self.readiness.release(job)
+
+    def retry(self, job: Job, delay: float) -> None:
+        self.readiness.retry(job, delay)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5)
+
+    def _sidecar(self, path: Path) -> None:
+        """Say once that a sidecar waits for a picture that is not in its folder (it is never rejected)."""
+        if path in self._waiting_sidecars or pictures_of(path, self.settings.sidecar_suffixes):
+            return
+        if len(self._waiting_sidecars) >= SIDECARS_REMEMBERED:
+            self._waiting_sidecars.clear()  # at worst one line more for each: memory stays bounded
+        self._waiting_sidecars.add(path)
+        log.info("sidecar_waiting", file=str(path), reason="its picture is not in the inbox")
+
+    # --- the intake thread ---------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception as exc:  # a bug here must not end intake for good
+                log.exception("intake_failed", error=str(exc))
+                time.sleep(TICK)
+
+    def _tick(self) -> None:
+        due = self.readiness.next_due()
+        wait = TICK if due is None else min(TICK, max(0.0, due - time.monotonic()))
+        hints = drain(self._hints, wait, HINTS_PER_TICK)
+        sortable = self._catalog.layouts()
+        linked = {name for name, layout in sortable.items() if hints and layout.inbox.is_symlink()}
+        for hint in hints:
+            if hint.dataset in linked:  # an inbox that is a symlink is never followed (see scan)
+                continue
+            if is_sidecar(hint.path.name, self.settings.sidecar_suffixes):
+                self._sidecar(hint.path)  # never a job: it moves with its picture
+                continue
+            if hint.dataset in sortable and not self.readiness.offer(hint):
+                self._overflowed.add(hint.dataset)
+        ready = self.readiness.ready()
+        if ready:
+            self._work.put(ready)
+        self._rescan_if_due()
+
+    def _rescan_if_due(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now >= self._next_full:
+                self._requested.add(ALL)
+                jitter = random.uniform(0.9, 1.1)  # spreads load; not security-relevant
+                self._next_full = now + self.settings.rescan_seconds * jitter
+            if self._overflowed and len(self.readiness) < self.settings.queue_capacity // 2:
+                self._requested |= self._overflowed
+                self._overflowed.clear()
+            requested, self._requested = self._requested, set()
+            resync, self._resync = self._resync, False
+        if ALL in requested or resync:
+            layouts = discover(self.settings.root)
+            self._on_datasets(layouts)
+            if ALL in requested:
+                requested = {layout.name for layout in layouts}
+        if not requested:
+            return
+        sortable = self._catalog.layouts()
+        for name in sorted(requested):
+            if name in sortable:
+                self.readiness.expedite(name)  # a rescan is a fresh look: so is a retry
+                try:
+                    self._scan(sortable[name])
+                except Exception as exc:  # one dataset's failure must not cost the others their scan
+                    log.error("scan_failed", dataset=name, error=f"{type(exc).__name__}: {exc}")
+        self.scans += 1
+
+    def _scan(self, layout: DatasetLayout) -> None:
+        files, sidecars = split(
+            scan(layout.inbox, self.settings.ignore_patterns, self.settings.max_folder_depth),
+            self.settings.sidecar_suffixes,
+        )
+        for path in sidecars:
+            self._sidecar(path)
+        for path in files:
+            if not self.readiness.offer(Hint(layout.name, path)):
+                self._overflowed.add(layout.name)
+                log.info("intake_full", dataset=layout.name, capacity=self.settings.queue_capacity)
+                return

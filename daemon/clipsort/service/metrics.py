@@ -1,0 +1,144 @@
+"""Counters for the status file and, when enabled, a Prometheus endpoint.
+
+The share of files sent to Review/ per dataset is clipsort_files_total{status="review"}
+over all of that dataset's files, and its ``reason`` label tells pictures of none of the
+classes (``unknown``) from those between two classes (``uncertain``); confidence and
+margin are histograms per dataset.
+
+Prometheus collectors live in a registry of their own, so several daemons in
+one test process do not collide on the global one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client import Counter as PromCounter
+
+from clipsort.errors import ConfigError
+from clipsort.sort.pipeline import Outcome
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+PROBABILITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+class Metrics:
+    """What the daemon did, per dataset and class."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.outcomes: Counter[tuple[str, str]] = Counter()  # (dataset, status)
+        self.held: Counter[tuple[str, str]] = Counter()  # (dataset, reason) of the files in Review/
+        self.last_error: str | None = None
+        self.registry = CollectorRegistry()
+        self._files = PromCounter(
+            "clipsort_files",
+            "Files handled",
+            ["dataset", "class", "status", "reason"],
+            registry=self.registry,
+        )
+        self._batches = Histogram(
+            "clipsort_batch_size", "Images per inference batch", buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self._latency = Histogram(
+            "clipsort_drop_to_move_seconds",
+            "From a file first seen in the inbox to it being moved",
+            ["dataset"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._confidence = Histogram(
+            "clipsort_confidence",
+            "Probability of the chosen class",
+            ["dataset"],
+            buckets=PROBABILITY_BUCKETS,
+            registry=self.registry,
+        )
+        self._margin = Histogram(
+            "clipsort_margin",
+            "Probability of the chosen class minus the runner-up's",
+            ["dataset"],
+            buckets=PROBABILITY_BUCKETS,
+            registry=self.registry,
+        )
+        self._review_share = Gauge(
+            "clipsort_review_share",
+            "Share of classified files sent to Review/",
+            ["dataset"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "clipsort_queue_depth", "Files waiting for the model", registry=self.registry
+        )
+        self.state_bytes = Gauge(
+            "clipsort_state_bytes",
+            "Size of the state folder after the last housekeeping",
+            registry=self.registry,
+        )
+        self._corrections = Gauge(
+            "clipsort_corrections",
+            "Corrected examples in use (files a person moved to another class)",
+            ["dataset", "class"],
+            registry=self.registry,
+        )
+        self._correction_labels: set[tuple[str, str]] = set()
+        self._errors = PromCounter(
+            "clipsort_errors", "Failures retried later", ["kind"], registry=self.registry
+        )
+
+    def record(self, outcome: Outcome, latency: float) -> None:
+        """One file done."""
+        label = outcome.decision.label if outcome.decision else ""
+        reason = (outcome.reason or "") if outcome.status == "review" else ""  # Rejected/'s are free text
+        with self._lock:
+            self.outcomes[(outcome.dataset, outcome.status)] += 1
+            if reason:
+                self.held[(outcome.dataset, reason)] += 1
+            review = self.outcomes[(outcome.dataset, "review")]
+            decided = review + self.outcomes[(outcome.dataset, "sorted")]
+        if decided:
+            self._review_share.labels(outcome.dataset).set(review / decided)
+        self._files.labels(outcome.dataset, label, outcome.status, reason).inc()
+        self._latency.labels(outcome.dataset).observe(latency)
+        if outcome.decision is not None:
+            self._confidence.labels(outcome.dataset).observe(outcome.decision.score)
+            self._margin.labels(outcome.dataset).observe(outcome.decision.margin)
+
+    def corrections(self, counts: Mapping[str, Mapping[str, int]]) -> None:
+        """The corrected examples each dataset's classes use now (a class no longer listed drops out)."""
+        now = {(dataset, label): n for dataset, per_class in counts.items() for label, n in per_class.items()}
+        with self._lock:
+            for gone in self._correction_labels - now.keys():  # forgotten: not left at its last value
+                self._corrections.remove(*gone)
+            for labels, count in now.items():
+                self._corrections.labels(*labels).set(count)
+            self._correction_labels = set(now)
+
+    def batch(self, size: int) -> None:
+        self._batches.observe(size)
+
+    def error(self, kind: str, message: str) -> None:
+        """A failure that will be retried; kept as the status file's last error."""
+        with self._lock:
+            self.last_error = message
+        self._errors.labels(kind).inc()
+
+    def count(self, dataset: str, status: str) -> int:
+        with self._lock:
+            return self.outcomes[(dataset, status)]
+
+    def held_back(self, dataset: str, reason: str) -> int:
+        """Files of ``dataset`` sent to Review/ for ``reason`` (unknown or uncertain)."""
+        with self._lock:
+            return self.held[(dataset, reason)]
+
+    def serve(self, address: str, port: int) -> None:
+        """Expose the registry over HTTP (a daemon thread of prometheus_client's)."""
+        try:
+            start_http_server(port, addr=address, registry=self.registry)
+        except OSError as exc:  # the port is taken, or the address is not this machine's
+            raise ConfigError(f"cannot serve metrics on {address}:{port}: {exc.strerror or exc}") from None

@@ -1,0 +1,250 @@
+"""The one batch driver: ready files in, placed files out, for the daemon and ``clipsort sort``.
+
+While batch k is classified on the caller's thread (the one that owns the
+model), batch k+1 is decoded by the decoding threads and batch k-1 is
+journalled and moved by the placer thread, so the model never waits for the
+disk. What differs between the daemon and a one-shot sort is only what a
+file's fate means, the :class:`Policy`: the daemon retries and goes on (a
+full disk, a file still arriving, an inference failure), ``clipsort sort``
+stops at the first file it cannot place and reports the ones before it in
+order.
+
+A file's fate, in the names used everywhere: a :class:`~clipsort.ingest.readiness.Job`
+is decoded (:class:`~clipsort.decode.decoding.Decoded`), given a verdict (a
+:class:`~clipsort.classify.modes.Decision` or the :class:`ImageRejected` reason),
+handed over as a :class:`~clipsort.sort.pipeline.Delivery`, journalled as an
+:class:`~clipsort.store.journal.Intent` and placed; its result is an
+:class:`~clipsort.sort.pipeline.Outcome` (or the error that kept it in the inbox).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from clipsort.classify.modes import Decision
+from clipsort.classify.targets import Target
+from clipsort.config import Settings
+from clipsort.decode.decodeprocesses import ProcessDecodePool
+from clipsort.decode.decoding import Decoded, DecodePool, Decoding
+from clipsort.decode.images import DecodeLimits
+from clipsort.encode.embeddings import Embedder
+from clipsort.encode.encoder import Encoder
+from clipsort.errors import ImageRejected
+from clipsort.sort.pipeline import Delivery, Result, classify, classify_with_fallback, deliver
+from clipsort.store.journal import Journal
+from clipsort.work import Job
+
+Verdict = Decision | ImageRejected | None  # None: inference failed even on the CPU
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Files being decoded, and the model whose input the decoding threads prepare."""
+
+    jobs: list[Job]
+    pictures: list[Future[Decoded]]
+    encoder: Encoder | None  # a model swapped in meanwhile ignores these crops
+    pool: Decoding  # what collects them
+
+
+class Decoders:
+    """The decoding threads, and the decoding processes for batches that need only the model's input.
+
+    Processes hand over a batch per message (:mod:`clipsort.decode.decodeprocesses`); the threads
+    remain for what needs Pillow pictures: a fine-tuned checkpoint's dataset, a model without an
+    image tower. ``processes=False`` (``decode_in = "threads"``) decodes everything in threads.
+    """
+
+    def __init__(
+        self,
+        limits: DecodeLimits,
+        workers: int,
+        *,
+        processes: bool,
+        timeout: float,
+        ahead: int = 2,
+        memory_mb: int = 0,
+    ) -> None:
+        self.threads = DecodePool(limits, workers)
+        # A slot per batch decoded ahead, one for the batch being collected.
+        self.processes = (
+            ProcessDecodePool(limits, workers, timeout=timeout, slots=ahead + 1, memory_mb=memory_mb)
+            if processes
+            else None
+        )
+        self.ahead = ahead
+
+    @classmethod
+    def configured(cls, settings: Settings, limits: DecodeLimits, *, processes: bool = True) -> Decoders:
+        """The pools ``settings`` ask for; processes only where configured and ``processes``."""
+        workers, in_processes, ahead = cls._shape(settings)
+        return cls(
+            limits,
+            workers,
+            processes=processes and in_processes,
+            timeout=settings.decode_timeout_seconds,
+            ahead=ahead,
+            memory_mb=settings.decode_memory_mb,
+        )
+
+    @staticmethod
+    def _shape(settings: Settings) -> tuple[int, bool, int]:
+        """What fixes a pool once made: its workers, whether they are processes, batches ahead."""
+        return settings.decode_workers, settings.decode_in == "processes", settings.decode_ahead
+
+    @property
+    def workers(self) -> int:
+        return self.threads.workers
+
+    def suits(self, settings: Settings) -> bool:
+        """Whether these pools are the ones ``settings`` ask for (a pool cannot change its size)."""
+        return (self.workers, self.processes is not None, self.ahead) == self._shape(settings)
+
+    def set_limits(self, limits: DecodeLimits, timeout: float) -> None:
+        """Limits for every file submitted from now on."""
+        self.threads.limits = limits
+        if self.processes is not None:
+            self.processes.limits, self.processes.timeout = limits, timeout
+
+    def pick(self, jobs: Sequence[Job], targets: Mapping[str, Target], crops: bool) -> Decoding:
+        """The processes when every job's dataset classifies CLIP vectors of crops, else the threads."""
+        if self.processes is None or not crops:
+            return self.threads
+        if all(job.dataset in targets and targets[job.dataset].classifier.needs == "vectors" for job in jobs):
+            return self.processes
+        return self.threads
+
+    def close(self, *, wait: bool = True, cancel: bool = True) -> None:
+        self.threads.close(wait=wait, cancel=cancel)
+        if self.processes is not None:
+            self.processes.close(wait=wait, cancel=cancel)
+
+    def __enter__(self) -> Decoders:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class Classified:
+    """A batch's deliveries, and the model that decided them (journalled even if a swap follows)."""
+
+    deliveries: list[Delivery]
+    encoder: Encoder | None
+
+
+class Policy(Protocol):
+    """What a file's fate means; the driver's one parameter."""
+
+    @property
+    def falls_back(self) -> bool:
+        """An inference failure splits the batch and retries on the CPU (None for a file that still
+        fails), rather than ending the run with the error."""
+
+    def deliverable(self, job: Job, verdict: Verdict) -> bool:
+        """Whether the file is placed now; False when the policy keeps it for later."""
+
+    def still_there(self, delivery: Delivery) -> bool:
+        """Just before placing: whether the file is still what was read (else the policy keeps it)."""
+
+    def settled(self, job: Job, result: Result) -> None:
+        """One file placed or not; raising stops placing (one-shot), returning goes on (daemon)."""
+
+    def unplaced(self, job: Job) -> None:
+        """A file that will not be placed this time (its classes went, the run stopped)."""
+
+    def placing_failed(self, batch: Classified, error: Exception) -> bool:
+        """Placing a batch raised ``error``; True stops all placing (the run then re-raises it)."""
+
+
+class Driver:
+    """Decode ahead, classify here, place behind; one instance per run or per daemon."""
+
+    def __init__(self, policy: Policy, journal: Journal | None, *, dry_run: bool = False) -> None:
+        self.policy = policy
+        self.journal = journal
+        self.dry_run = dry_run
+        self.failure: Exception | None = None  # what stopped placing, raised by finish()
+        # One classified batch waits while the last is placed: memory stays bounded, and the model
+        # blocks (as it should) when the disk is slower than it.
+        self._placing: queue.Queue[Classified | None] = queue.Queue(maxsize=1)
+        self.placer = threading.Thread(target=self._place_all, name="clipsort-placer", daemon=True)
+        self.placer.start()
+
+    def decode(
+        self, jobs: list[Job], decoders: Decoders, embedder: Embedder, targets: Mapping[str, Target]
+    ) -> Batch:
+        """Start decoding ``jobs`` (to the model's input where it has one) on the pool that suits them."""
+        side, crop = embedder.decoding()
+        pool = decoders.pick(jobs, targets, crop is not None)
+        return Batch(jobs, pool.start([job.path for job in jobs], side, crop), embedder.encoder, pool)
+
+    def classify(
+        self, batch: Batch, targets: Mapping[str, Target], embedder: Embedder, decode_timeout: float
+    ) -> int:
+        """Collect, classify and hand a batch to the placer (waiting while the last is placed).
+
+        Returns how many files were classified. Handing over is its last step: if it raises, none
+        of the batch's files reached the placer, so the caller may give them all back.
+        """
+        jobs, reads = [], []
+        for job, read in zip(batch.jobs, batch.pool.collect(batch.pictures, decode_timeout), strict=True):
+            if job.dataset in targets:
+                jobs.append(job)
+                reads.append(read)
+            else:  # its classes went away: it waits in the inbox for new ones
+                self.policy.unplaced(job)
+        if not jobs:
+            return 0
+        if batch.encoder is not embedder.encoder:  # crops made for a model swapped out since
+            reads = [replace(read, crop=None) for read in reads]
+        verdicts: list[Verdict] = (
+            classify_with_fallback(jobs, reads, targets, embedder.encoder, cache=embedder.cache)
+            if self.policy.falls_back
+            else list(classify(jobs, reads, targets, embedder.encoder, cache=embedder.cache))
+        )
+        deliveries = [
+            Delivery(job, verdict, read, targets[job.dataset])
+            for job, verdict, read in zip(jobs, verdicts, reads, strict=True)
+            if self.policy.deliverable(job, verdict) and verdict is not None
+        ]
+        if deliveries:
+            self._placing.put(Classified(deliveries, embedder.encoder))
+        return len(jobs)
+
+    @property
+    def stopped(self) -> bool:
+        """Placing stopped for good (a one-shot run's first failure): classify nothing more."""
+        return self.failure is not None
+
+    def finish(self, timeout: float | None = None) -> bool:
+        """Place what is queued, then end the placer; True if it ended within ``timeout``."""
+        with contextlib.suppress(queue.Full):  # a placer stuck on the disk: its files stay in the inbox
+            self._placing.put(None, timeout=timeout)
+        self.placer.join(timeout)
+        return not self.placer.is_alive()
+
+    def _place_all(self) -> None:
+        while (batch := self._placing.get()) is not None:
+            if self.failure is not None:  # a one-shot run stopped: nothing after the failure moves
+                for item in batch.deliveries:
+                    self.policy.unplaced(item.job)
+                continue
+            try:
+                self._place(batch)
+            except Exception as exc:
+                if self.policy.placing_failed(batch, exc):
+                    self.failure = exc
+
+    def _place(self, batch: Classified) -> None:
+        ready = [item for item in batch.deliveries if self.policy.still_there(item)]
+        results = deliver(ready, encoder=batch.encoder, journal=self.journal, dry_run=self.dry_run)
+        for item, result in zip(ready, results, strict=True):
+            self.policy.settled(item.job, result)

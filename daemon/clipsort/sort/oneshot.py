@@ -1,0 +1,192 @@
+"""``clipsort sort``: classify everything now sitting in the inboxes, once.
+
+Everything that can fail for a user's reason (unknown dataset, no classes,
+no model) fails before the first file moves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import structlog
+
+from clipsort.classify.targets import Corrected, Target, make_target
+from clipsort.config import Settings
+from clipsort.decode.images import DecodeLimits
+from clipsort.encode.embeddings import Embedder
+from clipsort.errors import DecoderKilled, FileReplaced, NoClassesError
+from clipsort.files import scan
+from clipsort.ingest.sidecars import pictures_of, split
+from clipsort.layout import DatasetLayout
+from clipsort.sort.driver import Batch, Classified, Decoders, Driver, Verdict
+from clipsort.sort.pipeline import Delivery, Outcome, Result
+from clipsort.store.journal import Journal
+from clipsort.work import Job, Signature
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Work:
+    """One dataset's target and the inbox files waiting for it."""
+
+    target: Target
+    files: list[Path]
+
+
+def waiting(layouts: Sequence[DatasetLayout], settings: Settings) -> dict[str, list[Path]]:
+    """The files in each of ``layouts``' inboxes, by dataset name: what a run sorts.
+
+    Found before the model loads, so that a run with nothing to sort starts no decoding process
+    (each takes about half a second of CPU); files that arrive later wait for the next run.
+    """
+    found = {}
+    for layout in layouts:
+        files, sidecars = split(
+            scan(layout.inbox, settings.ignore_patterns, settings.max_folder_depth), settings.sidecar_suffixes
+        )
+        found[layout.name] = files  # a sidecar moves with its picture, never on its own
+        for path in sidecars:
+            if not pictures_of(path, settings.sidecar_suffixes):
+                log.info("sidecar_waiting", file=str(path), reason="its picture is not in the inbox")
+    return found
+
+
+def gather(
+    layouts: Sequence[DatasetLayout],
+    settings: Settings,
+    embedder: Embedder,
+    *,
+    named: bool,
+    corrected: Corrected | None = None,
+    found: Mapping[str, list[Path]] | None = None,
+) -> list[Work]:
+    """Targets (with their ``corrected`` examples) and inbox files of ``layouts``.
+
+    Datasets the user ``named`` must be usable; otherwise (all datasets)
+    those that have no classes yet are skipped with a warning. The files are
+    those ``found`` by :func:`waiting`, else the inboxes are listed now.
+    """
+    files = waiting(layouts, settings) if found is None else found
+    work = []
+    for layout in layouts:
+        try:
+            target = make_target(layout, settings, embedder, corrected=corrected)
+        except NoClassesError as exc:
+            if named:
+                raise
+            log.warning("dataset_skipped", dataset=layout.name, reason=str(exc))
+            continue
+        work.append(Work(target, list(files.get(layout.name, []))))
+    if not work:
+        raise NoClassesError(f"no dataset under {str(settings.root)!r} has classes to sort into")
+    return work
+
+
+def run(
+    work: Sequence[Work],
+    settings: Settings,
+    embedder: Embedder,
+    *,
+    journal: Journal | None,
+    dry_run: bool,
+    on_outcome: Callable[[Outcome], None],
+    decoders: Decoders | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Classify and place every gathered file through the batch driver, as the daemon does.
+
+    ``decoders`` (see :func:`decoders_for`) are the caller's, started ahead so that the decoding
+    processes start while the model loads; without, the run starts and closes its own.
+
+    Batches k+1 to k+``decode_ahead`` decode while batch k is encoded and batch
+    k-1 is journalled and moved. Every placement is journalled when a ``journal`` is given (not on
+    dry runs). The run stops at the first file it cannot place (raising its
+    error): the batch after it may have been classified by then, but none of
+    its files moves. A failure to classify is raised once the batch being
+    placed meanwhile is finished and reported. Once ``stop`` is set (Ctrl-C) no further batch is
+    classified: the one handed to the placer is placed whole, the rest stays in the inbox.
+    """
+    size = settings.batch_size
+    batches = [
+        (item.target, [job_for(item.target.layout.name, path) for path in item.files[start : start + size]])
+        for item in work
+        for start in range(0, len(item.files), size)
+    ]
+    driver = Driver(StopAtFirst(on_outcome), journal, dry_run=dry_run)
+    targets = {item.target.layout.name: item.target for item in work}
+    timeout = settings.decode_timeout_seconds
+    with contextlib.ExitStack() as stack:
+        pool = decoders or stack.enter_context(decoders_for(settings, processes=bool(batches)))
+        try:
+            queued = iter(batches)
+            ahead: deque[tuple[Target, Batch]] = deque()  # being decoded, oldest first
+            while not driver.stopped and not (stop is not None and stop.is_set()):
+                # Keep decode_ahead batches decoding beside the one being classified.
+                while len(ahead) <= pool.ahead and (following := next(queued, None)) is not None:
+                    ahead.append((following[0], driver.decode(following[1], pool, embedder, targets)))
+                if not ahead:
+                    break
+                target, current = ahead.popleft()
+                driver.classify(current, {target.layout.name: target}, embedder, timeout)
+        finally:  # the batch being placed is finished (and reported) whatever happened here
+            driver.finish()
+    if driver.failure is not None:
+        raise driver.failure
+
+
+def decoders_for(settings: Settings, *, processes: bool = True) -> Decoders:
+    """The decoding pools a one-shot run uses; processes where configured and ``processes``.
+
+    A worker process takes about half a second of CPU to start (its interpreter and imports), so
+    ``clipsort sort`` starts them before it loads the model, and they are ready by the first batch.
+    """
+    return Decoders.configured(settings, DecodeLimits.from_settings(settings), processes=processes)
+
+
+@dataclass(frozen=True)
+class StopAtFirst:
+    """``clipsort sort``'s policy: report each file in order, stop at the first it cannot place."""
+
+    on_outcome: Callable[[Outcome], None]
+
+    falls_back: ClassVar[bool] = False  # an inference error ends the run, with the error
+
+    def deliverable(self, job: Job, verdict: Verdict) -> bool:
+        if isinstance(verdict, DecoderKilled):  # never the file's fault: it stays for the next run
+            log.warning("decoder_killed", file=str(job.path), reason=str(verdict), action="left in the inbox")
+            return False
+        return True  # nothing is awaited: a file still being written is rejected now
+
+    def still_there(self, delivery: Delivery) -> bool:
+        return True
+
+    def settled(self, job: Job, result: Result) -> None:
+        if isinstance(result, FileNotFoundError) and not job.path.exists():
+            # Gone since the scan (a person, or another program, moved it): nothing to place.
+            log.warning("file_vanished", file=str(job.path), error=str(result))
+            return
+        if isinstance(result, FileReplaced):
+            return  # logged by the mover; the new file waits in the inbox for the next run
+        if not isinstance(result, Outcome):
+            raise result
+        self.on_outcome(result)
+
+    def unplaced(self, job: Job) -> None:
+        return None  # it simply stays in the inbox for the next run
+
+    def placing_failed(self, batch: Classified, error: Exception) -> bool:
+        return True
+
+
+def job_for(dataset: str, path: Path) -> Job:
+    """A job for a file found by a one-shot scan (no settling: it is read now)."""
+    signature = Signature.of(path) or Signature(0, 0, 0)
+    return Job(dataset, path, signature, time.monotonic())

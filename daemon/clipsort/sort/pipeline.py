@@ -1,0 +1,387 @@
+"""One batch of files from pictures to placed files; shared by ``sort`` and the daemon.
+
+A batch may mix datasets: every dataset shares the one resident model, so
+all pictures are encoded together and only the (cheap) scoring is done per
+dataset.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import structlog
+from PIL import Image
+
+from clipsort.classify.modes import Decision, Inputs
+from clipsort.classify.targets import Target
+from clipsort.decode.decoding import Decoded
+from clipsort.encode.embedcache import EmbeddingCache
+from clipsort.encode.encoder import Encoder
+from clipsort.encode.vectors import Vectors
+from clipsort.errors import ClipsortError, ImageRejected, JournalError
+from clipsort.files import content_hash
+from clipsort.ingest.sidecars import companions, renamed
+from clipsort.logs import DRY_RUN_EVENTS
+from clipsort.store.journal import Intent, Journal, Settlement, State
+from clipsort.store.mover import OpenFolders, move_into, preview
+from clipsort.work import Job, Signature
+
+log = structlog.get_logger()
+
+Status = Literal["sorted", "review", "rejected"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one file: the unit of work of the canonical log line."""
+
+    dataset: str
+    source: Path
+    status: Status
+    destination: Path
+    decision: Decision | None = None
+    reason: str | None = None  # Review/: unknown or uncertain; Rejected/: why the file is unreadable
+    detail: str | None = None  # Review/: the numbers behind the reason
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form printed by ``--json`` and logged."""
+        data: dict[str, Any] = {
+            "dataset": self.dataset,
+            "file": str(self.source),
+            "status": self.status,
+            "destination": str(self.destination),
+        }
+        if self.decision is not None:
+            held = self.status != "sorted"  # in Review/: the class is a guess, not where it went
+            data |= {
+                "class": None if held else self.decision.label,
+                **({"guess": self.decision.label} if held else {}),
+                "score": round(self.decision.score, 6),
+                "runner_up": self.decision.runner_up,
+                "runner_up_score": None
+                if self.decision.runner_up_score is None
+                else round(self.decision.runner_up_score, 6),
+                "margin": round(self.decision.margin, 6),
+                "similarity": round(self.decision.similarity, 6),
+                "top3": [list(pair) for pair in self.decision.top],
+            }
+        if self.reason is not None:
+            data["reason"] = self.reason
+        if self.detail is not None:
+            data["detail"] = self.detail
+        return data | dict(self.extra)
+
+
+def classify(
+    jobs: Sequence[Job],
+    reads: Sequence[Decoded],
+    targets: Mapping[str, Target],
+    encoder: Encoder | None,
+    *,
+    on_cpu: bool = False,
+    cache: EmbeddingCache | None = None,
+) -> list[Decision | ImageRejected]:
+    """A decision, or the reason it cannot be read, for each job's file in order.
+
+    Every job's dataset must be in ``targets``. ``on_cpu`` encodes with the
+    CPU copy of the model (see :func:`classify_with_fallback`). The CLIP
+    model encodes a file's crop where the decoding threads made one, else its
+    picture. With a ``cache``, each vector is kept under the file's content
+    hash, so a later correction can use it without encoding it again.
+    """
+    pictures = [read.picture for read in reads]
+    readable = [i for i, picture in enumerate(pictures) if not isinstance(picture, ImageRejected)]
+    by_dataset: dict[str, list[int]] = {}
+    for i in readable:
+        by_dataset.setdefault(jobs[i].dataset, []).append(i)
+    # One CLIP forward pass for every dataset whose mode classifies CLIP vectors.
+    vector_jobs = [i for i in readable if targets[jobs[i].dataset].classifier.needs == "vectors"]
+    vectors: Vectors | None = None
+    if vector_jobs:
+        if encoder is None:
+            raise ValueError("a dataset classifies CLIP vectors and no CLIP model is loaded")
+        encode = encoder.encode_images_on_cpu if on_cpu else encoder.encode_images
+        vectors = encode([pictures[i] if reads[i].crop is None else reads[i].crop for i in vector_jobs])  # type: ignore[misc]
+        if cache is not None:
+            cache.put(
+                encoder.identity,
+                {
+                    reads[i].sha256: row
+                    for i, row in zip(vector_jobs, vectors, strict=True)
+                    if reads[i].sha256
+                },
+            )
+    row_of = {job: row for row, job in enumerate(vector_jobs)}
+    clip_scale = encoder.logit_scale if encoder is not None else 1.0
+    decided: dict[int, Decision] = {}
+    for dataset, members in by_dataset.items():
+        target = targets[dataset]
+        rows = None
+        if vectors is not None and target.classifier.needs == "vectors":
+            rows = vectors[np.asarray([row_of[i] for i in members])]
+        needed = target.classifier.needs == "pictures"
+        inputs = Inputs(pictures=[_picture(reads[i]) for i in members] if needed else [], vectors=rows)
+        decisions = target.classifier.classify(inputs, target.index, clip_scale)
+        if target.gate is not None and rows is not None:
+            decisions = target.gate.apply(decisions, rows, target.index)
+        decided.update(zip(members, decisions, strict=True))
+    return [
+        picture if isinstance(picture, ImageRejected) else decided[i] for i, picture in enumerate(pictures)
+    ]
+
+
+def _picture(read: Decoded) -> Image.Image:
+    """The file's Pillow picture; from its crop when a decoding process made only that.
+
+    (The driver decodes in processes only for datasets that classify CLIP vectors: this is for a
+    dataset whose mode changed to a fine-tuned checkpoint while its batch was decoding.)
+    """
+    if isinstance(read.picture, Image.Image):
+        return read.picture
+    assert read.crop is not None, "a readable file has a picture or a crop"
+    return Image.fromarray(read.crop)
+
+
+def classify_with_fallback(
+    jobs: Sequence[Job],
+    reads: Sequence[Decoded],
+    targets: Mapping[str, Target],
+    encoder: Encoder | None,
+    *,
+    cache: EmbeddingCache | None = None,
+) -> list[Decision | ImageRejected | None]:
+    """:func:`classify`, surviving inference failures such as running out of GPU memory.
+
+    A failing batch is split in halves, recursively; a single file that still
+    fails is encoded on the CPU. ``None`` marks a file that failed even then:
+    the caller keeps it in the inbox and tries again later.
+    """
+    try:
+        return list(classify(jobs, reads, targets, encoder, cache=cache))
+    except Exception as exc:
+        failure = str(exc)
+    if len(jobs) > 1:
+        log.warning("inference_retry", files=len(jobs), smaller=len(jobs) // 2, error=failure)
+        half = len(jobs) // 2
+        return [
+            *classify_with_fallback(jobs[:half], reads[:half], targets, encoder, cache=cache),
+            *classify_with_fallback(jobs[half:], reads[half:], targets, encoder, cache=cache),
+        ]
+    if encoder is not None and encoder.device != "cpu":
+        log.warning("inference_on_cpu", file=str(jobs[0].path), device=encoder.device, error=failure)
+        try:
+            return list(classify(jobs, reads, targets, encoder, on_cpu=True, cache=cache))
+        except Exception as exc:
+            failure = str(exc)
+    log.error("inference_failed", file=str(jobs[0].path), error=failure)
+    return [None]
+
+
+def deciding_model(target: Target, encoder: Encoder | None) -> str:
+    """What decided: the checkpoint in finetuned mode, else the CLIP model."""
+    if target.classifier.decided_by is not None:
+        return target.classifier.decided_by
+    return encoder.name if encoder is not None else ""
+
+
+class Placement(NamedTuple):
+    """Where a file goes, as what, and why."""
+
+    folder: Path
+    status: Status
+    reason: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One classified file, ready to be placed."""
+
+    job: Job
+    verdict: Decision | ImageRejected
+    decoded: Decoded
+    target: Target
+
+    @functools.cached_property
+    def placement(self) -> Placement:
+        """The folder (in ``Dataset/``, ``Review/`` or ``Rejected/``), the status and why."""
+        layout, verdict = self.target.layout, self.verdict
+        if isinstance(verdict, ImageRejected):
+            return Placement(layout.rejected, "rejected", str(verdict))
+        if held := self.target.review.hold_back(verdict):
+            return Placement(layout.review, "review", held.reason, held.detail)
+        return Placement(layout.class_dir(verdict.label), "sorted")
+
+    def intent(self, model: str) -> Intent:
+        folder, status, *_ = self.placement
+        decision = self.verdict if isinstance(self.verdict, Decision) else None
+        return Intent(
+            dataset=self.job.dataset,
+            source=self.job.path,
+            sha256=self.decoded.sha256,
+            size=self.decoded.size,
+            mode=self.target.classifier.name,
+            model=model,
+            label=None if decision is None else decision.label,
+            top3=() if decision is None else decision.top,
+            placement=status,
+            folder=folder,
+        )
+
+
+Result = Outcome | OSError | ClipsortError
+
+
+def deliver(
+    batch: Sequence[Delivery], *, encoder: Encoder | None, journal: Journal | None, dry_run: bool
+) -> list[Result]:
+    """Place a batch of classified files (or preview them on a dry run), journal them, log each.
+
+    Group commit: one journal transaction records every intent before any
+    file moves, the moves follow, each folder involved is fsynced once, and
+    one transaction records the outcomes. A file whose move fails gets its
+    error in the result list (and ``cleared`` in the journal); it stays
+    where it was and the others are unaffected.
+    """
+    models = [deciding_model(item.target, encoder) for item in batch]
+    results: list[Result] = []
+    if dry_run:
+        for item, model in zip(batch, models, strict=True):
+            folder = item.placement.folder
+            results.append(_outcome(item, preview(item.job.path, folder), model, dry_run=True))
+        return results
+    travelling = _sidecars(batch)
+    intents = [item.intent(m) for item, m in zip(batch, models, strict=True)]
+    intents += [
+        replace(intents[k], source=path, sha256=sha256, size=size, mode=SIDECAR_MODE, top3=(), companion=k)
+        for k, found in enumerate(travelling)
+        for path, sha256, size in found
+    ]
+    try:
+        entries = journal.plan(intents) if journal else []
+    except JournalError as exc:  # no intent recorded: nothing may move
+        return [exc for _ in batch]
+    folders = OpenFolders()  # each folder is opened (made, checked) once, from the dataset's own folder
+    try:
+        states = [_place(item, model, folders, results) for item, model in zip(batch, models, strict=True)]
+        states += [
+            _place_sidecar(path, item, states[k][1], folders)
+            for k, (item, found) in enumerate(zip(batch, travelling, strict=True))
+            for path, _, _ in found
+        ]
+        folders.sync_touched()  # before the outcomes are recorded as durable
+    finally:
+        folders.close()
+    if journal is not None:
+        try:
+            journal.settle([Settlement(entry, *state) for entry, state in zip(entries, states, strict=True)])
+        except JournalError as exc:  # the files moved: their outcomes are written with the next batch
+            log.error("journal_write_failed", error=str(exc), kept="outcomes, written with the next batch")
+    return results
+
+
+SIDECAR_MODE = "sidecar"  # a sidecar's journal entry: its picture's decision, its own bytes
+
+
+def _sidecars(batch: Sequence[Delivery]) -> list[list[tuple[Path, str, int]]]:
+    """Per file of ``batch``, its sidecars in the inbox now (path, sha256, size); each folder listed once."""
+    listings: dict[Path, list[str]] = {}
+    found: list[list[tuple[Path, str, int]]] = []
+    for item in batch:
+        folder = item.job.path.parent
+        if folder not in listings:
+            try:
+                listings[folder] = os.listdir(folder)
+            except OSError:
+                listings[folder] = []
+        names = companions(item.job.path.name, listings[folder], item.target.settings.sidecar_suffixes)
+        mine = []
+        for name in names:
+            path = folder / name
+            try:
+                mine.append((path, content_hash(path), path.lstat().st_size))
+            except OSError:  # gone meanwhile, or a FIFO's or symlink's name: it stays, unread
+                continue
+        found.append(mine)
+    return found
+
+
+def _place_sidecar(
+    path: Path, item: Delivery, placed: Path | None, folders: OpenFolders
+) -> tuple[State, Path | None, str | None, str | None]:
+    """Move one sidecar beside its picture, now at ``placed`` (None: the picture did not move)."""
+    if placed is None:
+        return ("cleared", None, "its picture did not move", None)
+    root = item.target.layout.root
+    try:
+        origin = folders.get(path.parent, root, create=False)
+        destination = folders.get(placed.parent, root, create=False)
+        moved = move_into(
+            origin.at(path.name),
+            destination,
+            keep_source=item.target.settings.action == "copy",
+            name=renamed(path.name, item.job.path.name, placed.name),
+        )
+    except (OSError, ClipsortError) as exc:
+        log.warning("sidecar_not_moved", file=str(path), error=str(exc))
+        return ("cleared", None, f"not moved: {exc}", None)
+    log.info("sidecar_moved", file=str(path), destination=str(moved))
+    return ("moved", moved, None, None)
+
+
+def _place(
+    item: Delivery, model: str, folders: OpenFolders, results: list[Result]
+) -> tuple[State, Path | None, str | None, str | None]:
+    """Move one file through folders opened from its dataset's folder; its journal state.
+
+    The move confirms that the file it renamed is the one that was read (its
+    inode, size and modification time are the job's), so the journal's hash is
+    always that of the file now filed.
+    """
+    folder, status, reason, detail = item.placement
+    root = item.target.layout.root
+    try:
+        origin = folders.get(item.job.path.parent, root, create=False)
+        destination = folders.get(folder, root, create=True)
+        placed = move_into(
+            origin.at(item.job.path.name),
+            destination,
+            keep_source=item.target.settings.action == "copy",
+            expect=functools.partial(_is_job, item.job),
+        )
+    except (OSError, ClipsortError) as exc:
+        results.append(exc)
+        return ("cleared", None, f"not moved: {exc}", None)
+    folders.touch(destination, origin)
+    results.append(_outcome(item, placed, model, dry_run=False))
+    return ("rejected" if status == "rejected" else "moved", placed, reason, detail)
+
+
+def _is_job(job: Job, status: os.stat_result) -> bool:
+    """Whether a file about to be filed (its ``lstat``) is the one the job read."""
+    return Signature.of_status(status) == job.signature
+
+
+def _outcome(item: Delivery, destination: Path, model: str, *, dry_run: bool) -> Outcome:
+    """The outcome of one placed file, logged as its canonical line."""
+    _, status, reason, detail = item.placement
+    outcome = Outcome(
+        dataset=item.job.dataset,
+        source=item.job.path,
+        status=status,
+        destination=destination,
+        decision=item.verdict if isinstance(item.verdict, Decision) else None,
+        reason=reason,
+        detail=detail,
+        extra={"mode": item.target.classifier.name, "model": model, "dry_run": dry_run},
+    )
+    event = DRY_RUN_EVENTS[status] if dry_run else status
+    (log.info if status == "sorted" else log.warning)(event, **outcome.as_dict())
+    return outcome
