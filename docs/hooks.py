@@ -109,10 +109,10 @@ def log_events() -> str:
             if node.func.attr not in levels or not node.args:
                 continue
             first = node.args[0]
-            named = isinstance(first, ast.Constant) and isinstance(first.value, str)
-            if named and re.fullmatch(r"[a-z][a-z0-9_]*", first.value):
+            event = first.value if isinstance(first, ast.Constant) else None
+            if isinstance(event, str) and re.fullmatch(r"[a-z][a-z0-9_]*", event):
                 level = "error" if node.func.attr == "exception" else node.func.attr
-                events.setdefault((first.value, level), set()).add(module.removesuffix(".__init__"))
+                events.setdefault((event, level), set()).add(module.removesuffix(".__init__"))
     rows = ["| event | level | logged by |", "|---|---|---|"]
     for (event, level), modules in sorted(events.items()):
         rows.append(f"| `{event}` | {level} | {', '.join(f'`{m}`' for m in sorted(modules))} |")

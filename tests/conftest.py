@@ -1,38 +1,86 @@
-"""Shared fixtures: offline mode, the tiny trained CLIP, and dataset builders."""
+"""Shared fixtures: offline mode, the tiny trained CLIP, dataset builders, and the test tiers.
+
+A test's tier is its folder: ``tests/unit`` (one module, no model, no daemon process),
+``tests/integration`` (modules together with a real model, folders and threads, in-process) and
+``tests/system`` (the real daemon or CLI as a subprocess, a real browser, the benchmarks' smoke
+runs as programs); each test is marked with its tier, so ``pytest -m unit`` runs the fast one.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import shutil
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from collections.abc import Generator, Iterator
+from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import structlog
 from typer.testing import CliRunner
 
 from clipsort.cli import app
-from clipsort.encode.encoder import Encoder
 from tests.daemonproc import Daemon
+
+if TYPE_CHECKING:  # the model stack loads only for the tests that use it, not at collection
+    from clipsort.encode.encoder import Encoder
+
+TIERS = ("unit", "integration", "system")
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its tier, read from its folder."""
+    for item in items:
+        parts = item.path.resolve().relative_to(TESTS).parts
+        if parts[0] in TIERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
+
+
+def _model_cache() -> Path:
+    """Where the tiny CLIP is kept between sessions, keyed by what makes its weights."""
+    # The demo model is deterministic: the same code and library versions give the same weights.
+    key = hashlib.sha256((REPO / "daemon" / "clipsort" / "learn" / "demo.py").read_bytes())
+    for package in ("torch", "transformers", "tokenizers"):
+        key.update(f"{package}={version(package)}".encode())
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "clipsort-tests" / f"tiny-clip-{key.hexdigest()[:16]}"
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny CLIP trained on coloured shapes, made by `clipsort demo-model` as a user makes it."""
-    # A folder whose parent does not exist yet, as in the README's `clipsort demo-model models/demo`.
-    folder = tmp_path_factory.mktemp("clone") / "models" / "tiny-clip"
-    made = CliRunner().invoke(app, ["demo-model", str(folder)])
-    assert made.exit_code == 0, made.output
-    return folder
+def tiny_model() -> Path:
+    """A tiny CLIP trained on coloured shapes, made by `clipsort demo-model` as a user makes it.
+
+    Trained once per machine and kept (about 40 s saved on every later session); a new version of
+    the demo's code or of the libraries it trains with makes a new one.
+    """
+    cached = _model_cache()
+    if not (cached / "config.json").exists():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".making-", dir=cached.parent))
+        # A folder whose parent does not exist yet, as in the README's `clipsort demo-model models/demo`.
+        folder = work / "models" / "tiny-clip"
+        made = CliRunner().invoke(app, ["demo-model", str(folder)])
+        assert made.exit_code == 0, made.output
+        with contextlib.suppress(OSError):  # another session made it meanwhile: theirs is the same
+            folder.rename(cached)
+        shutil.rmtree(work, ignore_errors=True)
+    return cached
 
 
 @pytest.fixture(scope="session")
 def encoder(tiny_model: Path) -> Encoder:
     """The tiny model loaded once for the whole session."""
+    from clipsort.encode.encoder import Encoder  # noqa: PLC0415  (the model stack, only when asked for)
+
     return Encoder(str(tiny_model), device="cpu")
 
 

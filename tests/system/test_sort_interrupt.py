@@ -25,7 +25,7 @@ from tests.waiting import wait_until
 
 FILES = 1500
 BATCH = 32
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def inbox_of_noise(inbox: Path) -> dict[str, str]:

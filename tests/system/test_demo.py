@@ -16,7 +16,7 @@ from clipsort.cli import app
 from clipsort.learn.demo import train_tiny_clip
 from tests.helpers import predicted, tree
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_COLORS = ("red", "green", "blue")  # python -m tests.synthetic wrote img0000 red, img0001 green...
 
 

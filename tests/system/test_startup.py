@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.startup import LIGHT_COMMANDS, launch, prepare
+from tests.startupprobe import LIGHT_COMMANDS, launch, prepare
 
 
 @pytest.mark.parametrize("name", list(LIGHT_COMMANDS))

@@ -9,7 +9,7 @@ import pytest
 from clipsort.config import DEFAULT_TEMPLATES, find_config_file, load_settings, render_config_toml
 from clipsort.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_without_any_file(data_root: Path) -> None:

@@ -13,11 +13,11 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 from typer.testing import CliRunner, Result
 
-from bench.startup import launch
 from clipsort.classify.checkpoints import current_checkpoint
 from clipsort.cli import app
 from clipsort.learn.training import augment, predict, stratified_split
 from tests.helpers import held_out, predicted, tree
+from tests.startupprobe import launch
 from tests.synthetic import COLORS as SIX_COLORS
 from tests.synthetic import SHAPES, draw, make_dataset, tiny_vit
 

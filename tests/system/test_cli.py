@@ -53,7 +53,8 @@ def test_sort_files_phone_and_camera_raw_photos_by_what_they_show(cli: CliRunner
     """HEIC and RAW (DNG) are in the default formats: red and blue files of each land in their classes."""
     make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=2)
     for name in ("red.heic", "blue.heic", "red.dng", "blue.dng"):
-        shutil.copy(Path(__file__).parent / "fixtures" / name, data_root / "ds" / "Images" / f"IMG_{name}")
+        fixture = Path(__file__).parents[1] / "fixtures" / name
+        shutil.copy(fixture, data_root / "ds" / "Images" / f"IMG_{name}")
     code, out, _ = sort(cli, "--root", str(data_root))
     assert code == 0, out
     assert tree(data_root / "ds" / "Dataset") == {

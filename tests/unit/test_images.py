@@ -169,7 +169,7 @@ def test_an_unreadable_file_is_rejected_with_the_reason(tmp_path: Path) -> None:
         [sys.executable, "-c", script, str(tmp_path / "secret.png")],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         check=True,
     )
     assert "cannot open: Permission denied" in result.stdout
@@ -196,7 +196,7 @@ def test_the_default_formats_decode_the_first_frame(
     assert red > 150 and blue < 100, (red, green, blue)
 
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
 def dominant_channel(path: Path) -> int:

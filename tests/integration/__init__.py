@@ -1,0 +1,1 @@
+"""The integration tier (marked from its folder by tests/conftest.py)."""

@@ -1,0 +1,1 @@
+"""The system tier (marked from its folder by tests/conftest.py)."""

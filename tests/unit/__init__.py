@@ -1,0 +1,1 @@
+"""The unit tier (marked from its folder by tests/conftest.py)."""
