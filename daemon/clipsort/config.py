@@ -12,10 +12,11 @@ from __future__ import annotations
 import difflib
 import json
 import textwrap
+import threading
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from PIL import Image
 from pydantic import (
@@ -490,6 +491,37 @@ class Settings(BaseSettings):
             descriptions=own.descriptions,
             sidecar_suffixes=tuple(self.sidecar_suffixes),
         )
+
+
+S = TypeVar("S")
+
+
+class Mailbox(Generic[S]):
+    r"""Settings handed from the thread that reloads them to the one thread that owns a component.
+
+    A component's thread reads :attr:`current` throughout a round of its work and calls
+    :meth:`take` only at its defined point (the intake at each tick, the worker between batches,
+    the learner between rounds), so a round never sees two configurations. The reloading thread
+    only :meth:`post`\ s: it never assigns to a component another thread is reading.
+    """
+
+    def __init__(self, current: S) -> None:
+        self.current = current
+        self._lock = threading.Lock()
+        self._posted: S | None = None
+
+    def post(self, value: S) -> None:
+        """Hand over ``value``; a later post before the owner looks replaces it."""
+        with self._lock:
+            self._posted = value
+
+    def take(self) -> S | None:
+        """On the owner's thread: the value posted since the last look (now :attr:`current`), or None."""
+        with self._lock:
+            posted, self._posted = self._posted, None
+        if posted is not None:
+            self.current = posted
+        return posted
 
 
 def needs_clip(settings: Settings, datasets: Iterable[str] | None = None) -> bool:

@@ -26,36 +26,30 @@ def watching(data_root: Path, model: Path) -> Iterator[Service]:
         None, {"root": data_root, "model": str(model), "settle_seconds": 0.1, "status_seconds": 0.2}
     )
     service = Service(settings, None, {})
-    service.catalog.request(["rgb"], 0.0)
-    service.catalog.rebuild_due(service.embedder)
-    service._known = {"rgb"}
-    service.watcher.start()
-    service.intake.start()
-    service.learner.start()
-    service.worker.start()
+    service.start()
     try:
         yield service
     finally:
-        service._shutdown()
+        service.stop()
 
 
 def test_a_dead_observer_is_restarted_and_missed_files_are_found(data_root: Path, tiny_model: Path) -> None:
     """The supervisor sees the observer died, starts a new one; a rescan finds what arrived meanwhile."""
     make_dataset(data_root / "rgb", {"red": "red", "blue": "blue"}, references=2)
     with watching(data_root, tiny_model) as service:
-        supervisor = threading.Thread(target=service._supervise)
+        supervisor = threading.Thread(target=service.serve)
         supervisor.start()
         try:
             wait_until(lambda: service.intake.scans >= 1)
-            service.watcher._observer.stop()  # the dispatch thread dies, as after an uncaught handler error
-            service.watcher._observer.join()
+            service.watcher.observer.stop()  # the dispatch thread dies, as after an uncaught handler error
+            service.watcher.observer.join()
             save(draw(np.random.default_rng(0), "blue"), data_root / "rgb" / "Images" / "while-dead.png")
             wait_until((data_root / "rgb" / "Dataset" / "blue" / "while-dead.png").exists, timeout=30)
             assert service.watcher.is_alive()
             save(draw(np.random.default_rng(1), "red"), data_root / "rgb" / "Images" / "after.png")
             wait_until((data_root / "rgb" / "Dataset" / "red" / "after.png").exists, timeout=30)
         finally:
-            service._stop.set()
+            service.request_stop()
             supervisor.join(timeout=10)
     assert not supervisor.is_alive()
 

@@ -27,19 +27,14 @@ from tests.waiting import wait_until
 
 @contextlib.contextmanager
 def running(settings: Settings, datasets: list[str]) -> Iterator[Service]:
-    """The service's intake and worker threads on ``settings``'s datasets, stopped cleanly after."""
+    """The service on ``settings``'s data root, started and stopped through its public life cycle."""
     service = Service(settings, None, {})
-    service.catalog.request(datasets, 0.0)
-    service.catalog.rebuild_due(service.embedder)
-    service.intake.start()
-    service.worker.start()
+    service.start()
     try:
+        assert set(datasets) <= set(service.catalog.snapshot())
         yield service
     finally:
-        service.intake.stop()
-        assert service.worker.stop(timeout=10)
-        service.cache.close()
-        service.journal.close()
+        service.stop()
 
 
 COLORS = ["red", "blue", "blue", "red"]

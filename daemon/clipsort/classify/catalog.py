@@ -51,7 +51,8 @@ class Catalog:
         self._seen_checkpoints: set[Path] = set()
 
     def reconfigure(self, settings: Settings) -> None:
-        """Apply reloaded settings: the checkpoint cache's size now, classes and modes at the rebuild."""
+        """Apply reloaded settings, on the worker's thread (which rebuilds the catalog): the checkpoint
+        cache's size now, classes and modes at the rebuild."""
         self.settings = settings
         self.checkpoints.resize(settings.checkpoints_loaded)
 

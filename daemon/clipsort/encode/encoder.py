@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -117,6 +118,8 @@ def quiet_transformers() -> None:
     """
     transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    # A tqdm bar, even a disabled one, starts tqdm's monitor thread for the life of the process.
+    importlib.import_module("tqdm").tqdm.monitor_interval = 0
 
 
 def load_model(model: str, device: str) -> SentenceTransformer:

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import structlog
 
-from clipsort.config import Settings
+from clipsort.config import Mailbox, Settings
 from clipsort.files import scan
 from clipsort.ingest.readiness import Readiness
 from clipsort.ingest.sidecars import is_sidecar, pictures_of, split
@@ -57,7 +57,7 @@ class Intake:
         work: FairQueue,
         on_datasets: Callable[[list[DatasetLayout]], None],
     ) -> None:
-        self.settings = settings
+        self._settings = Mailbox(settings)
         self.readiness = Readiness(
             settle=settings.settle_seconds,
             settle_closed=min(settings.settle_seconds, SETTLE_AFTER_CLOSE),
@@ -77,9 +77,17 @@ class Intake:
         self.scans = 0
         self.thread = threading.Thread(target=self._run, name="clipsort-intake", daemon=True)
 
+    @property
+    def settings(self) -> Settings:
+        """The settings this round works with (taken at the top of each tick)."""
+        return self._settings.current
+
     def reconfigure(self, settings: Settings) -> None:
-        """Apply reloaded settings: readiness timings, capacity, the hint queue's bound, rescans."""
-        self.settings = settings
+        """Hand over reloaded settings; the intake's thread applies them at its next tick."""
+        self._settings.post(settings)
+
+    def _apply(self, settings: Settings) -> None:
+        """On the intake's thread: readiness timings, capacity, the hint queue's bound, rescans."""
         self.readiness.reconfigure(
             settle=settings.settle_seconds,
             settle_closed=min(settings.settle_seconds, SETTLE_AFTER_CLOSE),
@@ -143,6 +151,9 @@ class Intake:
                 time.sleep(TICK)
 
     def _tick(self) -> None:
+        posted = self._settings.take()
+        if posted is not None:
+            self._apply(posted)
         due = self.readiness.next_due()
         wait = TICK if due is None else min(TICK, max(0.0, due - time.monotonic()))
         hints = drain(self._hints, wait, HINTS_PER_TICK)

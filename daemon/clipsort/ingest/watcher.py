@@ -66,7 +66,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import structlog
 from watchdog.events import (
@@ -221,6 +221,10 @@ class _Emitter(InotifyFullEmitter):
                 self._said = True
                 log.error("watch_event_failed", folder=self.watch.path, error=f"{type(exc).__name__}: {exc}")
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.name = "clipsort-watch"
+
     def on_thread_start(self) -> None:
         # InotifyEmitter.on_thread_start with the tolerant group (watchdog 7.1 names no factory).
         self._inotify = _WatchGroup(
@@ -246,6 +250,8 @@ class _Observer(InotifyObserver):
         # BaseObserver keeps the class it builds emitters from here; InotifyObserver offers no
         # parameter for it (watchdog 7.1).
         self._emitter_class = _Emitter
+        self.name = "clipsort-observer"  # the runtime's threads are told apart by name
+        self._inotify_fd.name = "clipsort-inotify"  # watchdog's one reader of every watch, started above
 
 
 class WatchSink(Protocol):
@@ -465,9 +471,14 @@ class Watcher:
         self.ignore = ignore
         self._watches: dict[Path, ObservedWatch] = {}
         self._failed: dict[Path, str] = {}  # folders that could not be watched, and why
-        self._lock = threading.RLock()  # sync() runs on the intake thread, restart() on the main one
+        self._lock = threading.RLock()  # sync() runs on the reactions thread, restart() on the main one
         self._observer = self._new_observer()
         self._overflow = _OverflowListener(sink)
+
+    @property
+    def observer(self) -> BaseObserver:
+        """The watchdog observer running now (replaced by :meth:`restart`), for supervision."""
+        return self._observer
 
     def _new_observer(self) -> BaseObserver:
         if self.polling:
@@ -541,6 +552,11 @@ class Watcher:
         """Whether events from ``folder`` are being reported."""
         with self._lock:
             return folder in self._watches
+
+    def watched(self) -> set[Path]:
+        """Every folder watched now (each has one emitter thread of watchdog's)."""
+        with self._lock:
+            return set(self._watches)
 
     def _schedule(self, folder: Path, handler: _SafeHandler, *, recursive: bool) -> None:
         if folder in self._watches or not folder.is_dir() or folder.is_symlink():

@@ -30,7 +30,7 @@ import structlog
 
 from clipsort.classify.classindex import Example
 from clipsort.classify.targets import Corrected
-from clipsort.config import Settings
+from clipsort.config import Mailbox, Settings
 from clipsort.encode.embedcache import EmbeddingCache
 from clipsort.encode.embeddings import Embedder
 from clipsort.files import is_ignored, scan
@@ -196,16 +196,29 @@ class Learner:
     """The daemon's thread that turns arrivals in class folders into corrections."""
 
     def __init__(self, settings: Settings, journal: Journal, embedder: Embedder) -> None:
-        self.settings = settings
-        self.embedder = embedder
+        self._setup = Mailbox((settings, embedder))
         self._journal = journal
         self._arrivals: queue.Queue[tuple[str, Path | None]] = queue.Queue(maxsize=10_000)
         self._in_flight: dict[tuple[str, Path], float] = {}  # arrivals to look at again: first seen
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="clipsort-learner", daemon=True)
 
+    @property
+    def settings(self) -> Settings:
+        """The settings of this round (taken between rounds, on the learner's thread)."""
+        return self._setup.current[0]
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder of this round: the model and decode limits in force."""
+        return self._setup.current[1]
+
+    def reconfigure(self, settings: Settings, embedder: Embedder) -> None:
+        """Hand over reloaded settings and the embedder made with them; used from the next round."""
+        self._setup.post((settings, embedder))
+
     def offer(self, dataset: str, path: Path) -> None:
-        """A file arrived in a class folder (watchdog threads); never blocks."""
+        """A file arrived in a class folder (handed on by the daemon's reactions thread); never blocks."""
         try:
             self._arrivals.put_nowait((dataset, path))
         except queue.Full:
@@ -228,6 +241,7 @@ class Learner:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._setup.take()
             # Whatever queued up meanwhile is looked up together: a burst of sorted
             # files costs a few journal queries, not two per file.
             arrivals = drain(self._arrivals, 0.2, ARRIVALS_PER_ROUND, linger=ROUND_LINGER_SECONDS)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Mapping
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from prometheus_client import Counter as PromCounter
@@ -31,6 +32,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._server: WSGIServer | None = None
         self.outcomes: Counter[tuple[str, str]] = Counter()  # (dataset, status)
         self.held: Counter[tuple[str, str]] = Counter()  # (dataset, reason) of the files in Review/
         self.last_error: str | None = None
@@ -137,8 +139,16 @@ class Metrics:
             return self.held[(dataset, reason)]
 
     def serve(self, address: str, port: int) -> None:
-        """Expose the registry over HTTP (a daemon thread of prometheus_client's)."""
+        """Expose the registry over HTTP (a daemon thread of prometheus_client's, ``clipsort-metrics``)."""
         try:
-            start_http_server(port, addr=address, registry=self.registry)
+            self._server, thread = start_http_server(port, addr=address, registry=self.registry)
         except OSError as exc:  # the port is taken, or the address is not this machine's
             raise ConfigError(f"cannot serve metrics on {address}:{port}: {exc.strerror or exc}") from None
+        thread.name = "clipsort-metrics"
+
+    def close(self) -> None:
+        """Stop serving (the port is free again); nothing when not serving."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()

@@ -32,7 +32,8 @@ from clipsort.classify.catalog import Catalog
 from clipsort.config import Settings, find_config_file, load_settings, needs_clip
 from clipsort.decode.decodeprocesses import reclaim_slots
 from clipsort.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
-from clipsort.encode.encoder import resolve_device
+from clipsort.encode.embeddings import Embedder
+from clipsort.encode.encoder import Encoder, resolve_device
 from clipsort.encode.factory import clip_for, make_embedder, make_encoder
 from clipsort.errors import ConfigError
 from clipsort.ingest.intake import ALL, Intake
@@ -43,6 +44,18 @@ from clipsort.learn.corrections import Learner, corrected_from
 from clipsort.logs import configure_logging
 from clipsort.service.housekeeping import sweep
 from clipsort.service.metrics import Metrics
+from clipsort.service.reactions import (
+    ClassesChanged,
+    DatasetsFound,
+    DestinationChanged,
+    FiledRescan,
+    FoldersChanged,
+    Hinted,
+    Placed,
+    Reactions,
+    RescanAsked,
+    WatchEvent,
+)
 from clipsort.service.sdnotify import notify, reloading, watchdog_interval
 from clipsort.service.status import DatasetStatus, Status, write_status
 from clipsort.sort.worker import Worker
@@ -50,7 +63,6 @@ from clipsort.store.instance import InstanceLock, refuse_if_served
 from clipsort.store.journal import Journal
 from clipsort.store.mover import make_state_dir
 from clipsort.store.recovery import recover
-from clipsort.work import Hint
 
 log = structlog.get_logger()
 NO_CLIP = "none (every dataset is classified by its checkpoint)"
@@ -94,21 +106,48 @@ def check_daemon_settings(settings: Settings) -> None:
 
 
 class Service:
-    """The running daemon."""
+    """The running daemon: :meth:`start` it, :meth:`serve` until asked to stop, :meth:`stop` it.
+
+    Constructing one only checks the settings: :meth:`start` binds the metrics port (before the
+    slow model load, so a taken port fails at once), loads the model, opens the state folder and
+    starts every thread. ``docs/explanation/runtime.md`` draws the threads, queues and locks.
+    """
+
+    encoder: Encoder | None
+    lock: InstanceLock
+    cache: EmbeddingCache
+    journal: Journal
+    embedder: Embedder
+    work: FairQueue
+    catalog: Catalog
+    learner: Learner
+    intake: Intake
+    watcher: Watcher
+    worker: Worker
 
     def __init__(self, settings: Settings, config_file: Path | None, flags: dict[str, object]) -> None:
         check_daemon_settings(settings)
-        self.settings = settings
+        self.settings = settings  # the main thread's snapshot; components get theirs by reconfigure
         self.config_file = config_file
         self.flags = flags  # command-line values outrank the file on every reload too
         self.started = time.time()
         self.state_bytes = 0
         self._status_failure = ""  # the last error writing status.json, logged once
         self.metrics = Metrics()
+        self.reactions = Reactions(self._react)
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._known: set[str] = set()
+        self._learning: set[Path] = set()
+        self._running = False
+
+    def start(self) -> None:
+        """Bind the metrics port, load the model, open the state, start every thread; then READY=1."""
+        settings = self.settings
+        if settings.metrics_port is not None:  # first: a taken port fails before the model loads
+            self.metrics.serve(settings.metrics_address, settings.metrics_port)
         refuse_if_served(settings.state_path, settings.root, "run")  # before the slow model load
-        # The model first: a daemon that cannot start leaves no state folder behind.
+        # The model before the state folder: a daemon that cannot start leaves no state folder behind.
         # None when every dataset is fine-tuned; a reload that asks for a CLIP mode loads it then.
         self.encoder = on_own_thread(clip_for, settings)
         make_state_dir(settings.state_path)
@@ -119,51 +158,86 @@ class Service:
         self.embedder = make_embedder(settings, self.encoder, self.cache)
         self.work = FairQueue()
         self.catalog = Catalog(
-            settings, on_available=self._classes_available, corrected=corrected_from(self.journal)
+            settings,
+            on_available=lambda name: self.reactions.put(RescanAsked(name)),
+            corrected=corrected_from(self.journal),
         )
         self.learner = Learner(settings, self.journal, self.embedder)
-        self.intake = Intake(settings, self.catalog, self.work, on_datasets=self._datasets_found)
+        self.intake = Intake(
+            settings,
+            self.catalog,
+            self.work,
+            on_datasets=lambda found: self.reactions.put(DatasetsFound(tuple(found))),
+        )
         self.watcher = self._new_watcher(settings)
         self.worker = Worker(
             settings, self.embedder, self.catalog, self.intake, self.work, self.metrics, self.journal
         )
-        self._known: set[str] = set()
-        self._learning: set[Path] = set()
+        self._running = True
+        layouts = discover(settings.root)
+        recover(self.journal, layouts)  # before any inbox is scanned
+        self._known = {layout.name for layout in layouts}
+        self.catalog.request(self._known, 0.0)
+        on_own_thread(self.catalog.rebuild_due, self.embedder)  # classes ready before the first file is read
+        self.reactions.start()
+        self.watcher.start()
+        self.watcher.sync(layouts)
+        self.learner.start()
+        self.intake.start()  # its first tick scans the backlog
+        self.worker.start()
+        self._write_status("running")
+        notify("READY=1", f"STATUS={self._summary()}")
+        log.info("daemon_ready", root=str(settings.root), datasets=sorted(self._known), pid=os.getpid())
+
+    def serve(self) -> int:
+        """Supervise until :meth:`request_stop` (or SIGTERM/SIGINT); the process exit code."""
+        return self._supervise()
+
+    def request_stop(self) -> None:
+        """Ask :meth:`serve` to return (any thread; what the signal handlers do)."""
+        self._stop.set()
+
+    def run(self) -> int:
+        """The daemon's whole life on the main thread: signals, start, serve, stop; the exit code."""
+        self._install_signals()
+        self.start()
+        try:
+            return self.serve()
+        finally:
+            self.stop()
 
     def _new_watcher(self, settings: Settings) -> Watcher:
         return Watcher(
             settings.root,
-            self,
+            self.reactions,
             polling=settings.observer == "polling",
             polling_seconds=settings.polling_seconds,
             ignore=settings.ignore_patterns,
             max_depth=settings.max_folder_depth,
         )
 
-    # --- the watcher's sink ---------------------------------------------------------
-    def hint(self, hint: Hint) -> None:
-        self.intake.hint(hint)
+    # --- reactions: on the reactions thread, one event at a time -------------------
+    def _react(self, event: WatchEvent) -> None:
+        """What each report from the watcher or a component leads to (see clipsort.service.reactions)."""
+        match event:
+            case Hinted(hint):
+                self.intake.hint(hint)
+            case RescanAsked(dataset):
+                self.intake.request_rescan(dataset)
+            case FoldersChanged():
+                self.intake.request_sync()
+            case ClassesChanged(dataset):
+                self.catalog.request([dataset], self.settings.class_debounce_seconds)
+            case Placed(dataset, path):
+                self.learner.offer(dataset, path)
+            case FiledRescan(dataset):
+                self.learner.scan(dataset)
+            case DestinationChanged(dataset):
+                self.worker.policy.reset()  # a cleared fault is noticed in seconds, not after up to 30 s
+                self.intake.expedite(dataset)
+            case DatasetsFound(layouts):
+                self._datasets_found(list(layouts))
 
-    def request_rescan(self, dataset: str = ALL) -> None:
-        self.intake.request_rescan(dataset)
-
-    def folders_changed(self) -> None:
-        self.intake.request_sync()
-
-    def classes_changed(self, dataset: str) -> None:
-        self.catalog.request([dataset], self.settings.class_debounce_seconds)
-
-    def placed(self, dataset: str, path: Path) -> None:
-        self.learner.offer(dataset, path)
-
-    def rescan_filed(self, dataset: str) -> None:
-        self.learner.scan(dataset)
-
-    def destination_changed(self, dataset: str) -> None:
-        self.worker.policy.reset()  # a cleared fault is noticed in seconds, not after up to 30 s
-        self.intake.expedite(dataset)
-
-    # --- callbacks from the intake and worker threads -------------------------------
     def _datasets_found(self, layouts: list[DatasetLayout]) -> None:
         self.watcher.sync(layouts)
         for layout in layouts:
@@ -185,32 +259,7 @@ class Service:
             self.intake.readiness.forget_dataset(name)
         self._known = names
 
-    def _classes_available(self, dataset: str) -> None:
-        self.intake.request_rescan(dataset)
-
-    # --- lifecycle ------------------------------------------------------------------
-    def run(self) -> int:
-        """Serve until SIGTERM/SIGINT; the process exit code."""
-        if self.settings.metrics_port is not None:  # first: a taken port fails before anything runs
-            self.metrics.serve(self.settings.metrics_address, self.settings.metrics_port)
-        self._install_signals()
-        layouts = discover(self.settings.root)
-        recover(self.journal, layouts)  # before any inbox is scanned
-        self._known = {layout.name for layout in layouts}
-        self.catalog.request(self._known, 0.0)
-        on_own_thread(self.catalog.rebuild_due, self.embedder)  # classes ready before the first file is read
-        self.watcher.start()
-        self.watcher.sync(layouts)
-        self.learner.start()
-        self.intake.start()  # its first tick scans the backlog
-        self.worker.start()
-        self._write_status("running")
-        notify("READY=1", f"STATUS={self._summary()}")
-        log.info("daemon_ready", root=str(self.settings.root), datasets=sorted(self._known), pid=os.getpid())
-        code = self._supervise()
-        self._shutdown()
-        return code
-
+    # --- supervision: on the main thread ---------------------------------------------
     def _supervise(self) -> int:
         ping_every = watchdog_interval()
         last_status = last_ping = 0.0
@@ -276,9 +325,9 @@ class Service:
 
     def _state_writable_again(self) -> None:
         """The journal takes writes again (space was freed): waiting files go now, not after the back-off."""
+        if not self.worker.policy.unblock():
+            return  # a file was placed meanwhile, which unblocked it already
         log.info("state_writable_again")
-        self.worker.policy.state_blocked = False
-        self.worker.policy.reset()
         for name in self._known:
             self.intake.expedite(name)
 
@@ -303,16 +352,20 @@ class Service:
             and time.monotonic() - self.worker.heartbeat < 2 * window
         )
 
-    def _shutdown(self) -> None:
+    def stop(self) -> None:
         """Stop every part in order; a part that raises is logged and the next one still stops.
 
         A step skipped by an exception would leave the decoding processes' shared memory
         linked, the journal open and the exit code 1 for a stop that lost nothing.
         """
+        if not self._running:
+            return
+        self._running = False
         notify("STOPPING=1")
         log.info("daemon_stopping", queued=len(self.work))
         steps: list[tuple[str, Callable[[], object]]] = [
             ("watcher", self.watcher.stop),
+            ("reactions", self.reactions.stop),
             ("intake", self.intake.stop),
             ("learner", self.learner.stop),
             ("worker", self._stop_worker),
@@ -322,6 +375,7 @@ class Service:
             ("cache", self.cache.close),
             ("journal", self.journal.close),
             ("lock", self.lock.release),
+            ("metrics", self.metrics.close),
         ]
         failed = []
         for name, step in steps:
@@ -338,7 +392,7 @@ class Service:
 
     def _install_signals(self) -> None:
         def stop(signum: int, frame: FrameType | None) -> None:
-            self._stop.set()
+            self.request_stop()
 
         def reload(signum: int, frame: FrameType | None) -> None:
             self._reload.set()
@@ -375,11 +429,11 @@ class Service:
             self.encoder = on_own_thread(make_encoder, settings)  # may raise
         embedder = make_embedder(settings, self.encoder, self.cache)  # with the new decode limits
         self.settings = settings
-        self.catalog.reconfigure(settings)
+        # Each component takes its snapshot on its own thread, at its next round (the catalog's
+        # through the worker, which rebuilds it).
         self.intake.reconfigure(settings)
         self.worker.reconfigure(settings)
-        self.learner.settings = settings
-        self.learner.embedder = embedder
+        self.learner.reconfigure(settings, embedder)
         if any(key in changed for key in WATCHER_SETTINGS):
             self.watcher.stop()
             self.watcher = self._new_watcher(settings)
@@ -483,5 +537,5 @@ def reread(config_file: Path | None, flags: dict[str, object], current: Settings
 
 
 def run_service(settings: Settings, config_file: Path | None, flags: dict[str, object]) -> int:
-    """Build and run the daemon; the process exit code."""
+    """Run the daemon until it is stopped; the process exit code."""
     return Service(settings, config_file, flags).run()

@@ -26,7 +26,7 @@ from typing import ClassVar, Protocol
 import structlog
 
 from clipsort.classify.catalog import Catalog
-from clipsort.config import Settings
+from clipsort.config import Mailbox, Settings
 from clipsort.encode.embeddings import Embedder
 from clipsort.errors import DecoderKilled, FileReplaced, ImageIncomplete, JournalError
 from clipsort.ingest.intake import Intake
@@ -70,7 +70,7 @@ class Worker:
         metrics: Observer,
         journal: Journal,
     ) -> None:
-        self.settings = settings
+        self._settings = Mailbox(settings)
         self.embedder = embedder
         self._catalog = catalog
         self._intake = intake
@@ -100,18 +100,23 @@ class Worker:
         self._pool.close(wait=False)
         return not self.thread.is_alive() and placed
 
+    @property
+    def settings(self) -> Settings:
+        """The settings of the batch at hand (taken between batches, on the worker's thread)."""
+        return self._settings.current
+
     def reconfigure(self, settings: Settings) -> None:
-        """Apply reloaded settings; batch sizes and delays hold from the next batch, decode workers too."""
-        self.settings = settings
+        """Hand over reloaded settings: batch sizes and delays, decode workers and the catalog's take
+        them from the next batch (the worker's thread applies them between two batches)."""
+        self._settings.post(settings)
 
     def replace_embedder(self, embedder: Embedder) -> None:
         """Use a new model from the next batch on (after every class index is rebuilt with it).
 
-        Its decode limits need no rebuild: they hold for every file submitted from now on, also one
-        the worker takes before its next look at the swap.
+        Its decode limits apply from the same batch: the worker's thread sets them on its decoders
+        when it takes the swap.
         """
         self._swap = embedder
-        self._pool.set_limits(embedder.limits, self.settings.decode_timeout_seconds)
 
     def _run(self) -> None:
         ahead: deque[Batch] = deque()  # being decoded, oldest first
@@ -150,6 +155,9 @@ class Worker:
                 self._intake.release(job)
 
     def _maintain(self) -> None:
+        posted = self._settings.take()
+        if posted is not None:
+            self._catalog.reconfigure(posted)  # the catalog is rebuilt on this thread only
         if self._swap is not None:
             self.embedder, self._swap = self._swap, None
             self._catalog.rebuild_all(self.embedder)
@@ -198,7 +206,7 @@ class RetryAndGoOn:
         self._intake = intake
         self._metrics = metrics
         self._retries: dict[str, tuple[float, float]] = {}  # cause -> (delay, when it last doubled)
-        self.state_blocked = False  # files wait because the journal cannot be written
+        self._blocked = False  # files wait because the journal cannot be written (under _lock)
         self._lock = threading.Lock()  # the model's and the placer's thread both back off
         self._waiting: set[Path] = set()  # files waited on until complete (their `waiting` line said)
 
@@ -243,8 +251,8 @@ class RetryAndGoOn:
 
     def settled(self, job: Job, result: Result) -> None:
         if isinstance(result, Outcome):
-            self.state_blocked = False
             with self._lock:
+                self._blocked = False
                 self._retries.clear()
             self._intake.release(job)
             self._metrics.record(result, age(job))
@@ -257,7 +265,8 @@ class RetryAndGoOn:
         elif isinstance(result, JournalError):  # a full or read-only state folder: nothing moved, all waits
             if "journal" not in self._retries:
                 log.error("state_write_failed", file=str(job.path), error=str(result), action="retrying")
-            self.state_blocked = True
+            with self._lock:
+                self._blocked = True
             self._metrics.error("journal", str(result))
             self._intake.retry(job, self._backoff("journal"))
         elif isinstance(result, FileReplaced):  # other bytes under its name: they get a decision of their own
@@ -290,6 +299,19 @@ class RetryAndGoOn:
         """Forget the back-off: the next failure waits the first delay again."""
         with self._lock:
             self._retries.clear()
+
+    @property
+    def state_blocked(self) -> bool:
+        """Whether files wait because the journal could not be written (the supervisor probes it)."""
+        with self._lock:
+            return self._blocked
+
+    def unblock(self) -> bool:
+        """The journal takes writes again: forget the block and the back-off; whether it was blocked."""
+        with self._lock:
+            blocked, self._blocked = self._blocked, False
+            self._retries.clear()
+        return blocked
 
     def _recheck_delay(self, job: Job) -> float:
         """Back-off for a file still arriving: a quarter of its age, from the settle time up to RETRY_MAX."""
