@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -175,8 +176,39 @@ class Driver:
         # One classified batch waits while the last is placed: memory stays bounded, and the model
         # blocks (as it should) when the disk is slower than it.
         self._placing: queue.Queue[Classified | None] = queue.Queue(maxsize=1)
+        self._ahead: deque[Batch] = deque()  # being decoded, oldest first (the caller's thread only)
         self.placer = threading.Thread(target=self._place_all, name="clipsort-placer", daemon=True)
         self.placer.start()
+
+    # --- decoding ahead: the daemon's worker and `clipsort sort` both run batches through these ---
+    def decode_ahead(
+        self, jobs: list[Job], decoders: Decoders, embedder: Embedder, targets: Mapping[str, Target]
+    ) -> None:
+        """Start decoding ``jobs`` as one batch, behind those already decoding."""
+        self._ahead.append(self.decode(jobs, decoders, embedder, targets))
+
+    def wants_more(self, decoders: Decoders) -> bool:
+        """Whether another batch may start decoding: ``decoders.ahead`` beside the one classified next."""
+        return len(self._ahead) <= decoders.ahead
+
+    @property
+    def decoding(self) -> int:
+        """How many batches are decoding (or decoded) and not yet classified."""
+        return len(self._ahead)
+
+    def next_jobs(self) -> list[Job]:
+        """The files of the batch :meth:`classify_next` takes (the caller's to give back if it raises)."""
+        return self._ahead[0].jobs if self._ahead else []
+
+    def classify_next(self, targets: Mapping[str, Target], embedder: Embedder, decode_timeout: float) -> int:
+        """Classify the oldest batch decoding and hand it to the placer (see :meth:`classify`)."""
+        return self.classify(self._ahead.popleft(), targets, embedder, decode_timeout)
+
+    def abandon(self) -> list[Job]:
+        """Forget the batches decoding and not classified; their files (which stay in the inbox)."""
+        jobs = [job for batch in self._ahead for job in batch.jobs]
+        self._ahead.clear()
+        return jobs
 
     def decode(
         self, jobs: list[Job], decoders: Decoders, embedder: Embedder, targets: Mapping[str, Target]

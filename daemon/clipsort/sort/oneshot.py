@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from clipsort.errors import DecoderKilled, FileReplaced, NoClassesError
 from clipsort.files import scan
 from clipsort.ingest.sidecars import pictures_of, split
 from clipsort.layout import DatasetLayout
-from clipsort.sort.driver import Batch, Classified, Decoders, Driver, Verdict
+from clipsort.sort.driver import Classified, Decoders, Driver, Verdict
 from clipsort.sort.pipeline import Delivery, Outcome, Result
 from clipsort.store.journal import Journal
 from clipsort.work import Job, Signature
@@ -115,8 +114,8 @@ def run(
     classified: the one handed to the placer is placed whole, the rest stays in the inbox.
     """
     size = settings.batch_size
-    batches = [
-        (item.target, [job_for(item.target.layout.name, path) for path in item.files[start : start + size]])
+    batches = [  # one dataset's files each
+        [job_for(item.target.layout.name, path) for path in item.files[start : start + size]]
         for item in work
         for start in range(0, len(item.files), size)
     ]
@@ -127,15 +126,13 @@ def run(
         pool = decoders or stack.enter_context(decoders_for(settings, processes=bool(batches)))
         try:
             queued = iter(batches)
-            ahead: deque[tuple[Target, Batch]] = deque()  # being decoded, oldest first
             while not driver.stopped and not (stop is not None and stop.is_set()):
                 # Keep decode_ahead batches decoding beside the one being classified.
-                while len(ahead) <= pool.ahead and (following := next(queued, None)) is not None:
-                    ahead.append((following[0], driver.decode(following[1], pool, embedder, targets)))
-                if not ahead:
+                while driver.wants_more(pool) and (following := next(queued, None)) is not None:
+                    driver.decode_ahead(following, pool, embedder, targets)
+                if not driver.decoding:
                     break
-                target, current = ahead.popleft()
-                driver.classify(current, {target.layout.name: target}, embedder, timeout)
+                driver.classify_next(targets, embedder, timeout)
         finally:  # the batch being placed is finished (and reported) whatever happened here
             driver.finish()
     if driver.failure is not None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -31,7 +30,7 @@ from clipsort.encode.embeddings import Embedder
 from clipsort.errors import DecoderKilled, FileReplaced, ImageIncomplete, JournalError
 from clipsort.ingest.intake import Intake
 from clipsort.ingest.workqueue import FairQueue
-from clipsort.sort.driver import Batch, Classified, Decoders, Driver, Verdict
+from clipsort.sort.driver import Classified, Decoders, Driver, Verdict
 from clipsort.sort.pipeline import Delivery, Outcome, Result
 from clipsort.store.journal import Journal
 from clipsort.work import Job, age, is_unchanged
@@ -119,28 +118,27 @@ class Worker:
         self._swap = embedder
 
     def _run(self) -> None:
-        ahead: deque[Batch] = deque()  # being decoded, oldest first
+        driver = self.driver
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
-            held: list[Job] = []  # taken from the queue and in no batch of ``ahead``: ours to give back
+            held: list[Job] = []  # taken from the queue and in no batch decoding: ours to give back
             try:
                 self._maintain()
                 # Files waiting: start decoding them (up to decode_ahead batches) before the oldest is
                 # classified, so the decoders have work while it is. None waiting: classify at once.
                 held = jobs = self._work.take(
                     self.settings.batch_size,
-                    wait=0.0 if ahead else IDLE_WAIT,
-                    linger=0.0 if ahead else self.settings.max_batch_delay_ms / 1000,
+                    wait=0.0 if driver.decoding else IDLE_WAIT,
+                    linger=0.0 if driver.decoding else self.settings.max_batch_delay_ms / 1000,
                 )
                 targets = self._catalog.snapshot()
                 if jobs:
-                    ahead.append(self.driver.decode(jobs, self._pool, self.embedder, targets))
+                    driver.decode_ahead(jobs, self._pool, self.embedder, targets)
                 held = []
-                if ahead and (not jobs or len(ahead) > self._pool.ahead):
+                if driver.decoding and (not jobs or not driver.wants_more(self._pool)):
+                    held = driver.next_jobs()
                     timeout = self.settings.decode_timeout_seconds
-                    batch = ahead.popleft()
-                    held = batch.jobs
-                    classified = self.driver.classify(batch, targets, self.embedder, timeout)
+                    classified = driver.classify_next(targets, self.embedder, timeout)
                     held = []
                     if classified:
                         self._metrics.batch(classified)
@@ -150,9 +148,8 @@ class Worker:
                 # again, or readiness would hold them as in flight until the daemon restarts.
                 self.policy.failed(held, "worker", str(exc))
                 time.sleep(IDLE_WAIT)
-        for batch in ahead:  # decoded but not classified: it stays in the inbox
-            for job in batch.jobs:
-                self._intake.release(job)
+        for job in driver.abandon():  # decoded but not classified: it stays in the inbox
+            self._intake.release(job)
 
     def _maintain(self) -> None:
         posted = self._settings.take()
