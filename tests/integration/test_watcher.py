@@ -6,6 +6,8 @@ import contextlib
 import ctypes
 import logging
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, Inotify
 from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper, PathedInotifyEvent
 
 from clipsort.config import DEFAULT_IGNORE
-from clipsort.ingest.watcher import ALL_DATASETS, MOVE_PAIRING_SECONDS, Watcher
+from clipsort.ingest.watcher import ALL_DATASETS, MOVE_PAIRING_SECONDS, Watcher, adjust_watchdog
 from clipsort.layout import DatasetLayout
 from clipsort.work import Hint
 from tests.waiting import wait_until
@@ -465,3 +467,28 @@ def test_a_dead_watchdog_reader_thread_is_seen_and_a_restart_brings_events_back(
         (layout.inbox / "after.png").write_bytes(b"x")
         wait_until(lambda: sink.hinted("after.png"), timeout=10)
         assert watcher.is_alive()
+
+
+def test_the_pinned_watchdog_has_everything_the_watcher_adjusts() -> None:
+    """Each internal of watchdog's that the watcher turns off exists: a new watchdog fails here, loudly."""
+    assert adjust_watchdog() == []
+    assert InotifyMoveEventGrouper.delay == MOVE_PAIRING_SECONDS
+
+
+def test_importing_the_watcher_or_the_decoders_changes_nothing_global() -> None:
+    """No import-time side effects: watchdog, the warnings filters and transformers' registry stay."""
+    probe = (
+        "import warnings; "
+        "from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper as G; "
+        "delay = G.delay; method = G._group_moved_to_event; "
+        "import clipsort.ingest.watcher, clipsort.decode.images, clipsort.encode.cliphead; "
+        "from transformers.models.auto.configuration_auto import CONFIG_MAPPING; "
+        "ours = [f for f in warnings.filters if f[1] is not None and 'Callback with id' in f[1].pattern]; "
+        "print(ours == [], G.delay == delay, G._group_moved_to_event is method, "
+        "clipsort.encode.cliphead.MODEL_TYPE in CONFIG_MAPPING)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True", "True", "False"]

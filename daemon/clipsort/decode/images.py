@@ -29,8 +29,6 @@ from clipsort.errors import ImageIncomplete, ImageRejected
 if TYPE_CHECKING:
     from clipsort.config import Settings
 
-imageplugins.register()  # HEIF: before any file is opened
-
 Crop = npt.NDArray[np.uint8]  # a picture as an image tower's input: size x size x 3
 
 
@@ -154,6 +152,7 @@ def decode_image(
         )
         if picture is not None:
             return _shrink(_flatten(picture), target, slack)
+    imageplugins.register()  # HEIF (once per process, cached): here rather than when this module loads
     try:
         image = Image.open(io.BytesIO(data), formats=[name for name in formats if name != rawimages.FORMAT])
     except UnidentifiedImageError:

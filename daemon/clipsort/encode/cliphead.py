@@ -6,12 +6,13 @@ normalised text embeddings of the class descriptions scaled by CLIP's
 temperature, keeps what CLIP knows and needs fewer images than a fresh head.
 Before any training this model *is* the text-mode classifier.
 
-The model is registered with ``AutoModelForImageClassification`` when this
-module is imported, so a published checkpoint reloads like any other.
+:func:`register` tells ``AutoModelForImageClassification`` of it (the checkpoint
+loader calls it), so a published checkpoint reloads like any other.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -95,5 +96,11 @@ class ClipHeadForImageClassification(PreTrainedModel):  # type: ignore[no-untype
         return model
 
 
-AutoConfig.register(MODEL_TYPE, ClipHeadConfig)
-AutoModelForImageClassification.register(ClipHeadConfig, ClipHeadForImageClassification)
+@functools.cache
+def register() -> None:
+    """Let transformers' Auto classes load a saved CLIP head (once per process, before loading one).
+
+    Called where checkpoints are loaded, not when this module is imported.
+    """
+    AutoConfig.register(MODEL_TYPE, ClipHeadConfig)
+    AutoModelForImageClassification.register(ClipHeadConfig, ClipHeadForImageClassification)

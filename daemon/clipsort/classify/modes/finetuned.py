@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-import clipsort.encode.cliphead  # noqa: F401  (imported for its registration with AutoModelForImageClassification)
 from clipsort.classify.classindex import ClassIndex
 from clipsort.classify.modes.base import Decision, Inputs, Needs, Scores, decide
 from clipsort.classify.unknown import Gate
+from clipsort.encode import cliphead
 from clipsort.encode.vectors import Vectors
 from clipsort.errors import ModelLoadError
 
@@ -45,6 +45,7 @@ def load_checkpoint(path: Path, device: str) -> Checkpoint:
     Plain backbones and CLIP-head checkpoints (``clipsort-clip-head``) both load.
     """
     try:
+        cliphead.register()  # a checkpoint may hold a CLIP head: the Auto classes must know it
         processor = AutoImageProcessor.from_pretrained(path)  # type: ignore[no-untyped-call]
         model = AutoModelForImageClassification.from_pretrained(path).to(device).eval()
         labels = model.config.id2label
