@@ -15,7 +15,7 @@ from clipsort.cli import app
 from clipsort.errors import JournalError
 from clipsort.store.journal import Intent, Journal, Settlement
 from clipsort.store.mover import make_state_dir
-from clipsort.store.undo import parse_since
+from clipsort.times import parse_since
 from tests.helpers import clipsort_process, tree
 from tests.synthetic import make_dataset
 

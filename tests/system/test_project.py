@@ -55,7 +55,15 @@ def test_the_wheel_installs_beside_python_daemon_and_both_import(tmp_path: Path)
     """python-daemon's import name is ``daemon``; ours is ``clipsort``: one never overwrites the other."""
     wheels = tmp_path / "wheels"
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "wheel", "--no-deps", "-w", wheels, REPO], check=True, timeout=600)
+    # Built from a copy of what git tracks: setuptools' build/ folder would otherwise land in the
+    # checkout, and a stale one there could put modules since removed into the wheel.
+    source = tmp_path / "source"
+    source.mkdir()
+    tracked = subprocess.run(
+        ["git", "archive", "HEAD"], cwd=REPO, capture_output=True, check=True, timeout=120
+    )
+    subprocess.run(["tar", "-x", "-C", source], input=tracked.stdout, check=True, timeout=120)
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", wheels, source], check=True, timeout=600)
     subprocess.run([*pip, "download", "--no-deps", "-d", wheels, "python-daemon"], check=True, timeout=600)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=300)

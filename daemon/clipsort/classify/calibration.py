@@ -16,8 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from clipsort.classify.classindex import ClassIndex
-from clipsort.classify.modes.base import Scores, probabilities
-from clipsort.classify.modes.mixed import affinity, class_means
+from clipsort.classify.scoring import Scores, affinity, class_means, probabilities
 
 ALPHAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 BETAS = (1.0, 2.0, 4.0, 8.0)

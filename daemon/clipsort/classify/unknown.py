@@ -48,7 +48,8 @@ import numpy.typing as npt
 
 from clipsort.classify.calibration import MAX_SAMPLES, sample_rows
 from clipsort.classify.classindex import ClassIndex, Labels
-from clipsort.classify.modes.base import Decision, Familiarity, probabilities
+from clipsort.classify.modes.base import Decision, Familiarity
+from clipsort.classify.scoring import probabilities
 from clipsort.encode.vectors import Vectors
 
 NEGATIVE_TEMPLATE = "a photo of a {}."

@@ -30,7 +30,7 @@ from clipsort.logs import configure_logging
 from clipsort.store.journal import JOURNAL_DB, Journal
 from clipsort.store.mover import make_state_dir
 from clipsort.store.recovery import recover
-from clipsort.store.undo import parse_since
+from clipsort.times import parse_since
 
 app = typer.Typer(
     name="clipsort",

@@ -54,10 +54,9 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
     config: ConfigOption = None,
     root: RootOption = None,
-    model: ModelOption = None,
 ) -> None:
     """Show what the running daemon is doing (exit 1 when none is running)."""
-    settings = settings_from(config, root=root, model=model)
+    settings = settings_from(config, root=root)
     found = read_status(settings.state_path)
     if found is None or not is_live(found):
         pid = holder(settings.state_path)
@@ -117,11 +116,10 @@ def init(
     name: Annotated[str | None, typer.Argument(help="Dataset to create under the data root.")] = None,
     config: ConfigOption = None,
     root: RootOption = None,
-    model: ModelOption = None,
 ) -> None:
     """Create Data/<NAME>/{Clases,Images,Dataset} and a commented config.toml if none exists."""
     # The file --config names is the one being created, so it need not exist yet.
-    settings = settings_from(config if config is None or config.exists() else None, root=root, model=model)
+    settings = settings_from(config if config is None or config.exists() else None, root=root)
     target = Path("config.toml") if config is None else config
     try:
         written = write_new(target, render_config_toml())

@@ -54,11 +54,6 @@ Decode = Callable[[bytes], Image.Image]
 """Decoding a preview's JPEG bytes under the caller's limits."""
 
 
-def available() -> bool:
-    """Whether rawpy is installed, so ``RAW`` may be listed in ``image_formats``."""
-    return rawpy is not None
-
-
 def maybe_raw(data: bytes) -> bool:
     """Whether ``data`` starts like a container LibRaw may read (cheap; LibRaw decides)."""
     return data.startswith(_SIGNATURES) or data[4:12] == b"ftypcrx "

@@ -33,7 +33,7 @@ from clipsort.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
 from clipsort.errors import ActionError, JournalError
 from clipsort.layout import NEGATIVES_DIR
 from clipsort.store.journal import Journal
-from clipsort.store.undo import parse_since
+from clipsort.times import parse_since
 from clipsort.web.actions import Actions, Done, http_status
 from clipsort.web.security import SESSION_COOKIE, Guard, allowed_hosts
 from clipsort.web.thumbnails import Thumbnails

@@ -7,13 +7,12 @@ from clipsort.classify.modes.base import (
     ClipClassifier,
     Decision,
     Inputs,
-    Scores,
     decide,
-    probabilities,
 )
 from clipsort.classify.modes.mixed import MixedClassifier
 from clipsort.classify.modes.reference import ReferenceClassifier
 from clipsort.classify.modes.text import TextClassifier
+from clipsort.classify.scoring import Scores, probabilities
 from clipsort.config import DatasetSettings
 
 __all__ = [

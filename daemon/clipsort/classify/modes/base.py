@@ -18,15 +18,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 import numpy as np
-import numpy.typing as npt
 
 from clipsort.classify.classindex import ClassIndex
+from clipsort.classify.scoring import Scores, probabilities
 from clipsort.encode.vectors import Vectors
 
 if TYPE_CHECKING:
     from PIL import Image
 
-Scores = npt.NDArray[np.float32]
 Needs = Literal["vectors", "pictures"]
 
 
@@ -125,15 +124,6 @@ class Decision:
     def margin(self) -> float:
         """How much more probable the winner is than the runner-up."""
         return self.score - (self.runner_up_score or 0.0)
-
-
-def probabilities(scores: Scores, logit_scale: float) -> Scores:
-    """Softmax of ``logit_scale * scores`` per row; ``-inf`` scores get probability 0."""
-    logits = logit_scale * scores.astype(np.float64)
-    logits -= logits.max(axis=1, keepdims=True)
-    weights = np.exp(logits)
-    result: Scores = (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
-    return result
 
 
 def decide(scores: Scores, classes: tuple[str, ...], logit_scale: float) -> list[Decision]:

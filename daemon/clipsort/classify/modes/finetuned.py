@@ -22,7 +22,8 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from clipsort.classify.classindex import ClassIndex
-from clipsort.classify.modes.base import Decision, Inputs, Needs, Scores, decide
+from clipsort.classify.modes.base import Decision, Inputs, Needs, decide
+from clipsort.classify.scoring import Scores
 from clipsort.classify.unknown import Gate
 from clipsort.encode import cliphead
 from clipsort.encode.vectors import Vectors

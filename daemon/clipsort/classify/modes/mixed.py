@@ -15,33 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import numpy.typing as npt
-
-from clipsort.classify.classindex import ClassIndex, Labels
-from clipsort.classify.modes.base import ClipClassifier, Scores
+from clipsort.classify.classindex import ClassIndex
+from clipsort.classify.modes.base import ClipClassifier
+from clipsort.classify.scoring import Scores, affinity, class_means
 from clipsort.encode.vectors import Vectors
-
-
-def class_means(
-    values: npt.NDArray[np.float32],
-    labels: Labels,
-    classes: int,
-    weights: npt.NDArray[np.float32] | None = None,
-) -> Scores:
-    """Per row, the (weighted) mean of ``values`` over each class's columns (0 where a class has none)."""
-    onehot = np.zeros((len(labels), classes), dtype=np.float32)
-    onehot[np.arange(len(labels)), labels] = 1.0 if weights is None else weights
-    counts = onehot.sum(axis=0)
-    sums = values @ onehot
-    means: Scores = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
-    return means
-
-
-def affinity(similarity: npt.NDArray[np.float32], beta: float) -> npt.NDArray[np.float32]:
-    """Tip-Adapter's sharpened affinity: 1 for an identical picture, falling with beta."""
-    result: npt.NDArray[np.float32] = np.exp(-beta * (1.0 - similarity)).astype(np.float32)
-    return result
 
 
 @dataclass(frozen=True)

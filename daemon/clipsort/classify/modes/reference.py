@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from clipsort.classify.classindex import ClassIndex
-from clipsort.classify.modes.base import ClipClassifier, Scores
-from clipsort.classify.modes.mixed import class_means
+from clipsort.classify.modes.base import ClipClassifier
+from clipsort.classify.scoring import Scores, class_means
 from clipsort.config import Aggregate
 from clipsort.encode.vectors import Vectors
 from clipsort.errors import NoClassesError

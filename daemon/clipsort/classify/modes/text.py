@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clipsort.classify.classindex import ClassIndex
-from clipsort.classify.modes.base import ClipClassifier, Scores
+from clipsort.classify.modes.base import ClipClassifier
+from clipsort.classify.scoring import Scores
 from clipsort.encode.vectors import Vectors
 
 
