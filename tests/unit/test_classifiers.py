@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
 
 from clipsort.classify.classindex import ClassIndex
-from clipsort.classify.modes import decide, make_classifier
+from clipsort.classify.modes import MODES, decide, make_classifier
+from clipsort.classify.modes import mode as declared_mode
 from clipsort.classify.modes.mixed import MixedClassifier
 from clipsort.classify.modes.reference import ReferenceClassifier
 from clipsort.classify.modes.text import TextClassifier
 from clipsort.classify.review import ReviewPolicy
-from clipsort.config import DatasetSettings, load_settings
+from clipsort.config import DatasetSettings, Mode, load_settings, needs_clip
 from clipsort.errors import NoClassesError
 from tests.helpers import unit
 
@@ -117,3 +119,17 @@ def test_make_classifier_follows_mode() -> None:
     base = load_settings(None, {"aggregate": "avg"}).for_dataset("d").model_dump()
     for mode, name in (("text", "text"), ("reference", "reference-avg"), ("mixed", "mixed")):
         assert make_classifier(DatasetSettings(**(base | {"mode": mode}))).name == name
+
+
+def test_the_mode_registry_declares_every_mode_the_settings_allow() -> None:
+    """Every mode a config may name is declared once; what needs CLIP agrees with the settings' view."""
+    assert set(MODES) == set(get_args(Mode))
+    for name, declared in MODES.items():
+        settings = load_settings(None, {"mode": name})
+        assert needs_clip(settings) == (declared.model == "clip"), name
+        assert (declared.build is None) == (declared.model == "checkpoint"), name
+    assert declared_mode("reference-max") is MODES["reference"]
+    mixed = load_settings(None, {"mode": "mixed"}).for_dataset("any")
+    assert isinstance(make_classifier(mixed), MixedClassifier)
+    with pytest.raises(ValueError, match="checkpoint"):
+        make_classifier(load_settings(None, {"mode": "finetuned"}).for_dataset("any"))

@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 
 from clipsort.classify.checkpoints import checkpoints_of, current_checkpoint
+from clipsort.classify.modes import mode
 from clipsort.classify.modes.finetuned import CheckpointCache
 from clipsort.classify.targets import Corrected, Target, make_target
 from clipsort.config import Settings
@@ -92,7 +93,7 @@ class Catalog:
         swap itself is a cheap rebuild on the worker thread between two batches.
         """
         for name, target in self._targets.items():
-            if target.settings.mode != "finetuned":
+            if mode(target.settings.mode).model != "checkpoint":
                 continue
             published = current_checkpoint(checkpoints_of(self.settings.state_path, name))
             if published is None or str(published) == target.classifier.decided_by:

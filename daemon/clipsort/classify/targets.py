@@ -13,7 +13,7 @@ from PIL import Image
 from clipsort.classify.calibration import Calibration, calibrate
 from clipsort.classify.checkpoints import checkpoints_of, current_checkpoint
 from clipsort.classify.classindex import ClassIndex, Example, build_class_index
-from clipsort.classify.modes import Classifier, ClipClassifier, make_classifier
+from clipsort.classify.modes import Classifier, ClipClassifier, make_classifier, mode
 from clipsort.classify.modes.finetuned import CheckpointCache, FinetunedClassifier, known_features
 from clipsort.classify.review import ReviewPolicy
 from clipsort.classify.unknown import (
@@ -128,7 +128,7 @@ def choose_classifier(
 ) -> tuple[ClipClassifier, Calibration | None]:
     """The classifier of ``own.mode`` on ``index``, calibrated by leave-one-out where anything is auto."""
     calibration = None
-    auto_weights = own.mode == "mixed" and "auto" in (own.alpha, own.beta)
+    auto_weights = mode(own.mode).calibrated and "auto" in (own.alpha, own.beta)
     if auto_weights or own.min_confidence == "auto":
         calibration = calibrate(
             index,
@@ -155,7 +155,7 @@ def make_target(
 ) -> Target:
     """Index a dataset's classes (with its corrected examples), calibrate what is ``auto``, check the mode."""
     own = settings.for_dataset(layout.name)
-    if own.mode == "finetuned":  # the checkpoint classifies the pictures: no CLIP vectors are needed
+    if mode(own.mode).model == "checkpoint":  # it classifies the pictures: no CLIP vectors are needed
         index = build_class_index(layout, None, own.prompt_templates, own.descriptions)
         cache = checkpoints or CheckpointCache(settings.checkpoints_loaded, resolve_device(settings.device))
         return finetuned_target(layout, settings, index, cache)
@@ -213,17 +213,18 @@ def make_gate(own: DatasetSettings, index: ClassIndex, embedder: Embedder) -> Ga
 
 
 def gate_for(
-    mode: str,
+    mode_name: str,
     index: ClassIndex,
     keep: float,
     logit_scale: float,
     words: Sequence[str] = (),
     vectors: Vectors | None = None,
 ) -> Gate:
-    """The gate a dataset in ``mode`` gets (``clipsort eval`` builds the same one per fold)."""
+    """The gate a dataset in ``mode_name`` gets (``clipsort eval`` builds the same one per fold)."""
+    declared = mode(mode_name)
     return calibrate_gate(
         index,
-        by_reference=mode != "text",
+        by_reference=declared.gate == "reference",
         keep=keep,
         label_scale=logit_scale,
         words=words,

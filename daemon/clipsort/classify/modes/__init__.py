@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
 from clipsort.classify.modes.base import (
     Classifier,
     ClipClassifier,
@@ -16,21 +20,51 @@ from clipsort.classify.scoring import Scores, probabilities
 from clipsort.config import DatasetSettings
 
 __all__ = [
+    "MODES",
     "Classifier",
     "ClipClassifier",
     "Decision",
     "Inputs",
+    "Mode",
     "Scores",
     "decide",
     "make_classifier",
+    "mode",
     "probabilities",
 ]
 
 
+@dataclass(frozen=True)
+class Mode:
+    """What one mode needs, declared once: every other module asks here rather than test the name."""
+
+    name: str
+    model: Literal["clip", "checkpoint"]  # what classifies: the CLIP model's vectors, or a checkpoint
+    calibrated: bool  # weights chosen per dataset by leave-one-out (mixed mode's alpha and beta)
+    gate: Literal["reference", "text"]  # the unknown gate's score where a class has references
+    build: Callable[[DatasetSettings, float, float], ClipClassifier] | None  # None: not a CLIP mode
+
+
+MODES: dict[str, Mode] = {
+    "reference": Mode(
+        "reference", "clip", False, "reference", lambda own, _a, _b: ReferenceClassifier(own.aggregate)
+    ),
+    "text": Mode("text", "clip", False, "text", lambda _own, _a, _b: TextClassifier()),
+    "mixed": Mode("mixed", "clip", True, "reference", lambda _own, a, b: MixedClassifier(alpha=a, beta=b)),
+    # The checkpoint's classifier is built from the checkpoint (modes/finetuned.py), and its gate
+    # uses the reference rule on the checkpoint's own features.
+    "finetuned": Mode("finetuned", "checkpoint", False, "reference", None),
+}
+
+
+def mode(name: str) -> Mode:
+    """The declared mode ``name`` (``reference-max`` and ``reference-avg`` are the reference mode)."""
+    return MODES[name.split("-", 1)[0]]
+
+
 def make_classifier(settings: DatasetSettings, alpha: float = 0.0, beta: float = 1.0) -> ClipClassifier:
-    """The classifier for a dataset's mode (``alpha``/``beta``: mixed mode's resolved weights)."""
-    if settings.mode == "text":
-        return TextClassifier()
-    if settings.mode == "mixed":
-        return MixedClassifier(alpha=alpha, beta=beta)
-    return ReferenceClassifier(aggregate=settings.aggregate)
+    """The classifier for a dataset's CLIP mode (``alpha``/``beta``: mixed mode's resolved weights)."""
+    declared = mode(settings.mode)
+    if declared.build is None:
+        raise ValueError(f"mode {settings.mode!r} classifies with its checkpoint, not CLIP vectors")
+    return declared.build(settings, alpha, beta)
