@@ -19,9 +19,6 @@ clipsort never sorted is ignored unless ``learn_from_dataset`` is on.
 from __future__ import annotations
 
 import functools
-import queue
-import threading
-import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,14 +27,14 @@ import structlog
 
 from clipsort.classify.classindex import Example
 from clipsort.classify.targets import Corrected
-from clipsort.config import Mailbox, Settings
+from clipsort.config import Settings
 from clipsort.encode.embedcache import EmbeddingCache
 from clipsort.encode.embeddings import Embedder
-from clipsort.files import is_ignored, scan
+from clipsort.files import is_ignored
 from clipsort.layout import DatasetLayout
 from clipsort.store.journal import Correction, Journal
 from clipsort.store.mover import is_candidate
-from clipsort.work import Signature, drain
+from clipsort.work import Signature
 
 log = structlog.get_logger()
 
@@ -190,83 +187,3 @@ def examples(
         for c in chosen
         if c.sha256 in known
     ]
-
-
-class Learner:
-    """The daemon's thread that turns arrivals in class folders into corrections."""
-
-    def __init__(self, settings: Settings, journal: Journal, embedder: Embedder) -> None:
-        self._setup = Mailbox((settings, embedder))
-        self._journal = journal
-        self._arrivals: queue.Queue[tuple[str, Path | None]] = queue.Queue(maxsize=10_000)
-        self._in_flight: dict[tuple[str, Path], float] = {}  # arrivals to look at again: first seen
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="clipsort-learner", daemon=True)
-
-    @property
-    def settings(self) -> Settings:
-        """The settings of this round (taken between rounds, on the learner's thread)."""
-        return self._setup.current[0]
-
-    @property
-    def embedder(self) -> Embedder:
-        """The embedder of this round: the model and decode limits in force."""
-        return self._setup.current[1]
-
-    def reconfigure(self, settings: Settings, embedder: Embedder) -> None:
-        """Hand over reloaded settings and the embedder made with them; used from the next round."""
-        self._setup.post((settings, embedder))
-
-    def offer(self, dataset: str, path: Path) -> None:
-        """A file arrived in a class folder (handed on by the daemon's reactions thread); never blocks."""
-        try:
-            self._arrivals.put_nowait((dataset, path))
-        except queue.Full:
-            log.warning("learner_full", file=str(path))
-
-    def scan(self, dataset: str) -> None:
-        """Look at every file in ``Dataset/`` and ``Clases/``: arrivals before the watch or while down."""
-        try:
-            self._arrivals.put_nowait((dataset, None))
-        except queue.Full:
-            log.warning("learner_full", dataset=dataset)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._setup.take()
-            # Whatever queued up meanwhile is looked up together: a burst of sorted
-            # files costs a few journal queries, not two per file.
-            arrivals = drain(self._arrivals, 0.2, ARRIVALS_PER_ROUND, linger=ROUND_LINGER_SECONDS)
-            by_dataset: dict[str, list[Path | None]] = {}
-            for dataset, path in [*arrivals, *self._in_flight]:  # those in flight: once a round
-                by_dataset.setdefault(dataset, []).append(path)
-            for dataset, paths in by_dataset.items():
-                self._learn(dataset, paths)
-
-    def _learn(self, dataset: str, arrived: list[Path | None]) -> None:
-        """Look at the files that ``arrived`` in ``dataset`` (None: everything in Dataset/ and Clases/)."""
-        layout = DatasetLayout(self.settings.root / dataset)
-        paths = [path for path in arrived if path is not None]
-        if None in arrived:
-            paths += scan(layout.sorted, self.settings.ignore_patterns)
-            paths += scan(layout.classes, self.settings.ignore_patterns)
-        in_flight: list[Path] = []
-        try:
-            # What is recorded reaches the classifier through the journal (Worker._follow_corrections).
-            observe(paths, layout, self._journal, self.embedder, self.settings, in_flight)
-        except Exception as exc:  # one odd file must not end learning for good
-            log.exception("learner_failed", dataset=dataset, error=str(exc))
-        now = time.monotonic()
-        seen = {path: self._in_flight.pop((dataset, path), now) for path in paths}
-        for path in in_flight:
-            # A placer stuck longer than this left its batch planned; recovery settles it at start.
-            if now - seen[path] < IN_FLIGHT_SECONDS:
-                self._in_flight[(dataset, path)] = seen[path]

@@ -40,9 +40,10 @@ from clipsort.ingest.intake import ALL, Intake
 from clipsort.ingest.watcher import Watcher
 from clipsort.ingest.workqueue import FairQueue
 from clipsort.layout import DatasetLayout, discover, require_data_root, warn_unknown_tables
-from clipsort.learn.corrections import Learner, corrected_from
+from clipsort.learn.corrections import corrected_from
 from clipsort.logs import configure_logging
 from clipsort.service.housekeeping import sweep
+from clipsort.service.learner import Learner
 from clipsort.service.metrics import Metrics
 from clipsort.service.reactions import (
     ClassesChanged,
