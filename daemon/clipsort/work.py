@@ -20,6 +20,8 @@ from typing import Literal, TypeVar
 
 T = TypeVar("T")
 
+ALL_DATASETS = "*"  # a rescan of every dataset (and a look for new ones), where a name is expected
+
 
 @dataclass(frozen=True)
 class Signature:

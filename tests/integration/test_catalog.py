@@ -1,4 +1,4 @@
-"""Tests for daemon.catalog: debounced rebuilds and atomic swaps of class indexes."""
+"""Tests for clipsort.classify.catalog: debounced rebuilds and atomic swaps of class indexes."""
 
 from __future__ import annotations
 

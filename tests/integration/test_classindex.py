@@ -1,4 +1,4 @@
-"""Tests for daemon.classindex: classes from folders, references and text."""
+"""Tests for clipsort.classify.classindex: classes from folders, references and text."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for daemon.decoding: files read once, decoded in threads, and a time limit."""
+"""Tests for clipsort.decode.decoding: files read once, decoded in threads, and a time limit."""
 
 from __future__ import annotations
 

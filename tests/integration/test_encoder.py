@@ -1,4 +1,4 @@
-"""Tests for daemon.encoder: loading, device choice and unit-length vectors."""
+"""Tests for clipsort.encode.encoder: loading, device choice and unit-length vectors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for daemon.evaluation and ``clipsort eval``: cross-validation that agrees with ``sort``."""
+"""Tests for clipsort.learn.evaluation and ``clipsort eval``: cross-validation that agrees with ``sort``."""
 
 from __future__ import annotations
 

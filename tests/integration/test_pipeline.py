@@ -1,4 +1,4 @@
-"""Tests for daemon.pipeline: classification that survives inference failures, and delivery."""
+"""Tests for clipsort.sort.pipeline: classification that survives inference failures, and delivery."""
 
 from __future__ import annotations
 

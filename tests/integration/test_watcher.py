@@ -18,9 +18,9 @@ from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, Inotify
 from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper, PathedInotifyEvent
 
 from clipsort.config import DEFAULT_IGNORE
-from clipsort.ingest.watcher import ALL_DATASETS, MOVE_PAIRING_SECONDS, Watcher, adjust_watchdog
+from clipsort.ingest.watcher import MOVE_PAIRING_SECONDS, Watcher, adjust_watchdog
 from clipsort.layout import DatasetLayout
-from clipsort.work import Hint
+from clipsort.work import ALL_DATASETS, Hint
 from tests.waiting import wait_until
 
 

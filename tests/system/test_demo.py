@@ -1,4 +1,4 @@
-"""Tests for daemon.demo and ``clipsort demo-model``: an offline model that sorts the shipped example."""
+"""Tests for clipsort.learn.demo and ``clipsort demo-model``: an offline model for the shipped example."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for daemon.calibration: leave-one-out by hand and the choice of weights."""
+"""Tests for clipsort.classify.calibration: leave-one-out by hand and the choice of weights."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for daemon.classifiers: the max/avg/text maths and decisions, by hand."""
+"""Tests for clipsort.classify.modes: the max/avg/text maths and decisions, by hand."""
 
 from __future__ import annotations
 

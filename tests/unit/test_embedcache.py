@@ -1,4 +1,4 @@
-"""Tests for daemon.embedcache: vectors by content hash and model."""
+"""Tests for clipsort.encode.embedcache: vectors by content hash and model."""
 
 from __future__ import annotations
 

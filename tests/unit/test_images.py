@@ -1,4 +1,4 @@
-"""Tests for daemon.images: decoding untrusted files safely and cheaply."""
+"""Tests for clipsort.decode.images: decoding untrusted files safely and cheaply."""
 
 from __future__ import annotations
 

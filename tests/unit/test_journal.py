@@ -1,4 +1,4 @@
-"""Tests for daemon.journal: durable intents and outcomes, read back as written."""
+"""Tests for clipsort.store.journal: durable intents and outcomes, read back as written."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for daemon.metrics: the Prometheus series the daemon exports."""
+"""Tests for clipsort.service.metrics: the Prometheus series the daemon exports."""
 
 from __future__ import annotations
 

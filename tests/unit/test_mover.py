@@ -1,4 +1,4 @@
-"""Tests for daemon.mover: no-clobber, no-loss moves and copies."""
+"""Tests for clipsort.store.mover: no-clobber, no-loss moves and copies."""
 
 from __future__ import annotations
 

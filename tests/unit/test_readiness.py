@@ -1,4 +1,4 @@
-"""Tests for daemon.readiness: when a file counts as complete."""
+"""Tests for clipsort.ingest.readiness: when a file counts as complete."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for daemon.recovery: what a crash left between intent and outcome is settled at start."""
+"""Tests for clipsort.store.recovery: what a crash left between intent and outcome is settled at start."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for daemon.status: the status file and liveness."""
+"""Tests for clipsort.service.status: the status file and liveness."""
 
 from __future__ import annotations
 

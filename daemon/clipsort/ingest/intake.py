@@ -26,11 +26,10 @@ from clipsort.ingest.readiness import Readiness
 from clipsort.ingest.sidecars import is_sidecar, pictures_of, split
 from clipsort.ingest.workqueue import FairQueue
 from clipsort.layout import DatasetLayout, discover
-from clipsort.work import Hint, Job, drain
+from clipsort.work import ALL_DATASETS, Hint, Job, drain
 
 log = structlog.get_logger()
 
-ALL = "*"  # rescan request meaning every dataset, and look for new ones
 HINTS_PER_TICK = 2048
 SIDECARS_REMEMBERED = 10_000  # orphaned sidecars whose line was said
 TICK = 0.1
@@ -67,7 +66,7 @@ class Intake:
         self._work = work
         self._on_datasets = on_datasets
         self._hints: queue.Queue[Hint] = queue.Queue(maxsize=4 * settings.queue_capacity)
-        self._requested: set[str] = {ALL}
+        self._requested: set[str] = {ALL_DATASETS}
         self._resync = False  # look for folders to watch, scanning no inbox
         self._overflowed: set[str] = set()
         self._waiting_sidecars: set[Path] = set()  # orphaned sidecars already logged (once each)
@@ -104,8 +103,8 @@ class Intake:
         except queue.Full:
             self.request_rescan(hint.dataset)
 
-    def request_rescan(self, dataset: str = ALL) -> None:
-        """Rescan one dataset's inbox, or (``ALL``) every dataset and look for new ones."""
+    def request_rescan(self, dataset: str = ALL_DATASETS) -> None:
+        """Rescan one dataset's inbox, or (``ALL_DATASETS``) every dataset and look for new ones."""
         with self._lock:
             self._requested.add(dataset)
 
@@ -176,7 +175,7 @@ class Intake:
         now = time.monotonic()
         with self._lock:
             if now >= self._next_full:
-                self._requested.add(ALL)
+                self._requested.add(ALL_DATASETS)
                 jitter = random.uniform(0.9, 1.1)  # spreads load; not security-relevant
                 self._next_full = now + self.settings.rescan_seconds * jitter
             if self._overflowed and len(self.readiness) < self.settings.queue_capacity // 2:
@@ -184,10 +183,10 @@ class Intake:
                 self._overflowed.clear()
             requested, self._requested = self._requested, set()
             resync, self._resync = self._resync, False
-        if ALL in requested or resync:
+        if ALL_DATASETS in requested or resync:
             layouts = discover(self.settings.root)
             self._on_datasets(layouts)
-            if ALL in requested:
+            if ALL_DATASETS in requested:
                 requested = {layout.name for layout in layouts}
         if not requested:
             return

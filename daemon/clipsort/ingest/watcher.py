@@ -99,7 +99,7 @@ from watchdog.observers.polling import PollingObserver
 
 from clipsort.files import MAX_DEPTH, is_ignored
 from clipsort.layout import REJECTED_DIR, REVIEW_DIR, SORTED_DIR, DatasetLayout
-from clipsort.work import Hint
+from clipsort.work import ALL_DATASETS, Hint
 
 log = structlog.get_logger()
 
@@ -141,9 +141,6 @@ def adjust_watchdog() -> list[str]:
     if missing:
         log.warning("watchdog_unadjusted", missing=missing, effect="moves paired: slower in a burst")
     return missing
-
-
-ALL_DATASETS = "*"
 
 
 class _MovesInOnly(FileSystemEvent):

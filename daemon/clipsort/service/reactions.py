@@ -19,9 +19,8 @@ from pathlib import Path
 
 import structlog
 
-from clipsort.ingest.intake import ALL
 from clipsort.layout import DatasetLayout
-from clipsort.work import Hint
+from clipsort.work import ALL_DATASETS, Hint
 
 log = structlog.get_logger()
 
@@ -35,9 +34,9 @@ class Hinted:
 
 @dataclass(frozen=True)
 class RescanAsked:
-    """An inbox (or, ``ALL``, every inbox) may hold files no event announced."""
+    """An inbox (or, ``ALL_DATASETS``, every inbox) may hold files no event announced."""
 
-    dataset: str = ALL
+    dataset: str = ALL_DATASETS
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ class Reactions:
     def hint(self, hint: Hint) -> None:
         self.put(Hinted(hint))
 
-    def request_rescan(self, dataset: str = ALL) -> None:
+    def request_rescan(self, dataset: str = ALL_DATASETS) -> None:
         self.put(RescanAsked(dataset))
 
     def folders_changed(self) -> None:

@@ -36,7 +36,7 @@ from clipsort.encode.embeddings import Embedder
 from clipsort.encode.encoder import Encoder, resolve_device
 from clipsort.encode.factory import clip_for, make_embedder, make_encoder
 from clipsort.errors import ConfigError
-from clipsort.ingest.intake import ALL, Intake
+from clipsort.ingest.intake import Intake
 from clipsort.ingest.watcher import Watcher
 from clipsort.ingest.workqueue import FairQueue
 from clipsort.layout import DatasetLayout, discover, require_data_root, warn_unknown_tables
@@ -64,6 +64,7 @@ from clipsort.store.instance import InstanceLock, refuse_if_served
 from clipsort.store.journal import Journal
 from clipsort.store.mover import make_state_dir
 from clipsort.store.recovery import recover
+from clipsort.work import ALL_DATASETS
 
 log = structlog.get_logger()
 NO_CLIP = "none (every dataset is classified by its checkpoint)"
@@ -276,7 +277,7 @@ class Service:
                 except Exception as exc:
                     log.exception("observer_restart_failed", error=str(exc))
                     return 1  # systemd restarts us (Restart=on-failure)
-                self.intake.request_rescan(ALL)
+                self.intake.request_rescan(ALL_DATASETS)
             if not self.lock.intact() and not self._state_replaced():
                 return 1  # another daemon took the state folder: systemd reports the error line
             if self.worker.policy.state_blocked and self.journal.writable():
@@ -440,7 +441,7 @@ class Service:
             self.watcher = self._new_watcher(settings)
             self.watcher.start()
         self.worker.replace_embedder(embedder)  # rebuilds every class index, then swaps
-        self.intake.request_rescan(ALL)
+        self.intake.request_rescan(ALL_DATASETS)
         log.info("config_reloaded", model=settings.model, changed=changed)
 
     def _summary(self) -> str:
