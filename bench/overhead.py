@@ -48,23 +48,25 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from bench.reports import bench_parser, write_report
-from bench.throughput import cpu_per_file, daemon_burst, sort_pipeline
 from clipsort.config import load_settings
 from clipsort.decode.decoding import read_and_decode
 from clipsort.decode.images import DecodeLimits, centre_crop
-from clipsort.encode.encoder import Encoder
 from clipsort.logs import configure_logging
-from tests.synthetic import draw, random_clip
+
+if TYPE_CHECKING:  # the model stack loads once the command line is read: a bad flag fails at once
+    from clipsort.encode.encoder import Encoder
 
 
 def distinct_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
     """``count`` 640x480 JPEGs with different bytes (a few drawn scenes, fresh noise in each)."""
+    from tests.synthetic import draw  # the model stack: after the command line is read
+
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     scenes = [
@@ -112,6 +114,8 @@ def decode_ceiling_in_processes(
     interpreter's start nor a crop's transfer is counted: what is left is the hardware's rate.
     With ``usage``, it gets the CPU per file (the workers' is the decoding's own cost).
     """
+    from bench.throughput import cpu_per_file  # the model stack: after the command line is read
+
     limits = DecodeLimits.from_settings(load_settings(None, {}))
     side = encoder.image_size
     before = own_and_children_cpu()
@@ -246,6 +250,11 @@ def main(argv: list[str] | None = None) -> None:
         "decode_ahead": aheads,
         "rounds": [],
     }
+    # The model stack, once the command line is read (a bad flag is refused in a fraction of a second).
+    from bench.throughput import daemon_burst, sort_pipeline
+    from clipsort.encode.encoder import Encoder
+    from tests.synthetic import random_clip
+
     with tempfile.TemporaryDirectory(prefix="clipsort-bench-") as scratch:
         work = Path(scratch)
         model = random_clip(work / "model", small=True)

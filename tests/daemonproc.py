@@ -48,6 +48,9 @@ class Daemon:
         self.write_config(values)
         self.log = home / f"daemon-{time.monotonic_ns()}.log"  # one per process, even in one home
         self.messages: list[str] = []
+        self._records: list[dict[str, Any]] = []  # the log's JSON lines read so far
+        self._read_to = 0  # bytes of the log read into _records (whole lines only)
+        self._address: Path | None = None
         self._seen = 0
         self._lock = threading.Lock()
         self.process: subprocess.Popen[bytes] | None = None
@@ -64,7 +67,7 @@ class Daemon:
 
     def start(self, wait: bool = True, env: dict[str, str] | None = None) -> Daemon:
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        address = self.home / f"notify-{time.monotonic_ns()}"
+        address = self._address = self.home / f"notify-{time.monotonic_ns()}"
         self._socket.bind(str(address))
         self._socket.settimeout(0.2)
         # Read datagrams continuously, as systemd does: the kernel queues only
@@ -117,9 +120,21 @@ class Daemon:
         raise AssertionError(f"no {field!r} from the daemon within {timeout} s; got {self.messages}")
 
     def received(self) -> list[str]:
-        """Every notify field received so far."""
-        time.sleep(0.3)  # let the reader pick up what is still queued
+        """Every notify field received so far: all the daemon sent before this call, read."""
+        assert self._address is not None
+        mark = f"X-TEST-MARK={uuid.uuid4().hex}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.sendto(mark.encode(), str(self._address))
+
+        # One socket's datagrams are read in the order they arrived: once the mark is read, so is
+        # everything the daemon sent before it.
+        def marked() -> bool:
+            with self._lock:
+                return mark in self.messages
+
+        wait_until(marked, timeout=10)
         with self._lock:
+            self.messages.remove(mark)  # after every index wait_notify has passed: it looks on
             return [field for message in self.messages for field in message.split("\n")]
 
     def signal(self, signum: int) -> None:
@@ -181,14 +196,20 @@ class Daemon:
         return found
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The daemon's JSON log lines, optionally only those of one event."""
-        records = []
-        for line in self.log.read_text(errors="replace").splitlines():
+        """The daemon's JSON log lines, optionally only those of one event.
+
+        The log is read from where the last call stopped, whole lines only: waiting on an event
+        costs the new lines, not the whole log again every 50 ms.
+        """
+        with self.log.open("rb") as log:
+            log.seek(self._read_to)
+            new = log.read()
+        complete = new[: new.rfind(b"\n") + 1]  # a line still being written is read next time
+        self._read_to += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
             if line.startswith("{"):
-                record = json.loads(line)
-                if name is None or record.get("event") == name:
-                    records.append(record)
-        return records
+                self._records.append(json.loads(line))
+        return [record for record in self._records if name is None or record.get("event") == name]
 
     def wait_event(self, name: str, predicate: Any = None, timeout: float = 30.0) -> dict[str, Any]:
         """The first log record of event ``name`` (matching ``predicate``) once it is written."""
