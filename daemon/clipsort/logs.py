@@ -57,8 +57,8 @@ def _brief(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return kept
 
 
-def _json_line(event: Any, default: Any = None) -> str:
-    """One JSON line, with orjson: about half the cost of the standard library's per file sorted.
+def json_line(event: Any, default: Any = None) -> str:
+    """One JSON line (the log's and ``--json``'s), with orjson: half the standard library's cost.
 
     numpy scalars are written as numbers and non-string keys as strings; whatever else it cannot
     write (a path, an exception) goes through structlog's fallback (``repr``) rather than failing.
@@ -85,7 +85,7 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
     shaping: list[structlog.typing.Processor] = (
         [
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(serializer=_json_line),
+            structlog.processors.JSONRenderer(serializer=json_line),
         ]
         if as_json
         else [

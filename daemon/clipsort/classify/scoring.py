@@ -41,3 +41,17 @@ def affinity(similarity: npt.NDArray[np.float32], beta: float) -> npt.NDArray[np
     """Tip-Adapter's sharpened affinity: 1 for an identical picture, falling with beta."""
     result: npt.NDArray[np.float32] = np.exp(-beta * (1.0 - similarity)).astype(np.float32)
     return result
+
+
+def nearest_other_agrees(
+    vectors: npt.NDArray[np.float32], labels: npt.NDArray[np.generic]
+) -> npt.NDArray[np.bool_]:
+    """Leave-one-out 1-NN: per row, whether its most similar *other* row has the same label.
+
+    Its mean over a class's rows is what the reference-max mode would get right of them with each
+    left out (calibration scores the same, class by class); the review page shows it per class.
+    """
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -np.inf)
+    agrees: npt.NDArray[np.bool_] = labels[similarity.argmax(axis=1)] == labels
+    return agrees

@@ -9,7 +9,6 @@ import it inside their own bodies.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -76,20 +75,6 @@ R = TypeVar("R")
 USER_ERROR = 2
 
 NOT_RUNNING = 1
-
-
-def json_line(record: object) -> str:
-    """One JSON object on one line: readable UTF-8, with names that are not UTF-8 escaped.
-
-    A file name with bytes that are not UTF-8 reaches Python with surrogate
-    escapes; written raw, it would make the line undecodable for every reader.
-    """
-    line = json.dumps(record, ensure_ascii=False)
-    try:
-        line.encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(record)  # \udcff-style escapes: valid JSON, and the bytes are recoverable
-    return line
 
 
 def user_errors(command: Callable[P, R]) -> Callable[P, R]:

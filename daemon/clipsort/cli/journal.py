@@ -18,7 +18,6 @@ from clipsort.cli.app import (
     app,
     existing_journal,
     fitted_table,
-    json_line,
     relative_to,
     settings_from,
     short_time,
@@ -27,7 +26,7 @@ from clipsort.cli.app import (
     user_errors,
 )
 from clipsort.errors import JournalError
-from clipsort.logs import local_time
+from clipsort.logs import json_line, local_time
 from clipsort.store.instance import refuse_if_served
 from clipsort.store.journal import Entry
 from clipsort.store.undo import choose

@@ -30,7 +30,6 @@ from clipsort.cli.app import (
     RootOption,
     app,
     journal_if_any,
-    json_line,
     open_journal,
     progress_bar,
     settings_from,
@@ -42,6 +41,7 @@ from clipsort.config import DEFAULT_BASE, EVALUATED_MODES, Settings, needs_clip
 from clipsort.encode.hub import require_available
 from clipsort.errors import ConfigError, DatasetError, NoClassesError
 from clipsort.layout import DatasetLayout, require_data_root, select
+from clipsort.logs import json_line
 from clipsort.store.instance import refuse_if_served
 from clipsort.store.mover import discard_tree, ensure_dir, rename_noreplace
 

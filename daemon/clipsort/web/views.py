@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from clipsort.classify.classindex import REFERENCE_IGNORE, class_folders
+from clipsort.classify.scoring import nearest_other_agrees
 from clipsort.encode.embedcache import EmbeddingCache
 from clipsort.files import scan
 from clipsort.layout import NEGATIVES_DIR, DatasetLayout, discover
@@ -305,9 +306,6 @@ class Library:
             if len(usable) < 2:
                 continue
             labels = np.asarray([label for label, _ in usable])
-            vectors = np.stack([vector for _, vector in usable])
-            similarity = vectors @ vectors.T
-            np.fill_diagonal(similarity, -np.inf)
-            right = labels[similarity.argmax(axis=1)] == labels
+            right = nearest_other_agrees(np.stack([vector for _, vector in usable]), labels)
             return {str(label): float(right[labels == label].mean()) for label in np.unique(labels)}
         return {}
