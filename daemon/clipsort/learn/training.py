@@ -13,6 +13,7 @@ the dataset's ``current`` pointer, so a reader never sees half a checkpoint.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import random
@@ -324,8 +325,9 @@ def publish(model: Any, processor: Any, result: TrainResult, folder: Path, optio
     model.save_pretrained(staging, safe_serialization=True)
     processor.save_pretrained(staging)
     summary = {k: v for k, v in asdict(result).items() if k != "checkpoint"} | {"base": options.base}
-    (staging / "metrics.json").write_text(json.dumps(summary, indent=2))
-    _plot(result.history, staging / "training.png")
+    # transformers writes the weights into the staging folder; what is ours goes through the mover.
+    write_atomic(staging / "metrics.json", json.dumps(summary, indent=2).encode())
+    write_atomic(staging / "training.png", _plot(result.history))
     # A timestamp names the checkpoint for people; the suffix keeps two runs in one second apart.
     final = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     rename_noreplace(staging, final)
@@ -333,7 +335,8 @@ def publish(model: Any, processor: Any, result: TrainResult, folder: Path, optio
     return final
 
 
-def _plot(history: list[dict[str, float]], path: Path) -> None:
+def _plot(history: list[dict[str, float]]) -> bytes:
+    """The training curve as a PNG."""
     figure = Figure(figsize=(6, 3.5))
     axes = figure.subplots()
     epochs = [row["epoch"] for row in history]
@@ -342,4 +345,6 @@ def _plot(history: list[dict[str, float]], path: Path) -> None:
     axes.set_xlabel("epoch")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path)
+    out = io.BytesIO()
+    figure.savefig(out, format="png")
+    return out.getvalue()

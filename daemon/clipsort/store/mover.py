@@ -608,3 +608,9 @@ def write_atomic(path: Path, data: bytes) -> None:
         _take_back(temporary)
         raise
     _fsync_own_dir(path.parent)
+
+
+def remove_own(path: Path) -> None:
+    """Delete a file of clipsort's own (a cached thumbnail); one already gone is fine."""
+    with contextlib.suppress(FileNotFoundError):
+        SYSCALLS.unlink(At.own(path))

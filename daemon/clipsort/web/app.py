@@ -33,6 +33,7 @@ from clipsort.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
 from clipsort.errors import ActionError, JournalError
 from clipsort.layout import NEGATIVES_DIR
 from clipsort.store.journal import Journal
+from clipsort.store.mover import make_state_dir
 from clipsort.times import parse_since
 from clipsort.web.actions import Actions, Done, http_status
 from clipsort.web.security import SESSION_COOKIE, Guard, allowed_hosts
@@ -56,7 +57,7 @@ class Pages:
 
     def __init__(self, settings: Settings, guard: Guard) -> None:
         state = settings.state_path
-        state.mkdir(parents=True, exist_ok=True)
+        make_state_dir(state)
         self.library = Library(
             settings.root,
             state,

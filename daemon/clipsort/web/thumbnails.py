@@ -22,7 +22,7 @@ from PIL import ImageOps
 
 from clipsort.decode.images import DecodeLimits
 from clipsort.errors import ClipsortError
-from clipsort.store.mover import read_inside
+from clipsort.store.mover import make_own_dir, read_inside, remove_own, write_atomic
 
 SIZE = 256
 THUMBNAILS_DIR = "thumbnails"
@@ -88,10 +88,8 @@ class Thumbnails:
 
     def _store(self, cached: Path, data: bytes) -> None:
         with self._lock:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            temporary = cached.with_suffix(".part")
-            temporary.write_bytes(data)
-            os.replace(temporary, cached)
+            make_own_dir(self.folder)
+            write_atomic(cached, data)
             self._prune()
 
     def _prune(self) -> None:
@@ -107,5 +105,5 @@ class Thumbnails:
         for _, size, path in sorted(entries):
             if total <= self.max_bytes:
                 break
-            path.unlink(missing_ok=True)
+            remove_own(path)
             total -= size
