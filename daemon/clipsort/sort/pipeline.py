@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import structlog
@@ -28,13 +28,11 @@ from clipsort.errors import ClipsortError, ImageRejected, JournalError
 from clipsort.files import content_hash
 from clipsort.ingest.sidecars import companions, renamed
 from clipsort.logs import DRY_RUN_EVENTS
-from clipsort.store.journal import Intent, Journal, Settlement, State
+from clipsort.store.journal import Intent, Journal, Placement, Settlement, State
 from clipsort.store.mover import OpenFolders, move_into, preview
 from clipsort.work import Job, Signature
 
 log = structlog.get_logger()
-
-Status = Literal["sorted", "review", "rejected"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,7 @@ class Outcome:
 
     dataset: str
     source: Path
-    status: Status
+    status: Placement
     destination: Path
     decision: Decision | None = None
     reason: str | None = None  # Review/: unknown or uncertain; Rejected/: why the file is unreadable
@@ -191,11 +189,11 @@ def deciding_model(target: Target, encoder: Encoder | None) -> str:
     return encoder.name if encoder is not None else ""
 
 
-class Placement(NamedTuple):
+class Route(NamedTuple):
     """Where a file goes, as what, and why."""
 
     folder: Path
-    status: Status
+    status: Placement
     reason: str | None = None
     detail: str | None = None
 
@@ -210,17 +208,17 @@ class Delivery:
     target: Target
 
     @functools.cached_property
-    def placement(self) -> Placement:
+    def route(self) -> Route:
         """The folder (in ``Dataset/``, ``Review/`` or ``Rejected/``), the status and why."""
         layout, verdict = self.target.layout, self.verdict
         if isinstance(verdict, ImageRejected):
-            return Placement(layout.rejected, "rejected", str(verdict))
+            return Route(layout.rejected, "rejected", str(verdict))
         if held := self.target.review.hold_back(verdict):
-            return Placement(layout.review, "review", held.reason, held.detail)
-        return Placement(layout.class_dir(verdict.label), "sorted")
+            return Route(layout.review, "review", held.reason, held.detail)
+        return Route(layout.class_dir(verdict.label), "sorted")
 
     def intent(self, model: str) -> Intent:
-        folder, status, *_ = self.placement
+        folder, status, *_ = self.route
         decision = self.verdict if isinstance(self.verdict, Decision) else None
         return Intent(
             dataset=self.job.dataset,
@@ -254,7 +252,7 @@ def deliver(
     results: list[Result] = []
     if dry_run:
         for item, model in zip(batch, models, strict=True):
-            folder = item.placement.folder
+            folder = item.route.folder
             results.append(_outcome(item, preview(item.job.path, folder), model, dry_run=True))
         return results
     travelling = _sidecars(batch)
@@ -345,7 +343,7 @@ def _place(
     inode, size and modification time are the job's), so the journal's hash is
     always that of the file now filed.
     """
-    folder, status, reason, detail = item.placement
+    folder, status, reason, detail = item.route
     root = item.target.layout.root
     try:
         origin = folders.get(item.job.path.parent, root, create=False)
@@ -371,7 +369,7 @@ def _is_job(job: Job, status: os.stat_result) -> bool:
 
 def _outcome(item: Delivery, destination: Path, model: str, *, dry_run: bool) -> Outcome:
     """The outcome of one placed file, logged as its canonical line."""
-    _, status, reason, detail = item.placement
+    _, status, reason, detail = item.route
     outcome = Outcome(
         dataset=item.job.dataset,
         source=item.job.path,

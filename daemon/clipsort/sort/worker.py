@@ -43,7 +43,7 @@ RETRY_MAX = 30.0
 CHECKPOINT_POLL = 1.0  # seconds between looks at the fine-tuned checkpoints' pointers
 
 
-class Observer(Protocol):
+class Recorder(Protocol):
     """What the worker reports as it goes (the service's metrics are one)."""
 
     def record(self, outcome: Outcome, latency: float) -> None:
@@ -66,7 +66,7 @@ class Worker:
         catalog: Catalog,
         intake: Intake,
         work: FairQueue,
-        metrics: Observer,
+        metrics: Recorder,
         journal: Journal,
     ) -> None:
         self._settings = Mailbox(settings)
@@ -198,7 +198,7 @@ class Worker:
 class RetryAndGoOn:
     """The daemon's policy: a file that cannot be placed now waits in the inbox and is tried again."""
 
-    def __init__(self, settings: Callable[[], Settings], intake: Intake, metrics: Observer) -> None:
+    def __init__(self, settings: Callable[[], Settings], intake: Intake, metrics: Recorder) -> None:
         self._settings = settings  # read at each use: a reload applies from the next file
         self._intake = intake
         self._metrics = metrics
