@@ -48,7 +48,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _model_cache() -> Path:
     """Where the tiny CLIP is kept between sessions, keyed by what makes its weights."""
     # The demo model is deterministic: the same code and library versions give the same weights.
-    key = hashlib.sha256((REPO / "daemon" / "clipsort" / "learn" / "demo.py").read_bytes())
+    learn = REPO / "daemon" / "clipsort" / "learn"
+    key = hashlib.sha256((learn / "demo.py").read_bytes() + (learn / "shapes.py").read_bytes())
     for package in ("torch", "transformers", "tokenizers"):
         key.update(f"{package}={version(package)}".encode())
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")

@@ -8,20 +8,20 @@ import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from clipsort.classify.classindex import ClassIndex
 from clipsort.config import load_settings
-from clipsort.encode.encoder import Encoder
-from clipsort.encode.factory import make_embedder
 from clipsort.layout import discover
-from clipsort.sort.oneshot import gather, run
-from clipsort.sort.pipeline import Outcome
 from clipsort.store import mover
 from tests.synthetic import SHAPES, draw, save
+
+if TYPE_CHECKING:  # the model stack loads in the helpers that classify, not for the unit tier
+    from clipsort.encode.encoder import Encoder
+    from clipsort.sort.pipeline import Outcome
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,6 +118,9 @@ def held_out(root: Path, classes: Mapping[str, str], per_class: int = 10, seed: 
 
 def sort_all(root: Path, encoder: Encoder, **flags: object) -> list[Outcome]:
     """What `clipsort sort --dry-run` decides for every inbox file under ``root``, with ``flags``."""
+    from clipsort.encode.factory import make_embedder
+    from clipsort.sort.oneshot import gather, run
+
     settings = load_settings(None, {"root": root, **flags})
     embedder = make_embedder(settings, encoder)
     outcomes: list[Outcome] = []

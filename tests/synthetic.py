@@ -17,27 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
-from transformers import (
-    CLIPConfig,
-    CLIPImageProcessorPil,
-    CLIPModel,
-    CLIPProcessor,
-    ViTConfig,
-    ViTForImageClassification,
-    ViTImageProcessorPil,
-)
 
-from clipsort.learn.demo import (
-    COLORS,
-    IMAGE_SIZE,
-    SHAPES,
-    build_tokenizer,
-    caption_corpus,
-    draw,
-    train_tiny_clip,
-)
+from clipsort.learn.shapes import COLORS, IMAGE_SIZE, SHAPES, draw
+
+# torch and transformers load only in the functions that build a model: drawing pictures (the unit
+# tier's and most tests' use of this module) leaves the model stack unloaded.
 
 __all__ = [
     "COLORS",
@@ -49,7 +34,6 @@ __all__ = [
     "random_clip",
     "save",
     "tiny_vit",
-    "train_tiny_clip",
 ]
 
 
@@ -75,6 +59,12 @@ def random_clip(out: Path, *, seed: int = 0, small: bool = False) -> Path:
 
     Real compute, no accuracy: for speed and memory measurements only.
     """
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+
+    from clipsort.learn.demo import build_tokenizer
+    from clipsort.learn.shapes import caption_corpus
+
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(caption_corpus())
     processor: CLIPProcessor = CLIPProcessor(  # type: ignore[no-untyped-call]
@@ -100,6 +90,9 @@ def random_clip(out: Path, *, seed: int = 0, small: bool = False) -> Path:
 
 def tiny_vit(out: Path, *, seed: int = 0) -> Path:
     """A randomly initialised two-layer ViT image classifier folder, as a base for fine-tuning."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+
     torch.manual_seed(seed)
     config = ViTConfig(
         image_size=IMAGE_SIZE,
