@@ -326,7 +326,7 @@ def test_a_reload_reaches_what_was_built_at_start(
     drop(dataset / "Images", "big-before.png", big.read_bytes())
     wait_until((dataset / "Rejected" / "big-before.png").exists)
     (dataset / "Images" / "empty.png").write_bytes(b"")  # awaited: it may still be being written
-    time.sleep(1.5)
+    daemon.wait_event("waiting", lambda r: r["file"].endswith("empty.png"))  # its verdict was "wait"
     assert (dataset / "Images" / "empty.png").exists()
 
     daemon.update_config(

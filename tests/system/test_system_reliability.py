@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import random
@@ -207,7 +208,18 @@ def daemon_on_small_disk(daemons: list[Daemon], tmp_path: Path, tiny_model: Path
     # The noise pictures must all go to Dataset/, the disk under test: with the unknown gate on, most
     # would be held in Review/ (they show no class), on another file system.
     home = tmp_path / "home"
-    return root / "rgb", start(daemons, root, tiny_model, home, settle_seconds=0.05, unknown_gate=False)
+    # Debug lines: each doubling of a fault's back-off is one (retry_backoff), what the tests wait on.
+    daemon = start(
+        daemons, root, tiny_model, home, settle_seconds=0.05, unknown_gate=False, log_level="debug"
+    )
+    return root / "rgb", daemon
+
+
+def backed_off(daemon: Daemon, cause: str, seconds: float, timeout: float = 60.0) -> None:
+    """Wait until the daemon's back-off for ``cause`` has grown to ``seconds`` (rounds of retries met it)."""
+    daemon.wait_event(
+        "retry_backoff", lambda r: r["cause"] == cause and r["seconds"] >= seconds, timeout=timeout
+    )
 
 
 def drop_noise(dataset: Path, tmp_path: Path, count: int, seed: int) -> dict[str, bytes]:
@@ -228,7 +240,7 @@ def test_full_and_read_only_destinations_lose_nothing_and_resume(
     dataset, daemon = daemon_on_small_disk(daemons, tmp_path, tiny_model)
     pictures = drop_noise(dataset, tmp_path, 24, seed=0)  # 288 KiB for a 64 KiB disk
     wait_until(lambda: daemon.events("move_failed"), timeout=30)
-    time.sleep(3)  # several retries meet the same full disk
+    backed_off(daemon, f"OSError:{errno.ENOSPC}", 2.0)  # three rounds of retries met the full disk
     full = [r for r in daemon.events("move_failed") if "No space" in r["error"]]
     assert len(full) == 1, "one error line per cause, not one per retry"
     assert len(list((dataset / "Images").iterdir())) > 0
@@ -257,7 +269,7 @@ def test_space_freed_in_the_destination_is_used_at_once_not_after_the_back_off(
     drop_noise(dataset, tmp_path, 12, seed=1)  # the 64 KiB disk fills after a few
     first_failure = daemon.wait_event("move_failed", timeout=30)
     assert "No space" in first_failure["error"]
-    time.sleep(12)  # the back-off has doubled past 8 s by now (0.5 + 1 + 2 + 4 s of retries)
+    backed_off(daemon, f"OSError:{errno.ENOSPC}", 8.0)  # the next retry is 8 s away, or more
     waiting = len(list((dataset / "Images").iterdir()))
     assert waiting > 0
     freed = time.monotonic()
@@ -279,7 +291,7 @@ def test_a_full_state_folder_is_one_error_per_cause_and_work_resumes_when_space_
     try:
         root = tmp_path / "Data"
         make_dataset(root / "rgb", RGB, references=3, seed=3)
-        daemon = start(daemons, root, tiny_model, tmp_path / "home", settle_seconds=0.05)
+        daemon = start(daemons, root, tiny_model, tmp_path / "home", settle_seconds=0.05, log_level="debug")
         filler = state / "filler"
         fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
         with contextlib.suppress(OSError):  # unbuffered: the write that meets the end of the disk raises
@@ -290,7 +302,7 @@ def test_a_full_state_folder_is_one_error_per_cause_and_work_resumes_when_space_
         for name, data in pictures.items():
             drop(root / "rgb" / "Images", name, data)
         daemon.wait_event("state_write_failed", timeout=30)
-        time.sleep(3)  # several rounds of retries meet the same full disk
+        backed_off(daemon, "journal", 2.0)  # three rounds of retries met the full disk
         assert len(daemon.events("state_write_failed")) == 1, "one error line per cause, not one per retry"
         assert len(daemon.events("status_write_failed")) <= 1
         assert len(daemon.events("cache_write_failed")) <= 1

@@ -323,7 +323,10 @@ class RetryAndGoOn:
         now = time.monotonic()
         with self._lock:
             delay, doubled = self._retries.get(cause, (RETRY_FIRST / 2, -RETRY_MAX))
-            if now - doubled >= delay:
+            grew = now - doubled >= delay
+            if grew:
                 delay, doubled = min(RETRY_MAX, delay * 2), now
                 self._retries[cause] = (delay, doubled)
+        if grew:  # a few lines per fault, at debug level: what an operator (or a test) can wait on
+            log.debug("retry_backoff", cause=cause, seconds=delay)
         return delay
