@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -75,9 +75,14 @@ class ClassesChanged:
 
 @dataclass(frozen=True)
 class DatasetsFound:
-    """The intake listed the data root: these datasets exist now (the intake's thread reports)."""
+    """The intake listed the data root: these datasets exist now (the intake's thread reports).
+
+    ``handled`` is set once the reaction ran: the intake waits for it, so the watches of a new
+    folder exist before the intake lists it (a file dropped in between is then not missed).
+    """
 
     layouts: tuple[DatasetLayout, ...]
+    handled: threading.Event = field(default_factory=threading.Event, compare=False)
 
 
 @dataclass(frozen=True)
@@ -146,3 +151,6 @@ class Reactions:
                 self._handle(event)
             except Exception as exc:  # one failing reaction must not end the others for good
                 log.exception("reaction_failed", event=type(event).__name__, error=str(exc))
+            finally:
+                if isinstance(event, DatasetsFound):
+                    event.handled.set()

@@ -74,6 +74,7 @@ RESTART_ONLY = ("state_dir", "metrics_port", "metrics_address")
 WATCHER_SETTINGS = ("root", "observer", "polling_seconds", "ignore_patterns", "max_folder_depth")
 
 HEALTH_TICK = 0.5
+REACTION_WAIT = 5.0  # the intake's longest wait for the datasets it found to be watched
 T = TypeVar("T")
 
 
@@ -169,7 +170,7 @@ class Service:
             settings,
             self.catalog,
             self.work,
-            on_datasets=lambda found: self.reactions.put(DatasetsFound(tuple(found))),
+            on_datasets=self._report_datasets,
         )
         self.watcher = self._new_watcher(settings)
         self.worker = Worker(
@@ -239,6 +240,17 @@ class Service:
                 self.intake.expedite(dataset)
             case DatasetsFound(layouts):
                 self._datasets_found(list(layouts))
+
+    def _report_datasets(self, layouts: list[DatasetLayout]) -> None:
+        """On the intake's thread: hand the datasets found to the reactions thread, and wait for it.
+
+        Waiting keeps the order the intake relies on: a new folder's watch is made before its
+        inbox is listed. The wait is bounded, so a stopping daemon never hangs here.
+        """
+        found = DatasetsFound(tuple(layouts))
+        self.reactions.put(found)
+        if not found.handled.wait(REACTION_WAIT):
+            log.warning("reaction_slow", event="DatasetsFound", seconds=REACTION_WAIT)
 
     def _datasets_found(self, layouts: list[DatasetLayout]) -> None:
         self.watcher.sync(layouts)
@@ -367,8 +379,8 @@ class Service:
         log.info("daemon_stopping", queued=len(self.work))
         steps: list[tuple[str, Callable[[], object]]] = [
             ("watcher", self.watcher.stop),
+            ("intake", self.intake.stop),  # before the reactions: it may be waiting on one
             ("reactions", self.reactions.stop),
-            ("intake", self.intake.stop),
             ("learner", self.learner.stop),
             ("worker", self._stop_worker),
             # The decoding processes' slots: a dispatcher still ending frees them too late for exit.
