@@ -319,3 +319,29 @@ def test_a_placed_name_is_recognised_as_coming_from_its_original() -> None:
     assert not mover.is_candidate("b.jpg", "a.jpg")
     assert not mover.is_candidate("a_1.png", "a.jpg")
     assert not mover.is_candidate("a_x.jpg", "a.jpg")
+
+
+class CountedSyncs(mover.Syscalls):
+    """The real calls, counting the fsyncs."""
+
+    def __init__(self) -> None:
+        self.syncs = 0
+
+    def fsync(self, fd: int) -> None:
+        self.syncs += 1
+        super().fsync(fd)
+
+
+@pytest.mark.parametrize(("durable", "syncs"), [(True, 2), (False, 0)])
+def test_write_atomic_syncs_only_what_must_survive_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool, syncs: int
+) -> None:
+    """A status file is fsynced with its folder; a cache's file (a thumbnail) is replaced unsynced."""
+    counted = CountedSyncs()
+    monkeypatch.setattr(mover, "SYSCALLS", counted)
+    target = tmp_path / "file"
+    target.write_bytes(b"old")
+    mover.write_atomic(target, b"new", durable=durable)
+    assert target.read_bytes() == b"new"
+    assert [path.name for path in tmp_path.iterdir()] == ["file"]
+    assert counted.syncs == syncs

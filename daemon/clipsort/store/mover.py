@@ -419,13 +419,15 @@ def _rename_into(source: At, folder: Folder, name: str) -> At:
     raise FileExistsError(errno.EEXIST, f"no free name for {name!r} in {str(folder.path)!r}")
 
 
-def _write_durably(entry: At, fill: Callable[[int], None], mode: int = 0o600) -> None:
-    """Create ``entry`` (never an existing one), fill it and fsync it; on failure it is removed."""
+def _write_durably(entry: At, fill: Callable[[int], None], mode: int = 0o600, *, sync: bool = True) -> None:
+    """Create ``entry`` (never an existing one), fill it and fsync it (unless not ``sync``); on failure
+    it is removed."""
     fd = SYSCALLS.open(entry, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         try:
             fill(fd)
-            SYSCALLS.fsync(fd)
+            if sync:
+                SYSCALLS.fsync(fd)
         finally:
             SYSCALLS.close(fd)
     except BaseException:
@@ -595,19 +597,22 @@ def make_state_dir(folder: Path) -> None:
         raise ConfigError(f"state_dir {str(folder)!r} cannot be used: {exc.strerror or exc}") from None
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` so readers see the old or the new file, never half of one.
 
-    Replacing is the point here (a status file clipsort owns), unlike :func:`place`.
+    Replacing is the point here (a status file clipsort owns), unlike :func:`place`. Not
+    ``durable`` (a cache, remade when lost): nothing is fsynced, which a page of thumbnails would
+    otherwise pay twice per picture.
     """
     temporary = At.own(path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp"))
-    _write_durably(temporary, lambda fd: SYSCALLS.write(fd, data), 0o644)
+    _write_durably(temporary, lambda fd: SYSCALLS.write(fd, data), 0o644, sync=durable)
     try:
         SYSCALLS.replace(temporary, At.own(path))
     except BaseException:
         _take_back(temporary)
         raise
-    _fsync_own_dir(path.parent)
+    if durable:
+        _fsync_own_dir(path.parent)
 
 
 def remove_own(path: Path) -> None:

@@ -89,7 +89,7 @@ class Thumbnails:
     def _store(self, cached: Path, data: bytes) -> None:
         with self._lock:
             make_own_dir(self.folder)
-            write_atomic(cached, data)
+            write_atomic(cached, data, durable=False)  # a cache: a lost thumbnail is made again
             self._prune()
 
     def _prune(self) -> None:
