@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from clipsort.classify.calibration import accuracy, calibrate, confidence_threshold, leave_one_out
+from clipsort.classify.scoring import nearest_other_agrees
 from tests.helpers import hand_index as index
 from tests.helpers import unit
 
@@ -63,3 +64,12 @@ def test_confidence_threshold_keeps_the_asked_share_of_correct_samples() -> None
     tops = 1 / (1 + np.exp(-10 * np.array([0.9, 0.5, 0.3, 0.1])))
     assert threshold == pytest.approx(np.quantile(tops, 0.25))
     assert confidence_threshold(scores[4:], truth[4:], 10.0, keep=0.9) is None
+
+
+def test_nearest_other_agrees_leaves_each_row_out() -> None:
+    """Each row is judged by its nearest *other* row, never by itself."""
+    vectors = unit([1, 0], [0.9, 0.1], [0, 1], [0.2, 0.8], [0.85, 0.15])
+    labels = np.asarray(["a", "a", "b", "b", "b"])
+    # Row 4 (a b) lies among the a's: it and row 1 (an a) are each other's nearest, both wrong;
+    # row 0's nearest is row 1, and rows 2 and 3 are each other's.
+    assert nearest_other_agrees(vectors, labels).tolist() == [True, False, True, True, False]

@@ -49,7 +49,8 @@ def nearest_other_agrees(
     """Leave-one-out 1-NN: per row, whether its most similar *other* row has the same label.
 
     Its mean over a class's rows is what the reference-max mode would get right of them with each
-    left out (calibration scores the same, class by class); the review page shows it per class.
+    left out; the review page shows it per class. (Calibration reaches the same figure from the
+    per-class score matrix it builds for every mode, which it needs for more than this.)
     """
     similarity = vectors @ vectors.T
     np.fill_diagonal(similarity, -np.inf)
