@@ -56,7 +56,7 @@ def free_port() -> int:
         return port
 
 
-def live_threads(since: set[threading.Thread]) -> Counter[str]:
+def started_since(since: set[threading.Thread]) -> Counter[str]:
     """The daemon's threads: the names of those started after ``since`` was taken, and the main one."""
     return Counter(thread.name for thread in threading.enumerate() if thread not in since) + Counter(
         ["MainThread"]
@@ -99,7 +99,7 @@ def test_the_daemons_threads_are_the_documented_ones(
         def counted() -> Counter[str]:
             """The live threads by the documented name each matches (an undocumented one by its own)."""
             tally: Counter[str] = Counter()
-            for name, count in live_threads(before).items():
+            for name, count in started_since(before).items():
                 owners = [documented for documented in table if pattern(documented).match(name)]
                 tally[owners[0] if len(owners) == 1 else f"undocumented: {name}"] += count
             return tally
