@@ -492,3 +492,36 @@ def test_importing_the_watcher_or_the_decoders_changes_nothing_global() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "True", "True", "False"]
+
+
+class HeldSink(Sink):
+    """A sink whose first report of a placed file holds watchdog's dispatcher until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def placed(self, dataset: str, path: Path) -> None:
+        if not self.holding.is_set():
+            self.holding.set()
+            self.release.wait(10)
+        super().placed(dataset, path)
+
+
+def test_a_hard_link_whose_first_name_is_gone_before_its_event_is_handled_is_an_arrival(
+    tmp_path: Path,
+) -> None:
+    """ln then rm, with the rm done before the link's IN_CREATE is handled (a busy machine): reported."""
+    layout = inbox(tmp_path)
+    for color in ("red", "blue"):
+        layout.class_dir(color).mkdir(parents=True)
+    sink = HeldSink()
+    with native(tmp_path, sink, layout):
+        (layout.class_dir("red") / "first.png").write_bytes(b"first")  # its close holds the dispatcher
+        wait_until(sink.holding.is_set, timeout=10)
+        (layout.class_dir("red") / "moved.png").write_bytes(b"picture")
+        os.link(layout.class_dir("red") / "moved.png", layout.class_dir("blue") / "moved.png")
+        os.unlink(layout.class_dir("red") / "moved.png")  # one link left when the event is handled
+        sink.release.set()
+        wait_until(lambda: layout.class_dir("blue") / "moved.png" in sink.placed_files, timeout=10)

@@ -336,14 +336,17 @@ def _arrival(event: FileSystemEvent) -> Path | None:
     """The file a finished write, a move or a hard link into the watched folder brought, if any.
 
     A hard link (``ln`` then ``rm``, as some file managers and sync tools move a file) sends only
-    IN_CREATE, never a close after a write: a created file with more than one link is one.
+    IN_CREATE, never a close after a write. By the time the event is handled the first name may
+    be gone already (its link count back to 1: a busy machine lost such moves), so every created
+    file that holds bytes is a hint; the learner decides from the journal, and a file still being
+    written matches no decision (its close brings it again).
     """
     if event.is_directory:
         return None
     if event.event_type == EVENT_TYPE_CREATED:
         path = _path(event.src_path)
         try:
-            return path if os.lstat(path).st_nlink > 1 else None
+            return path if os.lstat(path).st_size > 0 else None
         except OSError:
             return None
     if event.event_type not in (EVENT_TYPE_MOVED, EVENT_TYPE_CLOSED):
@@ -390,7 +393,7 @@ class _SortedHandler(_SafeHandler):
     # DirModifiedEvent only widens the kernel's mask: watchdog (7.1) builds IN_ATTRIB into it
     # for DirModifiedEvent but for no attribute event, so DirAttribEvent alone never arrives.
     events = (
-        FileCreatedEvent,  # only a hard link's counts as an arrival (see _arrival)
+        FileCreatedEvent,  # a hard link's (see _arrival)
         FileClosedEvent,
         FileMovedEvent,
         FileDeletedEvent,
