@@ -37,7 +37,7 @@ from bench.reports import bench_parser, write_report
 from clipsort.classify.classindex import ClassIndex
 from clipsort.classify.modes import make_classifier
 from clipsort.classify.modes.base import Inputs
-from clipsort.classify.targets import gate_for
+from clipsort.classify.unknown import calibrate_gate
 from clipsort.config import load_settings
 from clipsort.decode.decoding import read_and_decode
 from clipsort.decode.images import DecodeLimits
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         inputs = Inputs(pictures=[], vectors=vectors)
         decisions = classifier.classify(inputs, index, 100.0)
         start = time.perf_counter()
-        gate = gate_for(mode, index, own.auto_keep, 100.0)
+        gate = calibrate_gate(index, held=own.unknown_held, label_scale=100.0)
         calibrate_ms = (time.perf_counter() - start) * 1e3
         decide = per_file_us(lambda: classifier.classify(inputs, index, 100.0), BATCH, seconds)  # noqa: B023
         judge = per_file_us(lambda: gate.apply(decisions, vectors, index), BATCH, seconds)  # noqa: B023

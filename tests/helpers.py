@@ -14,16 +14,21 @@ import numpy as np
 import numpy.typing as npt
 
 from clipsort.classify.classindex import ClassIndex
+from clipsort.cli import app
 from clipsort.config import load_settings
 from clipsort.layout import discover
 from clipsort.store import mover
 from tests.synthetic import SHAPES, draw, save
 
 if TYPE_CHECKING:  # the model stack loads in the helpers that classify, not for the unit tier
+    from typer.testing import CliRunner, Result
+
     from clipsort.encode.encoder import Encoder
     from clipsort.sort.pipeline import Outcome
 
 REPO = Path(__file__).resolve().parents[1]
+# `clipsort train`'s own defaults (train_into's are faster for tests that only need some checkpoint).
+DEFAULT_TRAINING = ("--epochs", "10", "--learning-rate", "5e-5", "--patience", "3")
 
 
 def unit(*rows: list[float]) -> npt.NDArray[np.float32]:
@@ -166,3 +171,50 @@ def remove_deep(top: Path) -> None:
         if here == top:
             return
         here = here.parent
+
+
+def shares(outcomes: list[Outcome], truth: dict[str, str], classes: tuple[str, ...]) -> dict[str, float]:
+    """Strangers kept out of the class folders; in-class pictures filed right, and held back."""
+    inside = [o for o in outcomes if truth[o.source.name] in classes]
+    strangers = [o for o in outcomes if truth[o.source.name] not in classes]
+    return {
+        "kept_out": float(np.mean([o.status != "sorted" for o in strangers])),
+        "right": float(
+            np.mean(
+                [
+                    o.status == "sorted"
+                    and o.decision is not None
+                    and o.decision.label == truth[o.source.name]
+                    for o in inside
+                ]
+            )
+        ),
+        "held": float(np.mean([o.status != "sorted" for o in inside])),
+    }
+
+
+def train_into(
+    runner: CliRunner, base: Path, root: Path, dataset: str, *extra: str, expect: int = 0
+) -> Result:
+    """`clipsort train` with settings that fit the tiny models in seconds (later ``extra`` options win)."""
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--dataset",
+            dataset,
+            "--root",
+            str(root),
+            "--base",
+            str(base),
+            "--epochs",
+            "40",
+            "--learning-rate",
+            "0.002",
+            "--patience",
+            "8",
+            *extra,
+        ],
+    )
+    assert result.exit_code == expect, result.output
+    return result

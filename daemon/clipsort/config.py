@@ -47,6 +47,8 @@ Aggregate = Literal["max", "avg"]
 Action = Literal["move", "copy"]
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+# A share the unknown gate may hold back: neither none (no threshold at all) nor most of a class.
+HeldShare = Annotated[float, Field(gt=0.0, le=0.5)]
 
 DEFAULT_TEMPLATES = (
     "a photo of a {}.",
@@ -94,6 +96,7 @@ class DatasetOverrides(BaseModel):
     min_confidence: Probability | Auto | None = None
     min_margin: Probability | None = None
     unknown_gate: bool | None = None
+    unknown_held: HeldShare | None = None
     descriptions: dict[str, str] = Field(default_factory=dict)
 
     _templates = field_validator("prompt_templates")(_check_templates)
@@ -113,6 +116,7 @@ class DatasetSettings(BaseModel):
     min_confidence: float | Auto | None
     min_margin: float | None
     unknown_gate: bool
+    unknown_held: float
     auto_keep: float
     descriptions: Mapping[str, str]
     sidecar_suffixes: tuple[str, ...] = DEFAULT_SIDECARS
@@ -251,18 +255,28 @@ class Settings(BaseSettings):
     unknown_gate: bool = Field(
         True,
         description=(
-            'The "none of these" gate: a picture unlike every class (by its nearest reference, its '
+            'The "none of these" gate: a picture unlike every class (by its nearest reference plus its '
             "class description, or, without references, words far from every class name) goes to "
-            "Review/ with reason unknown. Calibrated per dataset from the references (README); "
-            "pictures in Clases/_none/ count as none of these. false files every picture in some class, "
-            "as the original scripts did. Not used in finetuned mode."
+            "Review/ with reason unknown. Calibrated per dataset from the references, in every mode "
+            "(docs: the gate's method); pictures in Clases/_none/ count as none of these. false files "
+            "every picture in some class, as the original scripts did."
         ),
+    )
+    unknown_held: HeldShare = Field(
+        0.07,
+        description=(
+            "The unknown gate's knob: the share of a class's own pictures it may hold back as unknown "
+            "to keep strangers out. Higher keeps more strangers out and holds more of the class's "
+            "pictures; `clipsort eval` prints both at a few values. Pictures a mode misclassifies are "
+            "often held too, so Review/ sees somewhat more than this share."
+        ),
+        examples=[0.1],
     )
     auto_keep: Probability = Field(
         0.95,
         description=(
-            "min_confidence = auto and the unknown gate keep this share of the reference images "
-            "(leave-one-out; min_confidence: of the correctly classified ones)."
+            "min_confidence = auto keeps this share of the correctly classified reference images "
+            "(leave-one-out)."
         ),
     )
     correction_weight: PositiveFloat = Field(
@@ -487,6 +501,7 @@ class Settings(BaseSettings):
             min_confidence=own.min_confidence if own.min_confidence is not None else self.min_confidence,
             min_margin=own.min_margin if own.min_margin is not None else self.min_margin,
             unknown_gate=own.unknown_gate if own.unknown_gate is not None else self.unknown_gate,
+            unknown_held=own.unknown_held if own.unknown_held is not None else self.unknown_held,
             auto_keep=self.auto_keep,
             descriptions=own.descriptions,
             sidecar_suffixes=tuple(self.sidecar_suffixes),

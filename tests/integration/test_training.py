@@ -11,44 +11,17 @@ import pytest
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
 from clipsort.classify.checkpoints import current_checkpoint
 from clipsort.cli import app
 from clipsort.learn.training import augment, predict, stratified_split
-from tests.helpers import held_out, predicted, tree
+from tests.helpers import DEFAULT_TRAINING, held_out, predicted, train_into, tree
 from tests.startupprobe import launch
 from tests.synthetic import COLORS as SIX_COLORS
 from tests.synthetic import SHAPES, draw, make_dataset, tiny_vit
 
 COLORS = {"red": "red", "green": "green", "blue": "blue", "yellow": "yellow"}
-
-
-def train_into(
-    runner: CliRunner, base: Path, root: Path, dataset: str, *extra: str, expect: int = 0
-) -> Result:
-    """`clipsort train` with settings that fit the tiny models in seconds (later ``extra`` options win)."""
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "--dataset",
-            dataset,
-            "--root",
-            str(root),
-            "--base",
-            str(base),
-            "--epochs",
-            "40",
-            "--learning-rate",
-            "0.002",
-            "--patience",
-            "8",
-            *extra,
-        ],
-    )
-    assert result.exit_code == expect, result.output
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -275,13 +248,14 @@ def test_a_checkpoint_keeps_strangers_out_by_default(data_root: Path, tiny_model
     """Fine-tuned mode's "none of these": strangers held as unknown, pictures of the classes filed.
 
     Four of the six colours are classes, 12 references each; the inbox holds 12 unseen pictures of
-    every colour. Default settings: >= 80% of strangers kept out, <= 10% of in-class pictures held.
+    every colour. Default settings, training's included: >= 80% of strangers kept out, <= 10% of
+    in-class pictures held.
     """
     classes = ("red", "green", "blue", "yellow")
     make_dataset(data_root / "ds", {c: c for c in classes}, references=12, seed=5)
     truth = held_out(data_root / "ds", {c: c for c in SIX_COLORS}, per_class=12)
     runner = CliRunner(env={"CLIPSORT_MODEL": str(tiny_model)})
-    train_into(runner, tiny_model, data_root, "ds")
+    train_into(runner, tiny_model, data_root, "ds", *DEFAULT_TRAINING)
     result = runner.invoke(
         app, ["sort", "--root", str(data_root), "--mode", "finetuned", "--dry-run", "--json"]
     )
@@ -298,5 +272,6 @@ def test_a_checkpoint_keeps_strangers_out_by_default(data_root: Path, tiny_model
     evaluated = runner.invoke(app, ["eval", "--root", str(data_root), "--modes", "finetuned", "--json"])
     assert evaluated.exit_code == 0, evaluated.output
     gate = json.loads(evaluated.stdout)["modes"]["finetuned"]["gate"]
-    assert gate["rule"] == "reference (checkpoint features)" and gate["references_kept"] == 1.0, gate
+    # Leave-one-out over the references it trained on: about the share asked for is held (0.05).
+    assert gate["rule"] == "reference (checkpoint features)" and gate["references_kept"] >= 0.85, gate
     assert len(gate["reference_margins"]) == len(classes) * 12

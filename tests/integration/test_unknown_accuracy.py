@@ -15,8 +15,7 @@ import pytest
 from PIL import Image
 
 from clipsort.encode.encoder import Encoder
-from clipsort.sort.pipeline import Outcome
-from tests.helpers import held_out, sort_all
+from tests.helpers import held_out, shares, sort_all
 from tests.synthetic import COLORS, SHAPES, draw, grid, make_dataset, save
 
 CLASS_SETS = (
@@ -25,26 +24,6 @@ CLASS_SETS = (
     ("red", "green", "blue", "yellow"),
     ("purple", "yellow", "green", "orange"),
 )
-
-
-def shares(outcomes: list[Outcome], truth: dict[str, str], classes: tuple[str, ...]) -> dict[str, float]:
-    """Strangers kept out of the class folders; in-class pictures filed right, and held back."""
-    inside = [o for o in outcomes if truth[o.source.name] in classes]
-    strangers = [o for o in outcomes if truth[o.source.name] not in classes]
-    return {
-        "kept_out": float(np.mean([o.status != "sorted" for o in strangers])),
-        "right": float(
-            np.mean(
-                [
-                    o.status == "sorted"
-                    and o.decision is not None
-                    and o.decision.label == truth[o.source.name]
-                    for o in inside
-                ]
-            )
-        ),
-        "held": float(np.mean([o.status != "sorted" for o in inside])),
-    }
 
 
 def gated_dataset(root: Path, classes: tuple[str, ...], references: int = 4) -> dict[str, str]:

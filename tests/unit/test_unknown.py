@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
+from clipsort.classify.classindex import Labels
 from clipsort.classify.modes.base import Decision, Familiarity
 from clipsort.classify.review import ReviewPolicy
 from clipsort.classify.unknown import (
+    Floats,
     Gate,
     calibrate_gate,
     candidate_words,
     choose_negative_labels,
-    operating_point,
+    midpoints,
+    own_scores,
     reference_thresholds,
+    student_quantile,
     text_threshold,
+    threshold_at,
+    thresholds_from_unseen,
 )
 from clipsort.encode.encoder import whole_words
 from clipsort.encode.vectors import Vectors
@@ -29,62 +37,97 @@ def spread(centre: list[float], count: int, noise: float, seed: int) -> Vectors:
     return scaled
 
 
-def test_operating_point_keeps_the_share_asked_for_and_stays_below_the_midpoint() -> None:
-    """With enough scores at least ``keep`` pass and the threshold never exceeds the geometric midpoint."""
-    inside = np.linspace(0.80, 0.99, 40, dtype=np.float32)
-    alone = operating_point(inside, np.zeros(0, np.float32), 0.9)
-    assert np.mean(inside >= alone) >= 0.9
-    outside = np.full(10, 0.2, dtype=np.float32)
-    assert np.mean(inside >= operating_point(inside, outside, 0.9)) >= 0.9
-    capped = operating_point(np.full(40, 0.99, np.float32), outside, 0.95)
-    # Distances 0.01 in, 0.8 out: the geometric midpoint is at distance 0.0894.
-    assert capped == pytest.approx(1 - np.sqrt(0.01 * 0.8), abs=1e-5)
+def scores_of(classes: list[list[float]]) -> tuple[Floats, Labels]:
+    """Hand-written leave-one-out scores, one list per class, and their class labels."""
+    scores = np.concatenate([np.asarray(c, dtype=np.float32) for c in classes])
+    return scores, np.repeat(np.arange(len(classes)), [len(c) for c in classes]).astype(np.int64)
+
+
+def test_a_normal_class_holds_about_the_share_asked_for() -> None:
+    """Many scores, normally spread: about ``held`` of them fall below the threshold, at every setting."""
+    rng = np.random.default_rng(0)
+    scores, truth = scores_of([list(1.2 + 0.05 * rng.standard_normal(2000)) for _ in range(3)])
+    for held in (0.02, 0.05, 0.1, 0.2):
+        thresholds, pooled = threshold_at(scores, truth, 3, held)
+        below = [np.mean(scores[truth == k] < thresholds[k]) for k in range(3)]
+        assert all(abs(share - held) < 0.02 for share in below), (held, below)
+        assert abs(np.mean(scores < pooled) - held) < 0.02
 
 
 def test_with_a_handful_of_references_one_odd_one_does_not_open_the_class() -> None:
-    """Four scores, one an outlier: the medians' midpoint, not the least score, sets the threshold."""
-    inside = np.asarray([0.995, 0.994, 0.992, 0.62], dtype=np.float32)
-    outside = np.full(4, 0.3, dtype=np.float32)
-    threshold = operating_point(inside, outside, 0.95)
-    assert threshold == pytest.approx(1 - np.sqrt((1 - 0.993) * 0.7), abs=1e-5)
-    assert threshold > 0.9 > float(np.quantile(inside, 0.05))
-    assert np.sum(inside >= threshold) == 3
+    """Eight scores, one an outlier: the pooled robust spread, not the least score, sets the threshold."""
+    steady = [1.50, 1.52, 1.49, 1.51, 1.50, 1.53, 1.48, 1.51]
+    scores, truth = scores_of([[*steady[:7], 0.90], steady, steady])
+    thresholds, _ = threshold_at(scores, truth, 3, 0.05)
+    assert thresholds[0] > 1.3 > 0.9 + 0.3 > float(np.quantile(scores[truth == 0], 0.05))
+    assert np.sum(scores[truth == 0] < thresholds[0]) == 1  # only the odd one
+    # The spread is pooled: the odd score moves its own class's location, not the others' thresholds.
+    assert thresholds[1] == pytest.approx(thresholds[2]) and thresholds[1] > thresholds[0]
+
+
+def test_a_class_with_many_scores_moves_toward_its_own_quantile() -> None:
+    """Shrinkage: a class's own quantile weighs n / (n + 2 / held), the pooled estimate the rest."""
+    rng = np.random.default_rng(1)
+    few = list(1.2 + 0.02 * rng.standard_normal(8))
+    many = list(1.2 + 0.10 * rng.standard_normal(400))  # wide: its own quantile sits far lower
+    scores, truth = scores_of([few, many])
+    thresholds, _ = threshold_at(scores, truth, 2, 0.05)
+    own = float(np.quantile(many, 0.05))
+    assert abs(thresholds[1] - own) < 0.02
+    assert np.mean(np.asarray(many) < thresholds[1]) == pytest.approx(0.05, abs=0.02)
 
 
 def test_a_far_picture_is_unknown_and_a_near_one_is_known() -> None:
-    """Reference rule: the cosine to the given class's nearest reference against its own threshold."""
+    """The nearest same-class reference plus the description, against the class's own threshold."""
     refs = np.concatenate([spread([1, 0, 0], 6, 0.05, 0), spread([0, 1, 0], 6, 0.05, 1)])
     index = hand_index(refs, [0] * 6 + [1] * 6, unit([1, 0, 0], [0, 1, 0]))
-    gate = calibrate_gate(index, by_reference=True, keep=0.95)
+    gate = calibrate_gate(index, held=0.05)
     near, far = unit([0.99, 0.05, 0.0], [0.3, 0.3, 0.9])
     judged = gate.judge(np.stack([near, far]), np.asarray([0, 0]), index)
-    assert judged[0] is not None and judged[0].basis == "reference" and judged[0].known
-    assert judged[1] is not None and judged[1].basis == "reference" and not judged[1].known
+    assert judged[0] is not None and judged[0].basis == "reference+description" and judged[0].known
+    assert judged[1] is not None and judged[1].basis == "reference+description" and not judged[1].known
+    score = float(np.max(refs[:6] @ near) + near @ index.text_vectors[0])
+    assert judged[0].score == pytest.approx(score, abs=1e-5)
     assert (
-        np.mean([f is not None and f.known for f in gate.judge(refs, index.reference_labels, index)]) >= 0.95
+        np.mean([f is not None and f.known for f in gate.judge(refs, index.reference_labels, index)]) >= 0.8
     )
+
+
+def test_a_look_alike_near_one_odd_reference_is_held_by_the_description() -> None:
+    """One reference of class 0 lies among class 1's pictures: a picture beside it is near a reference
+    of class 0, but far from class 0's description, so the sum holds it where the reference alone
+    would not."""
+    odd = unit([0.1, 1, 0])
+    refs = np.concatenate([spread([1, 0, 0], 7, 0.05, 0), odd, spread([0, 1, 0], 8, 0.05, 1)])
+    index = hand_index(refs, [0] * 8 + [1] * 8, unit([1, 0, 0], [0, 1, 0]))
+    gate = calibrate_gate(index, held=0.05)
+    look_alike = unit([0.12, 1, 0.02])
+    judged = gate.judge(look_alike, np.asarray([0]), index)[0]
+    assert judged is not None and not judged.known
+    bare = replace(index, text_vectors=np.zeros((2, 0), np.float32))  # no descriptions: features only
+    alone = calibrate_gate(bare, held=0.05).judge(look_alike, np.asarray([0]), bare)[0]
+    assert alone is not None and alone.basis == "reference" and alone.known
 
 
 def test_a_class_with_one_reference_takes_the_pooled_threshold_and_one_without_none() -> None:
     """No leave-one-out score of its own: the pooled one; no reference at all: NaN (another rule)."""
     refs = np.concatenate([spread([1, 0, 0], 5, 0.05, 0), unit([0, 1, 0])])
     index = hand_index(refs, [0] * 5 + [1], unit([1, 0, 0], [0, 1, 0], [0, 0, 1]))
-    thresholds = reference_thresholds(index, 0.95)
+    thresholds = reference_thresholds(index, 0.05)
     assert np.isfinite(thresholds[0]) and np.isfinite(thresholds[1]) and np.isnan(thresholds[2])
-    similarity = refs @ refs.T
+    similarity = refs[:5] @ refs[:5].T
     np.fill_diagonal(similarity, -np.inf)
-    inside = similarity[:5, :5].max(axis=1)  # class 0's leave-one-out scores, the only ones there are
-    outside = np.concatenate([similarity[5:, :5].max(axis=1), similarity[:5, 5]])
-    assert thresholds[1] == pytest.approx(operating_point(inside, outside, 0.95), abs=1e-6)
+    own = similarity.max(axis=1) + refs[:5] @ index.text_vectors[0]  # class 0's scores, the only ones
+    assert thresholds[1] == pytest.approx(threshold_at(own, np.zeros(5, np.int64), 3, 0.05)[1], abs=1e-5)
 
 
-def test_mixed_mode_judges_a_class_without_references_by_its_description() -> None:
+def test_a_class_without_references_is_judged_by_its_description() -> None:
     """The text rule's threshold comes from the references' cosines to their own descriptions."""
     refs = spread([1, 0, 0], 8, 0.05, 0)
     text = unit([0.9, 0.1, 0], [0, 0.3, 1])
     index = hand_index(refs, [0] * 8, text)
-    gate = calibrate_gate(index, by_reference=True, keep=0.95)
-    assert gate.text_threshold == pytest.approx(text_threshold(index, 0.95))
+    gate = calibrate_gate(index, held=0.05)
+    assert gate.text_threshold == pytest.approx(text_threshold(index, 0.05))
     like_text, unlike = unit([0, 0.3, 1], [1, 1, 0])
     judged = gate.judge(np.stack([like_text, unlike]), np.asarray([1, 1]), index)
     assert [f.basis if f else None for f in judged] == ["text", "text"]
@@ -92,14 +135,55 @@ def test_mixed_mode_judges_a_class_without_references_by_its_description() -> No
     assert judged[1] is not None and not judged[1].known
 
 
-def test_text_mode_uses_the_text_rule_even_for_classes_with_references() -> None:
-    """MCM: the raw cosine to the class description, not the references, decides in text mode."""
-    refs = np.concatenate([spread([1, 0, 0], 6, 0.05, 0), spread([0, 1, 0], 6, 0.05, 1)])
-    index = hand_index(refs, [0] * 6 + [1] * 6, unit([1, 0, 0], [0, 1, 0]))
-    gate = calibrate_gate(index, by_reference=False, keep=0.95)
-    judged = gate.judge(refs[:2], np.asarray([0, 0]), index)
-    assert all(f is not None and f.basis == "text" and f.known for f in judged)
-    assert gate.rule == "text"
+def test_more_held_means_higher_thresholds() -> None:
+    """The knob: a larger share held raises every class's threshold (and so keeps more strangers out).
+
+    The classes are look-alikes (near each other), so the cap toward the strangers does not bind.
+    """
+    refs = np.concatenate([spread([1, 0.6, 0], 8, 0.1, 0), spread([0.6, 1, 0], 8, 0.1, 1)])
+    index = hand_index(refs, [0] * 8 + [1] * 8, unit([1, 0.6, 0], [0.6, 1, 0]))
+    low, high = reference_thresholds(index, 0.02), reference_thresholds(index, 0.2)
+    assert (high > low).all()
+
+
+def test_far_strangers_cap_the_threshold_near_ones_do_not() -> None:
+    """Two tight classes far apart: the cap between each class and the other sets the threshold,
+    below the held-share one; the same classes with a look-alike between them keep theirs."""
+    refs = np.concatenate([spread([1, 0, 0], 4, 0.1, 0), spread([0, 1, 0], 4, 0.1, 1)])
+    index = hand_index(refs, [0] * 4 + [1] * 4, unit([1, 0, 0], [0, 1, 0]))
+    scores = own_scores(index, np.arange(8))
+    caps = midpoints(index, np.arange(8), scores)
+    held_share, _ = threshold_at(scores, index.reference_labels, 2, 0.2)
+    assert (caps < held_share).all()
+    assert reference_thresholds(index, 0.2) == pytest.approx(caps)
+    near = np.concatenate([refs, spread([0.9, 0.45, 0], 4, 0.01, 2)])  # strangers beside class 0
+    shown = replace(index, negative_vectors=near[8:])
+    assert midpoints(shown, np.arange(8), scores)[0] > caps[0]
+
+
+def test_student_quantile_is_wider_than_the_normal_for_few_scores() -> None:
+    """Few degrees of freedom widen the bound; many give the normal quantile."""
+    assert student_quantile(0.05, 6) == pytest.approx(-1.943, abs=0.01)  # tables: t(0.05, 6) = -1.943
+    assert student_quantile(0.05, 1000) == pytest.approx(-1.645, abs=0.005)
+    assert student_quantile(0.05, 3) < student_quantile(0.05, 30) < -1.64
+
+
+def test_references_a_checkpoint_never_saw_lower_its_thresholds() -> None:
+    """Trained references sit tight; the unseen ones score lower, and the thresholds follow them down,
+    never up."""
+    tight = np.concatenate([spread([1, 0, 0], 8, 0.02, 0), spread([0, 1, 0], 8, 0.02, 1)])
+    loose = np.concatenate([spread([1, 0, 0], 3, 0.3, 2), spread([0, 1, 0], 3, 0.3, 3)])
+    refs = np.concatenate([tight, loose])
+    labels = [0] * 8 + [1] * 8 + [0] * 3 + [1] * 3
+    index = hand_index(refs, labels, unit([1, 0, 0], [0, 1, 0]))
+    unseen = np.asarray([False] * 16 + [True] * 6)
+    lowered = thresholds_from_unseen(index, unseen, 0.05)
+    assert lowered is not None and (lowered < reference_thresholds(index, 0.05)).all()
+    high = np.concatenate([tight, spread([1, 0, 0], 3, 0.001, 4), spread([0, 1, 0], 3, 0.001, 5)])
+    scoring_high = hand_index(high, labels, index.text_vectors)  # the unseen ones at the centre
+    raised = thresholds_from_unseen(scoring_high, unseen, 0.05)
+    assert raised is not None and (raised <= reference_thresholds(scoring_high, 0.05)).all()
+    assert thresholds_from_unseen(index, np.zeros(22, np.bool_), 0.05) is None
 
 
 def test_a_picture_nearer_a_negative_than_its_class_is_unknown() -> None:
@@ -107,30 +191,11 @@ def test_a_picture_nearer_a_negative_than_its_class_is_unknown() -> None:
     refs = spread([1, 0, 0], 6, 0.02, 0)
     negatives = spread([0.8, 0.6, 0], 4, 0.02, 1)
     index = hand_index(refs, [0] * 6, unit([1, 0, 0]), negatives=negatives)
-    gate = Gate(by_reference=True, class_thresholds=np.asarray([0.0], np.float32))  # every picture passes
+    gate = Gate(class_thresholds=np.asarray([0.0], np.float32))  # every picture passes the threshold
     like_negative, like_class = unit([0.8, 0.6, 0.0], [1.0, 0.02, 0.0])
     judged = gate.judge(np.stack([like_negative, like_class]), np.asarray([0, 0]), index)
     assert judged[0] is not None and judged[0].basis == "negative" and not judged[0].known
-    assert judged[1] is not None and judged[1].basis == "reference" and judged[1].known
-
-
-def test_negatives_nearer_a_class_place_its_threshold_higher() -> None:
-    """Negatives count among the strangers that place a class's threshold; unrelated ones change nothing.
-
-    With no stranger at all (one class, no negatives) an unrelated picture at
-    cosine 0 stands in, so negatives at right angles to the class agree with it.
-    """
-    refs = spread([1, 0, 0], 6, 0.05, 0)
-
-    def threshold(negative_centre: list[float]) -> float:
-        negatives = spread(negative_centre, 6, 0.02, 2)
-        return float(
-            reference_thresholds(hand_index(refs, [0] * 6, unit([1, 0, 0]), negatives=negatives), 0.95)[0]
-        )
-
-    alone = float(reference_thresholds(hand_index(refs, [0] * 6, unit([1, 0, 0])), 0.95)[0])
-    assert threshold([0, 0, 1]) == pytest.approx(alone, abs=0.005)
-    assert threshold([0, 0, 1]) < threshold([0.9, 0.43, 0])
+    assert judged[1] is not None and judged[1].basis == "reference+description" and judged[1].known
 
 
 def test_negative_labels_are_the_words_farthest_from_every_class_and_never_a_class_word() -> None:
@@ -161,8 +226,7 @@ def test_without_references_the_negative_labels_decide() -> None:
     words = ("tree", "cloud")
     gate = calibrate_gate(
         index,
-        by_reference=False,
-        keep=0.95,
+        held=0.05,
         label_scale=10.0,
         words=words,
         word_vectors=unit([0, 0, 1], [0, 0.2, 1]),

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import structlog
 from PIL import Image
 
@@ -22,13 +23,13 @@ from clipsort.classify.unknown import (
     calibrate_gate,
     candidate_words,
     reference_thresholds,
+    thresholds_from_unseen,
     within_own_references,
 )
 from clipsort.config import DatasetSettings, Settings
 from clipsort.decode.images import DecodeLimits, input_size
 from clipsort.encode.embeddings import Embedder
 from clipsort.encode.encoder import resolve_device
-from clipsort.encode.vectors import Vectors
 from clipsort.errors import ClipsortError, NoClassesError
 from clipsort.layout import DatasetLayout
 
@@ -69,7 +70,7 @@ def finetuned_target(
     classifier = FinetunedClassifier(checkpoints.get(path))
     own = settings.for_dataset(layout.name)
     if own.unknown_gate:
-        classifier = finetuned_gate(classifier, index, DecodeLimits.from_settings(settings), own.auto_keep)
+        classifier = finetuned_gate(classifier, index, DecodeLimits.from_settings(settings), own.unknown_held)
     if set(classifier.classes(index)) != set(index.classes):
         log.warning(
             "checkpoint_classes_differ",
@@ -83,13 +84,14 @@ def finetuned_target(
 
 
 def finetuned_gate(
-    classifier: FinetunedClassifier, index: ClassIndex, limits: DecodeLimits, keep: float
+    classifier: FinetunedClassifier, index: ClassIndex, limits: DecodeLimits, held: float
 ) -> FinetunedClassifier:
     """``classifier`` with the unknown gate on its own features, calibrated on the references.
 
-    The same reference rule as the CLIP modes (k = 1 nearest reference, thresholds from leave-one-out,
-    ``Clases/_none/`` as strangers), on the checkpoint's pooled output instead of CLIP vectors: the
-    references are decoded and run through the checkpoint once per (re)build of the dataset.
+    The same rule as the CLIP modes (the nearest reference plus the description, thresholds from
+    leave-one-out, ``Clases/_none/`` as negatives), on the checkpoint's features instead of CLIP
+    vectors, its head's rows standing for the descriptions: the references are decoded and run
+    through the checkpoint once per (re)build of the dataset.
     """
     side = input_size(
         getattr(classifier.checkpoint.processor, "image_processor", classifier.checkpoint.processor)
@@ -107,8 +109,13 @@ def finetuned_gate(
             "unknown_gate_unavailable", dataset=index.dataset, reason="no usable references or features"
         )
         return classifier
-    thresholds = within_own_references(known, reference_thresholds(known, keep))
-    gate = Gate(by_reference=True, class_thresholds=thresholds)
+    unseen = np.asarray(
+        [f"{path.parent.name}/{path.name}" in classifier.checkpoint.unseen for path in known.reference_paths]
+    )
+    thresholds = thresholds_from_unseen(known, unseen, held)
+    if thresholds is None:  # a checkpoint without a record of what it trained on
+        thresholds = within_own_references(known, reference_thresholds(known, held))
+    gate = Gate(class_thresholds=thresholds, held=held)
     log.info(
         "unknown_gate",
         dataset=index.dataset,
@@ -195,11 +202,14 @@ def make_gate(own: DatasetSettings, index: ClassIndex, embedder: Embedder) -> Ga
     if not len(index.reference_labels):  # nothing to calibrate on: NegLabel's words stand in
         words = candidate_words(embedder.clip.vocabulary())
         vectors = embedder.descriptions(words, (NEGATIVE_TEMPLATE,))
-    gate = gate_for(own.mode, index, own.auto_keep, embedder.clip.logit_scale, words, vectors)
+    gate = calibrate_gate(
+        index, held=own.unknown_held, label_scale=embedder.clip.logit_scale, words=words, word_vectors=vectors
+    )
     log.info(
         "unknown_gate",
         dataset=index.dataset,
         rule=gate.rule,
+        held=own.unknown_held,
         thresholds={
             name: round(float(value), 4)
             for name, value in zip(index.classes, gate.class_thresholds, strict=True)
@@ -210,26 +220,6 @@ def make_gate(own: DatasetSettings, index: ClassIndex, embedder: Embedder) -> Ga
         negative_labels=len(gate.words),
     )
     return gate
-
-
-def gate_for(
-    mode_name: str,
-    index: ClassIndex,
-    keep: float,
-    logit_scale: float,
-    words: Sequence[str] = (),
-    vectors: Vectors | None = None,
-) -> Gate:
-    """The gate a dataset in ``mode_name`` gets (``clipsort eval`` builds the same one per fold)."""
-    declared = mode(mode_name)
-    return calibrate_gate(
-        index,
-        by_reference=declared.gate == "reference",
-        keep=keep,
-        label_scale=logit_scale,
-        words=words,
-        word_vectors=vectors,
-    )
 
 
 def _number(value: object) -> float | None:

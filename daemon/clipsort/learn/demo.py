@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tokenizers import pre_tokenizers
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 
@@ -95,9 +96,33 @@ def train_tiny_clip(
 
     ``progress`` is called after each training step with the number done.
     """
-    quiet_transformers()
     draw_rng, pick_rng = random.Random(seed), np.random.default_rng(seed)
-    tokenizer = build_tokenizer(caption_corpus())
+    items = [(draw_rng.choice(list(COLORS)), draw_rng.choice(SHAPES)) for _ in range(TRAINING_PICTURES)]
+    captions = [draw_rng.choice(CAPTIONS).format(c=c, s=s) for c, s in items]
+    pictures = [draw(pick_rng, c, s) for c, s in items]
+    return train_clip(
+        out, pictures, captions, caption_corpus(), seed=seed, steps=steps, hidden=hidden, progress=progress
+    )
+
+
+def train_clip(
+    out: Path,
+    pictures: Sequence[Image.Image],
+    captions: Sequence[str],
+    corpus: list[str],
+    *,
+    seed: int = 0,
+    steps: int = STEPS,
+    hidden: int = 64,
+    progress: Callable[[int], None] = lambda step: None,
+) -> Path:
+    """Train a two-layer CLIP on ``pictures`` and their ``captions``; saved for sentence-transformers.
+
+    ``corpus`` holds every text the model should tokenize whole (the captions' words at least). The
+    pictures are seen at the demo model's 32-pixel input; training is contrastive on random batches.
+    """
+    quiet_transformers()
+    tokenizer = build_tokenizer(corpus)
     processor = small_processor(tokenizer)
     layer = {"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": 2}
     config = CLIPConfig(
@@ -113,19 +138,16 @@ def train_tiny_clip(
         vision_config={**layer, "image_size": IMAGE_SIZE, "patch_size": 8, "num_attention_heads": 2},
         projection_dim=32,
     )
-    items = [(draw_rng.choice(list(COLORS)), draw_rng.choice(SHAPES)) for _ in range(TRAINING_PICTURES)]
-    captions = [draw_rng.choice(CAPTIONS).format(c=c, s=s) for c, s in items]
-    pictures = [draw(pick_rng, c, s) for c, s in items]
     with deterministic():
         generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)  # the weights' initialisation draws from the global generator
         model = CLIPModel(config)
-        pixels = processor(images=pictures, return_tensors="pt")["pixel_values"]
-        text = tokenizer(captions, padding=True, return_tensors="pt")
+        pixels = processor(images=list(pictures), return_tensors="pt")["pixel_values"]
+        text = tokenizer(list(captions), padding=True, return_tensors="pt")
         optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
         model.train()
         for step in range(steps):
-            pick = torch.randint(0, TRAINING_PICTURES, (BATCH,), generator=generator)
+            pick = torch.randint(0, len(pictures), (BATCH,), generator=generator)
             loss = model(
                 input_ids=text.input_ids[pick],
                 attention_mask=text.attention_mask[pick],

@@ -25,7 +25,8 @@ from matplotlib.figure import Figure
 from clipsort.classify.classindex import ClassIndex, build_class_index
 from clipsort.classify.modes.base import ClipClassifier, Familiarity
 from clipsort.classify.modes.finetuned import FinetunedClassifier, load_checkpoint
-from clipsort.classify.targets import choose_classifier, finetuned_gate, gate_for
+from clipsort.classify.targets import choose_classifier, finetuned_gate
+from clipsort.classify.unknown import calibrate_gate, own_scores
 from clipsort.config import EVALUATED_MODES, DatasetSettings, Settings
 from clipsort.decode.images import DecodeLimits
 from clipsort.encode.encoder import resolve_device
@@ -201,7 +202,7 @@ def evaluate(
                 for file, t, g in zip(files, truth, guessed, strict=True)
             ]
             if settings.unknown_gate:
-                gate = gate_for(mode.partition("-")[0], train, settings.auto_keep, logit_scale)
+                gate = calibrate_gate(train, held=settings.unknown_held, label_scale=logit_scale)
                 given = (
                     np.argmax(classifier.scores(strangers, train), axis=1) if len(strangers) else guessed[:0]
                 )
@@ -265,7 +266,7 @@ def gate_result(
     negatives: list[float],
 ) -> GateResult:
     """The gate figures of one mode from the folds' margins."""
-    rule = gate_for(mode.partition("-")[0], index, settings.auto_keep, logit_scale).rule
+    rule = calibrate_gate(index, held=settings.unknown_held, label_scale=logit_scale).rule
     return GateResult(
         rule=rule,
         references_kept=float(np.mean([m >= 0 for m in references])) if references else 0.0,
@@ -322,22 +323,19 @@ def checkpoint_gate(settings: Settings, layout: DatasetLayout, checkpoint: Path)
         return None
     index = build_class_index(layout, None, own.prompt_templates, own.descriptions)
     loaded = FinetunedClassifier(load_checkpoint(checkpoint, resolve_device(settings.device)))
-    gated = finetuned_gate(loaded, index, DecodeLimits.from_settings(settings), own.auto_keep)
+    gated = finetuned_gate(loaded, index, DecodeLimits.from_settings(settings), own.unknown_held)
     if gated.gate is None or gated.known is None:
         return None
-    known, thresholds = gated.known, gated.gate.class_thresholds
-    similarity = known.reference_vectors @ known.reference_vectors.T
-    np.fill_diagonal(similarity, -np.inf)
-    same = known.reference_labels[:, np.newaxis] == known.reference_labels[np.newaxis, :]
-    nearest = np.where(same, similarity, -np.inf).max(axis=1)
-    usable = np.isfinite(nearest)
-    references = (nearest - thresholds[known.reference_labels])[usable].tolist()
+    known, gate = gated.known, gated.gate
+    scores = own_scores(known, np.arange(len(known.reference_labels)))
+    usable = np.isfinite(scores)
+    references = (scores - gate.class_thresholds[known.reference_labels])[usable].tolist()
     negatives: list[float] = []
     if len(known.negative_vectors):
-        closest = known.negative_vectors @ known.reference_vectors.T
-        columns = closest.argmax(axis=1)
-        scores = closest[np.arange(len(columns)), columns]
-        negatives = (scores - thresholds[known.reference_labels[columns]]).tolist()
+        # Each negative judged against the class of its nearest reference, as the page shows it.
+        nearest = (known.negative_vectors @ known.reference_vectors.T).argmax(axis=1)
+        judged = gate.judge(known.negative_vectors, known.reference_labels[nearest], known)
+        negatives = [margin(f) for f in judged if f is not None]
     return GateResult(
         rule="reference (checkpoint features)",
         references_kept=float(np.mean([m >= 0 for m in references])) if references else 0.0,

@@ -86,6 +86,9 @@ class TrainResult:
     recall: dict[str, float] = field(default_factory=dict)
     validation_size: int = 0
     current_accuracy: float | None = None  # the checkpoint it would replace, on the same pictures
+    # The references it never trained on, as "class/file" under Clases/: the unknown gate measures
+    # from them how much lower new pictures score than the pictures it learned (VALIDATION_FILES).
+    validation_files: list[str] = field(default_factory=list)
 
 
 def examples(layout: DatasetLayout) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -178,18 +181,20 @@ class _Data:
     labels: torch.Tensor
     train: list[int]
     validation: list[int]
+    paths: list[Path]
 
 
 def _decode(pairs: list[tuple[Path, int]], size: int, limits: DecodeLimits, options: TrainOptions) -> _Data:
-    pictures, labels = [], []
+    pictures, labels, paths = [], [], []
     for path, label in pairs:
         try:
             pictures.append(limits.load(path, size))
         except ImageRejected:
             continue  # an unreadable reference is skipped, as when indexing
         labels.append(label)
+        paths.append(path)
     train_rows, validation_rows = stratified_split(labels, options.validation_share, options.seed)
-    return _Data(pictures, torch.tensor(labels, device=options.device), train_rows, validation_rows)
+    return _Data(pictures, torch.tensor(labels, device=options.device), train_rows, validation_rows, paths)
 
 
 def _fit(
@@ -279,6 +284,7 @@ def train(
         precision[name] = float((chosen & actual).sum() / chosen.sum()) if chosen.any() else 0.0
         recall[name] = float((chosen & actual).sum() / actual.sum()) if actual.any() else 0.0
     result = TrainResult(None, classes, best_epoch, best, history, precision, recall, len(pictures))
+    result.validation_files = [f"{data.paths[i].parent.name}/{data.paths[i].name}" for i in data.validation]
     current = current_checkpoint(checkpoints)
     if current is not None:
         result.current_accuracy = checkpoint_accuracy(current, pictures, [classes[k] for k in truth], options)

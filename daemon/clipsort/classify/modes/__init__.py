@@ -36,24 +36,24 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Mode:
-    """What one mode needs, declared once: every other module asks here rather than test the name."""
+    """What one mode needs, declared once: every other module asks here rather than test the name.
+
+    The unknown gate is one rule for every mode (:mod:`clipsort.classify.unknown`), on the vectors
+    the mode classifies with: CLIP's, or the checkpoint's features with its head's rows.
+    """
 
     name: str
     model: Literal["clip", "checkpoint"]  # what classifies: the CLIP model's vectors, or a checkpoint
     calibrated: bool  # weights chosen per dataset by leave-one-out (mixed mode's alpha and beta)
-    gate: Literal["reference", "text"]  # the unknown gate's score where a class has references
     build: Callable[[DatasetSettings, float, float], ClipClassifier] | None  # None: not a CLIP mode
 
 
 MODES: dict[str, Mode] = {
-    "reference": Mode(
-        "reference", "clip", False, "reference", lambda own, _a, _b: ReferenceClassifier(own.aggregate)
-    ),
-    "text": Mode("text", "clip", False, "text", lambda _own, _a, _b: TextClassifier()),
-    "mixed": Mode("mixed", "clip", True, "reference", lambda _own, a, b: MixedClassifier(alpha=a, beta=b)),
-    # The checkpoint's classifier is built from the checkpoint (modes/finetuned.py), and its gate
-    # uses the reference rule on the checkpoint's own features.
-    "finetuned": Mode("finetuned", "checkpoint", False, "reference", None),
+    "reference": Mode("reference", "clip", False, lambda own, _a, _b: ReferenceClassifier(own.aggregate)),
+    "text": Mode("text", "clip", False, lambda _own, _a, _b: TextClassifier()),
+    "mixed": Mode("mixed", "clip", True, lambda _own, a, b: MixedClassifier(alpha=a, beta=b)),
+    # The checkpoint's classifier is built from the checkpoint (modes/finetuned.py).
+    "finetuned": Mode("finetuned", "checkpoint", False, None),
 }
 
 

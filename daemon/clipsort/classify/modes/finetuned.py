@@ -9,6 +9,7 @@ have one without memory growing with their number.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -38,6 +39,9 @@ class Checkpoint:
     model: Any
     processor: Any
     classes: tuple[str, ...]
+    # References it was not trained on ("class/file" under Clases/, from its metrics.json): empty for
+    # a checkpoint made elsewhere or before clipsort recorded them.
+    unseen: frozenset[str] = frozenset()
 
 
 def load_checkpoint(path: Path, device: str) -> Checkpoint:
@@ -57,7 +61,16 @@ def load_checkpoint(path: Path, device: str) -> Checkpoint:
         ) from None
     if not classes or any(not name or "/" in name or name.startswith(".") for name in classes):
         raise ModelLoadError(f"checkpoint {str(path)!r} has unusable class names {classes!r}")
-    return Checkpoint(path, model, processor, classes)
+    return Checkpoint(path, model, processor, classes, validation_files(path))
+
+
+def validation_files(path: Path) -> frozenset[str]:
+    """The references checkpoint ``path`` never trained on, as its training recorded them."""
+    try:
+        recorded = json.loads((path / "metrics.json").read_text()).get("validation_files", [])
+    except (OSError, ValueError, AttributeError):
+        return frozenset()  # no record: the gate falls back to its training references alone
+    return frozenset(str(name) for name in recorded) if isinstance(recorded, list) else frozenset()
 
 
 class CheckpointCache:
@@ -156,6 +169,20 @@ class FinetunedClassifier:
         unit: Vectors = torch.nn.functional.normalize(features, dim=1).cpu().numpy()
         return scores, unit
 
+    def head_rows(self) -> Vectors:
+        """The head's weight rows at unit length, one per class: each class's direction in the features.
+
+        The CLIP head starts as the descriptions' text vectors, so its rows play the descriptions'
+        part in the unknown gate; (classes, 0) when the head is no plain linear layer.
+        """
+        head = getattr(self.checkpoint.model, "classifier", None)
+        weight = getattr(head, "weight", None)
+        classes = len(self.checkpoint.classes)
+        if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[0] != classes:
+            return np.zeros((classes, 0), np.float32)
+        rows: Vectors = torch.nn.functional.normalize(weight.detach().float(), dim=1).cpu().numpy()
+        return rows
+
 
 def known_features(
     classifier: FinetunedClassifier,
@@ -193,7 +220,7 @@ def known_features(
         dataset=index.dataset,
         classes=classes,
         descriptions=classes,
-        text_vectors=np.zeros((len(classes), 0), np.float32),
+        text_vectors=classifier.head_rows(),
         reference_vectors=vectors,
         reference_labels=np.asarray([label_of[path] for path in kept], dtype=np.int64),
         reference_paths=tuple(kept),
