@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from clipsort.cli import app
 from clipsort.encode.encoder import Encoder
+from clipsort.learn.evaluation import CURVE
 from clipsort.sort.pipeline import Outcome
 from tests.digits import WORDS, digit_dataset, digits, digits_clip
 from tests.helpers import DEFAULT_TRAINING, shares, sort_all, train_into
@@ -176,3 +177,27 @@ def test_a_checkpoint_keeps_real_strangers_out(
     assert mean["kept_out"] >= 0.80 and mean["held"] <= 0.10, rows
     # 0.877 against 0.88: about three pictures of a thousand more held, for 0.22 more strangers out.
     assert mean["right"] >= BEFORE["finetuned"]["right"] - 0.01, rows
+
+
+def test_eval_prints_the_knobs_curve_from_the_references(data_root: Path) -> None:
+    """`clipsort eval`: per mode, in-class held and strangers kept out at a few unknown_held values.
+
+    Both rise with the setting (a class's own references held; each class in turn left out and
+    judged among the others, kept out), and the table says so to a person.
+    """
+    digit_dataset(data_root / "digits", (0, 1, 2, 3, 4))
+    runner = CliRunner(env={"CLIPSORT_MODEL": str(digits_clip())})
+    found = runner.invoke(
+        app, ["eval", "--root", str(data_root), "--modes", "reference-max", "--modes", "mixed", "--json"]
+    )
+    assert found.exit_code == 0, found.output
+    for mode in ("reference-max", "mixed"):
+        curve = json.loads(found.stdout)["modes"][mode]["gate"]["curve"]
+        assert [point["unknown_held"] for point in curve] == list(CURVE)
+        held = [point["in_class_held"] for point in curve]
+        kept_out = [point["strangers_kept_out"] for point in curve]
+        assert held == sorted(held) and kept_out == sorted(kept_out), curve
+        assert kept_out[-1] > kept_out[0] and kept_out[-1] >= 0.8, curve
+    shown = runner.invoke(app, ["eval", "--root", str(data_root), "--modes", "mixed"])
+    assert shown.exit_code == 0, shown.output
+    assert "unknown_held" in shown.stdout and "strangers kept out" in shown.stdout

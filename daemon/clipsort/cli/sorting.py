@@ -329,6 +329,21 @@ def show_evaluation(found: EvalReport, charts: list[Path]) -> None:
             out = "no negatives" if gate.negatives_kept_out is None else f"{gate.negatives_kept_out:.1%}"
             gated.add_row(name, gate.rule, f"{gate.references_kept:.1%}", out)
         console.print(gated)
+        curved = {name: gate.curve for name, gate in gates.items() if gate.curve}
+        if curved:
+            knob = text_table(
+                "mode",
+                "unknown_held",
+                "in-class held",
+                "strangers kept out",
+                labels=2,
+                title="the gate's knob, from the references (strangers: each class in turn left out)",
+            )
+            for name, curve in curved.items():
+                for point in curve:
+                    kept = "-" if point.strangers_kept_out is None else f"{point.strangers_kept_out:.1%}"
+                    knob.add_row(name, f"{point.unknown_held:g}", f"{point.in_class_held:.1%}", kept)
+            console.print(knob)
     for chart in charts:
         console.print(f"wrote {chart}")
 

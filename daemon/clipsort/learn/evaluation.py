@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from clipsort.layout import DatasetLayout
 from clipsort.store.mover import ensure_dir
 
 MODES = EVALUATED_MODES
+CURVE = (0.02, 0.05, 0.07, 0.1, 0.15, 0.2)  # unknown_held settings `clipsort eval` reports
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,22 @@ class GateResult:
     negatives_kept_out: float | None  # of those, held out, the share the gate stopped; None without any
     reference_margins: list[float] = field(default_factory=list)
     negative_margins: list[float] = field(default_factory=list)
+    curve: list[CurvePoint] = field(default_factory=list)  # the knob's trade, at CURVE's settings
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """What the gate does at one ``unknown_held`` setting, estimated from the references alone.
+
+    ``in_class_held``: held-out references (cross-validated) the gate holds back as unknown,
+    judged against the class the mode gives them. ``strangers_kept_out``: each class in turn left
+    out of the dataset, its references classified among the others and judged, the share held
+    (look-alikes: the strangers a dataset's own classes are to each other).
+    """
+
+    unknown_held: float
+    in_class_held: float
+    strangers_kept_out: float | None  # None: a single class, no other to play the stranger
 
 
 @dataclass
@@ -104,7 +121,7 @@ class EvalReport:
                     "recall": result.recall,
                     "confusion": result.confusion,
                     "predictions": [vars(p) for p in result.predictions],
-                    "gate": None if result.gate is None else vars(result.gate),
+                    "gate": None if result.gate is None else asdict(result.gate),
                 }
                 for name, result in self.modes.items()
             },
@@ -186,6 +203,7 @@ def evaluate(
     confusion = {mode: np.zeros((len(classes), len(classes)), dtype=np.int64) for mode in modes}
     predictions: dict[str, list[Prediction]] = {mode: [] for mode in modes}
     margins: dict[str, tuple[list[float], list[float]]] = {mode: ([], []) for mode in modes}
+    held_at: dict[str, dict[float, list[bool]]] = {mode: {h: [] for h in CURVE} for mode in modes}
     for fold in range(folds):
         held = assignment == fold
         train = replace(subset(index, ~held), negative_vectors=negatives[negative_fold != fold])
@@ -209,6 +227,9 @@ def evaluate(
                 judged = ((vectors, guessed), (strangers, given))
                 for found, (pictures, labels) in zip(margins[mode], judged, strict=True):
                     found += [margin(f) for f in gate.judge(pictures, labels, train) if f is not None]
+                for held, out in held_at[mode].items():
+                    at = calibrate_gate(train, held=held, label_scale=logit_scale)
+                    out += [f is not None and not f.known for f in at.judge(vectors, guessed, train)]
             step()
     results = {}
     for mode in modes:
@@ -220,7 +241,7 @@ def evaluate(
             recall=recall,
             confusion=matrix.tolist(),
             predictions=predictions[mode],
-            gate=gate_result(mode, index, settings, logit_scale, *margins[mode])
+            gate=gate_result(mode, index, settings, logit_scale, *margins[mode], held_at[mode])
             if settings.unknown_gate
             else None,
         )
@@ -264,9 +285,11 @@ def gate_result(
     logit_scale: float,
     references: list[float],
     negatives: list[float],
+    held_at: dict[float, list[bool]],
 ) -> GateResult:
-    """The gate figures of one mode from the folds' margins."""
+    """The gate figures of one mode from the folds' margins, and the knob's curve."""
     rule = calibrate_gate(index, held=settings.unknown_held, label_scale=logit_scale).rule
+    outside = strangers_kept_out(mode, index, settings, logit_scale)
     return GateResult(
         rule=rule,
         references_kept=float(np.mean([m >= 0 for m in references])) if references else 0.0,
@@ -274,7 +297,52 @@ def gate_result(
         negatives_kept_out=float(np.mean([m < 0 for m in negatives])) if negatives else None,
         reference_margins=[round(m, 6) for m in references],
         negative_margins=[round(m, 6) for m in negatives],
+        curve=[
+            CurvePoint(held, float(np.mean(judged)) if judged else 0.0, outside.get(held))
+            for held, judged in held_at.items()
+        ],
     )
+
+
+def without_class(index: ClassIndex, label: int) -> ClassIndex:
+    """``index`` as if class ``label`` were not in the dataset (its references gone, labels renumbered)."""
+    keep = index.reference_labels != label
+    kept = subset(index, keep)
+    others = [k for k in range(len(index.classes)) if k != label]
+    renumber = np.full(len(index.classes), -1, dtype=np.int64)
+    renumber[others] = np.arange(len(others))
+    return replace(
+        kept,
+        classes=tuple(index.classes[k] for k in others),
+        descriptions=tuple(index.descriptions[k] for k in others),
+        text_vectors=index.text_vectors[others],
+        reference_labels=renumber[kept.reference_labels],
+    )
+
+
+def strangers_kept_out(
+    mode: str, index: ClassIndex, settings: DatasetSettings, logit_scale: float
+) -> dict[float, float]:
+    """Per ``unknown_held`` of CURVE, the share of each class's references kept out with it left out.
+
+    Each class in turn plays the stranger: its references are classified by ``mode`` among the
+    other classes and judged by their gate. Empty for a dataset of one class.
+    """
+    classes = len(index.classes)
+    if classes < 2:
+        return {}
+    out: dict[float, list[bool]] = {held: [] for held in CURVE}
+    for label in range(classes):
+        members = index.reference_labels == label
+        rest = without_class(index, label)
+        if not members.any() or not len(rest.reference_labels):
+            continue
+        pictures = index.reference_vectors[members]
+        given = np.argmax(classifier_for(mode, rest, settings, logit_scale).scores(pictures, rest), axis=1)
+        for held, judged in out.items():
+            gate = calibrate_gate(rest, held=held, label_scale=logit_scale)
+            judged += [f is not None and not f.known for f in gate.judge(pictures, given, rest)]
+    return {held: float(np.mean(judged)) for held, judged in out.items() if judged}
 
 
 def corrections_effect(
