@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:  # the model stack loads in the helpers that classify, not for
     from typer.testing import CliRunner, Result
 
     from clipsort.encode.encoder import Encoder
+    from clipsort.service.wiring import Service
     from clipsort.sort.pipeline import Outcome
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,3 +220,19 @@ def train_into(
     )
     assert result.exit_code == expect, result.output
     return result
+
+
+@contextlib.contextmanager
+def running_service(data_root: Path, model: Path) -> Iterator[Service]:
+    """The in-process service on ``data_root``: watcher, intake, learner and worker, stopped after."""
+    from clipsort.service.wiring import Service
+
+    settings = load_settings(
+        None, {"root": data_root, "model": str(model), "settle_seconds": 0.1, "status_seconds": 0.2}
+    )
+    service = Service(settings, None, {})
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,29 +12,16 @@ import torch
 from clipsort.config import load_settings
 from clipsort.errors import ConfigError
 from clipsort.layout import DatasetLayout
-from clipsort.service.wiring import Service, check_daemon_settings, on_own_thread
+from clipsort.service.wiring import check_daemon_settings, on_own_thread
+from tests.helpers import running_service
 from tests.synthetic import draw, make_dataset, save
 from tests.waiting import wait_until
-
-
-@contextlib.contextmanager
-def watching(data_root: Path, model: Path) -> Iterator[Service]:
-    """The in-process service on dataset ``rgb``: its watcher, intake, learner and worker, shut down after."""
-    settings = load_settings(
-        None, {"root": data_root, "model": str(model), "settle_seconds": 0.1, "status_seconds": 0.2}
-    )
-    service = Service(settings, None, {})
-    service.start()
-    try:
-        yield service
-    finally:
-        service.stop()
 
 
 def test_a_dead_observer_is_restarted_and_missed_files_are_found(data_root: Path, tiny_model: Path) -> None:
     """The supervisor sees the observer died, starts a new one; a rescan finds what arrived meanwhile."""
     make_dataset(data_root / "rgb", {"red": "red", "blue": "blue"}, references=2)
-    with watching(data_root, tiny_model) as service:
+    with running_service(data_root, tiny_model) as service:
         supervisor = threading.Thread(target=service.serve)
         supervisor.start()
         try:
@@ -60,7 +45,7 @@ def test_the_first_files_sorted_into_a_new_dataset_folder_list_no_inbox_again(
     """Dataset/ and its class folders made by the first placements are watched; the inbox is listed once."""
     make_dataset(data_root / "rgb", {"red": "red", "blue": "blue"}, references=2)
     layout = DatasetLayout(data_root / "rgb")
-    with watching(data_root, tiny_model) as service:
+    with running_service(data_root, tiny_model) as service:
         wait_until(lambda: service.intake.scans == 1)
         for k, color in enumerate(["red", "blue", "red"]):
             save(draw(np.random.default_rng(k), color), layout.inbox / f"{color}{k}.png")

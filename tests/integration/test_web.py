@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 from PIL import Image
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
@@ -25,10 +26,13 @@ from typer.testing import CliRunner
 from clipsort.cli import app
 from clipsort.config import load_settings
 from clipsort.decode.images import DecodeLimits
+from clipsort.service.status import read_status
 from clipsort.store.journal import Journal
 from clipsort.web.app import Pages, create_app
 from clipsort.web.thumbnails import Thumbnails
+from tests.helpers import running_service
 from tests.synthetic import draw, grid, make_dataset, save
+from tests.waiting import wait_until
 
 RGB = {"red": "red", "green": "green", "blue": "blue"}
 PAGE = "http://127.0.0.1:8765"  # web_host and web_port's defaults: the page's own address
@@ -90,6 +94,34 @@ def test_every_page_renders_from_the_journal_and_the_folders(page: TestClient) -
     assert classes.count("leave-one-out accuracy 100%") == 3 and classes.count('<svg class="histogram"') == 3
     assert page.get(f"/thumb/entry/{ids[0]}").headers["content-type"] == "image/jpeg"
     assert page.get("/thumb/reference/rgb/red/0").status_code == 200
+
+
+def test_the_classes_view_shows_each_class_gate_as_the_running_daemon_calibrated_it(
+    data_root: Path, tiny_model: Path
+) -> None:
+    """Threshold and references kept per class come from the daemon's status; without it, it says so."""
+    sorted_dataset(data_root, tiny_model)
+    structlog.reset_defaults()  # the CLI run bound the log to its captured stderr, closed since
+    settings = load_settings(None, {"root": data_root})
+    with TestClient(create_app(settings), base_url=PAGE) as client:
+        assert client.get("/classes").text.count("not calibrated by a running daemon") == 3
+        with running_service(data_root, tiny_model):
+            state = settings.state_path
+
+            def calibrated() -> dict[str, dict[str, float]]:
+                status = read_status(state)
+                running = status.datasets.get("rgb") if status is not None else None
+                return running.gate if running is not None else {}
+
+            wait_until(lambda: len(calibrated()) == 3, timeout=60)
+            gate = calibrated()
+            shown = client.get("/classes").text
+        for label, found in gate.items():
+            assert 0.0 < found["kept"] <= 1.0, gate
+            assert (
+                f"unknown gate: threshold {found['threshold']:.3f},\n      keeps {found['kept']:.0%} of its "
+                f"references (unknown_held 0.07)" in shown
+            ), (label, shown)
 
 
 def test_filing_a_card_is_a_correction_a_double_submit_is_harmless_and_undo_takes_it_back(

@@ -23,6 +23,7 @@ from clipsort.classify.unknown import (
     calibrate_gate,
     candidate_words,
     reference_thresholds,
+    references_kept,
     thresholds_from_unseen,
     within_own_references,
 )
@@ -56,6 +57,24 @@ class Target:
     def classes(self) -> tuple[str, ...]:
         """The folders files can be sorted into: the checkpoint's classes in finetuned mode."""
         return self.classifier.classes(self.index)
+
+    def gate_summary(self) -> dict[str, dict[str, float]]:
+        """Per class the unknown gate judges by its references: its threshold and the share it keeps.
+
+        The review page's classes view shows them (through ``status.json``); empty when the gate is
+        off or no class has a reference.
+        """
+        gate, index = self.gate, self.index
+        if isinstance(self.classifier, FinetunedClassifier):
+            gate, index = self.classifier.gate, self.classifier.known or self.index
+        if gate is None:
+            return {}
+        kept = gate.kept if gate.kept is not None else np.full(len(index.classes), np.nan)
+        return {
+            name: {"threshold": round(float(threshold), 4), "kept": round(float(share), 4)}
+            for name, threshold, share in zip(index.classes, gate.class_thresholds, kept, strict=True)
+            if not math.isnan(threshold) and not math.isnan(share)
+        }
 
 
 def finetuned_target(
@@ -115,7 +134,7 @@ def finetuned_gate(
     thresholds = thresholds_from_unseen(known, unseen, held)
     if thresholds is None:  # a checkpoint without a record of what it trained on
         thresholds = within_own_references(known, reference_thresholds(known, held))
-    gate = Gate(class_thresholds=thresholds, held=held)
+    gate = Gate(class_thresholds=thresholds, held=held, kept=references_kept(known, thresholds))
     log.info(
         "unknown_gate",
         dataset=index.dataset,

@@ -139,16 +139,44 @@ def reference_thresholds(index: ClassIndex, held: float) -> Floats:
     threshold is above a point between the class and the nearest strangers the user has shown
     (:func:`midpoints`): where those are far, holding more of the class keeps nothing more out.
     """
-    classes = len(index.classes)
-    labels = index.reference_labels
-    if not len(labels):
-        return np.full(classes, np.nan, dtype=np.float32)
-    rows = sample_rows(labels, MAX_SAMPLES)
-    scores = own_scores(index, rows)
+    if not len(index.reference_labels):
+        return np.full(len(index.classes), np.nan, dtype=np.float32)
+    rows = sample_rows(index.reference_labels, MAX_SAMPLES)
+    return _thresholds(index, rows, own_scores(index, rows), held)
+
+
+def _thresholds(index: ClassIndex, rows: Labels, scores: Floats, held: float) -> Floats:
+    """:func:`reference_thresholds` from the sampled references' leave-one-out ``scores``."""
     scored = np.isfinite(scores)
-    thresholds, pooled = threshold_at(scores[scored], labels[rows][scored], classes, held)
-    thresholds[np.isnan(thresholds) & (index.reference_counts() > 0)] = pooled
-    return np.fmin(thresholds, midpoints(index, rows, scores)).astype(np.float32)
+    found, pooled = threshold_at(
+        scores[scored], index.reference_labels[rows][scored], len(index.classes), held
+    )
+    found[np.isnan(found) & (index.reference_counts() > 0)] = pooled
+    return np.fmin(found, midpoints(index, rows, scores)).astype(np.float32)
+
+
+def references_kept(index: ClassIndex, thresholds: Floats) -> Floats:
+    """Per class, the share of its references that pass its threshold, each judged by the others.
+
+    What the review page shows beside each class's threshold (NaN: no reference with another).
+    """
+    if not len(index.reference_labels):
+        return np.full(len(index.classes), np.nan, dtype=np.float32)
+    rows = sample_rows(index.reference_labels, MAX_SAMPLES)
+    return _kept(index, rows, own_scores(index, rows), thresholds)
+
+
+def _kept(index: ClassIndex, rows: Labels, scores: Floats, thresholds: Floats) -> Floats:
+    """:func:`references_kept` from the sampled references' leave-one-out ``scores``."""
+    truth = index.reference_labels[rows]
+    scored = np.isfinite(scores)
+    passed = np.bincount(
+        truth[scored], weights=scores[scored] >= thresholds[truth[scored]], minlength=len(thresholds)
+    )
+    counts = np.bincount(truth[scored], minlength=len(thresholds))
+    kept: Floats = np.full(len(thresholds), np.nan, dtype=np.float32)
+    np.divide(passed, counts, out=kept, where=counts > 0)
+    return kept
 
 
 def midpoints(index: ClassIndex, rows: Labels, scores: Floats) -> Floats:
@@ -282,6 +310,7 @@ class Gate:
     words: tuple[str, ...] = ()
     negative_labels: Vectors = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     held: float | None = None  # the share of in-class pictures it was calibrated to hold
+    kept: Floats | None = None  # per class, the share of its references that pass (references_kept)
 
     @property
     def rule(self) -> str:
@@ -372,8 +401,15 @@ def calibrate_gate(
     label_vectors = np.zeros((0, 0), np.float32)
     if not len(index.reference_labels) and word_vectors is not None and len(words):
         chosen, label_vectors = choose_negative_labels(words, word_vectors, index)
+    thresholds = kept = np.full(len(index.classes), np.nan, dtype=np.float32)
+    if len(index.reference_labels):
+        rows = sample_rows(index.reference_labels, MAX_SAMPLES)
+        scores = own_scores(index, rows)  # once: the thresholds and what they keep
+        thresholds = _thresholds(index, rows, scores, held)
+        kept = _kept(index, rows, scores, thresholds)
     return Gate(
-        class_thresholds=reference_thresholds(index, held),
+        class_thresholds=thresholds,
+        kept=kept,
         text_threshold=text_threshold(index, held),
         label_scale=label_scale,
         words=chosen,

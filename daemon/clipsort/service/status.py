@@ -35,6 +35,9 @@ class DatasetStatus:
     waiting_for_classes: bool = False
     corrections: dict[str, int] = field(default_factory=dict)  # corrected examples in use, per class
     degraded: str | None = None  # why its events are not watched (it is sorted by rescans meanwhile)
+    unknown_held: float | None = None  # the gate's knob in force; None: the gate is off
+    # Per class, the unknown gate's threshold and the share of its references that pass it.
+    gate: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass

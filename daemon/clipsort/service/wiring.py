@@ -477,6 +477,10 @@ class Service:
                 waiting_for_classes=name in waiting,
                 corrections=targets[name].index.correction_counts() if name in targets else {},
                 degraded=degraded.get(name),
+                unknown_held=targets[name].settings.unknown_held
+                if name in targets and targets[name].settings.unknown_gate
+                else None,
+                gate=targets[name].gate_summary() if name in targets else {},
             )
             for name in sorted(self._known | set(targets))
         }

@@ -89,6 +89,10 @@ class ClassSummary:
     corrected_in_use: int
     loo_accuracy: float | None  # leave-one-out 1-NN over the cached reference vectors
     histogram: tuple[int, ...]  # confidences of files sorted into it, HISTOGRAM_BINS bins over 0-1
+    # The unknown gate as the running daemon calibrated it (status.json); None: no gate, no daemon.
+    threshold: float | None = None
+    references_kept: float | None = None  # of its references, each judged by the others
+    unknown_held: float | None = None  # the knob it was calibrated with
 
 
 @dataclass(frozen=True)
@@ -273,6 +277,9 @@ class Library:
                 confidences.setdefault(e.intent.label, []).append(confidence(e))
         corrected = Counter(c.new_label for c in self.journal.corrections(dataset=layout.name))
         accuracy = self._leave_one_out(layout)
+        status = read_status(self.state)
+        running = status.datasets.get(layout.name) if status is not None else None
+        gate = running.gate if running is not None else {}
         summaries = []
         for label in self.classes(layout):
             files = self.reference_files(layout, label)
@@ -285,6 +292,9 @@ class Library:
                     min(corrected[label], self.max_corrections_per_class),
                     accuracy.get(label),
                     tuple(int(c) for c in counts),
+                    gate[label]["threshold"] if label in gate else None,
+                    gate[label]["kept"] if label in gate else None,
+                    running.unknown_held if running is not None else None,
                 )
             )
         return summaries
