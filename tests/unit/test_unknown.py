@@ -265,3 +265,23 @@ def test_unknown_is_held_before_uncertain_and_each_says_why() -> None:
     )
     assert unsure is not None and unsure.reason == "uncertain" and "confidence" in unsure.detail
     assert ReviewPolicy().hold_back(decision) is None
+
+
+def test_a_picture_filed_by_hand_into_a_class_moves_its_threshold() -> None:
+    """A correction joins its class's references: that class's threshold moves down, the other's
+    less, and a picture like the corrections, held before, comes far nearer its threshold (the
+    pooled robust spread keeps two odd references from opening the class at once: more do)."""
+    refs = np.concatenate([spread([1, 0.5, 0], 8, 0.05, 0), spread([0.5, 1, 0], 8, 0.05, 1)])
+    text = unit([1, 0.5, 0], [0.5, 1, 0])
+    before = hand_index(refs, [0] * 8 + [1] * 8, text)
+    held = unit([1, 0.5, 0.5])  # a picture of class 0 unlike its references
+    first = calibrate_gate(before, held=0.07).judge(held, np.asarray([0]), before)[0]
+    assert first is not None and not first.known
+    corrected = spread([1, 0.5, 0.5], 2, 0.02, 2)  # two such pictures a person filed into class 0
+    after = hand_index(np.concatenate([refs, corrected]), [0] * 8 + [1] * 8 + [0, 0], text)
+    after = replace(after, corrected=np.asarray([False] * 16 + [True] * 2))
+    moved = reference_thresholds(after, 0.07) - reference_thresholds(before, 0.07)
+    assert moved[0] < -0.01 and abs(moved[1]) < abs(moved[0])
+    second = calibrate_gate(after, held=0.07).judge(held, np.asarray([0]), after)[0]
+    assert second is not None
+    assert second.score - second.threshold > first.score - first.threshold + 0.05
