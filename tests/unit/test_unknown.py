@@ -24,8 +24,8 @@ from clipsort.classify.unknown import (
     threshold_at,
     thresholds_from_unseen,
 )
-from clipsort.encode.encoder import whole_words
 from clipsort.encode.vectors import Vectors
+from clipsort.encode.vocabulary import whole_words
 from tests.helpers import hand_index, unit
 
 

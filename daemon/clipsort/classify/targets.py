@@ -30,7 +30,6 @@ from clipsort.classify.unknown import (
 from clipsort.config import DatasetSettings, Settings
 from clipsort.decode.images import DecodeLimits, input_size
 from clipsort.encode.embeddings import Embedder
-from clipsort.encode.encoder import resolve_device
 from clipsort.errors import ClipsortError, NoClassesError
 from clipsort.layout import DatasetLayout
 
@@ -183,8 +182,11 @@ def make_target(
     own = settings.for_dataset(layout.name)
     if mode(own.mode).model == "checkpoint":  # it classifies the pictures: no CLIP vectors are needed
         index = build_class_index(layout, None, own.prompt_templates, own.descriptions)
-        cache = checkpoints or CheckpointCache(settings.checkpoints_loaded, resolve_device(settings.device))
-        return finetuned_target(layout, settings, index, cache)
+        if checkpoints is None:  # the model stack, only for a checkpoint to load (not on import)
+            from clipsort.encode.encoder import resolve_device  # noqa: PLC0415
+
+            checkpoints = CheckpointCache(settings.checkpoints_loaded, resolve_device(settings.device))
+        return finetuned_target(layout, settings, index, checkpoints)
     learned = list(corrected(layout, embedder, settings)) if corrected is not None else []
     index = build_class_index(layout, embedder, own.prompt_templates, own.descriptions, learned)
     classifier, calibration = choose_classifier(own, index, embedder.clip.logit_scale)

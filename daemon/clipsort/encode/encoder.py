@@ -13,7 +13,7 @@ import hashlib
 import importlib
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ from PIL import Image
 from clipsort.decode.images import Crop, centre_crop, input_size
 from clipsort.encode.hub import DEMO_HINT, looks_like_path, require_available
 from clipsort.encode.vectors import Vectors
+from clipsort.encode.vocabulary import whole_words
 from clipsort.errors import ModelLoadError
 
 if TYPE_CHECKING:  # imported where a model is loaded: a fine-tuned-only run never needs it (3 s)
@@ -35,25 +36,6 @@ if TYPE_CHECKING:  # imported where a model is loaded: a fine-tuned-only run nev
 log = structlog.get_logger()
 
 DEFAULT_LOGIT_SCALE = 100.0  # OpenAI CLIP's value, for models that do not carry one
-
-
-def whole_words(tokens: Iterable[str]) -> tuple[str, ...]:
-    """Tokens that are whole words of three letters or more, lower-cased and sorted.
-
-    CLIP's BPE marks a word's end with ``</w>``; WordPiece marks a word's
-    continuation with ``##`` and SentencePiece a word's start with ``▁``.
-    """
-    tokens = list(tokens)
-    # In a BPE vocabulary only word ends are words; "gree" is a piece of "green".
-    ends = any(token.endswith("</w>") for token in tokens)
-    words = set()
-    for token in tokens:
-        if token.startswith("##") or (ends and not token.endswith("</w>")):
-            continue
-        word = token.removesuffix("</w>").removeprefix("\u2581")
-        if len(word) >= 3 and word.isalpha():
-            words.add(word.lower())
-    return tuple(sorted(words))
 
 
 def resolve_device(device: str) -> str:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import structlog
@@ -22,7 +22,6 @@ from clipsort.classify.modes import Decision, Inputs
 from clipsort.classify.targets import Target
 from clipsort.decode.decoding import Decoded
 from clipsort.encode.embedcache import EmbeddingCache
-from clipsort.encode.encoder import Encoder
 from clipsort.encode.vectors import Vectors
 from clipsort.errors import ClipsortError, ImageRejected, JournalError
 from clipsort.files import content_hash
@@ -31,6 +30,9 @@ from clipsort.logs import DRY_RUN_EVENTS
 from clipsort.store.journal import Intent, Journal, Placement, Settlement, State
 from clipsort.store.mover import OpenFolders, move_into, preview
 from clipsort.work import Job, Signature
+
+if TYPE_CHECKING:  # only annotated here: the model stack loads where a model is made
+    from clipsort.encode.encoder import Encoder
 
 log = structlog.get_logger()
 

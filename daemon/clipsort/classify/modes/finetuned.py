@@ -18,15 +18,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from clipsort.classify.classindex import ClassIndex
 from clipsort.classify.modes.base import Decision, Inputs, Needs, decide
 from clipsort.classify.scoring import Scores
 from clipsort.classify.unknown import Gate
-from clipsort.encode import cliphead
 from clipsort.encode.vectors import Vectors
 from clipsort.errors import ModelLoadError
 
@@ -50,6 +47,11 @@ def load_checkpoint(path: Path, device: str) -> Checkpoint:
     Plain backbones and CLIP-head checkpoints (``clipsort-clip-head``) both load.
     """
     try:
+        # The model stack loads here, not on import: the class index and the unit tests need none of it.
+        from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: PLC0415
+
+        from clipsort.encode import cliphead  # noqa: PLC0415
+
         cliphead.register()  # a checkpoint may hold a CLIP head: the Auto classes must know it
         processor = AutoImageProcessor.from_pretrained(path)  # type: ignore[no-untyped-call]
         model = AutoModelForImageClassification.from_pretrained(path).to(device).eval()
@@ -149,6 +151,8 @@ class FinetunedClassifier:
 
     def forward(self, pictures: Sequence[Image.Image]) -> tuple[Scores, Vectors]:
         """Logits and unit-length features (the head's input), one row per picture, in one pass."""
+        import torch  # noqa: PLC0415  (a checkpoint is loaded, so torch is)
+
         model = self.checkpoint.model
         pixels = self.checkpoint.processor(images=list(pictures), return_tensors="pt")["pixel_values"]
         device = next(model.parameters()).device
@@ -175,6 +179,8 @@ class FinetunedClassifier:
         The CLIP head starts as the descriptions' text vectors, so its rows play the descriptions'
         part in the unknown gate; (classes, 0) when the head is no plain linear layer.
         """
+        import torch  # noqa: PLC0415  (a checkpoint is loaded, so torch is)
+
         head = getattr(self.checkpoint.model, "classifier", None)
         weight = getattr(head, "weight", None)
         classes = len(self.checkpoint.classes)
