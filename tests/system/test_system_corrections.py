@@ -155,11 +155,12 @@ def test_a_filed_picture_moved_into_the_negatives_folder_teaches_the_unknown_gat
     held = [r for r in daemon.events("review") if "again-" in r["file"]]
     assert len(held) == len(filed) and all(r["reason"] == "unknown" for r in held)
     # Held either as nearer a negative than its class, or by the reference rule because the
-    # negatives raised its class's threshold above the score that had let the pattern in before.
+    # negatives raised its class's threshold (the cap toward the strangers shown) above the score
+    # that had let the pattern in before.
     before = daemon.events("unknown_gate")[0]["thresholds"]
     for record in held:
         rule, score, _, _ = record["detail"].split()  # the detail logs 3 decimals
-        raised = rule == "reference" and before[record["guess"]] <= float(score) + 5e-4
+        raised = rule == "reference+description" and before[record["guess"]] <= float(score) + 5e-4
         assert rule == "negative" or raised, record
     assert daemon.stop() == 0
 

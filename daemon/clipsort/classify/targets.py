@@ -22,6 +22,7 @@ from clipsort.classify.unknown import (
     Gate,
     calibrate_gate,
     candidate_words,
+    describes,
     reference_thresholds,
     references_kept,
     thresholds_from_unseen,
@@ -133,7 +134,8 @@ def finetuned_gate(
     thresholds = thresholds_from_unseen(known, unseen, held)
     if thresholds is None:  # a checkpoint without a record of what it trained on
         thresholds = within_own_references(known, reference_thresholds(known, held))
-    gate = Gate(class_thresholds=thresholds, held=held, kept=references_kept(known, thresholds))
+    kept = references_kept(known, thresholds)
+    gate = Gate(class_thresholds=thresholds, held=held, kept=kept, described=describes(known))
     log.info(
         "unknown_gate",
         dataset=index.dataset,

@@ -329,13 +329,14 @@ class Gate:
     words: tuple[str, ...] = ()
     negative_labels: Vectors = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     held: float | None = None  # the share of in-class pictures it was calibrated to hold
+    described: bool = True  # whether its features have descriptions (a checkpoint's head may not)
     kept: Floats | None = None  # per class, the share of its references that pass (references_kept)
 
     @property
     def rule(self) -> str:
         """The rule most classes are judged by, as logged."""
         if not np.isnan(self.class_thresholds).all():
-            return "reference"
+            return "reference+description" if self.described else "reference"
         if self.text_threshold is not None:
             return "text"
         return "negative labels" if self.words else "none"
@@ -435,4 +436,5 @@ def calibrate_gate(
         words=chosen,
         negative_labels=label_vectors,
         held=held,
+        described=describes(index),
     )
