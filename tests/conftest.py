@@ -85,6 +85,35 @@ def encoder(tiny_model: Path) -> Encoder:
     return Encoder(str(tiny_model), device="cpu")
 
 
+@pytest.fixture(scope="session")
+def rgb_checkpoints(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[str, Path]:
+    """Two checkpoints fine-tuned once per session from a tiny ViT on red, green and blue (20 each):
+    ``rgb`` with the English class names, ``rojo`` with Spanish ones; tests that only need *a*
+    checkpoint copy one in (:func:`tests.helpers.publish_copy`) rather than train their own."""
+    from clipsort.classify.checkpoints import current_checkpoint  # noqa: PLC0415
+    from tests.synthetic import make_dataset, tiny_vit  # noqa: PLC0415
+
+    work = tmp_path_factory.mktemp("checkpoints")
+    base = tiny_vit(work / "vit")
+    made = {}
+    for name, classes in {
+        "rgb": {"red": "red", "green": "green", "blue": "blue"},
+        "rojo": {"rojo": "red", "verde": "green", "azul": "blue"},
+    }.items():
+        make_dataset(work / name / "Data" / "rgb", classes, references=20, seed=3)
+        out = work / name / "published"
+        train = ["--base", str(base), "--epochs", "40", "--learning-rate", "0.002", "--patience", "8"]
+        done = CliRunner(env={"CLIPSORT_MODEL": str(tiny_model)}).invoke(
+            app, ["train", "-d", "rgb", "--root", str(work / name / "Data"), "--out", str(out), *train]
+        )
+        assert done.exit_code == 0, done.output
+        found = current_checkpoint(out)
+        assert found is not None
+        made[name] = found
+    structlog.reset_defaults()  # the CLI bound the log to its captured stderr
+    return made
+
+
 @pytest.fixture
 def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """An empty data root; the working directory is moved next to it so no

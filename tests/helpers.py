@@ -236,3 +236,18 @@ def running_service(data_root: Path, model: Path) -> Iterator[Service]:
         yield service
     finally:
         service.stop()
+
+
+def publish_copy(checkpoint: Path, folder: Path, name: str) -> Path:
+    """A trained ``checkpoint`` copied into ``folder`` as ``name`` and made current, as a person may:
+    the folder staged under a dot-name and renamed into place, then the pointer replaced atomically."""
+    import shutil
+
+    from clipsort.classify.checkpoints import CURRENT
+
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / f".copying-{name}"
+    shutil.copytree(checkpoint, staging)
+    staging.rename(folder / name)
+    mover.write_atomic(folder / CURRENT, name.encode())
+    return folder / name

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from clipsort.cli import app
 from tests.daemonproc import Daemon, children, drop, free_port, picture_bytes, sha, sorted_files, start
-from tests.helpers import tree
-from tests.synthetic import draw, grid, make_dataset, save, tiny_vit
+from tests.helpers import publish_copy, tree
+from tests.synthetic import draw, grid, make_dataset, save
 from tests.waiting import wait_until
 
 RGB = {"red": "red", "green": "green", "blue": "blue"}
@@ -373,7 +373,7 @@ def test_a_reload_to_a_missing_root_is_refused_and_the_next_good_one_sorts(
 
 
 def test_a_fine_tuned_daemon_loads_clip_only_when_a_reload_asks_for_it(
-    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path, rgb_checkpoints: dict[str, Path]
 ) -> None:
     """All fine-tuned: it runs with `model` naming nothing; reloaded into reference mode, it loads CLIP."""
     root = tmp_path / "Data"
@@ -383,9 +383,7 @@ def test_a_fine_tuned_daemon_loads_clip_only_when_a_reload_asks_for_it(
     home.mkdir()
     nowhere = tmp_path / "no-clip-here"
     daemon = Daemon(root, nowhere, home, mode="finetuned")
-    train = ["--base", str(tiny_vit(tmp_path / "vit")), "--epochs", "40", "--learning-rate", "0.002"]
-    trained = CliRunner().invoke(app, ["train", "-d", "rgb", "--config", str(daemon.config), *train])
-    assert trained.exit_code == 0, trained.output
+    publish_copy(rgb_checkpoints["rgb"], daemon.state / "checkpoints" / "rgb", "trained")
     daemons.append(daemon)
     daemon.start()
     assert daemon.status().model.startswith("none") and not daemon.events("model_loaded")
@@ -406,21 +404,21 @@ def test_a_fine_tuned_daemon_loads_clip_only_when_a_reload_asks_for_it(
 
 
 def test_finetuned_checkpoints_are_hot_swapped(
-    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path, rgb_checkpoints: dict[str, Path]
 ) -> None:
-    """A newly published checkpoint takes over between batches; a corrupt one leaves the old in force."""
+    """A newly published checkpoint takes over between batches; a corrupt one leaves the old in force.
+
+    Publishing by `clipsort train` itself is tested in tests/integration/test_training.py; here the
+    session's checkpoints are copied in and the pointer rewritten, as a person may publish one.
+    """
     root = tmp_path / "Data"
     dataset = root / "rgb"
     make_dataset(dataset, RGB, references=20, seed=3)
-    base = tiny_vit(tmp_path / "vit")
     home = tmp_path / "home"
     home.mkdir()
     daemon = Daemon(root, tiny_model, home, mode="finetuned")
     checkpoints = daemon.state / "checkpoints" / "rgb"
-    train = ["--base", str(base), "--epochs", "40", "--learning-rate", "0.002", "--patience", "8"]
-    runner = CliRunner(env={"CLIPSORT_MODEL": str(tiny_model)})
-    first = runner.invoke(app, ["train", "-d", "rgb", "--config", str(daemon.config), *train])
-    assert first.exit_code == 0, first.output
+    publish_copy(rgb_checkpoints["rgb"], checkpoints, "first")
     daemons.append(daemon)
     daemon.start()
     rng = np.random.default_rng(8)
@@ -428,12 +426,7 @@ def test_finetuned_checkpoints_are_hot_swapped(
     wait_until(lambda: sorted_files(dataset).get("before.png") == "red")
 
     # A second checkpoint whose classes carry Spanish names, trained elsewhere and published here.
-    other = tmp_path / "Other"
-    make_dataset(other / "rgb", {"rojo": "red", "verde": "green", "azul": "blue"}, references=20, seed=3)
-    second = runner.invoke(
-        app, ["train", "-d", "rgb", "--root", str(other), "--out", str(checkpoints), *train]
-    )
-    assert second.exit_code == 0, second.output
+    publish_copy(rgb_checkpoints["rojo"], checkpoints, "second")
     daemon.wait_event("checkpoint_classes_differ")
     daemon.wait_event("classes_loaded", lambda r: r["checkpoint"] and "rojo" in r["classes"])
     spanish = {"red": "rojo", "green": "verde", "blue": "azul"}
