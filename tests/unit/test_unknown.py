@@ -110,15 +110,18 @@ def test_a_look_alike_near_one_odd_reference_is_held_by_the_description() -> Non
 
 
 def test_a_class_with_one_reference_takes_the_pooled_threshold_and_one_without_none() -> None:
-    """No leave-one-out score of its own: the pooled one; no reference at all: NaN (another rule)."""
+    """No leave-one-out score of its own: the pooled threshold, with its own description's part
+    (from its one reference) in place of the pooled one; no reference at all: NaN (another rule)."""
     refs = np.concatenate([spread([1, 0, 0], 5, 0.05, 0), unit([0, 1, 0])])
     index = hand_index(refs, [0] * 5 + [1], unit([1, 0, 0], [0, 1, 0], [0, 0, 1]))
     thresholds = reference_thresholds(index, 0.05)
     assert np.isfinite(thresholds[0]) and np.isfinite(thresholds[1]) and np.isnan(thresholds[2])
     similarity = refs[:5] @ refs[:5].T
     np.fill_diagonal(similarity, -np.inf)
-    own = similarity.max(axis=1) + refs[:5] @ index.text_vectors[0]  # class 0's scores, the only ones
-    assert thresholds[1] == pytest.approx(threshold_at(own, np.zeros(5, np.int64), 3, 0.05)[1], abs=1e-5)
+    text = refs[:5] @ index.text_vectors[0]
+    own = similarity.max(axis=1) + text  # class 0's scores, the only ones
+    pooled = threshold_at(own, np.zeros(5, np.int64), 3, 0.05)[1]
+    assert thresholds[1] == pytest.approx(pooled - text.mean() + refs[5] @ index.text_vectors[1], abs=1e-5)
 
 
 def test_a_class_without_references_is_judged_by_its_description() -> None:

@@ -168,7 +168,19 @@ def _thresholds(index: ClassIndex, rows: Labels, scores: Floats, cosines: Floats
     scored = np.isfinite(scores)
     truth = index.reference_labels[rows][scored]
     found, pooled = threshold_at(scores[scored], truth, len(index.classes), held)
-    found[np.isnan(found) & (index.reference_counts() > 0)] = pooled
+    lonely = np.isnan(found) & (index.reference_counts() > 0)
+    if lonely.any() and describes(index) and scored.any():
+        # A class with one reference: the nearest-reference part is the pooled one, but its own
+        # description part is known from that reference (classes' names differ in how well the
+        # model knows them: measured, a pooled "sky" location held every picture of "fire").
+        labels = index.reference_labels
+        text = np.einsum("ij,ij->i", index.reference_vectors, index.text_vectors[labels])
+        counts = np.maximum(index.reference_counts(), 1)
+        own_text = np.bincount(labels, weights=text, minlength=len(index.classes)) / counts
+        scored_text = text[rows][scored]
+        found[lonely] = pooled - float(np.mean(scored_text)) + own_text[lonely]
+    elif lonely.any():
+        found[lonely] = pooled
     return np.fmin(found, midpoints(index, rows, scores, cosines)).astype(np.float32)
 
 
