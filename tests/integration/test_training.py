@@ -256,6 +256,12 @@ def test_a_checkpoint_keeps_strangers_out_by_default(data_root: Path, tiny_model
     truth = held_out(data_root / "ds", {c: c for c in SIX_COLORS}, per_class=12)
     runner = CliRunner(env={"CLIPSORT_MODEL": str(tiny_model)})
     train_into(runner, tiny_model, data_root, "ds", *DEFAULT_TRAINING)
+    published = current_checkpoint(data_root / ".clipsort" / "checkpoints" / "ds")
+    assert published is not None
+    unseen = json.loads((published / "metrics.json").read_text())["validation_files"]
+    # What the gate calibrates on: the references training held out, named under Clases/.
+    assert len(unseen) == 2 * len(classes), unseen  # a fifth of each class's 12, rounded
+    assert all((data_root / "ds" / "Clases" / name).is_file() for name in unseen), unseen
     result = runner.invoke(
         app, ["sort", "--root", str(data_root), "--mode", "finetuned", "--dry-run", "--json"]
     )

@@ -89,7 +89,8 @@ def finetuned_target(
     classifier = FinetunedClassifier(checkpoints.get(path))
     own = settings.for_dataset(layout.name)
     if own.unknown_gate:
-        classifier = finetuned_gate(classifier, index, DecodeLimits.from_settings(settings), own.unknown_held)
+        limits = DecodeLimits.from_settings(settings)
+        classifier = finetuned_gate(classifier, index, limits, own.unknown_held, layout.classes)
     if set(classifier.classes(index)) != set(index.classes):
         log.warning(
             "checkpoint_classes_differ",
@@ -103,14 +104,15 @@ def finetuned_target(
 
 
 def finetuned_gate(
-    classifier: FinetunedClassifier, index: ClassIndex, limits: DecodeLimits, held: float
+    classifier: FinetunedClassifier, index: ClassIndex, limits: DecodeLimits, held: float, classes: Path
 ) -> FinetunedClassifier:
     """``classifier`` with the unknown gate on its own features, calibrated on the references.
 
     The same rule as the CLIP modes (the nearest reference plus the description, thresholds from
     leave-one-out, ``Clases/_none/`` as negatives), on the checkpoint's features instead of CLIP
     vectors, its head's rows standing for the descriptions: the references are decoded and run
-    through the checkpoint once per (re)build of the dataset.
+    through the checkpoint once per (re)build of the dataset. ``classes``: the dataset's ``Clases/``,
+    which the checkpoint's record of the references it never trained on is relative to.
     """
     side = input_size(
         getattr(classifier.checkpoint.processor, "image_processor", classifier.checkpoint.processor)
@@ -129,7 +131,7 @@ def finetuned_gate(
         )
         return classifier
     unseen = np.asarray(
-        [f"{path.parent.name}/{path.name}" in classifier.checkpoint.unseen for path in known.reference_paths]
+        [relative_name(path, classes) in classifier.checkpoint.unseen for path in known.reference_paths]
     )
     thresholds = thresholds_from_unseen(known, unseen, held)
     if thresholds is None:  # a checkpoint without a record of what it trained on
@@ -148,6 +150,14 @@ def finetuned_gate(
         negatives=len(known.negative_paths),
     )
     return replace(classifier, gate=gate, known=known)
+
+
+def relative_name(path: Path, classes: Path) -> str:
+    """``path`` as training records it: relative to ``Clases/`` ("" for a file elsewhere)."""
+    try:
+        return path.relative_to(classes).as_posix()
+    except ValueError:
+        return ""
 
 
 def choose_classifier(

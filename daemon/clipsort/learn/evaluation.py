@@ -391,7 +391,8 @@ def checkpoint_gate(settings: Settings, layout: DatasetLayout, checkpoint: Path)
         return None
     index = build_class_index(layout, None, own.prompt_templates, own.descriptions)
     loaded = FinetunedClassifier(load_checkpoint(checkpoint, resolve_device(settings.device)))
-    gated = finetuned_gate(loaded, index, DecodeLimits.from_settings(settings), own.unknown_held)
+    limits = DecodeLimits.from_settings(settings)
+    gated = finetuned_gate(loaded, index, limits, own.unknown_held, layout.classes)
     if gated.gate is None or gated.known is None:
         return None
     known, gate = gated.known, gated.gate

@@ -86,8 +86,8 @@ class TrainResult:
     recall: dict[str, float] = field(default_factory=dict)
     validation_size: int = 0
     current_accuracy: float | None = None  # the checkpoint it would replace, on the same pictures
-    # The references it never trained on, as "class/file" under Clases/: the unknown gate measures
-    # from them how much lower new pictures score than the pictures it learned (VALIDATION_FILES).
+    # The references it never trained on, as paths under Clases/ ("red/a.jpg"): the unknown gate
+    # measures from them how much lower new pictures score than the pictures it learned.
     validation_files: list[str] = field(default_factory=list)
 
 
@@ -284,7 +284,7 @@ def train(
         precision[name] = float((chosen & actual).sum() / chosen.sum()) if chosen.any() else 0.0
         recall[name] = float((chosen & actual).sum() / actual.sum()) if actual.any() else 0.0
     result = TrainResult(None, classes, best_epoch, best, history, precision, recall, len(pictures))
-    result.validation_files = [f"{data.paths[i].parent.name}/{data.paths[i].name}" for i in data.validation]
+    result.validation_files = [data.paths[i].relative_to(layout.classes).as_posix() for i in data.validation]
     current = current_checkpoint(checkpoints)
     if current is not None:
         result.current_accuracy = checkpoint_accuracy(current, pictures, [classes[k] for k in truth], options)

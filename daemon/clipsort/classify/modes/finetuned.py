@@ -36,8 +36,8 @@ class Checkpoint:
     model: Any
     processor: Any
     classes: tuple[str, ...]
-    # References it was not trained on ("class/file" under Clases/, from its metrics.json): empty for
-    # a checkpoint made elsewhere or before clipsort recorded them.
+    # References it was not trained on (paths under Clases/, from its metrics.json): empty for a
+    # checkpoint made elsewhere or before clipsort recorded them.
     unseen: frozenset[str] = frozenset()
 
 
