@@ -54,10 +54,11 @@ def grid(rng: np.random.Generator, size: int = 64) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def random_clip(out: Path, *, seed: int = 0, small: bool = False) -> Path:
+def random_clip(out: Path, *, seed: int = 0, small: bool = False, width: int = 32, patch: int = 32) -> Path:
     """A CLIP with the ViT-B/32 architecture (or, ``small``, a two-layer one) and random weights.
 
-    Real compute, no accuracy: for speed and memory measurements only.
+    Real compute, no accuracy: for speed and memory measurements only. ``small`` takes ``width``
+    (hidden size) and ``patch`` (224: one patch per picture, a forward pass next to free).
     """
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
@@ -79,8 +80,13 @@ def random_clip(out: Path, *, seed: int = 0, small: bool = False) -> Path:
     vision: dict[str, Any] = {"patch_size": 32}
     sizes: dict[str, Any] = {}
     if small:
-        tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-        text, vision, sizes = text | tiny, vision | tiny, {"projection_dim": 32}
+        tiny = {
+            "hidden_size": width,
+            "intermediate_size": 2 * width,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+        }
+        text, vision, sizes = text | tiny, vision | tiny | {"patch_size": patch}, {"projection_dim": width}
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, **sizes))
     model.eval()  # type: ignore[no-untyped-call]
     model.save_pretrained(out)

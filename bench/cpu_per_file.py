@@ -1,0 +1,200 @@
+"""The interpreter's own CPU per file: what caps one clipsort process on any host (issue 37's measure).
+
+Usage (from the repository root)::
+
+    python -m bench.cpu_per_file            # 2,000 distinct 640x480 JPEGs
+    python -m bench.cpu_per_file --quick    # seconds-long smoke run (what CI runs)
+
+On a GPU host the model is nearly free and the decoders scale with the cores, so what bounds one
+process is the CPU its own interpreter spends per file (its threads share one GIL): 1 / that cost
+is the most files per second it can ever sort. It is measured from outside, as the process's own
+utime + stime (never its decoding processes': ``decode_in = "processes"``), with a two-layer
+random CLIP of width 8 that sees each picture as one 224-pixel patch standing in for the GPU:
+
+- **daemon**: the real daemon, a burst of the files renamed into its inbox; its CPU from the first
+  rename to the last file filed, divided by the files. Beside it, the **per-thread account**: each
+  thread's CPU over the burst (``/proc/<pid>/task/*/stat``), by thread name, in ms per file;
+- **sort**: ``clipsort sort`` as a process on the files, less a one-file run (start-up, model
+  load), divided by the files less one; its own ``RUSAGE_SELF``, read at its exit.
+
+CPU per file disturbs less than wall time when other work shares the machine, but quote it with
+the machine's load in mind; the report carries both runs' elapsed time too.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from bench.reports import bench_parser, write_report
+
+# Reads the sort process's own CPU at its exit into the file named by the first argument (the
+# decoding processes are its children: RUSAGE_SELF leaves them out).
+# Loaded into the daemon by Python's site hook for the measurement only: each thread's OS name
+# (what /proc shows, 15 bytes) becomes its Python name less the "clipsort-" prefix, so the
+# per-thread account can tell the intake from the placer.
+NAME_THREADS = """
+import ctypes, threading
+_prctl = ctypes.CDLL(None).prctl
+_start = threading.Thread._bootstrap_inner
+def _named(self):
+    _prctl(15, self.name.removeprefix("clipsort-").encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    _start(self)
+threading.Thread._bootstrap_inner = _named
+"""
+
+SORT_LAUNCHER = """
+import atexit, resource, sys
+out = sys.argv.pop(1)
+def record():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    with open(out, "w") as f:
+        f.write(repr(usage.ru_utime + usage.ru_stime))
+atexit.register(record)
+from clipsort.cli import main
+main()
+"""
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far of each live thread of ``pid``, summed by thread name."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = defaultdict(float)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "stat").read_text()
+        except OSError:
+            continue  # it ended meanwhile
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        found[name] += (int(fields[11]) + int(fields[12])) / ticks
+    return dict(found)
+
+
+def daemon_cpu(model: Path, files: list[Path], work: Path) -> dict[str, Any]:
+    """The daemon's own CPU per file over a burst of ``files``, and the per-thread account."""
+    from bench.daemon_latency import CLASSES
+    from bench.throughput import arrived_count
+    from clipsort.config import Settings
+    from tests.daemonproc import Daemon, cpu_seconds_of
+    from tests.synthetic import make_dataset
+    from tests.waiting import wait_until
+
+    root = work / "Data"
+    dataset = root / "bench"
+    make_dataset(dataset, CLASSES, references=2, seed=1)
+    home = work / "home"
+    home.mkdir()
+    status_seconds = Settings.model_fields["status_seconds"].default  # as often as deployed
+    daemon = Daemon(
+        root, model, home, settle_seconds=0.05, status_seconds=status_seconds, decode_in="processes"
+    )
+    hook = work / "name-threads"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(NAME_THREADS)
+    daemon.start(
+        wait=True, env={"PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    )
+    try:
+        assert daemon.process is not None
+        pid = daemon.process.pid
+        for path in files:
+            shutil.copyfile(path, dataset / "Images" / f".{path.name}")
+        threads_before, before = thread_cpu(pid), cpu_seconds_of(pid)
+        started = time.perf_counter()
+        for path in files:
+            os.rename(dataset / "Images" / f".{path.name}", dataset / "Images" / path.name)
+        wait_until(lambda: arrived_count(dataset) == len(files), timeout=3600, every=0.01)
+        elapsed = time.perf_counter() - started
+        after, threads_after = cpu_seconds_of(pid), thread_cpu(pid)
+    finally:
+        daemon.stop()
+    account = {
+        name: (threads_after.get(name, 0.0) - threads_before.get(name, 0.0)) * 1e3 / len(files)
+        for name in sorted(set(threads_before) | set(threads_after))
+    }
+    return {
+        "cpu_ms_per_file": (after - before) * 1e3 / len(files),
+        "elapsed_s": elapsed,
+        "threads_ms_per_file": {name: round(ms, 4) for name, ms in account.items() if ms > 0},
+    }
+
+
+def sort_run_cpu(model: Path, files: list[Path], work: Path) -> tuple[float, float]:
+    """``clipsort sort``'s own CPU seconds over ``files`` (a fresh data root), and its elapsed time."""
+    from bench.daemon_latency import CLASSES
+    from tests.synthetic import make_dataset
+
+    root = work / "Data"
+    dataset = root / "bench"
+    make_dataset(dataset, CLASSES, references=2, seed=1)
+    for path in files:
+        shutil.copyfile(path, dataset / "Images" / path.name)
+    out = work / "cpu.txt"
+    command = [sys.executable, "-c", SORT_LAUNCHER, str(out), "sort", "--root", str(root)]
+    environment = {
+        **os.environ,
+        "CLIPSORT_MODEL": str(model),
+        "CLIPSORT_DECODE_IN": "processes",
+        "CLIPSORT_STATE_DIR": str(work / "state"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    started = time.perf_counter()
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, check=False, cwd=work)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"clipsort sort failed ({done.returncode}): {done.stderr[-2000:]}")
+    return float(out.read_text()), elapsed
+
+
+def sort_cpu(model: Path, files: list[Path], work: Path) -> dict[str, Any]:
+    """``clipsort sort``'s CPU per file: an N-file run less a one-file run, per file less one."""
+    one, _ = sort_run_cpu(model, files[:1], work / "one")
+    many, elapsed = sort_run_cpu(model, files, work / "many")
+    return {
+        "cpu_ms_per_file": (many - one) * 1e3 / max(len(files) - 1, 1),
+        "elapsed_s": elapsed,
+        "one_file_cpu_s": one,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = bench_parser(__doc__, "cpu_per_file", quick="40 files: a smoke run")
+    parser.add_argument("--files", type=int, default=2000)
+    args = parser.parse_args(argv)
+    count = 40 if args.quick else args.files
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # The model stack, once the command line is read (a bad flag is refused in a fraction of a second).
+    from bench.overhead import distinct_jpegs
+    from tests.synthetic import random_clip
+
+    report: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg()},
+        "files": count,
+        "model": "two-layer random CLIP (hidden 8, 224-pixel input, one 224-pixel patch)",
+        "decode_in": "processes",
+    }
+    with tempfile.TemporaryDirectory(prefix="clipsort-bench-") as scratch:
+        work = Path(scratch)
+        model = random_clip(work / "model", small=True, width=8, patch=224)
+        files = distinct_jpegs(work / "files", count)
+        report["daemon"] = daemon_cpu(model, files, work / "daemon")
+        print(f"daemon: {report['daemon']['cpu_ms_per_file']:.3f} ms of CPU per file", flush=True)
+        for name, ms in sorted(report["daemon"]["threads_ms_per_file"].items(), key=lambda item: -item[1]):
+            print(f"  {name:<28} {ms:.3f} ms/file", flush=True)
+        report["sort"] = sort_cpu(model, files, work / "sort")
+        print(f"sort:   {report['sort']['cpu_ms_per_file']:.3f} ms of CPU per file", flush=True)
+    report["machine"]["load_after"] = os.getloadavg()
+    write_report(args.out, report)
+
+
+if __name__ == "__main__":
+    main()
