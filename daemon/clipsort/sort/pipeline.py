@@ -25,7 +25,7 @@ from clipsort.encode.embedcache import EmbeddingCache
 from clipsort.encode.vectors import Vectors
 from clipsort.errors import ClipsortError, ImageRejected, JournalError
 from clipsort.files import content_hash
-from clipsort.ingest.sidecars import companions, renamed
+from clipsort.ingest.sidecars import by_lower_name, companions_in, renamed
 from clipsort.logs import DRY_RUN_EVENTS
 from clipsort.store.journal import Intent, Journal, Placement, Settlement, State
 from clipsort.store.mover import OpenFolders, move_into, preview
@@ -292,16 +292,16 @@ SIDECAR_MODE = "sidecar"  # a sidecar's journal entry: its picture's decision, i
 
 def _sidecars(batch: Sequence[Delivery]) -> list[list[tuple[Path, str, int]]]:
     """Per file of ``batch``, its sidecars in the inbox now (path, sha256, size); each folder listed once."""
-    listings: dict[Path, list[str]] = {}
+    listings: dict[Path, dict[str, list[str]]] = {}
     found: list[list[tuple[Path, str, int]]] = []
     for item in batch:
         folder = item.job.path.parent
         if folder not in listings:
             try:
-                listings[folder] = os.listdir(folder)
+                listings[folder] = by_lower_name(os.listdir(folder))
             except OSError:
-                listings[folder] = []
-        names = companions(item.job.path.name, listings[folder], item.target.settings.sidecar_suffixes)
+                listings[folder] = {}
+        names = companions_in(item.job.path.name, listings[folder], item.target.settings.sidecar_suffixes)
         mine = []
         for name in names:
             path = folder / name
