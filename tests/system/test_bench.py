@@ -109,9 +109,11 @@ def test_overhead_refuses_a_bad_variant_in_one_line_with_exit_2(tmp_path: Path) 
 
 def test_cpu_per_file_smoke_run_reports_both_processes_and_the_thread_account(tmp_path: Path) -> None:
     """``python -m bench.cpu_per_file --quick`` exits 0: the daemon's and sort's CPU per file, and the
-    daemon's threads by name (the worker and the placer among them)."""
+    daemon's threads by name (the worker and the placer among them, however little a short burst
+    gave the placer to do)."""
     report = smoke("bench.cpu_per_file", tmp_path / "cpu.json")
     assert report["files"] == 40
     assert report["daemon"]["cpu_ms_per_file"] > 0 and report["daemon"]["elapsed_s"] > 0
-    assert {"worker", "placer"} <= set(report["daemon"]["threads_ms_per_file"]), report["daemon"]
+    threads = report["daemon"]["threads_ms_per_file"]
+    assert {"worker", "placer"} <= set(threads) and all(ms >= 0 for ms in threads.values()), threads
     assert report["sort"]["one_file_cpu_s"] > 0 and report["sort"]["elapsed_s"] > 0
