@@ -143,6 +143,7 @@ def pytest_runtest_makereport(
     started = getattr(item, "funcargs", {}).get("daemons")
     if report.failed and started:
         for daemon in started:
+            daemon.dump_stacks()  # a daemon that stopped answering shows where each thread is
             report.sections.append((f"daemon log {daemon.log} (last lines)", daemon.log_tail()))
     return report
 

@@ -183,6 +183,16 @@ class Daemon:
                 values.append(read(child))
         return values
 
+    def dump_stacks(self, timeout: float = 2.0) -> None:
+        """Ask a live daemon for every thread's stack (SIGUSR1), into its log; wait until it lands."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        size = self.log.stat().st_size
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.log.stat().st_size == size:
+            time.sleep(0.05)  # a failure report, not a test's condition: bounded and best effort
+
     def log_tail(self, lines: int = 80) -> str:
         """The last ``lines`` lines of the daemon's log (what a failing test shows)."""
         try:

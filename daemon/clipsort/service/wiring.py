@@ -13,6 +13,7 @@ new configuration is logged and the old one stays in force.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import threading
@@ -414,6 +415,9 @@ class Service:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, reload)
+        # `kill -USR1 <pid>`: every thread's stack on stderr (the journal under systemd), even with
+        # the main thread stuck: what a daemon that stopped answering was doing.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     def _reload_config(self) -> None:
         reloading()
