@@ -26,10 +26,11 @@ from clipsort.classify.classindex import ClassIndex, build_class_index
 from clipsort.classify.modes.base import ClipClassifier, Familiarity
 from clipsort.classify.modes.finetuned import FinetunedClassifier, load_checkpoint
 from clipsort.classify.targets import choose_classifier, finetuned_gate
-from clipsort.classify.unknown import calibrate_gate, own_scores
+from clipsort.classify.unknown import Gate, calibrate_gate, own_scores
 from clipsort.config import EVALUATED_MODES, DatasetSettings, Settings
 from clipsort.decode.images import DecodeLimits
 from clipsort.encode.encoder import resolve_device
+from clipsort.encode.vectors import Vectors
 from clipsort.errors import NoClassesError
 from clipsort.layout import DatasetLayout
 from clipsort.store.mover import ensure_dir
@@ -211,6 +212,15 @@ def evaluate(
         truth = index.reference_labels[held]
         strangers = negatives[negative_fold == fold]
         files = [str(p) for p, h in zip(index.reference_paths, held, strict=True) if h]
+        # The gate is one rule for every mode: calibrated once per fold, at each setting reported.
+        gates = (
+            {
+                h: calibrate_gate(train, held=h, label_scale=logit_scale)
+                for h in {settings.unknown_held, *CURVE}
+            }
+            if settings.unknown_gate
+            else {}
+        )
         for mode in modes:
             classifier = classifier_for(mode, train, settings, logit_scale)
             guessed = np.argmax(classifier.scores(vectors, train), axis=1)
@@ -219,8 +229,8 @@ def evaluate(
                 Prediction(file, fold, classes[t], classes[g])
                 for file, t, g in zip(files, truth, guessed, strict=True)
             ]
-            if settings.unknown_gate:
-                gate = calibrate_gate(train, held=settings.unknown_held, label_scale=logit_scale)
+            if gates:
+                gate = gates[settings.unknown_held]
                 given = (
                     np.argmax(classifier.scores(strangers, train), axis=1) if len(strangers) else guessed[:0]
                 )
@@ -228,10 +238,11 @@ def evaluate(
                 for found, (pictures, labels) in zip(margins[mode], judged, strict=True):
                     found += [margin(f) for f in gate.judge(pictures, labels, train) if f is not None]
                 for held, out in held_at[mode].items():
-                    at = calibrate_gate(train, held=held, label_scale=logit_scale)
-                    out += [f is not None and not f.known for f in at.judge(vectors, guessed, train)]
+                    out += [f is not None and not f.known for f in gates[held].judge(vectors, guessed, train)]
             step()
     results = {}
+    left_out = left_out_gates(index, logit_scale) if settings.unknown_gate else []
+    rule = calibrate_gate(index, held=settings.unknown_held, label_scale=logit_scale).rule
     for mode in modes:
         precision, recall = _metrics(confusion[mode], classes)
         matrix = confusion[mode]
@@ -241,7 +252,13 @@ def evaluate(
             recall=recall,
             confusion=matrix.tolist(),
             predictions=predictions[mode],
-            gate=gate_result(mode, index, settings, logit_scale, *margins[mode], held_at[mode])
+            gate=gate_result(
+                rule,
+                index,
+                strangers_kept_out(mode, left_out, settings, logit_scale),
+                *margins[mode],
+                held_at[mode],
+            )
             if settings.unknown_gate
             else None,
         )
@@ -279,17 +296,14 @@ def margin(familiar: Familiarity) -> float:
 
 
 def gate_result(
-    mode: str,
+    rule: str,
     index: ClassIndex,
-    settings: DatasetSettings,
-    logit_scale: float,
+    outside: dict[float, float],
     references: list[float],
     negatives: list[float],
     held_at: dict[float, list[bool]],
 ) -> GateResult:
     """The gate figures of one mode from the folds' margins, and the knob's curve."""
-    rule = calibrate_gate(index, held=settings.unknown_held, label_scale=logit_scale).rule
-    outside = strangers_kept_out(mode, index, settings, logit_scale)
     return GateResult(
         rule=rule,
         references_kept=float(np.mean([m >= 0 for m in references])) if references else 0.0,
@@ -320,28 +334,39 @@ def without_class(index: ClassIndex, label: int) -> ClassIndex:
     )
 
 
+LeftOut = tuple[ClassIndex, Vectors, dict[float, Gate]]  # the others, the left-out pictures, gates
+
+
+def left_out_gates(index: ClassIndex, logit_scale: float) -> list[LeftOut]:
+    """Each class in turn left out: the other classes, its references, and their gate per CURVE setting.
+
+    Mode-free, so computed once for every mode :func:`strangers_kept_out` reports.
+    """
+    if len(index.classes) < 2:
+        return []
+    found = []
+    for label in range(len(index.classes)):
+        members = index.reference_labels == label
+        rest = without_class(index, label)
+        if members.any() and len(rest.reference_labels):
+            gates = {held: calibrate_gate(rest, held=held, label_scale=logit_scale) for held in CURVE}
+            found.append((rest, index.reference_vectors[members], gates))
+    return found
+
+
 def strangers_kept_out(
-    mode: str, index: ClassIndex, settings: DatasetSettings, logit_scale: float
+    mode: str, left_out: list[LeftOut], settings: DatasetSettings, logit_scale: float
 ) -> dict[float, float]:
     """Per ``unknown_held`` of CURVE, the share of each class's references kept out with it left out.
 
     Each class in turn plays the stranger: its references are classified by ``mode`` among the
     other classes and judged by their gate. Empty for a dataset of one class.
     """
-    classes = len(index.classes)
-    if classes < 2:
-        return {}
     out: dict[float, list[bool]] = {held: [] for held in CURVE}
-    for label in range(classes):
-        members = index.reference_labels == label
-        rest = without_class(index, label)
-        if not members.any() or not len(rest.reference_labels):
-            continue
-        pictures = index.reference_vectors[members]
+    for rest, pictures, gates in left_out:
         given = np.argmax(classifier_for(mode, rest, settings, logit_scale).scores(pictures, rest), axis=1)
         for held, judged in out.items():
-            gate = calibrate_gate(rest, held=held, label_scale=logit_scale)
-            judged += [f is not None and not f.known for f in gate.judge(pictures, given, rest)]
+            judged += [f is not None and not f.known for f in gates[held].judge(pictures, given, rest)]
     return {held: float(np.mean(judged)) for held, judged in out.items() if judged}
 
 
