@@ -222,3 +222,53 @@ def test_a_picture_over_the_memory_limit_is_rejected_with_its_own_reason(tmp_pat
         assert pool.kills == 0
     assert isinstance(read.picture, ImageRejected) and not isinstance(read.picture, ImageIncomplete)
     assert "decode_memory_mb" in str(read.picture)
+
+
+STORM = """
+import os, signal, sys, threading
+from clipsort.decode.decodeprocesses import _Worker
+
+signal.signal(signal.SIGINT, lambda signum, frame: None)  # caught (not ignored, which exec would keep)
+stop = threading.Event()
+
+def storm() -> None:
+    while not stop.is_set():
+        os.killpg(0, signal.SIGINT)
+        stop.wait(0.0005)
+
+def spawn(failed: list[int]) -> None:
+    for _ in range(int(sys.argv[1])):
+        worker = _Worker()
+        if worker.started():
+            worker.kill()
+        else:
+            failed.append(worker.process.returncode)
+
+threading.Thread(target=storm, daemon=True).start()
+failed: list[int] = []
+spawners = [threading.Thread(target=spawn, args=(failed,)) for _ in range(2)]
+for thread in spawners:
+    thread.start()
+for thread in spawners:
+    thread.join()
+stop.set()
+print(failed)
+"""
+
+
+def test_a_ctrl_c_while_workers_start_kills_none_of_them(tmp_path: Path) -> None:
+    """Workers started under a storm of SIGINTs to the starter's group all start (none die in the
+    window before they leave the group); unblocked, 14 of 30 died here."""
+    script = tmp_path / "storm.py"
+    script.write_text(STORM)
+    run = subprocess.run(
+        [sys.executable, str(script), "15"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        start_new_session=True,  # its own group: the storm reaches it and its workers, not pytest
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]", f"workers that died starting (exit codes): {run.stdout}"

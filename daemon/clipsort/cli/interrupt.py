@@ -25,6 +25,8 @@ import signal
 import threading
 from types import FrameType, TracebackType
 
+from clipsort.signals import SignalFlag
+
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program ended by Ctrl-C
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -33,7 +35,7 @@ class Interrupt:
     """The signal handlers of one command run (a context manager restoring the previous ones)."""
 
     def __init__(self) -> None:
-        self.requested = threading.Event()
+        self.requested = SignalFlag()  # see clipsort.signals: an Event could deadlock a double Ctrl-C
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> Interrupt:

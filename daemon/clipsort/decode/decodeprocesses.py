@@ -32,8 +32,16 @@ parent's slot: the worker unregisters its attachments (3.13's ``track=False``).
 A worker runs in a process group of its own and ignores SIGINT: a Ctrl-C in
 the terminal goes to the terminal's foreground group, and is the parent's to
 handle (before, a Ctrl-C during a worker's imports killed it, and the pool
-went on decoding in threads). A worker ends when its socket closes, so it
-never outlives the daemon for long.
+went on decoding in threads). Caveat: ``process_group=0`` calls setpgid in
+the child after fork, and CPython's vfork path resets the child's signal
+handlers to the default (which ends a process on SIGINT) and unblocks its
+signals before that call, so a Ctrl-C in that window killed the child while
+it was still in the terminal's group (a flaky ``decoder_not_started`` when
+Ctrl-C came while the pool started). So the thread that starts a worker
+blocks SIGINT around the start; the child inherits the mask through exec
+and unblocks SIGINT only once it ignores it, which drops one still pending.
+A worker ends when its socket closes, so it never outlives the daemon for
+long.
 
 A process killed with SIGKILL (an OOM kill, ``kill -9``, systemd's final
 cgroup kill, which takes the resource tracker with it) unlinks nothing, and
@@ -244,13 +252,19 @@ class _Worker:
 
     def __init__(self, memory_mb: int = 0) -> None:
         ours, theirs = socket.socketpair()
-        with theirs:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(theirs.fileno()), str(memory_mb)],
-                pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL,
-                process_group=0,  # out of the terminal's group: Ctrl-C is the parent's (see the module)
-            )
+        # SIGINT stays blocked in this thread while the child starts, so the child is born with it
+        # blocked (a mask survives fork and exec): see the module on the window before its setpgid.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            with theirs:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", __name__, str(theirs.fileno()), str(memory_mb)],
+                    pass_fds=[theirs.fileno()],
+                    stdin=subprocess.DEVNULL,
+                    process_group=0,  # out of the terminal's group: Ctrl-C is the parent's
+                )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.connection = Connection(ours.detach())
         # Ended by SIGKILL from outside (the OOM killer, an administrator): no decoder raises that,
         # so it is not the file's fault (see ProcessDecodePool._decode).
@@ -504,6 +518,9 @@ def _resolve(batch: _Batch, release: Callable[[_Slot], None]) -> None:
 
 
 if __name__ == "__main__":
+    # Ignored first, then unblocked: a Ctrl-C that reached this process before it left the
+    # parent's group is still pending, and ignoring a pending signal discards it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     pillow_warnings_off()
     _serve(Connection(int(sys.argv[1])), int(sys.argv[2]) if len(sys.argv) > 2 else 0)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import faulthandler
 import os
 import signal
-import threading
 import time
 import tomllib
 from collections.abc import Callable
@@ -60,6 +59,7 @@ from clipsort.service.reactions import (
 )
 from clipsort.service.sdnotify import notify, reloading, watchdog_interval
 from clipsort.service.status import DatasetStatus, Status, write_status
+from clipsort.signals import SignalFlag
 from clipsort.sort.worker import Worker
 from clipsort.store.instance import InstanceLock, refuse_if_served
 from clipsort.store.journal import Journal
@@ -139,8 +139,8 @@ class Service:
         self._status_failure = ""  # the last error writing status.json, logged once
         self.metrics = Metrics()
         self.reactions = Reactions(self._react)
-        self._stop = threading.Event()
-        self._reload = threading.Event()
+        self._stop = SignalFlag()  # set by signal handlers: see clipsort.signals on why not an Event
+        self._reload = SignalFlag()
         self._known: set[str] = set()
         self._learning: set[Path] = set()
         self._running = False

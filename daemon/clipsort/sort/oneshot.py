@@ -7,7 +7,6 @@ no model) fails before the first file moves.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from clipsort.errors import DecoderKilled, FileReplaced, NoClassesError
 from clipsort.files import scan
 from clipsort.ingest.sidecars import pictures_of, split
 from clipsort.layout import DatasetLayout
+from clipsort.signals import SignalFlag
 from clipsort.sort.driver import Classified, Decoders, Driver, Verdict
 from clipsort.sort.pipeline import Delivery, Outcome, Result
 from clipsort.store.journal import Journal
@@ -98,7 +98,7 @@ def run(
     dry_run: bool,
     on_outcome: Callable[[Outcome], None],
     decoders: Decoders | None = None,
-    stop: threading.Event | None = None,
+    stop: SignalFlag | None = None,
 ) -> None:
     """Classify and place every gathered file through the batch driver, as the daemon does.
 
