@@ -20,7 +20,7 @@ import typer.main
 
 from clipsort.cli import app  # importing the package registers every command
 from clipsort.config import DatasetOverrides, Settings
-from clipsort.service.metrics import Metrics
+from clipsort.service.metrics import LABELS, Metrics
 from clipsort.store.journal import SCHEMA
 
 PACKAGE = Path(__file__).resolve().parents[1] / "daemon" / "clipsort"
@@ -81,11 +81,9 @@ def metrics() -> str:
     """The Prometheus series the daemon exports, from a fresh registry."""
 
     registry = Metrics().registry
-    # prometheus-client names a family's labels only on its samples, so they come from the collector.
-    by_name = registry._names_to_collectors
     rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
     for family in registry.collect():
-        labels = ", ".join(getattr(by_name.get(family.name), "_labelnames", ()))
+        labels = ", ".join(LABELS.get(family.name, ()))
         suffix = "_total" if family.type == "counter" else ""
         rows.append(f"| `{family.name}{suffix}` | {family.type} | {labels} | {_cell(family.documentation)} |")
     return "\n".join(rows)

@@ -14,7 +14,7 @@ import json
 import textwrap
 import threading
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -537,19 +537,6 @@ class Mailbox(Generic[S]):
         if posted is not None:
             self.current = posted
         return posted
-
-
-def needs_clip(settings: Settings, datasets: Iterable[str] | None = None) -> bool:
-    """Whether some dataset classifies CLIP vectors (every mode does but ``finetuned``).
-
-    With ``datasets`` (a one-shot run's) only those count; without, every
-    dataset the daemon may meet: one without a ``[datasets.<name>]`` table
-    follows the global mode.
-    """
-    if datasets is not None:
-        return any(settings.for_dataset(name).mode != "finetuned" for name in datasets)
-    tables = (own.mode for own in settings.datasets.values())
-    return settings.mode != "finetuned" or any(mode not in (None, "finetuned") for mode in tables)
 
 
 def _toml_value(value: Any) -> str:

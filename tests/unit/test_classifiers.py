@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from clipsort.classify.classindex import ClassIndex
-from clipsort.classify.modes import MODES, decide, make_classifier
+from clipsort.classify.modes import MODES, decide, make_classifier, needs_clip
 from clipsort.classify.modes import mode as declared_mode
 from clipsort.classify.modes.mixed import MixedClassifier
 from clipsort.classify.modes.reference import ReferenceClassifier
 from clipsort.classify.modes.text import TextClassifier
 from clipsort.classify.review import ReviewPolicy
-from clipsort.config import DatasetSettings, Mode, load_settings, needs_clip
+from clipsort.config import DatasetSettings, Mode, load_settings
 from clipsort.errors import NoClassesError
 from tests.helpers import unit
 

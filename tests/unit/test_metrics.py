@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from clipsort.service.metrics import Metrics
+from pathlib import Path
+
+from clipsort.classify.modes.base import Decision
+from clipsort.service.metrics import LABELS, Metrics
+from clipsort.sort.pipeline import Outcome
 
 
 def test_forgotten_corrections_leave_the_gauge() -> None:
@@ -16,3 +20,19 @@ def test_forgotten_corrections_leave_the_gauge() -> None:
 
     assert value("rgb", "blue") == 4
     assert value("rgb", "red") is None and value("pets", "cat") is None
+
+
+def test_every_labelled_series_carries_the_labels_the_docs_list() -> None:
+    """Once each series has a sample, its label names are exactly what ``LABELS`` (the docs' source) says."""
+    metrics = Metrics()
+    decision = Decision("beach", 0.9, "city", 0.1, 0.8, (("beach", 0.9), ("city", 0.1)))
+    outcome = Outcome("holidays", Path("Images/a.jpg"), "sorted", Path("Dataset/beach/a.jpg"), decision)
+    metrics.record(outcome, latency=0.2)
+    metrics.corrections({"holidays": {"beach": 1}})
+    metrics.error("decode", "broken")
+    seen: dict[str, set[str]] = {}
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            seen.setdefault(family.name, set()).update(set(sample.labels) - {"le"})
+    labelled = {name: labels for name, labels in seen.items() if labels}
+    assert labelled == {name: set(labels) for name, labels in LABELS.items()}

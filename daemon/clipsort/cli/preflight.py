@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from clipsort.config import Settings, needs_clip
+from clipsort.classify.modes import needs_clip
+from clipsort.config import Settings
 from clipsort.encode.hub import require_available
 from clipsort.errors import ConfigError
 from clipsort.store.instance import holder

@@ -21,6 +21,7 @@ from rich.progress import TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from clipsort.classify.checkpoints import checkpoints_of, current_checkpoint
+from clipsort.classify.modes import needs_clip
 from clipsort.cli import preflight
 from clipsort.cli.app import (
     NOT_RUNNING,
@@ -37,7 +38,7 @@ from clipsort.cli.app import (
     user_errors,
 )
 from clipsort.cli.interrupt import INTERRUPTED, Interrupt
-from clipsort.config import DEFAULT_BASE, EVALUATED_MODES, Settings, needs_clip
+from clipsort.config import DEFAULT_BASE, EVALUATED_MODES, Settings
 from clipsort.encode.hub import require_available
 from clipsort.errors import ConfigError, DatasetError, NoClassesError
 from clipsort.layout import DatasetLayout, require_data_root, select
@@ -108,7 +109,7 @@ def _sort(
     names = [layout.name for layout in layouts]
     preflight.models(settings, names)
     from clipsort.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
-    from clipsort.encode.factory import clip_for, make_embedder
+    from clipsort.encode.factory import make_embedder, make_encoder
     from clipsort.learn.corrections import corrected_from
     from clipsort.sort.oneshot import decoders_for, gather, run, waiting
 
@@ -120,7 +121,7 @@ def _sort(
         needed = needs_clip(settings, names) and any(found.values())  # nothing to sort: no decoding process
         decoders = stack.enter_context(decoders_for(settings, processes=needed))
         interrupt.check()
-        encoder = clip_for(settings, names)  # none if all are fine-tuned
+        encoder = make_encoder(settings) if needs_clip(settings, names) else None  # none if all fine-tuned
         interrupt.check()
         # A real run journals and caches vectors (so the daemon can learn from corrections later).
         # A dry run creates nothing, but reads the corrections an existing journal holds, so that

@@ -7,9 +7,7 @@ hub download and no memory for it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from clipsort.config import Settings, needs_clip
+from clipsort.config import Settings
 from clipsort.decode.images import DecodeLimits
 from clipsort.encode.embedcache import EmbeddingCache
 from clipsort.encode.embeddings import Embedder
@@ -21,11 +19,6 @@ def make_encoder(settings: Settings) -> Encoder:
     return Encoder(
         settings.model, settings.device, settings.text_model, settings.precision, settings.model_threads
     )
-
-
-def clip_for(settings: Settings, datasets: Iterable[str] | None = None) -> Encoder | None:
-    """The CLIP model where :func:`needs_clip`, else None."""
-    return make_encoder(settings) if needs_clip(settings, datasets) else None
 
 
 def make_embedder(

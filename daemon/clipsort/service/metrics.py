@@ -25,6 +25,17 @@ from clipsort.sort.pipeline import Outcome
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 PROBABILITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+# Each labelled series' label names, declared once: the collectors take them from here and the
+# reference docs read them here (prometheus-client shows a family's labels only on its samples).
+LABELS: dict[str, tuple[str, ...]] = {
+    "clipsort_files": ("dataset", "class", "status", "reason"),
+    "clipsort_drop_to_move_seconds": ("dataset",),
+    "clipsort_confidence": ("dataset",),
+    "clipsort_margin": ("dataset",),
+    "clipsort_review_share": ("dataset",),
+    "clipsort_corrections": ("dataset", "class"),
+    "clipsort_errors": ("kind",),
+}
 
 
 class Metrics:
@@ -40,7 +51,7 @@ class Metrics:
         self._files = PromCounter(
             "clipsort_files",
             "Files handled",
-            ["dataset", "class", "status", "reason"],
+            LABELS["clipsort_files"],
             registry=self.registry,
         )
         self._batches = Histogram(
@@ -49,28 +60,28 @@ class Metrics:
         self._latency = Histogram(
             "clipsort_drop_to_move_seconds",
             "From a file first seen in the inbox to it being moved",
-            ["dataset"],
+            LABELS["clipsort_drop_to_move_seconds"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self._confidence = Histogram(
             "clipsort_confidence",
             "Probability of the chosen class",
-            ["dataset"],
+            LABELS["clipsort_confidence"],
             buckets=PROBABILITY_BUCKETS,
             registry=self.registry,
         )
         self._margin = Histogram(
             "clipsort_margin",
             "Probability of the chosen class minus the runner-up's",
-            ["dataset"],
+            LABELS["clipsort_margin"],
             buckets=PROBABILITY_BUCKETS,
             registry=self.registry,
         )
         self._review_share = Gauge(
             "clipsort_review_share",
             "Share of classified files sent to Review/",
-            ["dataset"],
+            LABELS["clipsort_review_share"],
             registry=self.registry,
         )
         self.queue_depth = Gauge(
@@ -84,12 +95,12 @@ class Metrics:
         self._corrections = Gauge(
             "clipsort_corrections",
             "Corrected examples in use (files a person moved to another class)",
-            ["dataset", "class"],
+            LABELS["clipsort_corrections"],
             registry=self.registry,
         )
         self._correction_labels: set[tuple[str, str]] = set()
         self._errors = PromCounter(
-            "clipsort_errors", "Failures retried later", ["kind"], registry=self.registry
+            "clipsort_errors", "Failures retried later", LABELS["clipsort_errors"], registry=self.registry
         )
 
     def record(self, outcome: Outcome, latency: float) -> None:

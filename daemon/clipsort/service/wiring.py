@@ -29,12 +29,13 @@ import structlog
 
 from clipsort import __version__
 from clipsort.classify.catalog import Catalog
-from clipsort.config import Settings, find_config_file, load_settings, needs_clip
+from clipsort.classify.modes import needs_clip
+from clipsort.config import Settings, find_config_file, load_settings
 from clipsort.decode.decodeprocesses import reclaim_slots
 from clipsort.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
 from clipsort.encode.embeddings import Embedder
 from clipsort.encode.encoder import Encoder, resolve_device
-from clipsort.encode.factory import clip_for, make_embedder, make_encoder
+from clipsort.encode.factory import make_embedder, make_encoder
 from clipsort.errors import ConfigError
 from clipsort.ingest.intake import Intake
 from clipsort.ingest.watcher import Watcher
@@ -153,7 +154,7 @@ class Service:
         refuse_if_served(settings.state_path, settings.root, "run")  # before the slow model load
         # The model before the state folder: a daemon that cannot start leaves no state folder behind.
         # None when every dataset is fine-tuned; a reload that asks for a CLIP mode loads it then.
-        self.encoder = on_own_thread(clip_for, settings)
+        self.encoder = on_own_thread(make_encoder, settings) if needs_clip(settings) else None
         make_state_dir(settings.state_path)
         self.lock = InstanceLock(settings.state_path)
         self.lock.acquire()  # held until the process ends: one daemon per state folder

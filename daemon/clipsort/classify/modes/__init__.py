@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,7 +17,7 @@ from clipsort.classify.modes.mixed import MixedClassifier
 from clipsort.classify.modes.reference import ReferenceClassifier
 from clipsort.classify.modes.text import TextClassifier
 from clipsort.classify.scoring import Scores, probabilities
-from clipsort.config import DatasetSettings
+from clipsort.config import DatasetSettings, Settings
 
 __all__ = [
     "MODES",
@@ -30,6 +30,7 @@ __all__ = [
     "decide",
     "make_classifier",
     "mode",
+    "needs_clip",
     "probabilities",
 ]
 
@@ -68,3 +69,15 @@ def make_classifier(settings: DatasetSettings, alpha: float = 0.0, beta: float =
     if declared.build is None:
         raise ValueError(f"mode {settings.mode!r} classifies with its checkpoint, not CLIP vectors")
     return declared.build(settings, alpha, beta)
+
+
+def needs_clip(settings: Settings, datasets: Iterable[str] | None = None) -> bool:
+    """Whether some dataset's mode classifies CLIP vectors (so the CLIP model is to be loaded).
+
+    With ``datasets`` (a one-shot run's) only those count; without, every dataset the daemon may
+    meet: one without a ``[datasets.<name>]`` table follows the global mode.
+    """
+    if datasets is not None:
+        return any(mode(settings.for_dataset(name).mode).model == "clip" for name in datasets)
+    named = (own.mode for own in settings.datasets.values() if own.mode is not None)
+    return any(mode(name).model == "clip" for name in (settings.mode, *named))
