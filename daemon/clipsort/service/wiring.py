@@ -343,7 +343,7 @@ class Service:
         """The journal takes writes again (space was freed): waiting files go now, not after the back-off."""
         if not self.worker.policy.unblock():
             return  # a file was placed meanwhile, which unblocked it already
-        log.info("state_writable_again")
+        log.info("state_writable_again", noticed_by="the supervisor's probe")
         for name in self._known:
             self.intake.expedite(name)
 

@@ -249,8 +249,11 @@ class RetryAndGoOn:
     def settled(self, job: Job, result: Result) -> None:
         if isinstance(result, Outcome):
             with self._lock:
-                self._blocked = False
+                was_blocked, self._blocked = self._blocked, False
                 self._retries.clear()
+            if was_blocked:  # a retry found the journal writable before the supervisor's probe did
+                log.info("state_writable_again", noticed_by="a placed file")
+                self._intake.expedite(job.dataset)
             self._intake.release(job)
             self._metrics.record(result, age(job))
         elif isinstance(result, OSError):  # disk full, read-only, permissions: the file stays and is retried
