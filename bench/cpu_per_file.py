@@ -9,7 +9,9 @@ On a GPU host the model is nearly free and the decoders scale with the cores, so
 process is the CPU its own interpreter spends per file (its threads share one GIL): 1 / that cost
 is the most files per second it can ever sort. It is measured from outside, as the process's own
 utime + stime (never its decoding processes': ``decode_in = "processes"``), with a two-layer
-random CLIP of width 8 that sees each picture as one 224-pixel patch standing in for the GPU:
+random CLIP of width 8 that sees each picture as one 224-pixel patch standing in for the GPU, run
+on one operator thread (``model_threads = 1``, what automatic gives on a GPU host: more threads
+spin beside the decoders, and their CPU is no pipeline's):
 
 - **daemon**: the real daemon, a burst of the files renamed into its inbox; its CPU from the first
   rename to the last file filed, divided by the files. Beside it, the **per-thread account**: each
@@ -17,12 +19,19 @@ random CLIP of width 8 that sees each picture as one 224-pixel patch standing in
 - **sort**: ``clipsort sort`` as a process on the files, less a one-file run (start-up, model
   load), divided by the files less one; its own ``RUSAGE_SELF``, read at its exit.
 
+Even that model costs the CPU something (its patch is 150,528 numbers per picture, converted to
+floats and multiplied: about 0.4 ms a picture here), work a GPU would do. So each run reports the
+**model's** share too (``clipsort.encode.encoder.model_cpu_seconds``: the model thread's CPU
+clock around each forward pass; the daemon's through its ``clipsort_model_cpu_seconds`` metric)
+and the **pipeline's**, the process's CPU less the model's: what issue 37's targets are about.
+
 CPU per file disturbs less than wall time when other work shares the machine, but quote it with
 the machine's load in mind; the report carries both runs' elapsed time too.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import platform
 import shutil
@@ -30,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -56,8 +66,10 @@ import atexit, resource, sys
 out = sys.argv.pop(1)
 def record():
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    encoder = sys.modules.get("clipsort.encode.encoder")
+    model = encoder.model_cpu_seconds() if encoder else 0.0
     with open(out, "w") as f:
-        f.write(repr(usage.ru_utime + usage.ru_stime))
+        f.write(repr((usage.ru_utime + usage.ru_stime, model)))
 atexit.register(record)
 from clipsort.cli import main
 main()
@@ -84,7 +96,7 @@ def daemon_cpu(model: Path, files: list[Path], work: Path) -> dict[str, Any]:
     from bench.daemon_latency import CLASSES
     from bench.throughput import arrived_count
     from clipsort.config import Settings
-    from tests.daemonproc import Daemon, cpu_seconds_of
+    from tests.daemonproc import Daemon, cpu_seconds_of, free_port
     from tests.synthetic import make_dataset
     from tests.waiting import wait_until
 
@@ -94,8 +106,16 @@ def daemon_cpu(model: Path, files: list[Path], work: Path) -> dict[str, Any]:
     home = work / "home"
     home.mkdir()
     status_seconds = Settings.model_fields["status_seconds"].default  # as often as deployed
+    port = free_port()
     daemon = Daemon(
-        root, model, home, settle_seconds=0.05, status_seconds=status_seconds, decode_in="processes"
+        root,
+        model,
+        home,
+        settle_seconds=0.05,
+        status_seconds=status_seconds,
+        decode_in="processes",
+        model_threads=1,
+        metrics_port=port,
     )
     hook = work / "name-threads"
     hook.mkdir()
@@ -108,21 +128,24 @@ def daemon_cpu(model: Path, files: list[Path], work: Path) -> dict[str, Any]:
         pid = daemon.process.pid
         for path in files:
             shutil.copyfile(path, dataset / "Images" / f".{path.name}")
-        threads_before, before = thread_cpu(pid), cpu_seconds_of(pid)
+        threads_before, before, model_before = thread_cpu(pid), cpu_seconds_of(pid), model_cpu(port)
         started = time.perf_counter()
         for path in files:
             os.rename(dataset / "Images" / f".{path.name}", dataset / "Images" / path.name)
         wait_until(lambda: arrived_count(dataset) == len(files), timeout=3600, every=0.01)
         elapsed = time.perf_counter() - started
-        after, threads_after = cpu_seconds_of(pid), thread_cpu(pid)
+        after, threads_after, model_after = cpu_seconds_of(pid), thread_cpu(pid), model_cpu(port)
     finally:
         daemon.stop()
     account = {
         name: (threads_after.get(name, 0.0) - threads_before.get(name, 0.0)) * 1e3 / len(files)
         for name in sorted(set(threads_before) | set(threads_after))
     }
+    cpu, model_ms = (after - before) * 1e3 / len(files), (model_after - model_before) * 1e3 / len(files)
     return {
-        "cpu_ms_per_file": (after - before) * 1e3 / len(files),
+        "cpu_ms_per_file": cpu,
+        "model_ms_per_file": model_ms,
+        "pipeline_ms_per_file": cpu - model_ms,
         "elapsed_s": elapsed,
         # Every thread, idle ones too: /proc counts in clock ticks (10 ms), which a short burst may not
         # reach on a thread that did little.
@@ -130,8 +153,9 @@ def daemon_cpu(model: Path, files: list[Path], work: Path) -> dict[str, Any]:
     }
 
 
-def sort_run_cpu(model: Path, files: list[Path], work: Path) -> tuple[float, float]:
-    """``clipsort sort``'s own CPU seconds over ``files`` (a fresh data root), and its elapsed time."""
+def sort_run_cpu(model: Path, files: list[Path], work: Path) -> tuple[float, float, float]:
+    """``clipsort sort``'s own CPU seconds over ``files`` (a fresh data root), the model's share of
+    them, and its elapsed time."""
     from bench.daemon_latency import CLASSES
     from tests.synthetic import make_dataset
 
@@ -146,6 +170,7 @@ def sort_run_cpu(model: Path, files: list[Path], work: Path) -> tuple[float, flo
         **os.environ,
         "CLIPSORT_MODEL": str(model),
         "CLIPSORT_DECODE_IN": "processes",
+        "CLIPSORT_MODEL_THREADS": "1",
         "CLIPSORT_STATE_DIR": str(work / "state"),
         "HF_HUB_OFFLINE": "1",
     }
@@ -154,18 +179,39 @@ def sort_run_cpu(model: Path, files: list[Path], work: Path) -> tuple[float, flo
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"clipsort sort failed ({done.returncode}): {done.stderr[-2000:]}")
-    return float(out.read_text()), elapsed
+    cpu, model_cpu = ast.literal_eval(out.read_text())
+    return float(cpu), float(model_cpu), elapsed
 
 
 def sort_cpu(model: Path, files: list[Path], work: Path) -> dict[str, Any]:
     """``clipsort sort``'s CPU per file: an N-file run less a one-file run, per file less one."""
-    one, _ = sort_run_cpu(model, files[:1], work / "one")
-    many, elapsed = sort_run_cpu(model, files, work / "many")
+    one, one_model, _ = sort_run_cpu(model, files[:1], work / "one")
+    many, many_model, elapsed = sort_run_cpu(model, files, work / "many")
+    per_file = 1e3 / max(len(files) - 1, 1)
+    cpu, model_ms = (many - one) * per_file, (many_model - one_model) * per_file
     return {
-        "cpu_ms_per_file": (many - one) * 1e3 / max(len(files) - 1, 1),
+        "cpu_ms_per_file": cpu,
+        "model_ms_per_file": model_ms,
+        "pipeline_ms_per_file": cpu - model_ms,
         "elapsed_s": elapsed,
         "one_file_cpu_s": one,
     }
+
+
+def shares(run: dict[str, Any]) -> str:
+    return (
+        f"{run['cpu_ms_per_file']:.3f} ms of CPU per file: the model {run['model_ms_per_file']:.3f},"
+        f" the pipeline {run['pipeline_ms_per_file']:.3f}"
+    )
+
+
+def model_cpu(port: int) -> float:
+    """The daemon's ``clipsort_model_cpu_seconds``, read from its metrics endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("clipsort_model_cpu_seconds "):
+                return float(line.split()[1])
+    raise SystemExit("the daemon's metrics carry no clipsort_model_cpu_seconds")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -189,11 +235,11 @@ def main(argv: list[str] | None = None) -> None:
         model = random_clip(work / "model", small=True, width=8, patch=224)
         files = distinct_jpegs(work / "files", count)
         report["daemon"] = daemon_cpu(model, files, work / "daemon")
-        print(f"daemon: {report['daemon']['cpu_ms_per_file']:.3f} ms of CPU per file", flush=True)
+        print(f"daemon: {shares(report['daemon'])}", flush=True)
         for name, ms in sorted(report["daemon"]["threads_ms_per_file"].items(), key=lambda item: -item[1]):
             print(f"  {name:<28} {ms:.3f} ms/file", flush=True)
         report["sort"] = sort_cpu(model, files, work / "sort")
-        print(f"sort:   {report['sort']['cpu_ms_per_file']:.3f} ms of CPU per file", flush=True)
+        print(f"sort:   {shares(report['sort'])}", flush=True)
     report["machine"]["load_after"] = os.getloadavg()
     write_report(args.out, report)
 

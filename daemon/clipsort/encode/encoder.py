@@ -12,6 +12,7 @@ import copy
 import hashlib
 import importlib
 import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -36,6 +37,8 @@ if TYPE_CHECKING:  # imported where a model is loaded: a fine-tuned-only run nev
 log = structlog.get_logger()
 
 DEFAULT_LOGIT_SCALE = 100.0  # OpenAI CLIP's value, for models that do not carry one
+_MODEL_CPU = [0.0]  # see model_cpu_seconds; added to once per batch, under _MODEL_CPU_LOCK
+_MODEL_CPU_LOCK = threading.Lock()
 
 
 def resolve_device(device: str) -> str:
@@ -208,9 +211,13 @@ class ImageTower:
         pixels = self.pixels(images)
         if self.device.startswith("cuda"):
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        started = time.thread_time()
         with torch.inference_mode():
             features = torch.nn.functional.normalize(self.forward(self.normalised(pixels)).float(), dim=-1)
-        return np.asarray(features.cpu().numpy(), dtype=np.float32)
+        vectors = np.asarray(features.cpu().numpy(), dtype=np.float32)
+        with _MODEL_CPU_LOCK:
+            _MODEL_CPU[0] += time.thread_time() - started
+        return vectors
 
     def normalised(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels (on the device) as the model's input: its dtype; the patch weights normalise."""
@@ -463,3 +470,16 @@ class Encoder:
     def dimension(self) -> int:
         size = self._model.get_embedding_dimension()
         return int(size) if size else 0
+
+
+def model_cpu_seconds() -> float:
+    """The CPU this process spent in image forward passes so far (the model's, not the pipeline's).
+
+    Measured with the thread CPU clock of the thread that runs the model, around the forward pass
+    and the copy of its vectors: all of it with ``model_threads = 1`` (a GPU host's automatic
+    value), where ATen runs every operator on that thread. With more operator threads, their CPU
+    is not in it. On a GPU this is what it costs the CPU to launch the kernels and wait; with the
+    benchmarks' near-free model on the CPU, it is the stand-in's own work, which a GPU would do.
+    """
+    with _MODEL_CPU_LOCK:
+        return _MODEL_CPU[0]

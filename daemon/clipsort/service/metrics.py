@@ -87,6 +87,11 @@ class Metrics:
         self.queue_depth = Gauge(
             "clipsort_queue_depth", "Files waiting for the model", registry=self.registry
         )
+        self.model_cpu = Gauge(  # its value is read from the encoder's clock (Service sets the function)
+            "clipsort_model_cpu_seconds",
+            "CPU the image forward passes took on the thread running the model, since start",
+            registry=self.registry,
+        )
         self.state_bytes = Gauge(
             "clipsort_state_bytes",
             "Size of the state folder after the last housekeeping",

@@ -34,7 +34,7 @@ from clipsort.config import Settings, find_config_file, load_settings
 from clipsort.decode.decodeprocesses import reclaim_slots
 from clipsort.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
 from clipsort.encode.embeddings import Embedder
-from clipsort.encode.encoder import Encoder, resolve_device
+from clipsort.encode.encoder import Encoder, model_cpu_seconds, resolve_device
 from clipsort.encode.factory import make_embedder, make_encoder
 from clipsort.errors import ConfigError
 from clipsort.ingest.intake import Intake
@@ -139,6 +139,7 @@ class Service:
         self.state_bytes = 0
         self._status_failure = ""  # the last error writing status.json, logged once
         self.metrics = Metrics()
+        self.metrics.model_cpu.set_function(model_cpu_seconds)
         self.reactions = Reactions(self._react)
         self._stop = SignalFlag()  # set by signal handlers: see clipsort.signals on why not an Event
         self._reload = SignalFlag()
