@@ -7,6 +7,7 @@ that are not readable images) sits beside them.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,27 +38,27 @@ class DatasetLayout:
     def name(self) -> str:
         return self.root.name
 
-    @property
+    @functools.cached_property  # the placer asks for it per file
     def classes(self) -> Path:
         return self.root / CLASSES_DIR
 
-    @property
+    @functools.cached_property  # the placer asks for it per file
     def inbox(self) -> Path:
         return self.root / INBOX_DIR
 
-    @property
+    @functools.cached_property  # the placer asks for it per file
     def sorted(self) -> Path:
         return self.root / SORTED_DIR
 
-    @property
+    @functools.cached_property  # the placer asks for it per file
     def rejected(self) -> Path:
         return self.root / REJECTED_DIR
 
-    @property
+    @functools.cached_property  # the placer asks for it per file
     def review(self) -> Path:
         return self.root / REVIEW_DIR
 
-    @property
+    @functools.cached_property  # the placer asks for it per file
     def negatives(self) -> Path:
         return self.classes / NEGATIVES_DIR
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from clipsort.config import DEFAULT_SIDECARS
 from clipsort.ingest.sidecars import by_lower_name, companions_in
 
-STEMS = st.sampled_from(["IMG_1", "img_1", "IMG_10", "a", "A", "IMG_1.jpg"])
+STEMS = st.sampled_from(["IMG_1", "img_1", "IMG_10", "a", "A", "IMG_1.jpg", "new\nline", "NEW\nline.jpg"])
 ENDINGS = st.sampled_from([".jpg", ".JPG", ".xmp", ".XMP", ".aae", ".json", ".txt", ".thm", ""])
 
 
@@ -26,4 +26,8 @@ def every_name(picture: str, names: list[str]) -> list[str]:
 
 @given(st.lists(st.tuples(STEMS, ENDINGS).map("".join), max_size=30), st.tuples(STEMS, ENDINGS).map("".join))
 def test_the_index_finds_exactly_what_reading_every_name_finds(names: list[str], picture: str) -> None:
-    assert companions_in(picture, by_lower_name(names), DEFAULT_SIDECARS) == every_name(picture, names)
+    """Both indexes: of every name, and of the names with a sidecar's suffix only (picked out by a
+    regular expression over the listing, names holding a newline included)."""
+    expected = every_name(picture, names)
+    assert companions_in(picture, by_lower_name(names), DEFAULT_SIDECARS) == expected
+    assert companions_in(picture, by_lower_name(names, DEFAULT_SIDECARS), DEFAULT_SIDECARS) == expected

@@ -12,6 +12,8 @@ clash), or waits in the inbox for it. Pure functions of names.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePath
 
@@ -26,17 +28,31 @@ def companions(picture: str, names: Iterable[str], suffixes: Sequence[str]) -> l
     return companions_in(picture, by_lower_name(names), suffixes)
 
 
-def by_lower_name(names: Iterable[str]) -> dict[str, list[str]]:
+def by_lower_name(names: Iterable[str], suffixes: Sequence[str] | None = None) -> dict[str, list[str]]:
     """A folder's entries by their lower-case name: built once per listing, looked up per picture.
 
     Reading every name of the listing for each picture cost a batch (inbox size x batch) name
     comparisons: measured 0.22 ms per file of `clipsort sort`'s CPU with 600 files in the inbox,
-    growing with the inbox.
+    growing with the inbox. With ``suffixes``, only the names that end in one are indexed (the only
+    ones :func:`companions_in` can find), picked out of the whole listing by one regular
+    expression, in C: a 3,000-name inbox listed for each batch cost a sort 0.03 ms per file.
     """
+    if suffixes is not None:
+        names = list(names)
+        listing = "\n".join(names)
+        if listing.count("\n") == len(names) - 1:  # no name holds a newline (else all are read)
+            names = _ending_in(tuple(suffixes)).findall(listing)
     found: dict[str, list[str]] = {}
     for name in names:
         found.setdefault(name.lower(), []).append(name)
     return found
+
+
+@functools.cache
+def _ending_in(suffixes: tuple[str, ...]) -> re.Pattern[str]:
+    """The lines (names) that end in one of ``suffixes``, whatever their case."""
+    ending = "|".join(re.escape(suffix) for suffix in suffixes) or "(?!)"  # no suffix: nothing
+    return re.compile(f"^[^\n]*(?:{ending})$", re.IGNORECASE | re.MULTILINE)
 
 
 def companions_in(picture: str, index: dict[str, list[str]], suffixes: Sequence[str]) -> list[str]:

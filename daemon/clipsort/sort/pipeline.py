@@ -26,7 +26,7 @@ from clipsort.encode.vectors import Vectors
 from clipsort.errors import ClipsortError, ImageRejected, JournalError
 from clipsort.files import content_hash
 from clipsort.ingest.sidecars import by_lower_name, companions_in, renamed
-from clipsort.logs import DRY_RUN_EVENTS
+from clipsort.logs import DRY_RUN_EVENTS, log_many
 from clipsort.store.journal import Intent, Journal, Placement, Settlement, State
 from clipsort.store.mover import OpenFolders, move_into, preview
 from clipsort.work import Job, Signature
@@ -256,6 +256,7 @@ def deliver(
         for item, model in zip(batch, models, strict=True):
             folder = item.route.folder
             results.append(_outcome(item, preview(item.job.path, folder), model, dry_run=True))
+        _log_outcomes(results, dry_run=True)
         return results
     travelling = _sidecars(batch)
     intents = [item.intent(m) for item, m in zip(batch, models, strict=True)]
@@ -270,7 +271,12 @@ def deliver(
         return [exc for _ in batch]
     folders = OpenFolders()  # each folder is opened (made, checked) once, from the dataset's own folder
     try:
-        states = [_place(item, model, folders, results) for item, model in zip(batch, models, strict=True)]
+        try:
+            states = [
+                _place(item, model, folders, results) for item, model in zip(batch, models, strict=True)
+            ]
+        finally:  # the lines of what moved, also if a bug stopped the batch half-way
+            _log_outcomes(results, dry_run=False)
         states += [
             _place_sidecar(path, item, states[k][1], folders)
             for k, (item, found) in enumerate(zip(batch, travelling, strict=True))
@@ -298,7 +304,7 @@ def _sidecars(batch: Sequence[Delivery]) -> list[list[tuple[Path, str, int]]]:
         folder = item.job.path.parent
         if folder not in listings:
             try:
-                listings[folder] = by_lower_name(os.listdir(folder))
+                listings[folder] = by_lower_name(os.listdir(folder), item.target.settings.sidecar_suffixes)
             except OSError:
                 listings[folder] = {}
         names = companions_in(item.job.path.name, listings[folder], item.target.settings.sidecar_suffixes)
@@ -369,8 +375,23 @@ def _is_job(job: Job, status: os.stat_result) -> bool:
     return Signature.of_status(status) == job.signature
 
 
+def _log_outcomes(results: Sequence[Result], *, dry_run: bool) -> None:
+    """Each placed file's canonical line, a batch at a time (see :func:`clipsort.logs.log_many`)."""
+    log_many(
+        [
+            (
+                "info" if outcome.status == "sorted" else "warning",
+                DRY_RUN_EVENTS[outcome.status] if dry_run else outcome.status,
+                outcome.as_dict(),
+            )
+            for outcome in results
+            if isinstance(outcome, Outcome)
+        ]
+    )
+
+
 def _outcome(item: Delivery, destination: Path, model: str, *, dry_run: bool) -> Outcome:
-    """The outcome of one placed file, logged as its canonical line."""
+    """The outcome of one placed file (its canonical line is logged with its batch's)."""
     _, status, reason, detail = item.route
     outcome = Outcome(
         dataset=item.job.dataset,
@@ -382,6 +403,4 @@ def _outcome(item: Delivery, destination: Path, model: str, *, dry_run: bool) ->
         detail=detail,
         extra={"mode": item.target.classifier.name, "model": model, "dry_run": dry_run},
     )
-    event = DRY_RUN_EVENTS[status] if dry_run else status
-    (log.info if status == "sorted" else log.warning)(event, **outcome.as_dict())
     return outcome

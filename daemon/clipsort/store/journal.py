@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import orjson
 import structlog
 
 from clipsort.errors import JournalError
@@ -173,6 +174,13 @@ def _path(value: bytes | None) -> Path | None:
     return None if value is None else Path(os.fsdecode(value))
 
 
+def top3_text(top: Sequence[tuple[str, float]]) -> str:
+    """A decision's top three as the journal keeps them: ``[["label", score], ...]``, six decimals."""
+    return orjson.dumps(
+        [[label, round(score, 6)] for label, score in top], option=orjson.OPT_SERIALIZE_NUMPY
+    ).decode()
+
+
 class Journal:
     """Thread-safe access to the journal file; one connection per process."""
 
@@ -241,16 +249,23 @@ class Journal:
 
     # --- writing ---------------------------------------------------------------------
     def plan(self, intents: Sequence[Intent]) -> list[int]:
-        """Record intents before their moves, in one transaction; their row ids."""
+        """Record intents before their moves, in one transaction and one statement; their row ids.
+
+        The ids are chosen here, after the largest, as SQLite would for each row in turn (the
+        write lock is held from ``BEGIN IMMEDIATE``): a sidecar's row names its picture's id, so
+        the rows go in one ``executemany`` instead of one statement per row.
+        """
         now = self.clock()
-        ids: list[int] = []
         with self._transaction() as db:
-            for intent in intents:
-                cursor = db.execute(
-                    "INSERT INTO decisions (dataset, source, sha256, size, mode, model, label, top3,"
-                    " placement, folder, state, created, updated, companion)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?, ?)",
+            (largest,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM decisions").fetchone()
+            ids = list(range(largest + 1, largest + 1 + len(intents)))
+            db.executemany(
+                "INSERT INTO decisions (id, dataset, source, sha256, size, mode, model, label, top3,"
+                " placement, folder, state, created, updated, companion)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?, ?)",
+                [
                     (
+                        row,
                         intent.dataset,
                         os.fsencode(intent.source),
                         intent.sha256,
@@ -258,16 +273,16 @@ class Journal:
                         intent.mode,
                         intent.model,
                         intent.label,
-                        json.dumps([[label, round(score, 6)] for label, score in intent.top3]),
+                        top3_text(intent.top3),
                         intent.placement,
                         os.fsencode(intent.folder),
                         now,
                         now,
                         None if intent.companion is None else ids[intent.companion],
-                    ),
-                )
-                assert cursor.lastrowid is not None
-                ids.append(cursor.lastrowid)
+                    )
+                    for row, intent in zip(ids, intents, strict=True)
+                ],
+            )
         return ids
 
     def settle(self, outcomes: Sequence[Settlement]) -> None:
