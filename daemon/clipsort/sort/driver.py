@@ -135,10 +135,13 @@ class Decoders:
 
 @dataclass(frozen=True)
 class Classified:
-    """A batch's deliveries, and the model that decided them (journalled even if a swap follows)."""
+    """A batch's deliveries, the model that decided them (journalled even if a swap follows), and
+    the settings it was classified under: the placer's for this batch, so no setting crosses from
+    the classifying thread's snapshot to the placer's thread while either is read."""
 
     deliveries: list[Delivery]
     encoder: Encoder | None
+    settings: Settings
 
 
 class Policy(Protocol):
@@ -149,13 +152,16 @@ class Policy(Protocol):
         """An inference failure splits the batch and retries on the CPU (None for a file that still
         fails), rather than ending the run with the error."""
 
-    def deliverable(self, job: Job, verdict: Verdict) -> bool:
-        """Whether the file is placed now; False when the policy keeps it for later."""
+    def deliverable(self, job: Job, verdict: Verdict, settings: Settings) -> bool:
+        """Whether the file is placed now; False when the policy keeps it for later.
 
-    def still_there(self, delivery: Delivery) -> bool:
+        Each call gets the settings of the batch at hand (here and below): a policy keeps none.
+        """
+
+    def still_there(self, delivery: Delivery, settings: Settings) -> bool:
         """Just before placing: whether the file is still what was read (else the policy keeps it)."""
 
-    def settled(self, job: Job, result: Result) -> None:
+    def settled(self, job: Job, result: Result, settings: Settings) -> None:
         """One file placed or not; raising stops placing (one-shot), returning goes on (daemon)."""
 
     def unplaced(self, job: Job) -> None:
@@ -200,9 +206,9 @@ class Driver:
         """The files of the batch :meth:`classify_next` takes (the caller's to give back if it raises)."""
         return self._ahead[0].jobs if self._ahead else []
 
-    def classify_next(self, targets: Mapping[str, Target], embedder: Embedder, decode_timeout: float) -> int:
+    def classify_next(self, targets: Mapping[str, Target], embedder: Embedder, settings: Settings) -> int:
         """Classify the oldest batch decoding and hand it to the placer (see :meth:`classify`)."""
-        return self.classify(self._ahead.popleft(), targets, embedder, decode_timeout)
+        return self.classify(self._ahead.popleft(), targets, embedder, settings)
 
     def abandon(self) -> list[Job]:
         """Forget the batches decoding and not classified; their files (which stay in the inbox)."""
@@ -219,7 +225,7 @@ class Driver:
         return Batch(jobs, pool.start([job.path for job in jobs], side, crop), embedder.encoder, pool)
 
     def classify(
-        self, batch: Batch, targets: Mapping[str, Target], embedder: Embedder, decode_timeout: float
+        self, batch: Batch, targets: Mapping[str, Target], embedder: Embedder, settings: Settings
     ) -> int:
         """Collect, classify and hand a batch to the placer (waiting while the last is placed).
 
@@ -227,7 +233,9 @@ class Driver:
         of the batch's files reached the placer, so the caller may give them all back.
         """
         jobs, reads = [], []
-        for job, read in zip(batch.jobs, batch.pool.collect(batch.pictures, decode_timeout), strict=True):
+        for job, read in zip(
+            batch.jobs, batch.pool.collect(batch.pictures, settings.decode_timeout_seconds), strict=True
+        ):
             if job.dataset in targets:
                 jobs.append(job)
                 reads.append(read)
@@ -245,10 +253,10 @@ class Driver:
         deliveries = [
             Delivery(job, verdict, read, targets[job.dataset])
             for job, verdict, read in zip(jobs, verdicts, reads, strict=True)
-            if self.policy.deliverable(job, verdict) and verdict is not None
+            if self.policy.deliverable(job, verdict, settings) and verdict is not None
         ]
         if deliveries:
-            self._placing.put(Classified(deliveries, embedder.encoder))
+            self._placing.put(Classified(deliveries, embedder.encoder, settings))
         return len(jobs)
 
     @property
@@ -276,7 +284,7 @@ class Driver:
                     self.failure = exc
 
     def _place(self, batch: Classified) -> None:
-        ready = [item for item in batch.deliveries if self.policy.still_there(item)]
+        ready = [item for item in batch.deliveries if self.policy.still_there(item, batch.settings)]
         results = deliver(ready, encoder=batch.encoder, journal=self.journal, dry_run=self.dry_run)
         for item, result in zip(ready, results, strict=True):
-            self.policy.settled(item.job, result)
+            self.policy.settled(item.job, result, batch.settings)

@@ -121,7 +121,6 @@ def run(
     ]
     driver = Driver(StopAtFirst(on_outcome), journal, dry_run=dry_run)
     targets = {item.target.layout.name: item.target for item in work}
-    timeout = settings.decode_timeout_seconds
     with contextlib.ExitStack() as stack:
         pool = decoders or stack.enter_context(decoders_for(settings, processes=bool(batches)))
         try:
@@ -132,7 +131,7 @@ def run(
                     driver.decode_ahead(following, pool, embedder, targets)
                 if not driver.decoding:
                     break
-                driver.classify_next(targets, embedder, timeout)
+                driver.classify_next(targets, embedder, settings)
         finally:  # the batch being placed is finished (and reported) whatever happened here
             driver.finish()
     if driver.failure is not None:
@@ -156,16 +155,16 @@ class StopAtFirst:
 
     falls_back: ClassVar[bool] = False  # an inference error ends the run, with the error
 
-    def deliverable(self, job: Job, verdict: Verdict) -> bool:
+    def deliverable(self, job: Job, verdict: Verdict, settings: Settings) -> bool:
         if isinstance(verdict, DecoderKilled):  # never the file's fault: it stays for the next run
             log.warning("decoder_killed", file=str(job.path), reason=str(verdict), action="left in the inbox")
             return False
         return True  # nothing is awaited: a file still being written is rejected now
 
-    def still_there(self, delivery: Delivery) -> bool:
+    def still_there(self, delivery: Delivery, settings: Settings) -> bool:
         return True
 
-    def settled(self, job: Job, result: Result) -> None:
+    def settled(self, job: Job, result: Result, settings: Settings) -> None:
         if isinstance(result, FileNotFoundError) and not job.path.exists():
             # Gone since the scan (a person, or another program, moved it): nothing to place.
             log.warning("file_vanished", file=str(job.path), error=str(result))

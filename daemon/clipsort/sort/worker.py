@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -79,7 +79,7 @@ class Worker:
         self._pool = Decoders.configured(settings, embedder.limits)
         self._stop = threading.Event()
         self._swap: Embedder | None = None
-        self.policy = RetryAndGoOn(lambda: self.settings, intake, metrics)
+        self.policy = RetryAndGoOn(intake, metrics)
         self.driver = Driver(self.policy, journal)
         self.heartbeat = time.monotonic()
         self._checked_checkpoints = 0.0
@@ -137,8 +137,7 @@ class Worker:
                 held = []
                 if driver.decoding and (not jobs or not driver.wants_more(self._pool)):
                     held = driver.next_jobs()
-                    timeout = self.settings.decode_timeout_seconds
-                    classified = driver.classify_next(targets, self.embedder, timeout)
+                    classified = driver.classify_next(targets, self.embedder, self.settings)
                     held = []
                     if classified:
                         self._metrics.batch(classified)
@@ -198,8 +197,7 @@ class Worker:
 class RetryAndGoOn:
     """The daemon's policy: a file that cannot be placed now waits in the inbox and is tried again."""
 
-    def __init__(self, settings: Callable[[], Settings], intake: Intake, metrics: Recorder) -> None:
-        self._settings = settings  # read at each use: a reload applies from the next file
+    def __init__(self, intake: Intake, metrics: Recorder) -> None:
         self._intake = intake
         self._metrics = metrics
         self._retries: dict[str, tuple[float, float]] = {}  # cause -> (delay, when it last doubled)
@@ -209,7 +207,7 @@ class RetryAndGoOn:
 
     falls_back: ClassVar[bool] = True  # smaller batches, then the CPU; a file that still fails waits
 
-    def deliverable(self, job: Job, verdict: Verdict) -> bool:
+    def deliverable(self, job: Job, verdict: Verdict, settings: Settings) -> bool:
         if verdict is None:  # even the CPU failed: the file waits and is tried again
             self._metrics.error("inference", "inference failed")
             self._intake.retry(job, self._backoff("inference"))
@@ -219,7 +217,7 @@ class RetryAndGoOn:
             self._metrics.error("decoder_killed", f"decoding processes killed from outside: {verdict}")
             self._intake.retry(job, self._backoff("decoder_killed"))
             return False
-        if isinstance(verdict, ImageIncomplete) and age(job) < self._settings().max_wait_seconds:
+        if isinstance(verdict, ImageIncomplete) and age(job) < settings.max_wait_seconds:
             with self._lock:
                 first = job.path not in self._waiting
                 self._waiting.add(job.path)
@@ -228,9 +226,9 @@ class RetryAndGoOn:
                     "waiting",
                     file=str(job.path),
                     reason=str(verdict),
-                    until=f"complete, or rejected after {self._settings().max_wait_seconds:g} s",
+                    until=f"complete, or rejected after {settings.max_wait_seconds:g} s",
                 )
-            self._intake.retry(job, self._recheck_delay(job))  # not ready is not bad
+            self._intake.retry(job, self._recheck_delay(job, settings))  # not ready is not bad
             return False
         self._done_waiting(job)
         return True
@@ -239,14 +237,14 @@ class RetryAndGoOn:
         with self._lock:
             self._waiting.discard(job.path)
 
-    def still_there(self, delivery: Delivery) -> bool:
+    def still_there(self, delivery: Delivery, settings: Settings) -> bool:
         if is_unchanged(delivery.job):
             return True
         log.debug("not_ready", file=str(delivery.job.path), reason="changed since it was read")
-        self._intake.retry(delivery.job, self._settings().settle_seconds)
+        self._intake.retry(delivery.job, settings.settle_seconds)
         return False
 
-    def settled(self, job: Job, result: Result) -> None:
+    def settled(self, job: Job, result: Result, settings: Settings) -> None:
         if isinstance(result, Outcome):
             with self._lock:
                 was_blocked, self._blocked = self._blocked, False
@@ -271,7 +269,7 @@ class RetryAndGoOn:
             self._intake.retry(job, self._backoff("journal"))
         elif isinstance(result, FileReplaced):  # other bytes under its name: they get a decision of their own
             self._metrics.error("replaced", str(result))
-            self._intake.retry(job, self._settings().settle_seconds)
+            self._intake.retry(job, settings.settle_seconds)
         else:  # e.g. a class folder that is a symlink out of the dataset: never written through
             log.error("unsafe_destination", file=str(job.path), error=str(result))
             self._metrics.error("unsafe_destination", str(result))
@@ -313,9 +311,9 @@ class RetryAndGoOn:
             self._retries.clear()
         return blocked
 
-    def _recheck_delay(self, job: Job) -> float:
+    def _recheck_delay(self, job: Job, settings: Settings) -> float:
         """Back-off for a file still arriving: a quarter of its age, from the settle time up to RETRY_MAX."""
-        return min(RETRY_MAX, max(self._settings().settle_seconds, age(job) / 4))
+        return min(RETRY_MAX, max(settings.settle_seconds, age(job) / 4))
 
     def _backoff(self, cause: str) -> float:
         """Doubling delay per failure cause, reset by the next success.
