@@ -365,6 +365,14 @@ class Settings(BaseSettings):
         description="Daemon: native = inotify; polling for network file systems inotify cannot see.",
     )
     polling_seconds: PositiveFloat = Field(1.0, description="Daemon: polling observer interval.")
+    busy_events_per_second: NonNegativeInt = Field(
+        200,
+        description=(
+            "Daemon: an inbox that receives more file events than this in a second is listed instead of "
+            "watched until it is quiet (a second with nothing new): a burst costs one listing every "
+            "quarter of a second, not one event per file. 0 watches inboxes always."
+        ),
+    )
     class_debounce_seconds: NonNegativeFloat = Field(
         1.0, description="Daemon: quiet time after a change under Clases/ before the classes are reloaded."
     )

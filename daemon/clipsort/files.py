@@ -8,8 +8,10 @@ opening a FIFO blocks forever, and a symlink could point anywhere.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -21,8 +23,18 @@ log = structlog.get_logger()
 
 
 def is_ignored(name: str, patterns: Sequence[str]) -> bool:
-    """Temporary or hidden names that must not be touched (still being written)."""
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    """Temporary or hidden names that must not be touched (still being written).
+
+    The patterns are matched as one compiled regular expression (``fnmatchcase``'s own
+    translation of each): six ``fnmatchcase`` calls per name were a tenth of a busy inbox's
+    listing.
+    """
+    return _ignoring(tuple(patterns)).match(name) is not None
+
+
+@functools.cache
+def _ignoring(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{fnmatch.translate(pattern)})" for pattern in patterns) or "(?!)")
 
 
 MAX_DEPTH = 32  # folders below an inbox; deeper ones are left alone (a 1,000-deep chain broke os.walk)

@@ -33,6 +33,7 @@ class Sink:
         self.classes: list[str] = []
         self.placed_files: list[Path] = []
         self.folder_changes = 0
+        self.busy: list[str] = []
         self.lock = threading.Lock()
 
     def hint(self, hint: Hint) -> None:
@@ -62,6 +63,10 @@ class Sink:
     def destination_changed(self, dataset: str) -> None:
         with self.lock:
             self.rescans.append(f"changed:{dataset}")
+
+    def inbox_busy(self, dataset: str) -> None:
+        with self.lock:
+            self.busy.append(dataset)
 
     def hinted(self, name: str, *, kind: str | None = None) -> bool:
         with self.lock:
@@ -310,6 +315,42 @@ def test_a_burst_of_renames_into_place_is_hinted_once_each_as_closed(tmp_path: P
         wait_until(lambda: len(sink.hints) >= len(names), timeout=30)
     with sink.lock:
         assert sorted((h.path.name, h.kind) for h in sink.hints) == [(name, "closed") for name in names]
+
+
+def test_a_burst_past_the_busy_rate_is_reported_once_and_its_inbox_unwatched_until_resumed(
+    tmp_path: Path,
+) -> None:
+    """Past 50 events in a second the inbox reports itself busy once and hints no more; paused,
+    it has no watch (the kernel queues nothing); resumed, a new file is hinted again."""
+    sink = Sink()
+    layout = inbox(tmp_path)
+    names = [f"p{k:03d}.jpg" for k in range(500)]
+    for name in names:
+        (layout.inbox / f".{name}").write_bytes(b"x")
+    watcher = Watcher(tmp_path, sink, polling=False, polling_seconds=1, ignore=DEFAULT_IGNORE, busy_rate=50)
+    watcher.start()
+    watcher.sync([layout])
+    try:
+        for name in names:
+            os.rename(layout.inbox / f".{name}", layout.inbox / name)
+        wait_until(lambda: sink.busy == ["ds"], timeout=30)
+        watcher.pause_inbox("ds")  # what the reactions thread does with the report
+        assert not watcher.watching(layout.inbox)
+        watcher.sync([layout])  # a rescan's sync leaves a paused inbox alone
+        assert not watcher.watching(layout.inbox)
+        (layout.inbox / "unwatched.jpg").write_bytes(b"x")
+        watcher.resume_inbox("ds")
+        assert watcher.watching(layout.inbox)
+        (layout.inbox / "watched.jpg").write_bytes(b"x")
+        wait_until(lambda: sink.hinted("watched.jpg"), timeout=30)
+    finally:
+        watcher.stop()
+    with sink.lock:
+        assert sink.busy == ["ds"]
+        # 50 a second, counted as watchdog hands them over: on a loaded machine, a few windows' worth
+        hinted = {h.path.name for h in sink.hints if h.path.name in names}
+        assert 50 <= len(hinted) < len(names), "the rest set aside once busy"
+        assert not any(h.path.name == "unwatched.jpg" for h in sink.hints)
 
 
 def test_watchdog_move_pairing_is_switched_off() -> None:

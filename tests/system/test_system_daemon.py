@@ -277,6 +277,36 @@ def test_a_burst_of_20000_files_loses_none_in_bounded_memory(
     assert daemon.stop() == 0
 
 
+def test_a_busy_inbox_is_listed_instead_of_watched_and_watched_again_once_quiet(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """Past 20 events a second the inbox is listed, not watched: 300 files and a folder of 5 are
+    each filed once; once quiet it is watched again, and one file dropped then is filed by its
+    event (a full rescan would be minutes away)."""
+    root = tmp_path / "Data"
+    dataset = root / "rgb"
+    make_dataset(dataset, RGB, references=2, seed=3)
+    daemon = start(daemons, root, tiny_model, tmp_path / "home", busy_events_per_second=20)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    pictures = [picture_bytes(staging, color, k, "p.png") for k, color in enumerate(RGB)]
+    for k in range(300):
+        (dataset / "Images" / f"b{k:03d}.png").write_bytes(pictures[k % 3])
+    (dataset / "Images" / "folder").mkdir()
+    for k in range(5):
+        (dataset / "Images" / "folder" / f"f{k}.png").write_bytes(pictures[k % 3])
+    busy = daemon.wait_event("inbox_busy", timeout=60)
+    assert busy["dataset"] == "rgb"
+    daemon.wait_event("inbox_quiet", timeout=120)
+    wait_until(lambda: len(sorted_files(dataset)) == 305, timeout=300, every=0.5)
+    drop(dataset / "Images", "late.png", pictures[0])
+    wait_until(lambda: "late.png" in sorted_files(dataset), timeout=30)
+    assert len(sorted_files(dataset)) == 306, "each file once"
+    assert not [p for p in (dataset / "Images").rglob("*") if p.is_file()]
+    assert len(daemon.events("inbox_busy")) == 1 and len(daemon.events("inbox_quiet")) == 1
+    assert daemon.stop() == 0
+
+
 @pytest.mark.parametrize(
     ("settings", "reason", "detail"),
     [

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from clipsort.files import is_ignored, scan
 from tests.helpers import remove_deep
@@ -57,3 +61,13 @@ def test_a_chain_deeper_than_the_limit_is_left_alone_without_recursion(tmp_path:
         assert [path.name for path in scan(tmp_path / "d", max_depth=5000)] == ["top.png", "deep.png"]
     finally:
         remove_deep(tmp_path / "d")
+
+
+@given(
+    st.text(alphabet="ab.~$*?[]!\n", max_size=8),
+    st.lists(st.text(alphabet="ab.~$*?[]!", min_size=1, max_size=5), max_size=4),
+)
+def test_ignoring_by_one_expression_agrees_with_fnmatch_pattern_by_pattern(
+    name: str, patterns: list[str]
+) -> None:
+    assert is_ignored(name, patterns) == any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)

@@ -10,18 +10,20 @@ when room frees up after an overflow of our own capacity.
 
 from __future__ import annotations
 
+import os
 import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import structlog
 
 from clipsort.config import Mailbox, Settings
-from clipsort.files import scan
+from clipsort.files import is_ignored, scan
 from clipsort.ingest.readiness import Readiness
 from clipsort.ingest.sidecars import is_sidecar, pictures_of, split
 from clipsort.ingest.workqueue import FairQueue
@@ -31,12 +33,34 @@ from clipsort.work import ALL_DATASETS, Hint, Job, drain
 log = structlog.get_logger()
 
 HINTS_PER_TICK = 2048
+BUSY_LIST_SECONDS = 0.25  # how often a busy inbox is listed (see clipsort.ingest.watcher)
+BUSY_QUIET_SECONDS = 1.0  # a busy inbox listed with nothing new this long is watched again
 SIDECARS_REMEMBERED = 10_000  # orphaned sidecars whose line was said
 TICK = 0.1
 # After close-after-write or a rename into the inbox the writer is done; a short
 # second look confirms the size held still (a writer that reopens to append is
 # then caught by the truncation check and retried, see worker.py).
 SETTLE_AFTER_CLOSE = 0.05
+
+
+@dataclass
+class _Listing:
+    """A busy inbox's last listing (the names offered), when it is due again, and since when quiet."""
+
+    names: frozenset[str]
+    due: float
+    quiet_since: float
+
+
+def _folders_among(folder: Path, names: Sequence[str]) -> set[str]:
+    """Which of ``names`` in ``folder`` are folders (not symlinks to one): from the listing's entry
+    types, with no ``stat`` per name."""
+    wanted = set(names)
+    try:
+        with os.scandir(folder) as entries:
+            return {e.name for e in entries if e.name in wanted and e.is_dir(follow_symlinks=False)}
+    except OSError:
+        return set()
 
 
 class Sortable(Protocol):
@@ -55,6 +79,7 @@ class Intake:
         catalog: Sortable,
         work: FairQueue,
         on_datasets: Callable[[list[DatasetLayout]], None],
+        on_quiet: Callable[[str], None] = lambda dataset: None,
     ) -> None:
         self._settings = Mailbox(settings)
         self.readiness = Readiness(
@@ -65,6 +90,9 @@ class Intake:
         self._catalog = catalog
         self._work = work
         self._on_datasets = on_datasets
+        self._on_quiet = on_quiet  # a busy inbox is quiet again: watch it (then rescan it)
+        self._busy_asked: set[str] = set()  # under _lock: inboxes reported busy, not yet listed
+        self._busy: dict[str, _Listing] = {}  # the intake thread's: inboxes listed, not watched
         self._hints: queue.Queue[Hint] = queue.Queue(maxsize=4 * settings.queue_capacity)
         self._requested: set[str] = {ALL_DATASETS}
         self._resync = False  # look for folders to watch, scanning no inbox
@@ -107,6 +135,11 @@ class Intake:
         """Rescan one dataset's inbox, or (``ALL_DATASETS``) every dataset and look for new ones."""
         with self._lock:
             self._requested.add(dataset)
+
+    def list_busy(self, dataset: str) -> None:
+        """List ``dataset``'s inbox until it is quiet: its watch is gone (a burst; see the watcher)."""
+        with self._lock:
+            self._busy_asked.add(dataset)
 
     def request_sync(self) -> None:
         """Look for datasets and folders to watch (and those gone), scanning no inbox."""
@@ -166,10 +199,61 @@ class Intake:
                 continue
             if hint.dataset in sortable and not self.readiness.offer(hint):
                 self._overflowed.add(hint.dataset)
+        self._list_busy(sortable)
         ready = self.readiness.ready()
         if ready:
             self._work.put(ready)
         self._rescan_if_due()
+
+    def _list_busy(self, sortable: Mapping[str, DatasetLayout]) -> None:
+        """List each busy inbox that is due; one quiet for ``BUSY_QUIET_SECONDS`` is watched again."""
+        with self._lock:
+            asked, self._busy_asked = self._busy_asked, set()
+        now = time.monotonic()
+        for name in asked - self._busy.keys():
+            self._busy[name] = _Listing(frozenset(), now, now)
+            log.info("inbox_busy", dataset=name, action="listed until quiet, not watched")
+        for name, listing in list(self._busy.items()):
+            if now < listing.due:
+                continue
+            layout = sortable.get(name)
+            if layout is not None and self._list_new(layout, listing):
+                listing.quiet_since = now
+            elif layout is None or now - listing.quiet_since >= BUSY_QUIET_SECONDS:
+                del self._busy[name]
+                log.info("inbox_quiet", dataset=name, action="watched again")
+                self._on_quiet(name)
+                continue
+            listing.due = now + BUSY_LIST_SECONDS
+
+    def _list_new(self, layout: DatasetLayout, listing: _Listing) -> bool:
+        """Offer the files of a busy inbox not listed before; whether there were any.
+
+        The listing and the set difference run in C, so a long inbox costs little per round; only
+        new names take the per-file path (a folder among them asks for a full scan of the inbox).
+        """
+        try:
+            names = frozenset(os.listdir(layout.inbox)) if not layout.inbox.is_symlink() else frozenset()
+        except OSError:
+            names = frozenset()
+        fresh = sorted(names - listing.names)
+        kept = set(names)
+        settings = self.settings
+        folders = _folders_among(layout.inbox, fresh) if fresh else set()
+        for position, name in enumerate(fresh):
+            if is_ignored(name, settings.ignore_patterns):
+                continue
+            path = layout.inbox / name
+            if name in folders:
+                self.request_rescan(layout.name)  # its files: the scanner walks folders
+            elif is_sidecar(name, settings.sidecar_suffixes):
+                self._sidecar(path)
+            elif not self.readiness.offer(Hint(layout.name, path)):
+                self._overflowed.add(layout.name)  # the rest is listed again once there is room
+                kept -= set(fresh[position:])
+                break
+        listing.names = frozenset(kept)
+        return bool(fresh)
 
     def _rescan_if_due(self) -> None:
         now = time.monotonic()

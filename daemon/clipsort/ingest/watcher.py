@@ -55,6 +55,15 @@ OS caveats handled here:
   bookkeeping, in its reader thread or in ``Observer.stop()``, which skipped
   the rest of the daemon's shutdown. :class:`_WatchGroup` forgets a watch
   whatever the maps say, and :meth:`Watcher.stop` never raises.
+- Even narrowed so, a burst into an inbox costs the daemon an inotify record, a watchdog event
+  object and a trip through two of its threads and the reactions thread per file, about a sixth
+  of the daemon's own CPU per file (``bench.cpu_per_file``). So an inbox whose handler sees more
+  than ``busy_events_per_second`` events in a second reports itself busy, drops its events from
+  then on, and the reactions thread removes its watch (the kernel then queues nothing for it);
+  the intake lists it instead, four times a second, offering only the names it had not listed
+  (set arithmetic over ``os.listdir``, in C), until a second passes with nothing new. Then the
+  watch is made again and one full scan covers what came in between. A subfolder of a busy inbox
+  is seen at that scan (its files arrive late, never lost).
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -283,6 +293,9 @@ class WatchSink(Protocol):
 
     def classes_changed(self, dataset: str) -> None: ...
 
+    def inbox_busy(self, dataset: str) -> None:
+        """An inbox got more events in a second than ``busy_events_per_second``: list it instead."""
+
 
 def _path(raw: str | bytes) -> Path:
     return Path(os.fsdecode(raw))
@@ -309,12 +322,29 @@ class _InboxHandler(_SafeHandler):
     # size itself, so one event per write (IN_MODIFY) would add nothing.
     events = (FileCreatedEvent, FileClosedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent, _MovesInOnly)
 
-    def __init__(self, layout: DatasetLayout, sink: WatchSink, ignore: Sequence[str]) -> None:
+    def __init__(
+        self, layout: DatasetLayout, sink: WatchSink, ignore: Sequence[str], busy_rate: int = 0
+    ) -> None:
         self.layout = layout
         self.sink = sink
         self.ignore = ignore
+        self.busy_rate = busy_rate  # events in a second that make the inbox busy (0: never)
+        self.busy = False  # reported busy: its events are dropped until its watch is removed
+        self._window = 0.0  # when the current second of counting began
+        self._count = 0
 
     def handle(self, event: FileSystemEvent) -> None:
+        if self.busy:
+            return  # the intake lists this inbox now (see the module's caveats)
+        if self.busy_rate:
+            now = time.monotonic()
+            if now - self._window >= 1.0:
+                self._window, self._count = now, 0
+            self._count += 1
+            if self._count > self.busy_rate:
+                self.busy = True
+                self.sink.inbox_busy(self.layout.name)
+                return
         if event.is_directory:
             self.sink.request_rescan(self.layout.name)
             return
@@ -476,8 +506,10 @@ class Watcher:
         polling_seconds: float,
         ignore: Sequence[str],
         max_depth: int = MAX_DEPTH,
+        busy_rate: int = 0,
     ) -> None:
         _WatchGroup.max_depth = max_depth
+        self.busy_rate = busy_rate
         self.root = root
         self.sink = sink
         self.polling = polling
@@ -485,6 +517,7 @@ class Watcher:
         self.ignore = ignore
         self._watches: dict[Path, ObservedWatch] = {}
         self._failed: dict[Path, str] = {}  # folders that could not be watched, and why
+        self._paused: set[Path] = set()  # busy inboxes, listed by the intake instead (see the module)
         self._lock = threading.RLock()  # sync() runs on the reactions thread, restart() on the main one
         self._observer = self._new_observer()
         self._overflow = _OverflowListener(sink)
@@ -542,9 +575,27 @@ class Watcher:
                 self._unschedule(folder)
             for layout in layouts:
                 self._schedule(layout.root, _StructureHandler(self.sink, in_dataset=True), recursive=False)
-                self._schedule(layout.inbox, _InboxHandler(layout, self.sink, self.ignore), recursive=True)
+                self._schedule(layout.inbox, self._inbox_handler(layout), recursive=True)
                 self._schedule(layout.classes, _ClassesHandler(layout.name, self.sink), recursive=True)
                 self._schedule(layout.sorted, _SortedHandler(layout.name, self.sink), recursive=True)
+
+    def pause_inbox(self, dataset: str) -> None:
+        """Stop watching a busy inbox (the intake lists it meanwhile) until :meth:`resume_inbox`."""
+        inbox = DatasetLayout(self.root / dataset).inbox
+        with self._lock:
+            self._paused.add(inbox)
+            if inbox in self._watches:
+                self._unschedule(inbox)
+
+    def resume_inbox(self, dataset: str) -> None:
+        """Watch a quiet inbox again (the caller then has it scanned once: files came meanwhile)."""
+        layout = DatasetLayout(self.root / dataset)
+        with self._lock:
+            self._paused.discard(layout.inbox)
+            self._schedule(layout.inbox, self._inbox_handler(layout), recursive=True)
+
+    def _inbox_handler(self, layout: DatasetLayout) -> _InboxHandler:
+        return _InboxHandler(layout, self.sink, self.ignore, self.busy_rate)
 
     def degraded(self) -> dict[str, str]:
         """Per dataset whose events are not (all) watched, why; rescans sort it meanwhile."""
@@ -574,7 +625,7 @@ class Watcher:
             return set(self._watches)
 
     def _schedule(self, folder: Path, handler: _SafeHandler, *, recursive: bool) -> None:
-        if folder in self._watches or not folder.is_dir() or folder.is_symlink():
+        if folder in self._watches or folder in self._paused or not folder.is_dir() or folder.is_symlink():
             return
         try:
             self._watches[folder] = self._observer.schedule(

@@ -74,6 +74,20 @@ class ClassesChanged:
 
 
 @dataclass(frozen=True)
+class InboxBusy:
+    """An inbox got a burst of events: stop watching it, and have the intake list it instead."""
+
+    dataset: str
+
+
+@dataclass(frozen=True)
+class InboxQuiet:
+    """A busy inbox is quiet again (the intake's listings found nothing new): watch it, rescan it."""
+
+    dataset: str
+
+
+@dataclass(frozen=True)
 class DatasetsFound:
     """The intake listed the data root: these datasets exist now (the intake's thread reports).
 
@@ -98,6 +112,8 @@ WatchEvent = (
     | FiledRescan
     | DestinationChanged
     | ClassesChanged
+    | InboxBusy
+    | InboxQuiet
     | DatasetsFound
 )
 
@@ -135,6 +151,9 @@ class Reactions:
 
     def classes_changed(self, dataset: str) -> None:
         self.put(ClassesChanged(dataset))
+
+    def inbox_busy(self, dataset: str) -> None:
+        self.put(InboxBusy(dataset))
 
     def start(self) -> None:
         self.thread.start()

@@ -53,6 +53,8 @@ from clipsort.service.reactions import (
     FiledRescan,
     FoldersChanged,
     Hinted,
+    InboxBusy,
+    InboxQuiet,
     Placed,
     Reactions,
     RescanAsked,
@@ -73,7 +75,14 @@ NO_CLIP = "none (every dataset is classified by its checkpoint)"
 # Opened or bound once at start (the journal and caches, the metrics socket): a reload that changes
 # them logs `reload_needs_restart` and keeps the old values. Every other setting reaches its owner.
 RESTART_ONLY = ("state_dir", "metrics_port", "metrics_address")
-WATCHER_SETTINGS = ("root", "observer", "polling_seconds", "ignore_patterns", "max_folder_depth")
+WATCHER_SETTINGS = (
+    "root",
+    "observer",
+    "polling_seconds",
+    "ignore_patterns",
+    "max_folder_depth",
+    "busy_events_per_second",
+)
 
 HEALTH_TICK = 0.5
 REACTION_WAIT = 5.0  # the intake's longest wait for the datasets it found to be watched
@@ -174,6 +183,7 @@ class Service:
             self.catalog,
             self.work,
             on_datasets=self._report_datasets,
+            on_quiet=lambda dataset: self.reactions.put(InboxQuiet(dataset)),
         )
         self.watcher = self._new_watcher(settings)
         self.worker = Worker(
@@ -220,6 +230,7 @@ class Service:
             polling_seconds=settings.polling_seconds,
             ignore=settings.ignore_patterns,
             max_depth=settings.max_folder_depth,
+            busy_rate=settings.busy_events_per_second,
         )
 
     # --- reactions: on the reactions thread, one event at a time -------------------
@@ -241,6 +252,12 @@ class Service:
             case DestinationChanged(dataset):
                 self.worker.policy.reset()  # a cleared fault is noticed in seconds, not after up to 30 s
                 self.intake.expedite(dataset)
+            case InboxBusy(dataset):
+                self.watcher.pause_inbox(dataset)
+                self.intake.list_busy(dataset)
+            case InboxQuiet(dataset):
+                self.watcher.resume_inbox(dataset)
+                self.intake.request_rescan(dataset)  # what came between its last listing and the watch
             case DatasetsFound(layouts):
                 self._datasets_found(list(layouts))
 
