@@ -120,6 +120,7 @@ def test_cpu_per_file_smoke_run_reports_both_processes_and_the_thread_account(tm
     # The model's share is measured and the pipeline's is the rest. (Over 40 files either may come
     # out above the whole: the process's CPU is read in 10 ms clock ticks, and sort's is a
     # difference of two runs; the full run's 2,000 files are what the figures are read from.)
+    # sort's model share is a difference of two runs too, whose first forward passes differ.
+    assert report["daemon"]["model_ms_per_file"] > 0, report["daemon"]
     for run in (report["daemon"], report["sort"]):
-        assert run["model_ms_per_file"] > 0, run
         assert run["pipeline_ms_per_file"] == run["cpu_ms_per_file"] - run["model_ms_per_file"]
