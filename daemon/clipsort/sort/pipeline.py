@@ -307,7 +307,9 @@ def _sidecars(batch: Sequence[Delivery]) -> list[list[tuple[Path, str, int]]]:
                 listings[folder] = by_lower_name(os.listdir(folder), item.target.settings.sidecar_suffixes)
             except OSError:
                 listings[folder] = {}
-        names = companions_in(item.job.path.name, listings[folder], item.target.settings.sidecar_suffixes)
+        index = listings[folder]
+        # Most inboxes hold no sidecar at all: then no picture's names need making.
+        names = companions_in(item.job.path.name, index, item.target.settings.sidecar_suffixes) if index else []
         mine = []
         for name in names:
             path = folder / name
