@@ -56,7 +56,7 @@ thresholds and judgements out.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
@@ -411,7 +411,7 @@ class Gate:
         labels = np.asarray([position[d.label] for d in decisions], dtype=np.int64)
         judged = self.judge(vectors, labels, index)
         return [
-            decision if familiar is None else replace(decision, familiar=familiar)
+            decision if familiar is None else decision.judged(familiar)
             for decision, familiar in zip(decisions, judged, strict=True)
         ]
 

@@ -309,7 +309,9 @@ def _sidecars(batch: Sequence[Delivery]) -> list[list[tuple[Path, str, int]]]:
                 listings[folder] = {}
         index = listings[folder]
         # Most inboxes hold no sidecar at all: then no picture's names need making.
-        names = companions_in(item.job.path.name, index, item.target.settings.sidecar_suffixes) if index else []
+        names = (
+            companions_in(item.job.path.name, index, item.target.settings.sidecar_suffixes) if index else []
+        )
         mine = []
         for name in names:
             path = folder / name
