@@ -369,8 +369,8 @@ class Settings(BaseSettings):
         200,
         description=(
             "Daemon: an inbox that receives more file events than this in a second is listed instead of "
-            "watched until it is quiet (a second with nothing new): a burst costs one listing every "
-            "quarter of a second, not one event per file. 0 watches inboxes always."
+            "watched until it is quiet (a second with nothing new): a burst costs ten listings a "
+            "second, not one event per file. 0 watches inboxes always."
         ),
     )
     class_debounce_seconds: NonNegativeFloat = Field(

@@ -64,9 +64,9 @@ class Sink:
         with self.lock:
             self.rescans.append(f"changed:{dataset}")
 
-    def inbox_busy(self, dataset: str) -> None:
+    def inbox_busy(self, dataset: str, whole: bool) -> None:
         with self.lock:
-            self.busy.append(dataset)
+            self.busy.append(f"{dataset} whole" if whole else dataset)
 
     def hinted(self, name: str, *, kind: str | None = None) -> bool:
         with self.lock:
@@ -333,7 +333,7 @@ def test_a_burst_past_the_busy_rate_is_reported_once_and_its_inbox_unwatched_unt
     try:
         for name in names:
             os.rename(layout.inbox / f".{name}", layout.inbox / name)
-        wait_until(lambda: sink.busy == ["ds"], timeout=30)
+        wait_until(lambda: sink.busy == ["ds whole"], timeout=30)  # renamed in: whole
         watcher.pause_inbox("ds")  # what the reactions thread does with the report
         assert not watcher.watching(layout.inbox)
         watcher.sync([layout])  # a rescan's sync leaves a paused inbox alone
@@ -346,7 +346,7 @@ def test_a_burst_past_the_busy_rate_is_reported_once_and_its_inbox_unwatched_unt
     finally:
         watcher.stop()
     with sink.lock:
-        assert sink.busy == ["ds"]
+        assert sink.busy == ["ds whole"]
         # 50 a second, counted as watchdog hands them over: on a loaded machine, a few windows' worth
         hinted = {h.path.name for h in sink.hints if h.path.name in names}
         assert 50 <= len(hinted) < len(names), "the rest set aside once busy"

@@ -296,7 +296,7 @@ def test_a_busy_inbox_is_listed_instead_of_watched_and_watched_again_once_quiet(
     for k in range(5):
         (dataset / "Images" / "folder" / f"f{k}.png").write_bytes(pictures[k % 3])
     busy = daemon.wait_event("inbox_busy", timeout=60)
-    assert busy["dataset"] == "rgb"
+    assert busy["dataset"] == "rgb" and busy["whole"] is False, "written in place: each file settles"
     daemon.wait_event("inbox_quiet", timeout=120)
     wait_until(lambda: len(sorted_files(dataset)) == 305, timeout=300, every=0.5)
     drop(dataset / "Images", "late.png", pictures[0])

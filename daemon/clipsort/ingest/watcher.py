@@ -60,10 +60,15 @@ OS caveats handled here:
   of the daemon's own CPU per file (``bench.cpu_per_file``). So an inbox whose handler sees more
   than ``busy_events_per_second`` events in a second reports itself busy, drops its events from
   then on, and the reactions thread removes its watch (the kernel then queues nothing for it);
-  the intake lists it instead, four times a second, offering only the names it had not listed
+  the intake lists it instead, ten times a second, offering only the names it had not listed
   (set arithmetic over ``os.listdir``, in C), until a second passes with nothing new. Then the
   watch is made again and one full scan covers what came in between. A subfolder of a busy inbox
-  is seen at that scan (its files arrive late, never lost).
+  is seen at that scan (its files arrive late, never lost). A listing cannot tell a finished file
+  from one being written, so listed files wait the full settle time, unless the burst's events
+  were all moves in and finished writes of final names (uploads renamed into place, temporary
+  names aside): then they are taken as finished (``whole``). Measured on a 600-file burst renamed
+  in with the near-free model: with every listed file settling, a third slower than on events;
+  taken whole and listed ten times a second, the same rate (455 files/s against 437-474).
 """
 
 from __future__ import annotations
@@ -293,8 +298,11 @@ class WatchSink(Protocol):
 
     def classes_changed(self, dataset: str) -> None: ...
 
-    def inbox_busy(self, dataset: str) -> None:
-        """An inbox got more events in a second than ``busy_events_per_second``: list it instead."""
+    def inbox_busy(self, dataset: str, whole: bool) -> None:
+        """An inbox got more events in a second than ``busy_events_per_second``: list it instead.
+
+        ``whole``: its events were moves in and finished writes only (files arriving whole).
+        """
 
 
 def _path(raw: str | bytes) -> Path:
@@ -332,6 +340,7 @@ class _InboxHandler(_SafeHandler):
         self.busy = False  # reported busy: its events are dropped until its watch is removed
         self._window = 0.0  # when the current second of counting began
         self._count = 0
+        self._written = 0  # of which files still being written (created, not yet closed)
 
     def handle(self, event: FileSystemEvent) -> None:
         if self.busy:
@@ -339,11 +348,17 @@ class _InboxHandler(_SafeHandler):
         if self.busy_rate:
             now = time.monotonic()
             if now - self._window >= 1.0:
-                self._window, self._count = now, 0
+                self._window, self._count, self._written = now, 0, 0
             self._count += 1
+            # A created file that is not a temporary name is being written where it will stay.
+            self._written += event.event_type == EVENT_TYPE_CREATED and not is_ignored(
+                os.path.basename(os.fsdecode(event.src_path)), self.ignore
+            )
             if self._count > self.busy_rate:
                 self.busy = True
-                self.sink.inbox_busy(self.layout.name)
+                # Only moves in and finished writes: its files arrive whole (uploads renamed into
+                # place), so a listing may take them as finished ones too (see Readiness).
+                self.sink.inbox_busy(self.layout.name, whole=not self._written)
                 return
         if event.is_directory:
             self.sink.request_rescan(self.layout.name)

@@ -75,9 +75,13 @@ class ClassesChanged:
 
 @dataclass(frozen=True)
 class InboxBusy:
-    """An inbox got a burst of events: stop watching it, and have the intake list it instead."""
+    """An inbox got a burst of events: stop watching it, and have the intake list it instead.
+
+    ``whole``: the burst's files arrived whole (moved in, or closed after writing).
+    """
 
     dataset: str
+    whole: bool
 
 
 @dataclass(frozen=True)
@@ -152,8 +156,8 @@ class Reactions:
     def classes_changed(self, dataset: str) -> None:
         self.put(ClassesChanged(dataset))
 
-    def inbox_busy(self, dataset: str) -> None:
-        self.put(InboxBusy(dataset))
+    def inbox_busy(self, dataset: str, whole: bool) -> None:
+        self.put(InboxBusy(dataset, whole))
 
     def start(self) -> None:
         self.thread.start()

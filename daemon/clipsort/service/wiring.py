@@ -252,9 +252,9 @@ class Service:
             case DestinationChanged(dataset):
                 self.worker.policy.reset()  # a cleared fault is noticed in seconds, not after up to 30 s
                 self.intake.expedite(dataset)
-            case InboxBusy(dataset):
+            case InboxBusy(dataset, whole):
                 self.watcher.pause_inbox(dataset)
-                self.intake.list_busy(dataset)
+                self.intake.list_busy(dataset, whole)
             case InboxQuiet(dataset):
                 self.watcher.resume_inbox(dataset)
                 self.intake.request_rescan(dataset)  # what came between its last listing and the watch
