@@ -245,7 +245,7 @@ class Intake:
         except OSError:
             names = frozenset()
         fresh = sorted(names - listing.names)
-        kept = set(names)
+        listing.names = names
         settings = self.settings
         folders = _folders_among(layout.inbox, fresh) if fresh else set()
         for position, name in enumerate(fresh):
@@ -258,9 +258,8 @@ class Intake:
                 self._sidecar(path)
             elif not self.readiness.offer(Hint(layout.name, path, listing.kind)):
                 self._overflowed.add(layout.name)  # the rest is listed again once there is room
-                kept -= set(fresh[position:])
+                listing.names = names - frozenset(fresh[position:])
                 break
-        listing.names = frozenset(kept)
         return bool(fresh)
 
     def _rescan_if_due(self) -> None:
