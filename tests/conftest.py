@@ -114,6 +114,23 @@ def rgb_checkpoints(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) 
     return made
 
 
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """A local Ray of two CPUs for the whole session, as ``ray start --head`` makes; its address.
+
+    The cluster engine's tests run in it (in-process, or a ``clipsort sort --address`` process);
+    without the ray extra they are skipped, saying so (``.ci/run`` installs it).
+    """
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
+    import logging  # noqa: PLC0415
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        yield str(ray.get_runtime_context().gcs_address)
+    finally:
+        ray.shutdown()
+
+
 @pytest.fixture
 def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """An empty data root; the working directory is moved next to it so no

@@ -181,6 +181,32 @@ class Settings(BaseSettings):
             "OOM killer ending the process (which is not the file's fault: it is retried)."
         ),
     )
+    ray_actors: NonNegativeInt = Field(
+        0,
+        description=(
+            "`clipsort sort --engine ray`: classifier actors (each holds the model). 0: one per GPU "
+            "of the cluster times `ray_actors_per_gpu`, or one on a cluster without GPUs."
+        ),
+    )
+    ray_actors_per_gpu: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="`--engine ray` on GPUs: classifier actors sharing one GPU (more keep a fast GPU fed).",
+    )
+    ray_decode_cpus: float = Field(
+        1.0,
+        gt=0,
+        le=16,
+        description="`--engine ray`: CPUs each decoding task takes; decoding tasks fill a node's other CPUs.",
+    )
+    ray_shard_files: PositiveInt = Field(
+        10_000,
+        description=(
+            "`--engine ray`: files per manifest and decision shard, the unit a resumed run skips once "
+            "its marker is written."
+        ),
+    )
     decode_ahead: int = Field(
         2,
         ge=1,

@@ -153,7 +153,7 @@ def test_a_class_folder_linked_out_of_the_dataset_is_never_written_through(
     state = data_root / ".clipsort"
     state.mkdir()
     with Journal(state) as journal:
-        results = deliver(items, encoder=encoder, journal=journal, dry_run=False)
+        results = deliver(items, models=[encoder.name] * len(items), journal=journal, dry_run=False)
         states = [entry.state for entry in journal.entries()]
     refused = [k for k, result in enumerate(results) if isinstance(result, UnsafeDestination)]
     refused_labels = [verdict.label for k in refused if isinstance(verdict := verdicts[k], Decision)]

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import json
 import sys
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
-from rich.progress import TextColumn, TimeRemainingColumn
+from rich.progress import ProgressColumn, Task, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from clipsort.classify.checkpoints import checkpoints_of, current_checkpoint
 from clipsort.classify.modes import needs_clip
@@ -46,6 +48,8 @@ from clipsort.logs import json_line
 from clipsort.store.instance import refuse_if_served
 from clipsort.store.mover import discard_tree, ensure_dir, rename_noreplace
 
+Engine = Literal["local", "ray"]
+
 if TYPE_CHECKING:
     from clipsort.learn.evaluation import EvalReport
     from clipsort.sort.pipeline import Outcome
@@ -59,6 +63,18 @@ def sort(
     aggregate: Annotated[str | None, typer.Option(help="Reference mode: max or avg.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and report, move nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per decision on stdout.")] = False,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help="local: this process; ray: a Ray cluster classifies, this process places (the ray extra)."
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="--engine ray: the cluster to join (ray start's address); none starts a local one."
+        ),
+    ] = None,
     config: ConfigOption = None,
     root: RootOption = None,
     model: ModelOption = None,
@@ -66,13 +82,31 @@ def sort(
     """Classify every image in the datasets' Images/ folders once, and move each into Dataset/<class>/.
 
     Ctrl-C stops it promptly (exit 130): the batch being placed is placed whole, the rest stays in
-    the inbox for the next run.
+    the inbox for the next run. With --engine ray, running the same command again after any stop
+    goes on from the last shard it finished, and places no file twice.
     """
+    if address is not None and engine != "ray":
+        raise ConfigError("--address names a Ray cluster: use it with --engine ray")
+    if engine == "ray" and not _installed("ray"):
+        raise ConfigError("--engine ray needs Ray: pip install 'clipsort[ray]'")
     outcomes: list[Outcome] = []
     interrupt = Interrupt()
     try:
         with interrupt:
-            _sort(interrupt, outcomes, dataset, mode, aggregate, dry_run, as_json, config, root, model)
+            _sort(
+                interrupt,
+                outcomes,
+                dataset,
+                mode,
+                aggregate,
+                dry_run,
+                as_json,
+                config,
+                root,
+                model,
+                address,
+                engine,
+            )
     except KeyboardInterrupt:
         pass  # asked to stop before anything was placed (or a second Ctrl-C): the line below says so
     if not interrupt.requested.is_set():
@@ -99,6 +133,8 @@ def _sort(
     config: Path | None,
     root: Path | None,
     model: str | None,
+    address: str | None = None,
+    engine: Engine = "local",
 ) -> None:
     """The body of ``clipsort sort``; ``outcomes`` collects every file placed (or that would be)."""
     settings = settings_from(config, root=root, model=model, mode=mode, aggregate=aggregate)
@@ -108,6 +144,9 @@ def _sort(
         refuse_if_served(settings.state_path, settings.root, "sort")
     names = [layout.name for layout in layouts]
     preflight.models(settings, names)
+    if engine == "ray":
+        _sort_on_ray(interrupt, outcomes, settings, layouts, bool(dataset), dry_run, as_json, address)
+        return
     from clipsort.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
     from clipsort.encode.factory import make_embedder, make_encoder
     from clipsort.learn.corrections import corrected_from
@@ -138,10 +177,7 @@ def _sort(
         task = progress.add_task("sort", total=sum(len(item.files) for item in work))
 
         def record(outcome: Outcome) -> None:
-            outcomes.append(outcome)
-            if as_json:
-                sys.stdout.write(json_line(outcome.as_dict()) + "\n")
-                sys.stdout.flush()
+            _report(outcome, outcomes, as_json=as_json)
             progress.advance(task)
 
         try:
@@ -160,6 +196,122 @@ def _sort(
             raise DatasetError(
                 f"stopped: cannot move{where}: {exc.strerror or exc}; the rest stays in Images/"
             ) from None
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # sys.modules holds None for it: Python's own way of blocking an import
+        return False
+
+
+def _report(outcome: Outcome, outcomes: list[Outcome], *, as_json: bool) -> None:
+    """One file placed (or that would be): kept for the summary, printed with --json."""
+    outcomes.append(outcome)
+    if as_json:
+        sys.stdout.write(json_line(outcome.as_dict()) + "\n")
+        sys.stdout.flush()
+
+
+def _sort_on_ray(
+    interrupt: Interrupt,
+    outcomes: list[Outcome],
+    settings: Settings,
+    layouts: list[DatasetLayout],
+    named: bool,
+    dry_run: bool,
+    as_json: bool,
+    address: str | None,
+) -> None:
+    """``clipsort sort --engine ray``: the cluster classifies, this process places (see sort.cluster)."""
+    import tempfile
+
+    import ray
+
+    from clipsort.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
+    from clipsort.encode.factory import make_encoder
+    from clipsort.learn.corrections import corrected_from
+    from clipsort.sort.cluster import connect, prepare
+
+    names = [layout.name for layout in layouts]
+    try:
+        started = connect(address)
+    except ConnectionError as exc:
+        raise ConfigError(f"cannot join the Ray cluster at {address!r}: {exc}") from None
+    with contextlib.ExitStack() as stack:
+        if started:
+            stack.callback(ray.shutdown)
+        interrupt.check()
+        encoder = make_encoder(settings) if needs_clip(settings, names) else None
+        interrupt.check()
+        journal = journal_if_any(settings) if dry_run else open_journal(settings, layouts)
+        if journal is not None:
+            stack.enter_context(journal)
+        cache = stack.enter_context(EmbeddingCache(settings.state_path / EMBEDDINGS_DB)) if journal else None
+        # A dry run keeps its shards in a temporary folder: it creates nothing in the state folder.
+        state = Path(stack.enter_context(tempfile.TemporaryDirectory())) if dry_run else settings.state_path
+        run, identity = prepare(
+            settings,
+            layouts,
+            encoder=encoder,
+            journal=journal,
+            cache=cache,
+            corrected=corrected_from(journal) if journal is not None else None,
+            named=named,
+            state=state,
+            dry_run=dry_run,
+            on_outcome=functools.partial(_report, outcomes=outcomes, as_json=as_json),
+            phases=stack.enter_context(PhaseBars()),
+            stop=interrupt.requested.is_set,
+        )
+        interrupt.check()
+        try:
+            tally = run.run(identity)
+        except OSError as exc:  # the first file that could not be moved (disk full, permissions): one line
+            where = f" {exc.filename!r}" if exc.filename else ""
+            raise DatasetError(
+                f"stopped: cannot move{where}: {exc.strerror or exc}; rerun the same command to go on"
+            ) from None
+    if tally.already_placed or tally.gone or tally.changed or tally.left or tally.shards_skipped:
+        typer.echo(
+            f"clipsort: {tally.already_placed} already placed, {tally.gone} gone, {tally.changed} changed "
+            f"while classified, {tally.left} left for the next run, {tally.shards_skipped} shard(s) resumed",
+            err=True,
+        )
+
+
+class PhaseBars:
+    """A progress bar per phase of a cluster run, with its files per second (stderr, on a terminal)."""
+
+    def __init__(self) -> None:
+        self.bars = progress_bar(
+            "ray", TextColumn("{task.description}"), FilesPerSecond(), TimeRemainingColumn()
+        )
+        self.task: TaskID | None = None
+
+    def begin(self, phase: str, total: int) -> None:
+        if self.task is not None:
+            self.bars.update(self.task, visible=False)
+        self.task = self.bars.add_task(phase, total=total)
+
+    def advance(self, files: int) -> None:
+        if self.task is not None:
+            self.bars.advance(self.task, files)
+
+    def __enter__(self) -> PhaseBars:
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.__exit__(None, None, None)
+
+
+class FilesPerSecond(ProgressColumn):
+    """The phase's rate, as rich measures it."""
+
+    def render(self, task: Task) -> Text:
+        return Text("" if task.speed is None else f"{task.speed:,.0f} files/s")
 
 
 def summary(outcomes: list[Outcome], *, dry_run: bool) -> Table:

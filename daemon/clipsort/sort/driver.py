@@ -37,7 +37,14 @@ from clipsort.decode.images import DecodeLimits
 from clipsort.encode.embeddings import Embedder
 from clipsort.encode.encoder import Encoder
 from clipsort.errors import ImageRejected
-from clipsort.sort.pipeline import Delivery, Result, classify, classify_with_fallback, deliver
+from clipsort.sort.pipeline import (
+    Delivery,
+    Result,
+    classify,
+    classify_with_fallback,
+    deciding_model,
+    deliver,
+)
 from clipsort.store.journal import Journal
 from clipsort.work import Job
 
@@ -285,6 +292,7 @@ class Driver:
 
     def _place(self, batch: Classified) -> None:
         ready = [item for item in batch.deliveries if self.policy.still_there(item, batch.settings)]
-        results = deliver(ready, encoder=batch.encoder, journal=self.journal, dry_run=self.dry_run)
+        models = [deciding_model(item.target, batch.encoder) for item in ready]
+        results = deliver(ready, models=models, journal=self.journal, dry_run=self.dry_run)
         for item, result in zip(ready, results, strict=True):
             self.policy.settled(item.job, result, batch.settings)

@@ -240,7 +240,7 @@ Result = Outcome | OSError | ClipsortError
 
 
 def deliver(
-    batch: Sequence[Delivery], *, encoder: Encoder | None, journal: Journal | None, dry_run: bool
+    batch: Sequence[Delivery], *, models: Sequence[str], journal: Journal | None, dry_run: bool
 ) -> list[Result]:
     """Place a batch of classified files (or preview them on a dry run), journal them, log each.
 
@@ -248,9 +248,9 @@ def deliver(
     file moves, the moves follow, each folder involved is fsynced once, and
     one transaction records the outcomes. A file whose move fails gets its
     error in the result list (and ``cleared`` in the journal); it stays
-    where it was and the others are unaffected.
+    where it was and the others are unaffected. ``models`` name what decided each file
+    (:func:`deciding_model`).
     """
-    models = [deciding_model(item.target, encoder) for item in batch]
     results: list[Result] = []
     if dry_run:
         for item, model in zip(batch, models, strict=True):

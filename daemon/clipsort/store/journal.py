@@ -416,6 +416,25 @@ class Journal:
             found |= {Path(os.fsdecode(row[0])) for row in rows}
         return found
 
+    def placed_since(self, files: Sequence[tuple[Path, str]], since: float) -> set[tuple[Path, str]]:
+        """Those of ``files`` (source, sha256) that a decision since ``since`` moved or rejected.
+
+        A cluster run's ledger: a file it placed before a crash is never placed again, also where
+        the source stays (``action = "copy"``). One query per thousand files, on the hash index.
+        """
+        found: set[tuple[Path, str]] = set()
+        wanted = set(files)
+        for start in range(0, len(files), 1000):
+            chunk = [sha for _, sha in files[start : start + 1000]]
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT source, sha256 FROM decisions WHERE sha256 IN ({','.join('?' * len(chunk))})"
+                    " AND created >= ? AND state IN ('moved', 'rejected') AND companion IS NULL",
+                    (*chunk, since),
+                ).fetchall()
+            found |= {pair for row in rows if (pair := (Path(os.fsdecode(row[0])), row[1])) in wanted}
+        return found
+
     def planned_into(self, folder: Path) -> list[Entry]:
         """Moves into ``folder`` whose outcome is not written yet (in flight, or cut off by a crash)."""
         return self._select("state = 'planned' AND folder = ?", (os.fsencode(folder),))

@@ -619,3 +619,9 @@ def remove_own(path: Path) -> None:
     """Delete a file of clipsort's own (a cached thumbnail); one already gone is fine."""
     with contextlib.suppress(FileNotFoundError):
         SYSCALLS.unlink(At.own(path))
+
+
+def remove_own_dir(path: Path) -> None:
+    """Delete an empty folder of clipsort's own (a finished cluster run's); one already gone is fine."""
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(path)

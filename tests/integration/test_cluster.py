@@ -1,0 +1,173 @@
+"""Integration: ``clipsort sort --engine ray`` on a real local Ray (two CPUs, one per session).
+
+The cluster classifies with the project's own decoder and classifier in Ray tasks and actors; this
+process places through the journal and the mover. Held here: the same places as the local engine in
+every mode, nothing placed twice by a second run, and a file replaced between classifying and
+placing classified again. Killing a Ray worker or the run itself is in tests/system/test_cluster.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from clipsort.cli import app
+from clipsort.config import load_settings
+from clipsort.layout import discover
+from clipsort.store.journal import Journal
+from clipsort.store.mover import make_state_dir
+from tests.helpers import publish_copy, tree
+from tests.synthetic import draw, make_dataset, save
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+RGB = {"red": "red", "green": "green", "blue": "blue"}
+INBOX = ["red", "green", "blue", "yellow", "red", "blue"] * 4  # yellow: none of these
+
+
+def archive(root: Path) -> None:
+    """Two datasets; their inboxes hold pictures of each class, strangers, an unreadable file, a
+    sidecar beside a picture, and a subfolder."""
+    for name in ("photos", "scans"):
+        make_dataset(root / name, RGB, references=4, inbox=INBOX, seed=5 if name == "photos" else 6)
+        inbox = root / name / "Images"
+        (inbox / "broken.jpg").write_bytes(b"\xff\xd8 not a picture")
+        (inbox / "img0000.xmp").write_text("<x:xmpmeta/>")
+        (inbox / "trip").mkdir()
+        save(draw(np.random.default_rng(9), "green", "circle", size=90), inbox / "trip" / "g.png")
+
+
+def placed(root: Path) -> dict[str, dict[str, list[str]]]:
+    """Each dataset's folders (Images/, Dataset/, Review/, Rejected/) and their files."""
+    return {name: tree(root / name) for name in ("photos", "scans")}
+
+
+def sort(runner: CliRunner, root: Path, *args: str) -> list[dict[str, object]]:
+    result = runner.invoke(app, ["sort", "--root", str(root), "--json", *args])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def decisions(records: list[dict[str, object]], root: Path) -> dict[str, tuple[object, ...]]:
+    """Per file: where it went, as what, and its top three classes (labels; scores apart)."""
+    return {
+        str(Path(str(r["file"])).relative_to(root)): (
+            r["status"],
+            r.get("class"),
+            r.get("guess"),
+            [label for label, _ in r.get("top3", [])],  # type: ignore[attr-defined]
+        )
+        for r in records
+    }
+
+
+def scores(records: list[dict[str, object]], root: Path) -> dict[str, list[float]]:
+    return {
+        str(Path(str(r["file"])).relative_to(root)): [p for _, p in r.get("top3", [])]  # type: ignore[attr-defined]
+        for r in records
+    }
+
+
+@pytest.mark.parametrize("mode", ["reference", "text", "mixed", "finetuned"])
+def test_ray_places_every_file_where_the_local_engine_does(
+    tmp_path: Path, tiny_model: Path, rgb_checkpoints: dict[str, Path], mode: str
+) -> None:
+    """The same archive sorted by both engines: the same folders, the same decisions, to the digit.
+
+    A second ray run over the same root then moves nothing.
+    """
+    local, ray = tmp_path / "local" / "Data", tmp_path / "ray" / "Data"
+    archive(local)
+    if mode == "finetuned":
+        for name in ("photos", "scans"):
+            publish_copy(rgb_checkpoints["rgb"], local / ".clipsort" / "checkpoints" / name, "trained")
+    shutil.copytree(local, ray, symlinks=True)
+    runner = CliRunner(env={"CLIPSORT_MODEL": str(tiny_model), "CLIPSORT_RAY_SHARD_FILES": "7"})
+    by_local = sort(runner, local, "--mode", mode)
+    by_ray = sort(runner, ray, "--mode", mode, "--engine", "ray")
+    assert placed(ray) == placed(local)
+    assert decisions(by_ray, ray) == decisions(by_local, local)
+    # The same model on other batches: float32 sums in another order, equal to about 1e-6.
+    local_scores = scores(by_local, local)
+    for name, found in scores(by_ray, ray).items():
+        assert found == pytest.approx(local_scores[name], abs=1e-5), name
+    assert len(by_ray) == 2 * (len(INBOX) + 2)  # every picture and the broken file; sidecars travel
+    assert any(r["status"] == "review" for r in by_ray) and any(r["status"] == "rejected" for r in by_ray)
+    assert [p.parent.parent.name for p in (ray / "photos").rglob("img0000.xmp")] == ["Dataset"], (
+        "with its picture"
+    )
+    assert not (ray / ".clipsort" / "ray-run").exists(), "a finished run leaves no shards"
+
+    before = placed(ray)
+    assert sort(runner, ray, "--mode", mode, "--engine", "ray") == []
+    assert placed(ray) == before
+
+
+def test_a_file_replaced_after_it_was_classified_is_classified_again(
+    data_root: Path, tiny_model: Path
+) -> None:
+    """Classified as red, then replaced by a blue picture under the same name before placing: the
+    mover refuses the stale decision, the run classifies the new bytes and files them as blue."""
+    from clipsort.encode.factory import make_encoder  # noqa: PLC0415  (the model stack, when asked for)
+    from clipsort.sort.cluster import prepare  # noqa: PLC0415
+
+    make_dataset(data_root / "ds", RGB, references=4, inbox=["red", "green", "red", "blue"])
+    settings = load_settings(None, {"root": data_root, "model": str(tiny_model), "ray_shard_files": 2})
+    stale = data_root / "ds" / "Images" / "img0000.png"
+    outcomes: list[object] = []
+    make_state_dir(settings.state_path)
+    with Journal(settings.state_path) as journal:
+        run, identity = prepare(
+            settings,
+            discover(data_root),
+            encoder=make_encoder(settings),
+            journal=journal,
+            cache=None,
+            corrected=None,
+            named=False,
+            state=settings.state_path,
+            dry_run=False,
+            on_outcome=outcomes.append,
+            phases=Phases(),
+        )
+        run.begin(identity)
+        shards = run.list_inboxes()
+        run.classify(shards)
+        assert all(run.folder.classified(name) for name in shards)
+        red = next(row for row in run.folder.decision_shard(shards[0]) if row.listed.path == stale)
+        assert red.verdict is not None and getattr(red.verdict, "label", None) == "red"
+
+        blue = stale.with_name(".new.png")
+        save(draw(np.random.default_rng(4), "blue", "square", size=120), blue)
+        blue.rename(stale)  # a new file under the old name: another inode, other bytes
+        new_hash = hashlib.sha256(stale.read_bytes()).hexdigest()
+
+        tally = run.run(identity)  # resumes the run: places, finds the change, goes round again
+        entries = journal.entries()
+    assert tally.changed == 1 and tally.placed == 4, tally
+    assert sorted(p.name for p in (data_root / "ds" / "Dataset" / "blue").iterdir()) == [
+        "img0000.png",
+        "img0003.jpg",
+    ]
+    moved = [e for e in entries if e.intent.source == stale and e.state == "moved"]
+    assert [(e.intent.sha256, e.intent.label) for e in moved] == [(new_hash, "blue")]
+    assert not list((data_root / "ds" / "Images").iterdir())
+
+
+class Phases:
+    """The run's progress, kept (the command draws bars from the same calls)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+
+    def begin(self, phase: str, total: int) -> None:
+        self.seen.append((phase, total))
+
+    def advance(self, files: int) -> None:
+        return None
