@@ -124,3 +124,15 @@ def test_cpu_per_file_smoke_run_reports_both_processes_and_the_thread_account(tm
     assert report["daemon"]["model_ms_per_file"] > 0, report["daemon"]
     for run in (report["daemon"], report["sort"]):
         assert run["pipeline_ms_per_file"] == run["cpu_ms_per_file"] - run["model_ms_per_file"]
+
+
+def test_cluster_smoke_run_sorts_with_both_engines_and_times_the_ray_phases(tmp_path: Path) -> None:
+    """``python -m bench.cluster --quick`` exits 0: both engines placed every file (the benchmark
+    checks that itself) and the ray engine's listing, classifying and placing each report a rate."""
+    pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
+    report = smoke("bench.cluster", tmp_path / "cluster.json")
+    found = report["models"]["near-free"]
+    assert set(found) == {"local", "ray"} and all(run["files_per_second"] > 0 for run in found.values())
+    phases = found["ray"]["phases"]
+    assert set(phases) == {"listing", "classifying", "placing"}, phases
+    assert all(phase["files"] == report["files"] for phase in phases.values()), phases

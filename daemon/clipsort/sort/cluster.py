@@ -31,23 +31,27 @@ journal, the shards) is read and written by this process only. The Ray modules l
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import os
 import pickle
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import structlog
 
+from clipsort.classify.modes.finetuned import FinetunedClassifier
 from clipsort.classify.targets import Corrected, Target
 from clipsort.config import Settings
 from clipsort.decode.decoding import Decoded, read_and_decode
 from clipsort.decode.images import DecodeLimits, centre_crop
 from clipsort.encode.embedcache import EmbeddingCache
+from clipsort.encode.encoder import Encoder, resolve_device
 from clipsort.encode.factory import make_embedder
 from clipsort.errors import FileReplaced
 from clipsort.files import scan
@@ -68,9 +72,6 @@ from clipsort.sort.shards import (
 )
 from clipsort.store.journal import Journal
 from clipsort.work import Signature
-
-if TYPE_CHECKING:  # only annotated here: the model loads in the actors and where a run is prepared
-    from clipsort.encode.encoder import Encoder
 
 log = structlog.get_logger()
 
@@ -145,7 +146,9 @@ class Classifier:
 
         self.encoder = make_encoder(settings) if clip else None
         # Put once by the driver, fetched by each actor (Ray leaves a reference in kwargs as is).
-        self.targets: Mapping[str, Target] = ray.get(targets)
+        found: Mapping[str, Target] = ray.get(targets)
+        device = resolve_device(settings.device)  # this actor's: its GPU where Ray gave it one
+        self.targets = {name: on_device(target, device) for name, target in found.items()}
 
     def __call__(self, batch: Any) -> Any:
         listed = listed_rows(batch)
@@ -160,6 +163,18 @@ class Classifier:
         ]
         table = decision_table(decided)
         return table.append_column("shard", batch.column("shard"))
+
+
+def on_device(target: Target, device: str) -> Target:
+    """``target`` with its fine-tuned checkpoint on ``device``: the driver loaded it on its own."""
+    classifier = target.classifier
+    if not isinstance(classifier, FinetunedClassifier):
+        return target
+    model = classifier.checkpoint.model
+    if str(next(model.parameters()).device) == device:
+        return target
+    checkpoint = dataclasses.replace(classifier.checkpoint, model=model.to(device))
+    return dataclasses.replace(target, classifier=dataclasses.replace(classifier, checkpoint=checkpoint))
 
 
 @dataclass(frozen=True)
@@ -221,13 +236,16 @@ class ClusterRun:
             started = self.begin(fingerprint)
             shards = self.folder.listed()
             if shards is None:
-                shards = self.list_inboxes(only)
+                with self._timed("listing", lambda: self.tally.listed):
+                    shards = self.list_inboxes(only)
             if self.stop():
                 break
-            self.classify(shards)
+            with self._timed("classifying", lambda: self.tally.classified):
+                self.classify(shards)
             if self.stop():
                 break
-            changed = self.place(shards, since=started)
+            with self._timed("placing", lambda: self.tally.placed):
+                changed = self.place(shards, since=started)
             if self.stop():
                 break
             unfinished = [name for name in shards if not self.folder.placed_already(name)]
@@ -239,6 +257,16 @@ class ClusterRun:
                 break
             only = changed
         return self.tally
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str, files: Callable[[], int]) -> Iterator[None]:
+        """One line per phase: its files (counted by the tally) and its rate; what a user or a
+        benchmark reads to see which phase bounds the run."""
+        before, started = files(), time.perf_counter()
+        yield
+        done, seconds = files() - before, time.perf_counter() - started
+        rate = round(done / seconds, 1) if seconds > 0 else None
+        log.info("ray_phase", phase=phase, files=done, seconds=round(seconds, 3), files_per_second=rate)
 
     def begin(self, fingerprint: str) -> float:
         """The start time of the run recorded here, or of a new one; other settings' decisions go."""
