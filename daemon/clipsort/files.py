@@ -56,30 +56,45 @@ def scan(folder: Path, ignore: Sequence[str] = DEFAULT_IGNORE, max_depth: int = 
     stack: list[tuple[Path, int]] = [(folder, 0)]
     while stack:
         here, depth = stack.pop()
-        try:
-            entries = sorted(os.scandir(here), key=lambda entry: entry.name)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            log.warning("scan_failed", folder=str(here), error=str(exc))
-            continue
+        files, folders = entries(here, ignore)
+        yield from files
         below: list[tuple[Path, int]] = []
-        for entry in entries:
-            if is_ignored(entry.name, ignore):
-                continue
-            path = Path(entry.path)
-            if entry.is_symlink():
-                left_alone(path, symlink=True)
-            elif entry.is_dir(follow_symlinks=False):
-                if depth < max_depth:
-                    below.append((path, depth + 1))
-                else:
-                    _too_deep(path, max_depth)
-            elif entry.is_file(follow_symlinks=False):
-                yield path
+        for path in folders:
+            if depth < max_depth:
+                below.append((path, depth + 1))
             else:
-                left_alone(path, symlink=False)
+                _too_deep(path, max_depth)
         stack.extend(reversed(below))  # depth first, in name order, as the recursive walk went
+
+
+def entries(folder: Path, ignore: Sequence[str] = DEFAULT_IGNORE) -> tuple[list[Path], list[Path]]:
+    """The regular files and the folders directly in ``folder``, each in name order.
+
+    Ignored names are skipped; symlinks and special files are left alone (and said so); a folder
+    that cannot be listed gives nothing (gone: quietly; otherwise with a warning).
+    """
+    try:
+        found = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except FileNotFoundError:
+        return [], []
+    except OSError as exc:
+        log.warning("scan_failed", folder=str(folder), error=str(exc))
+        return [], []
+    files: list[Path] = []
+    folders: list[Path] = []
+    for entry in found:
+        if is_ignored(entry.name, ignore):
+            continue
+        path = Path(entry.path)
+        if entry.is_symlink():
+            left_alone(path, symlink=True)
+        elif entry.is_dir(follow_symlinks=False):
+            folders.append(path)
+        elif entry.is_file(follow_symlinks=False):
+            files.append(path)
+        else:
+            left_alone(path, symlink=False)
+    return files, folders
 
 
 def _too_deep(path: Path, max_depth: int) -> None:

@@ -171,3 +171,17 @@ class Phases:
 
     def advance(self, files: int) -> None:
         return None
+
+
+def test_a_dry_run_on_ray_decides_as_the_local_one_and_creates_nothing(
+    data_root: Path, tiny_model: Path
+) -> None:
+    """`--dry-run --engine ray`: the local engine's would-be decisions; no file moved, no state made."""
+    make_dataset(data_root / "ds", RGB, references=4, inbox=["red", "yellow", "blue", "green"])
+    before = tree(data_root)
+    runner = CliRunner(env={"CLIPSORT_MODEL": str(tiny_model)})
+    by_local = sort(runner, data_root, "--dry-run")
+    by_ray = sort(runner, data_root, "--dry-run", "--engine", "ray")
+    assert decisions(by_ray, data_root) == decisions(by_local, data_root)
+    assert [r["dry_run"] for r in by_ray] == [True] * 4
+    assert tree(data_root) == before and not (data_root / ".clipsort").exists()

@@ -8,9 +8,10 @@ reported failed may have succeeded. So the engine only classifies; placing is cl
 journal and mover, in this process, and the run is three idempotent phases recorded as shards
 (:mod:`clipsort.sort.shards`):
 
-(a) **list**: one task per inbox lists it (the scanner: ignored names, depth, symlinks left
-    alone) and ``lstat``\\ s what it finds; the driver writes the manifest shards it returns and
-    then their marker. No file is ``stat``-ed here.
+(a) **list**: a task per inbox lists its own files and a task per folder in it lists that folder's
+    tree (the scanner: ignored names, depth, symlinks left alone), each ``lstat``-ing what it
+    finds; the driver writes the manifest shards they return and then their marker. No file is
+    ``stat``-ed here.
 (b) **classify**: the manifest shards without a decision marker stream through decode tasks and
     classifier actors (in order, so a shard completes before the next begins); each shard's
     decisions are written, then its marker. A resumed run skips committed shards.
@@ -38,7 +39,7 @@ import os
 import pickle
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,7 +55,7 @@ from clipsort.encode.embedcache import EmbeddingCache
 from clipsort.encode.encoder import Encoder, resolve_device
 from clipsort.encode.factory import make_embedder
 from clipsort.errors import FileReplaced
-from clipsort.files import scan
+from clipsort.files import entries, scan
 from clipsort.ingest.sidecars import split
 from clipsort.layout import DatasetLayout
 from clipsort.sort.oneshot import Work, gather
@@ -109,16 +110,28 @@ class Tally:
     left: int = 0  # inference failed: in the inbox for the next run
 
 
-# --- (a) listing: runs in a Ray task ---
-def list_inbox(dataset: str, inbox: Path, settings: Settings) -> Any:
-    """An inbox's files (sidecars travel with their pictures, never alone), as a manifest table."""
-    files, _ = split(
-        scan(inbox, settings.ignore_patterns, settings.max_folder_depth), settings.sidecar_suffixes
-    )
+# --- (a) listing: runs in Ray tasks, an inbox's top level first, then one task per folder in it ---
+def list_inbox(dataset: str, inbox: Path, settings: Settings) -> tuple[Any, list[Path]]:
+    """An inbox's own files as a manifest table, and its folders (each listed by a task of its own)."""
+    if inbox.is_symlink():  # as the scanner: an inbox linked elsewhere holds nothing of the dataset's
+        return list_folder(dataset, inbox, settings, 0), []
+    files, folders = entries(inbox, settings.ignore_patterns)
+    return _listed(dataset, files, settings), folders if settings.max_folder_depth > 0 else []
+
+
+def list_folder(dataset: str, folder: Path, settings: Settings, depth: int) -> Any:
+    """Every file under ``folder``, ``depth`` folders below its inbox, as a manifest table."""
+    found = scan(folder, settings.ignore_patterns, settings.max_folder_depth - depth)
+    return _listed(dataset, found, settings)
+
+
+def _listed(dataset: str, paths: Iterable[Path], settings: Settings) -> Any:
+    """The files among ``paths`` (sidecars travel with their pictures, never alone), each ``lstat``-ed."""
+    files, _ = split(paths, settings.sidecar_suffixes)
     rows = []
     for path in files:
         signature = Signature.of(path)
-        if signature is not None:  # gone, or no longer a regular file, since the scan
+        if signature is not None:  # gone, or no longer a regular file, since it was listed
             rows.append(Listed(dataset, path, signature))
     return manifest_table(rows)
 
@@ -289,18 +302,23 @@ class ClusterRun:
         import pyarrow as pa  # noqa: PLC0415
         import ray  # noqa: PLC0415
 
-        lister = ray.remote(num_cpus=1)(list_inbox)
+        top, below = ray.remote(num_cpus=1)(list_inbox), ray.remote(num_cpus=1)(list_folder)
         self.phases.begin("listing", len(self.targets))
         pending = {
-            lister.remote(name, target.layout.inbox, self.settings): name
+            top.remote(name, target.layout.inbox, self.settings): name
             for name, target in self.targets.items()
         }
-        tables = []
+        inboxes, tables = set(pending), []
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            tables.append(ray.get(ready[0]))
-            del pending[ready[0]]
-            self.phases.advance(1)
+            [ready], _ = ray.wait(list(pending), num_returns=1)
+            name = pending.pop(ready)
+            if ready in inboxes:
+                table, folders = ray.get(ready)
+                pending |= {below.remote(name, folder, self.settings, 1): name for folder in folders}
+                self.phases.advance(1)
+            else:
+                table = ray.get(ready)
+            tables.append(table)
         whole = pa.concat_tables(tables) if tables else manifest_table([])
         if only is not None:
             keep = [Path(os.fsdecode(path)) in only for path in whole.column("path").to_pylist()]
@@ -391,11 +409,10 @@ class ClusterRun:
         todo = [
             name for name in shards if not self.folder.placed_already(name) and self.folder.classified(name)
         ]
-        rows_of = {name: self.folder.decision_shard(name) for name in todo}
-        self.phases.begin("placing", sum(len(rows) for rows in rows_of.values()))
+        self.phases.begin("placing", sum(self.folder.decided_count(name) for name in todo))
         changed: set[Path] = set()
-        for name, rows in rows_of.items():
-            counts = self._place_shard(rows, since, changed)
+        for name in todo:  # one shard's decisions in memory at a time
+            counts = self._place_shard(self.folder.decision_shard(name), since, changed)
             if not self.dry_run:
                 self.folder.commit_placed(name, counts)
             if self.stop():

@@ -233,6 +233,10 @@ class RunFolder:
         write_atomic(self.decisions / f"{name}.parquet", to_parquet(decision_table(rows)))
         write_atomic(self.decisions / f"{name}.done", str(len(rows)).encode())
 
+    def decided_count(self, name: str) -> int:
+        """How many files a committed decision shard holds (its marker says)."""
+        return int((self.decisions / f"{name}.done").read_text())
+
     def decision_shard(self, name: str) -> list[Decided]:
         return decided_rows(from_parquet(self.decisions / f"{name}.parquet"))
 
