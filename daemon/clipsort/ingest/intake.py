@@ -257,7 +257,8 @@ class Intake:
             elif is_sidecar(name, settings.sidecar_suffixes):
                 self._sidecar(path)
             elif not self.readiness.offer(Hint(layout.name, path, listing.kind)):
-                self._overflowed.add(layout.name)  # the rest is listed again once there is room
+                # The rest stays "new" to the next rounds, which offer it as room frees: no full
+                # scan is asked for (listing a long inbox in Python again after every overflow).
                 listing.names = names - frozenset(fresh[position:])
                 break
         return bool(fresh)
