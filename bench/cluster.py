@@ -30,7 +30,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cpu_per_file import SORT_LAUNCHER
-from bench.reports import bench_parser, write_report
+from bench.reports import bench_parser, files_for, machine, write_report
 
 ENGINES = ("local", "ray")
 
@@ -112,17 +111,17 @@ def compare(model: Path, precision: str, files: list[Path], work: Path, *, quick
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = bench_parser(__doc__, "cluster", quick="24 files, the near-free model: a smoke run")
-    parser.add_argument("--files", type=int, default=1000)
-    args = parser.parse_args(argv)
-    count = 24 if args.quick else args.files
+    args = bench_parser(
+        __doc__, "cluster", quick="24 files, the near-free model: a smoke run", files=1000
+    ).parse_args(argv)
+    count = files_for(args, quick=24)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # The model stack, once the command line is read (a bad flag is refused in a fraction of a second).
     from bench.overhead import distinct_jpegs
     from tests.synthetic import random_clip
 
     report: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg()},
+        "machine": machine(),
         "files": count,
         "ray": "a local Ray started by each run (no --address), Ray Data's defaults otherwise",
         "models": {},

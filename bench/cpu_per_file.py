@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import ast
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench.reports import bench_parser, write_report
+from bench.reports import bench_parser, files_for, machine, write_report
 
 # Reads the sort process's own CPU at its exit into the file named by the first argument (the
 # decoding processes are its children: RUSAGE_SELF leaves them out).
@@ -215,17 +214,15 @@ def model_cpu(port: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = bench_parser(__doc__, "cpu_per_file", quick="40 files: a smoke run")
-    parser.add_argument("--files", type=int, default=2000)
-    args = parser.parse_args(argv)
-    count = 40 if args.quick else args.files
+    args = bench_parser(__doc__, "cpu_per_file", quick="40 files: a smoke run", files=2000).parse_args(argv)
+    count = files_for(args, quick=40)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # The model stack, once the command line is read (a bad flag is refused in a fraction of a second).
     from bench.overhead import distinct_jpegs
     from tests.synthetic import random_clip
 
     report: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg()},
+        "machine": machine(),
         "files": count,
         "model": "two-layer random CLIP (hidden 8, 224-pixel input, one 224-pixel patch)",
         "decode_in": "processes",
