@@ -29,6 +29,18 @@ from tests.waiting import wait_until
 RGB = {"red": "red", "green": "green", "blue": "blue"}
 
 
+def removed(folder: Path) -> bool:
+    """``rm -rf folder`` as a person runs it again when it fails: the daemon may write a file into
+    the tree, or remove one, between rmtree's listing of a folder and its removal."""
+    try:
+        shutil.rmtree(folder)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.ENOENT):
+            raise
+        return not folder.exists()
+    return True
+
+
 def placed_hashes(dataset: Path) -> list[str]:
     """Content hashes of every file in Dataset/, Review/ and Rejected/."""
     return [
@@ -423,7 +435,7 @@ def test_a_state_folder_deleted_mid_burst_is_recreated_and_no_second_daemon_runs
     for name, data in list(pictures.items())[:100]:
         drop(dataset / "Images", name, data)
     wait_until(lambda: len(sorted_files(dataset)) >= 20, timeout=60)
-    shutil.rmtree(daemon.state)
+    wait_until(lambda: removed(daemon.state), timeout=30)
     (tmp_path / "second").mkdir()
     second = Daemon(root, tiny_model, tmp_path / "second", state_dir=str(daemon.state))
     daemons.append(second)
