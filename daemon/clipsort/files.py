@@ -41,14 +41,20 @@ MAX_DEPTH = 32  # folders below an inbox; deeper ones are left alone (a 1,000-de
 _said_too_deep: set[Path] = set()  # deep folders already logged (once each, bounded)
 
 
-def scan(folder: Path, ignore: Sequence[str] = DEFAULT_IGNORE, max_depth: int = MAX_DEPTH) -> Iterator[Path]:
+def scan(
+    folder: Path,
+    ignore: Sequence[str] = DEFAULT_IGNORE,
+    max_depth: int = MAX_DEPTH,
+    *,
+    inodes: dict[Path, int] | None = None,
+) -> Iterator[Path]:
     """Regular files under ``folder`` (at most ``max_depth`` folders down), in sorted order per folder.
 
     Iterative, with an explicit stack: a chain of thousands of nested folders (moved in by a
     person or a sync tool) once raised RecursionError here and stopped every later scan. A folder
     deeper than ``max_depth`` is logged once and left alone. A ``folder`` that is itself a symlink
     (an inbox linked elsewhere) yields nothing: its files are not the dataset's, and they are never
-    moved in.
+    moved in. With ``inodes``, each file's inode is put there too (free from the directory entry).
     """
     if folder.is_symlink():
         log.warning("symlinked_folder_skipped", folder=str(folder), target=os.readlink(folder))
@@ -56,7 +62,7 @@ def scan(folder: Path, ignore: Sequence[str] = DEFAULT_IGNORE, max_depth: int = 
     stack: list[tuple[Path, int]] = [(folder, 0)]
     while stack:
         here, depth = stack.pop()
-        files, folders = entries(here, ignore)
+        files, folders = entries(here, ignore, inodes=inodes)
         yield from files
         below: list[tuple[Path, int]] = []
         for path in folders:
@@ -67,8 +73,11 @@ def scan(folder: Path, ignore: Sequence[str] = DEFAULT_IGNORE, max_depth: int = 
         stack.extend(reversed(below))  # depth first, in name order, as the recursive walk went
 
 
-def entries(folder: Path, ignore: Sequence[str] = DEFAULT_IGNORE) -> tuple[list[Path], list[Path]]:
-    """The regular files and the folders directly in ``folder``, each in name order.
+def entries(
+    folder: Path, ignore: Sequence[str] = DEFAULT_IGNORE, *, inodes: dict[Path, int] | None = None
+) -> tuple[list[Path], list[Path]]:
+    """The regular files and the folders directly in ``folder``, each in name order (and with
+    ``inodes``, each file's inode put there).
 
     Ignored names are skipped; symlinks and special files are left alone (and said so); a folder
     that cannot be listed gives nothing (gone: quietly; otherwise with a warning).
@@ -92,6 +101,8 @@ def entries(folder: Path, ignore: Sequence[str] = DEFAULT_IGNORE) -> tuple[list[
             folders.append(path)
         elif entry.is_file(follow_symlinks=False):
             files.append(path)
+            if inodes is not None:
+                inodes[path] = entry.inode()
         else:
             left_alone(path, symlink=False)
     return files, folders

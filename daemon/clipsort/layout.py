@@ -63,8 +63,18 @@ class DatasetLayout:
         return self.classes / NEGATIVES_DIR
 
     def class_dir(self, label: str) -> Path:
-        """``Dataset/<label>``; labels only ever come from folder names."""
-        return self.sorted / label
+        """``Dataset/<label>``; labels only ever come from folder names.
+
+        One ``Path`` per class, made once: the placer asks per file, and a fresh ``Path`` is parsed
+        and its string built again each time.
+        """
+        if (found := self._class_dirs.get(label)) is None:
+            found = self._class_dirs[label] = self.sorted / label
+        return found
+
+    @functools.cached_property
+    def _class_dirs(self) -> dict[str, Path]:
+        return {}
 
     def sorted_class_dirs(self) -> list[Path]:
         """The real (non-symlink) folders in ``Dataset/``, sorted; none when it does not exist."""

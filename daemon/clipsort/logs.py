@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from datetime import datetime
 from pathlib import PurePath
 from typing import Any, Literal
@@ -93,19 +93,53 @@ def log_many(entries: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
     """
     config = structlog.get_config()
     processors, logger = config["processors"], config["logger_factory"]()
+    chain = tuple(processors)
     lines = []
-    for level, event, fields in entries:
-        if _LEVELS[level] < _LEVEL[0]:
-            continue
-        rendered: Any = {**fields, "event": event}
-        try:
-            for processor in processors:
-                rendered = processor(logger, level, rendered)
-        except structlog.DropEvent:
-            continue
-        lines.append(rendered)
+    if chain == _JSON_CHAIN[0]:  # the daemon's JSON lines: what the chain adds, added once a batch
+        added = {**_context(), "timestamp": _STAMP(logger, "info", {})["timestamp"]}
+        render = chain[-1]
+        for level, event, fields in entries:
+            if _LEVELS[level] >= _LEVEL[0]:
+                line = {**fields, "event": event}
+                lines.append(render(logger, level, _shaped(line, added, level)))
+    else:  # another chain (a terminal's, a test's capture): each event through it
+        for level, event, fields in entries:
+            if _LEVELS[level] < _LEVEL[0]:
+                continue
+            rendered: Any = {**fields, "event": event}
+            try:
+                for processor in processors:
+                    rendered = processor(logger, level, rendered)
+            except structlog.DropEvent:
+                continue
+            lines.append(rendered)
     if lines:
         logger.msg("\n".join(lines))
+
+
+# The JSON chain configure_logging installs, to recognise it in log_many: its first four processors
+# add the context, the level, a traceback and the time, in that order, so log_many adds them once
+# per batch in the same order, and only the renderer runs per line (the keys and their order are
+# the chain's; the lines of one batch share its timestamp, as they share its write).
+_JSON_CHAIN: list[tuple[Any, ...]] = [()]
+_STAMP = structlog.processors.TimeStamper(fmt="iso", utc=True)
+
+
+def _context() -> dict[str, Any]:
+    return dict(structlog.contextvars.merge_contextvars(None, "info", {}))
+
+
+def _shaped(line: MutableMapping[str, Any], added: Mapping[str, Any], level: str) -> MutableMapping[str, Any]:
+    """``line`` as the chain's first processors leave it: the context under keys it lacks, the level,
+    the time (a line with ``exc_info`` is formatted as :func:`format_exc_info` would)."""
+    for key, value in added.items():
+        if key != "timestamp":
+            line.setdefault(key, value)
+    line["level"] = level
+    if "exc_info" in line:
+        line = structlog.processors.format_exc_info(None, level, line)
+    line["timestamp"] = added["timestamp"]
+    return line
 
 
 def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
@@ -130,13 +164,15 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
             ),
         ]
     )
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.format_exc_info,
+        *shaping,
+    ]
+    _JSON_CHAIN[0] = tuple(processors) if as_json else ()
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.format_exc_info,
-            *shaping,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,

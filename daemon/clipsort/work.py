@@ -58,11 +58,15 @@ class Hint:
     ``closed``: its writer closed it or it was renamed in (likely complete);
     ``written``: it is being written (created or modified);
     ``scanned``: a rescan listed it, which says nothing about activity.
+
+    ``inode``: the file's inode where the hint's source knew it for free (a scan's directory
+    entries): a hint for the very file already being classified is then no news.
     """
 
     dataset: str
     path: Path
     kind: HintKind = "scanned"
+    inode: int | None = None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import pytest
 import structlog
 
 from clipsort.classify.modes.base import Decision
-from clipsort.logs import configure_logging, local_time
+from clipsort.logs import configure_logging, local_time, log_many
 from clipsort.sort.pipeline import Outcome
 
 ROOT = Path("/srv/clipsort/Data/holidays")
@@ -86,3 +86,20 @@ def test_local_time_names_its_zone() -> None:
     """History and the console log show the same local time, with the zone's name."""
     assert local_time(0.0).endswith(time.strftime("%Z", time.localtime(0.0)))
     assert local_time(0.0, seconds_only=True).count(":") == 2
+
+
+def test_a_batch_of_json_lines_is_what_one_logger_call_per_line_writes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """log_many's JSON lines have the keys, the order and the values of a logger's, context and
+    level included (the timestamp apart); a line below the level is left out, as a logger leaves it."""
+    configure_logging("json", level="info")
+    fields = {**outcome().as_dict(), "mode": "reference-max"}
+    with structlog.contextvars.bound_contextvars(run="r1"):
+        structlog.get_logger().warning("review", **fields)
+        log_many([("warning", "review", fields), ("debug", "sorted", fields), ("info", "sorted", fields)])
+    one, *batch = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert len(batch) == 2
+    assert list(batch[0]) == list(one) and {**batch[0], "timestamp": one["timestamp"]} == one
+    assert batch[1]["event"] == "sorted" and batch[1]["level"] == "info" and batch[1]["run"] == "r1"
+    assert batch[1]["timestamp"].endswith("Z")

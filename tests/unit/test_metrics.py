@@ -27,7 +27,7 @@ def test_every_labelled_series_carries_the_labels_the_docs_list() -> None:
     metrics = Metrics()
     decision = Decision("beach", 0.9, "city", 0.1, 0.8, (("beach", 0.9), ("city", 0.1)))
     outcome = Outcome("holidays", Path("Images/a.jpg"), "sorted", Path("Dataset/beach/a.jpg"), decision)
-    metrics.record(outcome, latency=0.2)
+    metrics.record([(outcome, 0.2)])
     metrics.corrections({"holidays": {"beach": 1}})
     metrics.error("decode", "broken")
     seen: dict[str, set[str]] = {}
@@ -36,3 +36,28 @@ def test_every_labelled_series_carries_the_labels_the_docs_list() -> None:
             seen.setdefault(family.name, set()).update(set(sample.labels) - {"le"})
     labelled = {name: labels for name, labels in seen.items() if labels}
     assert labelled == {name: set(labels) for name, labels in LABELS.items()}
+
+
+def test_a_batch_is_counted_as_its_files_are() -> None:
+    """One call per batch: each file counts once in its series, the review share is the batch's."""
+    metrics = Metrics()
+    decision = Decision("beach", 0.9, "city", 0.1, 0.8, (("beach", 0.9), ("city", 0.1)))
+
+    def outcome(name: str, status: str, reason: str | None = None) -> Outcome:
+        return Outcome("holidays", Path(f"Images/{name}"), status, Path(name), decision, reason)  # type: ignore[arg-type]
+
+    done = [(outcome("a.jpg", "sorted"), 0.2), (outcome("b.jpg", "sorted"), 0.3)]
+    metrics.record([*done, (outcome("c.jpg", "review", "unknown"), 0.4)])
+
+    def files(status: str, reason: str) -> float | None:
+        labels = {"dataset": "holidays", "class": "beach", "status": status, "reason": reason}
+        return metrics.registry.get_sample_value("clipsort_files_total", labels)
+
+    assert files("sorted", "") == 2 and files("review", "unknown") == 1
+    assert metrics.count("holidays", "sorted") == 2 and metrics.held_back("holidays", "unknown") == 1
+    share = metrics.registry.get_sample_value("clipsort_review_share", {"dataset": "holidays"})
+    assert share is not None and abs(share - 1 / 3) < 1e-9
+    latency = metrics.registry.get_sample_value(
+        "clipsort_drop_to_move_seconds_count", {"dataset": "holidays"}
+    )
+    assert latency == 3

@@ -159,8 +159,8 @@ class Intake:
         if self.readiness.expedite(dataset):
             log.info("retries_expedited", dataset=dataset)
 
-    def release(self, job: Job) -> None:
-        self.readiness.release(job)
+    def release(self, *jobs: Job) -> None:
+        self.readiness.release(*jobs)
 
     def retry(self, job: Job, delay: float) -> None:
         self.readiness.retry(job, delay)
@@ -293,14 +293,15 @@ class Intake:
         self.scans += 1
 
     def _scan(self, layout: DatasetLayout) -> None:
+        inodes: dict[Path, int] = {}
         files, sidecars = split(
-            scan(layout.inbox, self.settings.ignore_patterns, self.settings.max_folder_depth),
+            scan(layout.inbox, self.settings.ignore_patterns, self.settings.max_folder_depth, inodes=inodes),
             self.settings.sidecar_suffixes,
         )
         for path in sidecars:
             self._sidecar(path)
         for path in files:
-            if not self.readiness.offer(Hint(layout.name, path)):
+            if not self.readiness.offer(Hint(layout.name, path, inode=inodes[path])):
                 self._overflowed.add(layout.name)
                 log.info("intake_full", dataset=layout.name, capacity=self.settings.queue_capacity)
                 return

@@ -51,7 +51,7 @@ class Readiness:
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
     _pending: dict[Path, _Candidate] = field(default_factory=dict)
-    _in_flight: set[Path] = field(default_factory=set)
+    _in_flight: dict[Path, int] = field(default_factory=dict)  # the worker's, with their inodes
     _hinted_in_flight: set[Path] = field(default_factory=set)  # hinted again while the worker had it
     _heap: list[tuple[float, int, Path]] = field(default_factory=list)
     _order: itertools.count[int] = field(default_factory=itertools.count)
@@ -71,6 +71,10 @@ class Readiness:
         with self._lock:
             path = hint.path
             if path in self._in_flight:
+                if hint.inode == self._in_flight[path]:
+                    # A listing saw the very file the worker has (a scan after a burst lists
+                    # thousands): nothing new, nothing to look at again on release.
+                    return True
                 # The worker re-checks the signature before it moves; but a new file may
                 # arrive under this name once the old one is moved, so release looks again.
                 self._hinted_in_flight.add(path)
@@ -107,7 +111,7 @@ class Readiness:
     def retry(self, job: Job, delay: float) -> None:
         """Put a job back (still arriving, or a transient failure), keeping its first-seen time."""
         with self._lock:
-            self._in_flight.discard(job.path)
+            self._in_flight.pop(job.path, None)
             self._hinted_in_flight.discard(job.path)
             signature = Signature.of(job.path)
             if signature is None:
@@ -129,18 +133,19 @@ class Readiness:
                 self._schedule(path, candidate, now)
             return len(waiting)
 
-    def release(self, job: Job) -> None:
-        """The worker is done with a job's file (moved, rejected or left alone).
+    def release(self, *jobs: Job) -> None:
+        """The worker is done with jobs' files (moved, rejected or left alone); one lock for a batch.
 
-        A hint for its path that came while the worker had it may be a new
+        A hint for a path that came while the worker had it may be a new
         file under the same name, arrived after the old one moved: it is
         tracked now, as if the hint came just now.
         """
         with self._lock:
-            self._in_flight.discard(job.path)
-            if job.path in self._hinted_in_flight:
-                self._hinted_in_flight.discard(job.path)
-                self._track(job.path, job.dataset, "written")
+            for job in jobs:
+                self._in_flight.pop(job.path, None)
+                if job.path in self._hinted_in_flight:
+                    self._hinted_in_flight.discard(job.path)
+                    self._track(job.path, job.dataset, "written")
 
     def forget_dataset(self, dataset: str) -> None:
         """Drop pending paths of a dataset that can no longer be classified."""
@@ -171,7 +176,7 @@ class Readiness:
                     self._schedule(path, candidate, now + self.settle)
                 else:
                     del self._pending[path]
-                    self._in_flight.add(path)
+                    self._in_flight[path] = signature.inode
                     jobs.append(Job(candidate.dataset, path, signature, candidate.first_seen))
             return jobs
 

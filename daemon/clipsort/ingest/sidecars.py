@@ -13,14 +13,19 @@ clash), or waits in the inbox for it. Pure functions of names.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePath
 
 
 def is_sidecar(name: str, suffixes: Sequence[str]) -> bool:
-    """Whether a file of this name is a sidecar (by its suffix; ``suffixes`` are lower case)."""
-    return PurePath(name).suffix.lower() in suffixes
+    """Whether a file of this name is a sidecar (by its suffix; ``suffixes`` are lower case).
+
+    ``splitext`` finds the suffix ``PurePath.suffix`` does for every name a suffix can match (it
+    differs only for a name ending in a dot) at a fraction of the cost: it runs for each hint.
+    """
+    return os.path.splitext(name)[1].lower() in suffixes
 
 
 def companions(picture: str, names: Iterable[str], suffixes: Sequence[str]) -> list[str]:

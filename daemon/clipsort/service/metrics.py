@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
@@ -112,27 +112,36 @@ class Metrics:
             "clipsort_errors", "Failures retried later", LABELS["clipsort_errors"], registry=self.registry
         )
 
-    def record(self, outcome: Outcome, latency: float) -> None:
-        """One file done."""
-        label = outcome.decision.label if outcome.decision else ""
-        reason = (outcome.reason or "") if outcome.status == "review" else ""  # Rejected/'s are free text
+    def record(self, done: Sequence[tuple[Outcome, float]]) -> None:
+        """A batch's files done, each with its latency: counted under one lock, each labelled counter
+        incremented once per batch (the histograms take each file's value)."""
+        files: Counter[tuple[str, str, str, str]] = Counter()
+        for outcome, _ in done:
+            label = outcome.decision.label if outcome.decision else ""
+            reason = (outcome.reason or "") if outcome.status == "review" else ""  # Rejected/'s are free text
+            files[(outcome.dataset, label, outcome.status, reason)] += 1
+        shares: dict[str, float] = {}
         with self._lock:
-            self.outcomes[(outcome.dataset, outcome.status)] += 1
-            if reason:
-                self.held[(outcome.dataset, reason)] += 1
-            review = self.outcomes[(outcome.dataset, "review")]
-            decided = review + self.outcomes[(outcome.dataset, "sorted")]
-        share, latencies, confidence, margin = self._of_dataset(outcome.dataset)
-        if decided:
-            share.set(review / decided)
-        files = (outcome.dataset, label, outcome.status, reason)
-        if (counter := self._files_of.get(files)) is None:
-            counter = self._files_of[files] = self._files.labels(*files)
-        counter.inc()
-        latencies.observe(latency)
-        if outcome.decision is not None:
-            confidence.observe(outcome.decision.score)
-            margin.observe(outcome.decision.margin)
+            for (dataset, _, status, reason), n in files.items():
+                self.outcomes[(dataset, status)] += n
+                if reason:
+                    self.held[(dataset, reason)] += n
+            for dataset in {dataset for dataset, *_ in files}:
+                review = self.outcomes[(dataset, "review")]
+                if decided := review + self.outcomes[(dataset, "sorted")]:
+                    shares[dataset] = review / decided
+        for dataset, share in shares.items():
+            self._of_dataset(dataset)[0].set(share)
+        for key, n in files.items():
+            if (counter := self._files_of.get(key)) is None:
+                counter = self._files_of[key] = self._files.labels(*key)
+            counter.inc(n)
+        for outcome, latency in done:
+            _, latencies, confidence, margin = self._of_dataset(outcome.dataset)
+            latencies.observe(latency)
+            if outcome.decision is not None:
+                confidence.observe(outcome.decision.score)
+                margin.observe(outcome.decision.margin)
 
     def _of_dataset(self, dataset: str) -> tuple[Gauge, Histogram, Histogram, Histogram]:
         """A dataset's labelled series, looked up once: ``labels()`` per file was a fifth of

@@ -168,8 +168,9 @@ class Policy(Protocol):
     def still_there(self, delivery: Delivery, settings: Settings) -> bool:
         """Just before placing: whether the file is still what was read (else the policy keeps it)."""
 
-    def settled(self, job: Job, result: Result, settings: Settings) -> None:
-        """One file placed or not; raising stops placing (one-shot), returning goes on (daemon)."""
+    def settled(self, results: Sequence[tuple[Job, Result]], settings: Settings) -> None:
+        """A batch's files placed or not, in order; raising stops placing (one-shot), returning goes on
+        (daemon)."""
 
     def unplaced(self, job: Job) -> None:
         """A file that will not be placed this time (its classes went, the run stopped)."""
@@ -294,5 +295,6 @@ class Driver:
         ready = [item for item in batch.deliveries if self.policy.still_there(item, batch.settings)]
         models = [deciding_model(item.target, batch.encoder) for item in ready]
         results = deliver(ready, models=models, journal=self.journal, dry_run=self.dry_run)
-        for item, result in zip(ready, results, strict=True):
-            self.policy.settled(item.job, result, batch.settings)
+        self.policy.settled(
+            [(item.job, result) for item, result in zip(ready, results, strict=True)], batch.settings
+        )

@@ -164,16 +164,17 @@ class StopAtFirst:
     def still_there(self, delivery: Delivery, settings: Settings) -> bool:
         return True
 
-    def settled(self, job: Job, result: Result, settings: Settings) -> None:
-        if isinstance(result, FileNotFoundError) and not job.path.exists():
-            # Gone since the scan (a person, or another program, moved it): nothing to place.
-            log.warning("file_vanished", file=str(job.path), error=str(result))
-            return
-        if isinstance(result, FileReplaced):
-            return  # logged by the mover; the new file waits in the inbox for the next run
-        if not isinstance(result, Outcome):
-            raise result
-        self.on_outcome(result)
+    def settled(self, results: Sequence[tuple[Job, Result]], settings: Settings) -> None:
+        for job, result in results:
+            if isinstance(result, FileNotFoundError) and not job.path.exists():
+                # Gone since the scan (a person, or another program, moved it): nothing to place.
+                log.warning("file_vanished", file=str(job.path), error=str(result))
+                continue
+            if isinstance(result, FileReplaced):
+                continue  # logged by the mover; the new file waits in the inbox for the next run
+            if not isinstance(result, Outcome):
+                raise result
+            self.on_outcome(result)
 
     def unplaced(self, job: Job) -> None:
         return None  # it simply stays in the inbox for the next run

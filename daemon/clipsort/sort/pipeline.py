@@ -358,7 +358,7 @@ def _place(
     folder, status, reason, detail = item.route
     root = item.target.layout.root
     try:
-        origin = folders.get(item.job.path.parent, root, create=False)
+        origin = folders.parent_of(item.job.path, root)
         destination = folders.get(folder, root, create=True)
         placed = move_into(
             origin.at(item.job.path.name),

@@ -27,7 +27,7 @@ import structlog
 from clipsort.classify.catalog import Catalog
 from clipsort.config import Mailbox, Settings
 from clipsort.encode.embeddings import Embedder
-from clipsort.errors import DecoderKilled, FileReplaced, ImageIncomplete, JournalError
+from clipsort.errors import ClipsortError, DecoderKilled, FileReplaced, ImageIncomplete, JournalError
 from clipsort.ingest.intake import Intake
 from clipsort.ingest.workqueue import FairQueue
 from clipsort.sort.driver import Classified, Decoders, Driver, Verdict
@@ -46,8 +46,8 @@ CHECKPOINT_POLL = 1.0  # seconds between looks at the fine-tuned checkpoints' po
 class Recorder(Protocol):
     """What the worker reports as it goes (the service's metrics are one)."""
 
-    def record(self, outcome: Outcome, latency: float) -> None:
-        """One file done, ``latency`` seconds after it arrived."""
+    def record(self, done: Sequence[tuple[Outcome, float]]) -> None:
+        """A batch's files done, each with the seconds since it arrived."""
 
     def batch(self, size: int) -> None:
         """A batch of ``size`` files is being classified."""
@@ -244,17 +244,25 @@ class RetryAndGoOn:
         self._intake.retry(delivery.job, settings.settle_seconds)
         return False
 
-    def settled(self, job: Job, result: Result, settings: Settings) -> None:
-        if isinstance(result, Outcome):
+    def settled(self, results: Sequence[tuple[Job, Result]], settings: Settings) -> None:
+        # Per batch: the files placed release their paths under one lock and count in one call.
+        placed = [(job, result) for job, result in results if isinstance(result, Outcome)]
+        if placed:
             with self._lock:
                 was_blocked, self._blocked = self._blocked, False
                 self._retries.clear()
             if was_blocked:  # a retry found the journal writable before the supervisor's probe did
                 log.info("state_writable_again", noticed_by="a placed file")
-                self._intake.expedite(job.dataset)
-            self._intake.release(job)
-            self._metrics.record(result, age(job))
-        elif isinstance(result, OSError):  # disk full, read-only, permissions: the file stays and is retried
+                for dataset in sorted({job.dataset for job, _ in placed}):
+                    self._intake.expedite(dataset)
+            self._intake.release(*(job for job, _ in placed))
+            self._metrics.record([(outcome, age(job)) for job, outcome in placed])
+        for job, result in results:
+            if not isinstance(result, Outcome):
+                self._not_placed(job, result, settings)
+
+    def _not_placed(self, job: Job, result: OSError | ClipsortError, settings: Settings) -> None:
+        if isinstance(result, OSError):  # disk full, read-only, permissions: the file stays and is retried
             cause = f"{type(result).__name__}:{result.errno}"
             if cause not in self._retries:  # a read without the lock: at worst one log line more or less
                 log.error("move_failed", file=str(job.path), error=str(result))

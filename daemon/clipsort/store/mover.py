@@ -77,17 +77,22 @@ _renameat2 = getattr(_libc, "renameat2", None)  # glibc >= 2.28
 class At:
     """A name inside an open folder: what every primitive call is given.
 
-    ``path`` names the same file for messages (and tests); no call resolves it.
+    ``path`` names the same file for messages (and tests); no call resolves it. It is joined only
+    when asked for: a placed file's source never is, unless something goes wrong.
     """
 
     dir_fd: int
     name: str
-    path: Path
+    folder: Path  # the open folder's path; Path() for a name looked up as given
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.name
 
     @classmethod
     def own(cls, path: Path) -> At:
         """A path in clipsort's own folders (the state folder, a staging folder), looked up as given."""
-        return cls(AT_FDCWD, os.fspath(path), path)
+        return cls(AT_FDCWD, os.fspath(path), Path())
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,7 @@ class Folder:
     path: Path
 
     def at(self, name: str) -> At:
-        return At(self.fd, name, self.path / name)
+        return At(self.fd, name, self.path)
 
 
 Expect = Callable[[os.stat_result], bool]
@@ -281,30 +286,48 @@ def read_inside(path: Path, boundary: Path, limit: int) -> bytes:
 
 
 class OpenFolders:
-    """Each folder a batch touches, opened once (or the reason it cannot be); closed together at the end."""
+    """Each folder a batch touches, opened once (or the reason it cannot be); closed together at the end.
+
+    Keyed by the folder's name as a string: a batch asks per file, and a string's hash is cached where
+    a fresh ``Path``'s (each file's ``.parent``) is computed from its parts on every lookup.
+    """
 
     def __init__(self) -> None:
-        self._open: dict[Path, Folder | OSError | ClipsortError] = {}
-        self._touched: dict[Path, Folder] = {}
+        self._open: dict[str, Folder | OSError | ClipsortError] = {}
+        self._touched: dict[str, Folder] = {}
 
     def get(self, folder: Path, boundary: Path, *, create: bool) -> Folder:
-        if folder not in self._open:
+        return self._get(os.fspath(folder), folder, boundary, create=create)
+
+    def parent_of(self, path: Path, boundary: Path) -> Folder:
+        """The folder ``path`` is in (never created): looked up by name, its ``Path`` made once."""
+        name = os.path.dirname(os.fspath(path))
+        return (
+            self._get(name, None, boundary, create=False)
+            if name in self._open
+            else self.get(path.parent, boundary, create=False)
+        )
+
+    def _get(self, key: str, folder: Path | None, boundary: Path, *, create: bool) -> Folder:
+        if key not in self._open:
+            assert folder is not None
             try:
-                self._open[folder] = open_folder(folder, boundary, create=create)
+                self._open[key] = open_folder(folder, boundary, create=create)
             except (OSError, ClipsortError) as exc:
-                self._open[folder] = exc
-        found = self._open[folder]
+                self._open[key] = exc
+        found = self._open[key]
         if not isinstance(found, Folder):
             raise found
         return found
 
     def touch(self, *folders: Folder) -> None:
         """Note folders whose entries changed, for :meth:`sync_touched`."""
-        self._touched.update((folder.path, folder) for folder in folders)
+        for folder in folders:
+            self._touched[os.fspath(folder.path)] = folder
 
     def sync_touched(self) -> None:
-        """fsync each changed folder once (see :func:`sync_folders`)."""
-        sync_folders(*(self._touched[path] for path in sorted(self._touched)))
+        """fsync each changed folder once (see :func:`sync_folders`), in the order of their paths."""
+        sync_folders(*sorted(self._touched.values(), key=lambda folder: folder.path))
         self._touched.clear()
 
     def close(self) -> None:
@@ -472,7 +495,7 @@ def _confirm(moved: At, source: At, expect: Expect) -> None:
     if expect(SYSCALLS.lstat(moved)):
         return
     try:
-        back = _rename_into(moved, Folder(source.dir_fd, source.path.parent), source.name)
+        back = _rename_into(moved, Folder(source.dir_fd, source.folder), source.name)
     except OSError as exc:
         log.error("replaced_file_not_put_back", path=str(moved.path), error=str(exc))
         raise _replaced(source) from None
