@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, Histogram
+
 from clipsort.classify.modes.base import Decision
-from clipsort.service.metrics import LABELS, Metrics
+from clipsort.service.metrics import LABELS, PROBABILITY_BUCKETS, BatchHistogram, Metrics
 from clipsort.sort.pipeline import Outcome
 
 
@@ -61,3 +63,32 @@ def test_a_batch_is_counted_as_its_files_are() -> None:
         "clipsort_drop_to_move_seconds_count", {"dataset": "holidays"}
     )
     assert latency == 3
+
+
+def test_a_batch_histogram_exports_what_prometheus_clients_own_would() -> None:
+    """Values on a bound, between bounds and past the last, in two batches: the same buckets, count
+    and sum as prometheus-client's Histogram observing them one by one."""
+    values = [0.1, 0.15, 0.95, 1.0, 1.5, 0.0, 0.99, 0.3]
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    batched = BatchHistogram("clipsort_confidence", "Probability", PROBABILITY_BUCKETS, ours)
+    batched.observe("rgb", values[:3])
+    batched.observe("rgb", values[3:])
+    one_by_one = Histogram(
+        "clipsort_confidence", "Probability", ["dataset"], buckets=PROBABILITY_BUCKETS, registry=theirs
+    )
+    for value in values:
+        one_by_one.labels("rgb").observe(value)
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in registry.collect()
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+        }
+
+    expected = samples(theirs)
+    assert len(expected) == len(PROBABILITY_BUCKETS) + 3  # the buckets, +Inf, the count, the sum
+    assert samples(ours).keys() == expected.keys()
+    for key, value in expected.items():
+        assert abs(samples(ours)[key] - value) < 1e-9, key

@@ -13,14 +13,22 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import cast
 from wsgiref.simple_server import WSGIServer
 
+import numpy as np
+import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from prometheus_client import Counter as PromCounter
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from clipsort.errors import ConfigError
 from clipsort.sort.pipeline import Outcome
+
+_go_float = cast(Callable[[float], str], floatToGoString)  # the le labels' format; untyped upstream
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
@@ -36,6 +44,47 @@ LABELS: dict[str, tuple[str, ...]] = {
     "clipsort_corrections": ("dataset", "class"),
     "clipsort_errors": ("kind",),
 }
+
+
+class BatchHistogram(Collector):
+    """A histogram per dataset filled a batch at a time, exported as prometheus-client's own are.
+
+    prometheus-client's ``observe`` takes one value, locking and searching the buckets for each:
+    three per placed file. Here a batch's values are counted into the buckets in one numpy pass
+    (``searchsorted`` finds each value's bucket, ``bincount`` adds them) under one lock.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self._lock = threading.Lock()
+        self._series: dict[str, tuple[npt.NDArray[np.int64], list[float]]] = {}  # counts per bucket, sum
+        registry.register(self)
+
+    def observe(self, dataset: str, values: Sequence[float]) -> None:
+        """Count ``values`` (a batch's, of one dataset) into its buckets; +Inf takes what is past the last."""
+        found = np.asarray(values, dtype=np.float64)
+        # side="left": a value equal to a bound counts in that bound's bucket (le, "less or equal").
+        counts = np.bincount(np.searchsorted(self.bounds, found, side="left"), minlength=len(self.bounds) + 1)
+        with self._lock:
+            series = self._series.get(dataset)
+            if series is None:
+                series = self._series[dataset] = (np.zeros(len(self.bounds) + 1, dtype=np.int64), [0.0])
+            series[0][:] += counts
+            series[1][0] += float(found.sum())
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=LABELS[self.name])
+        with self._lock:
+            series = {
+                dataset: (counts.cumsum(), total[0]) for dataset, (counts, total) in self._series.items()
+            }
+        bounds = [*(_go_float(bound) for bound in self.bounds), "+Inf"]  # the le labels Histogram writes
+        for dataset, (cumulative, total) in sorted(series.items()):
+            family.add_metric([dataset], list(zip(bounds, cumulative.tolist(), strict=True)), total)
+        yield family
 
 
 class Metrics:
@@ -57,26 +106,20 @@ class Metrics:
         self._batches = Histogram(
             "clipsort_batch_size", "Images per inference batch", buckets=BATCH_BUCKETS, registry=self.registry
         )
-        self._latency = Histogram(
+        self._latency = BatchHistogram(
             "clipsort_drop_to_move_seconds",
             "From a file first seen in the inbox to it being moved",
-            LABELS["clipsort_drop_to_move_seconds"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            LATENCY_BUCKETS,
+            self.registry,
         )
-        self._confidence = Histogram(
-            "clipsort_confidence",
-            "Probability of the chosen class",
-            LABELS["clipsort_confidence"],
-            buckets=PROBABILITY_BUCKETS,
-            registry=self.registry,
+        self._confidence = BatchHistogram(
+            "clipsort_confidence", "Probability of the chosen class", PROBABILITY_BUCKETS, self.registry
         )
-        self._margin = Histogram(
+        self._margin = BatchHistogram(
             "clipsort_margin",
             "Probability of the chosen class minus the runner-up's",
-            LABELS["clipsort_margin"],
-            buckets=PROBABILITY_BUCKETS,
-            registry=self.registry,
+            PROBABILITY_BUCKETS,
+            self.registry,
         )
         self._review_share = Gauge(
             "clipsort_review_share",
@@ -104,9 +147,9 @@ class Metrics:
             registry=self.registry,
         )
         self._correction_labels: set[tuple[str, str]] = set()
-        # Children of the labelled series, by their labels (see _of_dataset); a dict's get and set
-        # are atomic, and two threads making the same child get the same one from prometheus-client.
-        self._dataset_series: dict[str, tuple[Gauge, Histogram, Histogram, Histogram]] = {}
+        # Children of the labelled series, by their labels (see _review_share_of); a dict's get and
+        # set are atomic, and two threads making the same child get the same one from prometheus-client.
+        self._review_shares: dict[str, Gauge] = {}
         self._files_of: dict[tuple[str, str, str, str], PromCounter] = {}
         self._errors = PromCounter(
             "clipsort_errors", "Failures retried later", LABELS["clipsort_errors"], registry=self.registry
@@ -131,29 +174,24 @@ class Metrics:
                 if decided := review + self.outcomes[(dataset, "sorted")]:
                     shares[dataset] = review / decided
         for dataset, share in shares.items():
-            self._of_dataset(dataset)[0].set(share)
+            self._review_share_of(dataset).set(share)
         for key, n in files.items():
             if (counter := self._files_of.get(key)) is None:
                 counter = self._files_of[key] = self._files.labels(*key)
             counter.inc(n)
-        for outcome, latency in done:
-            _, latencies, confidence, margin = self._of_dataset(outcome.dataset)
-            latencies.observe(latency)
-            if outcome.decision is not None:
-                confidence.observe(outcome.decision.score)
-                margin.observe(outcome.decision.margin)
+        for dataset in {outcome.dataset for outcome, _ in done}:
+            mine = [(outcome, latency) for outcome, latency in done if outcome.dataset == dataset]
+            decisions = [outcome.decision for outcome, _ in mine if outcome.decision is not None]
+            self._latency.observe(dataset, [latency for _, latency in mine])
+            self._confidence.observe(dataset, [decision.score for decision in decisions])
+            self._margin.observe(dataset, [decision.margin for decision in decisions])
 
-    def _of_dataset(self, dataset: str) -> tuple[Gauge, Histogram, Histogram, Histogram]:
-        """A dataset's labelled series, looked up once: ``labels()`` per file was a fifth of
-        recording one (it checks and locks on every call)."""
-        if (series := self._dataset_series.get(dataset)) is None:
-            series = self._dataset_series[dataset] = (
-                self._review_share.labels(dataset),
-                self._latency.labels(dataset),
-                self._confidence.labels(dataset),
-                self._margin.labels(dataset),
-            )
-        return series
+    def _review_share_of(self, dataset: str) -> Gauge:
+        """A dataset's review share, looked up once: ``labels()`` per file was a fifth of recording
+        one (it checks and locks on every call)."""
+        if (gauge := self._review_shares.get(dataset)) is None:
+            gauge = self._review_shares[dataset] = self._review_share.labels(dataset)
+        return gauge
 
     def corrections(self, counts: Mapping[str, Mapping[str, int]]) -> None:
         """The corrected examples each dataset's classes use now (a class no longer listed drops out)."""

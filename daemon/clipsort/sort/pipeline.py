@@ -298,10 +298,10 @@ SIDECAR_MODE = "sidecar"  # a sidecar's journal entry: its picture's decision, i
 
 def _sidecars(batch: Sequence[Delivery]) -> list[list[tuple[Path, str, int]]]:
     """Per file of ``batch``, its sidecars in the inbox now (path, sha256, size); each folder listed once."""
-    listings: dict[Path, dict[str, list[str]]] = {}
+    listings: dict[str, dict[str, list[str]]] = {}  # by the folder's name: no Path made per file
     found: list[list[tuple[Path, str, int]]] = []
     for item in batch:
-        folder = item.job.path.parent
+        folder = os.path.dirname(os.fspath(item.job.path))
         if folder not in listings:
             try:
                 listings[folder] = by_lower_name(os.listdir(folder), item.target.settings.sidecar_suffixes)
@@ -314,7 +314,7 @@ def _sidecars(batch: Sequence[Delivery]) -> list[list[tuple[Path, str, int]]]:
         )
         mine = []
         for name in names:
-            path = folder / name
+            path = item.job.path.parent / name
             try:
                 mine.append((path, content_hash(path), path.lstat().st_size))
             except OSError:  # gone meanwhile, or a FIFO's or symlink's name: it stays, unread

@@ -71,6 +71,9 @@ _RENAME_NOREPLACE = 1
 _COPY_CHUNK = 1 << 20
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)  # glibc >= 2.28
+if _renameat2 is not None:  # declared: ctypes then converts each argument without guessing its type
+    _renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    _renameat2.restype = ctypes.c_int
 
 
 @dataclass(frozen=True)
