@@ -416,7 +416,7 @@ class Settings(BaseSettings):
     journal_retention_days: PositiveFloat = Field(
         365.0,
         description=(
-            "Daemon: settled journal entries older than this are deleted (corrected ones are kept); "
+            "Daemon: concluded journal entries older than this are deleted (corrected ones are kept); "
             "history, undo and learning from hand moves reach back this far."
         ),
     )

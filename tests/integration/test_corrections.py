@@ -24,7 +24,7 @@ from clipsort.encode.factory import make_embedder
 from clipsort.layout import DatasetLayout
 from clipsort.learn.corrections import corrected_from, examples, observe
 from clipsort.sort.oneshot import gather, run
-from clipsort.store.journal import Correction, Journal, Settlement
+from clipsort.store.journal import Conclusion, Correction, Journal
 from tests.synthetic import MISLEADING, draw, make_dataset, save
 
 World = tuple[DatasetLayout, Settings, Journal, Embedder]
@@ -126,7 +126,7 @@ def test_a_move_before_the_placer_settles_is_looked_at_again_not_dropped(world: 
     in_flight: list[Path] = []
     assert observe([moved], layout, journal, embedder, settings, in_flight) == []
     assert in_flight == [moved]
-    journal.settle([Settlement(pending, "moved", victim)])
+    journal.conclude([Conclusion(pending, "moved", victim)])
     [found] = observe(in_flight, layout, journal, embedder, settings)
     assert (found.old_label, found.new_label, found.path) == ("red", "blue", moved)
 

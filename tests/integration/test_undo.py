@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from clipsort.cli import app
 from clipsort.errors import JournalError
-from clipsort.store.journal import Intent, Journal, Settlement
+from clipsort.store.journal import Conclusion, Intent, Journal
 from clipsort.store.mover import make_state_dir
 from clipsort.times import parse_since
 from tests.helpers import clipsort_process, tree
@@ -186,9 +186,9 @@ def test_history_fits_80_columns_with_a_default_limit(data_root: Path) -> None:
             for k in range(60)
         ]
         ids = journal.plan(intents)
-        journal.settle(
+        journal.conclude(
             [
-                Settlement(i, "moved", intent.folder / intent.source.name)
+                Conclusion(i, "moved", intent.folder / intent.source.name)
                 for i, intent in zip(ids, intents, strict=True)
             ]
         )

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from clipsort.store.journal import Intent, Journal, Settlement
+from clipsort.store.journal import Conclusion, Intent, Journal
 
 
 def intent(source: Path, folder: Path, label: str | None = "red", dataset: str = "rgb") -> Intent:
@@ -30,7 +30,7 @@ def test_an_intent_and_its_outcome_read_back_whole(tmp_path: Path) -> None:
     source = Path(os.fsdecode(b"/data/rgb/Images/caf\xe9.jpg"))
     entry = journal.plan([intent(source, tmp_path / "Dataset" / "red")])[0]
     assert [e.id for e in journal.planned()] == [entry]
-    journal.settle([Settlement(entry, "moved", tmp_path / "Dataset" / "red" / source.name)])
+    journal.conclude([Conclusion(entry, "moved", tmp_path / "Dataset" / "red" / source.name)])
     journal.close()
     again = Journal(tmp_path)
     (found,) = again.entries()
@@ -51,7 +51,9 @@ def test_destinations_are_found_in_bulk(tmp_path: Path) -> None:
         [intent(tmp_path / f"{k}.jpg", folder) for k in range(1200)] + [intent(odd, folder)]
     )
     placed = [folder / f"{k}.jpg" for k in range(1200)] + [folder / odd.name]
-    journal.settle([Settlement(e, "moved", path) for e, path in zip(entries[::2], placed[::2], strict=True)])
+    journal.conclude(
+        [Conclusion(e, "moved", path) for e, path in zip(entries[::2], placed[::2], strict=True)]
+    )
     asked = placed + [folder / f"other-{k}.jpg" for k in range(1299)]
     assert journal.destinations(asked) == set(placed[::2])
 
@@ -62,8 +64,8 @@ def test_filters_by_dataset_time_state_and_newest(tmp_path: Path) -> None:
     ids = [journal.plan([intent(tmp_path / f"{k}.jpg", tmp_path, dataset="ab"[k % 2])])[0] for k in range(6)]
     cut = time.time()
     later = journal.plan([intent(tmp_path / "late.jpg", tmp_path)])[0]
-    journal.settle([Settlement(entry, "moved", tmp_path / f"{entry}.jpg") for entry in [*ids, later]])
-    journal.settle([Settlement(ids[0], "undone")])
+    journal.conclude([Conclusion(entry, "moved", tmp_path / f"{entry}.jpg") for entry in [*ids, later]])
+    journal.conclude([Conclusion(ids[0], "undone")])
     assert [e.id for e in journal.entries(dataset="a")] == ids[0::2]
     assert [e.id for e in journal.entries(since=cut)] == [later]
     assert [e.id for e in journal.entries(states=("moved",), last=2)] == [ids[5], later]
@@ -74,7 +76,7 @@ def test_a_correction_marks_its_decision(tmp_path: Path) -> None:
     """The person's class is kept with the decision it overrides."""
     journal = Journal(tmp_path)
     entry_id = journal.plan([intent(tmp_path / "a.jpg", tmp_path)])[0]
-    journal.settle([Settlement(entry_id, "moved", tmp_path / "red" / "a.jpg")])
+    journal.conclude([Conclusion(entry_id, "moved", tmp_path / "red" / "a.jpg")])
     (entry,) = journal.entries()
     journal.correct(entry, "rgb", entry.intent.sha256, tmp_path / "blue" / "a.jpg", "blue")
     (correction,) = journal.corrections()

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 from clipsort.layout import DatasetLayout
-from clipsort.store.journal import Intent, Journal, Settlement
+from clipsort.store.journal import Conclusion, Intent, Journal
 from clipsort.store.recovery import Recovered, recover
 from tests.helpers import tree
 
@@ -98,7 +98,7 @@ def test_a_picture_dropped_twice_stays_two_files(tmp_path: Path) -> None:
     layout, journal = dataset(tmp_path), Journal(tmp_path)
     first = planned(journal, layout, "a.jpg", b"A")
     (layout.class_dir("red") / "a.jpg").write_bytes(b"A")
-    journal.settle([Settlement(first, "moved", layout.class_dir("red") / "a.jpg")])
+    journal.conclude([Conclusion(first, "moved", layout.class_dir("red") / "a.jpg")])
     (layout.inbox / "a.jpg").write_bytes(b"A")
     planned(journal, layout, "a.jpg", b"A")
     assert recover(journal, [layout]) == Recovered(cleared=1)

@@ -13,7 +13,7 @@ from clipsort.config import load_settings
 from clipsort.encode.embedcache import EmbeddingCache
 from clipsort.service.housekeeping import DAY, sweep
 from clipsort.service.status import folder_size
-from clipsort.store.journal import Intent, Journal, Settlement
+from clipsort.store.journal import Conclusion, Intent, Journal
 
 DIMS = 512  # ViT-B/32's vectors, so the sizes below are the real ones
 
@@ -105,7 +105,7 @@ def test_compaction_keeps_planned_and_corrected_entries(tmp_path: Path) -> None:
     clock = Clock()
     journal = Journal(tmp_path, clock=clock)
     ids = journal.plan([intent(k, tmp_path) for k in range(2000)])
-    journal.settle([Settlement(i, "moved", tmp_path / "Dataset" / "red" / f"{i}.png") for i in ids[1:]])
+    journal.conclude([Conclusion(i, "moved", tmp_path / "Dataset" / "red" / f"{i}.png") for i in ids[1:]])
     corrected = journal.entries()[-1]
     journal.correct(
         corrected, "rgb", corrected.intent.sha256, tmp_path / "Dataset" / "blue" / "x.png", "blue"
@@ -113,7 +113,7 @@ def test_compaction_keeps_planned_and_corrected_entries(tmp_path: Path) -> None:
     full = file_bytes(journal.path)
     clock.now += 40 * DAY
     recent = journal.plan([intent(9999, tmp_path)])
-    assert journal.compact(settled_before=clock.now - 30 * DAY) == 1998
+    assert journal.compact(concluded_before=clock.now - 30 * DAY) == 1998
     left = journal.entries()
     assert [e.id for e in left] == [ids[0], corrected.id, *recent]
     assert [e.state for e in left] == ["planned", "corrected", "planned"]
@@ -153,7 +153,7 @@ def test_housekeeping_prunes_both_stores_to_their_windows(tmp_path: Path, days: 
     journal = Journal(settings.state_path, clock=clock)
     cache.put("m", vectors(100))
     ids = journal.plan([intent(k, tmp_path) for k in range(100)])
-    journal.settle([Settlement(i, "moved") for i in ids])
+    journal.conclude([Conclusion(i, "moved") for i in ids])
     clock.now += 1.5 * days * DAY  # past the vectors' window, inside the journal's
     first = sweep(settings, cache, journal, clock.now)
     assert (first.vectors, first.journal_entries) == (100, 0)

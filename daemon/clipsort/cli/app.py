@@ -175,7 +175,7 @@ def short_time(epoch: float) -> str:
 
 
 def open_journal(settings: Settings, layouts: list[DatasetLayout]) -> Journal:
-    """The journal in the state folder, with any interrupted move settled first."""
+    """The journal in the state folder, with any interrupted move concluded first."""
     make_state_dir(settings.state_path)
     journal = Journal(settings.state_path)
     recover(journal, layouts)

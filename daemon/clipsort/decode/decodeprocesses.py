@@ -451,7 +451,7 @@ class ProcessDecodePool:
         """A SIGKILL from outside ended the chunk's worker: try the chunk again, later; never reject it.
 
         A decoder that fails raises SIGSEGV, SIGABRT or SIGBUS, or a MemoryError under the heap
-        limit; only another process sends SIGKILL. After ``KILLS`` such deaths the files are settled
+        limit; only another process sends SIGKILL. After ``KILLS`` such deaths the files are resolved
         as killed: the daemon keeps them in the inbox and tries again after its back-off.
         """
         with self._lock:
@@ -487,7 +487,7 @@ class ProcessDecodePool:
                 self._processes.remove(worker)
 
     def _cancel(self, chunk: _Chunk, reason: str = CANCELLED) -> None:
-        """Settle every file of ``chunk`` as not ready (tried again later), for ``reason``."""
+        """Resolve every file of ``chunk`` as not ready (tried again later), for ``reason``."""
         self._finish(chunk, [(index, "", 0, "incomplete", reason) for index, _ in chunk.items])
 
     def _finish(self, chunk: _Chunk, replies: list[Reply]) -> None:
@@ -502,7 +502,7 @@ class ProcessDecodePool:
 
 
 def _resolve(batch: _Batch, release: Callable[[_Slot], None]) -> None:
-    """Copy the crops out of the slot, free it, and settle every file's future."""
+    """Copy the crops out of the slot, free it, and resolve every file's future."""
     memory = batch.slot.memory
     assert memory is not None
     count, side = len(batch.futures), batch.side

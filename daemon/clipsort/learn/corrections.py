@@ -65,15 +65,15 @@ def _own(paths: Sequence[Path], journal: Journal) -> set[Path]:
     for all the paths) or, while its outcome is not written yet, by name from
     its batch's intents (one query per folder).
     """
-    settled = journal.destinations(paths)
-    waiting = [path for path in paths if path not in settled]
+    concluded = journal.destinations(paths)
+    waiting = [path for path in paths if path not in concluded]
     intents = {folder: journal.planned_into(folder) for folder in {path.parent for path in waiting}}
     in_flight = {
         path
         for path in waiting
         if any(is_candidate(path.name, entry.intent.source.name) for entry in intents[path.parent])
     }
-    return settled | in_flight
+    return concluded | in_flight
 
 
 def observe(
@@ -87,7 +87,7 @@ def observe(
     """Record the corrections that files arriving at ``paths`` stand for.
 
     A file whose bytes clipsort is still placing (its journal entry only planned) cannot be told
-    yet: it is added to ``in_flight`` to be looked at again once the placer has settled it.
+    yet: it is added to ``in_flight`` to be looked at again once the placer has concluded its entry.
     """
     cache = embedder.cache
     if cache is None:

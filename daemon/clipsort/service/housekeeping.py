@@ -32,5 +32,5 @@ class Swept:
 def sweep(settings: Settings, cache: EmbeddingCache, journal: Journal, now: float) -> Swept:
     """Prune the cache and the journal to their windows as of ``now`` (the stores' clock)."""
     pruned = cache.prune(unused_since=now - settings.vector_retention_days * DAY)
-    entries = journal.compact(settled_before=now - settings.journal_retention_days * DAY)
+    entries = journal.compact(concluded_before=now - settings.journal_retention_days * DAY)
     return Swept(pruned.vectors, pruned.file_hashes, entries, folder_size(settings.state_path))

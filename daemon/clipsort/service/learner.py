@@ -99,6 +99,6 @@ class Learner:
         now = time.monotonic()
         seen = {path: self._in_flight.pop((dataset, path), now) for path in paths}
         for path in in_flight:
-            # A placer stuck longer than this left its batch planned; recovery settles it at start.
+            # A placer stuck longer than this left its batch planned; recovery concludes it at start.
             if now - seen[path] < IN_FLIGHT_SECONDS:
                 self._in_flight[(dataset, path)] = seen[path]

@@ -168,7 +168,7 @@ class Policy(Protocol):
     def still_there(self, delivery: Delivery, settings: Settings) -> bool:
         """Just before placing: whether the file is still what was read (else the policy keeps it)."""
 
-    def settled(self, results: Sequence[tuple[Job, Result]], settings: Settings) -> None:
+    def after_placing(self, results: Sequence[tuple[Job, Result]], settings: Settings) -> None:
         """A batch's files placed or not, in order; raising stops placing (one-shot), returning goes on
         (daemon)."""
 
@@ -295,6 +295,6 @@ class Driver:
         ready = [item for item in batch.deliveries if self.policy.still_there(item, batch.settings)]
         models = [deciding_model(item.target, batch.encoder) for item in ready]
         results = deliver(ready, models=models, journal=self.journal, dry_run=self.dry_run)
-        self.policy.settled(
+        self.policy.after_placing(
             [(item.job, result) for item, result in zip(ready, results, strict=True)], batch.settings
         )

@@ -164,7 +164,7 @@ class StopAtFirst:
     def still_there(self, delivery: Delivery, settings: Settings) -> bool:
         return True
 
-    def settled(self, results: Sequence[tuple[Job, Result]], settings: Settings) -> None:
+    def after_placing(self, results: Sequence[tuple[Job, Result]], settings: Settings) -> None:
         for job, result in results:
             if isinstance(result, FileNotFoundError) and not job.path.exists():
                 # Gone since the scan (a person, or another program, moved it): nothing to place.

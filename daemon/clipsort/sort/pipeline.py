@@ -27,7 +27,7 @@ from clipsort.errors import ClipsortError, ImageRejected, JournalError
 from clipsort.files import content_hash
 from clipsort.ingest.sidecars import by_lower_name, companions_in, renamed
 from clipsort.logs import DRY_RUN_EVENTS, log_many
-from clipsort.store.journal import Intent, Journal, Placement, Settlement, State
+from clipsort.store.journal import Conclusion, Intent, Journal, Placement, State
 from clipsort.store.mover import OpenFolders, move_into, preview
 from clipsort.work import Job, Signature
 
@@ -287,7 +287,9 @@ def deliver(
         folders.close()
     if journal is not None:
         try:
-            journal.settle([Settlement(entry, *state) for entry, state in zip(entries, states, strict=True)])
+            journal.conclude(
+                [Conclusion(entry, *state) for entry, state in zip(entries, states, strict=True)]
+            )
         except JournalError as exc:  # the files moved: their outcomes are written with the next batch
             log.error("journal_write_failed", error=str(exc), kept="outcomes, written with the next batch")
     return results

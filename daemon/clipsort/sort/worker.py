@@ -244,7 +244,7 @@ class RetryAndGoOn:
         self._intake.retry(delivery.job, settings.settle_seconds)
         return False
 
-    def settled(self, results: Sequence[tuple[Job, Result]], settings: Settings) -> None:
+    def after_placing(self, results: Sequence[tuple[Job, Result]], settings: Settings) -> None:
         # Per batch: the files placed release their paths under one lock and count in one call.
         placed = [(job, result) for job, result in results if isinstance(result, Outcome)]
         if placed:

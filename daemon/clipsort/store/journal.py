@@ -4,7 +4,7 @@ Each placement is written twice: the intent (``planned``, with where the
 file is going and its content hash) before the mover touches anything, and
 the outcome (``moved``, ``rejected``, or ``cleared`` when the move failed
 and the file stayed) after. A crash between the two leaves a ``planned``
-row, which :mod:`clipsort.store.recovery` settles at the next start by looking at
+row, which :mod:`clipsort.store.recovery` concludes at the next start by looking at
 the file system. ``synchronous=FULL`` makes each commit survive a power cut,
 so the intent is on disk before the move can be.
 
@@ -137,7 +137,7 @@ class Entry:
 
 
 @dataclass(frozen=True)
-class Settlement:
+class Conclusion:
     """The outcome of one journal entry."""
 
     entry: int
@@ -188,7 +188,7 @@ class Journal:
         self.path = folder / JOURNAL_DB
         self.clock = clock
         self._lock = threading.Lock()
-        self._unsettled: list[Settlement] = []
+        self._unwritten: list[Conclusion] = []
         self._db, self._inode = self._open()
 
     def _open(self) -> tuple[sqlite3.Connection, int]:
@@ -285,15 +285,15 @@ class Journal:
             )
         return ids
 
-    def settle(self, outcomes: Sequence[Settlement]) -> None:
+    def conclude(self, outcomes: Sequence[Conclusion]) -> None:
         """Record what became of entries (moved, rejected, cleared, undone), in one transaction.
 
         Outcomes that could not be written (:class:`JournalError`) are kept
         and written with the next call: their files have moved already, and a
-        restart before then settles them from the file system (recovery).
+        restart before then concludes them from the file system (recovery).
         """
-        outcomes = [*self._unsettled, *outcomes]
-        self._unsettled = outcomes
+        outcomes = [*self._unwritten, *outcomes]
+        self._unwritten = outcomes
         now = self.clock()
         with self._transaction() as db:
             db.executemany(
@@ -311,7 +311,7 @@ class Journal:
                     for o in outcomes
                 ],
             )
-        self._unsettled = []
+        self._unwritten = []
 
     def correct(
         self, entry: Entry | None, dataset: str, sha256: str, path: Path, new_label: str
@@ -500,8 +500,8 @@ class Journal:
             return False
         return True
 
-    def compact(self, settled_before: float) -> int:
-        """Delete settled entries last changed before ``settled_before``; how many went.
+    def compact(self, concluded_before: float) -> int:
+        """Delete concluded entries last changed before ``concluded_before``; how many went.
 
         Kept: entries still ``planned`` (recovery needs them) and those a
         correction refers to (what was corrected stays explainable). The
@@ -511,7 +511,7 @@ class Journal:
             deleted = db.execute(
                 "DELETE FROM decisions WHERE updated < ? AND state != 'planned' AND id NOT IN"
                 " (SELECT decision FROM corrections WHERE decision IS NOT NULL)",
-                (settled_before,),
+                (concluded_before,),
             ).rowcount
             if deleted:
                 db.execute(

@@ -365,7 +365,7 @@ def _take_back(entry: At) -> None:
     """Remove the second name of a file whose move could not be finished."""
     try:
         SYSCALLS.unlink(entry)
-    except OSError as exc:  # two faults in a row: recovery at the next start settles it
+    except OSError as exc:  # two faults in a row: recovery at the next start concludes it
         log.error("move_undo_failed", path=str(entry.path), error=str(exc))
 
 

@@ -31,7 +31,7 @@ import structlog
 
 from clipsort.files import content_hash
 from clipsort.layout import DatasetLayout
-from clipsort.store.journal import Entry, Journal, Settlement
+from clipsort.store.journal import Conclusion, Entry, Journal
 from clipsort.store.mover import drop_second_copy, is_candidate, remove_temporaries
 
 log = structlog.get_logger()
@@ -91,7 +91,7 @@ def _folders(layout: DatasetLayout) -> list[Path]:
 
 
 def recover(journal: Journal, layouts: Sequence[DatasetLayout]) -> Recovered:
-    """Settle every interrupted move; run before the scanner looks at any inbox."""
+    """Conclude every interrupted move; run before the scanner looks at any inbox."""
     temporaries = sum(
         len(remove_temporaries(folder, layout.root)) for layout in layouts for folder in _folders(layout)
     )
@@ -101,15 +101,15 @@ def recover(journal: Journal, layouts: Sequence[DatasetLayout]) -> Recovered:
     for entry in journal.planned():
         placed = _placed(entry, journal, listings)
         if placed is None:
-            journal.settle(
-                [Settlement(entry.id, "cleared", reason="interrupted before the move; left in the inbox")]
+            journal.conclude(
+                [Conclusion(entry.id, "cleared", reason="interrupted before the move; left in the inbox")]
             )
             cleared += 1
             continue
         if holds(entry.intent.source, entry) and entry.intent.dataset in roots:
             drop_second_copy(entry.intent.source, placed, roots[entry.intent.dataset])
-        journal.settle(
-            [Settlement(entry.id, "rejected" if entry.intent.placement == "rejected" else "moved", placed)]
+        journal.conclude(
+            [Conclusion(entry.id, "rejected" if entry.intent.placement == "rejected" else "moved", placed)]
         )
         completed += 1
     found = Recovered(completed, cleared, temporaries)

@@ -15,7 +15,7 @@ from pathlib import Path
 from clipsort.errors import JournalError
 from clipsort.ingest.sidecars import renamed
 from clipsort.layout import NEGATIVES_DIR, DatasetLayout
-from clipsort.store.journal import Entry, Journal, Settlement, State
+from clipsort.store.journal import Conclusion, Entry, Journal, State
 from clipsort.store.mover import place, preview
 from clipsort.store.recovery import holds
 
@@ -61,7 +61,7 @@ def undo(entry: Entry, journal: Journal, root: Path, to_class: str | None) -> Un
     layout = DatasetLayout(root / entry.intent.dataset)
     if to_class is None:
         path = place(entry.destination, layout.inbox, boundary=layout.root, name=entry.intent.source.name)
-        journal.settle([Settlement(entry.id, "undone", path)])
+        journal.conclude([Conclusion(entry.id, "undone", path)])
         follow_sidecars(entry, entry.destination.name, path, journal, layout, "undone")
         return Undone(entry, path, "back in the inbox")
     plain = to_class not in ("", ".", "..") and "/" not in to_class
@@ -94,4 +94,4 @@ def follow_sidecars(
             continue  # moved or changed by someone since: never touched
         name = renamed(sidecar.destination.name, was, path.name)
         moved = place(sidecar.destination, path.parent, boundary=layout.root, name=name)
-        journal.settle([Settlement(sidecar.id, state, moved)])
+        journal.conclude([Conclusion(sidecar.id, state, moved)])
