@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from clipsort.config import DEFAULT_IMAGE_FORMATS
-from clipsort.decode.images import DecodeLimits, as_one_array
+from clipsort.decode.images import DecodeLimits
 from clipsort.errors import ImageIncomplete, ImageRejected
 
 FORMATS = ("JPEG", "PNG", "GIF")
@@ -264,14 +264,3 @@ def test_a_truncated_raw_file_is_rejected_not_a_crash(tmp_path: Path) -> None:
     cut.write_bytes((FIXTURES / "red.dng").read_bytes()[:20_000])
     with pytest.raises(ImageRejected):
         DecodeLimits(DEFAULT_IMAGE_FORMATS, 10**8, 2**30).load(cut, 32)
-
-
-def test_a_whole_batch_of_crops_reaches_the_model_without_another_copy() -> None:
-    """The decoding processes' crops are the rows of one array: the model's input is that array.
-    Any other crops (a part of the batch, rows out of order, separate arrays) are stacked."""
-    rows = np.random.default_rng(0).integers(0, 255, (4, 8, 8, 3), dtype=np.uint8)
-    crops = list(rows)
-    assert as_one_array(crops) is rows
-    for other in (crops[:3], crops[::-1], [row.copy() for row in crops]):
-        joined = as_one_array(other)
-        assert not np.shares_memory(joined, rows) and np.array_equal(joined, np.stack(other))

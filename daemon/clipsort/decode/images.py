@@ -214,24 +214,3 @@ class DecodeLimits:
     def load(self, path: Path, target: int) -> Image.Image:
         """:func:`read_file` then :func:`decode_image`, within these limits."""
         return self.decode(self.read(path), target)
-
-
-def as_one_array(crops: Sequence[Crop]) -> Crop:
-    """The crops as one N x side x side x 3 array: the one they are rows of, in order, when they are
-    (a batch from the decoding processes, whole), else a stacked copy.
-
-    Copying 150 KB a picture again cost the model's thread about 7 µs of CPU per file here, the
-    check of the rows about 2.
-    """
-    base = crops[0].base if crops else None
-    if (
-        isinstance(base, np.ndarray)
-        and base.flags.c_contiguous
-        and base.shape == (len(crops), *crops[0].shape)
-        and all(
-            crop.base is base and crop.ctypes.data == base.ctypes.data + k * base.strides[0]
-            for k, crop in enumerate(crops)
-        )
-    ):
-        return base
-    return np.stack(crops)

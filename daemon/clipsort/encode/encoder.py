@@ -25,7 +25,7 @@ import torch
 import transformers
 from PIL import Image
 
-from clipsort.decode.images import Crop, as_one_array, centre_crop, input_size
+from clipsort.decode.images import Crop, centre_crop, input_size
 from clipsort.encode.hub import DEMO_HINT, looks_like_path, require_available
 from clipsort.encode.vectors import Vectors
 from clipsort.encode.vocabulary import whole_words
@@ -205,7 +205,7 @@ class ImageTower:
     def pixels(self, images: Sequence[Image.Image | Crop]) -> torch.Tensor:
         """uint8 N x 3 x size x size of pictures, or of their :meth:`crop` where already made."""
         crops = [item if isinstance(item, np.ndarray) else self.crop(item) for item in images]
-        return torch.from_numpy(as_one_array(crops)).permute(0, 3, 1, 2)
+        return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
 
     def __call__(self, images: Sequence[Image.Image | Crop]) -> Vectors:
         pixels = self.pixels(images)
