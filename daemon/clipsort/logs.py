@@ -96,12 +96,13 @@ def log_many(entries: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
     chain = tuple(processors)
     lines = []
     if chain == _JSON_CHAIN[0]:  # the daemon's JSON lines: what the chain adds, added once a batch
-        added = {**_context(), "timestamp": _STAMP(logger, "info", {})["timestamp"]}
+        context = dict(structlog.contextvars.merge_contextvars(None, "info", {}))
+        stamp = _STAMP(logger, "info", {})["timestamp"]
         render = chain[-1]
         for level, event, fields in entries:
             if _LEVELS[level] >= _LEVEL[0]:
                 line = {**fields, "event": event}
-                lines.append(render(logger, level, _shaped(line, added, level)))
+                lines.append(render(logger, level, _shaped(line, context, stamp, level)))
     else:  # another chain (a terminal's, a test's capture): each event through it
         for level, event, fields in entries:
             if _LEVELS[level] < _LEVEL[0]:
@@ -125,20 +126,17 @@ _JSON_CHAIN: list[tuple[Any, ...]] = [()]
 _STAMP = structlog.processors.TimeStamper(fmt="iso", utc=True)
 
 
-def _context() -> dict[str, Any]:
-    return dict(structlog.contextvars.merge_contextvars(None, "info", {}))
-
-
-def _shaped(line: MutableMapping[str, Any], added: Mapping[str, Any], level: str) -> MutableMapping[str, Any]:
+def _shaped(
+    line: MutableMapping[str, Any], context: Mapping[str, Any], stamp: str, level: str
+) -> MutableMapping[str, Any]:
     """``line`` as the chain's first processors leave it: the context under keys it lacks, the level,
     the time (a line with ``exc_info`` is formatted as :func:`format_exc_info` would)."""
-    for key, value in added.items():
-        if key != "timestamp":
-            line.setdefault(key, value)
+    for key, value in context.items():
+        line.setdefault(key, value)
     line["level"] = level
     if "exc_info" in line:
         line = structlog.processors.format_exc_info(None, level, line)
-    line["timestamp"] = added["timestamp"]
+    line["timestamp"] = stamp
     return line
 
 

@@ -60,7 +60,8 @@ class BatchHistogram(Collector):
         self.name, self.documentation = name, documentation
         self.bounds = np.asarray(buckets, dtype=np.float64)
         self._lock = threading.Lock()
-        self._series: dict[str, tuple[npt.NDArray[np.int64], list[float]]] = {}  # counts per bucket, sum
+        self._counts: dict[str, npt.NDArray[np.int64]] = {}  # per dataset, per bucket (+Inf last)
+        self._sums: dict[str, float] = {}
         registry.register(self)
 
     def observe(self, dataset: str, values: Sequence[float]) -> None:
@@ -69,17 +70,14 @@ class BatchHistogram(Collector):
         # side="left": a value equal to a bound counts in that bound's bucket (le, "less or equal").
         counts = np.bincount(np.searchsorted(self.bounds, found, side="left"), minlength=len(self.bounds) + 1)
         with self._lock:
-            series = self._series.get(dataset)
-            if series is None:
-                series = self._series[dataset] = (np.zeros(len(self.bounds) + 1, dtype=np.int64), [0.0])
-            series[0][:] += counts
-            series[1][0] += float(found.sum())
+            self._counts[dataset] = self._counts.get(dataset, 0) + counts
+            self._sums[dataset] = self._sums.get(dataset, 0.0) + float(found.sum())
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=LABELS[self.name])
         with self._lock:
             series = {
-                dataset: (counts.cumsum(), total[0]) for dataset, (counts, total) in self._series.items()
+                dataset: (counts.cumsum(), self._sums[dataset]) for dataset, counts in self._counts.items()
             }
         bounds = [*(_go_float(bound) for bound in self.bounds), "+Inf"]  # the le labels Histogram writes
         for dataset, (cumulative, total) in sorted(series.items()):
@@ -157,9 +155,11 @@ class Metrics:
 
     def record(self, done: Sequence[tuple[Outcome, float]]) -> None:
         """A batch's files done, each with its latency: counted under one lock, each labelled counter
-        incremented once per batch (the histograms take each file's value)."""
+        incremented once per batch, each dataset's histograms filled once."""
+        by_dataset: dict[str, list[tuple[Outcome, float]]] = {}
         files: Counter[tuple[str, str, str, str]] = Counter()
-        for outcome, _ in done:
+        for outcome, latency in done:
+            by_dataset.setdefault(outcome.dataset, []).append((outcome, latency))
             label = outcome.decision.label if outcome.decision else ""
             reason = (outcome.reason or "") if outcome.status == "review" else ""  # Rejected/'s are free text
             files[(outcome.dataset, label, outcome.status, reason)] += 1
@@ -169,7 +169,7 @@ class Metrics:
                 self.outcomes[(dataset, status)] += n
                 if reason:
                     self.held[(dataset, reason)] += n
-            for dataset in {dataset for dataset, *_ in files}:
+            for dataset in by_dataset:
                 review = self.outcomes[(dataset, "review")]
                 if decided := review + self.outcomes[(dataset, "sorted")]:
                     shares[dataset] = review / decided
@@ -179,8 +179,7 @@ class Metrics:
             if (counter := self._files_of.get(key)) is None:
                 counter = self._files_of[key] = self._files.labels(*key)
             counter.inc(n)
-        for dataset in {outcome.dataset for outcome, _ in done}:
-            mine = [(outcome, latency) for outcome, latency in done if outcome.dataset == dataset]
+        for dataset, mine in by_dataset.items():
             decisions = [outcome.decision for outcome, _ in mine if outcome.decision is not None]
             self._latency.observe(dataset, [latency for _, latency in mine])
             self._confidence.observe(dataset, [decision.score for decision in decisions])

@@ -300,24 +300,20 @@ class OpenFolders:
         self._touched: dict[str, Folder] = {}
 
     def get(self, folder: Path, boundary: Path, *, create: bool) -> Folder:
-        return self._get(os.fspath(folder), folder, boundary, create=create)
-
-    def parent_of(self, path: Path, boundary: Path) -> Folder:
-        """The folder ``path`` is in (never created): looked up by name, its ``Path`` made once."""
-        name = os.path.dirname(os.fspath(path))
-        return (
-            self._get(name, None, boundary, create=False)
-            if name in self._open
-            else self.get(path.parent, boundary, create=False)
-        )
-
-    def _get(self, key: str, folder: Path | None, boundary: Path, *, create: bool) -> Folder:
+        key = os.fspath(folder)
         if key not in self._open:
-            assert folder is not None
             try:
                 self._open[key] = open_folder(folder, boundary, create=create)
             except (OSError, ClipsortError) as exc:
                 self._open[key] = exc
+        return self._found(key)
+
+    def parent_of(self, path: Path, boundary: Path) -> Folder:
+        """The folder ``path`` is in (never created): looked up by name, its ``Path`` made once."""
+        key = os.path.dirname(os.fspath(path))
+        return self._found(key) if key in self._open else self.get(path.parent, boundary, create=False)
+
+    def _found(self, key: str) -> Folder:
         found = self._open[key]
         if not isinstance(found, Folder):
             raise found
