@@ -37,12 +37,34 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 
 
+# Tests that start a Ray: pytest-xdist runs them on one worker, one after another, so the
+# session's local Ray is started once and no two Rays share the machine's two cores.
+RAY_GROUP = pytest.mark.xdist_group("ray")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test with its tier, read from its folder."""
+    """Mark every test with its tier, read from its folder, and put the Ray tests in one group."""
     for item in items:
         parts = item.path.resolve().relative_to(TESTS).parts
         if parts[0] in TIERS:
             item.add_marker(getattr(pytest.mark, parts[0]))
+        if "ray_cluster" in getattr(item, "fixturenames", ()) or item.get_closest_marker("ray"):
+            item.add_marker(RAY_GROUP)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-xdist's, which suffixes a grouped test's id
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Stop if pytest-xdist could not group the Ray tests (a pytest it does not know, as 9.2).
+
+    The run then ends as an internal error of pytest-xdist with no test run, not two Rays side by side.
+    """
+    if not session.config.getoption("loadgroup", default=False):
+        return  # not a worker of a --dist loadgroup run
+    grouped = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group")]
+    lost = [nodeid for nodeid in grouped if "@" not in nodeid]
+    if lost:
+        raise pytest.UsageError(f"pytest-xdist did not group {lost[0]} (see pytest's pin in pyproject.toml)")
 
 
 def _model_cache() -> Path:

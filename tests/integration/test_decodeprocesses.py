@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from structlog.testing import capture_logs
 
 from clipsort.decode.decodeprocesses import SLOT_PREFIX, ProcessDecodePool
 from clipsort.decode.decoding import read_and_decode
@@ -144,8 +145,10 @@ def test_slots_are_named_after_their_owner_and_reclaimed_once_it_is_gone(tmp_pat
     holder.kill()
     holder.wait()
     assert left in segments(), "SIGKILL unlinks nothing"
-    with ProcessDecodePool(LIMITS, 1, timeout=30) as pool:
+    with capture_logs() as logged, ProcessDecodePool(LIMITS, 1, timeout=30) as pool:
         assert left not in segments(), "the next pool reclaimed it"
+        [said] = [line for line in logged if line["event"] == "shared_memory_reclaimed"]
+        assert said["slots"] >= 1 and said["log_level"] == "warning"
         assert all(read.crop is not None for read in pool.collect(pool.start(photos(tmp_path, 2), SIDE), 30))
 
 

@@ -126,6 +126,7 @@ def test_cpu_per_file_smoke_run_reports_both_processes_and_the_thread_account(tm
         assert run["pipeline_ms_per_file"] == run["cpu_ms_per_file"] - run["model_ms_per_file"]
 
 
+@pytest.mark.ray  # starts a Ray of its own: not beside the session's (tests/conftest.py)
 def test_cluster_smoke_run_sorts_with_both_engines_and_times_the_ray_phases(tmp_path: Path) -> None:
     """``python -m bench.cluster --quick`` exits 0: both engines placed every file (the benchmark
     checks that itself) and the ray engine's listing, classifying and placing each report a rate."""
