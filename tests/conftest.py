@@ -61,8 +61,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """
     if not session.config.getoption("loadgroup", default=False):
         return  # not a worker of a --dist loadgroup run
-    grouped = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group")]
-    lost = [nodeid for nodeid in grouped if "@" not in nodeid]
+    grouped = (item for item in session.items if item.get_closest_marker("xdist_group"))
+    lost = [item.nodeid for item in grouped if "@" not in item.nodeid]
     if lost:
         raise pytest.UsageError(f"pytest-xdist did not group {lost[0]} (see pytest's pin in pyproject.toml)")
 

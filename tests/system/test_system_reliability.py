@@ -125,9 +125,8 @@ def test_shared_memory_of_a_daemon_killed_with_its_children_is_reclaimed_at_the_
     wait_until(lambda: len(sorted_files(dataset)) == 2, timeout=60)
     # Whichever decoding pool starts next on this machine reclaims them: this daemon's, or one a
     # test beside this one started meanwhile (the suite runs on several workers). That a pool's
-    # start reclaims, and says how many, is test_decodeprocesses.py's.
+    # start reclaims and says so is test_decodeprocesses.py's.
     assert slots_of(pid) == [], "reclaimed by the next decoding pool that started"
-    assert all(event["slots"] >= 1 for event in again.events("shared_memory_reclaimed"))
     assert again.stop() == 0
     assert again.process is not None
     assert slots_of(again.process.pid) == [], "a clean stop unlinks its own slots"
