@@ -19,3 +19,20 @@ def wait_until(predicate: Callable[[], object], timeout: float = 20.0, every: fl
 def live_threads(prefixes: tuple[str, ...]) -> list[str]:
     """Names of live threads whose names start with one of ``prefixes``."""
     return [t.name for t in threading.enumerate() if t.name.startswith(prefixes) and t.is_alive()]
+
+
+def wait_until_dead_unreaped(pid: int, timeout: float = 20.0) -> None:
+    """Wait until child ``pid`` has died but is not yet reaped (a zombie).
+
+    A zombie keeps its /proc entry and start time, so decoding pools starting meanwhile in tests
+    beside this one (pytest-xdist) still count its shared-memory slots as a live owner's: what a
+    SIGKILL left can be checked before the test reaps the process, with no race."""
+
+    def zombie() -> bool:
+        """the process is a zombie"""
+        try:
+            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            return False
+
+    wait_until(zombie, timeout=timeout, every=0.01)

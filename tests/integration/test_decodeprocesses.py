@@ -18,7 +18,7 @@ from clipsort.decode.decoding import read_and_decode
 from clipsort.decode.images import DecodeLimits, centre_crop
 from clipsort.errors import ImageIncomplete, ImageRejected
 from tests.synthetic import save
-from tests.waiting import live_threads, wait_until
+from tests.waiting import live_threads, wait_until, wait_until_dead_unreaped
 
 LIMITS = DecodeLimits(formats=("JPEG", "PNG"), max_pixels=50_000_000, max_bytes=10_000_000)
 SIDE = 32
@@ -105,11 +105,11 @@ def test_a_file_that_kills_its_worker_twice_is_rejected_with_the_reason(tmp_path
 def test_slots_are_bounded_and_reused(tmp_path: Path) -> None:
     """More batches than slots in flight: each waits for a free slot, and all decode."""
     files = photos(tmp_path, 8)
-    before = segments()
+    before = segments(os.getpid())
     with ProcessDecodePool(LIMITS, 2, timeout=30, slots=2) as pool:
         pending = [pool.start(files, SIDE) for _ in range(12)]
         results = [pool.collect(futures, 30) for futures in pending]
-        ours = segments() - before
+        ours = segments(os.getpid()) - before
     first, last = results[0], results[-1]
     assert all(read.crop is not None for batch in results for read in batch)
     assert all(
@@ -120,9 +120,13 @@ def test_slots_are_bounded_and_reused(tmp_path: Path) -> None:
     assert ours.isdisjoint(segments()), "closing the pool unlinks its slots"
 
 
-def segments() -> set[str]:
-    """The decoding slots on this machine (named clipsort-<owner>-...)."""
-    return {name for name in os.listdir("/dev/shm") if name.startswith(SLOT_PREFIX)}
+def segments(owner: int | None = None) -> set[str]:
+    """The decoding slots on this machine (named clipsort-<owner>-...), or only ``owner``'s.
+
+    Tests that count slots count their own process's: a daemon or pool in a test running beside
+    this one (pytest-xdist) makes and reclaims slots of its own at any moment."""
+    prefix = SLOT_PREFIX if owner is None else f"{SLOT_PREFIX}{owner}-"
+    return {name for name in os.listdir("/dev/shm") if name.startswith(prefix)}
 
 
 def mapped_segments(pid: int) -> list[str]:
@@ -143,11 +147,13 @@ def test_slots_are_named_after_their_owner_and_reclaimed_once_it_is_gone(tmp_pat
     with ProcessDecodePool(LIMITS, 1, timeout=30):
         assert left in segments(), "its owner lives: the slot is in use"
     holder.kill()
-    holder.wait()
+    wait_until_dead_unreaped(holder.pid)  # until it is reaped, no pool beside this test reclaims it
     assert left in segments(), "SIGKILL unlinks nothing"
+    holder.wait()
     with capture_logs() as logged, ProcessDecodePool(LIMITS, 1, timeout=30) as pool:
         assert left not in segments(), "the next pool reclaimed it"
-        # One warning, whatever it counts: a test beside this one may have left slots too.
+        # One warning, whatever it counts: a test beside this one may have left slots too. (A pool
+        # starting beside this test in the milliseconds since the reap would take the warning.)
         [said] = [line for line in logged if line["event"] == "shared_memory_reclaimed"]
         assert said["log_level"] == "warning"
         assert all(read.crop is not None for read in pool.collect(pool.start(photos(tmp_path, 2), SIDE), 30))
@@ -187,7 +193,7 @@ def test_a_worker_keeps_each_live_slot_mapped_and_lets_go_of_freed_ones(tmp_path
 def test_closing_without_waiting_settles_every_file_and_unlinks_the_slots(tmp_path: Path) -> None:
     """close(wait=False) mid-batch, as the daemon stops: each file decoded or not ready, nothing left."""
     files = photos(tmp_path, 400)
-    before = segments()
+    before = segments(os.getpid())
     pool = ProcessDecodePool(LIMITS, 2, timeout=30)
     wait_until(lambda: len(pool.pids) == 2)
     workers = pool.pids
@@ -197,7 +203,7 @@ def test_closing_without_waiting_settles_every_file_and_unlinks_the_slots(tmp_pa
     assert all(read.crop is not None or isinstance(read.picture, ImageIncomplete) for read in got)
     assert any(isinstance(read.picture, ImageIncomplete) for read in got), "the batch was cut short"
     wait_until(lambda: not live_threads(("clipsort-decoder",)))
-    assert segments() == before, "the last dispatcher to end unlinked the slots"
+    assert segments(os.getpid()) == before, "the last dispatcher to end unlinked the slots"
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "the workers were killed and reaped"
 
 

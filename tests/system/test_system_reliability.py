@@ -24,7 +24,7 @@ from clipsort.store.journal import Journal
 from tests.daemonproc import Daemon, children, drop, picture_bytes, sha, sorted_files, start
 from tests.helpers import clipsort_process, remove_deep
 from tests.synthetic import draw, make_dataset, save
-from tests.waiting import wait_until
+from tests.waiting import wait_until, wait_until_dead_unreaped
 
 RGB = {"red": "red", "green": "green", "blue": "blue"}
 
@@ -118,8 +118,9 @@ def test_shared_memory_of_a_daemon_killed_with_its_children_is_reclaimed_at_the_
     for member in family:
         with contextlib.suppress(ProcessLookupError):
             os.kill(member, signal.SIGKILL)
-    daemon.process.wait(timeout=10)
+    wait_until_dead_unreaped(pid)  # until it is reaped, no pool beside this test reclaims its slots
     assert slots_of(pid) == left, "SIGKILL unlinks nothing"
+    daemon.process.wait(timeout=10)
     again = start(daemons, root, tiny_model, home, settle_seconds=0.05)
     drop(dataset / "Images", "second.png", picture_bytes(tmp_path, "red", 2, "p.png"))
     wait_until(lambda: len(sorted_files(dataset)) == 2, timeout=60)
