@@ -19,13 +19,16 @@ from clipsort.encode.encoder import (
     Encoder,
     _pictures,
     cpu_has_bf16,
+    load_clip,
+    load_model,
     model_identity,
     resolve_device,
     resolve_threads,
 )
 from clipsort.encode.hub import looks_like_path
+from clipsort.encode.plainclip import PlainClip
 from clipsort.errors import ModelLoadError
-from tests.helpers import clipsort_process
+from tests.helpers import clipsort_process, python_process
 from tests.synthetic import draw, make_dataset
 
 
@@ -118,8 +121,39 @@ def test_the_direct_image_path_agrees_with_sentence_transformers(encoder: Encode
         draw(rng, "blue", "square", 400).resize((230, 500)),
     ]
     direct = encoder.encode_images(pictures)
-    reference = encoder._encode(encoder._model, pictures)
+    reference = encoder._encode(load_model(encoder.name, "cpu"), pictures)
     assert np.allclose(direct, reference, atol=1e-5)
+
+
+def test_a_plain_clip_folder_encodes_as_sentence_transformers_does(tiny_model: Path, tmp_path: Path) -> None:
+    """Loaded with transformers alone, a plain CLIP folder gives sentence-transformers' vectors: texts
+    short and past the tokenizer's limit (truncated alike), and pictures through the processor."""
+    plain, wrapped = load_clip(str(tiny_model), "cpu"), load_model(str(tiny_model), "cpu")
+    assert isinstance(plain, PlainClip)
+    texts = ["red", "a photo of a blue square.", "ünïcödé ☃", " ".join(["green circle"] * 80)]
+    rng = np.random.default_rng(5)
+    pictures = [draw(rng, "red", "circle", size=64), draw(rng, "blue", "square", 300).resize((300, 180))]
+    for items in (texts, pictures):
+        ours = plain.encode(items)
+        theirs = wrapped.encode(items, convert_to_numpy=True, normalize_embeddings=True)
+        assert ours.dtype == np.float32 and ours.shape == theirs.shape
+        assert np.allclose(ours, theirs, atol=1e-6)
+    assert plain.get_embedding_dimension() == wrapped.get_embedding_dimension()
+    assert set(plain.modalities) == {str(modality) for modality in wrapped.modalities}
+    # A folder sentence-transformers saved (modules.json) stays with sentence-transformers.
+    wrapped.save(str(tmp_path / "st"))
+    assert not isinstance(load_clip(str(tmp_path / "st"), "cpu"), PlainClip)
+
+
+def test_an_encoder_on_a_plain_clip_folder_never_imports_sentence_transformers(tiny_model: Path) -> None:
+    """The daemon's start on such a folder skips sentence-transformers' import (1.3 s of CPU here)."""
+    probe = python_process(
+        "-c",
+        "import sys; from clipsort.encode.encoder import Encoder; "
+        f"e = Encoder({str(tiny_model)!r}, 'cpu'); e.encode_texts(['red']); "
+        "print('sentence_transformers' in sys.modules, 'transformers' in sys.modules)",
+    )
+    assert probe.stdout.splitlines()[-1].split() == ["False", "True"], probe.stdout + probe.stderr
 
 
 def test_crops_made_ahead_give_the_pictures_vectors(encoder: Encoder) -> None:

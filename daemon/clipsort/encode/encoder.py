@@ -3,7 +3,8 @@
 A model is a sentence-transformers name (``clip-ViT-B-32``, downloaded once
 on a connected machine) or a local directory (a sentence-transformers folder
 or a plain Hugging Face ``CLIPModel`` folder); a local directory never
-touches the network.
+touches the network. A plain ``CLIPModel`` folder is loaded with transformers
+alone (:mod:`clipsort.encode.plainclip`), the rest with sentence-transformers.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import structlog
@@ -27,12 +28,15 @@ from PIL import Image
 
 from clipsort.decode.images import Crop, centre_crop, input_size
 from clipsort.encode.hub import DEMO_HINT, looks_like_path, require_available
+from clipsort.encode.plainclip import PlainClip, is_plain_clip
 from clipsort.encode.vectors import Vectors
 from clipsort.encode.vocabulary import whole_words
 from clipsort.errors import ModelLoadError
 
 if TYPE_CHECKING:  # imported where a model is loaded: a fine-tuned-only run never needs it (3 s)
     from sentence_transformers import SentenceTransformer
+
+    Loaded: TypeAlias = SentenceTransformer | PlainClip  # what the encoder runs (see load_clip)
 
 log = structlog.get_logger()
 
@@ -126,6 +130,20 @@ def load_model(model: str, device: str) -> SentenceTransformer:
     return _load(model, model, device, local=False)
 
 
+def load_clip(model: str, device: str) -> Loaded:
+    """What the encoder runs: a plain CLIP folder with transformers alone (:mod:`.plainclip`: no
+    sentence-transformers import, 1.3 s of CPU a start), anything else as :func:`load_model`."""
+    folder = Path(model).expanduser()
+    if not looks_like_path(model) or not is_plain_clip(folder):
+        return load_model(model, device)
+    quiet_transformers()
+    try:
+        loaded = PlainClip(folder, device)
+    except Exception as exc:  # I/O and format errors all mean "cannot load"
+        raise ModelLoadError(_explain(model, exc)) from None
+    return loaded.half() if device.startswith("cuda") else loaded
+
+
 def _load(model: str, source: str, device: str, *, local: bool) -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer  # noqa: PLC0415  (see the TYPE_CHECKING import)
 
@@ -138,7 +156,7 @@ def _load(model: str, source: str, device: str, *, local: bool) -> SentenceTrans
     return loaded.eval()
 
 
-def require_modalities(model: SentenceTransformer, name: str, needed: Sequence[str]) -> None:
+def require_modalities(model: Loaded, name: str, needed: Sequence[str]) -> None:
     """ModelLoadError unless ``model`` encodes each of ``needed`` (``image``, ``text``)."""
     has = {str(modality) for modality in model.modalities}
     missing = [modality for modality in needed if modality not in has]
@@ -346,7 +364,7 @@ def _folded_patches(conv: torch.nn.Conv2d, mean: torch.Tensor, std: torch.Tensor
     return folded.requires_grad_(False)
 
 
-def image_tower(model: SentenceTransformer, size: int, device: str, precision: str) -> ImageTower | None:
+def image_tower(model: Loaded, size: int, device: str, precision: str) -> ImageTower | None:
     """The direct image path when ``model`` is a single CLIPModel module, else None."""
     module = model[0]
     clip = getattr(module, "model", None)
@@ -378,12 +396,12 @@ class Encoder:
         self._applied = threading.local()  # which threads have had self.threads applied (see _on_this_thread)
         self.precision = resolve_precision(precision, self.device)
         log.info("model_loading", model=model, device=self.device)  # seconds: say so before, not only after
-        self._model = load_model(model, self.device)
-        self._text = load_model(text_model, self.device) if text_model else self._model
+        self._model = load_clip(model, self.device)
+        self._text = load_clip(text_model, self.device) if text_model else self._model
         require_modalities(self._model, model, ("image",) if text_model else ("image", "text"))
         if text_model:
             require_modalities(self._text, text_model, ("text",))
-        self._cpu: SentenceTransformer | None = None  # loaded the first time the accelerator fails
+        self._cpu: Loaded | None = None  # loaded the first time the accelerator fails
         # Cached vectors never mix precisions: bf16 ones differ in the last digits.
         self.identity = model_identity(model) + ("@bf16" if self.precision == "bf16" else "")
         self.text_identity = f"{self.identity}+{model_identity(text_model)}" if text_model else self.identity
@@ -427,7 +445,7 @@ class Encoder:
         if self._cpu is None:
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
-            self._cpu = load_model(self.name, "cpu")
+            self._cpu = load_clip(self.name, "cpu")
         return self._encode(self._cpu, _pictures(images))
 
     def encode_texts(self, texts: Sequence[str]) -> Vectors:
@@ -452,7 +470,7 @@ class Encoder:
             torch.set_num_threads(self.threads)
             self._applied.done = True
 
-    def _encode(self, model: SentenceTransformer, items: list[Image.Image] | list[str]) -> Vectors:
+    def _encode(self, model: Loaded, items: list[Image.Image] | list[str]) -> Vectors:
         self._on_this_thread()
         if not items:
             return np.zeros((0, self.dimension), dtype=np.float32)
