@@ -27,19 +27,19 @@ other settings (mode, model, datasets) than the unfinished one discards that run
 are not placed yet (the journal still keeps what was placed from being placed again).
 
 Where things happen: every node must see the data root at the same path; the state folder (the
-journal, the shards) is read and written by this process only. The Ray modules load only here.
+journal, the shards) is read and written by this process only. The Ray modules load only here;
+what the tasks run is :mod:`clipsort.sort.clustertasks` (a worker imports no model stack for it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import os
 import pickle
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,15 +49,14 @@ import structlog
 from clipsort.classify.modes.finetuned import FinetunedClassifier
 from clipsort.classify.targets import Corrected, Target
 from clipsort.config import Settings
-from clipsort.decode.decoding import Decoded, read_and_decode
-from clipsort.decode.images import DecodeLimits, centre_crop
+from clipsort.decode.decoding import Decoded
+from clipsort.decode.images import DecodeLimits
 from clipsort.encode.embedcache import EmbeddingCache
 from clipsort.encode.encoder import Encoder, resolve_device
 from clipsort.encode.factory import make_embedder
 from clipsort.errors import FileReplaced
-from clipsort.files import entries, scan
-from clipsort.ingest.sidecars import split
 from clipsort.layout import DatasetLayout
+from clipsort.sort.clustertasks import Decoding, decode_batch, list_folder, list_inbox
 from clipsort.sort.oneshot import Work, gather
 from clipsort.sort.pipeline import Delivery, Outcome, classify_with_fallback, deciding_model, deliver
 from clipsort.sort.shards import (
@@ -72,7 +71,6 @@ from clipsort.sort.shards import (
     manifest_table,
 )
 from clipsort.store.journal import Journal
-from clipsort.work import Signature
 
 log = structlog.get_logger()
 
@@ -85,15 +83,6 @@ class Phases(Protocol):
     def begin(self, phase: str, total: int) -> None: ...
 
     def advance(self, files: int) -> None: ...
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How a dataset's files are decoded: to the CLIP tower's input (a crop) or to a picture."""
-
-    limits: DecodeLimits
-    side: int  # the decoding target's shortest edge
-    crops: Mapping[str, int]  # dataset -> the tower's input size, for datasets classified by CLIP vectors
 
 
 @dataclass
@@ -110,43 +99,7 @@ class Tally:
     left: int = 0  # inference failed: in the inbox for the next run
 
 
-# --- (a) listing: runs in Ray tasks, an inbox's top level first, then one task per folder in it ---
-def list_inbox(dataset: str, inbox: Path, settings: Settings) -> tuple[Any, list[Path]]:
-    """An inbox's own files as a manifest table, and its folders (each listed by a task of its own)."""
-    if inbox.is_symlink():  # as the scanner: an inbox linked elsewhere holds nothing of the dataset's
-        return list_folder(dataset, inbox, settings, 0), []
-    files, folders = entries(inbox, settings.ignore_patterns)
-    return _listed(dataset, files, settings), folders if settings.max_folder_depth > 0 else []
-
-
-def list_folder(dataset: str, folder: Path, settings: Settings, depth: int) -> Any:
-    """Every file under ``folder``, ``depth`` folders below its inbox, as a manifest table."""
-    found = scan(folder, settings.ignore_patterns, settings.max_folder_depth - depth)
-    return _listed(dataset, found, settings)
-
-
-def _listed(dataset: str, paths: Iterable[Path], settings: Settings) -> Any:
-    """The files among ``paths`` (sidecars travel with their pictures, never alone), each ``lstat``-ed."""
-    files, _ = split(paths, settings.sidecar_suffixes)
-    rows = []
-    for path in files:
-        signature = Signature.of(path)
-        if signature is not None:  # gone, or no longer a regular file, since it was listed
-            rows.append(Listed(dataset, path, signature))
-    return manifest_table(rows)
-
-
-# --- (b) classifying: decode in Ray tasks, classify in Ray actors ---
-def decode_batch(batch: Any, decoding: Decoding) -> Any:
-    """Read and decode each file of a manifest batch; the reads travel pickled to the actors."""
-    import pyarrow as pa  # noqa: PLC0415
-
-    reads = []
-    for row in listed_rows(batch):
-        side = decoding.crops.get(row.dataset)
-        prepare = None if side is None else functools.partial(centre_crop, side=side)
-        reads.append(pickle.dumps(read_and_decode(row.path, decoding.limits, decoding.side, prepare)))
-    return batch.append_column("read", pa.array(reads, pa.binary()))
+# (a) listing and (b)'s decoding run in Ray tasks: clipsort.sort.clustertasks.
 
 
 class Classifier:
