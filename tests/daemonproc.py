@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from clipsort.decode.decodeprocesses import SLOT_PREFIX
 from clipsort.service.status import Status, read_status
 from tests.synthetic import draw, save
 from tests.waiting import wait_until
@@ -290,6 +291,15 @@ def cpu_seconds_of(pid: int) -> float:
     """utime + stime of every thread of ``pid`` (fields 14 and 15 of /proc/<pid>/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def slots(owner: int | None = None) -> set[str]:
+    """The decoding slots in /dev/shm (named clipsort-<owner>-...), or only those process ``owner`` made.
+
+    Tests that count slots count their own process's: a daemon or pool in a test running beside
+    this one (pytest-xdist) makes and reclaims slots of its own at any moment."""
+    prefix = SLOT_PREFIX if owner is None else f"{SLOT_PREFIX}{owner}-"
+    return {name for name in os.listdir("/dev/shm") if name.startswith(prefix)}
 
 
 def children(parent: int, command: bytes = b"") -> list[int]:

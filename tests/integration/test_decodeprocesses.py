@@ -17,6 +17,7 @@ from clipsort.decode.decodeprocesses import SLOT_PREFIX, ProcessDecodePool
 from clipsort.decode.decoding import read_and_decode
 from clipsort.decode.images import DecodeLimits, centre_crop
 from clipsort.errors import ImageIncomplete, ImageRejected
+from tests.daemonproc import slots
 from tests.synthetic import save
 from tests.waiting import live_threads, wait_until, wait_until_dead_unreaped
 
@@ -105,11 +106,11 @@ def test_a_file_that_kills_its_worker_twice_is_rejected_with_the_reason(tmp_path
 def test_slots_are_bounded_and_reused(tmp_path: Path) -> None:
     """More batches than slots in flight: each waits for a free slot, and all decode."""
     files = photos(tmp_path, 8)
-    before = segments(os.getpid())
+    before = slots(os.getpid())
     with ProcessDecodePool(LIMITS, 2, timeout=30, slots=2) as pool:
         pending = [pool.start(files, SIDE) for _ in range(12)]
         results = [pool.collect(futures, 30) for futures in pending]
-        ours = segments(os.getpid()) - before
+        ours = slots(os.getpid()) - before
     first, last = results[0], results[-1]
     assert all(read.crop is not None for batch in results for read in batch)
     assert all(
@@ -117,16 +118,7 @@ def test_slots_are_bounded_and_reused(tmp_path: Path) -> None:
         for a, b in zip(first, last, strict=True)
     )
     assert 1 <= len(ours) <= 2, "at most the two slots, whatever the batches in flight"
-    assert ours.isdisjoint(segments()), "closing the pool unlinks its slots"
-
-
-def segments(owner: int | None = None) -> set[str]:
-    """The decoding slots on this machine (named clipsort-<owner>-...), or only ``owner``'s.
-
-    Tests that count slots count their own process's: a daemon or pool in a test running beside
-    this one (pytest-xdist) makes and reclaims slots of its own at any moment."""
-    prefix = SLOT_PREFIX if owner is None else f"{SLOT_PREFIX}{owner}-"
-    return {name for name in os.listdir("/dev/shm") if name.startswith(prefix)}
+    assert ours.isdisjoint(slots()), "closing the pool unlinks its slots"
 
 
 def mapped_segments(pid: int) -> list[str]:
@@ -143,15 +135,15 @@ def test_slots_are_named_after_their_owner_and_reclaimed_once_it_is_gone(tmp_pat
     assert holder.stdout is not None
     left = holder.stdout.readline().strip()
     assert left.startswith(f"{SLOT_PREFIX}{holder.pid}-"), left
-    assert left in segments()
+    assert left in slots()
     with ProcessDecodePool(LIMITS, 1, timeout=30):
-        assert left in segments(), "its owner lives: the slot is in use"
+        assert left in slots(), "its owner lives: the slot is in use"
     holder.kill()
     wait_until_dead_unreaped(holder.pid)  # until it is reaped, no pool beside this test reclaims it
-    assert left in segments(), "SIGKILL unlinks nothing"
+    assert left in slots(), "SIGKILL unlinks nothing"
     holder.wait()
     with capture_logs() as logged, ProcessDecodePool(LIMITS, 1, timeout=30) as pool:
-        assert left not in segments(), "the next pool reclaimed it"
+        assert left not in slots(), "the next pool reclaimed it"
         # One warning, whatever it counts: a test beside this one may have left slots too. (A pool
         # starting beside this test in the milliseconds since the reap would take the warning.)
         [said] = [line for line in logged if line["event"] == "shared_memory_reclaimed"]
@@ -184,7 +176,7 @@ def test_a_worker_keeps_each_live_slot_mapped_and_lets_go_of_freed_ones(tmp_path
         for files in (large, large, large):  # each slot grows: a new segment, the old one unlinked
             assert all(read.crop is not None for read in pool.collect(pool.start(files, SIDE), 30))
         then = mapped_segments(worker)
-        live = segments()
+        live = slots()
     assert len(first) == 2 and not any("deleted" in name for name in first), "both slots, mapped once"
     assert len(then) == 2 and set(then) <= live, "the grown slots only: the freed ones were let go"
     assert set(then).isdisjoint(first)
@@ -193,7 +185,7 @@ def test_a_worker_keeps_each_live_slot_mapped_and_lets_go_of_freed_ones(tmp_path
 def test_closing_without_waiting_settles_every_file_and_unlinks_the_slots(tmp_path: Path) -> None:
     """close(wait=False) mid-batch, as the daemon stops: each file decoded or not ready, nothing left."""
     files = photos(tmp_path, 400)
-    before = segments(os.getpid())
+    before = slots(os.getpid())
     pool = ProcessDecodePool(LIMITS, 2, timeout=30)
     wait_until(lambda: len(pool.pids) == 2)
     workers = pool.pids
@@ -203,7 +195,7 @@ def test_closing_without_waiting_settles_every_file_and_unlinks_the_slots(tmp_pa
     assert all(read.crop is not None or isinstance(read.picture, ImageIncomplete) for read in got)
     assert any(isinstance(read.picture, ImageIncomplete) for read in got), "the batch was cut short"
     wait_until(lambda: not live_threads(("clipsort-decoder",)))
-    assert segments(os.getpid()) == before, "the last dispatcher to end unlinked the slots"
+    assert slots(os.getpid()) == before, "the last dispatcher to end unlinked the slots"
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "the workers were killed and reaped"
 
 

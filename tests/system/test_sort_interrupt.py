@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipsort.decode.decodeprocesses import SLOT_PREFIX
 from clipsort.store.journal import Journal
-from tests.daemonproc import children
+from tests.daemonproc import children, slots
 from tests.synthetic import make_dataset
 from tests.waiting import wait_until
 
@@ -135,9 +134,7 @@ def test_ctrl_c_stops_sort_promptly_in_every_phase_and_loses_nothing(
     if phase in ("decoding processes starting", "model loading"):
         assert placed == 0
     assert not decoding_processes(run.process.pid)
-    assert not [
-        name for name in os.listdir("/dev/shm") if name.startswith(f"{SLOT_PREFIX}{run.process.pid}-")
-    ]
+    assert not slots(run.process.pid)
     assert run.events("decoder_not_started") == 0, "no decoding process died of the Ctrl-C"
     if (tmp_path / "state" / "journal.db").exists():
         with Journal(tmp_path / "state") as journal:

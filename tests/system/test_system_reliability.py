@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipsort.decode.decodeprocesses import SLOT_PREFIX
 from clipsort.store.journal import Journal
-from tests.daemonproc import Daemon, children, drop, picture_bytes, sha, sorted_files, start
+from tests.daemonproc import Daemon, children, drop, picture_bytes, sha, slots, sorted_files, start
 from tests.helpers import clipsort_process, remove_deep
 from tests.synthetic import draw, make_dataset, save
 from tests.waiting import wait_until, wait_until_dead_unreaped
@@ -94,11 +93,6 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     assert all(e.destination is not None and sha(e.destination) == e.intent.sha256 for e in moved)
 
 
-def slots_of(pid: int) -> list[str]:
-    """The decoding slots in /dev/shm that process ``pid`` made."""
-    return [name for name in os.listdir("/dev/shm") if name.startswith(f"{SLOT_PREFIX}{pid}-")]
-
-
 def test_shared_memory_of_a_daemon_killed_with_its_children_is_reclaimed_at_the_next_start(
     daemons: list[Daemon], tmp_path: Path, tiny_model: Path
 ) -> None:
@@ -112,14 +106,14 @@ def test_shared_memory_of_a_daemon_killed_with_its_children_is_reclaimed_at_the_
     wait_until(lambda: sorted_files(dataset), timeout=60)
     assert daemon.process is not None
     pid = daemon.process.pid
-    left = slots_of(pid)
+    left = slots(pid)
     assert left, "the decoding processes' slots exist while the daemon runs"
     family = [pid, *children(pid)]  # the decoding processes and Python's resource tracker
     for member in family:
         with contextlib.suppress(ProcessLookupError):
             os.kill(member, signal.SIGKILL)
     wait_until_dead_unreaped(pid)  # until it is reaped, no pool beside this test reclaims its slots
-    assert slots_of(pid) == left, "SIGKILL unlinks nothing"
+    assert slots(pid) == left, "SIGKILL unlinks nothing"
     daemon.process.wait(timeout=10)
     again = start(daemons, root, tiny_model, home, settle_seconds=0.05)
     drop(dataset / "Images", "second.png", picture_bytes(tmp_path, "red", 2, "p.png"))
@@ -127,10 +121,10 @@ def test_shared_memory_of_a_daemon_killed_with_its_children_is_reclaimed_at_the_
     # Whichever decoding pool starts next on this machine reclaims them: this daemon's, or one a
     # test beside this one started meanwhile (the suite runs on several workers). That a pool's
     # start reclaims and says so is test_decodeprocesses.py's.
-    assert slots_of(pid) == [], "reclaimed by the next decoding pool that started"
+    assert slots(pid) == set(), "reclaimed by the next decoding pool that started"
     assert again.stop() == 0
     assert again.process is not None
-    assert slots_of(again.process.pid) == [], "a clean stop unlinks its own slots"
+    assert slots(again.process.pid) == set(), "a clean stop unlinks its own slots"
 
 
 def test_malformed_input_is_quarantined_or_left_alone_and_the_daemon_carries_on(
