@@ -92,8 +92,9 @@ def test_real_strangers_stay_out_at_the_held_share_asked_for(
 ) -> None:
     """Default settings, every CLIP mode: >= 0.80 of strangers kept out with <= 0.10 of in-class held.
 
-    In-class filed right: reference and mixed no worse than before; text mode 0.02 below it (its
-    gate now holds about as much as the others' instead of 0.05, which keeps 0.16 more strangers out).
+    In-class filed right: reference and mixed no worse than before; text mode up to 0.03 below it
+    (0.01 measured: its gate now holds about as much as the others' instead of 0.05, which keeps
+    0.14 more strangers out). unknown_held's default is auto, 0.05 here (docs: the gate's method).
     """
     outcomes = by_dataset(sort_all(data_root, digits_encoder, mode=mode))
     rows = {name: shares(outcomes[name], truth, classes) for name, (classes, truth) in datasets.items()}
@@ -175,7 +176,8 @@ def test_a_checkpoint_keeps_real_strangers_out(
         }
     mean = table("finetuned", rows)
     assert mean["kept_out"] >= 0.80 and mean["held"] <= 0.10, rows
-    # 0.877 against 0.88: about three pictures of a thousand more held, for 0.22 more strangers out.
+    # unknown_held auto is 0.07 in this mode; 0.877 against 0.88 was measured on an earlier training:
+    # about three pictures of a thousand more held, for 0.22 more strangers out.
     assert mean["right"] >= BEFORE["finetuned"]["right"] - 0.01, rows
 
 

@@ -52,6 +52,19 @@ def test_flags_beat_dataset_overrides(data_root: Path) -> None:
     assert forced.for_dataset("shoes").action == "copy"
 
 
+def test_the_unknown_knob_is_automatic_per_kind_of_mode_unless_set(data_root: Path) -> None:
+    """unknown_held auto: 0.05 in the CLIP modes, 0.07 in finetuned; a number, global or per dataset, wins."""
+    Path("config.toml").write_text(
+        '[datasets.tuned]\nmode = "finetuned"\n[datasets.set]\nmode = "finetuned"\nunknown_held = 0.1\n'
+    )
+    settings = load_settings()
+    assert settings.unknown_held == "auto"
+    found = {name: settings.for_dataset(name).unknown_held for name in ("plain", "tuned", "set")}
+    assert found == {"plain": 0.05, "tuned": 0.07, "set": 0.1}
+    fixed = load_settings(None, {"unknown_held": 0.2})
+    assert fixed.for_dataset("plain").unknown_held == fixed.for_dataset("tuned").unknown_held == 0.2
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
