@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -13,8 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from structlog.testing import capture_logs
 
+from clipsort.encode.compiled import CompiledClip
 from clipsort.encode.encoder import (
     Encoder,
     _pictures,
@@ -154,6 +157,76 @@ def test_an_encoder_on_a_plain_clip_folder_never_imports_sentence_transformers(t
         "print('sentence_transformers' in sys.modules, 'transformers' in sys.modules)",
     )
     assert probe.stdout.splitlines()[-1].split() == ["False", "True"], probe.stdout + probe.stderr
+
+
+TEXTS = ["red", "a photo of a blue square.", "ünïcödé ☃", " ".join(["green circle"] * 80)]
+
+
+def test_a_compiled_copy_encodes_as_the_model_and_starts_without_transformers(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """The first start on a plain CLIP folder keeps its towers as TorchScript; a later start in a new
+    process loads them without importing transformers and gives the same vectors, texts past the
+    tokenizer's limit included, and the same size, scale, width and vocabulary."""
+    cache = tmp_path / "compiled"
+    first = Encoder(str(tiny_model), "cpu", precision="auto", compiled_in=cache)
+    assert isinstance(first._model, PlainClip), "the first start loads the folder with transformers"
+    [entry] = cache.iterdir()
+    assert sorted(p.name for p in entry.iterdir()) == ["image.pt", "meta.json", "text.pt", "tokenizer.json"]
+    rng = np.random.default_rng(4)
+    pictures = [draw(rng, "red", "circle", size=64), draw(rng, "blue", "square", 300).resize((300, 180))]
+    for index, picture in enumerate(pictures):
+        picture.save(tmp_path / f"{index}.png")
+    probe = python_process(
+        "-c",
+        "import json, sys; from pathlib import Path; from PIL import Image; "
+        "from clipsort.encode.encoder import Encoder; "
+        f"e = Encoder({str(tiny_model)!r}, 'cpu', precision='auto', compiled_in=Path({str(cache)!r})); "
+        f"texts = e.encode_texts({TEXTS!r}).tolist(); "
+        f"images = e.encode_images([Image.open(f'{tmp_path}/{{i}}.png').convert('RGB') for i in (0, 1)]); "
+        "print(json.dumps({'texts': texts, 'images': images.tolist(), 'size': e.image_size, "
+        "'scale': e.logit_scale, 'width': e.dimension, 'words': list(e.vocabulary()), "
+        "'type': type(e._model).__name__, 'transformers': 'transformers' in sys.modules}))",
+    )
+    assert probe.returncode == 0, probe.stderr
+    found = json.loads(probe.stdout.splitlines()[-1])
+    assert found["type"] == "CompiledClip" and found["transformers"] is False, found["type"]
+    assert np.allclose(found["texts"], first.encode_texts(TEXTS), atol=1e-6)
+    loaded = [Image.open(tmp_path / f"{index}.png").convert("RGB") for index in (0, 1)]
+    assert np.allclose(found["images"], first.encode_images(loaded), atol=1e-6)
+    assert (found["size"], found["width"]) == (first.image_size, first.dimension)
+    assert found["scale"] == pytest.approx(first.logit_scale)
+    assert tuple(found["words"]) == first.vocabulary()
+
+
+def test_a_changed_folder_a_damaged_entry_or_an_unwritable_cache_loads_the_folder(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """A compiled copy is used only for the very folder it was made from; one that cannot be read is
+    logged and passed over; a cache that cannot be written costs the next start, never this one."""
+    folder = Path(shutil.copytree(tiny_model, tmp_path / "m"))
+    cache = tmp_path / "compiled"
+    made = Encoder(str(folder), "cpu", compiled_in=cache)
+    expected = made.encode_texts(TEXTS)
+    assert isinstance(Encoder(str(folder), "cpu", compiled_in=cache)._model, CompiledClip)
+    os.utime(folder / "config.json", ns=(1, 1))  # a changed folder: a new identity, so a new entry
+    assert isinstance(Encoder(str(folder), "cpu", compiled_in=cache)._model, PlainClip)
+    assert len(list(cache.iterdir())) == 2
+    for entry in cache.iterdir():
+        (entry / "text.pt").write_bytes(b"not a graph")
+    with capture_logs() as logs:
+        damaged = Encoder(str(folder), "cpu", compiled_in=cache)
+    assert isinstance(damaged._model, PlainClip)
+    assert [e["event"] for e in logs if e["event"] == "compiled_model_unusable"] == [
+        "compiled_model_unusable"
+    ]
+    assert np.allclose(damaged.encode_texts(TEXTS), expected, atol=1e-6)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    with capture_logs() as logs:
+        unwritable = Encoder(str(folder), "cpu", compiled_in=blocked / "compiled")
+    assert [e for e in logs if e["event"] == "model_not_compiled"] != []
+    assert np.allclose(unwritable.encode_texts(TEXTS), expected, atol=1e-6)
 
 
 def test_crops_made_ahead_give_the_pictures_vectors(encoder: Encoder) -> None:

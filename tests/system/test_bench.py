@@ -137,3 +137,12 @@ def test_cluster_smoke_run_sorts_with_both_engines_and_times_the_ray_phases(tmp_
     phases = found["ray"]["phases"]
     assert set(phases) == {"listing", "classifying", "placing"}, phases
     assert all(phase["files"] == report["files"] for phase in phases.values()), phases
+
+
+def test_model_start_smoke_run_compares_the_compiled_copy_with_transformers(tmp_path: Path) -> None:
+    """``python -m bench.model_start --quick`` exits 0 with both starts' CPU, their ratio and the sizes."""
+    report = smoke("bench.model_start", tmp_path / "model-start.json")
+    [row] = report["models"].values()
+    assert row["first_start_cpu_s"] > 0 and row["transformers_cpu_s"] > 0 and row["compiled_cpu_s"] > 0
+    assert row["compiled_vs_transformers"] == row["compiled_cpu_s"] / row["transformers_cpu_s"]
+    assert row["entry_mb"] > 0 and row["model_mb"] > 0

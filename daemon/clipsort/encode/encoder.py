@@ -4,7 +4,9 @@ A model is a sentence-transformers name (``clip-ViT-B-32``, downloaded once
 on a connected machine) or a local directory (a sentence-transformers folder
 or a plain Hugging Face ``CLIPModel`` folder); a local directory never
 touches the network. A plain ``CLIPModel`` folder is loaded with transformers
-alone (:mod:`clipsort.encode.plainclip`), the rest with sentence-transformers.
+alone (:mod:`clipsort.encode.plainclip`), or on the CPU from its compiled copy
+without transformers (:mod:`clipsort.encode.compiled`, where the caller names a
+cache), the rest with sentence-transformers.
 """
 
 from __future__ import annotations
@@ -16,17 +18,16 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import structlog
 import torch
-import transformers
 from PIL import Image
 
 from clipsort.decode.images import Crop, centre_crop, input_size
+from clipsort.encode import compiled
 from clipsort.encode.hub import DEMO_HINT, looks_like_path, require_available
 from clipsort.encode.plainclip import PlainClip, is_plain_clip
 from clipsort.encode.vectors import Vectors
@@ -34,9 +35,11 @@ from clipsort.encode.vocabulary import whole_words
 from clipsort.errors import ModelLoadError
 
 if TYPE_CHECKING:  # imported where a model is loaded: a fine-tuned-only run never needs it (3 s)
+    import transformers
     from sentence_transformers import SentenceTransformer
 
-    Loaded: TypeAlias = SentenceTransformer | PlainClip  # what the encoder runs (see load_clip)
+    # What the encoder runs (see load_clip; a compiled copy of a plain CLIP folder, see Encoder).
+    Loaded: TypeAlias = SentenceTransformer | PlainClip | compiled.CompiledClip
 
 log = structlog.get_logger()
 
@@ -105,6 +108,8 @@ def quiet_transformers() -> None:
     weight file written, a load report with raw escape codes); real failures
     still surface as exceptions.
     """
+    import transformers  # noqa: PLC0415  (4.6 s of CPU: only where a model is loaded with it)
+
     transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     # A tqdm bar, even a disabled one, starts tqdm's monitor thread for the life of the process.
@@ -187,34 +192,25 @@ class ImageTower:
     patch embedding's weights, so the model takes the pixels' 0-255 values as
     they are (see :func:`_folded_patches`). Outputs match the
     sentence-transformers path (a test holds them to it), which remains for
-    models that are not a plain CLIPModel.
+    models that are not a plain CLIPModel. Made by :func:`traced_tower`, or
+    from a compiled copy's graph alone (:mod:`clipsort.encode.compiled`: no ``module``).
     """
 
     def __init__(
         self,
-        clip: transformers.CLIPModel,
-        image_processor: Any,
         size: int,
         device: str,
-        precision: str = "fp32",
+        graph: Callable[[torch.Tensor], torch.Tensor] | None,
+        module: torch.nn.Module | None = None,
+        bf16: bool = False,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.clip = clip
         self.size = size
         self.device = device
-        # bf16 on the CPU: the image side's weights are stored in bf16 and autocast keeps the
-        # precision-sensitive steps (layer norms, softmax) in fp32. Storing them matters: with
-        # fp32 weights autocast recasts all of them on every batch, which cost ViT-B/32 a fifth of
-        # its rate on two cores (bench/README.md). The sentence-transformers image path is then
-        # unusable for this model; it is only used for models that have no tower.
-        self.bf16 = precision == "bf16" and device == "cpu"
-        if self.bf16:
-            clip.vision_model.to(torch.bfloat16)
-            clip.visual_projection.to(torch.bfloat16)
-        self.dtype = clip.logit_scale.dtype  # fp16 on CUDA, else fp32: the dtype pixels enter in
-        mean = torch.tensor(image_processor.image_mean, dtype=torch.float32) * 255
-        std = torch.tensor(image_processor.image_std, dtype=torch.float32) * 255
-        self._module = _Projected(clip, mean, std).eval()
-        self.graph = self._trace()
+        self.graph = graph
+        self._module = module
+        self.bf16 = bf16
+        self.dtype = dtype  # fp16 on CUDA, else fp32: the dtype pixels enter in
 
     def crop(self, image: Image.Image) -> Crop:
         """:func:`~clipsort.decode.images.centre_crop` to this tower's input; thread-safe."""
@@ -245,54 +241,79 @@ class ImageTower:
         """Projected image features of :meth:`normalised` pixels, in the configured precision."""
         if self.graph is None:
             return self.eager(values)
-        # Plain interpretation: the optimising executor would re-profile the graph for each new
-        # batch size (the daemon's batches vary), and its fusions buy nothing measurable here.
-        with _interpreted():
+        with compiled.interpreted():
             return self.graph(values)
 
     def eager(self, values: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` through the Python modules, one operator at a time."""
-        with self._autocast():
+        if self._module is None:
+            raise RuntimeError("a compiled image tower has its graph only")
+        with _autocast(self.bf16):
             projected: torch.Tensor = self._module(values)
         return projected
 
-    def _autocast(self) -> torch.autocast:
-        """bf16 matrix products with fp32 norms where configured (CPU bf16); elsewhere it does nothing."""
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
 
-    def _trace(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """The image side recorded as a TorchScript graph, or None where that fails or disagrees.
+def traced_tower(
+    clip: transformers.CLIPModel, image_processor: Any, size: int, device: str, precision: str = "fp32"
+) -> ImageTower:
+    """The image tower of ``clip`` with its patch weights folded, traced where that works.
 
-        Why: the graph runs a whole forward pass in C++ without the GIL. Eager PyTorch takes the
-        GIL back after each of the ~200 operators of ViT-B/32, and in the daemon the decoding,
-        watching and intake threads hold it in between: beside one busy Python thread an eager
-        forward ran at a third of its rate, the graph at full rate (bench/README.md). The trace
-        records autocast's casts, so the graph is called outside autocast.
-        """
-        sample = torch.rand((2, 3, self.size, self.size), generator=torch.Generator().manual_seed(0))
-        sample = sample.to(self.device, self.dtype)
-        try:
-            with warnings.catch_warnings():
-                # The tracer warns about every Python-level shape check it freezes; the image
-                # size is fixed per model and the check below compares the result.
-                warnings.simplefilter("ignore", _TracerWarning)
-                warnings.simplefilter("ignore", FutureWarning)  # transformers' attribute renames
-                # Deprecated since torch 2.13 for torch.compile/torch.export, which compile C++ at
-                # every start (bench/README.md); if tracing goes, the eager fallback below serves.
-                warnings.filterwarnings("ignore", r"`torch\.jit\.trace", DeprecationWarning)
-                with torch.inference_mode(), _interpreted():
-                    with self._autocast():
-                        graph: Callable[[torch.Tensor], torch.Tensor] = torch.jit.trace(  # type: ignore[no-untyped-call]
-                            self._module, sample, check_trace=False
-                        )
-                    expected, traced = self.eager(sample), graph(sample)
-        except Exception as exc:  # an unusual model runs eagerly, as before
-            log.warning("model_not_traced", reason=f"{type(exc).__name__}: {exc}")
-            return None
-        if not torch.allclose(traced.float(), expected.float(), rtol=1e-3, atol=1e-3):
-            log.warning("model_not_traced", reason="the traced graph disagrees with the model")
-            return None
-        return graph
+    bf16 on the CPU: the image side's weights are stored in bf16 and autocast keeps the
+    precision-sensitive steps (layer norms, softmax) in fp32. Storing them matters: with fp32
+    weights autocast recasts all of them on every batch, which cost ViT-B/32 a fifth of its rate on
+    two cores (bench/README.md). The sentence-transformers image path is then unusable for this
+    model; it is only used for models that have no tower.
+    """
+    bf16 = precision == "bf16" and device == "cpu"
+    if bf16:
+        clip.vision_model.to(torch.bfloat16)
+        clip.visual_projection.to(torch.bfloat16)
+    dtype = clip.logit_scale.dtype
+    mean = torch.tensor(image_processor.image_mean, dtype=torch.float32) * 255
+    std = torch.tensor(image_processor.image_std, dtype=torch.float32) * 255
+    tower = ImageTower(size, device, None, _Projected(clip, mean, std).eval(), bf16, dtype)
+    tower.graph = _trace(tower)
+    return tower
+
+
+def _autocast(bf16: bool) -> torch.autocast:
+    """bf16 matrix products with fp32 norms where configured (CPU bf16); elsewhere it does nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
+def _trace(tower: ImageTower) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The image side recorded as a TorchScript graph, or None where that fails or disagrees.
+
+    Why: the graph runs a whole forward pass in C++ without the GIL. Eager PyTorch takes the
+    GIL back after each of the ~200 operators of ViT-B/32, and in the daemon the decoding,
+    watching and intake threads hold it in between: beside one busy Python thread an eager
+    forward ran at a third of its rate, the graph at full rate (bench/README.md). The trace
+    records autocast's casts, so the graph is called outside autocast.
+    """
+    sample = torch.rand((2, 3, tower.size, tower.size), generator=torch.Generator().manual_seed(0))
+    sample = sample.to(tower.device, tower.dtype)
+    try:
+        with warnings.catch_warnings():
+            # The tracer warns about every Python-level shape check it freezes; the image
+            # size is fixed per model and the check below compares the result.
+            warnings.simplefilter("ignore", _TracerWarning)
+            warnings.simplefilter("ignore", FutureWarning)  # transformers' attribute renames
+            # Deprecated since torch 2.13 for torch.compile/torch.export, which compile C++ at
+            # every start (bench/README.md); if tracing goes, the eager fallback below serves.
+            warnings.filterwarnings("ignore", r"`torch\.jit\.trace", DeprecationWarning)
+            with torch.inference_mode(), compiled.interpreted():
+                with _autocast(tower.bf16):
+                    graph: Callable[[torch.Tensor], torch.Tensor] = torch.jit.trace(  # type: ignore[no-untyped-call]
+                        tower._module, sample, check_trace=False
+                    )
+                expected, traced = tower.eager(sample), graph(sample)
+    except Exception as exc:  # an unusual model runs eagerly, as before
+        log.warning("model_not_traced", reason=f"{type(exc).__name__}: {exc}")
+        return None
+    if not torch.allclose(traced.float(), expected.float(), rtol=1e-3, atol=1e-3):
+        log.warning("model_not_traced", reason="the traced graph disagrees with the model")
+        return None
+    return graph
 
 
 def _pictures(images: Sequence[Image.Image | Crop]) -> list[Image.Image]:
@@ -302,12 +323,6 @@ def _pictures(images: Sequence[Image.Image | Crop]) -> list[Image.Image]:
 
 # Public parts of torch.jit that torch's type stubs do not re-export.
 _TracerWarning: type[Warning] = torch.jit.TracerWarning  # type: ignore[attr-defined]
-
-
-def _interpreted() -> AbstractContextManager[None]:
-    """TorchScript's plain interpreter, without the optimising executor's per-shape profiling."""
-    manager: AbstractContextManager[None] = torch.jit.optimized_execution(False)  # type: ignore[attr-defined]
-    return manager
 
 
 class _Projected(torch.nn.Module):
@@ -366,12 +381,16 @@ def _folded_patches(conv: torch.nn.Conv2d, mean: torch.Tensor, std: torch.Tensor
 
 def image_tower(model: Loaded, size: int, device: str, precision: str) -> ImageTower | None:
     """The direct image path when ``model`` is a single CLIPModel module, else None."""
+    if isinstance(model, compiled.CompiledClip):
+        return model.tower
+    import transformers  # noqa: PLC0415  (loaded already: the model is transformers')
+
     module = model[0]
     clip = getattr(module, "model", None)
     processor = getattr(getattr(module, "processor", None), "image_processor", None)
     if len(model) != 1 or not isinstance(clip, transformers.CLIPModel) or processor is None:
         return None
-    return ImageTower(clip, processor, size, device, precision)
+    return traced_tower(clip, processor, size, device, precision)
 
 
 class Encoder:
@@ -389,6 +408,7 @@ class Encoder:
         text_model: str | None = None,
         precision: str = "fp32",
         threads: int = 0,
+        compiled_in: Path | None = None,
     ) -> None:
         self.name = model
         self.device = resolve_device(device)
@@ -396,20 +416,27 @@ class Encoder:
         self._applied = threading.local()  # which threads have had self.threads applied (see _on_this_thread)
         self.precision = resolve_precision(precision, self.device)
         log.info("model_loading", model=model, device=self.device)  # seconds: say so before, not only after
-        self._model = load_clip(model, self.device)
+        # Cached vectors never mix precisions: bf16 ones differ in the last digits.
+        self.identity = model_identity(model) + ("@bf16" if self.precision == "bf16" else "")
+        entry = self._compiled_entry(compiled_in)
+        found = None if entry is None else compiled.load(entry, lambda side: ImageTower(side, "cpu", None))
+        self._model: Loaded = found if found is not None else load_clip(model, self.device)
         self._text = load_clip(text_model, self.device) if text_model else self._model
         require_modalities(self._model, model, ("image",) if text_model else ("image", "text"))
         if text_model:
             require_modalities(self._text, text_model, ("text",))
         self._cpu: Loaded | None = None  # loaded the first time the accelerator fails
-        # Cached vectors never mix precisions: bf16 ones differ in the last digits.
-        self.identity = model_identity(model) + ("@bf16" if self.precision == "bf16" else "")
         self.text_identity = f"{self.identity}+{model_identity(text_model)}" if text_model else self.identity
-        self.image_size = input_size(
-            getattr(getattr(self._model[0], "processor", None), "image_processor", None)
+        self.image_size = (
+            found.image_size
+            if found is not None
+            else input_size(getattr(getattr(self._model[0], "processor", None), "image_processor", None))
         )
-        self.logit_scale = self._logit_scale()
+        self.logit_scale = found.logit_scale if found is not None else self._logit_scale()
         self._tower = image_tower(self._model, self.image_size, self.device, self.precision)
+        if entry is not None and found is None and isinstance(self._model, PlainClip) and self._tower:
+            folder = Path(model).expanduser()
+            compiled.save(entry, self._model, folder, self._tower, self.image_size, self.logit_scale)
         log.info(
             "model_loaded",
             model=model,
@@ -417,7 +444,17 @@ class Encoder:
             device=self.device,
             precision=self.precision,
             identity=self.identity,
+            compiled=found is not None,
         )
+
+    def _compiled_entry(self, root: Path | None) -> Path | None:
+        """The compiled copy's entry under ``root`` where this model can have one (a plain CLIP folder
+        on the CPU, :mod:`.compiled`), else None."""
+        if root is None or self.device != "cpu" or not looks_like_path(self.name):
+            return None
+        if not is_plain_clip(Path(self.name).expanduser()):
+            return None
+        return compiled.entry_for(root, self.identity)
 
     def _logit_scale(self) -> float:
         """CLIP's learned temperature (100 for OpenAI's models), for turning cosines into probabilities."""

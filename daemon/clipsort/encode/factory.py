@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from clipsort.config import Settings
 from clipsort.decode.images import DecodeLimits
+from clipsort.encode import compiled
 from clipsort.encode.embedcache import EmbeddingCache
 from clipsort.encode.embeddings import Embedder
 from clipsort.encode.encoder import Encoder
@@ -17,7 +18,12 @@ from clipsort.encode.encoder import Encoder
 def make_encoder(settings: Settings) -> Encoder:
     """The configured model on the configured device, in the configured precision."""
     return Encoder(
-        settings.model, settings.device, settings.text_model, settings.precision, settings.model_threads
+        settings.model,
+        settings.device,
+        settings.text_model,
+        settings.precision,
+        settings.model_threads,
+        compiled_in=compiled.cache_root() if settings.compiled_cache else None,
     )
 
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import transformers
 from PIL import Image
 
 MODALITIES = ("text", "image")
@@ -48,6 +47,8 @@ class PlainClip:
     """
 
     def __init__(self, folder: Path, device: str) -> None:
+        import transformers  # noqa: PLC0415  (4.6 s of CPU: not where a compiled copy serves)
+
         self.model = transformers.CLIPModel.from_pretrained(str(folder), local_files_only=True)
         self.processor = transformers.CLIPProcessor.from_pretrained(str(folder), local_files_only=True)
         self.device = device
