@@ -202,16 +202,27 @@ def test_a_compiled_copy_encodes_as_the_model_and_starts_without_transformers(
 def test_a_changed_folder_a_damaged_entry_or_an_unwritable_cache_loads_the_folder(
     tiny_model: Path, tmp_path: Path
 ) -> None:
-    """A compiled copy is used only for the very folder it was made from; one that cannot be read is
-    logged and passed over; a cache that cannot be written costs the next start, never this one."""
+    """A compiled copy is used only for the very folder it was made from, and pruned once that folder
+    changes or is gone; one that cannot be read is logged and passed over; a cache that cannot be
+    written costs the next start, never this one."""
     folder = Path(shutil.copytree(tiny_model, tmp_path / "m"))
     cache = tmp_path / "compiled"
     made = Encoder(str(folder), "cpu", compiled_in=cache)
     expected = made.encode_texts(TEXTS)
     assert isinstance(Encoder(str(folder), "cpu", compiled_in=cache)._model, CompiledClip)
+    [before] = cache.iterdir()
     os.utime(folder / "config.json", ns=(1, 1))  # a changed folder: a new identity, so a new entry
     assert isinstance(Encoder(str(folder), "cpu", compiled_in=cache)._model, PlainClip)
+    [after] = cache.iterdir()
+    assert after != before, "the changed folder's old entry is pruned when its new one is made"
+    gone = Path(shutil.copytree(tiny_model, tmp_path / "gone"))
+    Encoder(str(gone), "cpu", compiled_in=cache)
     assert len(list(cache.iterdir())) == 2
+    shutil.rmtree(gone)
+    os.utime(folder / "config.json", ns=(2, 2))
+    Encoder(str(folder), "cpu", compiled_in=cache)
+    [last] = cache.iterdir()
+    assert last not in (before, after), "a removed folder's entry is pruned at the next one made"
     for entry in cache.iterdir():
         (entry / "text.pt").write_bytes(b"not a graph")
     with capture_logs() as logs:
@@ -221,6 +232,9 @@ def test_a_changed_folder_a_damaged_entry_or_an_unwritable_cache_loads_the_folde
         "compiled_model_unusable"
     ]
     assert np.allclose(damaged.encode_texts(TEXTS), expected, atol=1e-6)
+    remade = Encoder(str(folder), "cpu", compiled_in=cache)
+    assert isinstance(remade._model, CompiledClip), "the damaged entry was made anew"
+    assert np.allclose(remade.encode_texts(TEXTS), expected, atol=1e-6)
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     with capture_logs() as logs:

@@ -11,8 +11,9 @@ the tokenizers library alone (a test holds the vectors to the transformers path'
 An entry is keyed by the folder's identity (its path and its files' sizes and modification times),
 the precision, torch's version and :data:`FORMAT`, so a changed model, precision or torch never
 reuses one; it is written to a temporary folder and renamed into place, so a process that races
-another for the same entry reads a whole one or none. CPU only: on a GPU host the start is not
-what limits, and the fp16 CUDA path stays as it was.
+another for the same entry reads a whole one or none. Making one prunes the entries whose folder is
+gone or has changed (:func:`prune`): an entry holds the model's weights again. CPU only: on a GPU
+host the start is not what limits, and the fp16 CUDA path stays as it was.
 """
 
 from __future__ import annotations
@@ -147,8 +148,34 @@ def load(entry: Path, make_tower: Callable[[int], ImageTower]) -> CompiledClip |
             text = torch.jit.load(str(entry / TEXT), map_location="cpu")  # type: ignore[no-untyped-call]
     except Exception as exc:  # a damaged or foreign entry: load the folder with transformers instead
         log.warning("compiled_model_unusable", entry=str(entry), reason=f"{type(exc).__name__}: {exc}")
+        shutil.rmtree(entry, ignore_errors=True)  # so that this start makes it anew
         return None
     return CompiledClip(tower, text, tokenizer, meta)
+
+
+def prune(kept: Path) -> None:
+    """Remove the entries beside ``kept`` that no start can use again: their folder is gone, or it
+    is ``kept``'s own folder, changed since (its identity, so its entry's name, differs).
+
+    Why: models in temporary folders (benchmarks, tests) and retrained folders would otherwise
+    leave a copy of their weights in the cache for good.
+    """
+    mine = _folder_of(kept)
+    for entry in kept.parent.iterdir():
+        if entry == kept or entry.name.startswith("."):
+            continue
+        folder = _folder_of(entry)
+        if folder is not None and (folder == mine or not Path(folder).is_dir()):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _folder_of(entry: Path) -> str | None:
+    """The model folder ``entry`` was made from, or None where its record cannot be read."""
+    try:
+        folder = json.loads((entry / META).read_text()).get("folder")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return folder if isinstance(folder, str) else None
 
 
 class _TextFeatures(torch.nn.Module):
@@ -207,12 +234,14 @@ def save(
                 "max_length": length,
                 "pad_id": int(tokenizer.pad_token_id),
                 "pad_token": str(tokenizer.pad_token),
+                "folder": str(folder.resolve()),
             }
             (work / META).write_text(json.dumps(meta))
             with contextlib.suppress(OSError):  # another process made it meanwhile: theirs is the same
                 work.rename(entry)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        prune(entry)
     except Exception as exc:  # an unwritable cache or an untraceable tower: run as loaded, as before
         log.warning("model_not_compiled", entry=str(entry), reason=f"{type(exc).__name__}: {exc}")
         return False
