@@ -35,16 +35,15 @@ import torch
 from PIL import Image
 
 from clipsort.decode.images import Crop
+from clipsort.encode.plainclip import OneModule, PlainClip
 
 if TYPE_CHECKING:
     from clipsort.encode.encoder import ImageTower
-    from clipsort.encode.plainclip import PlainClip
 
 log = structlog.get_logger()
 
 FORMAT = 1  # raised whenever what an entry holds, or how its graphs are made, changes
 IMAGE, TEXT, META, TOKENIZER = "image.pt", "text.pt", "meta.json", "tokenizer.json"
-MODALITIES = ("text", "image")
 
 Graph = Callable[..., torch.Tensor]
 
@@ -83,25 +82,20 @@ def interpreted() -> AbstractContextManager[None]:
     return manager
 
 
-class CompiledClip:
-    """A compiled entry in the shape the encoder reads from a loaded model (see ``PlainClip``)."""
+class CompiledClip(OneModule):
+    """A compiled entry in the shape the encoder reads from a loaded model (see ``PlainClip``).
 
-    def __init__(self, tower: ImageTower, text: Graph, tokenizer: Any, meta: dict[str, Any]) -> None:
-        self.tower = tower
+    Pictures go through the encoder's image tower made around :attr:`image_graph`
+    (``encoder.image_tower``); :meth:`encode` takes texts.
+    """
+
+    def __init__(self, image_graph: Graph, text: Graph, tokenizer: Any, meta: dict[str, Any]) -> None:
+        self.image_graph = image_graph
         self._text = text
         self._tokenizer = tokenizer
         self.image_size = int(meta["image_size"])
         self.logit_scale = float(meta["logit_scale"])
         self._dimension = int(meta["dimension"])
-        self.modalities = MODALITIES
-
-    def __len__(self) -> int:
-        return 1
-
-    def __getitem__(self, position: int) -> CompiledClip:
-        if position != 0:
-            raise IndexError(position)
-        return self
 
     @property
     def tokenizer(self) -> Any:
@@ -112,11 +106,11 @@ class CompiledClip:
         return self._dimension
 
     def encode(self, items: Sequence[str] | Sequence[Image.Image | Crop], **_: object) -> np.ndarray:
-        """L2-normalised float32 rows of texts or pictures, as ``PlainClip.encode`` gives them."""
+        """L2-normalised float32 rows of texts, as ``PlainClip.encode`` gives them."""
         if not items:
             return np.zeros((0, self._dimension), dtype=np.float32)
         if not isinstance(items[0], str):
-            return self.tower([item for item in items if not isinstance(item, str)])
+            raise TypeError("a compiled copy encodes pictures through the encoder's image tower")
         encoded = self._tokenizer.encode_batch(list(items))
         ids = torch.tensor([e.ids for e in encoded], dtype=torch.long)
         mask = torch.tensor([e.attention_mask for e in encoded], dtype=torch.long)
@@ -125,12 +119,8 @@ class CompiledClip:
         return np.asarray(features.numpy(), dtype=np.float32)
 
 
-def load(entry: Path, make_tower: Callable[[int], ImageTower]) -> CompiledClip | None:
-    """The compiled copy in ``entry``, or None where there is none or it cannot be read.
-
-    ``make_tower`` makes the image tower around the loaded graph: given the input side, it returns
-    an ``ImageTower`` without a graph, which is then set (the encoder owns that class).
-    """
+def load(entry: Path) -> CompiledClip | None:
+    """The compiled copy in ``entry``, or None where there is none or it cannot be read."""
     if not (entry / META).is_file():
         return None
     try:
@@ -142,15 +132,14 @@ def load(entry: Path, make_tower: Callable[[int], ImageTower]) -> CompiledClip |
         tokenizer.enable_padding(
             pad_id=int(meta["pad_id"]), pad_token=str(meta["pad_token"]), length=int(meta["max_length"])
         )
-        tower = make_tower(int(meta["image_size"]))
         with _quiet_jit():
-            tower.graph = torch.jit.load(str(entry / IMAGE), map_location="cpu")  # type: ignore[no-untyped-call]
+            image = torch.jit.load(str(entry / IMAGE), map_location="cpu")  # type: ignore[no-untyped-call]
             text = torch.jit.load(str(entry / TEXT), map_location="cpu")  # type: ignore[no-untyped-call]
     except Exception as exc:  # a damaged or foreign entry: load the folder with transformers instead
         log.warning("compiled_model_unusable", entry=str(entry), reason=f"{type(exc).__name__}: {exc}")
         shutil.rmtree(entry, ignore_errors=True)  # so that this start makes it anew
         return None
-    return CompiledClip(tower, text, tokenizer, meta)
+    return CompiledClip(image, text, tokenizer, meta)
 
 
 def prune(kept: Path) -> None:

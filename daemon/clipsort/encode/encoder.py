@@ -382,7 +382,7 @@ def _folded_patches(conv: torch.nn.Conv2d, mean: torch.Tensor, std: torch.Tensor
 def image_tower(model: Loaded, size: int, device: str, precision: str) -> ImageTower | None:
     """The direct image path when ``model`` is a single CLIPModel module, else None."""
     if isinstance(model, compiled.CompiledClip):
-        return model.tower
+        return ImageTower(model.image_size, "cpu", model.image_graph)
     import transformers  # noqa: PLC0415  (loaded already: the model is transformers')
 
     module = model[0]
@@ -419,7 +419,7 @@ class Encoder:
         # Cached vectors never mix precisions: bf16 ones differ in the last digits.
         self.identity = model_identity(model) + ("@bf16" if self.precision == "bf16" else "")
         entry = self._compiled_entry(compiled_in)
-        found = None if entry is None else compiled.load(entry, lambda side: ImageTower(side, "cpu", None))
+        found = None if entry is None else compiled.load(entry)
         self._model: Loaded = found if found is not None else load_clip(model, self.device)
         self._text = load_clip(text_model, self.device) if text_model else self._model
         require_modalities(self._model, model, ("image",) if text_model else ("image", "text"))
@@ -434,7 +434,12 @@ class Encoder:
         )
         self.logit_scale = found.logit_scale if found is not None else self._logit_scale()
         self._tower = image_tower(self._model, self.image_size, self.device, self.precision)
-        if entry is not None and found is None and isinstance(self._model, PlainClip) and self._tower:
+        if (
+            entry is not None
+            and found is None
+            and isinstance(self._model, PlainClip)
+            and self._tower is not None
+        ):
             folder = Path(model).expanduser()
             compiled.save(entry, self._model, folder, self._tower, self.image_size, self.logit_scale)
         log.info(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -39,12 +39,24 @@ def is_plain_clip(folder: Path) -> bool:
     return isinstance(config, dict) and config.get("model_type") == "clip"
 
 
-class PlainClip:
-    """A CLIP model and its processor in the shape the encoder reads from a sentence-transformers one.
+class OneModule:
+    """A model that is its own one module, as the encoder reads a sentence-transformers one: ``self[0]``
+    is itself, so what the encoder looks up on the module is found the same way on both."""
 
-    ``self[0]`` is itself (the one module, with ``model`` and ``processor``), so the direct image
-    tower and the logit scale are found the same way on both.
-    """
+    modalities = MODALITIES
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, position: int) -> Self:
+        if position != 0:
+            raise IndexError(position)
+        return self
+
+
+class PlainClip(OneModule):
+    """A CLIP model and its processor in the shape the encoder reads from a sentence-transformers one
+    (its ``model`` and ``processor`` hold the direct image tower and the logit scale)."""
 
     def __init__(self, folder: Path, device: str) -> None:
         import transformers  # noqa: PLC0415  (4.6 s of CPU: not where a compiled copy serves)
@@ -53,20 +65,11 @@ class PlainClip:
         self.processor = transformers.CLIPProcessor.from_pretrained(str(folder), local_files_only=True)
         self.device = device
         self._module().to(device).eval()
-        self.modalities = MODALITIES
 
     def _module(self) -> torch.nn.Module:
         """The model as torch types it (transformers' own stubs type ``to`` and ``half`` oddly)."""
         module: torch.nn.Module = self.model
         return module
-
-    def __len__(self) -> int:
-        return 1
-
-    def __getitem__(self, position: int) -> PlainClip:
-        if position != 0:
-            raise IndexError(position)
-        return self
 
     @property
     def tokenizer(self) -> Any:
