@@ -47,7 +47,6 @@ def scan(
     max_depth: int = MAX_DEPTH,
     *,
     inodes: dict[Path, int] | None = None,
-    skip: frozenset[str] = frozenset(),
 ) -> Iterator[Path]:
     """Regular files under ``folder`` (at most ``max_depth`` folders down), in sorted order per folder.
 
@@ -56,8 +55,6 @@ def scan(
     deeper than ``max_depth`` is logged once and left alone. A ``folder`` that is itself a symlink
     (an inbox linked elsewhere) yields nothing: its files are not the dataset's, and they are never
     moved in. With ``inodes``, each file's inode is put there too (free from the directory entry).
-    ``skip``: names directly in ``folder`` that are not files to return (folders are walked whatever
-    their name), left out before a ``Path`` is made for each.
     """
     if folder.is_symlink():
         log.warning("symlinked_folder_skipped", folder=str(folder), target=os.readlink(folder))
@@ -65,7 +62,7 @@ def scan(
     stack: list[tuple[Path, int]] = [(folder, 0)]
     while stack:
         here, depth = stack.pop()
-        files, folders = entries(here, ignore, inodes=inodes, skip=skip if here is folder else frozenset())
+        files, folders = entries(here, ignore, inodes=inodes)
         yield from files
         below: list[tuple[Path, int]] = []
         for path in folders:
@@ -77,26 +74,16 @@ def scan(
 
 
 def entries(
-    folder: Path,
-    ignore: Sequence[str] = DEFAULT_IGNORE,
-    *,
-    inodes: dict[Path, int] | None = None,
-    skip: frozenset[str] = frozenset(),
+    folder: Path, ignore: Sequence[str] = DEFAULT_IGNORE, *, inodes: dict[Path, int] | None = None
 ) -> tuple[list[Path], list[Path]]:
     """The regular files and the folders directly in ``folder``, each in name order (and with
-    ``inodes``, each file's inode put there; a name in ``skip`` only if it is a folder).
+    ``inodes``, each file's inode put there).
 
     Ignored names are skipped; symlinks and special files are left alone (and said so); a folder
     that cannot be listed gives nothing (gone: quietly; otherwise with a warning).
     """
     try:
-        with os.scandir(folder) as listing:
-            kept = (
-                [e for e in listing if e.name not in skip or e.is_dir(follow_symlinks=False)]
-                if skip
-                else list(listing)
-            )
-        found = sorted(kept, key=lambda entry: entry.name)
+        found = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except FileNotFoundError:
         return [], []
     except OSError as exc:

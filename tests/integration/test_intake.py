@@ -10,7 +10,6 @@ from clipsort.config import load_settings
 from clipsort.ingest.intake import Intake
 from clipsort.ingest.workqueue import FairQueue
 from clipsort.layout import DatasetLayout
-from clipsort.work import Hint
 from tests.waiting import wait_until
 
 
@@ -66,67 +65,6 @@ def test_a_busy_inbox_past_the_capacity_is_offered_whole_by_its_listing_without_
         # Quiet: a second of rounds with nothing new, in which an asked-for scan would have run.
         wait_until(quiet.is_set, timeout=30)
         assert intake.scans == scans, "a full scan was asked for while the inbox was listed"
-    finally:
-        done.set()
-        consumer.join()
-        intake.stop()
-        intake.thread.join(timeout=10)
-
-
-def test_the_scan_after_a_busy_inbox_turns_quiet_offers_only_what_its_listings_could_not_see(
-    data_root: Path,
-) -> None:
-    """Files a busy inbox's listing offered and the worker still holds are not offered again by the
-    scan that follows the quiet (a Path and an offer each, for thousands of files in a burst); a
-    file that came into a subfolder meanwhile, which no top-level listing sees, is found by it."""
-    inbox = data_root / "ds" / "Images"
-    (inbox / "sub").mkdir(parents=True)
-    settings = load_settings(None, {"root": data_root, "settle_seconds": 0.05})
-    work = FairQueue()
-    intake = Intake(
-        settings,
-        Datasets(DatasetLayout(data_root / "ds")),
-        work,
-        on_datasets=lambda found: None,
-        # What the daemon's reaction asks (a lambda: the intake is made by this very call).
-        on_quiet=lambda dataset: intake.request_rescan(dataset),  # noqa: PLW0108
-    )
-    offered: list[Path] = []
-    offer = intake.readiness.offer
-
-    def recording(hint: Hint) -> bool:  # the real readiness, each path it is offered noted
-        offered.append(hint.path)
-        return offer(hint)
-
-    intake.readiness.offer = recording  # type: ignore[method-assign]
-    intake.start()
-    taken: list[Path] = []
-    done = threading.Event()
-
-    def worker() -> None:  # holds what it takes: the files wait in the inbox, in flight
-        while not done.is_set():
-            taken.extend(job.path for job in work.take(16, wait=0.1, linger=0.0))
-
-    consumer = threading.Thread(target=worker, name="test-worker")
-    consumer.start()
-    try:
-        wait_until(lambda: intake.scans >= 1)
-        intake.list_busy("ds", whole=True)
-        for k in range(40):
-            (inbox / f".p{k:03d}.jpg").write_bytes(b"picture")
-            (inbox / f".p{k:03d}.jpg").rename(inbox / f"p{k:03d}.jpg")
-        wait_until(lambda: len(taken) == 40, timeout=30)
-        # The first listing finds the folder new and asks for a scan of the inbox; a file that
-        # comes into the folder after it is seen by no listing.
-        wait_until(lambda: intake.scans >= 2, timeout=30)
-        scans, offered[:] = intake.scans, []
-        (inbox / "sub" / "deep.jpg").write_bytes(b"picture")
-        wait_until(lambda: intake.scans > scans, timeout=30)  # quiet, watched again, scanned
-        assert offered == [inbox / "sub" / "deep.jpg"]
-        wait_until(lambda: len(taken) == 41, timeout=30)
-        assert sorted(taken) == sorted(
-            [*(inbox / f"p{k:03d}.jpg" for k in range(40)), inbox / "sub" / "deep.jpg"]
-        )
     finally:
         done.set()
         consumer.join()

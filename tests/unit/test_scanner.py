@@ -71,18 +71,3 @@ def test_ignoring_by_one_expression_agrees_with_fnmatch_pattern_by_pattern(
     name: str, patterns: list[str]
 ) -> None:
     assert is_ignored(name, patterns) == any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
-
-
-def test_names_to_skip_leave_out_files_at_the_top_only_and_never_a_folder(tmp_path: Path) -> None:
-    """``skip`` (a busy inbox's last listing) leaves out top-level files of those names; a folder of
-    such a name is still walked, and a file of that name further down is still found."""
-    for name in ["a.jpg", "b.jpg", "c.jpg", "a.jpg.d/x.jpg", "sub/a.jpg", "sub/b.jpg"]:
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(b"x")
-    found = scan(tmp_path, skip=frozenset({"a.jpg", "b.jpg", "sub", "a.jpg.d"}))
-    assert [path.relative_to(tmp_path).as_posix() for path in found] == [
-        "c.jpg",
-        "a.jpg.d/x.jpg",
-        "sub/a.jpg",
-        "sub/b.jpg",
-    ]

@@ -35,7 +35,6 @@ log = structlog.get_logger()
 HINTS_PER_TICK = 2048
 BUSY_LIST_SECONDS = 0.1  # how often a busy inbox is listed (see clipsort.ingest.watcher)
 BUSY_QUIET_SECONDS = 1.0  # a busy inbox listed with nothing new this long is watched again
-OFFERED_SECONDS = 10.0  # how long a quiet inbox's last listing may spare the scan that follows
 SIDECARS_REMEMBERED = 10_000  # orphaned sidecars whose line was said
 TICK = 0.1
 # After close-after-write or a rename into the inbox the writer is done; a short
@@ -95,12 +94,6 @@ class Intake:
         self._on_quiet = on_quiet  # a busy inbox is quiet again: watch it (then rescan it)
         self._busy_asked: dict[str, bool] = {}  # under _lock: inboxes reported busy (whole?), not listed
         self._busy: dict[str, _Listing] = {}  # the intake thread's: inboxes listed, not watched
-        # The intake thread's: a quiet inbox's last listing, the names it offered. The scan that
-        # follows (the inbox watched again) leaves them out: each is tracked by readiness or the
-        # worker, or gone. Before, that scan made a Path and an offer for each of a burst's files
-        # still waiting (its rescan was the intake's largest share of a 2,000-file burst).
-        # Kept OFFERED_SECONDS at most: an older listing says nothing of the inbox now.
-        self._offered: dict[str, tuple[frozenset[str], float]] = {}
         self._hints: queue.Queue[Hint] = queue.Queue(maxsize=4 * settings.queue_capacity)
         self._requested: set[str] = {ALL_DATASETS}
         self._resync = False  # look for folders to watch, scanning no inbox
@@ -226,7 +219,6 @@ class Intake:
             asked, self._busy_asked = self._busy_asked, {}
         now = time.monotonic()
         for name in asked.keys() - self._busy.keys():
-            self._offered.pop(name, None)  # busy again: a listing of its own follows
             self._busy[name] = _Listing(frozenset(), now, now, "closed" if asked[name] else "scanned")
             log.info("inbox_busy", dataset=name, whole=asked[name], action="listed until quiet, not watched")
         for name, listing in list(self._busy.items()):
@@ -237,8 +229,6 @@ class Intake:
                 listing.quiet_since = now
             elif layout is None or now - listing.quiet_since >= BUSY_QUIET_SECONDS:
                 del self._busy[name]
-                if layout is not None:
-                    self._offered[name] = (listing.names, now)
                 log.info("inbox_quiet", dataset=name, action="watched again")
                 self._on_quiet(name)
                 continue
@@ -304,19 +294,8 @@ class Intake:
 
     def _scan(self, layout: DatasetLayout) -> None:
         inodes: dict[Path, int] = {}
-        # A name the last listing offered is left out once (see _offered); a file that came back
-        # under such a name since is found by the next periodic rescan, or its watch event.
-        skip, when = self._offered.pop(layout.name, (frozenset(), 0.0))
-        if time.monotonic() - when > OFFERED_SECONDS:
-            skip = frozenset()
         files, sidecars = split(
-            scan(
-                layout.inbox,
-                self.settings.ignore_patterns,
-                self.settings.max_folder_depth,
-                inodes=inodes,
-                skip=skip,
-            ),
+            scan(layout.inbox, self.settings.ignore_patterns, self.settings.max_folder_depth, inodes=inodes),
             self.settings.sidecar_suffixes,
         )
         for path in sidecars:

@@ -62,10 +62,8 @@ OS caveats handled here:
   then on, and the reactions thread removes its watch (the kernel then queues nothing for it);
   the intake lists it instead, ten times a second, offering only the names it had not listed
   (set arithmetic over ``os.listdir``, in C), until a second passes with nothing new. Then the
-  watch is made again and one full scan covers what came in between, leaving out the names the
-  last listing offered (each tracked, or gone: a ``Path`` and an offer for each of a burst's files
-  still waiting was the intake's largest share of it). A subfolder of a busy inbox is seen at that
-  scan (its files arrive late, never lost). A listing cannot tell a finished file
+  watch is made again and one full scan covers what came in between. A subfolder of a busy inbox
+  is seen at that scan (its files arrive late, never lost). A listing cannot tell a finished file
   from one being written, so listed files wait the full settle time, unless the burst's events
   were all moves in and finished writes of final names (uploads renamed into place, temporary
   names aside): then they are taken as finished (``whole``). Measured on a 600-file burst renamed
