@@ -16,6 +16,8 @@ spin beside the decoders, and their CPU is no pipeline's):
 - **daemon**: the real daemon, a burst of the files renamed into its inbox; its CPU from the first
   rename to the last file filed, divided by the files. Beside it, the **per-thread account**: each
   thread's CPU over the burst (``/proc/<pid>/task/*/stat``), by thread name, in ms per file;
+- **daemon idle**: the same daemon's CPU over 20 s with nothing arriving, after the burst (its
+  loops' cost when they have nothing to do: a loop that polls shows here, per thread);
 - **sort**: ``clipsort sort`` as a process on the files, less a one-file run (start-up, model
   load), divided by the files less one; its own ``RUSAGE_SELF``, read at its exit.
 
@@ -44,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.reports import bench_parser, files_for, machine, write_report
+
+IDLE_SETTLE_SECONDS = 3.0  # after a burst: the quiet inbox's scan, the learner's last round, a status write
 
 # Reads the sort process's own CPU at its exit into the file named by the first argument (the
 # decoding processes are its children: RUSAGE_SELF leaves them out).
@@ -90,7 +94,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return dict(found)
 
 
-def daemon_cpu(model: Path, files: list[Path], work: Path) -> dict[str, Any]:
+def daemon_cpu(model: Path, files: list[Path], work: Path, idle_seconds: float = 20.0) -> dict[str, Any]:
     """The daemon's own CPU per file over a burst of ``files``, and the per-thread account."""
     from bench.daemon_latency import CLASSES
     from bench.throughput import arrived_count
@@ -134,6 +138,7 @@ def daemon_cpu(model: Path, files: list[Path], work: Path) -> dict[str, Any]:
         wait_until(lambda: arrived_count(dataset) == len(files), timeout=3600, every=0.01)
         elapsed = time.perf_counter() - started
         after, threads_after, model_after = cpu_seconds_of(pid), thread_cpu(pid), model_cpu(port)
+        idle = idle_cpu(pid, idle_seconds)
     finally:
         daemon.stop()
     account = {
@@ -149,6 +154,31 @@ def daemon_cpu(model: Path, files: list[Path], work: Path) -> dict[str, Any]:
         # Every thread, idle ones too: /proc counts in clock ticks (10 ms), which a short burst may not
         # reach on a thread that did little.
         "threads_ms_per_file": {name: round(ms, 4) for name, ms in account.items()},
+        "idle": idle,
+    }
+
+
+def idle_cpu(pid: int, seconds: float) -> dict[str, Any]:
+    """The daemon's CPU while nothing arrives: what its loops cost when they have nothing to do.
+
+    Measured after the burst's own aftermath (the quiet inbox's scan, the learner's last round)
+    has had ``IDLE_SETTLE_SECONDS`` (less in a smoke run): a daemon that waits costs next to
+    nothing; one that polls shows here, per thread, in ms of CPU per second.
+    """
+    from tests.daemonproc import cpu_seconds_of
+
+    time.sleep(min(IDLE_SETTLE_SECONDS, seconds))
+    threads_before, before = thread_cpu(pid), cpu_seconds_of(pid)
+    time.sleep(seconds)
+    threads_after, after = thread_cpu(pid), cpu_seconds_of(pid)
+    busy = {
+        name: round((threads_after.get(name, 0.0) - threads_before.get(name, 0.0)) * 1e3 / seconds, 2)
+        for name in sorted(set(threads_before) | set(threads_after))
+    }
+    return {
+        "seconds": seconds,
+        "cpu_percent": round((after - before) * 100 / seconds, 3),
+        "threads_ms_per_second": {name: ms for name, ms in busy.items() if ms},
     }
 
 
@@ -231,10 +261,14 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(scratch)
         model = random_clip(work / "model", small=True, width=8, patch=224)
         files = distinct_jpegs(work / "files", count)
-        report["daemon"] = daemon_cpu(model, files, work / "daemon")
+        report["daemon"] = daemon_cpu(model, files, work / "daemon", 1.0 if args.quick else 20.0)
         print(f"daemon: {shares(report['daemon'])}", flush=True)
         for name, ms in sorted(report["daemon"]["threads_ms_per_file"].items(), key=lambda item: -item[1]):
             print(f"  {name:<28} {ms:.3f} ms/file", flush=True)
+        idle = report["daemon"]["idle"]
+        print(f"daemon idle: {idle['cpu_percent']:.2f} % of a core over {idle['seconds']:g} s", flush=True)
+        for name, ms in sorted(idle["threads_ms_per_second"].items(), key=lambda item: -item[1]):
+            print(f"  {name:<28} {ms:.2f} ms/s", flush=True)
         report["sort"] = sort_cpu(model, files, work / "sort")
         print(f"sort:   {shares(report['sort'])}", flush=True)
     report["machine"]["load_after"] = os.getloadavg()

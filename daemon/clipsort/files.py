@@ -47,6 +47,7 @@ def scan(
     max_depth: int = MAX_DEPTH,
     *,
     inodes: dict[Path, int] | None = None,
+    known: frozenset[tuple[str, int]] = frozenset(),
 ) -> Iterator[Path]:
     """Regular files under ``folder`` (at most ``max_depth`` folders down), in sorted order per folder.
 
@@ -55,6 +56,7 @@ def scan(
     deeper than ``max_depth`` is logged once and left alone. A ``folder`` that is itself a symlink
     (an inbox linked elsewhere) yields nothing: its files are not the dataset's, and they are never
     moved in. With ``inodes``, each file's inode is put there too (free from the directory entry).
+    A file whose (path, inode) is in ``known`` is left out, before a ``Path`` is made for it.
     """
     if folder.is_symlink():
         log.warning("symlinked_folder_skipped", folder=str(folder), target=os.readlink(folder))
@@ -62,7 +64,7 @@ def scan(
     stack: list[tuple[Path, int]] = [(folder, 0)]
     while stack:
         here, depth = stack.pop()
-        files, folders = entries(here, ignore, inodes=inodes)
+        files, folders = entries(here, ignore, inodes=inodes, known=known)
         yield from files
         below: list[tuple[Path, int]] = []
         for path in folders:
@@ -74,16 +76,27 @@ def scan(
 
 
 def entries(
-    folder: Path, ignore: Sequence[str] = DEFAULT_IGNORE, *, inodes: dict[Path, int] | None = None
+    folder: Path,
+    ignore: Sequence[str] = DEFAULT_IGNORE,
+    *,
+    inodes: dict[Path, int] | None = None,
+    known: frozenset[tuple[str, int]] = frozenset(),
 ) -> tuple[list[Path], list[Path]]:
     """The regular files and the folders directly in ``folder``, each in name order (and with
-    ``inodes``, each file's inode put there).
+    ``inodes``, each file's inode put there), less those ``known`` by (path, inode).
 
     Ignored names are skipped; symlinks and special files are left alone (and said so); a folder
     that cannot be listed gives nothing (gone: quietly; otherwise with a warning).
     """
     try:
-        found = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        with os.scandir(folder) as listing:
+            # The entry's inode comes with it (d_ino): no stat. A folder is never known.
+            kept = (
+                [entry for entry in listing if (entry.path, entry.inode()) not in known]
+                if known
+                else list(listing)
+            )
+        found = sorted(kept, key=lambda entry: entry.name)
     except FileNotFoundError:
         return [], []
     except OSError as exc:

@@ -117,6 +117,9 @@ def test_cpu_per_file_smoke_run_reports_both_processes_and_the_thread_account(tm
     threads = report["daemon"]["threads_ms_per_file"]
     assert {"worker", "placer"} <= set(threads) and all(ms >= 0 for ms in threads.values()), threads
     assert report["sort"]["one_file_cpu_s"] > 0 and report["sort"]["elapsed_s"] > 0
+    idle = report["daemon"]["idle"]  # what its loops cost while nothing arrives
+    assert idle["seconds"] == 1.0 and idle["cpu_percent"] >= 0, idle
+    assert all(ms > 0 for ms in idle["threads_ms_per_second"].values()), idle
     # The model's share is measured and the pipeline's is the rest. (Over 40 files either may come
     # out above the whole: the process's CPU is read in 10 ms clock ticks, and sort's is a
     # difference of two runs; the full run's 2,000 files are what the figures are read from.)

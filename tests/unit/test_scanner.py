@@ -71,3 +71,18 @@ def test_ignoring_by_one_expression_agrees_with_fnmatch_pattern_by_pattern(
     name: str, patterns: list[str]
 ) -> None:
     assert is_ignored(name, patterns) == any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def test_files_known_by_path_and_inode_are_left_out_and_a_replaced_one_is_not(tmp_path: Path) -> None:
+    """``known`` (what readiness tracks) leaves out the very files, at any depth; a file that
+    replaced a known one under its name has another inode and is found."""
+    for name in ["a.jpg", "b.jpg", "sub/c.jpg"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    known = frozenset(
+        (str(tmp_path / name), (tmp_path / name).stat().st_ino) for name in ["a.jpg", "b.jpg", "sub/c.jpg"]
+    )
+    (tmp_path / "new.jpg").write_bytes(b"y")
+    (tmp_path / "new.jpg").rename(tmp_path / "b.jpg")
+    found = scan(tmp_path, known=known)
+    assert [path.relative_to(tmp_path).as_posix() for path in found] == ["b.jpg"]

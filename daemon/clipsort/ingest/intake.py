@@ -294,8 +294,16 @@ class Intake:
 
     def _scan(self, layout: DatasetLayout) -> None:
         inodes: dict[Path, int] = {}
+        # What readiness or the worker already has is left out: offering it again changes nothing.
+        known = self.readiness.tracked()
         files, sidecars = split(
-            scan(layout.inbox, self.settings.ignore_patterns, self.settings.max_folder_depth, inodes=inodes),
+            scan(
+                layout.inbox,
+                self.settings.ignore_patterns,
+                self.settings.max_folder_depth,
+                inodes=inodes,
+                known=known,
+            ),
             self.settings.sidecar_suffixes,
         )
         for path in sidecars:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import stat
 import threading
 import time
@@ -146,6 +147,20 @@ class Readiness:
                 if job.path in self._hinted_in_flight:
                     self._hinted_in_flight.discard(job.path)
                     self._track(job.path, job.dataset, "written")
+
+    def tracked(self) -> frozenset[tuple[str, int]]:
+        """(path, inode) of each file pending here or with the worker.
+
+        Offering one of them again changes nothing (see :meth:`offer`: the very file the worker
+        has, or a path already pending), so a scan leaves them out before it makes a ``Path`` and
+        a hint for each: the scan after a burst, when its inbox is watched again, meets thousands.
+        A file replaced under a tracked name has another inode, and is offered.
+        """
+        with self._lock:
+            pending = [(os.fspath(path), c.signature.inode) for path, c in self._pending.items()]
+            return frozenset(
+                [*pending, *((os.fspath(path), inode) for path, inode in self._in_flight.items())]
+            )
 
     def forget_dataset(self, dataset: str) -> None:
         """Drop pending paths of a dataset that can no longer be classified."""
