@@ -82,13 +82,18 @@ def test_a_scan_leaves_out_the_very_files_tracked_and_offers_a_replaced_one(data
     (inbox / "sub").mkdir(parents=True)
     settings = load_settings(None, {"root": data_root, "settle_seconds": 0.05})
     work = FairQueue()
+    changed = threading.Event()  # the changes below are made: the inbox may turn quiet
+
+    def quiet(dataset: str) -> None:  # what the daemon's reaction asks, once the test is ready
+        changed.wait(timeout=30)  # however long this test's thread is held up, the scan comes after
+        intake.request_rescan(dataset)
+
     intake = Intake(
         settings,
         Datasets(DatasetLayout(data_root / "ds")),
         work,
         on_datasets=lambda found: None,
-        # What the daemon's reaction asks (a lambda: the intake is made by this very call).
-        on_quiet=lambda dataset: intake.request_rescan(dataset),  # noqa: PLW0108
+        on_quiet=quiet,
     )
     offered: list[Path] = []
     offer = intake.readiness.offer
@@ -122,11 +127,13 @@ def test_a_scan_leaves_out_the_very_files_tracked_and_offers_a_replaced_one(data
         (inbox / "sub" / "deep.jpg").write_bytes(b"picture")
         (inbox / ".new.jpg").write_bytes(b"another picture")
         (inbox / ".new.jpg").rename(inbox / "p007.jpg")  # over the one the worker holds
+        changed.set()
         wait_until(lambda: intake.scans > scans, timeout=30)  # quiet, watched again, scanned
         assert offered == [inbox / "p007.jpg", inbox / "sub" / "deep.jpg"]
         wait_until(lambda: len(taken) == 41, timeout=30)
         assert taken[-1] == inbox / "sub" / "deep.jpg"
     finally:
+        changed.set()
         done.set()
         consumer.join()
         intake.stop()
