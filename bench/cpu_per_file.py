@@ -141,10 +141,6 @@ def daemon_cpu(model: Path, files: list[Path], work: Path, idle_seconds: float =
         idle = idle_cpu(pid, idle_seconds)
     finally:
         daemon.stop()
-    account = {
-        name: (threads_after.get(name, 0.0) - threads_before.get(name, 0.0)) * 1e3 / len(files)
-        for name in sorted(set(threads_before) | set(threads_after))
-    }
     cpu, model_ms = (after - before) * 1e3 / len(files), (model_after - model_before) * 1e3 / len(files)
     return {
         "cpu_ms_per_file": cpu,
@@ -153,7 +149,7 @@ def daemon_cpu(model: Path, files: list[Path], work: Path, idle_seconds: float =
         "elapsed_s": elapsed,
         # Every thread, idle ones too: /proc counts in clock ticks (10 ms), which a short burst may not
         # reach on a thread that did little.
-        "threads_ms_per_file": {name: round(ms, 4) for name, ms in account.items()},
+        "threads_ms_per_file": thread_ms(threads_before, threads_after, len(files), 4),
         "idle": idle,
     }
 
@@ -171,14 +167,19 @@ def idle_cpu(pid: int, seconds: float) -> dict[str, Any]:
     threads_before, before = thread_cpu(pid), cpu_seconds_of(pid)
     time.sleep(seconds)
     threads_after, after = thread_cpu(pid), cpu_seconds_of(pid)
-    busy = {
-        name: round((threads_after.get(name, 0.0) - threads_before.get(name, 0.0)) * 1e3 / seconds, 2)
-        for name in sorted(set(threads_before) | set(threads_after))
-    }
+    busy = thread_ms(threads_before, threads_after, seconds, 2)
     return {
         "seconds": seconds,
         "cpu_percent": round((after - before) * 100 / seconds, 3),
         "threads_ms_per_second": {name: ms for name, ms in busy.items() if ms},
+    }
+
+
+def thread_ms(before: dict[str, float], after: dict[str, float], per: float, digits: int) -> dict[str, float]:
+    """Each thread's CPU between two :func:`thread_cpu` readings, in ms per ``per`` (files, seconds)."""
+    return {
+        name: round((after.get(name, 0.0) - before.get(name, 0.0)) * 1e3 / per, digits)
+        for name in sorted(set(before) | set(after))
     }
 
 

@@ -154,7 +154,9 @@ class Readiness:
         Offering one of them again changes nothing (see :meth:`offer`: the very file the worker
         has, or a path already pending), so a scan leaves them out before it makes a ``Path`` and
         a hint for each: the scan after a burst, when its inbox is watched again, meets thousands.
-        A file replaced under a tracked name has another inode, and is offered.
+        A file replaced under a tracked name has another inode, and is offered. A job the worker
+        releases unplaced (it stays in the inbox for the next scan) between this reading and the
+        scan's offer waits for the scan after, as one released just after its offer always did.
         """
         with self._lock:
             pending = [(os.fspath(path), c.signature.inode) for path, c in self._pending.items()]
