@@ -415,7 +415,7 @@ def _sorted_beside_a_deep_chain(
 def test_a_state_folder_deleted_mid_burst_is_recreated_and_no_second_daemon_runs(
     daemons: list[Daemon], tmp_path: Path, tiny_model: Path
 ) -> None:
-    """rm -rf of the state folder during a burst: every file sorted once, the lock re-taken, one line.
+    """The state folder deleted during a burst: every file sorted once, the lock re-taken, one line.
 
     Before, the daemon sorted nothing more, logged "recreated" 141 times while nothing was, and a
     second daemon started beside it (the lock file went with the folder).
@@ -432,7 +432,12 @@ def test_a_state_folder_deleted_mid_burst_is_recreated_and_no_second_daemon_runs
     for name, data in list(pictures.items())[:100]:
         drop(dataset / "Images", name, data)
     wait_until(lambda: len(sorted_files(dataset)) >= 20, timeout=60)
-    wait_until(lambda: removed(daemon.state), timeout=30)
+    # Moved aside first, so the daemon sees one deletion: rm -rf retried after an ENOTEMPTY (the
+    # daemon wrote meanwhile) could delete the folder the daemon had just made again, and it would
+    # then rightly say "recreated" twice (seen in CI).
+    deleted = tmp_path / "state-deleted"
+    daemon.state.rename(deleted)
+    wait_until(lambda: removed(deleted), timeout=30)
     (tmp_path / "second").mkdir()
     second = Daemon(root, tiny_model, tmp_path / "second", state_dir=str(daemon.state))
     daemons.append(second)
