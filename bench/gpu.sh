@@ -13,6 +13,9 @@ export PYTHONPATH="$PWD/daemon:$PWD:${PYTHONPATH:-}" HF_HUB_OFFLINE=1 PYTHONUNBU
 OUT="${OUT:-bench/results}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, 'on', torch.cuda.get_device_name())"
-python3 -m bench.throughput --device cuda --batch-size 256 --decode-workers 16 \
+# The JPEG decoder on the GPU beside the CPU path, where torchvision loads (the gpu-decode extra).
+if python3 -c "import torchvision.io" 2>/dev/null; then JPEG_DECODERS=pillow,torchvision; else JPEG_DECODERS=pillow; fi
+echo "jpeg decoders: $JPEG_DECODERS"
+python3 -m bench.throughput --device cuda --jpeg-decoders "$JPEG_DECODERS" --batch-size 256 --decode-workers 16 \
     --counts "${COUNTS:-64,256,8192}" --rounds "${ROUNDS:-2}" --model-only 8192 --singles 20 --rss 1000,10000 \
     --out "$OUT/throughput-gpu.json"

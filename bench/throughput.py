@@ -17,7 +17,10 @@ irrelevant), and three image sets: 12-megapixel JPEGs, 1-megapixel PNGs and
   tensors already on the device, at the configured batch size (the ceiling);
 - ``sort``: ``clipsort sort``'s pipeline (model already loaded), journal on;
 - ``daemon``: the real daemon process fed a burst of renames, from the first
-  rename to the last file's arrival in ``Dataset/<class>/``.
+  rename to the last file's arrival in ``Dataset/<class>/``;
+- with ``--jpeg-decoders pillow,torchvision``, ``sort`` and ``daemon`` again on the
+  JPEG sets with ``jpeg_decoder = "torchvision"`` (``*_torchvision`` keys, and their
+  ratio to the CPU path, ``*_torchvision_vs_pillow``).
 
 Then single-file drop-to-move latency (p50/p95, next to one forward pass)
 and the daemon's peak RSS after a 1,000- and a 10,000-file burst (small
@@ -321,14 +324,18 @@ def measure_set(
         started = time.perf_counter()
         ceiling = model_only(encoder, args.model_only, args.batch_size)
         one = {"model_only": report("model_only", ceiling, started)}
-        started = time.perf_counter()
-        one["sort"] = report(
-            "sort", sort_pipeline(encoder, files, scratch / "sort" / f"{kind}-{k}", options), started
-        )
-        started = time.perf_counter()
-        burst = daemon_burst(model, files, scratch / "daemon" / f"{kind}-{k}", options)
-        one["daemon"] = report("daemon", burst["files_per_s"], started)
-        one["daemon_peak_rss_mb"] = burst["peak_rss_mb"]
+        for decoder in decoders_for_set(kind, args.jpeg_decoders):
+            suffix = "" if decoder == "pillow" else f"_{decoder}"  # the CPU path keeps the plain names
+            chosen = options | {"jpeg_decoder": decoder}
+            name = f"{kind}-{k}{suffix}"
+            started = time.perf_counter()
+            one[f"sort{suffix}"] = report(
+                f"sort{suffix}", sort_pipeline(encoder, files, scratch / "sort" / name, chosen), started
+            )
+            started = time.perf_counter()
+            burst = daemon_burst(model, files, scratch / "daemon" / name, chosen)
+            one[f"daemon{suffix}"] = report(f"daemon{suffix}", burst["files_per_s"], started)
+            one[f"daemon{suffix}_peak_rss_mb"] = burst["peak_rss_mb"]
         rounds.append(one)
     row |= {key: statistics.median(one[key] for one in rounds) for key in rounds[0]}
     for pipeline in ("sort", "daemon"):
@@ -336,8 +343,17 @@ def measure_set(
         row[f"{pipeline}_vs_model_only"] = statistics.median(
             one[pipeline] / one["model_only"] for one in rounds
         )
+        if f"{pipeline}_torchvision" in row:  # the decision rule for the default: >= 1.5 on jpeg12mp
+            row[f"{pipeline}_torchvision_vs_pillow"] = statistics.median(
+                one[f"{pipeline}_torchvision"] / one[pipeline] for one in rounds
+            )
     row["rounds"] = rounds
     return row
+
+
+def decoders_for_set(kind: str, asked: str) -> list[str]:
+    """The JPEG decoders a set is measured with: Pillow always, the others on JPEG sets only."""
+    return ["pillow"] + [name for name in asked.split(",") if name != "pillow" and kind.startswith("jpeg")]
 
 
 def latency_and_rss(
@@ -376,6 +392,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-only", type=int, default=128, help="images for the model-only ceiling")
     parser.add_argument(
         "--rounds", type=int, default=1, help="rounds of model-only, sort and daemon per set (medians kept)"
+    )
+    parser.add_argument(
+        "--jpeg-decoders",
+        default="pillow",
+        help="pillow, or pillow,torchvision: sort and daemon on JPEG sets with each jpeg_decoder",
     )
     parser.add_argument("--singles", type=int, default=20, help="single drops for latency")
     parser.add_argument("--rss", default="1000,10000", help="burst sizes compared for peak RSS")
@@ -426,6 +447,12 @@ def main(argv: list[str] | None = None) -> None:
         **extras,
     }
     write_report(args.out, summary)
+    for kind, row in results.items():
+        if "sort_torchvision" in row:
+            print(
+                f"{kind}: jpeg_decoder torchvision / pillow: sort {row['sort_torchvision_vs_pillow']:.2f}x,"
+                f" daemon {row['daemon_torchvision_vs_pillow']:.2f}x"
+            )
     header = ("set", "baseline", "sort", "daemon", "model", "d/base", "d/model", "s/model")
     print("\nimages/s\n" + " ".join(f"{name:>9}" for name in header))
     for kind, row in results.items():

@@ -40,6 +40,9 @@ def expected_count(rule: str, service: Service) -> int:
         "`decode_workers` (processes)": settings.decode_workers * (settings.decode_in == "processes"),
         "`decode_workers` (threads)": settings.decode_workers * (settings.decode_in == "threads"),
         "one per watched folder": len(service.watcher.watched()),
+        '1 with `jpeg_decoder = "torchvision"`': int(settings.jpeg_decoder == "torchvision"),
+        '`decode_workers` with `jpeg_decoder = "torchvision"`': settings.decode_workers
+        * (settings.jpeg_decoder == "torchvision"),
     }
     return rules[rule]
 
@@ -63,11 +66,16 @@ def started_since(since: set[threading.Thread]) -> Counter[str]:
     )
 
 
-@pytest.mark.parametrize("decode_in", ["processes", "threads"])
+@pytest.mark.parametrize(
+    ("decode_in", "jpeg_decoder"),
+    [("processes", "pillow"), ("threads", "pillow"), ("processes", "torchvision")],
+)
 def test_the_daemons_threads_are_the_documented_ones(
-    data_root: Path, tiny_model: Path, decode_in: str
+    data_root: Path, tiny_model: Path, decode_in: str, jpeg_decoder: str
 ) -> None:
     """Started in-process, the daemon runs exactly the table's threads, each as many times as it says."""
+    if jpeg_decoder == "torchvision":
+        pytest.importorskip("torchvision.io", reason="the gpu-decode extra (torchvision) is not installed")
     make_dataset(data_root / "rgb", {"red": "red", "blue": "blue"}, references=2)
     (data_root / "rgb" / "Dataset").mkdir(exist_ok=True)
     settings: Settings = load_settings(
@@ -76,12 +84,13 @@ def test_the_daemons_threads_are_the_documented_ones(
             "root": data_root,
             "model": str(tiny_model),
             "decode_in": decode_in,
+            "jpeg_decoder": jpeg_decoder,
             "decode_workers": 2,
             "metrics_port": free_port(),
         },
     )
     table = documented_threads()
-    assert len(table) == 12, table  # every row read: a broken table must not pass as an empty one
+    assert len(table) == 14, table  # every row read: a broken table must not pass as an empty one
     before = set(threading.enumerate())
     service = Service(settings, None, {})
     service.start()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import json
 import sys
 import uuid
@@ -40,7 +39,7 @@ from clipsort.cli.app import (
     user_errors,
 )
 from clipsort.cli.interrupt import INTERRUPTED, Interrupt
-from clipsort.config import DEFAULT_BASE, EVALUATED_MODES, Settings
+from clipsort.config import DEFAULT_BASE, EVALUATED_MODES, Settings, installed
 from clipsort.encode.hub import require_available
 from clipsort.errors import ConfigError, DatasetError, NoClassesError
 from clipsort.layout import DatasetLayout, require_data_root, select
@@ -87,7 +86,7 @@ def sort(
     """
     if address is not None and engine != "ray":
         raise ConfigError("--address names a Ray cluster: use it with --engine ray")
-    if engine == "ray" and not _installed("ray"):
+    if engine == "ray" and not installed("ray"):
         raise ConfigError("--engine ray needs Ray: pip install 'clipsort[ray]'")
     outcomes: list[Outcome] = []
     interrupt = Interrupt()
@@ -196,14 +195,6 @@ def _sort(
             raise DatasetError(
                 f"stopped: cannot move{where}: {exc.strerror or exc}; the rest stays in Images/"
             ) from None
-
-
-def _installed(module: str) -> bool:
-    """Whether ``module`` can be imported, without importing it."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ValueError:  # sys.modules holds None for it: Python's own way of blocking an import
-        return False
 
 
 def _report(outcome: Outcome, outcomes: list[Outcome], *, as_json: bool) -> None:

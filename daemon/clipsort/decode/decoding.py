@@ -76,8 +76,13 @@ def _size(path: Path) -> int:
 class Decoding(Protocol):
     """What the batch driver decodes with: :class:`DecodePool` (threads) or a process pool."""
 
-    limits: DecodeLimits
-    workers: int
+    @property
+    def limits(self) -> DecodeLimits:
+        """What a file may be to be decoded."""
+
+    @property
+    def workers(self) -> int:
+        """How many files it decodes at once."""
 
     def start(
         self, paths: Sequence[Path], target: int, prepare: Prepare | None = None

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 import torch
 from PIL import Image
@@ -211,20 +212,43 @@ class ImageTower:
         self._module = module
         self.bf16 = bf16
         self.dtype = dtype  # fp16 on CUDA, else fp32: the dtype pixels enter in
+        self._pinned: torch.Tensor | None = None  # see staging
 
     def crop(self, image: Image.Image) -> Crop:
         """:func:`~clipsort.decode.images.centre_crop` to this tower's input; thread-safe."""
         return centre_crop(image, self.size)
 
-    def pixels(self, images: Sequence[Image.Image | Crop]) -> torch.Tensor:
-        """uint8 N x 3 x size x size of pictures, or of their :meth:`crop` where already made."""
+    def pixels(
+        self, images: Sequence[Image.Image | Crop], out: npt.NDArray[np.uint8] | None = None
+    ) -> torch.Tensor:
+        """uint8 N x 3 x size x size of pictures, or of their :meth:`crop` where already made.
+
+        With ``out`` (N or more crops' room) the crops are stacked into it, not into a new array.
+        """
         crops = [item if isinstance(item, np.ndarray) else self.crop(item) for item in images]
-        return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
+        stacked = np.stack(crops, out=None if out is None else out[: len(crops)])
+        return torch.from_numpy(stacked).permute(0, 3, 1, 2)
+
+    def staging(self, count: int) -> npt.NDArray[np.uint8] | None:
+        """Pinned host memory for ``count`` crops on CUDA, made once and grown, never made per batch.
+
+        ``Tensor.pin_memory()`` per batch asked the driver for page-locked memory every batch (an
+        allocation and a copy); a batch is stacked straight into this buffer instead. Reusing it is
+        safe: its copy to the device is queued on the stream before the forward pass, whose result
+        :meth:`__call__` brings back to the host, so the copy is done before the next batch writes.
+        None off CUDA, where nothing is copied.
+        """
+        if not self.device.startswith("cuda"):
+            return None
+        if self._pinned is None or self._pinned.shape[0] < count:
+            self._pinned = torch.empty((count, self.size, self.size, 3), dtype=torch.uint8, pin_memory=True)
+        return self._pinned.numpy()
 
     def __call__(self, images: Sequence[Image.Image | Crop]) -> Vectors:
-        pixels = self.pixels(images)
-        if self.device.startswith("cuda"):
-            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        staging = self.staging(len(images))
+        pixels = self.pixels(images, staging)
+        if staging is not None:
+            pixels = pixels.to(self.device, non_blocking=True)
         started = time.thread_time()
         with torch.inference_mode():
             features = torch.nn.functional.normalize(self.forward(self.normalised(pixels)).float(), dim=-1)

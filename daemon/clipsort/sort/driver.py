@@ -33,9 +33,10 @@ from clipsort.classify.targets import Target
 from clipsort.config import Settings
 from clipsort.decode.decodeprocesses import ProcessDecodePool
 from clipsort.decode.decoding import Decoded, DecodePool, Decoding
+from clipsort.decode.devicejpeg import DeviceJpeg
 from clipsort.decode.images import DecodeLimits
 from clipsort.encode.embeddings import Embedder
-from clipsort.encode.encoder import Encoder
+from clipsort.encode.encoder import Encoder, resolve_device
 from clipsort.errors import ImageRejected
 from clipsort.sort.pipeline import (
     Delivery,
@@ -78,6 +79,7 @@ class Decoders:
         timeout: float,
         ahead: int = 2,
         memory_mb: int = 0,
+        jpeg_device: str | None = None,
     ) -> None:
         self.threads = DecodePool(limits, workers)
         # A slot per batch decoded ahead, one for the batch being collected.
@@ -86,12 +88,14 @@ class Decoders:
             if processes
             else None
         )
+        # JPEGs on the model's device (jpeg_decoder = "torchvision"), in front of the pool above.
+        self.device_jpeg = None if jpeg_device is None else DeviceJpeg(jpeg_device, workers)
         self.ahead = ahead
 
     @classmethod
     def configured(cls, settings: Settings, limits: DecodeLimits, *, processes: bool = True) -> Decoders:
         """The pools ``settings`` ask for; processes only where configured and ``processes``."""
-        workers, in_processes, ahead = cls._shape(settings)
+        workers, in_processes, ahead, on_device = cls._shape(settings)
         return cls(
             limits,
             workers,
@@ -99,12 +103,19 @@ class Decoders:
             timeout=settings.decode_timeout_seconds,
             ahead=ahead,
             memory_mb=settings.decode_memory_mb,
+            jpeg_device=resolve_device(settings.device) if on_device else None,
         )
 
     @staticmethod
-    def _shape(settings: Settings) -> tuple[int, bool, int]:
-        """What fixes a pool once made: its workers, whether they are processes, batches ahead."""
-        return settings.decode_workers, settings.decode_in == "processes", settings.decode_ahead
+    def _shape(settings: Settings) -> tuple[int, bool, int, bool]:
+        """What fixes a pool once made: its workers, whether they are processes, batches ahead,
+        whether JPEGs decode on the device."""
+        return (
+            settings.decode_workers,
+            settings.decode_in == "processes",
+            settings.decode_ahead,
+            settings.jpeg_decoder == "torchvision",
+        )
 
     @property
     def workers(self) -> int:
@@ -112,7 +123,8 @@ class Decoders:
 
     def suits(self, settings: Settings) -> bool:
         """Whether these pools are the ones ``settings`` ask for (a pool cannot change its size)."""
-        return (self.workers, self.processes is not None, self.ahead) == self._shape(settings)
+        shape = (self.workers, self.processes is not None, self.ahead, self.device_jpeg is not None)
+        return shape == self._shape(settings)
 
     def set_limits(self, limits: DecodeLimits, timeout: float) -> None:
         """Limits for every file submitted from now on."""
@@ -121,14 +133,19 @@ class Decoders:
             self.processes.limits, self.processes.timeout = limits, timeout
 
     def pick(self, jobs: Sequence[Job], targets: Mapping[str, Target], crops: bool) -> Decoding:
-        """The processes when every job's dataset classifies CLIP vectors of crops, else the threads."""
-        if self.processes is None or not crops:
+        """The threads unless every job's dataset classifies CLIP vectors of crops; for those the
+        processes (where configured), behind the device's JPEG decoder (where configured)."""
+        vectors = crops and all(
+            job.dataset in targets and targets[job.dataset].classifier.needs == "vectors" for job in jobs
+        )
+        if not vectors:
             return self.threads
-        if all(job.dataset in targets and targets[job.dataset].classifier.needs == "vectors" for job in jobs):
-            return self.processes
-        return self.threads
+        pool = self.threads if self.processes is None else self.processes
+        return pool if self.device_jpeg is None else self.device_jpeg.over(pool)
 
     def close(self, *, wait: bool = True, cancel: bool = True) -> None:
+        if self.device_jpeg is not None:  # first: a batch it gives the CPU path goes to pools still open
+            self.device_jpeg.close(wait=wait, cancel=cancel)
         self.threads.close(wait=wait, cancel=cancel)
         if self.processes is not None:
             self.processes.close(wait=wait, cancel=cancel)
