@@ -269,8 +269,10 @@ class JpegFirst:
                 future.add_done_callback(functools.partial(_pass_on, mine=futures[index]))
 
     def collect(self, futures: Sequence[Future[Decoded]], timeout: float) -> list[Decoded]:
-        """:func:`~clipsort.decode.decoding.collect`: a file still decoding after ``timeout`` is rejected."""
-        return collect(futures, timeout)
+        """:func:`~clipsort.decode.decoding.collect`, a file rejected after twice ``timeout``: a file
+        the device leaves to the CPU path gets the timeout there too (where the decoding processes
+        enforce it themselves, and retry a file whose worker died)."""
+        return collect(futures, 2 * timeout)
 
     def close(self, *, wait: bool = True, cancel: bool = True) -> None:
         """Nothing of its own: the engine and the CPU pool belong to their owner."""
