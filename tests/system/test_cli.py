@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from clipsort import __version__
 from clipsort.cli import app
-from tests.helpers import clipsort_process, tree
+from tests.helpers import clipsort_process, python_process, tree
 from tests.synthetic import draw, make_dataset, save, tiny_vit
 
 RGB = {"red": "red", "green": "green", "blue": "blue"}
@@ -233,6 +233,33 @@ def test_a_model_that_is_not_a_clip_is_one_line_and_exit_2(
     assert code == 2
     assert err.strip().splitlines()[-1].startswith("clipsort: error: model ")
     assert "is not a CLIP model: it cannot encode text" in err and "Traceback" not in err
+    assert tree(data_root) == before
+
+
+def test_a_torchvision_that_does_not_load_is_one_line_and_exit_2(
+    data_root: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """``jpeg_decoder = "torchvision"`` with a torchvision built for another torch (it fails as it
+    registers its operators, as PyPI's does beside the CPU build): one line, nothing moved."""
+    fake = tmp_path / "site" / "torchvision"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    make_dataset(data_root / "ds", RGB, references=1, inbox=["red"])
+    before = tree(data_root)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLIPSORT_JPEG_DECODER": "torchvision"}
+    found = python_process(
+        "-c",
+        f"import sys; sys.path.insert(0, {str(fake.parent)!r}); from clipsort.cli import main; main()",
+        *("sort", "--root", str(data_root), "--model", str(tiny_model)),
+        env=env,
+    )
+    assert found.returncode == 2, found.stderr
+    assert re.fullmatch(
+        r"clipsort: error: jpeg_decoder = 'torchvision': torchvision does not load beside torch \S+ "
+        r"\(RuntimeError: operator torchvision::nms does not exist\); install the build made for it, "
+        r"or set jpeg_decoder = 'pillow'",
+        found.stderr.strip(),
+    ), found.stderr
     assert tree(data_root) == before
 
 
