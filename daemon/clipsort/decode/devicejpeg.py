@@ -38,14 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import structlog
 import torch
 from PIL import Image
 
 from clipsort.decode.decodeprocesses import CANCELLED
 from clipsort.decode.decoding import Decoded, Decoding, Prepare, collect
-from clipsort.decode.images import Crop, DecodeLimits
+from clipsort.decode.images import Crop, DecodeLimits, pixel_limit
 from clipsort.errors import ConfigError, ImageIncomplete, ImageRejected
 
 log = structlog.get_logger()
@@ -89,8 +88,7 @@ def read_jpeg(path: Path, limits: DecodeLimits) -> Encoded | None:
             orientation = _orientation(image)
     except Exception:  # Pillow raises many types for a broken header: the CPU path says which
         return None
-    limit = min(limits.max_pixels, Image.MAX_IMAGE_PIXELS or limits.max_pixels)
-    if mode not in ("RGB", "L") or width * height > limit:
+    if mode not in ("RGB", "L") or width * height > pixel_limit(limits.max_pixels):
         return None
     return Encoded(data, hashlib.sha256(data).hexdigest(), width, height, orientation)
 
@@ -103,18 +101,21 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
+# What ImageOps.exif_transpose does for each EXIF orientation, on C x H x W.
+_TURNS: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
+    2: lambda p: p.flip(-1),  # mirrored left to right
+    3: lambda p: p.flip(-1).flip(-2),  # upside down
+    4: lambda p: p.flip(-2),
+    5: lambda p: p.transpose(-2, -1),  # Pillow's TRANSPOSE
+    6: lambda p: torch.rot90(p, -1, (-2, -1)),  # Pillow's ROTATE_270: a quarter turn clockwise
+    7: lambda p: p.transpose(-2, -1).flip(-1).flip(-2),  # Pillow's TRANSVERSE
+    8: lambda p: torch.rot90(p, 1, (-2, -1)),  # Pillow's ROTATE_90
+}
+
+
 def upright(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
     """C x H x W turned as ``ImageOps.exif_transpose`` turns a picture with this EXIF orientation."""
-    turns: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
-        2: lambda p: p.flip(-1),  # mirrored left to right
-        3: lambda p: p.flip(-1).flip(-2),  # upside down
-        4: lambda p: p.flip(-2),
-        5: lambda p: p.transpose(-2, -1),  # Pillow's TRANSPOSE
-        6: lambda p: torch.rot90(p, -1, (-2, -1)),  # Pillow's ROTATE_270: a quarter turn clockwise
-        7: lambda p: p.transpose(-2, -1).flip(-1).flip(-2),  # Pillow's TRANSVERSE
-        8: lambda p: torch.rot90(p, 1, (-2, -1)),  # Pillow's ROTATE_90
-    }
-    turn = turns.get(orientation)
+    turn = _TURNS.get(orientation)
     return pixels if turn is None else turn(pixels)
 
 
@@ -192,7 +193,7 @@ class DeviceJpeg:
                 stacked = torch.stack([crop for _, crop in made]).round_().clamp_(0, 255).to(torch.uint8)
                 host = stacked.permute(0, 2, 3, 1).contiguous().cpu().numpy()
                 for (index, _), crop in zip(made, host, strict=True):
-                    crops[index] = np.ascontiguousarray(crop)
+                    crops[index] = crop  # a view of one contiguous array: contiguous itself
         return crops
 
     def _one(self, buffer: torch.Tensor) -> torch.Tensor | None:

@@ -128,6 +128,11 @@ def pillow_warnings_off() -> None:
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
+def pixel_limit(max_pixels: int) -> int:
+    """The most pixels a picture may have: ``max_pixels``, or Pillow's own cap where lower."""
+    return min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+
+
 def decode_image(
     data: bytes, *, target: int, formats: Sequence[str], max_pixels: int, slack: float = 1.0
 ) -> Image.Image:
@@ -168,7 +173,7 @@ def decode_image(
     # Treating the warning as an error through a warnings filter would be
     # process-global and undone by any catch_warnings() elsewhere, so the
     # same limit is applied here, explicitly, from the header.
-    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    limit = pixel_limit(max_pixels)
     if image.width * image.height > limit:
         raise ImageRejected(f"{image.width}x{image.height} exceeds the {limit}-pixel limit")
     try:
