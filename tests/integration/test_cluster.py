@@ -29,23 +29,28 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 RGB = {"red": "red", "green": "green", "blue": "blue"}
 INBOX = ["red", "green", "blue", "yellow", "red", "blue"] * 4  # yellow: none of these
+MODES = ("reference", "text", "mixed", "finetuned")  # a dataset of each, named by its mode
 
 
-def archive(root: Path) -> None:
-    """Two datasets; their inboxes hold pictures of each class, strangers, an unreadable file, a
-    sidecar beside a picture, and a subfolder."""
-    for name in ("photos", "scans"):
-        make_dataset(root / name, RGB, references=4, inbox=INBOX, seed=5 if name == "photos" else 6)
+def archive(root: Path, checkpoint: Path) -> Path:
+    """A dataset per mode; each inbox holds pictures of each class, strangers, an unreadable file, a
+    sidecar beside a picture, and a subfolder. The config that gives each dataset its mode."""
+    for seed, name in enumerate(MODES, start=5):
+        make_dataset(root / name, RGB, references=4, inbox=INBOX, seed=seed)
         inbox = root / name / "Images"
         (inbox / "broken.jpg").write_bytes(b"\xff\xd8 not a picture")
         (inbox / "img0000.xmp").write_text("<x:xmpmeta/>")
         (inbox / "trip").mkdir()
         save(draw(np.random.default_rng(9), "green", "circle", size=90), inbox / "trip" / "g.png")
+    publish_copy(checkpoint, root / ".clipsort" / "checkpoints" / "finetuned", "trained")
+    config = root.parent / "config.toml"
+    config.write_text("".join(f'[datasets.{name}]\nmode = "{name}"\n' for name in MODES))
+    return config
 
 
 def placed(root: Path) -> dict[str, dict[str, list[str]]]:
     """Each dataset's folders (Images/, Dataset/, Review/, Rejected/) and their files."""
-    return {name: tree(root / name) for name in ("photos", "scans")}
+    return {name: tree(root / name) for name in MODES}
 
 
 def sort(runner: CliRunner, root: Path, *args: str) -> list[dict[str, object]]:
@@ -74,39 +79,51 @@ def scores(records: list[dict[str, object]], root: Path) -> dict[str, list[float
     }
 
 
-@pytest.mark.parametrize("mode", ["reference", "text", "mixed", "finetuned"])
-def test_ray_places_every_file_where_the_local_engine_does(
-    tmp_path: Path, tiny_model: Path, rgb_checkpoints: dict[str, Path], mode: str
+def test_ray_places_every_file_where_the_local_engine_does_in_every_mode(
+    tmp_path: Path, tiny_model: Path, rgb_checkpoints: dict[str, Path]
 ) -> None:
-    """The same archive sorted by both engines: the same folders, the same decisions, to the digit.
+    """The same archive, a dataset per mode, sorted by both engines: the same folders, the same
+    decisions, to the digit. A second ray run over the same root then moves nothing.
 
-    A second ray run over the same root then moves nothing.
+    Every mode in one run, as a root whose datasets have modes of their own is sorted: one Ray
+    pipeline (its actors holding the CLIP and the checkpoint) instead of one per mode.
     """
     local, ray = tmp_path / "local" / "Data", tmp_path / "ray" / "Data"
-    archive(local)
-    if mode == "finetuned":
-        for name in ("photos", "scans"):
-            publish_copy(rgb_checkpoints["rgb"], local / ".clipsort" / "checkpoints" / name, "trained")
+    config = archive(local, rgb_checkpoints["rgb"])
     shutil.copytree(local, ray, symlinks=True)
     runner = CliRunner(env={"CLIPSORT_MODEL": str(tiny_model), "CLIPSORT_RAY_SHARD_FILES": "7"})
-    by_local = sort(runner, local, "--mode", mode)
-    by_ray = sort(runner, ray, "--mode", mode, "--engine", "ray")
+    by_local = sort(runner, local, "--config", str(config))
+    by_ray = sort(runner, ray, "--config", str(config), "--engine", "ray")
     assert placed(ray) == placed(local)
     assert decisions(by_ray, ray) == decisions(by_local, local)
     # The same model on other batches: float32 sums in another order, equal to about 1e-6.
     local_scores = scores(by_local, local)
     for name, found in scores(by_ray, ray).items():
         assert found == pytest.approx(local_scores[name], abs=1e-5), name
-    assert len(by_ray) == 2 * (len(INBOX) + 2)  # every picture and the broken file; sidecars travel
-    assert any(r["status"] == "review" for r in by_ray) and any(r["status"] == "rejected" for r in by_ray)
-    assert [p.parent.parent.name for p in (ray / "photos").rglob("img0000.xmp")] == ["Dataset"], (
-        "with its picture"
-    )
+    assert len(by_ray) == len(MODES) * (len(INBOX) + 2)  # every picture and the broken file; sidecars travel
+    for mode in MODES:
+        mine = [r for r in by_ray if Path(str(r["file"])).relative_to(ray).parts[0] == mode]
+        assert any(r["status"] == "review" for r in mine), mode
+        assert any(r["status"] == "rejected" for r in mine), mode
+        assert any(r["status"] == "sorted" for r in mine), mode
+        assert [p.parent.parent.name for p in (ray / mode).rglob("img0000.xmp")] == ["Dataset"], (
+            f"{mode}: with its picture"
+        )
     assert not (ray / ".clipsort" / "ray-run").exists(), "a finished run leaves no shards"
 
     before = placed(ray)
-    assert sort(runner, ray, "--mode", mode, "--engine", "ray") == []
+    assert sort(runner, ray, "--config", str(config), "--engine", "ray") == []
     assert placed(ray) == before
+
+    # The checkpoint's pictures are what they are in a root of its own: no CLIP crop beside them.
+    alone = tmp_path / "alone" / "Data"
+    archive(alone, rgb_checkpoints["rgb"])
+    for mode in MODES[:-1]:
+        shutil.rmtree(alone / mode)
+    by_alone = scores(sort(runner, alone, "--config", str(config)), alone)
+    assert by_alone.keys() == {name for name in local_scores if name.startswith("finetuned/")}
+    for name, found in by_alone.items():
+        assert found == pytest.approx(local_scores[name], abs=1e-5), name
 
 
 def test_a_file_replaced_after_it_was_classified_is_classified_again(

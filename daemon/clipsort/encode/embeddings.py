@@ -53,13 +53,15 @@ class Embedder:
             raise ModelLoadError("no CLIP model is loaded: every dataset is classified by a checkpoint")
         return self.encoder
 
-    def decoding(self) -> tuple[int, Callable[[Image.Image], Crop] | None]:
+    def decoding(self, *, vectors: bool = True) -> tuple[int, Callable[[Image.Image], Crop] | None]:
         """The shortest edge pictures are decoded to, and what makes one the model's input.
 
-        Without a CLIP model a checkpoint's own processor resizes each picture;
-        decoding still drafts to :data:`PICTURE_SIDE` so the processor gets detail enough.
+        For a dataset not classified by CLIP vectors (``vectors=False``), or without a CLIP model,
+        a checkpoint's own processor resizes each picture; decoding still drafts to
+        :data:`PICTURE_SIDE` so the processor gets detail enough. So a fine-tuned dataset's
+        pictures are the same whether or not a CLIP model is loaded beside it for other datasets.
         """
-        if self.encoder is None:
+        if self.encoder is None or not vectors:
             return PICTURE_SIDE, None
         return self.encoder.image_size, self.encoder.crop
 

@@ -453,6 +453,7 @@ def prepare(
         for item in work
         if crop is not None and item.target.classifier.needs == "vectors"
     }
+    picture_side, _ = embedder.decoding(vectors=False)
     identity = {
         "settings": settings.model_dump(mode="json", exclude={"log_level", "log_format"}),
         "models": {item.target.layout.name: deciding_model(item.target, encoder) for item in work},
@@ -464,7 +465,7 @@ def prepare(
         settings,
         RunFolder(state / RUN_FOLDER),
         journal=None if dry_run else journal,
-        decoding=Decoding(DecodeLimits.from_settings(settings), side, crops),
+        decoding=Decoding(DecodeLimits.from_settings(settings), picture_side, crops),
         clip=encoder is not None,
         on_outcome=on_outcome,
         phases=phases,

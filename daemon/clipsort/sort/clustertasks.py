@@ -30,7 +30,7 @@ class Decoding:
     """How a dataset's files are decoded: to the CLIP tower's input (a crop) or to a picture."""
 
     limits: DecodeLimits
-    side: int  # the decoding target's shortest edge
+    side: int  # a picture's shortest edge, for datasets not classified by CLIP vectors
     crops: Mapping[str, int]  # dataset -> the tower's input size, for datasets classified by CLIP vectors
 
 
@@ -69,5 +69,6 @@ def decode_batch(batch: Any, decoding: Decoding) -> Any:
     for row in listed_rows(batch):
         side = decoding.crops.get(row.dataset)
         prepare = None if side is None else functools.partial(centre_crop, side=side)
-        reads.append(pickle.dumps(read_and_decode(row.path, decoding.limits, decoding.side, prepare)))
+        target = decoding.side if side is None else side
+        reads.append(pickle.dumps(read_and_decode(row.path, decoding.limits, target, prepare)))
     return batch.append_column("read", pa.array(reads, pa.binary()))

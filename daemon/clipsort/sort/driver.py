@@ -23,7 +23,7 @@ import contextlib
 import queue
 import threading
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -50,6 +50,12 @@ from clipsort.store.journal import Journal
 from clipsort.work import Job
 
 Verdict = Decision | ImageRejected | None  # None: inference failed even on the CPU
+
+
+def needs_vectors(job: Job, targets: Mapping[str, Target]) -> bool:
+    """Whether ``job``'s dataset is classified by CLIP vectors (of the model's input, a crop)."""
+    target = targets.get(job.dataset)
+    return target is not None and target.classifier.needs == "vectors"
 
 
 @dataclass(frozen=True)
@@ -135,9 +141,7 @@ class Decoders:
     def pick(self, jobs: Sequence[Job], targets: Mapping[str, Target], crops: bool) -> Decoding:
         """The threads unless every job's dataset classifies CLIP vectors of crops; for those the
         processes (where configured), behind the device's JPEG decoder (where configured)."""
-        vectors = crops and all(
-            job.dataset in targets and targets[job.dataset].classifier.needs == "vectors" for job in jobs
-        )
+        vectors = crops and all(needs_vectors(job, targets) for job in jobs)
         if not vectors:
             return self.threads
         pool = self.threads if self.processes is None else self.processes
@@ -244,10 +248,22 @@ class Driver:
     def decode(
         self, jobs: list[Job], decoders: Decoders, embedder: Embedder, targets: Mapping[str, Target]
     ) -> Batch:
-        """Start decoding ``jobs`` (to the model's input where it has one) on the pool that suits them."""
-        side, crop = embedder.decoding()
+        """Start decoding ``jobs`` on the pool that suits them: each to the model's input where its
+        dataset classifies CLIP vectors, else to a picture for a checkpoint's own processor.
+
+        A batch holding both (the threads decode it) is started as its two parts and its files'
+        futures kept in the jobs' order, so what a file is decoded to never depends on the other
+        files of its batch (the cluster engine decodes it alike, file by file).
+        """
+        _, crop = embedder.decoding()
         pool = decoders.pick(jobs, targets, crop is not None)
-        return Batch(jobs, pool.start([job.path for job in jobs], side, crop), embedder.encoder, pool)
+        vectors = [crop is not None and needs_vectors(job, targets) for job in jobs]
+        parts: dict[bool, Iterator[Future[Decoded]]] = {}
+        for want in set(vectors):
+            side, prepare = embedder.decoding(vectors=want)
+            paths = [job.path for job, wants in zip(jobs, vectors, strict=True) if wants is want]
+            parts[want] = iter(pool.start(paths, side, prepare))
+        return Batch(jobs, [next(parts[wants]) for wants in vectors], embedder.encoder, pool)
 
     def classify(
         self, batch: Batch, targets: Mapping[str, Target], embedder: Embedder, settings: Settings
