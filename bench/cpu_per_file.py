@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # The model stack, once the command line is read (a bad flag is refused in a fraction of a second).
     from bench.overhead import distinct_jpegs
-    from tests.synthetic import random_clip
+    from tests.synthetic import kept_clip
 
     report: dict[str, Any] = {
         "machine": machine(),
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     with tempfile.TemporaryDirectory(prefix="clipsort-bench-") as scratch:
         work = Path(scratch)
-        model = random_clip(work / "model", small=True, width=8, patch=224)
+        model = kept_clip(width=8, patch=224)
         files = distinct_jpegs(work / "files", count)
         report["daemon"] = daemon_cpu(model, files, work / "daemon", 1.0 if args.quick else 20.0)
         print(f"daemon: {shares(report['daemon'])}", flush=True)

@@ -33,7 +33,7 @@ from PIL import Image
 from bench.reports import bench_parser, write_report
 from clipsort.encode.encoder import Encoder
 from tests.daemonproc import Daemon
-from tests.synthetic import draw, make_dataset, random_clip
+from tests.synthetic import draw, kept_clip, make_dataset, random_clip
 from tests.waiting import wait_until
 
 CLASSES = {"red": "red", "green": "green", "blue": "blue"}
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="clipsort-bench-") as scratch:
-        model = args.model or random_clip(Path(scratch) / "model", small=args.quick)
+        model = args.model or (kept_clip() if args.quick else random_clip(Path(scratch) / "model"))
         delays = [25] if args.quick else [int(d) for d in args.delays.split(",")]
         singles, burst = (3, 12) if args.quick else (args.singles, args.burst)
         runs = []

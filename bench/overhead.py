@@ -253,11 +253,11 @@ def main(argv: list[str] | None = None) -> None:
     # The model stack, once the command line is read (a bad flag is refused in a fraction of a second).
     from bench.throughput import daemon_burst, sort_pipeline
     from clipsort.encode.encoder import Encoder
-    from tests.synthetic import random_clip
+    from tests.synthetic import kept_clip
 
     with tempfile.TemporaryDirectory(prefix="clipsort-bench-") as scratch:
         work = Path(scratch)
-        model = random_clip(work / "model", small=True)
+        model = kept_clip()
         encoder = Encoder(str(model), device="cpu", threads=args.model_threads)
         files = distinct_jpegs(work / "files", count)
         for k in range(rounds):

@@ -37,7 +37,7 @@ from bench.reports import bench_parser, write_report
 from clipsort.service.housekeeping import DAY
 from clipsort.service.status import folder_size
 from tests.daemonproc import Daemon
-from tests.synthetic import make_dataset, random_clip
+from tests.synthetic import kept_clip, make_dataset
 from tests.waiting import wait_until
 
 CLASSES = {"red": "red", "blue": "blue"}
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         "runs": {},
     }
     with tempfile.TemporaryDirectory(prefix="clipsort-bench-") as scratch:
-        model = random_clip(Path(scratch) / "model", small=True)
+        model = kept_clip()
         pictures = tiny_pictures(Path(scratch), files)
         for name, windows in runs.items():
             work = Path(scratch) / name

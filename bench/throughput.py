@@ -58,7 +58,7 @@ from clipsort.sort.oneshot import decoders_for, gather, run
 from clipsort.store.journal import Journal
 from clipsort.store.mover import make_state_dir
 from tests.daemonproc import Daemon, cpu_seconds_of
-from tests.synthetic import draw, make_dataset, random_clip
+from tests.synthetic import draw, kept_clip, make_dataset, random_clip
 from tests.waiting import wait_until
 
 SETS = {"jpeg12mp": (4000, 3000, "jpg"), "png1mp": (1000, 1000, "png"), "jpeg640": (640, 480, "jpg")}
@@ -277,7 +277,7 @@ def daemon_burst(model: Path, files: list[Path], work: Path, options: dict[str, 
 
 def rss_flatness(work: Path, bursts: tuple[int, int], options: dict[str, Any]) -> dict[str, float]:
     """Peak RSS of a fresh daemon after each burst of small files (two-layer model)."""
-    model = random_clip(work / "small-model", small=True)
+    model = kept_clip()
     small = make_set(work / "small", "jpeg640", 1, seed=3)[0]
     tiny = work / "tiny.jpg"
     Image.open(small).resize((96, 72)).save(tiny)
@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="clipsort-bench-") as scratch_name:
         scratch = Path(scratch_name)
-        model = random_clip(scratch / "model", small=args.quick)
+        model = kept_clip() if args.quick else random_clip(scratch / "model")
         encoder = Encoder(str(model), args.device, precision=args.precision)
         # The baseline's own copy, as the original scripts loaded it (the pipeline's may hold bf16 weights).
         original = load_model(str(model), args.device)

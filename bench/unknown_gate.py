@@ -43,7 +43,7 @@ from clipsort.decode.decoding import read_and_decode
 from clipsort.decode.images import DecodeLimits
 from clipsort.encode.encoder import Encoder
 from clipsort.encode.vectors import Vectors
-from tests.synthetic import random_clip
+from tests.synthetic import kept_clip
 
 BATCH = 64
 DIM = 512  # ViT-B/32's embedding width
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="clipsort-bench-") as scratch:
         jpeg = Path(scratch) / "p.jpg"
         Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(jpeg, quality=90)
-        encoder = Encoder(str(random_clip(Path(scratch) / "model", small=True)), device="cpu")
+        encoder = Encoder(str(kept_clip()), device="cpu")
         size = encoder.image_size
         decoded = read_and_decode(jpeg, LIMITS, size).picture
         assert isinstance(decoded, Image.Image), decoded
