@@ -109,7 +109,7 @@ def kept_clip(*, seed: int = 0, width: int = 32, patch: int = 32) -> Path:
     folder's name holds what makes its weights: the arguments, this module and the tokenizer's
     code, and the versions of the libraries that write it. Measurements start after the model is
     loaded, so a kept one changes none of them; :mod:`bench.model_start`, which measures making the
-    copy, keeps its own.
+    copy, makes it in a cache of its own run.
     """
     learn = Path(str(sys.modules["clipsort.learn.shapes"].__file__)).parent  # imported above
     key = hashlib.sha256(f"{seed}:{width}:{patch}".encode())
