@@ -8,17 +8,13 @@ runs as programs); each test is marked with its tier, so ``pytest -m unit`` runs
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
 import shutil
-import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from collections.abc import Generator, Iterator
-from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +24,7 @@ from typer.testing import CliRunner
 
 from clipsort.cli import app
 from tests.daemonproc import Daemon
+from tests.kept import kept_folder
 
 if TYPE_CHECKING:  # the model stack loads only for the tests that use it, not at collection
     from clipsort.encode.encoder import Encoder
@@ -81,17 +78,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         raise pytest.UsageError(f"pytest-xdist did not group {lost[0]} (see pytest's pin in pyproject.toml)")
 
 
-def _model_cache() -> Path:
-    """Where the tiny CLIP is kept between sessions, keyed by what makes its weights."""
-    # The demo model is deterministic: the same code and library versions give the same weights.
-    learn = REPO / "daemon" / "clipsort" / "learn"
-    key = hashlib.sha256((learn / "demo.py").read_bytes() + (learn / "shapes.py").read_bytes())
-    for package in ("torch", "transformers", "tokenizers"):
-        key.update(f"{package}={version(package)}".encode())
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "clipsort-tests" / f"tiny-clip-{key.hexdigest()[:16]}"
-
-
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     """A tiny CLIP trained on coloured shapes, made by `clipsort demo-model` as a user makes it.
@@ -99,18 +85,15 @@ def tiny_model() -> Path:
     Trained once per machine and kept (about 40 s saved on every later session); a new version of
     the demo's code or of the libraries it trains with makes a new one.
     """
-    cached = _model_cache()
-    if not (cached / "config.json").exists():
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".making-", dir=cached.parent))
+    learn = REPO / "daemon" / "clipsort" / "learn"
+
+    def make(folder: Path) -> None:
         # A folder whose parent does not exist yet, as in the README's `clipsort demo-model models/demo`.
-        folder = work / "models" / "tiny-clip"
         made = CliRunner().invoke(app, ["demo-model", str(folder)])
         assert made.exit_code == 0, made.output
-        with contextlib.suppress(OSError):  # another session made it meanwhile: theirs is the same
-            folder.rename(cached)
-        shutil.rmtree(work, ignore_errors=True)
-    return cached
+
+    sources = [(learn / "demo.py").read_bytes(), (learn / "shapes.py").read_bytes()]
+    return kept_folder("clipsort-tests", "tiny-clip", sources, make)
 
 
 @pytest.fixture(scope="session")

@@ -10,15 +10,9 @@ the others. Everything is seeded, and the model is cached like the demo model.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +20,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from clipsort.config import DEFAULT_TEMPLATES
+from tests.kept import WRITERS, kept_folder
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 CAPTIONS = ("a photo of a {}.", "a handwritten {}.", "the digit {}", "{}", *DEFAULT_TEMPLATES)
@@ -77,37 +72,24 @@ def picture(levels: npt.NDArray[np.float64], side: int = SIDE) -> Image.Image:
     return Image.fromarray(grey, mode="L").resize((side, side), Image.Resampling.BILINEAR).convert("RGB")
 
 
-def _cache_folder() -> Path:
-    """Where the digits CLIP is kept between sessions, keyed by what makes its weights."""
-    demo = Path(__file__).resolve().parents[1] / "daemon" / "clipsort" / "learn" / "demo.py"
-    key = hashlib.sha256(demo.read_bytes() + Path(__file__).read_bytes())
-    for package in ("torch", "transformers", "tokenizers", "scikit-learn"):
-        key.update(f"{package}={version(package)}".encode())
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "clipsort-tests" / f"digits-clip-{key.hexdigest()[:16]}"
-
-
 def digits_clip() -> Path:
     """The tiny CLIP trained on the training half of the digits (about 20 s once per machine)."""
-    cached = _cache_folder()
-    if (cached / "config.json").exists():
-        return cached
-    from clipsort.learn.demo import train_clip  # noqa: PLC0415  (torch, only when a model is made)
 
-    found = digits()
-    rng = np.random.default_rng(SEED)
-    captions = [
-        CAPTIONS[int(rng.integers(len(CAPTIONS)))].format(WORDS[found.target[r]]) for r in found.train
-    ]
-    pictures = [picture(found.pictures[r]) for r in found.train]
-    corpus = [caption.format(word) for caption in CAPTIONS for word in WORDS]
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".making-", dir=cached.parent))
-    train_clip(work / "model", pictures, captions, corpus, seed=SEED, steps=STEPS)
-    with contextlib.suppress(OSError):  # another session made it meanwhile: theirs is the same
-        (work / "model").rename(cached)
-    shutil.rmtree(work, ignore_errors=True)
-    return cached
+    def make(folder: Path) -> None:
+        from clipsort.learn.demo import train_clip  # noqa: PLC0415  (torch, only when a model is made)
+
+        found = digits()
+        rng = np.random.default_rng(SEED)
+        captions = [
+            CAPTIONS[int(rng.integers(len(CAPTIONS)))].format(WORDS[found.target[r]]) for r in found.train
+        ]
+        pictures = [picture(found.pictures[r]) for r in found.train]
+        corpus = [caption.format(word) for caption in CAPTIONS for word in WORDS]
+        train_clip(folder, pictures, captions, corpus, seed=SEED, steps=STEPS)
+
+    demo = Path(__file__).resolve().parents[1] / "daemon" / "clipsort" / "learn" / "demo.py"
+    sources = [demo.read_bytes(), Path(__file__).read_bytes()]
+    return kept_folder("clipsort-tests", "digits-clip", sources, make, packages=(*WRITERS, "scikit-learn"))
 
 
 def save_digit(row: int, path: Path) -> None:

@@ -11,14 +11,8 @@ deterministic and takes about 20 s on 2 CPU cores.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from clipsort.learn.shapes import COLORS, IMAGE_SIZE, SHAPES, draw
+from tests.kept import kept_folder
 
 # torch and transformers load only in the functions that build a model: drawing pictures (the unit
 # tier's and most tests' use of this module) leaves the model stack unloaded.
@@ -101,32 +96,24 @@ def random_clip(out: Path, *, seed: int = 0, small: bool = False, width: int = 3
 
 
 def kept_clip(*, seed: int = 0, width: int = 32, patch: int = 32) -> Path:
-    """A small :func:`random_clip`, made once per machine and kept, as the tests keep their tiny CLIP.
+    """A small :func:`random_clip`, made once per machine and kept (:mod:`tests.kept`), as the
+    tests keep their tiny CLIP.
 
     Why: a benchmark that made its model afresh paid transformers' import to make it (about 4.6 s
     of CPU) and, at the first daemon or ``sort`` it started, the model's compiled copy (its folder
     and times are what the copy is keyed by); the smoke runs CI makes paid both in each run. The
-    folder's name holds what makes its weights: the arguments, this module and the tokenizer's
-    code, and the versions of the libraries that write it. Measurements start after the model is
-    loaded, so a kept one changes none of them; :mod:`bench.model_start`, which measures making the
-    copy, makes it in a cache of its own run.
+    key holds the arguments, this module and the tokenizer's code. Measurements start after the
+    model is loaded, so a kept one changes none of them; :mod:`bench.model_start`, which measures
+    making the copy, makes it in a cache of its own run.
     """
     learn = Path(str(sys.modules["clipsort.learn.shapes"].__file__)).parent  # imported above
-    key = hashlib.sha256(f"{seed}:{width}:{patch}".encode())
-    for code in (Path(__file__), learn / "demo.py", learn / "shapes.py"):
-        key.update(code.read_bytes())
-    for package in ("torch", "transformers", "tokenizers"):
-        key.update(f"{package}={version(package)}".encode())
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clipsort-bench"
-    kept = base / f"clip-{width}-{patch}-{key.hexdigest()[:16]}"
-    if not (kept / "config.json").exists():
-        base.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".making-", dir=base))
-        random_clip(work / "clip", seed=seed, small=True, width=width, patch=patch)
-        with contextlib.suppress(OSError):  # another run made it meanwhile: the same weights
-            (work / "clip").rename(kept)
-        shutil.rmtree(work, ignore_errors=True)
-    return kept
+    sources = [f"{seed}:{width}:{patch}".encode()]
+    sources += [code.read_bytes() for code in (Path(__file__), learn / "demo.py", learn / "shapes.py")]
+
+    def make(folder: Path) -> None:
+        random_clip(folder, seed=seed, small=True, width=width, patch=patch)
+
+    return kept_folder("clipsort-bench", f"clip-{width}-{patch}", sources, make)
 
 
 def tiny_vit(out: Path, *, seed: int = 0) -> Path:

@@ -35,7 +35,6 @@ from clipsort.sort.oneshot import gather, run
 from clipsort.sort.pipeline import Outcome
 from clipsort.store.journal import Journal
 from clipsort.store.mover import make_state_dir
-from clipsort.work import Job, Signature
 from tests.synthetic import SHAPES, draw, make_dataset, save
 
 LIMITS = DecodeLimits(("JPEG", "PNG"), max_pixels=50_000_000, max_bytes=50 * 2**20)
@@ -276,8 +275,8 @@ def test_the_device_decoder_is_part_of_the_pools_a_setting_change_rebuilds(
     settings = load_settings(None, {"root": data_root, "decode_workers": 1, **options})
     with Decoders.configured(settings, DecodeLimits.from_settings(settings)) as decoders:
         assert decoders.device_jpeg is not None and decoders.device_jpeg.device == "cpu"
-        job = Job("rgb", data_root / "a.jpg", Signature(1, 0, 0), 0.0)
-        assert decoders.pick([job], {}, crops=False) is decoders.threads
+        assert decoders.pick([False]) is decoders.threads
+        assert decoders.pick([True, False]) is decoders.threads, "a batch with a picture in it"
         assert decoders.suits(settings)
         assert not decoders.suits(settings.model_copy(update={"jpeg_decoder": "pillow"}))
 

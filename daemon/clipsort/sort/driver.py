@@ -138,11 +138,10 @@ class Decoders:
         if self.processes is not None:
             self.processes.limits, self.processes.timeout = limits, timeout
 
-    def pick(self, jobs: Sequence[Job], targets: Mapping[str, Target], crops: bool) -> Decoding:
-        """The threads unless every job's dataset classifies CLIP vectors of crops; for those the
-        processes (where configured), behind the device's JPEG decoder (where configured)."""
-        vectors = crops and all(needs_vectors(job, targets) for job in jobs)
-        if not vectors:
+    def pick(self, crops: Sequence[bool]) -> Decoding:
+        """The threads unless every file of a batch is decoded to a CLIP crop (``crops``, per file);
+        for those the processes (where configured), behind the device's JPEG decoder (where configured)."""
+        if not crops or not all(crops):
             return self.threads
         pool = self.threads if self.processes is None else self.processes
         return pool if self.device_jpeg is None else self.device_jpeg.over(pool)
@@ -255,9 +254,8 @@ class Driver:
         futures kept in the jobs' order, so what a file is decoded to never depends on the other
         files of its batch (the cluster engine decodes it alike, file by file).
         """
-        _, crop = embedder.decoding()
-        pool = decoders.pick(jobs, targets, crop is not None)
-        vectors = [crop is not None and needs_vectors(job, targets) for job in jobs]
+        vectors = [embedder.encoder is not None and needs_vectors(job, targets) for job in jobs]
+        pool = decoders.pick(vectors)
         parts: dict[bool, Iterator[Future[Decoded]]] = {}
         for want in set(vectors):
             side, prepare = embedder.decoding(vectors=want)

@@ -1,0 +1,53 @@
+"""Folders made once per machine and kept in the user's cache: the tests' and benchmarks' models.
+
+A model made by code is deterministic: the same code and library versions give the same weights.
+So each is kept under ``$XDG_CACHE_HOME`` (or ``~/.cache``), named by a hash of what makes it, and
+the next session, benchmark or CI run on the machine takes it instead of training or writing it
+again. A new version of that code or of those libraries names a new folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from importlib.metadata import version
+from pathlib import Path
+
+# The libraries that write a model's folder: their versions are part of every key.
+WRITERS = ("torch", "transformers", "tokenizers")
+
+
+def kept_folder(
+    kind: str,
+    name: str,
+    inputs: Iterable[bytes],
+    make: Callable[[Path], object],
+    *,
+    packages: Iterable[str] = WRITERS,
+) -> Path:
+    """``<cache>/<kind>/<name>-<key>``, made by ``make`` where it does not exist yet.
+
+    The key hashes ``inputs`` (what makes the folder: its code, its arguments) and the versions of
+    ``packages``. ``make`` writes into a folder whose parent does not exist yet, inside a temporary
+    folder beside the kept one, which is then renamed into place: two processes making it at once
+    (pytest-xdist workers, a benchmark beside the tests) each see a whole folder or none, and the
+    second's rename fails harmlessly, its folder the same.
+    """
+    key = hashlib.sha256(b"".join(inputs))
+    for package in packages:
+        key.update(f"{package}={version(package)}".encode())
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / kind
+    kept = base / f"{name}-{key.hexdigest()[:16]}"
+    if not (kept / "config.json").exists():
+        base.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".making-", dir=base))
+        made = work / "models" / name
+        make(made)
+        with contextlib.suppress(OSError):  # another process made it meanwhile: theirs is the same
+            made.rename(kept)
+        shutil.rmtree(work, ignore_errors=True)
+    return kept
