@@ -152,6 +152,8 @@ def test_a_filed_picture_moved_into_the_negatives_folder_teaches_the_unknown_gat
         pixels[0, 0] = 255 - pixels[0, 0]
         save(Image.fromarray(pixels), dataset / "Images" / f"again-{path.name}")
     wait_until(lambda: all((dataset / "Review" / f"again-{p.name}").exists() for p in filed), timeout=30)
+    # A batch's canonical lines are written once its moves are done.
+    wait_until(lambda: len([r for r in daemon.events("review") if "again-" in r["file"]]) >= len(filed))
     held = [r for r in daemon.events("review") if "again-" in r["file"]]
     assert len(held) == len(filed) and all(r["reason"] == "unknown" for r in held)
     # Held either as nearer a negative than its class, or by the reference rule because the

@@ -230,6 +230,7 @@ def test_systemd_protocol_reload_status_and_metrics(
     assert "psychic" in rejected["error"]
     save(draw(np.random.default_rng(1), "blue", "circle"), dataset / "Images" / "after.png")
     wait_until(lambda: sorted_files(dataset).get("after.png") == "blue")
+    daemon.wait_event("sorted", lambda r: r["file"].endswith("after.png"))  # logged after the move
     assert daemon.events("sorted")[-1]["mode"] == "text"
 
     assert daemon.stop() == 0
@@ -428,6 +429,7 @@ def test_a_fine_tuned_daemon_loads_clip_only_when_a_reload_asks_for_it(
     daemon.wait_event("config_reloaded")
     save(draw(rng, "blue", "circle", 64), dataset / "Images" / "by-clip.png")
     wait_until(lambda: sorted_files(dataset).get("by-clip.png") == "blue")
+    daemon.wait_event("sorted", lambda r: r["file"].endswith("by-clip.png"))  # logged after the move
     (line,) = [r for r in daemon.events("sorted") if r["file"].endswith("by-clip.png")]
     assert line["mode"] == "reference-max" and line["model"] == str(tiny_model)
     wait_until(lambda: daemon.status().model == str(tiny_model))

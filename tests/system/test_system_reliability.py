@@ -174,6 +174,8 @@ def test_malformed_input_is_quarantined_or_left_alone_and_the_daemon_carries_on(
     assert sum(landed[name] == color for name, color in good.items()) >= 5
     assert sorted(p.name for p in inbox.iterdir()) == ["fifo.jpg", "link.png"]
     assert (staging / "elsewhere.png").exists()
+    # A batch's canonical lines are written once its moves are done (one write per batch).
+    wait_until(lambda: bad <= {Path(r["file"]).name for r in daemon.events("rejected")}, timeout=30)
     reasons = {Path(r["file"]).name: r["reason"] for r in daemon.events("rejected")}
     assert "empty" in reasons["empty.jpg"] and "truncated" in reasons["truncated.jpg"]
     assert "pixel limit" in reasons["bomb.png"] and "file size limit" in reasons["huge.png"]
