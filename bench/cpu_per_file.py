@@ -64,6 +64,24 @@ def _named(self):
 threading.Thread._bootstrap_inner = _named
 """
 
+# With --profile: each thread the daemon starts runs under cProfile on its own CPU clock (waiting
+# costs nothing), its statistics written as <thread name>-<ident>.pstats when it ends or at exit.
+PROFILE_THREADS = """
+import atexit, cProfile, os, threading, time
+_folder, _open = os.environ["CLIPSORT_BENCH_PROFILE"], {}
+_run = threading.Thread.run
+def _write(thread, profile):
+    profile.dump_stats(os.path.join(_folder, f"{thread.name}-{thread.ident}.pstats"))
+def _profiled(self):
+    profile = _open[self] = cProfile.Profile(time.thread_time)
+    try:
+        profile.runcall(_run, self)
+    finally:
+        _write(self, _open.pop(self))
+threading.Thread.run = _profiled
+atexit.register(lambda: [_write(thread, profile) for thread, profile in list(_open.items())])
+"""
+
 SORT_LAUNCHER = """
 import atexit, resource, sys
 out = sys.argv.pop(1)
@@ -94,8 +112,11 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return dict(found)
 
 
-def daemon_cpu(model: Path, files: list[Path], work: Path, idle_seconds: float = 20.0) -> dict[str, Any]:
-    """The daemon's own CPU per file over a burst of ``files``, and the per-thread account."""
+def daemon_cpu(
+    model: Path, files: list[Path], work: Path, idle_seconds: float = 20.0, profile: Path | None = None
+) -> dict[str, Any]:
+    """The daemon's own CPU per file over a burst of ``files``, and the per-thread account (with
+    ``profile``, each thread's cProfile statistics written there: see ``PROFILE_THREADS``)."""
     from bench.daemon_latency import CLASSES
     from bench.throughput import arrived_count
     from clipsort.config import Settings
@@ -122,10 +143,12 @@ def daemon_cpu(model: Path, files: list[Path], work: Path, idle_seconds: float =
     )
     hook = work / "name-threads"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(NAME_THREADS)
-    daemon.start(
-        wait=True, env={"PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
-    )
+    (hook / "sitecustomize.py").write_text(NAME_THREADS + (PROFILE_THREADS if profile else ""))
+    env = {"PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    if profile:
+        profile.mkdir(parents=True, exist_ok=True)
+        env["CLIPSORT_BENCH_PROFILE"] = str(profile.resolve())
+    daemon.start(wait=True, env=env)
     try:
         assert daemon.process is not None
         pid = daemon.process.pid
@@ -245,7 +268,11 @@ def model_cpu(port: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = bench_parser(__doc__, "cpu_per_file", quick="40 files: a smoke run", files=2000).parse_args(argv)
+    parser = bench_parser(__doc__, "cpu_per_file", quick="40 files: a smoke run", files=2000)
+    parser.add_argument(
+        "--profile", type=Path, help="write each daemon thread's cProfile statistics (.pstats) here"
+    )
+    args = parser.parse_args(argv)
     count = files_for(args, quick=40)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # The model stack, once the command line is read (a bad flag is refused in a fraction of a second).
@@ -262,7 +289,9 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(scratch)
         model = kept_clip(width=8, patch=224)
         files = distinct_jpegs(work / "files", count)
-        report["daemon"] = daemon_cpu(model, files, work / "daemon", 1.0 if args.quick else 20.0)
+        report["daemon"] = daemon_cpu(
+            model, files, work / "daemon", 1.0 if args.quick else 20.0, args.profile
+        )
         print(f"daemon: {shares(report['daemon'])}", flush=True)
         for name, ms in sorted(report["daemon"]["threads_ms_per_file"].items(), key=lambda item: -item[1]):
             print(f"  {name:<28} {ms:.3f} ms/file", flush=True)

@@ -3,7 +3,9 @@
 A model made by code is deterministic: the same code and library versions give the same weights.
 So each is kept under ``$XDG_CACHE_HOME`` (or ``~/.cache``), named by a hash of what makes it, and
 the next session, benchmark or CI run on the machine takes it instead of training or writing it
-again. A new version of that code or of those libraries names a new folder.
+again. A new version of that code or of those libraries names a new folder; making one removes the
+folders of the same name unused for :data:`UNUSED_DAYS` (each use marks its folder used), so the
+cache holds what recent checkouts use rather than every version ever made.
 """
 
 from __future__ import annotations
@@ -11,14 +13,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from importlib.metadata import version
 from pathlib import Path
 
 # The libraries that write a model's folder: their versions are part of every key.
 WRITERS = ("torch", "transformers", "tokenizers")
+# A kept folder (or a half-made one a killed run left) unused this long goes when its name's next
+# folder is made. Long enough for an old checkout's session the same week to find its own.
+UNUSED_DAYS = 7
 
 
 def kept_folder(
@@ -50,4 +57,22 @@ def kept_folder(
         with contextlib.suppress(OSError):  # another process made it meanwhile: theirs is the same
             made.rename(kept)
         shutil.rmtree(work, ignore_errors=True)
+        prune(base, name, keep=kept)
+    else:
+        with contextlib.suppress(OSError):  # marks it used (a read-only cache just is not pruned)
+            os.utime(kept)
     return kept
+
+
+def prune(base: Path, name: str, *, keep: Path) -> list[Path]:
+    """Remove ``base``'s ``<name>-*`` folders and half-made ``.making-*`` ones unused for
+    :data:`UNUSED_DAYS`, never ``keep``; what was removed."""
+    cutoff = time.time() - UNUSED_DAYS * 86400
+    removed = []
+    ours = re.compile(rf"{re.escape(name)}-[0-9a-f]{{16}}|\.making-.*")
+    for folder in base.iterdir():
+        with contextlib.suppress(OSError):  # another process removed it meanwhile
+            if ours.fullmatch(folder.name) and folder != keep and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder)
+                removed.append(folder)
+    return removed

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sentence_transformers import SentenceTransformer
 
 from clipsort.classify.targets import make_target
 from clipsort.config import load_settings
@@ -114,6 +113,10 @@ def test_text_model_encodes_the_text(tiny_model: Path, tmp_path: Path) -> None:
     both = Encoder(str(tiny_model), "cpu", text_model=str(second))
     alone = Encoder(str(tiny_model), "cpu")
     texts = ["a photo of a red.", "blue"]
+    # Here, not at the top: every pytest-xdist worker imports each module to collect it, and
+    # sentence-transformers costs about 2.5 s of CPU beyond transformers, for this one test.
+    from sentence_transformers import SentenceTransformer  # noqa: PLC0415
+
     expected = SentenceTransformer(str(second), device="cpu").encode(texts, normalize_embeddings=True)
     assert both.encode_texts(texts) == pytest.approx(expected, abs=1e-5)
     assert not np.allclose(both.encode_texts(texts), alone.encode_texts(texts), atol=1e-3)

@@ -54,6 +54,11 @@ class Target:
     gate: Gate | None = None  # the "none of these" gate; None when off (and in finetuned mode)
 
     @property
+    def by_vectors(self) -> bool:
+        """Whether its files are classified by CLIP vectors (else by a checkpoint's own pictures)."""
+        return self.classifier.needs == "vectors"
+
+    @property
     def classes(self) -> tuple[str, ...]:
         """The folders files can be sorted into: the checkpoint's classes in finetuned mode."""
         return self.classifier.classes(self.index)

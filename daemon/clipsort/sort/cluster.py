@@ -448,11 +448,7 @@ def prepare(
     embedder = make_embedder(settings, encoder, cache)
     work = gather(layouts, settings, embedder, named=named, corrected=corrected, found={})
     side, crop = embedder.decoding()
-    crops = {
-        item.target.layout.name: side
-        for item in work
-        if crop is not None and item.target.classifier.needs == "vectors"
-    }
+    crops = {item.target.layout.name: side for item in work if crop is not None and item.target.by_vectors}
     picture_side, _ = embedder.decoding(vectors=False)
     identity = {
         "settings": settings.model_dump(mode="json", exclude={"log_level", "log_format"}),

@@ -55,7 +55,7 @@ Verdict = Decision | ImageRejected | None  # None: inference failed even on the 
 def needs_vectors(job: Job, targets: Mapping[str, Target]) -> bool:
     """Whether ``job``'s dataset is classified by CLIP vectors (of the model's input, a crop)."""
     target = targets.get(job.dataset)
-    return target is not None and target.classifier.needs == "vectors"
+    return target is not None and target.by_vectors
 
 
 @dataclass(frozen=True)

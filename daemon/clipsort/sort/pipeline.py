@@ -102,7 +102,7 @@ def classify(
     for i in readable:
         by_dataset.setdefault(jobs[i].dataset, []).append(i)
     # One CLIP forward pass for every dataset whose mode classifies CLIP vectors.
-    vector_jobs = [i for i in readable if targets[jobs[i].dataset].classifier.needs == "vectors"]
+    vector_jobs = [i for i in readable if targets[jobs[i].dataset].by_vectors]
     vectors: Vectors | None = None
     if vector_jobs:
         if encoder is None:
@@ -124,7 +124,7 @@ def classify(
     for dataset, members in by_dataset.items():
         target = targets[dataset]
         rows = None
-        if vectors is not None and target.classifier.needs == "vectors":
+        if vectors is not None and target.by_vectors:
             rows = vectors[np.asarray([row_of[i] for i in members])]
         needed = target.classifier.needs == "pictures"
         inputs = Inputs(pictures=[_picture(reads[i]) for i in members] if needed else [], vectors=rows)
