@@ -64,15 +64,12 @@ def kept_folder(
     return kept
 
 
-def prune(base: Path, name: str, *, keep: Path) -> list[Path]:
+def prune(base: Path, name: str, *, keep: Path) -> None:
     """Remove ``base``'s ``<name>-*`` folders and half-made ``.making-*`` ones unused for
-    :data:`UNUSED_DAYS`, never ``keep``; what was removed."""
+    :data:`UNUSED_DAYS`, never ``keep``."""
     cutoff = time.time() - UNUSED_DAYS * 86400
-    removed = []
     ours = re.compile(rf"{re.escape(name)}-[0-9a-f]{{16}}|\.making-.*")
     for folder in base.iterdir():
         with contextlib.suppress(OSError):  # another process removed it meanwhile
             if ours.fullmatch(folder.name) and folder != keep and folder.stat().st_mtime < cutoff:
                 shutil.rmtree(folder)
-                removed.append(folder)
-    return removed
