@@ -22,7 +22,8 @@ spin beside the decoders, and their CPU is no pipeline's):
   load), divided by the files less one; its own ``RUSAGE_SELF``, read at its exit.
 
 Even that model costs the CPU something (its patch is 150,528 numbers per picture, converted to
-floats and multiplied: about 0.4 ms a picture here), work a GPU would do. So each run reports the
+floats a chunk at a time and multiplied: about 0.1-0.3 ms a picture here, 0.4-0.9 before the
+patch products, ``clipsort.encode.encoder._PixelEmbeddings``), work a GPU would do. So each run reports the
 **model's** share too (``clipsort.encode.encoder.model_cpu_seconds``: the model thread's CPU
 clock around each forward pass; the daemon's through its ``clipsort_model_cpu_seconds`` metric)
 and the **pipeline's**, the process's CPU less the model's: what issue 37's targets are about.
@@ -154,22 +155,24 @@ def daemon_cpu(
         pid = daemon.process.pid
         for path in files:
             shutil.copyfile(path, dataset / "Images" / f".{path.name}")
-        threads_before, before, model_before = thread_cpu(pid), cpu_seconds_of(pid), model_cpu(port)
+        threads_before, before, metrics_before = thread_cpu(pid), cpu_seconds_of(pid), daemon_metrics(port)
         started = time.perf_counter()
         for path in files:
             os.rename(dataset / "Images" / f".{path.name}", dataset / "Images" / path.name)
         wait_until(lambda: arrived_count(dataset) == len(files), timeout=3600, every=0.01)
         elapsed = time.perf_counter() - started
-        after, threads_after, model_after = cpu_seconds_of(pid), thread_cpu(pid), model_cpu(port)
+        after, threads_after, metrics_after = cpu_seconds_of(pid), thread_cpu(pid), daemon_metrics(port)
         idle = idle_cpu(pid, idle_seconds)
     finally:
         daemon.stop()
-    cpu, model_ms = (after - before) * 1e3 / len(files), (model_after - model_before) * 1e3 / len(files)
+    grew = {name: metrics_after[name] - metrics_before[name] for name in READ_METRICS}
+    cpu, model_ms = (after - before) * 1e3 / len(files), grew["clipsort_model_cpu_seconds"] * 1e3 / len(files)
     return {
         "cpu_ms_per_file": cpu,
         "model_ms_per_file": model_ms,
         "pipeline_ms_per_file": cpu - model_ms,
         "elapsed_s": elapsed,
+        "mean_batch": grew["clipsort_batch_size_sum"] / max(grew["clipsort_batch_size_count"], 1),
         # Every thread, idle ones too: /proc counts in clock ticks (10 ms), which a short burst may not
         # reach on a thread that did little.
         "threads_ms_per_file": thread_ms(threads_before, threads_after, len(files), 4),
@@ -258,13 +261,22 @@ def shares(run: dict[str, Any]) -> str:
     )
 
 
-def model_cpu(port: int) -> float:
-    """The daemon's ``clipsort_model_cpu_seconds``, read from its metrics endpoint."""
+# What the daemon's metrics endpoint is read for: the model's CPU clock and the batches' sizes
+# (how many files a batch's fixed costs, one forward pass and one journal transaction, are spread over).
+READ_METRICS = ("clipsort_model_cpu_seconds", "clipsort_batch_size_sum", "clipsort_batch_size_count")
+
+
+def daemon_metrics(port: int) -> dict[str, float]:
+    """:data:`READ_METRICS` from the daemon's metrics endpoint, summed over their labels."""
+    found: dict[str, float] = {}
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
         for line in response.read().decode().splitlines():
-            if line.startswith("clipsort_model_cpu_seconds "):
-                return float(line.split()[1])
-    raise SystemExit("the daemon's metrics carry no clipsort_model_cpu_seconds")
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in READ_METRICS:
+                found[name] = found.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    if "clipsort_model_cpu_seconds" not in found:
+        raise SystemExit("the daemon's metrics carry no clipsort_model_cpu_seconds")
+    return {name: found.get(name, 0.0) for name in READ_METRICS}  # no batch yet: no sample
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -292,7 +304,8 @@ def main(argv: list[str] | None = None) -> None:
         report["daemon"] = daemon_cpu(
             model, files, work / "daemon", 1.0 if args.quick else 20.0, args.profile
         )
-        print(f"daemon: {shares(report['daemon'])}", flush=True)
+        batch = report["daemon"]["mean_batch"]
+        print(f"daemon: {shares(report['daemon'])}; {batch:.1f} files a batch", flush=True)
         for name, ms in sorted(report["daemon"]["threads_ms_per_file"].items(), key=lambda item: -item[1]):
             print(f"  {name:<28} {ms:.3f} ms/file", flush=True)
         idle = report["daemon"]["idle"]

@@ -127,7 +127,7 @@ def baseline(encoder: Encoder, original: SentenceTransformer, files: list[Path],
 def model_only(
     encoder: Encoder, count: int, batch_size: int, *, eager: bool = False, busy: bool = False
 ) -> float:
-    """Images/s of forward passes alone on normalised tensors already on the device.
+    """Images/s of forward passes alone on a batch of pixels already on the device.
 
     As clipsort runs them (the traced graph), or ``eager`` through the Python modules; ``busy``
     runs a pure-Python loop in a second thread meanwhile, as the daemon's other threads are.
@@ -135,8 +135,8 @@ def model_only(
     tower = encoder._tower
     assert tower is not None, "model_only needs a plain CLIPModel"
     side = encoder.image_size
-    one = tower.pixels([draw(np.random.default_rng(0), "red", "circle", size=side)])
-    batch = tower.normalised(one.to(encoder.device)).repeat(batch_size, 1, 1, 1)
+    one = draw(np.random.default_rng(0), "red", "circle", size=side)
+    batch = tower.pixels([one] * batch_size).to(encoder.device)  # uint8, in the crops' layout
     run = tower.eager if eager else tower.forward
 
     def forward(values: torch.Tensor) -> None:

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from structlog.testing import capture_logs
 
+from clipsort.encode import encoder as encoder_module
 from clipsort.encode.compiled import CompiledClip
 from clipsort.encode.encoder import (
     Encoder,
@@ -32,7 +33,7 @@ from clipsort.encode.hub import looks_like_path
 from clipsort.encode.plainclip import PlainClip
 from clipsort.errors import ModelLoadError
 from tests.helpers import clipsort_process, python_process
-from tests.synthetic import draw, make_dataset
+from tests.synthetic import draw, kept_clip, make_dataset
 
 
 def test_vectors_are_unit_length_float32(encoder: Encoder) -> None:
@@ -277,10 +278,35 @@ def test_the_image_side_runs_as_one_traced_graph(encoder: Encoder) -> None:
     tower = encoder._tower
     assert tower is not None and tower.graph is not None
     generator = torch.Generator().manual_seed(1)
+    side = encoder.image_size
     with torch.inference_mode():
         for size in (1, 5, 33):
-            values = torch.randn((size, 3, encoder.image_size, encoder.image_size), generator=generator)
+            crops = torch.randint(0, 256, (size, side, side, 3), generator=generator, dtype=torch.uint8)
+            values = crops.permute(0, 3, 1, 2)  # as ImageTower.pixels hands them over
             assert torch.allclose(tower.forward(values), tower.eager(values), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", ["patches in chunks", "one patch a picture"])
+def test_the_patch_products_give_transformers_own_vectors(
+    shape: str, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The patch embedding done as products of uint8 rows a chunk at a time (in floats that stay in
+    cache) gives what transformers' own convolution of normalised floats gives: with chunks that
+    do not divide a patch's row, and with a picture that is one patch (the benchmarks' stand-in,
+    ten chunks of its 150,528 values)."""
+    if shape == "patches in chunks":
+        monkeypatch.setattr(encoder_module, "PATCH_CHUNK", 50)  # read as the graph is traced
+        model = tiny_model
+    else:
+        model = kept_clip(width=8, patch=224)
+    ours, plain = Encoder(str(model), "cpu"), PlainClip(model, "cpu")
+    assert ours._tower is not None and ours._tower.graph is not None
+    rng = np.random.default_rng(7)
+    kinds = [(color, kind) for color in ("red", "blue") for kind in ("circle", "square")]
+    pictures = [draw(rng, color, kind, size=300) for color, kind in kinds]
+    crops = [ours._tower.crop(picture) for picture in pictures]
+    expected = plain.encode([Image.fromarray(crop) for crop in crops])
+    assert np.allclose(ours.encode_images(crops), expected, atol=1e-5)
 
 
 def test_a_model_that_cannot_be_traced_runs_eagerly(

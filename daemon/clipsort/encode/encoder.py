@@ -189,9 +189,10 @@ class ImageTower:
 
     Pictures are centre-cropped on the CPU and sent to the device as uint8
     (a quarter of float32's bytes, pinned for an asynchronous copy on CUDA);
-    scaling to [0, 1] and CLIP's mean/std normalisation are folded into the
-    patch embedding's weights, so the model takes the pixels' 0-255 values as
-    they are (see :func:`_folded_patches`). Outputs match the
+    the model takes them as they are, 0-255 in the crops' own layout, and
+    turns them to floats a chunk at a time (see :class:`_PixelEmbeddings`,
+    where scaling and CLIP's mean/std normalisation are folded into the
+    patch weights). Outputs match the
     sentence-transformers path (a test holds them to it), which remains for
     models that are not a plain CLIPModel. Made by :func:`traced_tower`, or
     from a compiled copy's graph alone (:mod:`clipsort.encode.compiled`: no ``module``).
@@ -204,14 +205,12 @@ class ImageTower:
         graph: Callable[[torch.Tensor], torch.Tensor] | None,
         module: torch.nn.Module | None = None,
         bf16: bool = False,
-        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.size = size
         self.device = device
         self.graph = graph
         self._module = module
         self.bf16 = bf16
-        self.dtype = dtype  # fp16 on CUDA, else fp32: the dtype pixels enter in
         self._pinned: torch.Tensor | None = None  # see staging
 
     def crop(self, image: Image.Image) -> Crop:
@@ -251,18 +250,14 @@ class ImageTower:
             pixels = pixels.to(self.device, non_blocking=True)
         started = time.thread_time()
         with torch.inference_mode():
-            features = torch.nn.functional.normalize(self.forward(self.normalised(pixels)).float(), dim=-1)
+            features = torch.nn.functional.normalize(self.forward(pixels).float(), dim=-1)
         vectors = np.asarray(features.cpu().numpy(), dtype=np.float32)
         with _MODEL_CPU_LOCK:
             _MODEL_CPU[0] += time.thread_time() - started
         return vectors
 
-    def normalised(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 pixels (on the device) as the model's input: its dtype; the patch weights normalise."""
-        return pixels.to(self.dtype)
-
     def forward(self, values: torch.Tensor) -> torch.Tensor:
-        """Projected image features of :meth:`normalised` pixels, in the configured precision."""
+        """Projected image features of uint8 :meth:`pixels` (on the device), in the configured precision."""
         if self.graph is None:
             return self.eager(values)
         with compiled.interpreted():
@@ -292,10 +287,9 @@ def traced_tower(
     if bf16:
         clip.vision_model.to(torch.bfloat16)
         clip.visual_projection.to(torch.bfloat16)
-    dtype = clip.logit_scale.dtype
     mean = torch.tensor(image_processor.image_mean, dtype=torch.float32) * 255
     std = torch.tensor(image_processor.image_std, dtype=torch.float32) * 255
-    tower = ImageTower(size, device, None, _Projected(clip, mean, std).eval(), bf16, dtype)
+    tower = ImageTower(size, device, None, _Projected(clip, mean, std).eval(), bf16)
     tower.graph = _trace(tower)
     return tower
 
@@ -314,8 +308,8 @@ def _trace(tower: ImageTower) -> Callable[[torch.Tensor], torch.Tensor] | None:
     forward ran at a third of its rate, the graph at full rate (bench/README.md). The trace
     records autocast's casts, so the graph is called outside autocast.
     """
-    sample = torch.rand((2, 3, tower.size, tower.size), generator=torch.Generator().manual_seed(0))
-    sample = sample.to(tower.device, tower.dtype)
+    crops = torch.randint(0, 256, (2, tower.size, tower.size, 3), generator=torch.Generator().manual_seed(0))
+    sample = crops.to(tower.device, torch.uint8).permute(0, 3, 1, 2)  # as ImageTower.pixels makes them
     try:
         with warnings.catch_warnings():
             # The tracer warns about every Python-level shape check it freezes; the image
@@ -352,8 +346,8 @@ _TracerWarning: type[Warning] = torch.jit.TracerWarning  # type: ignore[attr-def
 class _Projected(torch.nn.Module):
     """CLIP's vision tower and projection as one module, fed 0-255 pixels: what is traced.
 
-    The tower is a shallow copy of ``clip``'s whose patch embedding alone is replaced by
-    :func:`_folded_patches`: every other weight is shared (no second copy in memory), and
+    The tower is a shallow copy of ``clip``'s whose embeddings alone are replaced by
+    :class:`_PixelEmbeddings`: every other weight is shared (no second copy in memory), and
     ``clip`` itself is untouched (training copies its vision weights as they are).
     """
 
@@ -361,10 +355,7 @@ class _Projected(torch.nn.Module):
         super().__init__()
         tower = copy.copy(clip.vision_model)
         tower._modules = dict(tower._modules)
-        embeddings = copy.copy(tower.embeddings)
-        embeddings._modules = dict(embeddings._modules)
-        embeddings.patch_embedding = _folded_patches(embeddings.patch_embedding, mean, std)
-        tower.embeddings = embeddings
+        tower.embeddings = _PixelEmbeddings(tower.embeddings, mean, std)
         self.tower = tower
         self.projection = clip.visual_projection
 
@@ -373,34 +364,78 @@ class _Projected(torch.nn.Module):
         return projected
 
 
-def _folded_patches(conv: torch.nn.Conv2d, mean: torch.Tensor, std: torch.Tensor) -> torch.nn.Conv2d:
-    """``conv`` applied to ``(x - mean) / std`` per channel, as one convolution of ``x`` itself.
+# Pixel values per patch row converted to floats at a time (see _PixelEmbeddings): 64 pictures'
+# chunks are 4 MiB of floats, reused by the allocator from one chunk to the next.
+PATCH_CHUNK = 16384
 
-    Why: normalising a batch was three passes over every pixel (cast, subtract, divide), which
-    on two CPU cores cost about twice the two-layer model's whole forward pass (bench/README.md).
-    A convolution is linear: ``W * ((x - m) / s) = (W / s) * x - sum(W * m / s)``, and CLIP's
-    patch embedding has no padding, so the second term is one constant per output channel: a bias.
+
+class _PixelEmbeddings(torch.nn.Module):
+    """CLIP's vision embeddings (patches, class token, positions) of uint8 0-255 pixels.
+
+    The pixels arrive as the crops are stored, N x size x size x 3 (seen as N x 3 x size x size), and
+    stay uint8 until each patch row's chunk of :data:`PATCH_CHUNK` values is multiplied. Why, on
+    the CPU (bench/README.md, issue 37): casting a whole batch to floats first and running the
+    patch convolution wrote several batch-sized buffers (a picture is 600 KB of floats), each a
+    fresh allocation whose pages the kernel faulted in and zeroed, and oneDNN reordered the
+    input into its own layout: about 0.9 ms of CPU a picture for a model whose arithmetic costs
+    0.1. A patch embedding with stride equal to its kernel is a matrix product of the patches'
+    rows, so it is done as one, chunk by chunk in floats that stay in cache, accumulated in fp32.
+
+    Scaling to [0, 1] and CLIP's mean/std normalisation are folded into the weights: the
+    product is linear, ``W . ((x - m) / s) = (W / s) . x - sum(W m / s)``, so the second term
+    is one constant per output channel, a bias. Normalising a batch was three passes over
+    every pixel, more than the two-layer stand-in model's whole forward pass.
     """
-    assert conv.padding in ((0, 0), "valid") and conv.groups == 1, "only a plain unpadded convolution folds"
-    weight = conv.weight.detach().float()
-    scale = (1 / std).view(1, -1, 1, 1)
-    bias = -(weight * (mean.view(1, -1, 1, 1) * scale)).sum(dim=(1, 2, 3))
-    if conv.bias is not None:
-        bias = bias + conv.bias.detach().float()
-    folded = torch.nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        kernel_size=conv.kernel_size,  # type: ignore[arg-type]
-        stride=conv.stride,  # type: ignore[arg-type]
-        bias=True,
-        device=conv.weight.device,
-        dtype=conv.weight.dtype,
-    )
-    assert folded.bias is not None
-    with torch.no_grad():
-        folded.weight.copy_(weight * scale)
-        folded.bias.copy_(bias)
-    return folded.requires_grad_(False)
+
+    weight: torch.Tensor  # (patch * patch * channels) x width, buffers registered in __init__
+    bias: torch.Tensor  # 1 x width, fp32
+
+    def __init__(self, embeddings: Any, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        conv: torch.nn.Conv2d = embeddings.patch_embedding
+        patch = int(conv.kernel_size[0])
+        plain = conv.padding in ((0, 0), "valid") and conv.groups == 1
+        assert plain and tuple(conv.stride) == tuple(conv.kernel_size) == (patch, patch), "ViT patches only"
+        weight = conv.weight.detach().float()
+        scale = (1 / std).view(1, -1, 1, 1)
+        bias = -(weight * (mean.view(1, -1, 1, 1) * scale)).sum(dim=(1, 2, 3))
+        if conv.bias is not None:
+            bias = bias + conv.bias.detach().float()
+        # Rows in the crops' own order (row, column, channel), so a patch's pixels are one run; in
+        # the model's precision (0-255 are exact in bf16 and fp16), its products' too.
+        rows = (weight * scale).permute(2, 3, 1, 0).reshape(-1, weight.shape[0])
+        self.register_buffer("weight", rows.to(conv.weight.dtype).contiguous(), persistent=False)
+        self.register_buffer("bias", bias.view(1, -1), persistent=False)
+        self.patch = patch
+        self.grid = int(embeddings.image_size) // patch
+        self.channels = int(conv.in_channels)
+        self.class_embedding = embeddings.class_embedding
+        self.position_embedding = embeddings.position_embedding
+
+    def forward(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None = False
+    ) -> torch.Tensor:
+        if interpolate_pos_encoding:
+            raise ValueError("the image tower takes its own input size only")
+        grid, patch, channels = self.grid, self.patch, self.channels
+        pictures = pixel_values.permute(0, 2, 3, 1)  # the crops' own layout: a view, no copy
+        if grid == 1:
+            rows = pictures.reshape(pictures.shape[0], -1)
+        else:  # one uint8 copy, a quarter of a float one, putting each patch's pixels together
+            cut = pictures.reshape(-1, grid, patch, grid, patch, channels).permute(0, 1, 3, 2, 4, 5)
+            rows = cut.reshape(-1, patch * patch * channels)
+        # Each chunk's product in the weights' precision (autocast would cast the chunk twice),
+        # summed in fp32 so that chunks of a long row add no rounding of their own.
+        with torch.autocast(rows.device.type, enabled=False):
+            weight, embedded = self.weight, self.bias
+            for start in range(0, rows.shape[1], PATCH_CHUNK):
+                chunk = rows[:, start : start + PATCH_CHUNK].to(weight.dtype)
+                embedded = embedded + torch.mm(chunk, weight[start : start + PATCH_CHUNK]).float()
+        class_token: torch.Tensor = self.class_embedding
+        patches = embedded.to(class_token.dtype).reshape(pixel_values.shape[0], grid * grid, -1)
+        tokens = torch.cat([class_token.expand(patches.shape[0], 1, -1), patches], dim=1)
+        positions: torch.Tensor = self.position_embedding.weight
+        return tokens + positions
 
 
 def image_tower(model: Loaded, size: int, device: str, precision: str) -> ImageTower | None:
