@@ -1,4 +1,8 @@
-"""Tests for clipsort.learn.training and ``clipsort train``: a tiny ViT fine-tuned, published atomically."""
+"""Tests for clipsort.learn.training and ``clipsort train``: a tiny ViT fine-tuned, published atomically.
+
+transformers and :mod:`clipsort.learn.training` are imported in the tests that call them: at the
+top, every pytest-xdist worker paid about 3 s of CPU to import them while collecting.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModelForImageClassification
 from typer.testing import CliRunner
 
 from clipsort.classify.checkpoints import current_checkpoint
 from clipsort.cli import app
-from clipsort.learn.training import augment, predict, stratified_split
 from tests.helpers import DEFAULT_TRAINING, held_out, predicted, train_into, tree
 from tests.startupprobe import launch
 from tests.synthetic import COLORS as SIX_COLORS
@@ -31,6 +33,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_split_is_stratified_and_seeded() -> None:
     """Every class lands in both parts in proportion; the same seed gives the same split."""
+    from clipsort.learn.training import stratified_split  # noqa: PLC0415  (see the module's note)
+
     labels = [0] * 10 + [1] * 5
     train, validation = stratified_split(labels, 0.2, seed=1)
     assert sorted(train + validation) == list(range(15))
@@ -40,6 +44,8 @@ def test_split_is_stratified_and_seeded() -> None:
 
 def test_augmentation_keeps_size_and_changes_pixels() -> None:
     """Crops, flips and jitter keep the model's input size."""
+    from clipsort.learn.training import augment  # noqa: PLC0415  (see the module's note)
+
     picture = draw(np.random.default_rng(0), "red", "triangle", 64)
     moved = augment(picture, random.Random(3))
     assert moved.size == picture.size
@@ -61,6 +67,10 @@ def test_cli_trains_publishes_and_the_checkpoint_reloads(base: Path, data_root: 
     assert set(metrics["precision"]) == set(COLORS)
     with Image.open(published / "training.png") as chart:
         chart.verify()
+    from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: PLC0415
+
+    from clipsort.learn.training import predict  # noqa: PLC0415
+
     model = AutoModelForImageClassification.from_pretrained(published)
     processor = AutoImageProcessor.from_pretrained(published)  # type: ignore[no-untyped-call]
     assert model.config.id2label == {0: "blue", 1: "green", 2: "red", 3: "yellow"}

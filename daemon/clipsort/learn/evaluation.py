@@ -17,10 +17,10 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-from matplotlib.figure import Figure
 
 from clipsort.classify.classindex import ClassIndex, build_class_index
 from clipsort.classify.modes.base import ClipClassifier, Familiarity
@@ -34,6 +34,9 @@ from clipsort.encode.vectors import Vectors
 from clipsort.errors import NoClassesError
 from clipsort.layout import DatasetLayout
 from clipsort.store.mover import ensure_dir
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MODES = EVALUATED_MODES
 CURVE = (0.02, 0.05, 0.07, 0.1, 0.15, 0.2)  # unknown_held settings `clipsort eval` reports
@@ -471,12 +474,20 @@ def checkpoint_report(
     return report
 
 
+def _figure(width: float, height: float) -> Figure:
+    """A matplotlib figure of that size in inches; matplotlib imported only when one is drawn (half a
+    second that importing this module, in the CLI and in every test worker, need not pay)."""
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    return Figure(figsize=(width, height))
+
+
 def write_report(report: EvalReport, folder: Path) -> list[Path]:
     """A bar chart of accuracy per mode and the best cross-validated mode's confusion matrix, as PNGs."""
     ensure_dir(folder, boundary=folder)
     bars = folder / f"{report.dataset}-accuracy.png"
     # matplotlib's object API: no pyplot state, no display needed on a server.
-    figure = Figure(figsize=(6, 3.5))
+    figure = _figure(6, 3.5)
     axes = figure.subplots()
     names = list(report.modes)
     axes.bar(names, [report.modes[name].accuracy for name in names], color="#4c72b0")
@@ -493,7 +504,7 @@ def write_report(report: EvalReport, folder: Path) -> list[Path]:
     matrix = folder / f"{report.dataset}-confusion-{shown}.png"
     confusion = np.asarray(report.modes[shown].confusion)
     size = max(4.0, 0.5 * len(report.classes) + 2)
-    figure = Figure(figsize=(size, size))
+    figure = _figure(size, size)
     axes = figure.subplots()
     axes.imshow(confusion, cmap="Blues")
     axes.set_xticks(range(len(report.classes)), report.classes, rotation=45, ha="right")
@@ -515,7 +526,7 @@ def gate_chart(report: EvalReport, folder: Path) -> list[Path]:
     if not gated:
         return []
     chart = folder / f"{report.dataset}-unknown-gate.png"
-    figure = Figure(figsize=(4 * len(gated), 3.5))
+    figure = _figure(4 * len(gated), 3.5)
     for axes, (name, gate) in zip(np.atleast_1d(figure.subplots(1, len(gated))), gated.items(), strict=True):
         bins = np.linspace(
             min([-0.1, *gate.reference_margins, *gate.negative_margins]),
