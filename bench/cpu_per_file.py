@@ -19,7 +19,8 @@ spin beside the decoders, and their CPU is no pipeline's):
 - **daemon idle**: the same daemon's CPU over 20 s with nothing arriving, after the burst (its
   loops' cost when they have nothing to do: a loop that polls shows here, per thread);
 - **sort**: ``clipsort sort`` as a process on the files, less a one-file run (start-up, model
-  load), divided by the files less one; its own ``RUSAGE_SELF``, read at its exit.
+  load), divided by the files less one; its own ``RUSAGE_SELF``, read at its exit. The median of
+  three such pairs (one with ``--quick``), each pair's pipeline reported beside it.
 
 Even that model costs the CPU something (its patch is 150,528 numbers per picture, converted to
 floats a chunk at a time and multiplied: about 0.1-0.3 ms a picture here, 0.4-0.9 before the
@@ -83,19 +84,36 @@ threading.Thread.run = _profiled
 atexit.register(lambda: [_write(thread, profile) for thread, profile in list(_open.items())])
 """
 
+# sort's own CPU at its exit, the model's share and the cyclic garbage collector's (each
+# collection's CPU clock, from gc.callbacks: it runs on whichever thread allocates when it falls due).
 SORT_LAUNCHER = """
-import atexit, resource, sys
+import atexit, gc, resource, sys, time
 out = sys.argv.pop(1)
+collecting, started = [0.0], []
+def collector(phase, info):
+    if phase == "start":
+        started.append(time.thread_time())
+    elif started:
+        collecting[0] += time.thread_time() - started.pop()
+gc.callbacks.append(collector)
 def record():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     encoder = sys.modules.get("clipsort.encode.encoder")
     model = encoder.model_cpu_seconds() if encoder else 0.0
     with open(out, "w") as f:
-        f.write(repr((usage.ru_utime + usage.ru_stime, model)))
+        f.write(repr((usage.ru_utime + usage.ru_stime, model, collecting[0])))
 atexit.register(record)
 from clipsort.cli import main
 main()
 """
+
+
+def process_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds so far of ``pid``'s threads, all (utime + stime) and in the kernel (stime: the
+    renames, fsyncs, inotify and page faults done for it), from one read of /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks, int(fields[12]) / ticks
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -121,7 +139,7 @@ def daemon_cpu(
     from bench.daemon_latency import CLASSES
     from bench.throughput import arrived_count
     from clipsort.config import Settings
-    from tests.daemonproc import Daemon, cpu_seconds_of, free_port
+    from tests.daemonproc import Daemon, free_port
     from tests.synthetic import make_dataset
     from tests.waiting import wait_until
 
@@ -155,13 +173,15 @@ def daemon_cpu(
         pid = daemon.process.pid
         for path in files:
             shutil.copyfile(path, dataset / "Images" / f".{path.name}")
-        threads_before, before, metrics_before = thread_cpu(pid), cpu_seconds_of(pid), daemon_metrics(port)
+        threads_before, (before, kernel_before) = thread_cpu(pid), process_cpu(pid)
+        metrics_before = daemon_metrics(port)
         started = time.perf_counter()
         for path in files:
             os.rename(dataset / "Images" / f".{path.name}", dataset / "Images" / path.name)
         wait_until(lambda: arrived_count(dataset) == len(files), timeout=3600, every=0.01)
         elapsed = time.perf_counter() - started
-        after, threads_after, metrics_after = cpu_seconds_of(pid), thread_cpu(pid), daemon_metrics(port)
+        (after, kernel_after), threads_after = process_cpu(pid), thread_cpu(pid)
+        metrics_after = daemon_metrics(port)
         idle = idle_cpu(pid, idle_seconds)
     finally:
         daemon.stop()
@@ -171,6 +191,7 @@ def daemon_cpu(
         "cpu_ms_per_file": cpu,
         "model_ms_per_file": model_ms,
         "pipeline_ms_per_file": cpu - model_ms,
+        "kernel_ms_per_file": (kernel_after - kernel_before) * 1e3 / len(files),
         "elapsed_s": elapsed,
         "mean_batch": grew["clipsort_batch_size_sum"] / max(grew["clipsort_batch_size_count"], 1),
         # Every thread, idle ones too: /proc counts in clock ticks (10 ms), which a short burst may not
@@ -209,9 +230,9 @@ def thread_ms(before: dict[str, float], after: dict[str, float], per: float, dig
     }
 
 
-def sort_run_cpu(model: Path, files: list[Path], work: Path) -> tuple[float, float, float]:
+def sort_run_cpu(model: Path, files: list[Path], work: Path) -> tuple[float, float, float, float]:
     """``clipsort sort``'s own CPU seconds over ``files`` (a fresh data root), the model's share of
-    them, and its elapsed time."""
+    them, the garbage collector's, and its elapsed time."""
     from bench.daemon_latency import CLASSES
     from tests.synthetic import make_dataset
 
@@ -235,22 +256,39 @@ def sort_run_cpu(model: Path, files: list[Path], work: Path) -> tuple[float, flo
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"clipsort sort failed ({done.returncode}): {done.stderr[-2000:]}")
-    cpu, model_cpu = ast.literal_eval(out.read_text())
-    return float(cpu), float(model_cpu), elapsed
+    cpu, model_cpu, collector = ast.literal_eval(out.read_text())
+    return float(cpu), float(model_cpu), float(collector), elapsed
 
 
-def sort_cpu(model: Path, files: list[Path], work: Path) -> dict[str, Any]:
-    """``clipsort sort``'s CPU per file: an N-file run less a one-file run, per file less one."""
-    one, one_model, _ = sort_run_cpu(model, files[:1], work / "one")
-    many, many_model, elapsed = sort_run_cpu(model, files, work / "many")
+def sort_cpu(model: Path, files: list[Path], work: Path, rounds: int = 3) -> dict[str, Any]:
+    """``clipsort sort``'s CPU per file: an N-file run less a one-file run, per file less one; the
+    median over ``rounds`` such pairs (one run's start-up alone varies by a few tenths of a second
+    of CPU, a spread of 0.1-0.4 ms per file over 2,000 files between single pairs)."""
     per_file = 1e3 / max(len(files) - 1, 1)
-    cpu, model_ms = (many - one) * per_file, (many_model - one_model) * per_file
+    pairs = []
+    for round_ in range(rounds):
+        one, one_model, one_gc, _ = sort_run_cpu(model, files[:1], work / f"one-{round_}")
+        many, many_model, many_gc, elapsed = sort_run_cpu(model, files, work / f"many-{round_}")
+        cpu, model_ms = (many - one) * per_file, (many_model - one_model) * per_file
+        pairs.append(
+            {
+                "cpu": cpu,
+                "model": model_ms,
+                "pipeline": cpu - model_ms,
+                "collector": (many_gc - one_gc) * per_file,
+                "elapsed": elapsed,
+                "one": one,
+            }
+        )
+    middle = sorted(pairs, key=lambda pair: pair["pipeline"])[len(pairs) // 2]
     return {
-        "cpu_ms_per_file": cpu,
-        "model_ms_per_file": model_ms,
-        "pipeline_ms_per_file": cpu - model_ms,
-        "elapsed_s": elapsed,
-        "one_file_cpu_s": one,
+        "cpu_ms_per_file": middle["cpu"],
+        "model_ms_per_file": middle["model"],
+        "pipeline_ms_per_file": middle["pipeline"],
+        "collector_ms_per_file": middle["collector"],  # the garbage collector's part of the pipeline's
+        "elapsed_s": middle["elapsed"],
+        "one_file_cpu_s": middle["one"],
+        "rounds_pipeline_ms_per_file": [pair["pipeline"] for pair in pairs],
     }
 
 
@@ -305,15 +343,19 @@ def main(argv: list[str] | None = None) -> None:
             model, files, work / "daemon", 1.0 if args.quick else 20.0, args.profile
         )
         batch = report["daemon"]["mean_batch"]
-        print(f"daemon: {shares(report['daemon'])}; {batch:.1f} files a batch", flush=True)
+        kernel = report["daemon"]["kernel_ms_per_file"]
+        print(f"daemon: {shares(report['daemon'])}; in the kernel {kernel:.3f}; {batch:.1f} files a batch")
         for name, ms in sorted(report["daemon"]["threads_ms_per_file"].items(), key=lambda item: -item[1]):
             print(f"  {name:<28} {ms:.3f} ms/file", flush=True)
         idle = report["daemon"]["idle"]
         print(f"daemon idle: {idle['cpu_percent']:.2f} % of a core over {idle['seconds']:g} s", flush=True)
         for name, ms in sorted(idle["threads_ms_per_second"].items(), key=lambda item: -item[1]):
             print(f"  {name:<28} {ms:.2f} ms/s", flush=True)
-        report["sort"] = sort_cpu(model, files, work / "sort")
-        print(f"sort:   {shares(report['sort'])}", flush=True)
+        report["sort"] = sort_cpu(model, files, work / "sort", 1 if args.quick else 3)
+        spread = ", ".join(f"{ms:.3f}" for ms in report["sort"]["rounds_pipeline_ms_per_file"])
+        collector = report["sort"]["collector_ms_per_file"]
+        print(f"sort:   {shares(report['sort'])}, the collector {collector:.3f}", flush=True)
+        print(f"        (the median of its rounds; their pipelines {spread})", flush=True)
     report["machine"]["load_after"] = os.getloadavg()
     write_report(args.out, report)
 

@@ -37,6 +37,7 @@ from clipsort.encode.embeddings import Embedder
 from clipsort.encode.encoder import Encoder, model_cpu_seconds, resolve_device
 from clipsort.encode.factory import make_embedder, make_encoder
 from clipsort.errors import ConfigError
+from clipsort.heap import settle
 from clipsort.ingest.intake import Intake
 from clipsort.ingest.watcher import Watcher
 from clipsort.ingest.workqueue import FairQueue
@@ -366,7 +367,13 @@ class Service:
             self.intake.expedite(name)
 
     def _housekeep(self) -> None:
-        """Prune the state to its retention windows: one ``state_swept`` line a round."""
+        """Prune the state to its retention windows: one ``state_swept`` line a round.
+
+        Each round (the first at start, once the model and classes are loaded) also settles the heap
+        (:func:`clipsort.heap.settle`): what lives by then is kept out of later full collections, and
+        a model or checkpoint replaced since the last round is collected.
+        """
+        settled = settle()
         try:
             swept = sweep(self.settings, self.cache, self.journal, time.time())
         except Exception as exc:  # a full or broken state folder must not end the daemon; next round retries
@@ -375,7 +382,8 @@ class Service:
             return
         self.state_bytes = swept.state_bytes
         self.metrics.state_bytes.set(swept.state_bytes)
-        log.info("state_swept", **asdict(swept))
+        heap = {f"heap_{key}": value for key, value in asdict(settled).items()}
+        log.info("state_swept", **asdict(swept), **heap)
 
     def _healthy(self, window: float) -> bool:
         """Pinging systemd's watchdog only while every part lives and the worker makes progress."""
