@@ -14,7 +14,9 @@ on one operator thread (``model_threads = 1``, what automatic gives on a GPU hos
 spin beside the decoders, and their CPU is no pipeline's):
 
 - **daemon**: the real daemon, a burst of the files renamed into its inbox; its CPU from the first
-  rename to the last file filed, divided by the files. Beside it, the **per-thread account**: each
+  rename to the last file filed (and, where the burst made its ``Dataset/`` busy, until that was
+  looked at for corrections once still: the learner's share, done after the burst), divided by
+  the files. Beside it, the **per-thread account**: each
   thread's CPU over the burst (``/proc/<pid>/task/*/stat``), by thread name, in ms per file;
 - **daemon idle**: the same daemon's CPU over 20 s with nothing arriving, after the burst (its
   loops' cost when they have nothing to do: a loop that polls shows here, per thread);
@@ -180,6 +182,11 @@ def daemon_cpu(
             os.rename(dataset / "Images" / f".{path.name}", dataset / "Images" / path.name)
         wait_until(lambda: arrived_count(dataset) == len(files), timeout=3600, every=0.01)
         elapsed = time.perf_counter() - started
+        # A Dataset/ the burst made busy is looked at once it is still (the learner's share of the
+        # burst, done after it): the window closes when that is done.
+        busy = bool(daemon.events("sorted_busy"))
+        if busy:
+            daemon.wait_event("sorted_looked_at", timeout=600)
         (after, kernel_after), threads_after = process_cpu(pid), thread_cpu(pid)
         metrics_after = daemon_metrics(port)
         idle = idle_cpu(pid, idle_seconds)
@@ -193,6 +200,7 @@ def daemon_cpu(
         "pipeline_ms_per_file": cpu - model_ms,
         "kernel_ms_per_file": (kernel_after - kernel_before) * 1e3 / len(files),
         "elapsed_s": elapsed,
+        "dataset_folder_busy": busy,  # then the CPU is counted until Dataset/ is looked at after the burst
         "mean_batch": grew["clipsort_batch_size_sum"] / max(grew["clipsort_batch_size_count"], 1),
         # Every thread, idle ones too: /proc counts in clock ticks (10 ms), which a short burst may not
         # reach on a thread that did little.

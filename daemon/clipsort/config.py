@@ -433,7 +433,9 @@ class Settings(BaseSettings):
         description=(
             "Daemon: an inbox that receives more file events than this in a second is listed instead of "
             "watched until it is quiet (a second with nothing new): a burst costs ten listings a "
-            "second, not one event per file. 0 watches inboxes always."
+            "second, not one event per file. A Dataset/ folder that does (the placer filling it) is "
+            "not watched until its class folders are still for a second, then what changed meanwhile "
+            "is looked at for corrections. 0 watches both always."
         ),
     )
     class_debounce_seconds: NonNegativeFloat = Field(

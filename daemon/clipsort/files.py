@@ -12,7 +12,7 @@ import functools
 import hashlib
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import structlog
@@ -73,6 +73,19 @@ def scan(
             else:
                 _too_deep(path, max_depth)
         stack.extend(reversed(below))  # depth first, in name order, as the recursive walk went
+
+
+def changed_since(paths: Iterable[Path], since: float) -> list[Path]:
+    """Those of ``paths`` whose inode changed at or after ``since`` (epoch seconds, ``st_ctime``):
+    a file renamed or linked there, or made there, since then. Gone ones are left out."""
+    found = []
+    for path in paths:
+        try:
+            if path.lstat().st_ctime >= since:
+                found.append(path)
+        except OSError:
+            continue  # moved on meanwhile: wherever it went, that is another arrival
+    return found
 
 
 def entries(

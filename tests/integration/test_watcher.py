@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class Sink:
         self.placed_files: list[Path] = []
         self.folder_changes = 0
         self.busy: list[str] = []
+        self.sorted_busy_since: list[tuple[str, float]] = []
         self.lock = threading.Lock()
 
     def hint(self, hint: Hint) -> None:
@@ -67,6 +69,10 @@ class Sink:
     def inbox_busy(self, dataset: str, whole: bool) -> None:
         with self.lock:
             self.busy.append(f"{dataset} whole" if whole else dataset)
+
+    def sorted_busy(self, dataset: str, since: float) -> None:
+        with self.lock:
+            self.sorted_busy_since.append((dataset, since))
 
     def hinted(self, name: str, *, kind: str | None = None) -> bool:
         with self.lock:
@@ -351,6 +357,76 @@ def test_a_burst_past_the_busy_rate_is_reported_once_and_its_inbox_unwatched_unt
         hinted = {h.path.name for h in sink.hints if h.path.name in names}
         assert 50 <= len(hinted) < len(names), "the rest set aside once busy"
         assert not any(h.path.name == "unwatched.jpg" for h in sink.hints)
+
+
+def test_a_dataset_folder_being_filled_is_unwatched_until_its_class_folders_are_still(
+    tmp_path: Path,
+) -> None:
+    """Past 50 events in a second a Dataset/ reports itself busy once (with the time its events were
+    dropped from) and reports no more arrivals; paused, it has no watch; it is found still only
+    once no class folder has changed for the quiet time, then watched again."""
+    sink = Sink()
+    layout = inbox(tmp_path)
+    (layout.sorted / "red").mkdir(parents=True)
+    names = [f"p{k:03d}.jpg" for k in range(500)]
+    for name in names:
+        (layout.inbox / name).write_bytes(b"x")
+    watcher = Watcher(tmp_path, sink, polling=False, polling_seconds=1, ignore=DEFAULT_IGNORE, busy_rate=50)
+    watcher.start()
+    made = time.time()
+    watcher.sync([layout])
+    try:
+        started = time.time()
+        for name in names:  # what the placer does
+            os.rename(layout.inbox / name, layout.sorted / "red" / name)
+        wait_until(lambda: len(sink.sorted_busy_since) == 1, timeout=30)
+        ((dataset, since),) = sink.sorted_busy_since
+        # From the watch's start at the earliest (the dropped events happened after it), and at
+        # most QUEUED_SECONDS before they were dropped.
+        assert dataset == "ds" and made <= since <= started
+        watcher.pause_sorted("ds", since)  # what the reactions thread does with the report
+        assert not watcher.watching(layout.sorted)
+        watcher.sync([layout])  # a rescan's sync leaves a paused folder alone
+        assert not watcher.watching(layout.sorted)
+        assert watcher.still_sorted(quiet=0.3) == []  # its folders' times are first read here
+        (layout.sorted / "blue").mkdir()  # a new class folder changes Dataset/'s own time
+        assert watcher.still_sorted(quiet=0.3) == []
+        (layout.sorted / "red" / "late.jpg").write_bytes(b"x")  # and a file, its class folder's
+        assert watcher.still_sorted(quiet=0.3) == []
+        wait_until(lambda: watcher.still_sorted(quiet=0.3) == [("ds", since)], timeout=30)
+        assert watcher.still_sorted(quiet=0.3) == [], "reported once"
+        watcher.resume_sorted("ds")
+        assert watcher.watching(layout.sorted)
+        (layout.sorted / "blue" / "watched.jpg").write_bytes(b"x")
+        wait_until(lambda: any(path.name == "watched.jpg" for path in sink.placed_files), timeout=30)
+    finally:
+        watcher.stop()
+    with sink.lock:
+        assert len(sink.sorted_busy_since) == 1
+        reported = {path.name for path in sink.placed_files}
+        # Two events a move (the file's and its folder's modification), 50 a second: 25 files at least.
+        assert 25 <= len(reported & set(names)) < len(names), "the rest dropped once busy"
+        assert "late.jpg" not in reported
+
+
+def test_a_watcher_made_by_a_reload_keeps_a_dataset_folder_paused_until_still(tmp_path: Path) -> None:
+    """A reload that replaces the watcher mid-burst carries its paused Dataset/ over: unwatched, and
+    reported still with the time its events were first dropped from."""
+    layout = inbox(tmp_path)
+    (layout.sorted / "red").mkdir(parents=True)
+    old = Watcher(tmp_path, Sink(), polling=False, polling_seconds=1, ignore=DEFAULT_IGNORE, busy_rate=50)
+    old.pause_sorted("ds", 1234.5)
+    new = Watcher(tmp_path, Sink(), polling=False, polling_seconds=1, ignore=DEFAULT_IGNORE, busy_rate=50)
+    new.keep_paused(old)
+    new.start()
+    try:
+        new.sync([layout])
+        assert new.watching(layout.inbox) and not new.watching(layout.sorted)
+        wait_until(lambda: new.still_sorted(quiet=0.2) == [("ds", 1234.5)], timeout=30)
+        new.resume_sorted("ds")
+        assert new.watching(layout.sorted)
+    finally:
+        new.stop()
 
 
 def test_watchdog_move_pairing_is_switched_off() -> None:

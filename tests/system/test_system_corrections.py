@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,9 @@ def landed(dataset: Path, names: list[str]) -> dict[str, str]:
     return found if len(found) == len(names) else {}
 
 
-def misleading(daemons: list[Daemon], tmp_path: Path, tiny_model: Path) -> tuple[Daemon, Path, Path]:
+def misleading(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path, busy_events_per_second: int = 200
+) -> tuple[Daemon, Path, Path]:
     """A started daemon on a dataset with misleading blue references; the dataset and a staging folder."""
     root = tmp_path / "Data"
     make_dataset(root / "rgb", MISLEADING, references=4, seed=11)
@@ -49,6 +53,7 @@ def misleading(daemons: list[Daemon], tmp_path: Path, tiny_model: Path) -> tuple
         mode="reference",
         settle_seconds=0.05,
         unknown_gate=False,
+        busy_events_per_second=busy_events_per_second,
     )
     return daemon, root / "rgb", staging
 
@@ -92,6 +97,42 @@ def test_moving_wrongly_sorted_files_teaches_the_running_daemon(
     drop(dataset / "Images", "x.png", picture_bytes(staging, "green", 1, "g.png"))
     wait_until((dataset / "Dataset" / "red" / "x.png").exists, timeout=30)  # events after those are handled
     assert Journal(daemon.state).corrections() == []
+    assert daemon.stop() == 0
+
+
+def test_a_correction_made_while_the_placer_fills_the_class_folders_is_learnt_after(
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+) -> None:
+    """A burst makes Dataset/ busy (its watch dropped, clipsort.ingest.watcher): a person's move
+    made then sends no event the daemon hears, and is found by the look at what changed since,
+    once the class folders are still; the Dataset/ is watched again after it."""
+    daemon, dataset, staging = misleading(daemons, tmp_path, tiny_model, busy_events_per_second=20)
+    first = drop_blue(dataset, staging, range(4))  # sorted before the burst, while Dataset/ is watched
+    wait_until(lambda: landed(dataset, first), timeout=30)
+    for seed in range(400):
+        (staging / f"r{seed}.png").write_bytes(picture_bytes(staging, "red", 1000 + seed, "r.png"))
+    for seed in range(400):
+        os.rename(staging / f"r{seed}.png", dataset / "Images" / f"r{seed}.png")
+    daemon.wait_event("sorted_busy", lambda r: r["dataset"] == "rgb", timeout=60)
+    victim = first[0]
+    was = landed(dataset, first)[victim]
+    now = "red" if was == "blue" else "blue"
+    (dataset / "Dataset" / now).mkdir(exist_ok=True)
+    os.rename(dataset / "Dataset" / was / victim, dataset / "Dataset" / now / victim)
+    moved_at = time.time()
+    still = daemon.wait_event("sorted_still", lambda r: r["dataset"] == "rgb", timeout=120)
+    recorded = daemon.wait_event("correction_recorded", lambda r: r["file"].endswith(victim), timeout=60)
+    assert (recorded["was"], recorded["now"]) == (was, now)
+    # The move fell while the events were dropped (the burst's 400 files were still being filed):
+    # the look at what changed found it, not an event.
+    assert datetime.fromisoformat(still["timestamp"]).timestamp() >= moved_at, (still, moved_at)
+    # Watched again: a person's next move is heard at once, with no burst to end.
+    wait_until(lambda: landed(dataset, [f"r{seed}.png" for seed in range(400)]), timeout=120)
+    second = first[1]
+    was = landed(dataset, first)[second]
+    now = "red" if was == "blue" else "blue"
+    os.rename(dataset / "Dataset" / was / second, dataset / "Dataset" / now / second)
+    daemon.wait_event("correction_recorded", lambda r: r["file"].endswith(second), timeout=30)
     assert daemon.stop() == 0
 
 

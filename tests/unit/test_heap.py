@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from clipsort.heap import settle
+from clipsort.heap import freeze_survivors
 
 
 class _Cyclic:
@@ -26,25 +26,25 @@ def thawed() -> Iterator[None]:
     gc.unfreeze()
 
 
-def test_what_settled_is_left_out_of_collections_until_the_next_settle() -> None:
-    """A settle freezes what is alive; a frozen object that later becomes cyclic garbage (a replaced
-    model) survives full collections, and the next settle collects it."""
+def test_what_survived_is_left_out_of_collections_until_the_next_call() -> None:
+    """What is alive is frozen; a frozen object that later becomes cyclic garbage (a replaced model)
+    survives full collections, and the next call collects it."""
     kept = _Cyclic()
-    settled = settle()
-    assert settled.frozen == gc.get_freeze_count() > 0 and settled.cpu_ms >= 0
+    frozen = freeze_survivors()
+    assert frozen.frozen == gc.get_freeze_count() > 0 and frozen.cpu_ms >= 0
     gone = weakref.ref(kept)
     del kept
     gc.collect()
     assert gone() is not None, "a frozen cycle was collected: nothing was frozen"
-    again = settle()
-    assert gone() is None, "the next settle did not give the frozen objects back to the collector"
+    again = freeze_survivors()
+    assert gone() is None, "the next call did not give the frozen objects back to the collector"
     assert again.collected >= 1
 
 
-def test_garbage_made_before_a_settle_is_collected_not_frozen() -> None:
-    """A settle collects before it freezes: a cycle already unreachable is freed, never kept."""
+def test_garbage_made_before_the_call_is_collected_not_frozen() -> None:
+    """It collects before it freezes: a cycle already unreachable is freed, never kept."""
     garbage = _Cyclic()
     gone = weakref.ref(garbage)
     del garbage
-    settle()
+    freeze_survivors()
     assert gone() is None

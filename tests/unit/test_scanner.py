@@ -9,8 +9,9 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clipsort.files import is_ignored, scan
+from clipsort.files import changed_since, is_ignored, scan
 from tests.helpers import remove_deep
+from tests.waiting import wait_until
 
 
 def test_scan_recurses_and_skips_temporary_hidden_links_and_fifos(tmp_path: Path) -> None:
@@ -86,3 +87,28 @@ def test_files_known_by_path_and_inode_are_left_out_and_a_replaced_one_is_not(tm
     (tmp_path / "new.jpg").rename(tmp_path / "b.jpg")
     found = scan(tmp_path, known=known)
     assert [path.relative_to(tmp_path).as_posix() for path in found] == ["b.jpg"]
+
+
+def test_changed_since_keeps_what_was_moved_or_made_there_after_the_time(tmp_path: Path) -> None:
+    """What a busy Dataset/'s look after a burst keeps (``st_ctime``): a file renamed in or written
+    after the time, not one untouched since before it, nor one gone meanwhile."""
+    folder, elsewhere = tmp_path / "red", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    untouched, moving, gone = folder / "before.jpg", elsewhere / "moved.jpg", folder / "gone.jpg"
+    for path in (untouched, moving, gone):
+        path.write_bytes(b"x")
+    since = max(path.lstat().st_ctime for path in (untouched, moving, gone)) + 0.05
+    probe = tmp_path / "probe"
+
+    def stamped_after() -> bool:
+        """Whether a write now gets a ctime past ``since``: the kernel's file-time clock moves in ticks."""
+        probe.write_bytes(b"x")
+        return probe.lstat().st_ctime > since + 0.01
+
+    wait_until(stamped_after, timeout=10)
+    os.rename(moving, folder / "moved.jpg")
+    (folder / "new.jpg").write_bytes(b"x")
+    gone.unlink()
+    paths = [untouched, folder / "moved.jpg", folder / "new.jpg", gone]
+    assert changed_since(paths, since) == [folder / "moved.jpg", folder / "new.jpg"]

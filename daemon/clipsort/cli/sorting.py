@@ -42,7 +42,7 @@ from clipsort.cli.interrupt import INTERRUPTED, Interrupt
 from clipsort.config import DEFAULT_BASE, EVALUATED_MODES, Settings, installed
 from clipsort.encode.hub import require_available
 from clipsort.errors import ConfigError, DatasetError, NoClassesError
-from clipsort.heap import settle
+from clipsort.heap import freeze_survivors
 from clipsort.layout import DatasetLayout, require_data_root, select
 from clipsort.logs import json_line
 from clipsort.store.instance import refuse_if_served
@@ -172,7 +172,7 @@ def _sort(
         embedder = make_embedder(settings, encoder, cache)
         corrected = corrected_from(journal) if journal is not None else None
         work = gather(layouts, settings, embedder, named=bool(dataset), corrected=corrected, found=found)
-        settle()  # the model and the class indexes out of the collector's way for the run
+        freeze_survivors()  # the model and the class indexes out of the collector's way for the run
         interrupt.check()
         stack.enter_context(progress := progress_bar("sorting", TimeRemainingColumn()))
         task = progress.add_task("sort", total=sum(len(item.files) for item in work))

@@ -69,6 +69,16 @@ OS caveats handled here:
   names aside): then they are taken as finished (``whole``). Measured on a 600-file burst renamed
   in with the near-free model: with every listed file settling, a third slower than on events;
   taken whole and listed ten times a second, the same rate (455 files/s against 437-474).
+- Each file the placer files is an IN_MOVED_TO in its class folder, which the learner must hear
+  of only to find it is clipsort's own (a person's moves among the class folders are what it
+  learns from): in a burst, watchdog's three threads, the reactions thread and the learner spent
+  about 0.1 ms per file on them. So a ``Dataset/`` whose handler sees more than
+  ``busy_events_per_second`` events in a second reports itself busy too and drops its events; its
+  watch is removed until none of its class folders' modification times has changed for a second
+  (the supervisor looks twice a second, :meth:`Watcher.still_sorted`), then made again, and the
+  learner looks at the files whose inode changed (``st_ctime``: a rename, a link or a new file
+  sets it) since before the events were dropped (``QUEUED_SECONDS`` before, or the watch's
+  start). A person's move during a burst is learnt when the burst ends, never lost.
 """
 
 from __future__ import annotations
@@ -304,6 +314,11 @@ class WatchSink(Protocol):
         ``whole``: its events were moves in and finished writes only (files arriving whole).
         """
 
+    def sorted_busy(self, dataset: str, since: float) -> None:
+        """A ``Dataset/`` got more events in a second than ``busy_events_per_second`` (the placer
+        filling it): stop watching it until it is still; ``since`` (epoch seconds) is when its
+        events began to be dropped, so a scan of what changed since finds a person's moves."""
+
 
 def _path(raw: str | bytes) -> Path:
     return Path(os.fsdecode(raw))
@@ -325,6 +340,29 @@ class _SafeHandler(FileSystemEventHandler):
         raise AssertionError("subclasses handle events")
 
 
+# How long an event may wait in watchdog's queue before a handler sees it, at most, for the look
+# after a busy Dataset/ (a burst's events queue for well under a second; the look reads a file's
+# ctime, so a longer window only looks at more of clipsort's own files).
+QUEUED_SECONDS = 30.0
+
+
+class _Rate:
+    """Events counted per second against ``limit``: :meth:`over` says when a second holds more."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit  # 0: never over
+        self._window = 0.0  # when the current second of counting began
+        self.count = 0
+
+    def over(self) -> bool:
+        """Count one event; whether this second has had more than ``limit`` (then, and only then)."""
+        now = time.monotonic()
+        if now - self._window >= 1.0:
+            self._window, self.count = now, 0
+        self.count += 1
+        return self.count == self.limit + 1 if self.limit else False
+
+
 class _InboxHandler(_SafeHandler):
     # A create is enough to start the settle clock: readiness then watches the
     # size itself, so one event per write (IN_MODIFY) would add nothing.
@@ -336,25 +374,21 @@ class _InboxHandler(_SafeHandler):
         self.layout = layout
         self.sink = sink
         self.ignore = ignore
-        self.busy_rate = busy_rate  # events in a second that make the inbox busy (0: never)
+        self.rate = _Rate(busy_rate)  # events in a second that make the inbox busy (0: never)
         self.busy = False  # reported busy: its events are dropped until its watch is removed
-        self._window = 0.0  # when the current second of counting began
-        self._count = 0
-        self._written = 0  # of which files still being written (created, not yet closed)
+        self._written = 0  # of the second's events, files still being written (created, not closed)
 
     def handle(self, event: FileSystemEvent) -> None:
         if self.busy:
             return  # the intake lists this inbox now (see the module's caveats)
-        if self.busy_rate:
-            now = time.monotonic()
-            if now - self._window >= 1.0:
-                self._window, self._count, self._written = now, 0, 0
-            self._count += 1
+        if self.rate.limit:
+            over = self.rate.over()
             # A created file that is not a temporary name is being written where it will stay.
-            self._written += event.event_type == EVENT_TYPE_CREATED and not is_ignored(
+            written = event.event_type == EVENT_TYPE_CREATED and not is_ignored(
                 os.path.basename(os.fsdecode(event.src_path)), self.ignore
             )
-            if self._count > self.busy_rate:
+            self._written = (self._written if self.rate.count > 1 else 0) + written
+            if over:
                 self.busy = True
                 # Only moves in and finished writes: its files arrive whole (uploads renamed into
                 # place), so a listing may take them as finished ones too (see Readiness).
@@ -375,6 +409,20 @@ class _InboxHandler(_SafeHandler):
             return  # a temporary name: its final rename will be seen
         closed = event.event_type in (EVENT_TYPE_CLOSED, EVENT_TYPE_MOVED)
         self.sink.hint(Hint(self.layout.name, path, "closed" if closed else "written"))
+
+
+def _folder_times(folder: Path) -> tuple[int, ...]:
+    """The modification times (ns) of ``folder`` and of the folders directly in it; () if it is gone."""
+    try:
+        with os.scandir(folder) as listing:
+            inner = [
+                entry.stat(follow_symlinks=False).st_mtime_ns
+                for entry in listing
+                if entry.is_dir(follow_symlinks=False)
+            ]
+        return (folder.lstat().st_mtime_ns, *sorted(inner))
+    except OSError:
+        return ()
 
 
 def _arrival(event: FileSystemEvent) -> Path | None:
@@ -449,11 +497,22 @@ class _SortedHandler(_SafeHandler):
         _MovesInOnly,  # a file moved out of a class folder leaves nothing to learn or retry
     )
 
-    def __init__(self, name: str, sink: WatchSink) -> None:
+    def __init__(self, name: str, sink: WatchSink, busy_rate: int = 0) -> None:
         self.name = name
         self.sink = sink
+        self.rate = _Rate(busy_rate)  # events in a second that make it busy (0: never)
+        self.busy = False  # reported busy: its events are dropped until its watch is removed
+        self.made = time.time()  # its watch reports what happens from about now (see handle)
 
     def handle(self, event: FileSystemEvent) -> None:
+        if self.busy:
+            return  # the placer is filling it: looked at once it is still (see the module's caveats)
+        if self.rate.over():
+            self.busy = True
+            # From when the dropped events happened: not when they are handled, since watchdog
+            # queues them (by far less than QUEUED_SECONDS), and never before the watch existed.
+            self.sink.sorted_busy(self.name, since=max(self.made, time.time() - QUEUED_SECONDS))
+            return
         if isinstance(event, DirModifiedEvent):
             return  # an entry in the folder changed: the file events tell which
         if isinstance(event, DirAttribEvent):
@@ -532,7 +591,10 @@ class Watcher:
         self.ignore = ignore
         self._watches: dict[Path, ObservedWatch] = {}
         self._failed: dict[Path, str] = {}  # folders that could not be watched, and why
-        self._paused: set[Path] = set()  # busy inboxes, listed by the intake instead (see the module)
+        self._paused: set[Path] = set()  # busy inboxes and Dataset/ folders (see the module)
+        # Per paused Dataset/: its folders' modification times last seen, when they last changed
+        # (monotonic) and since when its events were dropped (epoch seconds, for a file's ctime).
+        self._filling: dict[str, tuple[tuple[int, ...], float, float]] = {}
         self._lock = threading.RLock()  # sync() runs on the reactions thread, restart() on the main one
         self._observer = self._new_observer()
         self._overflow = _OverflowListener(sink)
@@ -592,7 +654,7 @@ class Watcher:
                 self._schedule(layout.root, _StructureHandler(self.sink, in_dataset=True), recursive=False)
                 self._schedule(layout.inbox, self._inbox_handler(layout), recursive=True)
                 self._schedule(layout.classes, _ClassesHandler(layout.name, self.sink), recursive=True)
-                self._schedule(layout.sorted, _SortedHandler(layout.name, self.sink), recursive=True)
+                self._schedule(layout.sorted, self._sorted_handler(layout), recursive=True)
 
     def pause_inbox(self, dataset: str) -> None:
         """Stop watching a busy inbox (the intake lists it meanwhile) until :meth:`resume_inbox`."""
@@ -611,6 +673,57 @@ class Watcher:
 
     def _inbox_handler(self, layout: DatasetLayout) -> _InboxHandler:
         return _InboxHandler(layout, self.sink, self.ignore, self.busy_rate)
+
+    def pause_sorted(self, dataset: str, since: float) -> None:
+        """Stop watching a ``Dataset/`` the placer is filling (its events dropped since ``since``,
+        epoch seconds) until :meth:`still_sorted` finds it still."""
+        folder = DatasetLayout(self.root / dataset).sorted
+        with self._lock:
+            self._paused.add(folder)
+            self._filling[dataset] = ((), time.monotonic(), since)
+            if folder in self._watches:
+                self._unschedule(folder)
+
+    def still_sorted(self, quiet: float = 1.0) -> list[tuple[str, float]]:
+        """The paused ``Dataset/`` folders none of whose class folders changed for ``quiet`` seconds,
+        each with the time its events were dropped from.
+
+        A file moved into a class folder changes that folder's modification time, so this reads the
+        times of ``Dataset/`` and the folders in it (a few dozen ``stat``s, whatever the files). The
+        ones returned are no longer tracked here: the caller resumes them (:meth:`resume_sorted`).
+        """
+        now, found = time.monotonic(), []
+        with self._lock:
+            for dataset, (seen, changed, since) in list(self._filling.items()):
+                times = _folder_times(DatasetLayout(self.root / dataset).sorted)
+                if times != seen:
+                    self._filling[dataset] = (times, now, since)
+                elif now - changed >= quiet:
+                    del self._filling[dataset]
+                    found.append((dataset, since))
+        return found
+
+    def keep_paused(self, old: Watcher) -> None:
+        """Carry ``old``'s paused ``Dataset/`` folders over (a reload replaces the watcher): each stays
+        unwatched until :meth:`still_sorted` finds it still, and keeps the time its events were
+        dropped from, so the look after it still covers a person's moves made meanwhile."""
+        with old._lock:
+            filling = dict(old._filling)
+        with self._lock:
+            for dataset, (_, changed, since) in filling.items():
+                self._filling[dataset] = ((), changed, since)
+                self._paused.add(DatasetLayout(self.root / dataset).sorted)
+
+    def resume_sorted(self, dataset: str) -> None:
+        """Watch a still ``Dataset/`` again (the caller has what arrived meanwhile looked at)."""
+        layout = DatasetLayout(self.root / dataset)
+        with self._lock:
+            self._filling.pop(dataset, None)
+            self._paused.discard(layout.sorted)
+            self._schedule(layout.sorted, self._sorted_handler(layout), recursive=True)
+
+    def _sorted_handler(self, layout: DatasetLayout) -> _SortedHandler:
+        return _SortedHandler(layout.name, self.sink, self.busy_rate)
 
     def degraded(self) -> dict[str, str]:
         """Per dataset whose events are not (all) watched, why; rescans sort it meanwhile."""

@@ -15,7 +15,7 @@ import structlog
 
 from clipsort.config import Mailbox, Settings
 from clipsort.encode.embeddings import Embedder
-from clipsort.files import scan
+from clipsort.files import changed_since, scan
 from clipsort.layout import DatasetLayout
 from clipsort.learn.corrections import ARRIVALS_PER_ROUND, IN_FLIGHT_SECONDS, ROUND_LINGER_SECONDS, observe
 from clipsort.store.journal import Journal
@@ -30,7 +30,9 @@ class Learner:
     def __init__(self, settings: Settings, journal: Journal, embedder: Embedder) -> None:
         self._setup = Mailbox((settings, embedder))
         self._journal = journal
-        self._arrivals: queue.Queue[tuple[str, Path | None]] = queue.Queue(maxsize=10_000)
+        # A file that arrived, None (look at every file), or epoch seconds (the files of Dataset/
+        # whose inode changed since then: see scan).
+        self._arrivals: queue.Queue[tuple[str, Path | float | None]] = queue.Queue(maxsize=10_000)
         self._in_flight: dict[tuple[str, Path], float] = {}  # arrivals to look at again: first seen
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="clipsort-learner", daemon=True)
@@ -56,10 +58,15 @@ class Learner:
         except queue.Full:
             log.warning("learner_full", file=str(path))
 
-    def scan(self, dataset: str) -> None:
-        """Look at every file in ``Dataset/`` and ``Clases/``: arrivals before the watch or while down."""
+    def scan(self, dataset: str, changed_since: float | None = None) -> None:
+        """Look at every file in ``Dataset/`` and ``Clases/``: arrivals before the watch or while down.
+
+        With ``changed_since`` (epoch seconds), only at the files in ``Dataset/`` whose inode changed
+        since then (a rename, a link or a new file sets ``st_ctime``): what arrived while its watch
+        was dropped (the placer filling it, see :mod:`clipsort.ingest.watcher`).
+        """
         try:
-            self._arrivals.put_nowait((dataset, None))
+            self._arrivals.put_nowait((dataset, changed_since))
         except queue.Full:
             log.warning("learner_full", dataset=dataset)
 
@@ -77,25 +84,35 @@ class Learner:
             # Whatever queued up meanwhile is looked up together: a burst of sorted
             # files costs a few journal queries, not two per file.
             arrivals = drain(self._arrivals, 0.2, ARRIVALS_PER_ROUND, linger=ROUND_LINGER_SECONDS)
-            by_dataset: dict[str, list[Path | None]] = {}
+            by_dataset: dict[str, list[Path | float | None]] = {}
             for dataset, path in [*arrivals, *self._in_flight]:  # those in flight: once a round
                 by_dataset.setdefault(dataset, []).append(path)
             for dataset, paths in by_dataset.items():
                 self._learn(dataset, paths)
 
-    def _learn(self, dataset: str, arrived: list[Path | None]) -> None:
-        """Look at the files that ``arrived`` in ``dataset`` (None: everything in Dataset/ and Clases/)."""
+    def _learn(self, dataset: str, arrived: list[Path | float | None]) -> None:
+        """Look at the files that ``arrived`` in ``dataset`` (None: everything in Dataset/ and Clases/;
+        a time: what changed in Dataset/ since then)."""
         layout = DatasetLayout(self.settings.root / dataset)
-        paths = [path for path in arrived if path is not None]
+        paths = [path for path in arrived if isinstance(path, Path)]
+        times = [when for when in arrived if isinstance(when, float)]
+        changed: list[Path] | None = None  # with times: what changed in Dataset/ since the first
         if None in arrived:
             paths += scan(layout.sorted, self.settings.ignore_patterns)
             paths += scan(layout.classes, self.settings.ignore_patterns)
+        elif times:
+            # The kernel stamps ctime from a clock that may lag time.time() by a tick: a second's slack.
+            since = min(times) - 1.0
+            changed = changed_since(scan(layout.sorted, self.settings.ignore_patterns), since)
+            paths += changed
         in_flight: list[Path] = []
         try:
             # What is recorded reaches the classifier through the journal (Worker._follow_corrections).
             observe(paths, layout, self._journal, self.embedder, self.settings, in_flight)
         except Exception as exc:  # one odd file must not end learning for good
             log.exception("learner_failed", dataset=dataset, error=str(exc))
+        if changed is not None:  # the look after a busy Dataset/ (see scan): done
+            log.info("sorted_looked_at", dataset=dataset, changed=len(changed))
         now = time.monotonic()
         seen = {path: self._in_flight.pop((dataset, path), now) for path in paths}
         for path in in_flight:

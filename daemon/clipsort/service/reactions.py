@@ -108,6 +108,24 @@ class _Stop:
     """Ends the reactions thread once what was queued before it is handled."""
 
 
+@dataclass(frozen=True)
+class SortedBusy:
+    """The placer is filling a ``Dataset/``: its watch is dropped until it is still (see the watcher).
+
+    ``since``: epoch seconds from which its events were dropped."""
+
+    dataset: str
+    since: float
+
+
+@dataclass(frozen=True)
+class SortedStill:
+    """A busy ``Dataset/`` is still again: watch it, and look at what arrived since ``since``."""
+
+    dataset: str
+    since: float
+
+
 WatchEvent = (
     Hinted
     | RescanAsked
@@ -118,6 +136,8 @@ WatchEvent = (
     | ClassesChanged
     | InboxBusy
     | InboxQuiet
+    | SortedBusy
+    | SortedStill
     | DatasetsFound
 )
 
@@ -158,6 +178,9 @@ class Reactions:
 
     def inbox_busy(self, dataset: str, whole: bool) -> None:
         self.put(InboxBusy(dataset, whole))
+
+    def sorted_busy(self, dataset: str, since: float) -> None:
+        self.put(SortedBusy(dataset, since))
 
     def start(self) -> None:
         self.thread.start()

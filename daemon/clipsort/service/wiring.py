@@ -37,7 +37,7 @@ from clipsort.encode.embeddings import Embedder
 from clipsort.encode.encoder import Encoder, model_cpu_seconds, resolve_device
 from clipsort.encode.factory import make_embedder, make_encoder
 from clipsort.errors import ConfigError
-from clipsort.heap import settle
+from clipsort.heap import freeze_survivors
 from clipsort.ingest.intake import Intake
 from clipsort.ingest.watcher import Watcher
 from clipsort.ingest.workqueue import FairQueue
@@ -59,6 +59,8 @@ from clipsort.service.reactions import (
     Placed,
     Reactions,
     RescanAsked,
+    SortedBusy,
+    SortedStill,
     WatchEvent,
 )
 from clipsort.service.sdnotify import notify, reloading, watchdog_interval
@@ -259,6 +261,14 @@ class Service:
             case InboxQuiet(dataset):
                 self.watcher.resume_inbox(dataset)
                 self.intake.request_rescan(dataset)  # what came between its last listing and the watch
+            case SortedBusy(dataset, since):
+                log.info("sorted_busy", dataset=dataset, action="watched again once still")
+                self.watcher.pause_sorted(dataset, since)
+            case SortedStill(dataset, since):
+                self.watcher.resume_sorted(dataset)
+                # What arrived while its events were dropped, and before the watch was made again.
+                self.learner.scan(dataset, changed_since=since)
+                log.info("sorted_still", dataset=dataset, dropped_for_s=round(time.time() - since, 1))
             case DatasetsFound(layouts):
                 self._datasets_found(list(layouts))
 
@@ -311,6 +321,8 @@ class Service:
                     log.exception("observer_restart_failed", error=str(exc))
                     return 1  # systemd restarts us (Restart=on-failure)
                 self.intake.request_rescan(ALL_DATASETS)
+            for dataset, since in self.watcher.still_sorted():
+                self.reactions.put(SortedStill(dataset, since))
             if not self.lock.intact() and not self._state_replaced():
                 return 1  # another daemon took the state folder: systemd reports the error line
             if self.worker.policy.state_blocked and self.journal.writable():
@@ -369,11 +381,11 @@ class Service:
     def _housekeep(self) -> None:
         """Prune the state to its retention windows: one ``state_swept`` line a round.
 
-        Each round (the first at start, once the model and classes are loaded) also settles the heap
-        (:func:`clipsort.heap.settle`): what lives by then is kept out of later full collections, and
-        a model or checkpoint replaced since the last round is collected.
+        Each round (the first at start, once the model and classes are loaded) also freezes the heap
+        (:func:`clipsort.heap.freeze_survivors`): what lives by then is kept out of later full
+        collections, and a model or checkpoint replaced since the last round is collected.
         """
-        settled = settle()
+        frozen = freeze_survivors()
         try:
             swept = sweep(self.settings, self.cache, self.journal, time.time())
         except Exception as exc:  # a full or broken state folder must not end the daemon; next round retries
@@ -382,7 +394,7 @@ class Service:
             return
         self.state_bytes = swept.state_bytes
         self.metrics.state_bytes.set(swept.state_bytes)
-        heap = {f"heap_{key}": value for key, value in asdict(settled).items()}
+        heap = {f"heap_{key}": value for key, value in asdict(frozen).items()}
         log.info("state_swept", **asdict(swept), **heap)
 
     def _healthy(self, window: float) -> bool:
@@ -481,7 +493,8 @@ class Service:
         self.learner.reconfigure(settings, embedder)
         if any(key in changed for key in WATCHER_SETTINGS):
             self.watcher.stop()
-            self.watcher = self._new_watcher(settings)
+            stopped, self.watcher = self.watcher, self._new_watcher(settings)
+            self.watcher.keep_paused(stopped)  # a Dataset/ being filled is still looked at once still
             self.watcher.start()
         self.worker.replace_embedder(embedder)  # rebuilds every class index, then swaps
         self.intake.request_rescan(ALL_DATASETS)
