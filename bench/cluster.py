@@ -72,7 +72,7 @@ def sort_run(model: Path, precision: str, files: list[Path], work: Path, engine:
     references = sum(1 for path in (root / "bench" / "Clases").rglob("*") if path.is_file())
     if placed - references != len(files):
         raise SystemExit(f"--engine {engine} placed {placed - references} of {len(files)} files")
-    cpu, _ = ast.literal_eval(out.read_text())
+    cpu = ast.literal_eval(out.read_text())[0]  # SORT_LAUNCHER's (all, the model's, the collector's)
     return {"elapsed_s": elapsed, "cpu_s": float(cpu), "phases": phases(done.stdout + done.stderr)}
 
 

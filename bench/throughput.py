@@ -13,8 +13,8 @@ irrelevant), and three image sets: 12-megapixel JPEGs, 1-megapixel PNGs and
 
 - ``baseline``: the original scripts' loop: open the full image with Pillow,
   ``SentenceTransformer.encode`` it alone, ``shutil.move`` it;
-- ``model_only``: forward passes on pre-decoded, pre-resized, normalised
-  tensors already on the device, at the configured batch size (the ceiling);
+- ``model_only``: forward passes on pre-decoded, pre-cropped uint8 pixels
+  already on the device, at the configured batch size (the ceiling);
 - ``sort``: ``clipsort sort``'s pipeline (model already loaded), journal on;
 - ``daemon``: the real daemon process fed a burst of renames, from the first
   rename to the last file's arrival in ``Dataset/<class>/``;
