@@ -113,23 +113,23 @@ main()
 def process_cpu(pid: int) -> tuple[float, float]:
     """CPU seconds so far of ``pid``'s threads, all (utime + stime) and in the kernel (stime: the
     renames, fsyncs, inotify and page faults done for it), from one read of /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks, int(fields[12]) / ticks
+    from tests.daemonproc import cpu_times
+
+    user, kernel = cpu_times(Path(f"/proc/{pid}/stat").read_text())
+    return user + kernel, kernel
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds so far of each live thread of ``pid``, summed by thread name."""
-    ticks = os.sysconf("SC_CLK_TCK")
+    from tests.daemonproc import cpu_times
+
     found: dict[str, float] = defaultdict(float)
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             text = (task / "stat").read_text()
         except OSError:
             continue  # it ended meanwhile
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        fields = text.rsplit(")", 1)[1].split()
-        found[name] += (int(fields[11]) + int(fields[12])) / ticks
+        found[text[text.index("(") + 1 : text.rindex(")")]] += sum(cpu_times(text))
     return dict(found)
 
 
@@ -216,12 +216,10 @@ def idle_cpu(pid: int, seconds: float) -> dict[str, Any]:
     has had ``IDLE_SETTLE_SECONDS`` (less in a smoke run): a daemon that waits costs next to
     nothing; one that polls shows here, per thread, in ms of CPU per second.
     """
-    from tests.daemonproc import cpu_seconds_of
-
     time.sleep(min(IDLE_SETTLE_SECONDS, seconds))
-    threads_before, before = thread_cpu(pid), cpu_seconds_of(pid)
+    threads_before, (before, _) = thread_cpu(pid), process_cpu(pid)
     time.sleep(seconds)
-    threads_after, after = thread_cpu(pid), cpu_seconds_of(pid)
+    threads_after, (after, _) = thread_cpu(pid), process_cpu(pid)
     busy = thread_ms(threads_before, threads_after, seconds, 2)
     return {
         "seconds": seconds,

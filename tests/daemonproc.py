@@ -287,10 +287,17 @@ def _peak_rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmHWM in /proc/{pid}")
 
 
+def cpu_times(stat: str) -> tuple[float, float]:
+    """utime and stime, in seconds, from the text of a ``/proc/<pid>/stat`` (every thread of the
+    process) or a ``/proc/<pid>/task/<tid>/stat`` (one thread): its fields 14 and 15."""
+    fields = stat.rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
 def cpu_seconds_of(pid: int) -> float:
-    """utime + stime of every thread of ``pid`` (fields 14 and 15 of /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of every thread of ``pid``."""
+    return sum(cpu_times(Path(f"/proc/{pid}/stat").read_text()))
 
 
 def slots(owner: int | None = None) -> set[str]:

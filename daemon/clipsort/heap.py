@@ -9,7 +9,7 @@ collections skip it. Reference counting still frees a frozen object whose count 
 only a frozen object that becomes garbage inside a reference cycle (a replaced model: the
 encoder's objects form cycles) waits for the next :func:`freeze_survivors`, whose ``gc.unfreeze`` hands
 everything back to the collector first. So a long-running process calls it again from time to
-time (the daemon at each housekeeping round and after a reload), which bounds that wait.
+time (the daemon at each housekeeping round, every ``housekeeping_seconds``), which bounds that wait.
 """
 
 from __future__ import annotations

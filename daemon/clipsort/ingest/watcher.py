@@ -387,7 +387,9 @@ class _InboxHandler(_SafeHandler):
             written = event.event_type == EVENT_TYPE_CREATED and not is_ignored(
                 os.path.basename(os.fsdecode(event.src_path)), self.ignore
             )
-            self._written = (self._written if self.rate.count > 1 else 0) + written
+            if self.rate.count == 1:  # a new second of counting
+                self._written = 0
+            self._written += written
             if over:
                 self.busy = True
                 # Only moves in and finished writes: its files arrive whole (uploads renamed into
@@ -658,18 +660,24 @@ class Watcher:
 
     def pause_inbox(self, dataset: str) -> None:
         """Stop watching a busy inbox (the intake lists it meanwhile) until :meth:`resume_inbox`."""
-        inbox = DatasetLayout(self.root / dataset).inbox
-        with self._lock:
-            self._paused.add(inbox)
-            if inbox in self._watches:
-                self._unschedule(inbox)
+        self._pause(DatasetLayout(self.root / dataset).inbox)
 
     def resume_inbox(self, dataset: str) -> None:
         """Watch a quiet inbox again (the caller then has it scanned once: files came meanwhile)."""
         layout = DatasetLayout(self.root / dataset)
+        self._resume(layout.inbox, self._inbox_handler(layout))
+
+    def _pause(self, folder: Path) -> None:
+        """Drop ``folder``'s watch, and keep :meth:`sync` from making it again, until :meth:`_resume`."""
         with self._lock:
-            self._paused.discard(layout.inbox)
-            self._schedule(layout.inbox, self._inbox_handler(layout), recursive=True)
+            self._paused.add(folder)
+            if folder in self._watches:
+                self._unschedule(folder)
+
+    def _resume(self, folder: Path, handler: _SafeHandler) -> None:
+        with self._lock:
+            self._paused.discard(folder)
+            self._schedule(folder, handler, recursive=True)
 
     def _inbox_handler(self, layout: DatasetLayout) -> _InboxHandler:
         return _InboxHandler(layout, self.sink, self.ignore, self.busy_rate)
@@ -677,12 +685,9 @@ class Watcher:
     def pause_sorted(self, dataset: str, since: float) -> None:
         """Stop watching a ``Dataset/`` the placer is filling (its events dropped since ``since``,
         epoch seconds) until :meth:`still_sorted` finds it still."""
-        folder = DatasetLayout(self.root / dataset).sorted
         with self._lock:
-            self._paused.add(folder)
             self._filling[dataset] = ((), time.monotonic(), since)
-            if folder in self._watches:
-                self._unschedule(folder)
+            self._pause(DatasetLayout(self.root / dataset).sorted)
 
     def still_sorted(self, quiet: float = 1.0) -> list[tuple[str, float]]:
         """The paused ``Dataset/`` folders none of whose class folders changed for ``quiet`` seconds,
@@ -712,15 +717,14 @@ class Watcher:
         with self._lock:
             for dataset, (_, changed, since) in filling.items():
                 self._filling[dataset] = ((), changed, since)
-                self._paused.add(DatasetLayout(self.root / dataset).sorted)
+                self._pause(DatasetLayout(self.root / dataset).sorted)
 
     def resume_sorted(self, dataset: str) -> None:
         """Watch a still ``Dataset/`` again (the caller has what arrived meanwhile looked at)."""
         layout = DatasetLayout(self.root / dataset)
         with self._lock:
             self._filling.pop(dataset, None)
-            self._paused.discard(layout.sorted)
-            self._schedule(layout.sorted, self._sorted_handler(layout), recursive=True)
+            self._resume(layout.sorted, self._sorted_handler(layout))
 
     def _sorted_handler(self, layout: DatasetLayout) -> _SortedHandler:
         return _SortedHandler(layout.name, self.sink, self.busy_rate)
