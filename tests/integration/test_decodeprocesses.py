@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +121,41 @@ def test_slots_are_bounded_and_reused(tmp_path: Path) -> None:
     )
     assert 1 <= len(ours) <= 2, "at most the two slots, whatever the batches in flight"
     assert ours.isdisjoint(slots()), "closing the pool unlinks its slots"
+
+
+def same(got: Sequence[np.ndarray | None], want: Sequence[np.ndarray | None]) -> bool:
+    """Whether two lists of crops are equal, crop by crop (None never equals anything)."""
+    pairs = zip(got, want, strict=True)
+    return all(a is not None and b is not None and np.array_equal(a, b) for a, b in pairs)
+
+
+def test_a_lending_pool_hands_crops_from_the_slot_and_reuses_it_only_once_released(tmp_path: Path) -> None:
+    """With ``lends`` (the batch driver's pool) a batch's crops are read where the workers wrote
+    them: the next batch waits for the one slot until the first is released, then is written over
+    the first batch's crops. Crops still referenced when the pool closes stay readable."""
+    files = photos(tmp_path, 4)
+    expected = [in_a_thread(path)[2] for path in files]
+    second: list[list[np.ndarray | None]] = []
+    with ProcessDecodePool(LIMITS, 2, timeout=30, slots=1, lends=True) as pool:
+        first = pool.start(files, SIDE)
+        crops = [read.crop for read in pool.collect(first, 30)]
+        assert same(crops, expected)
+        waiting = threading.Thread(
+            target=lambda: second.append(
+                [read.crop for read in pool.collect(pool.start(files[::-1], SIDE), 30)]
+            )
+        )
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive(), "the second batch waits for the slot the first still holds"
+        assert same(crops, expected)
+        pool.release(first)
+        waiting.join(30)
+        assert not waiting.is_alive(), "released, the slot takes the second batch"
+        assert same(second[0], expected[::-1])
+        assert same(crops, expected[::-1]), "written where the first batch's crops were"
+    # Closed with the second batch never released: its segment is unlinked, its crops still mapped.
+    assert same(second[0], expected[::-1])
 
 
 def mapped_segments(pid: int) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -169,6 +170,42 @@ def test_a_jpeg_the_device_refuses_is_decoded_or_rejected_by_the_cpu_path(tmp_pa
     assert isinstance(cpu_broken.picture, ImageIncomplete) and isinstance(alone.picture, ImageIncomplete)
     assert str(cpu_broken.picture) == str(alone.picture) and "corrupt" in str(alone.picture)
     assert (cpu_broken.sha256, cpu_broken.size) == (alone.sha256, len(data))
+
+
+@pytest.mark.usefixtures("with_torchvision")
+def test_releasing_a_batch_releases_what_the_cpu_path_lent_it(tmp_path: Path) -> None:
+    """In front of the driver's decoding processes, which lend their crops from a slot a batch: the
+    files the device leaves to them hold that slot until the batch is released. With one slot, three
+    batches with a PNG in each decode only if releasing each batch gives the slot back."""
+    engine = DeviceJpeg("cpu", 2)
+    decoders = Decoders(LIMITS, 1, processes=True, timeout=30, ahead=0)
+    processes = decoders.processes
+    assert processes is not None and processes.lends
+    png = tmp_path / "p.png"
+    asymmetric(300, 200).save(png)
+    paths = [jpeg(tmp_path / "g.jpg", asymmetric(320, 240)), png]
+    pngs: list[Crop | None] = []
+
+    def three_batches() -> None:
+        decoding = engine.over(processes)
+        for _ in range(3):
+            futures = decoding.start(paths, 224, lambda picture: centre_crop(picture, 224))
+            read = decoding.collect(futures, 30)
+            assert read[1].picture is None, "the PNG: a process's crop alone"
+            pngs.append(None if read[1].crop is None else read[1].crop.copy())
+            decoding.release(futures)
+
+    batches = threading.Thread(target=three_batches, daemon=True)
+    try:
+        batches.start()
+        batches.join(60)
+        assert not batches.is_alive(), "a batch waits for a slot that was never given back"
+        assert len(pngs) == 3 and all(
+            crop is not None and difference(crop, cpu_crop(png)) == 0.0 for crop in pngs
+        )
+    finally:  # not waiting: where the test fails, the engine's thread waits for a slot for ever
+        engine.close(wait=False)
+        decoders.close()
 
 
 @pytest.mark.usefixtures("with_torchvision")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 from PIL import Image
@@ -284,6 +285,27 @@ def test_the_image_side_runs_as_one_traced_graph(encoder: Encoder) -> None:
             crops = torch.randint(0, 256, (size, side, side, 3), generator=generator, dtype=torch.uint8)
             values = crops.permute(0, 3, 1, 2)  # as ImageTower.pixels hands them over
             assert torch.allclose(tower.forward(values), tower.eager(values), atol=1e-5)
+
+
+def test_crops_that_are_rows_of_one_array_reach_the_model_without_a_copy(encoder: Encoder) -> None:
+    """Consecutive rows of one array, in order (how the decoding processes hand a batch over), go
+    to the model as a view of that array; rows with a gap, out of order or from several arrays are
+    stacked; the vectors are the same either way."""
+    tower = encoder._tower
+    assert tower is not None
+    side = encoder.image_size
+    batch = np.random.default_rng(3).integers(0, 256, (6, side, side, 3), dtype=np.uint8)
+    other = batch.copy()
+
+    def shared(crops: list[npt.NDArray[np.uint8]]) -> bool:
+        return bool(np.shares_memory(tower.pixels(crops).permute(0, 2, 3, 1).numpy(), batch))
+
+    assert shared([batch[k] for k in range(1, 5)]) and shared([batch[5]])
+    assert not shared([batch[0], batch[2]]), "a rejected file between two"
+    assert not shared([batch[2], batch[1]]) and not shared([batch[0], other[1]])
+    rows = [batch[k] for k in range(6)]
+    copies = [row.copy() for row in rows]
+    assert np.allclose(encoder.encode_images(rows), encoder.encode_images(copies), atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", ["patches in chunks", "one patch a picture"])

@@ -18,8 +18,13 @@ rejected with the reason (it goes to Rejected/ like any unreadable file).
 
 Memory is bounded: ``slots`` slots of one batch each (the batch driver asks
 for one per batch decoded ahead and one for the batch being collected);
-:meth:`ProcessDecodePool.start` waits for a free one. A batch's crops are copied out of its slot when its last
-chunk arrives, so a slot is free again before the batch is classified.
+:meth:`ProcessDecodePool.start` waits for a free one. A pool that ``lends`` (the batch driver's)
+hands each crop as a view of its slot, and the slot takes another batch once the batch is
+released (:meth:`ProcessDecodePool.release`, after it is classified): the model reads the batch
+where the workers wrote it. Without, a batch's crops are copied out of its slot when its last
+chunk arrives, so a slot is free again before the batch is collected. Why lend (issue 37): the copy
+(4.8 MB a batch of 32, into memory the kernel faulted in) and the model's stacking of the crops
+were two thirds of what the model's thread and the dispatchers spent on a file around a near-free model.
 
 OS caveats: each worker is a fresh interpreter (``python -m`` this module,
 talking over a socket pair), not a ``multiprocessing`` child: a fork of a
@@ -55,6 +60,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import queue
 import resource
@@ -217,13 +223,21 @@ class _Slot:
         return self.memory
 
     def free(self) -> None:
-        if self.memory is not None:
-            self.memory.close()
-            # A stopping daemon reclaims its own slots (reclaim_slots) while a dispatcher may still
-            # be ending: the segment can be gone already.
-            with contextlib.suppress(FileNotFoundError):
-                self.memory.unlink()
-            self.memory = None
+        if self.memory is None:
+            return
+        memory, self.memory = self.memory, None
+        # A stopping daemon reclaims its own slots (reclaim_slots) while a dispatcher may still be
+        # ending: the segment can be gone already.
+        with contextlib.suppress(FileNotFoundError):
+            memory.unlink()
+        try:
+            memory.close()
+        except BufferError:
+            # A crop lent from it is still referenced (a batch never released, a pool closed under
+            # it). Its view holds the mapping (a buffer export keeps the mmap object alive) until
+            # the last such crop goes, which unmaps it; this lets go of ours and closes the file.
+            memory._mmap = None  # type: ignore[attr-defined]
+            memory.close()
 
 
 @dataclass
@@ -235,8 +249,11 @@ class _Batch:
     limits: DecodeLimits
     futures: list[Future[Decoded]]
     outstanding: int
+    lent: bool  # its crops are views of its slot, which waits for release()
     replies: dict[int, Reply] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    resolved: bool = False  # (lent) every file's future is answered (under lock)
+    released: bool = False  # (lent) its user is done with the crops (under lock)
 
 
 @dataclass(frozen=True)
@@ -312,9 +329,18 @@ class ProcessDecodePool:
     """``workers`` decoding processes, fed a chunk of each batch per worker (see the module)."""
 
     def __init__(
-        self, limits: DecodeLimits, workers: int, *, timeout: float, slots: int = SLOTS, memory_mb: int = 0
+        self,
+        limits: DecodeLimits,
+        workers: int,
+        *,
+        timeout: float,
+        slots: int = SLOTS,
+        memory_mb: int = 0,
+        lends: bool = False,
     ) -> None:
         reclaim_slots()  # before making its own: what a killed daemon or sort left in /dev/shm
+        self.lends = lends  # crops are views of the slots, each batch's until release() (see the module)
+        self._lent: dict[int, _Batch] = {}  # lent batches by their first future's id (under _lock)
         self.limits = limits  # replaceable, as the thread pool's
         self.timeout = timeout  # a chunk's decoding past this ends its worker (then each file gets its own)
         self.workers = workers
@@ -355,7 +381,10 @@ class ProcessDecodePool:
         slot = self._slots.get()
         slot.fit(len(paths) * target * target * 3)
         count = min(self.workers, len(paths))
-        batch = _Batch(slot, target, self.limits, futures, count)
+        batch = _Batch(slot, target, self.limits, futures, count, self.lends)
+        if self.lends:
+            with self._lock:
+                self._lent[id(futures[0])] = batch
         items = [(index, str(path)) for index, path in enumerate(paths)]
         for k in range(count):
             self._chunks.put(_Chunk(batch, items[k::count]))
@@ -364,6 +393,18 @@ class ProcessDecodePool:
     def collect(self, futures: Sequence[Future[Decoded]], timeout: float) -> list[Decoded]:
         """The decoded files; the workers enforce the timeout, so this waits for every reply."""
         return [future.result() for future in futures]
+
+    def release(self, futures: Sequence[Future[Decoded]]) -> None:
+        """The batch of ``futures`` is done with its crops: its slot may take another (if it lends)."""
+        with self._lock:
+            batch = self._lent.pop(id(futures[0]), None) if futures else None
+        if batch is None:
+            return
+        with batch.lock:
+            batch.released = True
+            free = batch.resolved
+        if free:
+            self._slots.put(batch.slot)
 
     def close(self, *, wait: bool = True, cancel: bool = True) -> None:
         """End the workers once they have decoded what they were given; with ``cancel`` at once.
@@ -416,6 +457,8 @@ class ProcessDecodePool:
                 while True:
                     if (left := self._chunks.get_nowait()) is not None:
                         self._cancel(left)
+            with self._lock:  # batches never released: only their users may hold their crops now
+                self._lent.clear()
             for slot in self._all_slots:
                 slot.free()
 
@@ -502,12 +545,21 @@ class ProcessDecodePool:
 
 
 def _resolve(batch: _Batch, release: Callable[[_Slot], None]) -> None:
-    """Copy the crops out of the slot, free it, and resolve every file's future."""
+    """Resolve every file's future with its crop: lent from the slot (which waits for the batch's
+    release), or copied out of it and the slot freed at once."""
     memory = batch.slot.memory
     assert memory is not None
     count, side = len(batch.futures), batch.side
-    crops: npt.NDArray[np.uint8] = np.ndarray((count, side, side, 3), np.uint8, buffer=memory.buf).copy()
-    release(batch.slot)
+    shape = (count, side, side, 3)
+    if batch.lent:
+        # frombuffer, not ndarray(buffer=...): its view holds the buffer, so the segment cannot be
+        # unmapped under a crop still referenced (_Slot.free keeps it until the crop goes).
+        buffer = memory.buf
+        assert buffer is not None  # an open segment's
+        crops: npt.NDArray[np.uint8] = np.frombuffer(buffer, np.uint8, math.prod(shape)).reshape(shape)
+    else:
+        crops = np.ndarray(shape, np.uint8, buffer=memory.buf).copy()
+        release(batch.slot)
     for index, future in enumerate(batch.futures):
         _, sha256, size, kind, reason = batch.replies[index]
         if not kind:
@@ -515,6 +567,12 @@ def _resolve(batch: _Batch, release: Callable[[_Slot], None]) -> None:
         else:
             errors = {"incomplete": ImageIncomplete, "killed": DecoderKilled}
             future.set_result(Decoded(errors.get(kind, ImageRejected)(reason), sha256, size))
+    if batch.lent:
+        with batch.lock:
+            batch.resolved = True
+            free = batch.released
+        if free:  # released before the last future was answered (its user gave up on it)
+            release(batch.slot)
 
 
 if __name__ == "__main__":

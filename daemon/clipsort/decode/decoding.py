@@ -46,7 +46,9 @@ class Decoded:
     picture: Picture
     sha256: str = ""  # empty when the file could not be read at all
     size: int = 0
-    crop: Crop | None = None  # the picture as the model's input, when it was prepared here
+    # The picture as the model's input, when it was prepared here. A decoding process's crop is lent
+    # from its batch's shared memory: read it before the batch is released (Decoding.release).
+    crop: Crop | None = None
 
 
 def read_and_decode(path: Path, limits: DecodeLimits, target: int, prepare: Prepare | None = None) -> Decoded:
@@ -92,6 +94,11 @@ class Decoding(Protocol):
     def collect(self, futures: Sequence[Future[Decoded]], timeout: float) -> list[Decoded]:
         """The decoded files, within ``timeout`` seconds of decoding each."""
 
+    def release(self, futures: Sequence[Future[Decoded]]) -> None:
+        """Done with the crops of the batch :meth:`start` returned ``futures`` for: the memory they
+        are lent from may take another batch. Each batch started is released once, after it is
+        collected; a pool that lends nothing does nothing."""
+
     def close(self, *, wait: bool = True, cancel: bool = True) -> None:
         """Stop decoding."""
 
@@ -117,6 +124,9 @@ class DecodePool:
     def collect(self, futures: Sequence[Future[Decoded]], timeout: float) -> list[Decoded]:
         """:func:`collect`."""
         return collect(futures, timeout)
+
+    def release(self, futures: Sequence[Future[Decoded]]) -> None:
+        """Nothing to give back: each crop here is its own array."""
 
     def close(self, *, wait: bool = True, cancel: bool = True) -> None:
         """Stop the threads; with ``wait=False`` a decode in progress is abandoned, not awaited.

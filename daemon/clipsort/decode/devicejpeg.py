@@ -34,7 +34,7 @@ import hashlib
 import io
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +223,9 @@ class JpegFirst:
 
     engine: DeviceJpeg
     cpu: Decoding
+    # The batches it handed to ``cpu`` (what the device refused, or every picture), under the first
+    # future of the batch they are part of: released with it.
+    passed: dict[int, list[list[Future[Decoded]]]] = field(default_factory=dict)
 
     @property
     def limits(self) -> DecodeLimits:
@@ -237,8 +240,12 @@ class JpegFirst:
     ) -> list[Future[Decoded]]:
         """Begin decoding ``paths`` to the model's input; pictures (no ``prepare``) are the CPU path's."""
         if prepare is None or not paths:
-            return self.cpu.start(paths, target, prepare)
+            started = self.cpu.start(paths, target, prepare)
+            if started:
+                self.passed[id(started[0])] = [started]
+            return started
         futures: list[Future[Decoded]] = [Future() for _ in paths]
+        self.passed[id(futures[0])] = []
         reads = [self.engine.readers.submit(read_jpeg, path, self.cpu.limits) for path in paths]
         self.engine.caller.submit(self._decode, list(paths), reads, target, prepare, futures)
         return futures
@@ -267,6 +274,8 @@ class JpegFirst:
         rest = [index for index, future in enumerate(futures) if not future.done()]
         if rest:
             started = self.cpu.start([paths[index] for index in rest], target, prepare)
+            # Before the first is passed on: collect() returns, and release() may come, only after.
+            self.passed[id(futures[0])].append(started)
             for index, future in zip(rest, started, strict=True):
                 future.add_done_callback(functools.partial(_pass_on, mine=futures[index]))
 
@@ -275,6 +284,11 @@ class JpegFirst:
         the device leaves to the CPU path gets the timeout there too (where the decoding processes
         enforce it themselves, and retry a file whose worker died)."""
         return collect(futures, 2 * timeout)
+
+    def release(self, futures: Sequence[Future[Decoded]]) -> None:
+        """Release what the CPU pool decoded of this batch (the device's crops are its own arrays)."""
+        for started in self.passed.pop(id(futures[0]), []) if futures else []:
+            self.cpu.release(started)
 
     def close(self, *, wait: bool = True, cancel: bool = True) -> None:
         """Nothing of its own: the engine and the CPU pool belong to their owner."""

@@ -225,7 +225,10 @@ class ImageTower:
         With ``out`` (N or more crops' room) the crops are stacked into it, not into a new array.
         """
         crops = [item if isinstance(item, np.ndarray) else self.crop(item) for item in images]
-        stacked = np.stack(crops, out=None if out is None else out[: len(crops)])
+        rows = _rows_of_one_array(crops) if out is None else None
+        stacked = (
+            rows if rows is not None else np.stack(crops, out=None if out is None else out[: len(crops)])
+        )
         return torch.from_numpy(stacked).permute(0, 3, 1, 2)
 
     def staging(self, count: int) -> npt.NDArray[np.uint8] | None:
@@ -332,6 +335,35 @@ def _trace(tower: ImageTower) -> Callable[[torch.Tensor], torch.Tensor] | None:
         log.warning("model_not_traced", reason="the traced graph disagrees with the model")
         return None
     return graph
+
+
+def _rows_of_one_array(crops: Sequence[Crop]) -> Crop | None:
+    """The batch ``crops`` are, when they are consecutive rows of one array, as that array's view.
+
+    The decoding processes hand a batch's crops as the rows of its shared-memory slot, in the
+    batch's order (:mod:`clipsort.decode.decodeprocesses`): the model reads them there instead of
+    a stacked copy of every picture (4.8 MB a batch of 32; bench/README.md, issue 37). Anything
+    else (a rejected file between them, crops made one by one) is None, and stacked.
+    """
+    if not crops:
+        return None
+    first = crops[0]
+    base = first.base  # numpy's base: the array (or view of a buffer) that the rows are cut from
+    if not isinstance(base, np.ndarray) or not base.flags.c_contiguous or base.dtype != first.dtype:
+        return None
+    if any(
+        crop.base is not base or crop.shape != first.shape or not crop.flags.c_contiguous for crop in crops
+    ):
+        return None
+    addresses = [crop.__array_interface__["data"][0] for crop in crops]
+    offset, apart = divmod(addresses[0] - base.__array_interface__["data"][0], first.itemsize)
+    if apart or any(address != addresses[0] + k * first.nbytes for k, address in enumerate(addresses)):
+        return None
+    flat = base.reshape(-1)  # a view: base is contiguous
+    if offset < 0 or offset + len(crops) * first.size > flat.size:
+        return None
+    rows: Crop = flat[offset : offset + len(crops) * first.size].reshape((len(crops), *first.shape))
+    return rows
 
 
 def _pictures(images: Sequence[Image.Image | Crop]) -> list[Image.Image]:

@@ -88,9 +88,12 @@ class Decoders:
         jpeg_device: str | None = None,
     ) -> None:
         self.threads = DecodePool(limits, workers)
-        # A slot per batch decoded ahead, one for the batch being collected.
+        # A slot per batch decoded ahead, one for the batch being collected and classified: its
+        # crops are read where the workers wrote them, and the driver releases it once classified.
         self.processes = (
-            ProcessDecodePool(limits, workers, timeout=timeout, slots=ahead + 1, memory_mb=memory_mb)
+            ProcessDecodePool(
+                limits, workers, timeout=timeout, slots=ahead + 1, memory_mb=memory_mb, lends=True
+            )
             if processes
             else None
         )
@@ -239,8 +242,11 @@ class Driver:
         return self.classify(self._ahead.popleft(), targets, embedder, settings)
 
     def abandon(self) -> list[Job]:
-        """Forget the batches decoding and not classified; their files (which stay in the inbox)."""
+        """Forget the batches decoding and not classified (released to their pools); their files
+        (which stay in the inbox)."""
         jobs = [job for batch in self._ahead for job in batch.jobs]
+        for batch in self._ahead:
+            batch.pool.release(batch.pictures)
         self._ahead.clear()
         return jobs
 
@@ -269,8 +275,17 @@ class Driver:
         """Collect, classify and hand a batch to the placer (waiting while the last is placed).
 
         Returns how many files were classified. Handing over is its last step: if it raises, none
-        of the batch's files reached the placer, so the caller may give them all back.
+        of the batch's files reached the placer, so the caller may give them all back. The batch's
+        crops are released to its pool either way (the placer gets none: it needs the bytes' hash).
         """
+        try:
+            return self._classify(batch, targets, embedder, settings)
+        finally:
+            batch.pool.release(batch.pictures)
+
+    def _classify(
+        self, batch: Batch, targets: Mapping[str, Target], embedder: Embedder, settings: Settings
+    ) -> int:
         jobs, reads = [], []
         for job, read in zip(
             batch.jobs, batch.pool.collect(batch.pictures, settings.decode_timeout_seconds), strict=True
@@ -290,7 +305,9 @@ class Driver:
             else list(classify(jobs, reads, targets, embedder.encoder, cache=embedder.cache))
         )
         deliveries = [
-            Delivery(job, verdict, read, targets[job.dataset])
+            Delivery(
+                job, verdict, read if read.crop is None else replace(read, crop=None), targets[job.dataset]
+            )
             for job, verdict, read in zip(jobs, verdicts, reads, strict=True)
             if self.policy.deliverable(job, verdict, settings) and verdict is not None
         ]

@@ -133,6 +133,7 @@ def run(
                     break
                 driver.classify_next(targets, embedder, settings)
         finally:  # the batch being placed is finished (and reported) whatever happened here
+            driver.abandon()  # stopped early: the batches decoded ahead are not classified
             driver.finish()
     if driver.failure is not None:
         raise driver.failure
