@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -311,3 +312,21 @@ def test_a_ctrl_c_while_workers_start_kills_none_of_them(tmp_path: Path) -> None
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]", f"workers that died starting (exit codes): {run.stdout}"
+
+
+def test_a_worker_whose_parent_ended_while_it_started_ends_without_a_word(tmp_path: Path) -> None:
+    """A command that stops at an error right after starting its decoding processes (a bad setting
+    found as the model loads) ends before they say they are ready: each then ends quietly, exit 0,
+    not with a BrokenPipeError's traceback on the terminal the command shares with it."""
+    ours, theirs = socket.socketpair()
+    with theirs:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "clipsort.decode.decodeprocesses", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+    ours.close()  # gone before the worker's imports are done
+    _, errors = worker.communicate(timeout=120)
+    assert (worker.returncode, errors) == (0, "")

@@ -110,7 +110,10 @@ def _serve(connection: Connection, memory_mb: int = 0) -> None:
         limit = memory_mb * 2**20
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     attached: dict[str, shared_memory.SharedMemory] = {}
-    connection.send(READY)  # imports done: from here the timeout measures decoding alone
+    try:
+        connection.send(READY)  # imports done: from here the timeout measures decoding alone
+    except OSError:  # the parent ended while this one started (a command that stopped at an error)
+        return
     while True:
         try:
             name, count, side, limits, items = connection.recv()
