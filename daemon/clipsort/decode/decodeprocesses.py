@@ -23,8 +23,9 @@ hands each crop as a view of its slot, and the slot takes another batch once the
 released (:meth:`ProcessDecodePool.release`, after it is classified): the model reads the batch
 where the workers wrote it. Without, a batch's crops are copied out of its slot when its last
 chunk arrives, so a slot is free again before the batch is collected. Why lend (issue 37): the copy
-(4.8 MB a batch of 32, into memory the kernel faulted in) and the model's stacking of the crops
-were two thirds of what the model's thread and the dispatchers spent on a file around a near-free model.
+(4.8 MB a batch of 32, into memory the kernel faulted in) and the model's stacking of the crops were
+about half of what the dispatchers and the worker's own part spent per file around a near-free
+model (bench/README.md).
 
 OS caveats: each worker is a fresh interpreter (``python -m`` this module,
 talking over a socket pair), not a ``multiprocessing`` child: a fork of a
