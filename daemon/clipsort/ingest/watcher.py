@@ -355,12 +355,15 @@ class _Rate:
         self.count = 0
 
     def over(self) -> bool:
-        """Count one event; whether this second has had more than ``limit`` (then, and only then)."""
+        """Count one event; whether this second has had more than ``limit`` (then, and only then).
+        With no limit nothing is counted (no clock read per event)."""
+        if not self.limit:
+            return False
         now = time.monotonic()
         if now - self._window >= 1.0:
             self._window, self.count = now, 0
         self.count += 1
-        return self.count == self.limit + 1 if self.limit else False
+        return self.count == self.limit + 1
 
 
 class _InboxHandler(_SafeHandler):
