@@ -300,6 +300,68 @@ def test_a_thousand_files_of_one_name_all_survive(tmp_path: Path) -> None:
     assert landed == {str(k).encode() for k in range(1000)}
 
 
+@given(run=st.integers(0, 5000), holes=st.sets(st.integers(1, 5000), max_size=20))
+def test_a_free_name_is_found_in_logarithmic_lookups(run: int, holes: set[int]) -> None:
+    """Past a run of taken names, with or without gaps a person made in it: an attempt that is
+    free, the run's end where there is no gap, after at most two lookups per bit of its length."""
+    taken = set(range(run)) - holes
+    asked: list[int] = []
+
+    def lookup(attempt: int) -> bool:
+        asked.append(attempt)
+        return attempt in taken
+
+    found = mover.first_free(lookup)
+    assert found not in taken
+    if not holes & set(range(run)):
+        assert found == run
+    assert len(asked) <= 2 * run.bit_length() + 2, asked
+
+
+def test_a_long_run_of_one_name_is_placed_in_few_system_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 2,001st ``image.jpg`` lands as ``image_2000.jpg`` after a couple of dozen calls, not
+    2,000 renames; with a gap a person made in the run, a name taken beyond it, or one taken
+    between the lookup and the rename, nothing is overwritten."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for k in range(2000):
+        (out / candidate_name("image.jpg", k)).write_bytes(b"old")
+    counted = Faulty(0, errno.EIO)  # fails at no call: counts them
+    monkeypatch.setattr(mover, "SYSCALLS", counted)
+    source = tmp_path / "image.jpg"
+    source.write_bytes(b"new")
+    placed = place(source, out, boundary=tmp_path)
+    assert placed == out / "image_2000.jpg" and placed.read_bytes() == b"new"
+    assert counted.calls <= 40, counted.calls
+    (out / "image_5.jpg").unlink()
+    (out / "image_2001.jpg").write_bytes(b"raced")
+    source.write_bytes(b"newer")
+    counted.calls = 0
+    again = place(source, out, boundary=tmp_path)
+    assert again.read_bytes() == b"newer" and (out / "image_2001.jpg").read_bytes() == b"raced"
+    assert sorted(p.read_bytes() for p in out.iterdir()) == [b"new", b"newer"] + [b"old"] * 1999 + [b"raced"]
+    assert counted.calls <= 40, counted.calls
+    # A name made after its lookup (the lookup says free): the rename finds it taken and goes on.
+    monkeypatch.setattr(mover, "SYSCALLS", Unseen(f"image_{again.stem.rsplit('_', 1)[1]}.jpg"))
+    source.write_bytes(b"newest")
+    last = place(source, out, boundary=tmp_path)
+    assert last.read_bytes() == b"newest" and again.read_bytes() == b"newer"
+
+
+class Unseen(mover.Syscalls):
+    """The real calls, except that looking up ``hidden`` finds nothing: made just after the lookup."""
+
+    def __init__(self, hidden: str) -> None:
+        self.hidden = hidden
+
+    def lstat(self, entry: mover.At) -> os.stat_result:
+        if entry.name == self.hidden:
+            raise FileNotFoundError(errno.ENOENT, "not yet", entry.name)
+        return super().lstat(entry)
+
+
 def test_temporaries_of_an_interrupted_copy_are_removed(tmp_path: Path) -> None:
     """Only clipsort's own temporary names go; a user's hidden files stay."""
     (tmp_path / f".clipsort-{uuid.uuid4().hex}.tmp").write_bytes(b"half")

@@ -430,8 +430,41 @@ def ensure_dir(folder: Path, boundary: Path, mode: int = 0o777) -> None:
         pass
 
 
+def first_free(taken: Callable[[int], bool]) -> int:
+    """An attempt whose :func:`candidate_name` is free, in O(log n) lookups of ``taken``.
+
+    Why: a folder that holds ``image.jpg`` and ``image_1.jpg`` to ``image_999.jpg`` (chat apps and
+    browsers name every download the same) made the next one try a thousand names, each a system
+    call, so a long run of one name cost time quadratic in its length. The run's end is found by
+    doubling, then halving. Taken names are assumed to form a run from 0; where a person removed
+    some, a later free one is found instead of the first gap, and the rename there still never
+    overwrites (a name taken meanwhile is skipped by the caller's loop).
+    """
+    if not taken(0):
+        return 0
+    below, above = 0, 1  # taken(below); above is tried next
+    while above < MAX_SUFFIX and taken(above):
+        below, above = above, min(2 * above, MAX_SUFFIX)
+    while above - below > 1:  # taken(below), not taken(above) (or above == MAX_SUFFIX)
+        middle = (below + above) // 2
+        below, above = (middle, above) if taken(middle) else (below, middle)
+    return above
+
+
 def _rename_into(source: At, folder: Folder, name: str) -> At:
-    for attempt in range(MAX_SUFFIX):
+    def taken(attempt: int) -> bool:
+        try:
+            SYSCALLS.lstat(folder.at(candidate_name(name, attempt)))
+        except OSError:  # not there, or cannot tell: the rename there says which
+            return False
+        return True
+
+    try:  # the common case, a name not taken, costs one rename and no lookup
+        _rename_noreplace(source, target := folder.at(name))
+        return target
+    except FileExistsError:
+        pass
+    for attempt in range(max(1, first_free(taken)), MAX_SUFFIX):
         target = folder.at(candidate_name(name, attempt))
         try:
             _rename_noreplace(source, target)
@@ -504,10 +537,9 @@ def _confirm(moved: At, source: At, expect: Expect) -> None:
 
 def preview(source: Path, folder: Path) -> Path:
     """Where :func:`place` would put ``source`` now (for dry runs); changes nothing."""
-    for attempt in range(MAX_SUFFIX):
-        target = folder / candidate_name(source.name, attempt)
-        if not target.exists():
-            return target
+    attempt = first_free(lambda k: os.path.lexists(folder / candidate_name(source.name, k)))
+    if attempt < MAX_SUFFIX:
+        return folder / candidate_name(source.name, attempt)
     raise FileExistsError(errno.EEXIST, f"no free name for {source.name!r} in {str(folder)!r}")
 
 
