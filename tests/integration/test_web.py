@@ -12,7 +12,6 @@ import html
 import os
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from clipsort.config import load_settings
 from clipsort.decode.images import DecodeLimits
 from clipsort.service.status import read_status
 from clipsort.store.journal import Journal
+from clipsort.web import security
 from clipsort.web.app import Pages, create_app
 from clipsort.web.thumbnails import Thumbnails
 from tests.helpers import running_service
@@ -272,18 +272,25 @@ def test_a_token_is_asked_for_once_and_kept_in_a_session_cookie(data_root: Path,
         assert restarted.get("/review", follow_redirects=False).status_code == 303, "a restart ends sessions"
 
 
-def test_wrong_tokens_are_slowed_then_refused(data_root: Path) -> None:
+def test_wrong_tokens_are_slowed_then_refused(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Guessing: each wrong token waits longer, and past ten in ten minutes the client gets 429."""
+    waited: list[float] = []
+
+    async def record(seconds: float) -> None:
+        waited.append(seconds)
+
+    monkeypatch.setattr(security, "slow_down", record)
     with TestClient(
         create_app(load_settings(None, {"root": data_root}), token=TOKEN), base_url=PAGE
     ) as client:
-        started = time.monotonic()
         codes = [
             client.post("/login", data={"token": f"guess{k}"}, headers=SAME_ORIGIN).status_code
             for k in range(12)
         ]
         assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]
-        assert time.monotonic() - started >= 5, "the wrong guesses were slowed down"
+        # One wait per wrong guess until the lockout, each at least as long as the one before.
+        assert len(waited) == 10 and waited == sorted(waited) and waited[0] < waited[-1], waited
+        assert sum(waited) >= 5, "the wrong guesses were slowed down"
         locked = client.post("/login", data={"token": TOKEN}, headers=SAME_ORIGIN, follow_redirects=False)
         assert locked.status_code == 429, "locked out: even the right token waits for the window"
 
