@@ -46,7 +46,11 @@ def sorted_dataset(root: Path, tiny_model: Path) -> Path:
     make_dataset(dataset, RGB, references=4, inbox=["red", "green", "blue"], seed=5)
     for k in range(4):
         save(grid(np.random.default_rng(k)), dataset / "Images" / f"lines-{k}.png")
-    done = CliRunner().invoke(app, ["sort", "--root", str(root), "--model", str(tiny_model)])
+    # Decoded on threads: seven pictures do not pay for starting the decoding processes (0.3 s),
+    # and the page's tests are not about decoding.
+    done = CliRunner(env={"CLIPSORT_DECODE_IN": "threads"}).invoke(
+        app, ["sort", "--root", str(root), "--model", str(tiny_model)]
+    )
     assert done.exit_code == 0, done.output
     assert len(list((dataset / "Review").iterdir())) >= 3
     return dataset
@@ -54,9 +58,27 @@ def sorted_dataset(root: Path, tiny_model: Path) -> Path:
 
 @pytest.fixture
 def page(data_root: Path, tiny_model: Path) -> Iterator[TestClient]:
+    """The page on a data root of its own, sorted for this test: for tests that change anything."""
     sorted_dataset(data_root, tiny_model)
     with TestClient(create_app(load_settings(None, {"root": data_root})), base_url=PAGE) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def shown(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The page on one sorted data root shared by this module's tests that only look, or whose
+    requests are refused before anything happens: sorted once per worker, not once per test (25 of
+    them at about 0.8 s each)."""
+    root = tmp_path_factory.mktemp("shown") / "Data"
+    root.mkdir()
+    with pytest.MonkeyPatch.context() as patch:  # as data_root: no developer's config.toml or CLIPSORT_*
+        patch.chdir(root.parent)
+        for key in list(os.environ):
+            if key.startswith("CLIPSORT_"):
+                patch.delenv(key)
+        sorted_dataset(root, tiny_model)
+        with TestClient(create_app(load_settings(None, {"root": root})), base_url=PAGE) as client:
+            yield client
 
 
 def csrf(client: TestClient) -> dict[str, str]:
@@ -76,24 +98,24 @@ def queue(client: TestClient) -> list[int]:
     return [int(n) for card, copies in cards for n in (card, *copies.split())]
 
 
-def test_every_page_renders_from_the_journal_and_the_folders(page: TestClient) -> None:
+def test_every_page_renders_from_the_journal_and_the_folders(shown: TestClient) -> None:
     """Overview, queue (least confident first), recent decisions and classes, without the model."""
-    overview = page.get("/")
+    overview = shown.get("/")
     assert (
         overview.status_code == 200 and "Daemon not running" in overview.text and ">rgb</a>" in overview.text
     )
-    ids = queue(page)
+    ids = queue(shown)
     assert len(ids) >= 3
-    review = page.get("/review").text
+    review = shown.get("/review").text
     confidences = [float(p) for p in re.findall(r"<ol class=\"top\">\s*<li>\w+ <span>([\d.]+)%", review)]
     assert confidences == sorted(confidences), "least confident first"
     assert "unknown: reference" in review and "nearest references" in review
-    recent = page.get("/recent", params={"dataset": "rgb", "status": "review"}).text
+    recent = shown.get("/recent", params={"dataset": "rgb", "status": "review"}).text
     assert recent.count('<tr id="row-') == len(ids)
-    classes = page.get("/classes").text
+    classes = shown.get("/classes").text
     assert classes.count("leave-one-out accuracy 100%") == 3 and classes.count('<svg class="histogram"') == 3
-    assert page.get(f"/thumb/entry/{ids[0]}").headers["content-type"] == "image/jpeg"
-    assert page.get("/thumb/reference/rgb/red/0").status_code == 200
+    assert shown.get(f"/thumb/entry/{ids[0]}").headers["content-type"] == "image/jpeg"
+    assert shown.get("/thumb/reference/rgb/red/0").status_code == 200
 
 
 def test_the_classes_view_shows_each_class_gate_as_the_running_daemon_calibrated_it(
@@ -223,9 +245,9 @@ def test_state_changes_need_the_same_origin_and_the_csrf_token(page: TestClient,
         "/static/../app.py",
     ],
 )
-def test_nothing_outside_the_datasets_can_be_served(page: TestClient, path: str) -> None:
+def test_nothing_outside_the_datasets_can_be_served(shown: TestClient, path: str) -> None:
     """Path-traversal attempts name no file: requests name entries and references, not paths."""
-    response = page.get(path)
+    response = shown.get(path)
     assert response.status_code == 404
     assert b"import" not in response.content
 
@@ -305,15 +327,15 @@ def test_a_token_that_is_too_short_is_refused_at_start(data_root: Path) -> None:
 @pytest.mark.parametrize(
     "path", ["/", "/review", "/recent", "/classes", "/static/style.css", "/thumb/entry/1", "/undo"]
 )
-def test_a_rebound_host_is_refused_before_anything(page: TestClient, method: str, path: str) -> None:
+def test_a_rebound_host_is_refused_before_anything(shown: TestClient, method: str, path: str) -> None:
     """DNS rebinding: a request for evil.example that reaches the loopback page gets 400 and nothing else."""
-    good = csrf(page)
+    good = csrf(shown)
     headers = {
         "Host": "evil.example:8765",
         "Origin": "http://evil.example:8765",
         "X-CSRF-Token": good["X-CSRF-Token"],
     }
-    response = page.request(method, path, headers=headers)
+    response = shown.request(method, path, headers=headers)
     assert response.status_code == 400 and "clipsort" not in response.text
     assert response.headers["X-Frame-Options"] == "DENY"
 
@@ -326,9 +348,9 @@ def test_a_foreign_origin_with_a_valid_token_moves_nothing(page: TestClient, dat
     assert Journal(data_root / ".clipsort").corrections() == []
 
 
-def test_every_response_forbids_framing_and_sniffing(page: TestClient) -> None:
+def test_every_response_forbids_framing_and_sniffing(shown: TestClient) -> None:
     for path in ("/", "/review", "/static/review.js", "/thumb/entry/99999", "/nothing"):
-        headers = page.get(path).headers
+        headers = shown.get(path).headers
         assert (
             headers["X-Frame-Options"] == "DENY"
             and "frame-ancestors 'none'" in headers["Content-Security-Policy"]
@@ -338,9 +360,9 @@ def test_every_response_forbids_framing_and_sniffing(page: TestClient) -> None:
 
 
 @pytest.mark.parametrize("path", ["/thumb/entry/99999999999999999999999", "/thumb/entry/-1"])
-def test_an_id_that_is_no_row_is_404(page: TestClient, path: str) -> None:
-    assert page.get(path).status_code == 404
-    huge = page.post("/entries/99999999999999999999999/file", data={"label": "red"}, headers=csrf(page))
+def test_an_id_that_is_no_row_is_404(shown: TestClient, path: str) -> None:
+    assert shown.get(path).status_code == 404
+    huge = shown.post("/entries/99999999999999999999999/file", data={"label": "red"}, headers=csrf(shown))
     assert huge.status_code == 404
 
 
@@ -485,9 +507,9 @@ def test_recent_pages_on_and_a_forgotten_correction_is_not_shown_as_one(
     assert second and max(second) < min(shown) and len(set(shown) | set(second)) == len(shown) + len(second)
 
 
-def test_every_page_has_a_viewport_and_an_icon(page: TestClient) -> None:
+def test_every_page_has_a_viewport_and_an_icon(shown: TestClient) -> None:
     for path in ("/", "/review", "/recent", "/classes"):
-        shown = page.get(path).text
-        assert 'name="viewport" content="width=device-width' in shown and 'rel="icon"' in shown
-    icon = page.get("/static/favicon.svg")
+        text = shown.get(path).text
+        assert 'name="viewport" content="width=device-width' in text and 'rel="icon"' in text
+    icon = shown.get("/static/favicon.svg")
     assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg")
