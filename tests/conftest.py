@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from clipsort.cli import app
 from tests.daemonproc import Daemon
+from tests.helpers import work_beside
 from tests.kept import kept_folder
 
 if TYPE_CHECKING:  # the model stack loads only for the tests that use it, not at collection
@@ -152,12 +153,8 @@ def ray_cluster() -> Iterator[str]:
 
 @pytest.fixture
 def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """An empty data root; the working directory is moved next to it so no
-    ./config.toml of the developer's leaks in."""
-    monkeypatch.chdir(tmp_path)
-    for key in list(os.environ):
-        if key.startswith("CLIPSORT_"):
-            monkeypatch.delenv(key)
+    """An empty data root; the working directory is moved next to it (:func:`work_beside`)."""
+    work_beside(tmp_path, monkeypatch)
     root = tmp_path / "Data"
     root.mkdir()
     yield root

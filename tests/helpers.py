@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from clipsort.classify.classindex import ClassIndex
 from clipsort.cli import app
@@ -251,3 +252,12 @@ def publish_copy(checkpoint: Path, folder: Path, name: str) -> Path:
     staging.rename(folder / name)
     mover.write_atomic(folder / CURRENT, name.encode())
     return folder / name
+
+
+def work_beside(folder: Path, patch: pytest.MonkeyPatch) -> None:
+    """Work in ``folder`` with no ``CLIPSORT_*`` setting: no ./config.toml of the developer's, nor
+    their environment, leaks into a test (``patch`` undoes both)."""
+    patch.chdir(folder)
+    for key in list(os.environ):
+        if key.startswith("CLIPSORT_"):
+            patch.delenv(key)

@@ -30,7 +30,7 @@ from clipsort.store.journal import Journal
 from clipsort.web import security
 from clipsort.web.app import Pages, create_app
 from clipsort.web.thumbnails import Thumbnails
-from tests.helpers import running_service
+from tests.helpers import running_service, work_beside
 from tests.synthetic import draw, grid, make_dataset, save
 from tests.waiting import wait_until
 
@@ -71,11 +71,8 @@ def shown(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     them at about 0.8 s each)."""
     root = tmp_path_factory.mktemp("shown") / "Data"
     root.mkdir()
-    with pytest.MonkeyPatch.context() as patch:  # as data_root: no developer's config.toml or CLIPSORT_*
-        patch.chdir(root.parent)
-        for key in list(os.environ):
-            if key.startswith("CLIPSORT_"):
-                patch.delenv(key)
+    with pytest.MonkeyPatch.context() as patch:  # as data_root makes its root
+        work_beside(root.parent, patch)
         sorted_dataset(root, tiny_model)
         with TestClient(create_app(load_settings(None, {"root": root})), base_url=PAGE) as client:
             yield client
