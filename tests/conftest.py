@@ -23,6 +23,7 @@ import structlog
 from typer.testing import CliRunner
 
 from clipsort.cli import app
+from tests import warmstart
 from tests.daemonproc import Daemon
 from tests.helpers import work_beside
 from tests.kept import kept_folder
@@ -49,6 +50,7 @@ def pytest_configure(config: pytest.Config) -> None:
     ``OMP_NUM_THREADS`` is set before any test imports torch (collection imports no model stack)
     and is inherited by the processes the tests start; an environment that sets it keeps its own.
     """
+    Daemon.warm = warmstart.server  # daemons forked from an interpreter with torch imported
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 1:
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))

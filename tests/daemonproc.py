@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from clipsort.decode.decodeprocesses import SLOT_PREFIX
 from clipsort.service.status import Status, read_status
 from tests.synthetic import draw, save
 from tests.waiting import wait_until
+from tests.warmstart import Forked, Server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,7 @@ class Daemon:
         self._address: Path | None = None
         self._seen = 0
         self._lock = threading.Lock()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | Forked | None = None
         self._socket: socket.socket | None = None
 
     def write_config(self, values: dict[str, object]) -> None:
@@ -66,7 +67,12 @@ class Daemon:
         parsed: dict[str, object] = {key: json.loads(value) for key, value in current.items()}
         self.write_config(parsed | values)
 
-    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> Daemon:
+    # Where daemons come from: None executes a fresh interpreter for each (the benchmarks); the test
+    # suite forks them from a server that has imported the model stack (tests/warmstart.py).
+    warm: ClassVar[Callable[[], Server] | None] = None
+
+    def start(self, wait: bool = True, env: dict[str, str] | None = None, *, fresh: bool = False) -> Daemon:
+        """Start the daemon (``fresh``: in a newly executed interpreter, also in the test suite)."""
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         address = self._address = self.home / f"notify-{time.monotonic_ns()}"
         self._socket.bind(str(address))
@@ -82,14 +88,17 @@ class Daemon:
             "NOTIFY_SOCKET": str(address),
             **(env or {}),
         }
+        argv = ["-m", "clipsort", "run", "--config", str(self.config)]
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "clipsort", "run", "--config", str(self.config)],
-                cwd=self.home,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
+            if fresh or Daemon.warm is None:
+                self.process = subprocess.Popen(
+                    [sys.executable, *argv], cwd=self.home, env=env, stdout=subprocess.DEVNULL, stderr=log
+                )
+            else:
+                with open(os.devnull, "wb") as null:
+                    self.process = Daemon.warm().start(
+                        argv, env=env, cwd=self.home, stdout=null.fileno(), stderr=log.fileno()
+                    )
         if wait:
             self.wait_notify("READY=1", timeout=120)
         return self

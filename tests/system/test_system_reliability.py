@@ -101,7 +101,11 @@ def test_shared_memory_of_a_daemon_killed_with_its_children_is_reclaimed_at_the_
     dataset = root / "rgb"
     make_dataset(dataset, RGB, references=2, seed=3)
     home = tmp_path / "home"
-    daemon = start(daemons, root, tiny_model, home, settle_seconds=0.05)
+    home.mkdir()
+    daemon = Daemon(root, tiny_model, home, settle_seconds=0.05)
+    daemons.append(daemon)
+    # Executed, not forked from the test's server (tests/warmstart.py): this test reaps it (below).
+    daemon.start(fresh=True)
     drop(dataset / "Images", "first.png", picture_bytes(tmp_path, "red", 1, "p.png"))
     wait_until(lambda: sorted_files(dataset), timeout=60)
     assert daemon.process is not None
