@@ -1,20 +1,20 @@
 """Daemons forked from an interpreter that has already imported the model stack.
 
-Why: a daemon process spends its first 2-3 s of CPU importing torch, numpy and Pillow, before any
-line of clipsort runs; the system tier starts about eighty daemons, so a fifth of the suite's CPU
-went to importing the same modules again. A test process instead starts one server
+Why: a daemon process spent its first 2-2.5 s of CPU importing torch, numpy and Pillow, before its
+first line of clipsort ran, and the system tier starts dozens of daemons (the kill -9 loop alone
+eleven): the suite imported the same modules again and again. A test process instead starts one server
 (``python -m tests.warmstart``) that imports them once and, for each daemon, forks a child that
 runs ``python -m clipsort ARGS`` as a fresh interpreter would from there (``runpy``, the
 environment, working directory, ``sys.argv`` and standard streams the test asked for). The child is
 a real process the test signals and kills by its pid; only the imports before ``main`` are shared.
 What start-up itself does (the model loading in ``start``, imports a command must not make) is
-tested on freshly executed interpreters: :meth:`tests.daemonproc.Daemon.start` with ``exec=True``,
+tested on freshly executed interpreters: :meth:`tests.daemonproc.Daemon.start` with ``fresh=True``,
 the CLI tests, and the benchmarks, which always execute.
 
 Forking after ``import torch`` is safe here because nothing has run yet: importing starts no
 operator threads (OpenMP's pool starts at the first parallel operator) and the server runs none;
-OpenBLAS's threads, which importing numpy does start, are stopped and restarted around ``fork`` by
-its own ``pthread_atfork`` handlers.
+OpenBLAS's thread, which importing numpy starts unless ``OMP_NUM_THREADS`` is 1, is stopped before
+``fork`` by its own ``pthread_atfork`` handler and started again at the child's first product.
 
 The protocol, over one Unix stream socket: a request is a JSON line (``argv``, ``env``, ``cwd``)
 with the child's stdin, stdout and stderr passed as file descriptors; the server answers
