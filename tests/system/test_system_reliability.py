@@ -444,14 +444,16 @@ def test_a_state_folder_deleted_mid_burst_is_recreated_and_no_second_daemon_runs
     deleted = tmp_path / "state-deleted"
     daemon.state.rename(deleted)
     wait_until(lambda: removed(deleted), timeout=30)
-    (tmp_path / "second").mkdir()
-    second = Daemon(root, tiny_model, tmp_path / "second", state_dir=str(daemon.state))
-    daemons.append(second)
-    second.start(wait=False)
     for name, data in list(pictures.items())[100:]:
         drop(dataset / "Images", name, data)
     recreated = daemon.wait_event("state_folder_recreated", timeout=30)
     assert "history" in recreated["lost"]
+    # Started once the folder is back: the lock went with the folder, and the daemon took it again.
+    # (Started before, either daemon may make the folder first and the other stops: one runs.)
+    (tmp_path / "second").mkdir()
+    second = Daemon(root, tiny_model, tmp_path / "second", state_dir=str(daemon.state))
+    daemons.append(second)
+    second.start(wait=False)
     assert second.process is not None and second.process.wait(timeout=120) != 0, "the second refused to run"
     assert "serves" in second.log.read_text(), "refused: another daemon serves the root"
     wait_until(lambda: not list((dataset / "Images").iterdir()), timeout=120)
