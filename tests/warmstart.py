@@ -108,8 +108,11 @@ def serve(conn: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
                 selector.close()
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                for fd in (wake_r, wake_w, conn.fileno()):
-                    os.close(fd)
+                os.close(wake_r)
+                os.close(wake_w)
+                # Closed through its object: a bare os.close would leave the object to close the
+                # same number again when it is collected, by then perhaps the daemon's own file.
+                conn.close()
                 return request, fds
             for fd in fds:
                 os.close(fd)
@@ -164,6 +167,8 @@ class Forked:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0.0)
+                if self._server.ended:
+                    raise AssertionError(f"the fork server ended before pid {self.pid} did")
                 self._server.changed.wait(left)
         self.returncode = code
         return code
@@ -198,6 +203,7 @@ class Server:
         theirs.close()
         self._conn = mine
         self.changed = threading.Condition()
+        self.ended = False  # the server's stream closed (under changed)
         self._codes: dict[int, int] = {}
         self._started: list[int] = []
         self._request = threading.Lock()  # one request and its answer at a time
@@ -213,10 +219,15 @@ class Server:
         request = json.dumps({"argv": argv, "env": env, "cwd": str(cwd)}).encode() + b"\n"
         with open(os.devnull, "rb") as stdin, self._request:
             started = len(self._started)
-            socket.send_fds(self._conn, [request], [stdin.fileno(), stdout, stderr])
+            try:
+                socket.send_fds(self._conn, [request], [stdin.fileno(), stdout, stderr])
+            except OSError as error:  # its end of the socket is closed: it died
+                raise AssertionError(f"the fork server ended (exit code {self.process.wait(10)})") from error
             with self.changed:
-                if not self.changed.wait_for(lambda: len(self._started) > started, timeout=60):
+                if not self.changed.wait_for(lambda: len(self._started) > started or self.ended, 60):
                     raise AssertionError("the fork server did not answer within 60 s")
+                if len(self._started) == started:
+                    raise AssertionError(f"the fork server ended (exit code {self.process.poll()})")
                 return Forked(self, self._started[started])
 
     def _read(self) -> None:
@@ -229,6 +240,9 @@ class Server:
                     else:
                         self._codes[message["exited"]] = message["code"]
                     self.changed.notify_all()
+        with self.changed:  # the server ended: nobody will report an exit any more
+            self.ended = True
+            self.changed.notify_all()
 
 
 _servers: dict[int, Server] = {}  # by the pid of the test process that started it

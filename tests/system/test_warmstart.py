@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests import warmstart
 from tests.daemonproc import Daemon, drop, picture_bytes, start
 from tests.synthetic import make_dataset
@@ -60,3 +62,13 @@ def test_a_forked_daemon_sorts_stops_and_dies_as_an_executed_one(
     assert second.process is not None and second.process.poll() is None
     second.process.kill()
     assert second.process.wait(timeout=10) == -signal.SIGKILL
+
+
+def test_a_server_that_ended_is_an_error_not_a_wait(tmp_path: Path) -> None:
+    """A daemon asked of a server that has died fails at once with the server's exit code."""
+    server = warmstart.Server()  # one of this test's own, not the worker's
+    server.process.kill()
+    server.process.wait(timeout=10)
+    argv = ["-m", "clipsort", "--help"]
+    with (tmp_path / "err").open("wb") as err, pytest.raises(AssertionError, match=r"ended \(exit code -9\)"):
+        server.start(argv, env=dict(os.environ), cwd=tmp_path, stdout=err.fileno(), stderr=err.fileno())
