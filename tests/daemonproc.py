@@ -23,9 +23,7 @@ from clipsort.decode.decodeprocesses import SLOT_PREFIX
 from clipsort.service.status import Status, read_status
 from tests.synthetic import draw, save
 from tests.waiting import wait_until
-from tests.warmstart import Forked, Server
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.warmstart import Forked, Server, importing_this_checkout
 
 
 class Daemon:
@@ -82,8 +80,7 @@ class Daemon:
         self._reader = threading.Thread(target=self._read_notifications, daemon=True)
         self._reader.start()
         env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            **importing_this_checkout(os.environ),
             "HF_HUB_OFFLINE": "1",
             "NOTIFY_SOCKET": str(address),
             **(env or {}),

@@ -28,6 +28,7 @@ import contextlib
 import importlib
 import json
 import os
+import queue
 import runpy
 import selectors
 import signal
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,11 @@ FDS = 3  # stdin, stdout, stderr
 # which tests check). huggingface_hub reads HF_HUB_OFFLINE as it is imported: the test process's
 # "1", which every daemon the tests start gets too.
 PRELOAD = ("numpy", "PIL.Image", "torch", "clipsort.cli", "clipsort.service.wiring")
+
+
+def importing_this_checkout(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` with this checkout first on ``PYTHONPATH`` (for the processes tests start)."""
+    return {**environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), environ.get("PYTHONPATH")]))}
 
 
 # --- the server (its own process) ---
@@ -189,15 +196,11 @@ class Server:
 
     def __init__(self) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.warmstart", str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
             cwd=REPO,
-            env=env,
+            env=importing_this_checkout(os.environ),
             stdin=subprocess.DEVNULL,
         )
         theirs.close()
@@ -205,7 +208,7 @@ class Server:
         self.changed = threading.Condition()
         self.ended = False  # the server's stream closed (under changed)
         self._codes: dict[int, int] = {}
-        self._started: list[int] = []
+        self._pids: queue.Queue[int | None] = queue.Queue()  # each request's answer; None: it ended
         self._request = threading.Lock()  # one request and its answer at a time
         self._reader = threading.Thread(target=self._read, name="warmstart-reader", daemon=True)
         self._reader.start()
@@ -218,29 +221,29 @@ class Server:
         """``python ARGV`` forked from the server; ``stdout`` and ``stderr`` are descriptors."""
         request = json.dumps({"argv": argv, "env": env, "cwd": str(cwd)}).encode() + b"\n"
         with open(os.devnull, "rb") as stdin, self._request:
-            started = len(self._started)
             try:
                 socket.send_fds(self._conn, [request], [stdin.fileno(), stdout, stderr])
-            except OSError as error:  # its end of the socket is closed: it died
-                raise AssertionError(f"the fork server ended (exit code {self.process.wait(10)})") from error
-            with self.changed:
-                if not self.changed.wait_for(lambda: len(self._started) > started or self.ended, 60):
-                    raise AssertionError("the fork server did not answer within 60 s")
-                if len(self._started) == started:
-                    raise AssertionError(f"the fork server ended (exit code {self.process.poll()})")
-                return Forked(self, self._started[started])
+                pid = self._pids.get(timeout=60)
+            except OSError:  # its end of the socket is closed: it died
+                pid = None
+            except queue.Empty:
+                raise AssertionError("the fork server did not answer within 60 s") from None
+        if pid is None:
+            raise AssertionError(f"the fork server ended (exit code {self.process.wait(10)})")
+        return Forked(self, pid)
 
     def _read(self) -> None:
         with self._conn.makefile("rb") as lines:
             for line in lines:
                 message = json.loads(line)
+                if "pid" in message:
+                    self._pids.put(message["pid"])
+                    continue
                 with self.changed:
-                    if "pid" in message:
-                        self._started.append(message["pid"])
-                    else:
-                        self._codes[message["exited"]] = message["code"]
+                    self._codes[message["exited"]] = message["code"]
                     self.changed.notify_all()
-        with self.changed:  # the server ended: nobody will report an exit any more
+        self._pids.put(None)  # the server ended: no answer, and no exit reported, any more
+        with self.changed:
             self.ended = True
             self.changed.notify_all()
 
