@@ -4,15 +4,17 @@ A tiny CLIP trained by the tests on half of scikit-learn's digits (about 87 % ze
 the other half: an imperfect model, as real CLIPs are on hard data) sorts datasets built from the
 held-out half: classes are five digits (folders named by the words, 8 references each), the inbox
 holds 20 unseen pictures of every digit, so the other five are its strangers. Ten class sets,
-default settings; the figures are their means (docs/explanation/unknown-gate.md has the table,
-printed by these tests with ``-s``).
+default settings; the figures are their means, and the targets hold on the mean over three
+trainings of the model (one training's strangers kept out moves by up to 0.09 with its seed or the
+CPU it ran on: ``tests.digits``). docs/explanation/gate.md has the tables, printed by these tests
+with ``-s``.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from clipsort.cli import app
 from clipsort.encode.encoder import Encoder
 from clipsort.learn.evaluation import CURVE
 from clipsort.sort.pipeline import Outcome
-from tests.digits import WORDS, digit_dataset, digits, digits_clip
+from tests.digits import SEED, TRAININGS, WORDS, digit_dataset, digits, digits_clip
 from tests.helpers import DEFAULT_TRAINING, shares, sort_all, train_into
 
 # (classes, offset): the issue's set (zero to four) and nine others, fixed before the rule was chosen.
@@ -53,19 +55,30 @@ def names(classes: tuple[int, ...]) -> tuple[str, ...]:
     return tuple(WORDS[digit] for digit in classes)
 
 
-@pytest.fixture(scope="module")
-def digits_encoder() -> Encoder:
-    return Encoder(str(digits_clip()), device="cpu")
+@cache
+def trained(seed: int) -> Encoder:
+    """The digits CLIP of training ``seed``, loaded once per test process."""
+    return Encoder(str(digits_clip(seed)), device="cpu")
 
 
 @pytest.fixture
-def datasets(data_root: Path) -> Iterator[dict[str, tuple[tuple[str, ...], dict[str, str]]]]:
-    """One dataset per class set under one data root: name -> (its classes, file -> true word)."""
+def digits_encoder() -> Encoder:
+    return trained(SEED)
+
+
+def make_datasets(root: Path) -> dict[str, tuple[tuple[str, ...], dict[str, str]]]:
+    """One dataset per class set under ``root``: name -> (its classes, file -> true word)."""
     made = {}
     for classes, offset in CLASS_SETS:
         name = f"digits-{''.join(str(d) for d in classes)}-{offset}"
-        made[name] = (names(classes), digit_dataset(data_root / name, classes, offset=offset))
-    yield made
+        made[name] = (names(classes), digit_dataset(root / name, classes, offset=offset))
+    return made
+
+
+@pytest.fixture
+def datasets(data_root: Path) -> dict[str, tuple[tuple[str, ...], dict[str, str]]]:
+    """The class sets' datasets under the test's data root."""
+    return make_datasets(data_root)
 
 
 def table(mode: str, rows: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -85,24 +98,25 @@ def by_dataset(outcomes: list[Outcome]) -> dict[str, list[Outcome]]:
 
 @pytest.mark.parametrize("mode", ["reference", "text", "mixed"])
 def test_real_strangers_stay_out_at_the_held_share_asked_for(
-    data_root: Path,
-    digits_encoder: Encoder,
-    datasets: dict[str, tuple[tuple[str, ...], dict[str, str]]],
-    mode: str,
+    data_root: Path, datasets: dict[str, tuple[tuple[str, ...], dict[str, str]]], mode: str
 ) -> None:
     """Default settings, every CLIP mode: >= 0.80 of strangers kept out with <= 0.10 of in-class held.
 
     In-class filed right: reference and mixed no worse than before; text mode up to 0.03 below it
     (0.01 measured: its gate now holds about as much as the others' instead of 0.05, which keeps
     0.14 more strangers out). unknown_held's default is auto, 0.05 here (docs: the gate's method).
+    Means over the ten sets and the three trainings.
     """
-    outcomes = by_dataset(sort_all(data_root, digits_encoder, mode=mode))
-    rows = {name: shares(outcomes[name], truth, classes) for name, (classes, truth) in datasets.items()}
-    mean = table(mode, rows)
-    assert mean["kept_out"] >= 0.80 and mean["held"] <= 0.10, rows
-    assert mean["kept_out"] > BEFORE[mode]["kept_out"], rows
-    assert mean["right"] >= BEFORE[mode]["right"] - (0.03 if mode == "text" else 0.0), rows
-    unknown = [o for found in outcomes.values() for o in found if o.reason == "unknown"]
+    means, unknown = {}, []
+    for seed in TRAININGS:
+        outcomes = by_dataset(sort_all(data_root, trained(seed), mode=mode))
+        rows = {name: shares(outcomes[name], truth, classes) for name, (classes, truth) in datasets.items()}
+        means[f"training {seed}"] = table(f"{mode}, training {seed}", rows)
+        unknown += [o for found in outcomes.values() for o in found if o.reason == "unknown"]
+    mean = table(mode, means)
+    assert mean["kept_out"] >= 0.80 and mean["held"] <= 0.10, means
+    assert mean["kept_out"] > BEFORE[mode]["kept_out"], means
+    assert mean["right"] >= BEFORE[mode]["right"] - (0.03 if mode == "text" else 0.0), means
     assert unknown and all(
         o.detail and o.detail.startswith(("reference+description", "negative")) for o in unknown
     )
@@ -121,45 +135,42 @@ def test_the_knob_trades_strangers_kept_out_against_pictures_held(
     assert found[0.15]["held"] > found[0.02]["held"], found
 
 
-def test_strangers_put_in_none_teach_the_gate(data_root: Path, digits_encoder: Encoder) -> None:
+def test_strangers_put_in_none_teach_the_gate(data_root: Path) -> None:
     """Ten strangers filed into Clases/_none/ by hand: more strangers kept out, in-class held still <= 0.10.
 
     The even digits are the classes, the odd ones the strangers (the set whose strangers got through
-    most); the ten are held-out pictures of the odd digits, two of each, not in the inbox.
+    most); the ten are held-out pictures of the odd digits, two of each, not in the inbox. Every
+    training keeps more out; the held share is the mean over the three trainings.
     """
     classes, offset = (0, 2, 4, 6, 8), 10
-    truth = digit_dataset(data_root / "digits", classes, offset=offset)
-    before = shares(sort_all(data_root, digits_encoder), truth, names(classes))
     spare = [
         int(row) for digit in (1, 3, 5, 7, 9) for row in np.roll(digits().held_of(digit), -offset)[28:30]
     ]
-    shutil.rmtree(data_root / "digits")
-    digit_dataset(data_root / "digits", classes, negatives=spare, offset=offset)
-    after = shares(sort_all(data_root, digits_encoder), truth, names(classes))
-    print(f"ten strangers in _none: {before} -> {after}")
-    assert after["kept_out"] > before["kept_out"], (before, after)
-    assert after["held"] <= 0.10, (before, after)
+    found = {}
+    for seed in TRAININGS:
+        shutil.rmtree(data_root / "digits", ignore_errors=True)
+        truth = digit_dataset(data_root / "digits", classes, offset=offset)
+        before = shares(sort_all(data_root, trained(seed)), truth, names(classes))
+        shutil.rmtree(data_root / "digits")
+        digit_dataset(data_root / "digits", classes, negatives=spare, offset=offset)
+        after = shares(sort_all(data_root, trained(seed)), truth, names(classes))
+        print(f"ten strangers in _none, training {seed}: {before} -> {after}")
+        found[seed] = (before, after)
+    assert all(after["kept_out"] > before["kept_out"] for before, after in found.values()), found
+    assert np.mean([after["held"] for _, after in found.values()]) <= 0.10, found
 
 
-def test_a_checkpoint_keeps_real_strangers_out(
-    data_root: Path, datasets: dict[str, tuple[tuple[str, ...], dict[str, str]]]
-) -> None:
-    """Fine-tuned mode on the digits, default settings: >= 0.80 of strangers out, <= 0.10 of in-class held.
-
-    Each dataset's checkpoint is fine-tuned from the digits CLIP on its 8 references per class
-    (`clipsort train`'s defaults); its gate judges by the checkpoint's own features and its head's
-    rows (the descriptions it started from), calibrated on the references training held out.
-    """
+def checkpoint_shares(root: Path, base: Path) -> dict[str, dict[str, float]]:
+    """Per class set (made under ``root``), what fine-tuned mode does with checkpoints from ``base``."""
     runner = CliRunner()
-    for name in datasets:
-        train_into(runner, digits_clip(), data_root, name, *DEFAULT_TRAINING)
-    result = runner.invoke(
-        app, ["sort", "--root", str(data_root), "--mode", "finetuned", "--dry-run", "--json"]
-    )
+    made = make_datasets(root)
+    for name in made:
+        train_into(runner, base, root, name, *DEFAULT_TRAINING)
+    result = runner.invoke(app, ["sort", "--root", str(root), "--mode", "finetuned", "--dry-run", "--json"])
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.stdout.splitlines()]
     rows = {}
-    for name, (classes, truth) in datasets.items():
+    for name, (classes, truth) in made.items():
         mine = [r for r in records if Path(r["file"]).parent.parent.name == name]
         inside = [r for r in mine if truth[Path(r["file"]).name] in classes]
         strangers = [r for r in mine if truth[Path(r["file"]).name] not in classes]
@@ -174,11 +185,26 @@ def test_a_checkpoint_keeps_real_strangers_out(
             ),
             "held": float(np.mean([r["status"] != "sorted" for r in inside])),
         }
-    mean = table("finetuned", rows)
-    assert mean["kept_out"] >= 0.80 and mean["held"] <= 0.10, rows
+    return rows
+
+
+def test_a_checkpoint_keeps_real_strangers_out(data_root: Path) -> None:
+    """Fine-tuned mode on the digits, default settings: >= 0.80 of strangers out, <= 0.10 of in-class held.
+
+    Each dataset's checkpoint is fine-tuned from the digits CLIP on its 8 references per class
+    (`clipsort train`'s defaults); its gate judges by the checkpoint's own features and its head's
+    rows (the descriptions it started from), calibrated on the references training held out.
+    Means over the ten sets and the checkpoints of the three trainings of the digits CLIP.
+    """
+    means = {}
+    for seed in TRAININGS:
+        rows = checkpoint_shares(data_root / f"training-{seed}", digits_clip(seed))
+        means[f"training {seed}"] = table(f"finetuned, training {seed}", rows)
+    mean = table("finetuned", means)
+    assert mean["kept_out"] >= 0.80 and mean["held"] <= 0.10, means
     # unknown_held auto is 0.07 in this mode; 0.877 against 0.88 was measured on an earlier training:
     # about three pictures of a thousand more held, for 0.22 more strangers out.
-    assert mean["right"] >= BEFORE["finetuned"]["right"] - 0.01, rows
+    assert mean["right"] >= BEFORE["finetuned"]["right"] - 0.01, means
 
 
 def test_eval_prints_the_knobs_curve_from_the_references(data_root: Path) -> None:
