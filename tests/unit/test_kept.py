@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -51,5 +53,37 @@ def test_a_new_folder_prunes_only_its_names_unused_ones(
     second = kept_folder("kind", "model", [b"v2"], write, packages=())
     assert second != first and first.is_dir(), "used just now: kept"
     assert sorted(path.name for path in base.iterdir()) == sorted(
-        [first.name, second.name, recent.name, other.name]
+        [first.name, second.name, recent.name, other.name, ".model.lock"]
     )
+
+
+def test_two_that_need_one_folder_at_once_make_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second caller that comes while the first is making the folder waits on the lock, then
+    takes the first's folder: the model is trained once (as two pytest-xdist workers would)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    at_lock = threading.Event()
+    locking = fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        if threading.current_thread().name == "second":
+            at_lock.set()
+        locking(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    made: list[Path] = []
+    found: list[Path] = []
+    second = threading.Thread(
+        target=lambda: found.append(kept_folder("kind", "model", [b"v1"], make, packages=())), name="second"
+    )
+
+    def make(folder: Path) -> None:
+        made.append(folder)
+        second.start()
+        assert at_lock.wait(30), "the second caller never reached the lock while the first made it"
+        write(folder)
+
+    first = kept_folder("kind", "model", [b"v1"], make, packages=())
+    second.join(30)
+    assert not second.is_alive() and found == [first] and len(made) == 1

@@ -300,22 +300,24 @@ def test_a_thousand_files_of_one_name_all_survive(tmp_path: Path) -> None:
     assert landed == {str(k).encode() for k in range(1000)}
 
 
-@given(run=st.integers(0, 5000), holes=st.sets(st.integers(1, 5000), max_size=20))
-def test_a_free_name_is_found_in_logarithmic_lookups(run: int, holes: set[int]) -> None:
+@given(run=st.integers(0, 5000), holes=st.sets(st.integers(1, 5000), max_size=20), told=st.booleans())
+def test_a_free_name_is_found_in_logarithmic_lookups(run: int, holes: set[int], told: bool) -> None:
     """Past a run of taken names, with or without gaps a person made in it: an attempt that is
-    free, the run's end where there is no gap, after at most two lookups per bit of its length."""
-    taken = set(range(run)) - holes
+    free, the run's end where there is no gap, after at most two lookups per bit of its length.
+    Told that the first name is taken (a rename there failed), it never looks that one up."""
+    taken = set(range(max(run, 1 if told else 0))) - holes
     asked: list[int] = []
 
     def lookup(attempt: int) -> bool:
         asked.append(attempt)
         return attempt in taken
 
-    found = mover.first_free(lookup)
-    assert found not in taken
+    found = mover.first_free(lookup, first_taken=told)
+    assert found not in taken and (found > 0 or not told)
     if not holes & set(range(run)):
-        assert found == run
+        assert found == max(run, 1 if told else 0)
     assert len(asked) <= 2 * run.bit_length() + 2, asked
+    assert 0 not in asked or not told
 
 
 def test_a_long_run_of_one_name_is_placed_in_few_system_calls(

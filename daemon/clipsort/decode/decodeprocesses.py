@@ -344,7 +344,9 @@ class ProcessDecodePool:
     ) -> None:
         reclaim_slots()  # before making its own: what a killed daemon or sort left in /dev/shm
         self.lends = lends  # crops are views of the slots, each batch's until release() (see the module)
-        self._lent: dict[int, _Batch] = {}  # lent batches by their first future's id (under _lock)
+        # Lent batches by their first future (under _lock): the key is the object, not its id(), so
+        # it lives as long as the entry and a later future can never take its place.
+        self._lent: dict[Future[Decoded], _Batch] = {}
         self.limits = limits  # replaceable, as the thread pool's
         self.timeout = timeout  # a chunk's decoding past this ends its worker (then each file gets its own)
         self.workers = workers
@@ -388,7 +390,7 @@ class ProcessDecodePool:
         batch = _Batch(slot, target, self.limits, futures, count, self.lends)
         if self.lends:
             with self._lock:
-                self._lent[id(futures[0])] = batch
+                self._lent[futures[0]] = batch
         items = [(index, str(path)) for index, path in enumerate(paths)]
         for k in range(count):
             self._chunks.put(_Chunk(batch, items[k::count]))
@@ -401,7 +403,7 @@ class ProcessDecodePool:
     def release(self, futures: Sequence[Future[Decoded]]) -> None:
         """The batch of ``futures`` is done with its crops: its slot may take another (if it lends)."""
         with self._lock:
-            batch = self._lent.pop(id(futures[0]), None) if futures else None
+            batch = self._lent.pop(futures[0], None) if futures else None
         if batch is None:
             return
         with batch.lock:

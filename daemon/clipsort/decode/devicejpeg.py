@@ -224,8 +224,9 @@ class JpegFirst:
     engine: DeviceJpeg
     cpu: Decoding
     # The batches it handed to ``cpu`` (what the device refused, or every picture), under the first
-    # future of the batch they are part of: released with it.
-    passed: dict[int, list[list[Future[Decoded]]]] = field(default_factory=dict)
+    # future of the batch they are part of (the object, not its id(): it lives as long as the entry):
+    # released with it.
+    passed: dict[Future[Decoded], list[list[Future[Decoded]]]] = field(default_factory=dict)
 
     @property
     def limits(self) -> DecodeLimits:
@@ -242,10 +243,10 @@ class JpegFirst:
         if prepare is None or not paths:
             started = self.cpu.start(paths, target, prepare)
             if started:
-                self.passed[id(started[0])] = [started]
+                self.passed[started[0]] = [started]
             return started
         futures: list[Future[Decoded]] = [Future() for _ in paths]
-        self.passed[id(futures[0])] = []
+        self.passed[futures[0]] = []
         reads = [self.engine.readers.submit(read_jpeg, path, self.cpu.limits) for path in paths]
         self.engine.caller.submit(self._decode, list(paths), reads, target, prepare, futures)
         return futures
@@ -275,7 +276,7 @@ class JpegFirst:
         if rest:
             started = self.cpu.start([paths[index] for index in rest], target, prepare)
             # Before the first is passed on: collect() returns, and release() may come, only after.
-            self.passed[id(futures[0])].append(started)
+            self.passed[futures[0]].append(started)
             for index, future in zip(rest, started, strict=True):
                 future.add_done_callback(functools.partial(_pass_on, mine=futures[index]))
 
@@ -287,7 +288,7 @@ class JpegFirst:
 
     def release(self, futures: Sequence[Future[Decoded]]) -> None:
         """Release what the CPU pool decoded of this batch (the device's crops are its own arrays)."""
-        for started in self.passed.pop(id(futures[0]), []) if futures else []:
+        for started in self.passed.pop(futures[0], []) if futures else []:
             self.cpu.release(started)
 
     def close(self, *, wait: bool = True, cancel: bool = True) -> None:

@@ -430,8 +430,11 @@ def ensure_dir(folder: Path, boundary: Path, mode: int = 0o777) -> None:
         pass
 
 
-def first_free(taken: Callable[[int], bool]) -> int:
+def first_free(taken: Callable[[int], bool], *, first_taken: bool = False) -> int:
     """An attempt whose :func:`candidate_name` is free, in O(log n) lookups of ``taken``.
+
+    ``first_taken``: attempt 0 is known to be taken (a rename there just failed), so it is not
+    looked up again.
 
     Why: a folder that holds ``image.jpg`` and ``image_1.jpg`` to ``image_999.jpg`` (chat apps and
     browsers name every download the same) made the next one try a thousand names, each a system
@@ -440,7 +443,7 @@ def first_free(taken: Callable[[int], bool]) -> int:
     some, a later free one is found instead of the first gap, and the rename there still never
     overwrites (a name taken meanwhile is skipped by the caller's loop).
     """
-    if not taken(0):
+    if not first_taken and not taken(0):
         return 0
     below, above = 0, 1  # taken(below); above is tried next
     while above < MAX_SUFFIX and taken(above):
@@ -464,7 +467,7 @@ def _rename_into(source: At, folder: Folder, name: str) -> At:
         return target
     except FileExistsError:
         pass
-    for attempt in range(max(1, first_free(taken)), MAX_SUFFIX):
+    for attempt in range(first_free(taken, first_taken=True), MAX_SUFFIX):
         target = folder.at(candidate_name(name, attempt))
         try:
             _rename_noreplace(source, target)
