@@ -83,8 +83,8 @@ def test_drops_of_every_kind_land_complete_in_their_class(
     for path in (dataset / "Dataset").rglob("*"):
         if path.is_file():
             assert sha(path) == originals[path.name], f"{path.name} was not moved whole"
-    # Housekeeping's first round, at start, froze what start-up made (clipsort.heap): with torch and
-    # a model loaded, far more than the few thousand objects of a bare interpreter.
+    # Start-up froze what it made before the threads started, and housekeeping's first round says so
+    # (clipsort.heap): with torch and a model loaded, far more than a bare interpreter's few thousand.
     assert daemon.wait_event("state_swept")["heap_frozen"] > 50_000
     assert daemon.stop() == 0
 

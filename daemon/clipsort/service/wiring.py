@@ -37,7 +37,7 @@ from clipsort.encode.embeddings import Embedder
 from clipsort.encode.encoder import Encoder, model_cpu_seconds, resolve_device
 from clipsort.encode.factory import make_embedder, make_encoder
 from clipsort.errors import ConfigError
-from clipsort.heap import freeze_survivors
+from clipsort.heap import Frozen, freeze_survivors
 from clipsort.ingest.intake import Intake
 from clipsort.ingest.watcher import Watcher
 from clipsort.ingest.workqueue import FairQueue
@@ -150,6 +150,7 @@ class Service:
         self.started = time.time()
         self.state_bytes = 0
         self._status_failure = ""  # the last error writing status.json, logged once
+        self._frozen: Frozen | None = None  # start()'s freeze, until the first housekeeping round reports it
         self.metrics = Metrics()
         self.metrics.model_cpu.set_function(model_cpu_seconds)
         self.reactions = Reactions(self._react)
@@ -198,6 +199,11 @@ class Service:
         self._known = {layout.name for layout in layouts}
         self.catalog.request(self._known, 0.0)
         on_own_thread(self.catalog.rebuild_due, self.embedder)  # classes ready before the first file is read
+        # Start-up's objects out of the collector's way before any thread runs: the full collection
+        # (0.1-0.2 s with the GIL held) stalls nothing now, where at the first housekeeping round
+        # it fell on the first files after READY=1 (bench/README.md, issue 37). That round
+        # reports this freeze rather than collecting everything again.
+        self._frozen = freeze_survivors()
         self.reactions.start()
         self.watcher.start()
         self.watcher.sync(layouts)
@@ -381,11 +387,12 @@ class Service:
     def _housekeep(self) -> None:
         """Prune the state to its retention windows: one ``state_swept`` line a round.
 
-        Each round (the first at start, once the model and classes are loaded) also freezes the heap
-        (:func:`clipsort.heap.freeze_survivors`): what lives by then is kept out of later full
-        collections, and a model or checkpoint replaced since the last round is collected.
+        Each round also freezes the heap (:func:`clipsort.heap.freeze_survivors`): what lives by then
+        is kept out of later full collections, and a model or checkpoint replaced since the last
+        round is collected. The first, at start, reports the freeze :meth:`start` did before the
+        threads started.
         """
-        frozen = freeze_survivors()
+        frozen, self._frozen = self._frozen or freeze_survivors(), None
         try:
             swept = sweep(self.settings, self.cache, self.journal, time.time())
         except Exception as exc:  # a full or broken state folder must not end the daemon; next round retries
