@@ -61,11 +61,6 @@ def trained(seed: int) -> Encoder:
     return Encoder(str(digits_clip(seed)), device="cpu")
 
 
-@pytest.fixture
-def digits_encoder() -> Encoder:
-    return trained(SEED)
-
-
 def make_datasets(root: Path) -> dict[str, tuple[tuple[str, ...], dict[str, str]]]:
     """One dataset per class set under ``root``: name -> (its classes, file -> true word)."""
     made = {}
@@ -124,12 +119,12 @@ def test_real_strangers_stay_out_at_the_held_share_asked_for(
 
 
 def test_the_knob_trades_strangers_kept_out_against_pictures_held(
-    data_root: Path, digits_encoder: Encoder, datasets: dict[str, tuple[tuple[str, ...], dict[str, str]]]
+    data_root: Path, datasets: dict[str, tuple[tuple[str, ...], dict[str, str]]]
 ) -> None:
     """unknown_held, per dataset: a larger share held keeps more strangers out, and holds more."""
     found = {}
     for held in (0.02, 0.15):
-        outcomes = by_dataset(sort_all(data_root, digits_encoder, unknown_held=held))
+        outcomes = by_dataset(sort_all(data_root, trained(SEED), unknown_held=held))
         rows = {name: shares(outcomes[name], truth, classes) for name, (classes, truth) in datasets.items()}
         found[held] = table(f"reference, unknown_held {held}", rows)
     assert found[0.15]["kept_out"] > found[0.02]["kept_out"] + 0.05, found

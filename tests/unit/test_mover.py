@@ -305,7 +305,8 @@ def test_a_free_name_is_found_in_logarithmic_lookups(run: int, holes: set[int], 
     """Past a run of taken names, with or without gaps a person made in it: an attempt that is
     free, the run's end where there is no gap, after at most two lookups per bit of its length.
     Told that the first name is taken (a rename there failed), it never looks that one up."""
-    taken = set(range(max(run, 1 if told else 0))) - holes
+    length = max(run, int(told))  # told: the first name is taken, whatever the run drawn
+    taken = set(range(length)) - holes
     asked: list[int] = []
 
     def lookup(attempt: int) -> bool:
@@ -315,7 +316,7 @@ def test_a_free_name_is_found_in_logarithmic_lookups(run: int, holes: set[int], 
     found = mover.first_free(lookup, first_taken=told)
     assert found not in taken and (found > 0 or not told)
     if not holes & set(range(run)):
-        assert found == max(run, 1 if told else 0)
+        assert found == length
     assert len(asked) <= 2 * run.bit_length() + 2, asked
     assert 0 not in asked or not told
 

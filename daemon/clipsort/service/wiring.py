@@ -199,10 +199,11 @@ class Service:
         self._known = {layout.name for layout in layouts}
         self.catalog.request(self._known, 0.0)
         on_own_thread(self.catalog.rebuild_due, self.embedder)  # classes ready before the first file is read
-        # Start-up's objects out of the collector's way before any thread runs: the full collection
-        # (0.1-0.2 s with the GIL held) stalls nothing now, where at the first housekeeping round
-        # it fell on the first files after READY=1 (bench/README.md, issue 37). That round
-        # reports this freeze rather than collecting everything again.
+        # Start-up's objects out of the collector's way before the threads that handle files start
+        # (only the metrics server's waits on its socket): the full collection (0.1-0.2 s with the
+        # GIL held) stalls no file now, where at the first housekeeping round it fell on the first
+        # files after READY=1 (bench/README.md, issue 37). That round reports this freeze rather
+        # than collecting everything again.
         self._frozen = freeze_survivors()
         self.reactions.start()
         self.watcher.start()
