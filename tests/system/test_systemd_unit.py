@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,12 @@ pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not 
 
 @pytest.fixture(params=["clipsort.service", "clipsort-web.service"])
 def unit(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    """Each unit with ExecStart pointing at this environment's clipsort (verify checks it exists)."""
-    program = shutil.which("clipsort")
+    """Each unit with ExecStart pointing at this environment's clipsort (verify checks it exists).
+
+    The script is looked for beside this interpreter first: an environment that is not activated
+    (or pyenv's, whose shims are made only by ``pyenv rehash``) has it there but not on ``PATH``."""
+    beside = Path(sysconfig.get_path("scripts")) / "clipsort"
+    program = str(beside) if beside.is_file() else shutil.which("clipsort")
     assert program, "clipsort is not installed"
     name: str = request.param
     text = (UNITS / name).read_text().replace("/usr/local/bin/clipsort", program)
