@@ -178,21 +178,31 @@ def remove_deep(top: Path) -> None:
 
 def shares(outcomes: list[Outcome], truth: dict[str, str], classes: tuple[str, ...]) -> dict[str, float]:
     """Strangers kept out of the class folders; in-class pictures filed right, and held back."""
-    inside = [o for o in outcomes if truth[o.source.name] in classes]
-    strangers = [o for o in outcomes if truth[o.source.name] not in classes]
-    return {
-        "kept_out": float(np.mean([o.status != "sorted" for o in strangers])),
-        "right": float(
-            np.mean(
-                [
-                    o.status == "sorted"
-                    and o.decision is not None
-                    and o.decision.label == truth[o.source.name]
-                    for o in inside
-                ]
+    return gate_shares(
+        [
+            (
+                o.source.name,
+                o.status == "sorted",
+                o.decision.label if o.decision else None,
+                o.status != "sorted",
             )
-        ),
-        "held": float(np.mean([o.status != "sorted" for o in inside])),
+            for o in outcomes
+        ],
+        truth,
+        classes,
+    )
+
+
+def gate_shares(
+    filed: list[tuple[str, bool, str | None, bool]], truth: dict[str, str], classes: tuple[str, ...]
+) -> dict[str, float]:
+    """The gate's three shares from (file name, sorted, class, kept out) per picture, however sorted."""
+    inside = [row for row in filed if truth[row[0]] in classes]
+    strangers = [row for row in filed if truth[row[0]] not in classes]
+    return {
+        "kept_out": float(np.mean([out for _, _, _, out in strangers])),
+        "right": float(np.mean([done and label == truth[name] for name, done, label, _ in inside])),
+        "held": float(np.mean([not done for _, done, _, _ in inside])),
     }
 
 

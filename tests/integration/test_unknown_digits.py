@@ -26,7 +26,7 @@ from clipsort.encode.encoder import Encoder
 from clipsort.learn.evaluation import CURVE
 from clipsort.sort.pipeline import Outcome
 from tests.digits import SEED, TRAININGS, WORDS, digit_dataset, digits, digits_clip
-from tests.helpers import DEFAULT_TRAINING, shares, sort_all, train_into
+from tests.helpers import DEFAULT_TRAINING, gate_shares, shares, sort_all, train_into
 
 # (classes, offset): the set (zero to four) and nine others, fixed before the rule was chosen.
 CLASS_SETS = (
@@ -167,20 +167,17 @@ def checkpoint_shares(root: Path, base: Path) -> dict[str, dict[str, float]]:
     records = [json.loads(line) for line in result.stdout.splitlines()]
     rows = {}
     for name, (classes, truth) in made.items():
-        mine = [r for r in records if Path(r["file"]).parent.parent.name == name]
-        inside = [r for r in mine if truth[Path(r["file"]).name] in classes]
-        strangers = [r for r in mine if truth[Path(r["file"]).name] not in classes]
-        rows[name] = {
-            "kept_out": float(
-                np.mean([r["status"] == "review" and r["reason"] == "unknown" for r in strangers])
-            ),
-            "right": float(
-                np.mean(
-                    [r["status"] == "sorted" and r["class"] == truth[Path(r["file"]).name] for r in inside]
-                )
-            ),
-            "held": float(np.mean([r["status"] != "sorted" for r in inside])),
-        }
+        filed = [
+            (
+                Path(r["file"]).name,
+                r["status"] == "sorted",
+                r.get("class"),
+                r["status"] == "review" and r["reason"] == "unknown",
+            )
+            for r in records
+            if Path(r["file"]).parent.parent.name == name
+        ]
+        rows[name] = gate_shares(filed, truth, classes)
     return rows
 
 
