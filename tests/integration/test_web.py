@@ -27,7 +27,6 @@ from clipsort.config import load_settings
 from clipsort.decode.images import DecodeLimits
 from clipsort.service.status import read_status
 from clipsort.store.journal import Journal
-from clipsort.web import security
 from clipsort.web.app import Pages, create_app
 from clipsort.web.thumbnails import Thumbnails
 from tests.helpers import running_service, work_beside
@@ -291,16 +290,15 @@ def test_a_token_is_asked_for_once_and_kept_in_a_session_cookie(data_root: Path,
         assert restarted.get("/review", follow_redirects=False).status_code == 303, "a restart ends sessions"
 
 
-def test_wrong_tokens_are_slowed_then_refused(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_tokens_are_slowed_then_refused(data_root: Path) -> None:
     """Guessing: each wrong token waits longer, and past ten in ten minutes the client gets 429."""
     waited: list[float] = []
 
     async def record(seconds: float) -> None:
         waited.append(seconds)
 
-    monkeypatch.setattr(security, "slow_down", record)
     with TestClient(
-        create_app(load_settings(None, {"root": data_root}), token=TOKEN), base_url=PAGE
+        create_app(load_settings(None, {"root": data_root}), token=TOKEN, login_wait=record), base_url=PAGE
     ) as client:
         codes = [
             client.post("/login", data={"token": f"guess{k}"}, headers=SAME_ORIGIN).status_code

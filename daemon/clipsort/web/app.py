@@ -10,9 +10,10 @@ through a symlink. Security (token, Origin, CSRF) is :mod:`clipsort.web.security
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -246,15 +247,21 @@ class Pages:
 
 
 def create_app(
-    settings: Settings, token: str | None = None, *, host: str | None = None, port: int | None = None
+    settings: Settings,
+    token: str | None = None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    login_wait: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> Starlette:
     """The review page's app for ``settings`` served at ``host``:``port`` (default web_host, web_port).
 
     ``token``: what a non-loopback page asks for. Requests must name that address, a loopback name
-    on that port, or one of ``web_allowed_hosts`` (see :mod:`clipsort.web.security`).
+    on that port, or one of ``web_allowed_hosts`` (see :mod:`clipsort.web.security`). ``login_wait``:
+    how a failed login waits out its growing delay (see :meth:`Guard.failed_login`).
     """
     hosts = allowed_hosts(host or settings.web_host, port or settings.web_port, settings.web_allowed_hosts)
-    guard = Guard(token, hosts, settings.web_session_hours * 3600)
+    guard = Guard(token, hosts, settings.web_session_hours * 3600, login_wait)
     pages = Pages(settings, guard)
     routes = [
         Route("/", pages.overview),

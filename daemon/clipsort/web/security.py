@@ -55,9 +55,6 @@ HEADERS = {
 }
 
 Handler = Callable[[Request], Awaitable[Response]]
-# How a failed login waits out its delay, looked up at each wait: the tests record the delays here
-# (they are the policy; ten real ones took 13 s of the suite).
-slow_down: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 def is_loopback(host: str) -> bool:
@@ -103,7 +100,15 @@ def allowed_hosts(bind: str, port: int, names: Iterable[str] = ()) -> frozenset[
 class Guard:
     """The host check, the token's sessions and the CSRF token of one running page server."""
 
-    def __init__(self, token: str | None, hosts: Iterable[str], session_seconds: float = 12 * 3600) -> None:
+    def __init__(
+        self,
+        token: str | None,
+        hosts: Iterable[str],
+        session_seconds: float = 12 * 3600,
+        wait: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """``wait``: how a failed login waits out its delay (a test records the delays, which are the
+        policy, instead of sleeping them: ten real ones took 13 s of the suite)."""
         self.token = token
         self.hosts = frozenset(hosts)
         self.session_seconds = session_seconds
@@ -111,6 +116,7 @@ class Guard:
         self._sessions: dict[str, float] = {}  # session id -> when it expires
         self._failures: dict[str, list[float]] = {}  # client -> times of its recent failed logins
         self._lock = threading.Lock()
+        self._wait = wait
 
     def host_ok(self, request: Request) -> bool:
         return request.headers.get("host", "").lower() in self.hosts
@@ -141,7 +147,7 @@ class Guard:
         with self._lock:
             recent = [t for t in self._failures.get(client, []) if t > now - FAILURE_WINDOW] + [now]
             self._failures[client] = recent
-        await slow_down(min(2.0, 0.05 * 2 ** min(len(recent), 6)))
+        await self._wait(min(2.0, 0.05 * 2 ** min(len(recent), 6)))
         return len(recent) <= MAX_FAILURES
 
     def locked_out(self, client: str) -> bool:
