@@ -31,6 +31,10 @@ patch products, ``clipsort.encode.encoder._PixelEmbeddings``), work a GPU would 
 clock around each forward pass; the daemon's through its ``clipsort_model_cpu_seconds`` metric)
 and the **pipeline's**, the process's CPU less the model's: what issue 37's targets are about.
 
+With ``--place-in process`` the journal's rows, the moves and the canonical lines are done by the
+placing process (``place_in = "process"``, :mod:`clipsort.sort.placing`), whose CPU is not counted
+either: the measure is what the interpreter that classifies spends, which caps its rate.
+
 CPU per file disturbs less than wall time when other work shares the machine, but quote it with
 the machine's load in mind; the report carries both runs' elapsed time too.
 """
@@ -134,7 +138,12 @@ def thread_cpu(pid: int) -> dict[str, float]:
 
 
 def daemon_cpu(
-    model: Path, files: list[Path], work: Path, idle_seconds: float = 20.0, profile: Path | None = None
+    model: Path,
+    files: list[Path],
+    work: Path,
+    idle_seconds: float = 20.0,
+    profile: Path | None = None,
+    place_in: str = "thread",
 ) -> dict[str, Any]:
     """The daemon's own CPU per file over a burst of ``files``, and the per-thread account (with
     ``profile``, each thread's cProfile statistics written there: see ``PROFILE_THREADS``)."""
@@ -159,6 +168,7 @@ def daemon_cpu(
         settle_seconds=0.05,
         status_seconds=status_seconds,
         decode_in="processes",
+        place_in=place_in,
         model_threads=1,
         metrics_port=port,
     )
@@ -236,7 +246,9 @@ def thread_ms(before: dict[str, float], after: dict[str, float], per: float, dig
     }
 
 
-def sort_run_cpu(model: Path, files: list[Path], work: Path) -> tuple[float, float, float, float]:
+def sort_run_cpu(
+    model: Path, files: list[Path], work: Path, place_in: str = "thread"
+) -> tuple[float, float, float, float]:
     """``clipsort sort``'s own CPU seconds over ``files`` (a fresh data root), the model's share of
     them, the garbage collector's, and its elapsed time."""
     from bench.daemon_latency import CLASSES
@@ -253,6 +265,7 @@ def sort_run_cpu(model: Path, files: list[Path], work: Path) -> tuple[float, flo
         **os.environ,
         "CLIPSORT_MODEL": str(model),
         "CLIPSORT_DECODE_IN": "processes",
+        "CLIPSORT_PLACE_IN": place_in,
         "CLIPSORT_MODEL_THREADS": "1",
         "CLIPSORT_STATE_DIR": str(work / "state"),
         "HF_HUB_OFFLINE": "1",
@@ -266,15 +279,17 @@ def sort_run_cpu(model: Path, files: list[Path], work: Path) -> tuple[float, flo
     return float(cpu), float(model_cpu), float(collector), elapsed
 
 
-def sort_cpu(model: Path, files: list[Path], work: Path, rounds: int = 3) -> dict[str, Any]:
+def sort_cpu(
+    model: Path, files: list[Path], work: Path, rounds: int = 3, place_in: str = "thread"
+) -> dict[str, Any]:
     """``clipsort sort``'s CPU per file: an N-file run less a one-file run, per file less one; the
     median over ``rounds`` such pairs (one run's start-up alone varies by a few tenths of a second
     of CPU, a spread of 0.1-0.4 ms per file over 2,000 files between single pairs)."""
     per_file = 1e3 / max(len(files) - 1, 1)
     pairs = []
     for round_ in range(rounds):
-        one, one_model, one_gc, _ = sort_run_cpu(model, files[:1], work / f"one-{round_}")
-        many, many_model, many_gc, elapsed = sort_run_cpu(model, files, work / f"many-{round_}")
+        one, one_model, one_gc, _ = sort_run_cpu(model, files[:1], work / f"one-{round_}", place_in)
+        many, many_model, many_gc, elapsed = sort_run_cpu(model, files, work / f"many-{round_}", place_in)
         cpu, model_ms = (many - one) * per_file, (many_model - one_model) * per_file
         pairs.append(
             {
@@ -328,6 +343,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--profile", type=Path, help="write each daemon thread's cProfile statistics (.pstats) here"
     )
+    parser.add_argument(
+        "--place-in",
+        choices=("thread", "process"),
+        default="thread",
+        help="the place_in setting: placing on the placer thread or in a process of its own",
+    )
     args = parser.parse_args(argv)
     count = files_for(args, quick=40)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -340,13 +361,14 @@ def main(argv: list[str] | None = None) -> None:
         "files": count,
         "model": "two-layer random CLIP (hidden 8, 224-pixel input, one 224-pixel patch)",
         "decode_in": "processes",
+        "place_in": args.place_in,
     }
     with tempfile.TemporaryDirectory(prefix="clipsort-bench-") as scratch:
         work = Path(scratch)
         model = kept_clip(width=8, patch=224)
         files = distinct_jpegs(work / "files", count)
         report["daemon"] = daemon_cpu(
-            model, files, work / "daemon", 1.0 if args.quick else 20.0, args.profile
+            model, files, work / "daemon", 1.0 if args.quick else 20.0, args.profile, args.place_in
         )
         batch = report["daemon"]["mean_batch"]
         kernel = report["daemon"]["kernel_ms_per_file"]
@@ -357,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"daemon idle: {idle['cpu_percent']:.2f} % of a core over {idle['seconds']:g} s", flush=True)
         for name, ms in sorted(idle["threads_ms_per_second"].items(), key=lambda item: -item[1]):
             print(f"  {name:<28} {ms:.2f} ms/s", flush=True)
-        report["sort"] = sort_cpu(model, files, work / "sort", 1 if args.quick else 3)
+        report["sort"] = sort_cpu(model, files, work / "sort", 1 if args.quick else 3, args.place_in)
         spread = ", ".join(f"{ms:.3f}" for ms in report["sort"]["rounds_pipeline_ms_per_file"])
         collector = report["sort"]["collector_ms_per_file"]
         print(f"sort:   {shares(report['sort'])}, the collector {collector:.3f}", flush=True)

@@ -25,11 +25,15 @@ from tests.synthetic import SHAPES, draw, save
 if TYPE_CHECKING:  # the model stack loads in the helpers that classify, not for the unit tier
     from typer.testing import CliRunner, Result
 
+    from clipsort.classify.targets import Target
+    from clipsort.decode.decoding import Decoded
     from clipsort.encode.encoder import Encoder
     from clipsort.service.wiring import Service
     from clipsort.sort.pipeline import Outcome
+    from clipsort.work import Job
 
 REPO = Path(__file__).resolve().parents[1]
+RGB = {"red": "red", "green": "green", "blue": "blue"}  # class folder -> the colour its pictures show
 # `clipsort train`'s own defaults (train_into's are faster for tests that only need some checkpoint).
 DEFAULT_TRAINING = ("--epochs", "10", "--learning-rate", "5e-5", "--patience", "3")
 
@@ -122,6 +126,28 @@ def held_out(root: Path, classes: Mapping[str, str], per_class: int = 10, seed: 
             save(draw(rng, color, SHAPES[k % 3], size=int(rng.integers(40, 160))), root / "Images" / file)
             truth[file] = name
     return truth
+
+
+def decoded_batch(
+    root: Path, encoder: Encoder, colours: list[str], seed: int
+) -> tuple[list[Job], list[Decoded], dict[str, Target], list[str]]:
+    """Inbox files of ``colours`` in a dataset ``rgb`` under ``root``, decoded, with its target and
+    each file's true colour."""
+    from clipsort.classify.targets import make_target
+    from clipsort.decode.decoding import DecodePool, collect
+    from clipsort.encode.factory import make_embedder
+    from clipsort.layout import DatasetLayout
+    from clipsort.sort.oneshot import job_for
+    from tests.synthetic import make_dataset
+
+    truth = make_dataset(root / "rgb", RGB, references=3, inbox=colours, seed=seed)
+    settings = load_settings(None, {"root": root})
+    embedder = make_embedder(settings, encoder)
+    target = make_target(DatasetLayout(root / "rgb"), settings, embedder)
+    jobs = [job_for("rgb", root / "rgb" / "Images" / name) for name in sorted(truth)]
+    with DecodePool(embedder.limits, 2) as pool:
+        decoded = collect(pool.start([job.path for job in jobs], encoder.image_size), 30)
+    return jobs, decoded, {"rgb": target}, [truth[n] for n in sorted(truth)]
 
 
 def sort_all(root: Path, encoder: Encoder, **flags: object) -> list[Outcome]:

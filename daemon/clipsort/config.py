@@ -187,6 +187,14 @@ class Settings(BaseSettings):
             "decode in threads."
         ),
     )
+    place_in: Literal["thread", "process"] = Field(
+        "thread",
+        description=(
+            "Where files are journalled and moved: the placer thread, or a process of its own that "
+            "the placer thread hands one message a batch (less CPU in the interpreter that classifies; "
+            "bench/README.md, issue 37). Read when the daemon or `sort` starts."
+        ),
+    )
     decode_memory_mb: PositiveInt = Field(
         1536,
         description=(

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, MutableMapping, Sequence
 from datetime import datetime
 from pathlib import PurePath
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import numpy as np
 import orjson
@@ -140,10 +140,21 @@ def _shaped(
     return line
 
 
-def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
-    """(Re)configure structlog; safe to call again, e.g. after SIGHUP."""
+def shape() -> tuple[LogFormat, str]:
+    """The format and level configured now, resolved ("json" or "console"), to configure another
+    process's lines alike (:mod:`clipsort.sort.placing`)."""
+    return ("json" if _JSON_CHAIN[0] else "console"), logging.getLevelName(_LEVEL[0]).lower()
+
+
+def write_lines(text: str) -> None:
+    """Write ``text``, lines another process rendered with this one's :func:`shape`, as one write."""
+    structlog.get_config()["logger_factory"]().msg(text.removesuffix("\n"))
+
+
+def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | None = None) -> None:
+    """(Re)configure structlog to write to ``stream`` (stderr); safe to call again, e.g. after SIGHUP."""
     _LEVEL[0] = logging.getLevelNamesMapping()[level.upper()]
-    stream = sys.stderr
+    stream = stream or sys.stderr
     as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     shaping: list[structlog.typing.Processor] = (
         [

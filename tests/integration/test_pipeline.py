@@ -11,22 +11,17 @@ import pytest
 from PIL import Image
 
 from clipsort.classify.modes import Decision
-from clipsort.classify.targets import Target, make_target
-from clipsort.config import load_settings
-from clipsort.decode.decoding import Decoded, DecodePool, collect
+from clipsort.classify.targets import Target
+from clipsort.decode.decoding import Decoded
 from clipsort.decode.images import Crop
 from clipsort.encode.encoder import Encoder
-from clipsort.encode.factory import make_embedder
 from clipsort.encode.vectors import Vectors
 from clipsort.errors import ImageRejected, UnsafeDestination
-from clipsort.layout import DatasetLayout
-from clipsort.sort.oneshot import job_for
 from clipsort.sort.pipeline import Delivery, Outcome, classify, classify_with_fallback, deliver
 from clipsort.store.journal import Journal
 from clipsort.work import Job
-from tests.synthetic import make_dataset
+from tests.helpers import RGB, decoded_batch
 
-RGB = {"red": "red", "green": "green", "blue": "blue"}
 # Jobs, their decoded files, the targets by dataset, and each file's true colour.
 Batch = tuple[list[Job], list[Decoded], dict[str, Target], list[str]]
 
@@ -38,15 +33,8 @@ def labels(verdicts: list[Decision | ImageRejected] | list[Decision | ImageRejec
 
 @pytest.fixture
 def batch(data_root: Path, encoder: Encoder) -> Batch:
-    """Eight inbox files of known colours, decoded, with their dataset's target."""
-    truth = make_dataset(data_root / "rgb", RGB, references=3, inbox=list(RGB) * 3, seed=4)
-    settings = load_settings(None, {"root": data_root})
-    embedder = make_embedder(settings, encoder)
-    target = make_target(DatasetLayout(data_root / "rgb"), settings, embedder)
-    jobs = [job_for("rgb", data_root / "rgb" / "Images" / name) for name in sorted(truth)]
-    with DecodePool(embedder.limits, 2) as pool:
-        decoded = collect(pool.start([job.path for job in jobs], encoder.image_size), 30)
-    return jobs, decoded, {"rgb": target}, [truth[n] for n in sorted(truth)]
+    """Nine inbox files of known colours, decoded, with their dataset's target."""
+    return decoded_batch(data_root, encoder, list(RGB) * 3, seed=4)
 
 
 def test_crops_from_the_decoding_threads_change_no_decision(batch: Batch, encoder: Encoder) -> None:

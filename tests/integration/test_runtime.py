@@ -66,14 +66,33 @@ def started_since(since: set[threading.Thread]) -> Counter[str]:
     )
 
 
+def child_modules() -> Counter[str]:
+    """The clipsort modules this process's children run (``python -m <module>``), by how many run
+    each (a test process may also hold the tests' own warm-start server, ``-m tests.warmstart``)."""
+    modules: Counter[str] = Counter()
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+                if "-m" in argv and argv[argv.index("-m") + 1].startswith("clipsort."):
+                    modules[argv[argv.index("-m") + 1]] += 1
+    return modules
+
+
 @pytest.mark.parametrize(
-    ("decode_in", "jpeg_decoder"),
-    [("processes", "pillow"), ("threads", "pillow"), ("processes", "torchvision")],
+    ("decode_in", "jpeg_decoder", "place_in"),
+    [
+        ("processes", "pillow", "thread"),
+        ("threads", "pillow", "thread"),
+        ("processes", "torchvision", "thread"),
+        ("threads", "pillow", "process"),
+    ],
 )
 def test_the_daemons_threads_are_the_documented_ones(
-    data_root: Path, tiny_model: Path, decode_in: str, jpeg_decoder: str
+    data_root: Path, tiny_model: Path, decode_in: str, jpeg_decoder: str, place_in: str
 ) -> None:
-    """Started in-process, the daemon runs exactly the table's threads, each as many times as it says."""
+    """Started in-process, the daemon runs exactly the table's threads, each as many times as it says,
+    and the processes the list under it names."""
     if jpeg_decoder == "torchvision":
         pytest.importorskip("torchvision.io", reason="the gpu-decode extra (torchvision) is not installed")
     make_dataset(data_root / "rgb", {"red": "red", "blue": "blue"}, references=2)
@@ -85,6 +104,7 @@ def test_the_daemons_threads_are_the_documented_ones(
             "model": str(tiny_model),
             "decode_in": decode_in,
             "jpeg_decoder": jpeg_decoder,
+            "place_in": place_in,
             "decode_workers": 2,
             "metrics_port": free_port(),
         },
@@ -117,6 +137,12 @@ def test_the_daemons_threads_are_the_documented_ones(
         with contextlib.suppress(AssertionError):
             wait_until(lambda: counted() == +expected, timeout=10)
         assert counted() == +expected
+        assert child_modules() == +Counter(
+            {
+                "clipsort.decode.decodeprocesses": 2 * (decode_in == "processes"),
+                "clipsort.sort.placing": int(place_in == "process"),
+            }
+        )
         assert service.watcher.watched() == {
             data_root,
             data_root / "rgb",
@@ -126,5 +152,6 @@ def test_the_daemons_threads_are_the_documented_ones(
         }
     finally:
         service.stop()
-    # Stopped, the daemon leaves none of its threads behind.
+    # Stopped, the daemon leaves none of its threads and none of its processes behind.
     wait_until(lambda: not {thread for thread in threading.enumerate() if thread not in before}, timeout=10)
+    wait_until(lambda: not child_modules(), timeout=10)

@@ -50,10 +50,14 @@ def placed_hashes(dataset: Path) -> list[str]:
     ]
 
 
+@pytest.mark.parametrize("place_in", ["thread", "process"])
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
-    daemons: list[Daemon], tmp_path: Path, tiny_model: Path
+    daemons: list[Daemon], tmp_path: Path, tiny_model: Path, place_in: str
 ) -> None:
-    """500 files streamed across ten SIGKILLs: each original ends up exactly once, sorted."""
+    """500 files streamed across ten SIGKILLs: each original ends up exactly once, sorted.
+
+    With ``place_in = "process"`` the kill takes the placing process along (it dies with the placer
+    thread that started it), wherever it was in its batch."""
     root = tmp_path / "Data"
     dataset = root / "rgb"
     make_dataset(dataset, RGB, references=2, seed=3)
@@ -65,7 +69,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     chance = random.Random(20261126)
     home = tmp_path / "home"
     for round_ in range(10):
-        daemon = start(daemons, root, tiny_model, home, settle_seconds=0.05, batch_size=8)
+        daemon = start(daemons, root, tiny_model, home, settle_seconds=0.05, batch_size=8, place_in=place_in)
         burst = pictures[round_ * 50 : (round_ + 1) * 50]
 
         def stream(burst: list[bytes] = burst, round_: int = round_) -> None:
@@ -80,8 +84,10 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
         daemon.process.kill()  # SIGKILL: no handler runs
         daemon.process.wait(timeout=10)
         writer.join()
-    final = start(daemons, root, tiny_model, home, settle_seconds=0.05)
+    final = start(daemons, root, tiny_model, home, settle_seconds=0.05, place_in=place_in)
     wait_until(lambda: not list((dataset / "Images").iterdir()), timeout=120)
+    started = [event for daemon in daemons for event in daemon.events("placer_started")]
+    assert bool(started) is (place_in == "process"), final.log_tail()
     assert final.stop() == 0
     expected = sorted(hashlib.sha256(p).hexdigest() for p in pictures)
     assert sorted(placed_hashes(dataset)) == expected

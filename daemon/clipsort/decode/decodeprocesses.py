@@ -27,27 +27,12 @@ chunk arrives, so a slot is free again before the batch is collected. Why lend (
 about half of what the dispatchers and the worker's own part spent per file around a near-free
 model (bench/README.md).
 
-OS caveats: each worker is a fresh interpreter (``python -m`` this module,
-talking over a socket pair), not a ``multiprocessing`` child: a fork of a
-process holding torch's threads can deadlock, and spawn and forkserver
-children re-import the parent's ``__main__`` (the CLI, so torch: seconds and
-hundreds of MB per worker). Python 3.11's ``SharedMemory`` registers every
-attachment with the process's resource tracker, which unlinks what is still
-registered when the process ends, so a worker's exit would delete the
-parent's slot: the worker unregisters its attachments (3.13's ``track=False``).
-A worker runs in a process group of its own and ignores SIGINT: a Ctrl-C in
-the terminal goes to the terminal's foreground group, and is the parent's to
-handle (before, a Ctrl-C during a worker's imports killed it, and the pool
-went on decoding in threads). Caveat: ``process_group=0`` calls setpgid in
-the child after fork, and CPython's vfork path resets the child's signal
-handlers to the default (which ends a process on SIGINT) and unblocks its
-signals before that call, so a Ctrl-C in that window killed the child while
-it was still in the terminal's group (a flaky ``decoder_not_started`` when
-Ctrl-C came while the pool started). So the thread that starts a worker
-blocks SIGINT around the start; the child inherits the mask through exec
-and unblocks SIGINT only once it ignores it, which drops one still pending.
-A worker ends when its socket closes, so it never outlives the daemon for
-long.
+OS caveats: each worker is a fresh interpreter (``python -m`` this module, talking over a socket
+pair: :mod:`clipsort.children` says why, and how a Ctrl-C stays the parent's). Python 3.11's
+``SharedMemory`` registers every attachment with the process's resource tracker, which unlinks
+what is still registered when the process ends, so a worker's exit would delete the parent's slot:
+the worker unregisters its attachments (3.13's ``track=False``). A worker ends when its socket
+closes, so it never outlives the daemon for long.
 
 A process killed with SIGKILL (an OOM kill, ``kill -9``, systemd's final
 cgroup kill, which takes the resource tracker with it) unlinks nothing, and
@@ -66,8 +51,6 @@ import os
 import queue
 import resource
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -83,6 +66,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from clipsort.children import Child, connect
 from clipsort.decode.decoding import Decoded, Prepare, read_and_decode
 from clipsort.decode.images import DecodeLimits, centre_crop, pillow_warnings_off
 from clipsort.errors import DecoderKilled, ImageIncomplete, ImageRejected
@@ -90,8 +74,6 @@ from clipsort.errors import DecoderKilled, ImageIncomplete, ImageRejected
 log = structlog.get_logger()
 
 SLOTS = 3  # two batches decoded ahead, the one being collected (the driver's default)
-STARTUP_SECONDS = 60.0  # a fresh interpreter's imports, on a loaded machine
-READY = "ready"
 STRIKES = 2  # a file whose decoding ends its worker this often (once alone) is rejected
 KILLS = 3  # attempts ended by a SIGKILL from outside before a chunk's files wait (never rejected)
 KILLED_BACKOFF = 0.5  # seconds before the first retry after such a kill, doubling
@@ -111,10 +93,6 @@ def _serve(connection: Connection, memory_mb: int = 0) -> None:
         limit = memory_mb * 2**20
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     attached: dict[str, shared_memory.SharedMemory] = {}
-    try:
-        connection.send(READY)  # imports done: from here the timeout measures decoding alone
-    except OSError:  # the parent ended while this one started (a command that stopped at an error)
-        return
     while True:
         try:
             name, count, side, limits, items = connection.recv()
@@ -268,37 +246,14 @@ class _Chunk:
     kills: int = 0  # how often its worker was killed from outside (SIGKILL) while it decoded them
 
 
-class _Worker:
-    """One worker process (a fresh interpreter) and the socket to it."""
+class _Worker(Child):
+    """One worker process (a fresh interpreter, see :mod:`clipsort.children`) and the socket to it."""
 
     def __init__(self, memory_mb: int = 0) -> None:
-        ours, theirs = socket.socketpair()
-        # SIGINT stays blocked in this thread while the child starts, so the child is born with it
-        # blocked (a mask survives fork and exec): see the module on the window before its setpgid.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            with theirs:
-                self.process = subprocess.Popen(
-                    [sys.executable, "-m", __name__, str(theirs.fileno()), str(memory_mb)],
-                    pass_fds=[theirs.fileno()],
-                    stdin=subprocess.DEVNULL,
-                    process_group=0,  # out of the terminal's group: Ctrl-C is the parent's
-                )
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        self.connection = Connection(ours.detach())
+        super().__init__(__name__, str(memory_mb))
         # Ended by SIGKILL from outside (the OOM killer, an administrator): no decoder raises that,
         # so it is not the file's fault (see ProcessDecodePool._decode).
         self.killed = False
-
-    def started(self) -> bool:
-        """Whether it finished its imports and said so (else it is killed)."""
-        if wait([self.connection], STARTUP_SECONDS):
-            with contextlib.suppress(EOFError, OSError):
-                if self.connection.recv() == READY:
-                    return True
-        self.kill()
-        return False
 
     def run(self, message: object, timeout: float) -> list[Reply] | str:
         """The worker's replies, or why it gave none (it is then dead)."""
@@ -314,19 +269,9 @@ class _Worker:
         return f"decoding took longer than {timeout:g} s"
 
     def _ended(self) -> str:
-        code = self.process.wait(5.0)
-        self.killed = code == -signal.SIGKILL
-        how = f"signal {-code}" if code < 0 else f"exit status {code}"
+        how = self.how_it_ended()
+        self.killed = self.process.returncode == -signal.SIGKILL
         return f"its decoding ended the decoder process ({how})"
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(5.0)
-        self.connection.close()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
 
 
 class ProcessDecodePool:
@@ -582,9 +527,6 @@ def _resolve(batch: _Batch, release: Callable[[_Slot], None]) -> None:
 
 
 if __name__ == "__main__":
-    # Ignored first, then unblocked: a Ctrl-C that reached this process before it left the
-    # parent's group is still pending, and ignoring a pending signal discards it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     pillow_warnings_off()
-    _serve(Connection(int(sys.argv[1])), int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+    if (connection := connect(sys.argv)) is not None:
+        _serve(connection, int(sys.argv[3]))

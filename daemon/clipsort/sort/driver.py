@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Literal, Protocol
 
 from clipsort.classify.modes import Decision
 from clipsort.classify.targets import Target
@@ -46,10 +46,14 @@ from clipsort.sort.pipeline import (
     deciding_model,
     deliver,
 )
+from clipsort.sort.placing import PlacingProcess
 from clipsort.store.journal import Journal
 from clipsort.work import Job
 
 Verdict = Decision | ImageRejected | None  # None: inference failed even on the CPU
+
+
+PlaceIn = Literal["thread", "process"]  # where the placer thread places: itself, or a process it feeds
 
 
 def needs_vectors(job: Job, targets: Mapping[str, Target]) -> bool:
@@ -205,10 +209,15 @@ class Policy(Protocol):
 class Driver:
     """Decode ahead, classify here, place behind; one instance per run or per daemon."""
 
-    def __init__(self, policy: Policy, journal: Journal | None, *, dry_run: bool = False) -> None:
+    def __init__(
+        self, policy: Policy, journal: Journal | None, *, dry_run: bool = False, place_in: PlaceIn = "thread"
+    ) -> None:
         self.policy = policy
         self.journal = journal
         self.dry_run = dry_run
+        # The placer thread places each batch itself, or hands it to a process it starts and ends
+        # (see clipsort.sort.placing); the thread, its queue and the policy are the same either way.
+        self.placing = PlacingProcess(journal) if place_in == "process" and not dry_run else None
         self.failure: Exception | None = None  # what stopped placing, raised by finish()
         # One classified batch waits while the last is placed: memory stays bounded, and the model
         # blocks (as it should) when the disk is slower than it.
@@ -328,21 +337,28 @@ class Driver:
         return not self.placer.is_alive()
 
     def _place_all(self) -> None:
-        while (batch := self._placing.get()) is not None:
-            if self.failure is not None:  # a one-shot run stopped: nothing after the failure moves
-                for item in batch.deliveries:
-                    self.policy.unplaced(item.job)
-                continue
-            try:
-                self._place(batch)
-            except Exception as exc:
-                if self.policy.placing_failed(batch, exc):
-                    self.failure = exc
+        try:
+            if self.placing is not None:
+                self.placing.start()
+            while (batch := self._placing.get()) is not None:
+                if self.failure is not None:  # a one-shot run stopped: nothing after the failure moves
+                    for item in batch.deliveries:
+                        self.policy.unplaced(item.job)
+                    continue
+                try:
+                    self._place(batch)
+                except Exception as exc:
+                    if self.policy.placing_failed(batch, exc):
+                        self.failure = exc
+        finally:  # the placing process was started from this thread, and dies with it anyway
+            if self.placing is not None:
+                self.placing.close()
 
     def _place(self, batch: Classified) -> None:
         ready = [item for item in batch.deliveries if self.policy.still_there(item, batch.settings)]
         models = [deciding_model(item.target, batch.encoder) for item in ready]
-        results = deliver(ready, models=models, journal=self.journal, dry_run=self.dry_run)
+        place = deliver if self.placing is None else self.placing.deliver
+        results = place(ready, models=models, journal=self.journal, dry_run=self.dry_run)
         self.policy.after_placing(
             [(item.job, result) for item, result in zip(ready, results, strict=True)], batch.settings
         )

@@ -219,16 +219,50 @@ class Delivery:
             return Route(layout.review, "review", held.reason, held.detail)
         return Route(layout.class_dir(verdict.label), "sorted")
 
-    def intent(self, model: str) -> Intent:
+    def parcel(self, model: str) -> Parcel:
+        """What placing needs of this file, decided by ``model`` (see :class:`Parcel`)."""
+        settings = self.target.settings
+        return Parcel(
+            self.job,
+            self.verdict,
+            self.decoded.sha256,
+            self.decoded.size,
+            self.route,
+            self.target.layout.root,
+            self.target.classifier.name,
+            model,
+            settings.action == "copy",
+            tuple(settings.sidecar_suffixes),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Parcel:
+    """What placing needs of one classified file, and nothing of its dataset's classifier or model:
+    small and picklable, so a batch of them can cross to a placing process (:mod:`clipsort.sort.placing`).
+    """
+
+    job: Job
+    verdict: Decision | ImageRejected
+    sha256: str
+    size: int
+    route: Route
+    root: Path  # the dataset's folder: every folder a move opens is opened from it
+    mode: str
+    model: str  # what decided it (:func:`deciding_model`)
+    keep_source: bool  # action = "copy"
+    sidecar_suffixes: tuple[str, ...]
+
+    def intent(self) -> Intent:
         folder, status, *_ = self.route
         decision = self.verdict if isinstance(self.verdict, Decision) else None
         return Intent(
             dataset=self.job.dataset,
             source=self.job.path,
-            sha256=self.decoded.sha256,
-            size=self.decoded.size,
-            mode=self.target.classifier.name,
-            model=model,
+            sha256=self.sha256,
+            size=self.size,
+            mode=self.mode,
+            model=self.model,
             label=None if decision is None else decision.label,
             top3=() if decision is None else decision.top,
             placement=status,
@@ -242,24 +276,29 @@ Result = Outcome | OSError | ClipsortError
 def deliver(
     batch: Sequence[Delivery], *, models: Sequence[str], journal: Journal | None, dry_run: bool
 ) -> list[Result]:
+    """Place a batch of classified files, each decided by its model in ``models`` (see
+    :func:`deliver_parcels`)."""
+    parcels = [item.parcel(model) for item, model in zip(batch, models, strict=True)]
+    return deliver_parcels(parcels, journal=journal, dry_run=dry_run)
+
+
+def deliver_parcels(batch: Sequence[Parcel], *, journal: Journal | None, dry_run: bool) -> list[Result]:
     """Place a batch of classified files (or preview them on a dry run), journal them, log each.
 
     Group commit: one journal transaction records every intent before any
     file moves, the moves follow, each folder involved is fsynced once, and
     one transaction records the outcomes. A file whose move fails gets its
     error in the result list (and ``cleared`` in the journal); it stays
-    where it was and the others are unaffected. ``models`` name what decided each file
-    (:func:`deciding_model`).
+    where it was and the others are unaffected.
     """
     results: list[Result] = []
     if dry_run:
-        for item, model in zip(batch, models, strict=True):
-            folder = item.route.folder
-            results.append(_outcome(item, preview(item.job.path, folder), model, dry_run=True))
+        for item in batch:
+            results.append(_outcome(item, preview(item.job.path, item.route.folder), dry_run=True))
         _log_outcomes(results, dry_run=True)
         return results
     travelling = _sidecars(batch)
-    intents = [item.intent(m) for item, m in zip(batch, models, strict=True)]
+    intents = [item.intent() for item in batch]
     intents += [
         replace(intents[k], source=path, sha256=sha256, size=size, mode=SIDECAR_MODE, top3=(), companion=k)
         for k, found in enumerate(travelling)
@@ -272,9 +311,7 @@ def deliver(
     folders = OpenFolders()  # each folder is opened (made, checked) once, from the dataset's own folder
     try:
         try:
-            states = [
-                _place(item, model, folders, results) for item, model in zip(batch, models, strict=True)
-            ]
+            states = [_place(item, folders, results) for item in batch]
         finally:  # the lines of what moved, also if a bug stopped the batch half-way
             _log_outcomes(results, dry_run=False)
         states += [
@@ -298,7 +335,7 @@ def deliver(
 SIDECAR_MODE = "sidecar"  # a sidecar's journal entry: its picture's decision, its own bytes
 
 
-def _sidecars(batch: Sequence[Delivery]) -> list[list[tuple[Path, str, int]]]:
+def _sidecars(batch: Sequence[Parcel]) -> list[list[tuple[Path, str, int]]]:
     """Per file of ``batch``, its sidecars in the inbox now (path, sha256, size); each folder listed once."""
     listings: dict[str, dict[str, list[str]]] = {}  # by the folder's name: no Path made per file
     found: list[list[tuple[Path, str, int]]] = []
@@ -306,14 +343,12 @@ def _sidecars(batch: Sequence[Delivery]) -> list[list[tuple[Path, str, int]]]:
         folder = os.path.dirname(os.fspath(item.job.path))
         if folder not in listings:
             try:
-                listings[folder] = by_lower_name(os.listdir(folder), item.target.settings.sidecar_suffixes)
+                listings[folder] = by_lower_name(os.listdir(folder), item.sidecar_suffixes)
             except OSError:
                 listings[folder] = {}
         index = listings[folder]
         # Most inboxes hold no sidecar at all: then no picture's names need making.
-        names = (
-            companions_in(item.job.path.name, index, item.target.settings.sidecar_suffixes) if index else []
-        )
+        names = companions_in(item.job.path.name, index, item.sidecar_suffixes) if index else []
         mine = []
         for name in names:
             path = item.job.path.parent / name
@@ -326,19 +361,19 @@ def _sidecars(batch: Sequence[Delivery]) -> list[list[tuple[Path, str, int]]]:
 
 
 def _place_sidecar(
-    path: Path, item: Delivery, placed: Path | None, folders: OpenFolders
+    path: Path, item: Parcel, placed: Path | None, folders: OpenFolders
 ) -> tuple[State, Path | None, str | None, str | None]:
     """Move one sidecar beside its picture, now at ``placed`` (None: the picture did not move)."""
     if placed is None:
         return ("cleared", None, "its picture did not move", None)
-    root = item.target.layout.root
+    root = item.root
     try:
         origin = folders.get(path.parent, root, create=False)
         destination = folders.get(placed.parent, root, create=False)
         moved = move_into(
             origin.at(path.name),
             destination,
-            keep_source=item.target.settings.action == "copy",
+            keep_source=item.keep_source,
             name=renamed(path.name, item.job.path.name, placed.name),
         )
     except (OSError, ClipsortError) as exc:
@@ -349,7 +384,7 @@ def _place_sidecar(
 
 
 def _place(
-    item: Delivery, model: str, folders: OpenFolders, results: list[Result]
+    item: Parcel, folders: OpenFolders, results: list[Result]
 ) -> tuple[State, Path | None, str | None, str | None]:
     """Move one file through folders opened from its dataset's folder; its journal state.
 
@@ -358,21 +393,21 @@ def _place(
     always that of the file now filed.
     """
     folder, status, reason, detail = item.route
-    root = item.target.layout.root
+    root = item.root
     try:
         origin = folders.parent_of(item.job.path, root)
         destination = folders.get(folder, root, create=True)
         placed = move_into(
             origin.at(item.job.path.name),
             destination,
-            keep_source=item.target.settings.action == "copy",
+            keep_source=item.keep_source,
             expect=functools.partial(_is_job, item.job),
         )
     except (OSError, ClipsortError) as exc:
         results.append(exc)
         return ("cleared", None, f"not moved: {exc}", None)
     folders.touch(destination, origin)
-    results.append(_outcome(item, placed, model, dry_run=False))
+    results.append(_outcome(item, placed, dry_run=False))
     return ("rejected" if status == "rejected" else "moved", placed, reason, detail)
 
 
@@ -396,7 +431,7 @@ def _log_outcomes(results: Sequence[Result], *, dry_run: bool) -> None:
     )
 
 
-def _outcome(item: Delivery, destination: Path, model: str, *, dry_run: bool) -> Outcome:
+def _outcome(item: Parcel, destination: Path, *, dry_run: bool) -> Outcome:
     """The outcome of one placed file (its canonical line is logged with its batch's)."""
     _, status, reason, detail = item.route
     outcome = Outcome(
@@ -407,6 +442,6 @@ def _outcome(item: Delivery, destination: Path, model: str, *, dry_run: bool) ->
         decision=item.verdict if isinstance(item.verdict, Decision) else None,
         reason=reason,
         detail=detail,
-        extra={"mode": item.target.classifier.name, "model": model, "dry_run": dry_run},
+        extra={"mode": item.mode, "model": item.model, "dry_run": dry_run},
     )
     return outcome

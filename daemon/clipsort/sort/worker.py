@@ -80,7 +80,7 @@ class Worker:
         self._stop = threading.Event()
         self._swap: Embedder | None = None
         self.policy = RetryAndGoOn(intake, metrics)
-        self.driver = Driver(self.policy, journal)
+        self.driver = Driver(self.policy, journal, place_in=settings.place_in)
         self.heartbeat = time.monotonic()
         self._checked_checkpoints = 0.0
         self._checked_corrections = 0.0

@@ -1,0 +1,144 @@
+"""Tests for clipsort.sort.placing: a batch placed by a process of its own lands as the thread places it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from clipsort.cli import app
+from clipsort.encode.encoder import Encoder
+from clipsort.errors import JournalError
+from clipsort.sort.pipeline import Delivery, Outcome, classify
+from clipsort.sort.placing import PlacingProcess
+from clipsort.store.journal import Journal
+from tests.helpers import RGB, decoded_batch, tree
+from tests.synthetic import make_dataset
+from tests.waiting import wait_until_dead_unreaped
+
+
+def sorted_with(root: Path, model: Path, place_in: str) -> tuple[list[dict[str, object]], list[str], str]:
+    """`clipsort sort --json` of a fresh copy of one dataset: its records, its journal's rows and log."""
+    dataset = root / "ds"
+    make_dataset(dataset, RGB, references=3, inbox=list(RGB) * 6, seed=5)
+    inbox = dataset / "Images"
+    (inbox / "img0000.xmp").write_text("<x:xmpmeta/>")  # a sidecar travels with its picture
+    (dataset / "Dataset" / "red").mkdir(parents=True)
+    (dataset / "Dataset" / "red" / "img0000.png").write_bytes(b"an older picture of that name")
+    runner = CliRunner(
+        env={"CLIPSORT_MODEL": str(model), "CLIPSORT_PLACE_IN": place_in, "CLIPSORT_BATCH_SIZE": "4"}
+    )
+    done = runner.invoke(app, ["sort", "--root", str(root), "--json"])
+    assert done.exit_code == 0, done.stderr
+    records = [json.loads(line.replace(str(root), "ROOT")) for line in done.stdout.splitlines()]
+    with Journal(root / ".clipsort") as journal:
+        rows = sorted(
+            f"{e.intent.source.name} {e.state} {e.intent.placement} {e.intent.label} {e.intent.sha256} "
+            f"{e.destination and e.destination.relative_to(root)}"
+            for e in journal.entries()
+        )
+    return records, rows, done.stderr
+
+
+def test_files_placed_by_the_placing_process_land_as_the_thread_places_them(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """Same folders, names (a numbered one, a sidecar beside its picture), records, journal and lines."""
+    records, rows, lines = {}, {}, {}
+    for place_in in ("thread", "process"):
+        records[place_in], rows[place_in], lines[place_in] = sorted_with(
+            tmp_path / place_in, tiny_model, place_in
+        )
+    assert tree(tmp_path / "thread" / "ds") == tree(tmp_path / "process" / "ds")
+    assert records["process"] == records["thread"] and len(records["thread"]) == 18
+    assert rows["process"] == rows["thread"] and len(rows["thread"]) == 18
+    assert "ROOT/ds/Dataset/red/img0000_1.png" in {r["destination"] for r in records["process"]}
+    assert (tmp_path / "process" / "ds" / "Dataset" / "red" / "img0000_1.xmp").exists()
+
+    def placed(log: str) -> list[str]:  # each file's canonical line and the sidecar's, as "event file"
+        events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+        return sorted(f"{e['event']} {Path(e['file']).name}" for e in events if "destination" in e)
+
+    assert placed(lines["process"]) == placed(lines["thread"]) and len(placed(lines["thread"])) == 19
+    assert '"event":"placer_started"' in lines["process"] and "placer_started" not in lines["thread"]
+
+
+def deliveries(root: Path, encoder: Encoder, colours: list[str], seed: int) -> list[Delivery]:
+    """One dataset's inbox files of ``colours``, classified, ready to be placed."""
+    jobs, decoded, targets, _ = decoded_batch(root, encoder, colours, seed)
+    verdicts = classify(jobs, decoded, targets, encoder)
+    return [
+        Delivery(job, verdict, read, targets["rgb"])
+        for job, verdict, read in zip(jobs, verdicts, decoded, strict=True)
+        if verdict is not None
+    ]
+
+
+def test_a_placing_process_killed_between_batches_fails_one_batch_and_the_next_starts_another(
+    data_root: Path, encoder: Encoder
+) -> None:
+    """The batch sent to a dead process raises and moves nothing; sent again, a new process places it."""
+    items = deliveries(data_root, encoder, list(RGB) * 2, seed=6)
+    first, second = items[:3], items[3:]
+    state = data_root / ".clipsort"
+    state.mkdir()
+    with Journal(state) as journal:
+        placing = PlacingProcess(journal)
+        try:
+            done = placing.deliver(first, models=["m"] * 3, journal=journal, dry_run=False)
+            assert all(isinstance(r, Outcome) for r in done)
+            pid = placing.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            with pytest.raises(ChildProcessError, match="signal 9"):
+                placing.deliver(second, models=["m"] * 3, journal=journal, dry_run=False)
+            assert placing.pid is None and all(item.job.path.exists() for item in second)
+            again = placing.deliver(second, models=["m"] * 3, journal=journal, dry_run=False)
+            assert all(isinstance(r, Outcome) for r in again) and placing.pid not in (None, pid)
+            assert not any(item.job.path.exists() for item in items)
+            assert sorted(e.state for e in journal.entries()) == ["moved"] * 6 and not journal.planned()
+        finally:
+            placing.close()
+
+
+def test_a_journal_the_process_cannot_open_keeps_every_file_where_it_is(
+    data_root: Path, encoder: Encoder
+) -> None:
+    """Each file's result is the journal's error, as when the thread cannot write its intents."""
+    items = deliveries(data_root, encoder, list(RGB), seed=7)
+    state = data_root / ".clipsort"
+    state.mkdir()
+    with Journal(state) as journal:
+        placing = PlacingProcess(journal)
+        (state / "journal.sqlite3").unlink()
+        (state / "journal.sqlite3").mkdir()  # not a database: the child's connection fails
+        try:
+            results = placing.deliver(items, models=["m"] * 3, journal=journal, dry_run=False)
+        finally:
+            placing.close()
+    assert all(isinstance(r, JournalError) for r in results), results
+    assert all(item.job.path.exists() for item in items)
+
+
+def test_the_placing_process_ends_with_the_thread_that_started_it(data_root: Path, encoder: Encoder) -> None:
+    """PR_SET_PDEATHSIG: a placer thread that ends without closing it (a process killed) takes it along."""
+    items = deliveries(data_root, encoder, ["red"], seed=8)
+    placing = PlacingProcess(None)
+    started: list[int] = []
+
+    def place() -> None:
+        placing.deliver(items, models=["m"], journal=None, dry_run=False)
+        pid = placing.pid
+        assert pid is not None
+        started.append(pid)
+
+    thread = threading.Thread(target=place)
+    thread.start()
+    thread.join(60)
+    [pid] = started
+    wait_until_dead_unreaped(pid, timeout=30)
