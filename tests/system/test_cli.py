@@ -199,10 +199,11 @@ def test_python_dash_m_runs_the_cli_in_a_real_process(data_root: Path, tiny_mode
     assert tree(data_root / "ds" / "Dataset") == {"blue": ["img0000.png"]}
 
 
-def test_sort_starts_decoding_processes_only_when_an_inbox_holds_files(
+def test_sort_starts_decoding_and_placing_processes_only_when_an_inbox_holds_files(
     data_root: Path, tiny_model: Path
 ) -> None:
-    """An empty inbox: ``clipsort sort`` starts no decoding process; one file: each of the workers starts."""
+    """An empty inbox: ``clipsort sort`` starts no decoding process and no placing process; one file:
+    each of the decoding workers starts, and the placing process."""
     make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=2)
     env = {
         **os.environ,
@@ -211,15 +212,17 @@ def test_sort_starts_decoding_processes_only_when_an_inbox_holds_files(
         "CLIPSORT_DECODE_WORKERS": "2",
     }
 
-    def decoders_started() -> int:
+    def started() -> tuple[int, int]:
+        """Decoding processes and placing processes the run started."""
         done = clipsort_process("sort", "--root", str(data_root), "--model", str(tiny_model), env=env)
         assert done.returncode == 0, done.stderr
         lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
-        return sum(line["event"] == "decoder_started" for line in lines)
+        events = [line["event"] for line in lines]
+        return events.count("decoder_started"), events.count("placer_started")
 
-    assert decoders_started() == 0
+    assert started() == (0, 0)
     save(draw(np.random.default_rng(4), "blue", "circle"), data_root / "ds" / "Images" / "sky.png")
-    assert decoders_started() == 2
+    assert started() == (2, 1)
     assert tree(data_root / "ds" / "Dataset") == {"blue": ["sky.png"]}
 
 

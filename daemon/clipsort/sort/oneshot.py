@@ -119,7 +119,9 @@ def run(
         for item in work
         for start in range(0, len(item.files), size)
     ]
-    driver = Driver(StopAtFirst(on_outcome), journal, dry_run=dry_run, place_in=settings.place_in)
+    # Nothing to place starts no placing process (as no decoding ones: see decoders_for below).
+    place_in = settings.place_in if batches else "thread"
+    driver = Driver(StopAtFirst(on_outcome), journal, dry_run=dry_run, place_in=place_in)
     targets = {item.target.layout.name: item.target for item in work}
     with contextlib.ExitStack() as stack:
         pool = decoders or stack.enter_context(decoders_for(settings, processes=bool(batches)))
