@@ -71,7 +71,11 @@ def child_modules() -> Counter[str]:
     each (a test process may also hold the tests' own warm-start server, ``-m tests.warmstart``)."""
     modules: Counter[str] = Counter()
     for task in Path("/proc/self/task").iterdir():
-        for pid in (task / "children").read_text().split():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:  # a thread that ended since the listing
+            continue
+        for pid in children:
             with contextlib.suppress(OSError):
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
                 if "-m" in argv and argv[argv.index("-m") + 1].startswith("clipsort."):

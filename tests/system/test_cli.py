@@ -210,6 +210,7 @@ def test_sort_starts_decoding_and_placing_processes_only_when_an_inbox_holds_fil
         "HF_HUB_OFFLINE": "1",
         "CLIPSORT_DECODE_IN": "processes",
         "CLIPSORT_DECODE_WORKERS": "2",
+        "CLIPSORT_PLACE_IN": "process",
     }
 
     def started() -> tuple[int, int]:
