@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from clipsort.cli import app
 from clipsort.encode.encoder import Encoder
 from clipsort.errors import JournalError
-from clipsort.sort.pipeline import Delivery, Outcome, classify
+from clipsort.sort.pipeline import Delivery, Outcome, Parcel, classify
 from clipsort.sort.placing import PlacingProcess
 from clipsort.store.journal import Journal
 from tests.helpers import RGB, decoded_batch, tree
@@ -68,12 +68,12 @@ def test_files_placed_by_the_placing_process_land_as_the_thread_places_them(
     assert '"event":"placer_started"' in lines["process"] and "placer_started" not in lines["thread"]
 
 
-def deliveries(root: Path, encoder: Encoder, colours: list[str], seed: int) -> list[Delivery]:
+def parcels(root: Path, encoder: Encoder, colours: list[str], seed: int) -> list[Parcel]:
     """One dataset's inbox files of ``colours``, classified, ready to be placed."""
     jobs, decoded, targets, _ = decoded_batch(root, encoder, colours, seed)
     verdicts = classify(jobs, decoded, targets, encoder)
     return [
-        Delivery(job, verdict, read, targets["rgb"])
+        Delivery(job, verdict, read, targets["rgb"]).parcel("m")
         for job, verdict, read in zip(jobs, verdicts, decoded, strict=True)
         if verdict is not None
     ]
@@ -83,22 +83,22 @@ def test_a_placing_process_killed_between_batches_fails_one_batch_and_the_next_s
     data_root: Path, encoder: Encoder
 ) -> None:
     """The batch sent to a dead process raises and moves nothing; sent again, a new process places it."""
-    items = deliveries(data_root, encoder, list(RGB) * 2, seed=6)
+    items = parcels(data_root, encoder, list(RGB) * 2, seed=6)
     first, second = items[:3], items[3:]
     state = data_root / ".clipsort"
     state.mkdir()
     with Journal(state) as journal:
         placing = PlacingProcess(journal)
         try:
-            done = placing.deliver(first, models=["m"] * 3, journal=journal, dry_run=False)
+            done = placing.place(first)
             assert all(isinstance(r, Outcome) for r in done)
             pid = placing.pid
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
             with pytest.raises(ChildProcessError, match="signal 9"):
-                placing.deliver(second, models=["m"] * 3, journal=journal, dry_run=False)
+                placing.place(second)
             assert placing.pid is None and all(item.job.path.exists() for item in second)
-            again = placing.deliver(second, models=["m"] * 3, journal=journal, dry_run=False)
+            again = placing.place(second)
             assert all(isinstance(r, Outcome) for r in again) and placing.pid not in (None, pid)
             assert not any(item.job.path.exists() for item in items)
             assert sorted(e.state for e in journal.entries()) == ["moved"] * 6 and not journal.planned()
@@ -110,7 +110,7 @@ def test_a_journal_the_process_cannot_open_keeps_every_file_where_it_is(
     data_root: Path, encoder: Encoder
 ) -> None:
     """Each file's result is the journal's error, as when the thread cannot write its intents."""
-    items = deliveries(data_root, encoder, list(RGB), seed=7)
+    items = parcels(data_root, encoder, list(RGB), seed=7)
     state = data_root / ".clipsort"
     state.mkdir()
     with Journal(state) as journal:
@@ -118,7 +118,7 @@ def test_a_journal_the_process_cannot_open_keeps_every_file_where_it_is(
         (state / "journal.sqlite3").unlink()
         (state / "journal.sqlite3").mkdir()  # not a database: the child's connection fails
         try:
-            results = placing.deliver(items, models=["m"] * 3, journal=journal, dry_run=False)
+            results = placing.place(items)
         finally:
             placing.close()
     assert all(isinstance(r, JournalError) for r in results), results
@@ -127,12 +127,12 @@ def test_a_journal_the_process_cannot_open_keeps_every_file_where_it_is(
 
 def test_the_placing_process_ends_with_the_thread_that_started_it(data_root: Path, encoder: Encoder) -> None:
     """PR_SET_PDEATHSIG: a placer thread that ends without closing it (a process killed) takes it along."""
-    items = deliveries(data_root, encoder, ["red"], seed=8)
+    items = parcels(data_root, encoder, ["red"], seed=8)
     placing = PlacingProcess(None)
     started: list[int] = []
 
     def place() -> None:
-        placing.deliver(items, models=["m"], journal=None, dry_run=False)
+        placing.place(items)
         pid = placing.pid
         assert pid is not None
         started.append(pid)

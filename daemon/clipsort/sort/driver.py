@@ -44,7 +44,7 @@ from clipsort.sort.pipeline import (
     classify,
     classify_with_fallback,
     deciding_model,
-    deliver,
+    deliver_parcels,
 )
 from clipsort.sort.placing import PlacingProcess
 from clipsort.store.journal import Journal
@@ -356,9 +356,12 @@ class Driver:
 
     def _place(self, batch: Classified) -> None:
         ready = [item for item in batch.deliveries if self.policy.still_there(item, batch.settings)]
-        models = [deciding_model(item.target, batch.encoder) for item in ready]
-        place = deliver if self.placing is None else self.placing.deliver
-        results = place(ready, models=models, journal=self.journal, dry_run=self.dry_run)
+        parcels = [item.parcel(deciding_model(item.target, batch.encoder)) for item in ready]
+        results = (
+            deliver_parcels(parcels, journal=self.journal, dry_run=self.dry_run)
+            if self.placing is None
+            else self.placing.place(parcels)
+        )
         self.policy.after_placing(
             [(item.job, result) for item, result in zip(ready, results, strict=True)], batch.settings
         )

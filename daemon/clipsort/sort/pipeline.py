@@ -232,7 +232,7 @@ class Delivery:
             self.target.classifier.name,
             model,
             settings.action == "copy",
-            tuple(settings.sidecar_suffixes),
+            settings.sidecar_suffixes,
         )
 
 

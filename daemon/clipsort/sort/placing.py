@@ -47,7 +47,7 @@ from clipsort.children import Child, connect
 from clipsort.errors import JournalError
 from clipsort.layout import DatasetLayout
 from clipsort.logs import LogFormat, configure_logging, shape, write_lines
-from clipsort.sort.pipeline import Delivery, Parcel, Result, deliver_parcels
+from clipsort.sort.pipeline import Parcel, Result, deliver_parcels
 from clipsort.store.journal import Journal
 from clipsort.store.recovery import recover
 
@@ -55,7 +55,8 @@ log = structlog.get_logger()
 
 
 class PlacingProcess:
-    """:func:`~clipsort.sort.pipeline.deliver` done by a child process (:meth:`start`, or the first batch).
+    """:func:`~clipsort.sort.pipeline.deliver_parcels` done by a child process (:meth:`start`, or the
+    first batch).
 
     Used by one thread (the batch driver's placer), which also :meth:`close`\\ s it: the child dies
     with the thread that started it.
@@ -70,13 +71,11 @@ class PlacingProcess:
         """The child's process id while one runs."""
         return None if self._child is None else self._child.pid
 
-    def deliver(
-        self, batch: Sequence[Delivery], *, models: Sequence[str], journal: Journal | None, dry_run: bool
-    ) -> list[Result]:
-        """As :func:`~clipsort.sort.pipeline.deliver`; a dry run moves nothing and stays here."""
-        parcels = [item.parcel(model) for item, model in zip(batch, models, strict=True)]
-        if dry_run or not parcels:
-            return deliver_parcels(parcels, journal=journal, dry_run=dry_run)
+    def place(self, parcels: Sequence[Parcel]) -> list[Result]:
+        """As :func:`~clipsort.sort.pipeline.deliver_parcels` with this process's journal, done by
+        the child (never a dry run: that moves nothing and stays in the caller's thread)."""
+        if not parcels:
+            return []
         child = self._child or self._start()
         try:
             child.connection.send_bytes(pickle.dumps((parcels, shape()), protocol=pickle.HIGHEST_PROTOCOL))
