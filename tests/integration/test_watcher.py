@@ -468,7 +468,11 @@ def test_moves_out_of_the_inbox_and_dataset_are_not_asked_of_the_kernel(tmp_path
         os.rename(layout.inbox / ".a.part", layout.inbox / "a.jpg")  # an upload renamed into place
         os.rename(layout.inbox / "a.jpg", layout.class_dir("red") / "a.jpg")  # as clipsort sorts it
         os.rename(layout.class_dir("red") / "a.jpg", layout.classes / "red" / "a.jpg")  # a new reference
-        wait_until(lambda: sink.classes and len(sink.placed_files) == 2, timeout=10)
+        # Each watch has its emitter thread: the inbox's hint may come after the other two.
+        wait_until(
+            lambda: sink.classes and len(sink.placed_files) == 2 and sink.hinted("a.jpg", kind="closed"),
+            timeout=10,
+        )
     moved_from, moved_to = InotifyConstants.IN_MOVED_FROM, InotifyConstants.IN_MOVED_TO
     for folder in (layout.inbox, layout.inbox / "album", layout.sorted, layout.class_dir("red")):
         mask = masks[folder.stat().st_ino]
