@@ -31,9 +31,10 @@ patch products, ``clipsort.encode.encoder._PixelEmbeddings``), work a GPU would 
 clock around each forward pass; the daemon's through its ``clipsort_model_cpu_seconds`` metric)
 and the **pipeline's**, the process's CPU less the model's: what issue 37's targets are about.
 
-With ``--place-in process`` the journal's rows, the moves and the canonical lines are done by the
-placing process (``place_in = "process"``, :mod:`clipsort.sort.placing`), whose CPU is not counted
+The journal's rows, the moves and the canonical lines are done by the placing process
+(``place_in = "process"``, the default, :mod:`clipsort.sort.placing`), whose CPU is not counted
 either: the measure is what the interpreter that classifies spends, which caps its rate.
+``--place-in thread`` measures the placer thread doing that work itself.
 
 CPU per file disturbs less than wall time when other work shares the machine, but quote it with
 the machine's load in mind; the report carries both runs' elapsed time too.
@@ -143,7 +144,7 @@ def daemon_cpu(
     work: Path,
     idle_seconds: float = 20.0,
     profile: Path | None = None,
-    place_in: str = "thread",
+    place_in: str = "process",
 ) -> dict[str, Any]:
     """The daemon's own CPU per file over a burst of ``files``, and the per-thread account (with
     ``profile``, each thread's cProfile statistics written there: see ``PROFILE_THREADS``)."""
@@ -247,7 +248,7 @@ def thread_ms(before: dict[str, float], after: dict[str, float], per: float, dig
 
 
 def sort_run_cpu(
-    model: Path, files: list[Path], work: Path, place_in: str = "thread"
+    model: Path, files: list[Path], work: Path, place_in: str = "process"
 ) -> tuple[float, float, float, float]:
     """``clipsort sort``'s own CPU seconds over ``files`` (a fresh data root), the model's share of
     them, the garbage collector's, and its elapsed time."""
@@ -280,7 +281,7 @@ def sort_run_cpu(
 
 
 def sort_cpu(
-    model: Path, files: list[Path], work: Path, rounds: int = 3, place_in: str = "thread"
+    model: Path, files: list[Path], work: Path, rounds: int = 3, place_in: str = "process"
 ) -> dict[str, Any]:
     """``clipsort sort``'s CPU per file: an N-file run less a one-file run, per file less one; the
     median over ``rounds`` such pairs (one run's start-up alone varies by a few tenths of a second
@@ -345,9 +346,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--place-in",
-        choices=("thread", "process"),
-        default="thread",
-        help="the place_in setting: placing on the placer thread or in a process of its own",
+        choices=("process", "thread"),
+        default="process",
+        help="the place_in setting: placing in a process of its own (its default) or on the placer thread",
     )
     args = parser.parse_args(argv)
     count = files_for(args, quick=40)

@@ -187,12 +187,13 @@ class Settings(BaseSettings):
             "decode in threads."
         ),
     )
-    place_in: Literal["thread", "process"] = Field(
-        "thread",
+    place_in: Literal["process", "thread"] = Field(
+        "process",
         description=(
-            "Where files are journalled and moved: the placer thread, or a process of its own that "
-            "the placer thread hands one message a batch (less CPU in the interpreter that classifies; "
-            "bench/README.md, issue 37). Read when the daemon or `sort` starts."
+            "Where files are journalled and moved: a process of its own that the placer thread hands "
+            "one message a batch (0.10-0.15 ms less CPU per file in the interpreter that classifies, "
+            "which caps its rate; bench/README.md, issue 37), or the placer thread itself. Read when "
+            "the daemon or `sort` starts."
         ),
     )
     decode_memory_mb: PositiveInt = Field(

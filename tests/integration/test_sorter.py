@@ -23,6 +23,7 @@ from clipsort.encode.embedcache import EmbeddingCache
 from clipsort.encode.embeddings import Embedder
 from clipsort.encode.encoder import Encoder
 from clipsort.encode.factory import make_embedder
+from clipsort.errors import UnsafeDestination
 from clipsort.files import content_hash
 from clipsort.layout import discover
 from clipsort.sort.driver import Decoders
@@ -64,6 +65,12 @@ class Sorting:
     def folder(self, area: str) -> dict[str, list[str]]:
         return tree(self.settings.root / "rgb" / area)
 
+    def in_thread(self) -> None:
+        """Place on the placer thread: a fault patched into this interpreter's mover never reaches a
+        placing process (that process runs the same ``deliver_parcels``; its faults come from outside,
+        below and in test_placing.py)."""
+        self.settings = self.settings.model_copy(update={"place_in": "thread"})
+
 
 @pytest.fixture
 def sorting(data_root: Path, tiny_model: Path, encoder: Encoder, tmp_path: Path) -> Iterator[Sorting]:
@@ -82,6 +89,7 @@ def test_the_next_batch_is_classified_while_the_last_is_placed(
 ) -> None:
     """With the first batch's moves held up, the second batch is still encoded; then all four land."""
     syscalls = GatedRenames()
+    sorting.in_thread()
     monkeypatch.setattr(mover, "SYSCALLS", syscalls)
     outcomes: list[Outcome] = []
     thread = threading.Thread(target=sorting.run, args=(outcomes,))
@@ -118,6 +126,7 @@ def test_a_file_that_cannot_be_placed_stops_the_run_before_the_next_batch_moves(
     sorting: Sorting, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first failure is raised; files before it are reported, the later batch stays in the inbox."""
+    sorting.in_thread()
     monkeypatch.setattr(mover, "SYSCALLS", FailingRename("p1.png"))
     outcomes: list[Outcome] = []
     with pytest.raises(OSError, match="No space left"):
@@ -147,6 +156,26 @@ def test_a_batch_being_placed_is_finished_and_reported_when_the_next_cannot_be_c
         sorting.run(outcomes, work)
     assert [outcome.source.name for outcome in outcomes] == ["p0.png", "p1.png"]
     assert sorting.folder("Images") == {".": ["p2.png", "p3.png"]}
+
+
+@pytest.mark.parametrize("place_in", ["thread", "process"])
+def test_a_class_folder_swapped_for_a_symlink_stops_the_run_where_it_is_met(
+    sorting: Sorting, tmp_path: Path, place_in: str
+) -> None:
+    """A real fault, met wherever placing runs: the first blue file is refused (never written through
+    the link), the error raised as the thread raises it; the files after it stay in the inbox."""
+    sorting.settings = sorting.settings.model_copy(update={"place_in": place_in})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (sorting.settings.root / "rgb" / "Dataset").mkdir()
+    (sorting.settings.root / "rgb" / "Dataset" / "blue").symlink_to(elsewhere)
+    outcomes: list[Outcome] = []
+    with pytest.raises(UnsafeDestination, match="is a symlink"):
+        sorting.run(outcomes)
+    assert [outcome.source.name for outcome in outcomes] == ["p0.png"]
+    assert sorting.folder("Images") == {".": ["p1.png", "p2.png", "p3.png"]}
+    assert not list(elsewhere.iterdir())
+    assert sorting.journal.planned() == []  # the refused file's intent concluded, not left open
 
 
 class VanishingFile(mover.Syscalls):
@@ -238,6 +267,7 @@ def test_a_file_that_vanishes_under_sort_is_skipped_with_a_log_line(
     sorting: Sorting, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Gone between the scan and its move: logged as file_vanished, the other three are sorted."""
+    sorting.in_thread()
     monkeypatch.setattr(mover, "SYSCALLS", VanishingFile("p1.png"))
     outcomes: list[Outcome] = []
     with capture_logs() as logs:
@@ -252,7 +282,7 @@ def test_a_full_disk_under_clipsort_sort_is_one_line_and_exit_2(
 ) -> None:
     """The command line reports the first file it could not move in one line; the rest stay put."""
     monkeypatch.setattr(mover, "SYSCALLS", FailingRename("p1.png"))
-    runner = CliRunner(env={"CLIPSORT_BATCH_SIZE": "2"})
+    runner = CliRunner(env={"CLIPSORT_BATCH_SIZE": "2", "CLIPSORT_PLACE_IN": "thread"})  # see in_thread
     result = runner.invoke(app, ["sort", "--root", str(sorting.settings.root), "--model", str(tiny_model)])
     assert result.exit_code == 2, result.output
     assert "stopped: cannot move" in result.stderr and "No space left on device" in result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from clipsort.decode.decoding import DecodePool
 from clipsort.files import content_hash
 from clipsort.service.wiring import Service
 from clipsort.store import mover
-from tests.helpers import GatedRenames
+from tests.helpers import GatedRenames, tree
 from tests.synthetic import draw, make_dataset, save
 from tests.waiting import wait_until
 
@@ -59,7 +60,15 @@ def test_the_next_batch_is_classified_while_the_last_is_placed(
     monkeypatch.setattr(mover, "SYSCALLS", syscalls)
     settings = load_settings(
         None,
-        {"root": data_root, "model": str(tiny_model), "batch_size": 2, "settle_seconds": 0.1},
+        # On the placer thread: the gate is patched into this interpreter's mover (the placing
+        # process's own gate is its SIGSTOP, below).
+        {
+            "root": data_root,
+            "model": str(tiny_model),
+            "batch_size": 2,
+            "settle_seconds": 0.1,
+            "place_in": "thread",
+        },
     )
     with running(settings, ["rgb"]) as service:
         try:
@@ -76,6 +85,49 @@ def test_the_next_batch_is_classified_while_the_last_is_placed(
                 wait_until((data_root / "rgb" / "Dataset" / color / path.name).exists, timeout=30)
         finally:
             syscalls.gate.set()  # before the worker stops: a failed assertion must not hold the placer
+
+
+def test_a_stopped_placing_process_holds_its_batch_while_the_next_is_classified(
+    data_root: Path, tiny_model: Path
+) -> None:
+    """``place_in = "process"``: the placing process stopped (SIGSTOP, a real stall from outside) holds
+    the first batch's moves while the model classifies the second; two files taken away meanwhile
+    are skipped, whichever side meets them (the process at its rename, the placer thread's check
+    before it hands a batch over), and the rest land once it runs again."""
+    make_dataset(data_root / "rgb", {"red": "red", "blue": "blue"}, references=2)
+    settings = load_settings(
+        None, {"root": data_root, "model": str(tiny_model), "batch_size": 2, "settle_seconds": 0.1}
+    )
+    assert settings.place_in == "process"
+    files = {data_root / "rgb" / "Images" / f"p{k}.png": color for k, color in enumerate(COLORS)}
+    with running(settings, ["rgb"]) as service:
+        placing = service.worker.driver.placing
+        assert placing is not None
+        wait_until(lambda: placing.pid is not None, timeout=60)  # started, and said it is ready
+        pid = placing.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for k, (path, color) in enumerate(files.items()):
+                save(draw(np.random.default_rng(k), color), path)
+            keys = [content_hash(path) for path in files]
+            wait_until(
+                lambda: len(service.cache.get(service.embedder.clip.identity, keys)) == len(files), timeout=30
+            )
+            assert all(path.exists() for path in files)
+            for path, color in files.items():
+                if color == "blue":
+                    path.unlink()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        dataset = data_root / "rgb" / "Dataset"
+        for path, color in files.items():
+            if color == "red":
+                wait_until((dataset / color / path.name).exists, timeout=30)
+        wait_until(lambda: not list((data_root / "rgb" / "Images").iterdir()), timeout=30)
+        assert placing.pid == pid, "the same process placed both batches"
+        assert service.journal.planned() == []
+    assert tree(dataset) == {"red": ["p0.png", "p3.png"]}
 
 
 def fails_once(method: Callable[..., Any], raised: threading.Event) -> Callable[..., Any]:

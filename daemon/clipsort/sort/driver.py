@@ -53,7 +53,7 @@ from clipsort.work import Job
 Verdict = Decision | ImageRejected | None  # None: inference failed even on the CPU
 
 
-PlaceIn = Literal["thread", "process"]  # where the placer thread places: itself, or a process it feeds
+PlaceIn = Literal["process", "thread"]  # where the placer thread places: itself, or a process it feeds
 
 
 def needs_vectors(job: Job, targets: Mapping[str, Target]) -> bool:
@@ -210,7 +210,7 @@ class Driver:
     """Decode ahead, classify here, place behind; one instance per run or per daemon."""
 
     def __init__(
-        self, policy: Policy, journal: Journal | None, *, dry_run: bool = False, place_in: PlaceIn = "thread"
+        self, policy: Policy, journal: Journal | None, *, dry_run: bool = False, place_in: PlaceIn = "process"
     ) -> None:
         self.policy = policy
         self.journal = journal
