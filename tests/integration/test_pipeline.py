@@ -135,7 +135,7 @@ def test_a_class_folder_linked_out_of_the_dataset_is_never_written_through(
     (sorted_dir / "red").symlink_to(outside)
     verdicts = classify(jobs, reads, targets, encoder)
     items = [
-        Delivery(job, verdict, Decoded(read.picture, "0" * 64, 1), targets["rgb"])
+        Delivery(job, verdict, "0" * 64, 1, targets["rgb"])
         for job, verdict, read in zip(jobs, verdicts, reads, strict=True)
     ]
     state = data_root / ".clipsort"

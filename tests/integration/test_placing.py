@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import threading
 from pathlib import Path
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from clipsort.cli import app
 from clipsort.encode.encoder import Encoder
 from clipsort.errors import JournalError
+from clipsort.sort import placing
 from clipsort.sort.pipeline import Delivery, Outcome, Parcel, classify
 from clipsort.sort.placing import PlacingProcess
 from clipsort.store.journal import Journal
@@ -73,10 +75,25 @@ def parcels(root: Path, encoder: Encoder, colours: list[str], seed: int) -> list
     jobs, decoded, targets, _ = decoded_batch(root, encoder, colours, seed)
     verdicts = classify(jobs, decoded, targets, encoder)
     return [
-        Delivery(job, verdict, read, targets["rgb"]).parcel("m")
+        Delivery(job, verdict, read.sha256, read.size, targets["rgb"]).parcel("m")
         for job, verdict, read in zip(jobs, verdicts, decoded, strict=True)
         if verdict is not None
     ]
+
+
+def test_an_answer_makes_the_outcome_the_child_had_wherever_the_file_went(
+    data_root: Path, encoder: Encoder
+) -> None:
+    """A file's answer crosses as a name in its route's folder, or as the whole path when it went
+    elsewhere, or as its error; the parent's outcome equals the child's either way."""
+    parcel = parcels(data_root, encoder, ["red"], seed=4)[0]
+    for destination in (parcel.route.folder / "p_1.png", parcel.root / "Review" / "p.png"):
+        outcome = parcel.outcome(destination, dry_run=False)
+        answer = pickle.loads(pickle.dumps(placing._answer(parcel, outcome)))
+        assert answer == ("p_1.png" if destination.parent == parcel.route.folder else destination)
+        assert placing._result(parcel, answer) == outcome
+    error = FileExistsError(17, "taken")
+    assert placing._result(parcel, placing._answer(parcel, error)) is error
 
 
 def test_a_placing_process_killed_between_batches_fails_one_batch_and_the_next_starts_another(

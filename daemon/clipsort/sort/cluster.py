@@ -394,7 +394,8 @@ class ClusterRun:
                 Delivery(
                     row.listed.job(),
                     row.verdict,  # type: ignore[arg-type]  # None was filtered out above
-                    Decoded(None, row.sha256, row.read_size),
+                    row.sha256,
+                    row.read_size,
                     self.targets[row.listed.dataset],
                 )
                 for row in batch

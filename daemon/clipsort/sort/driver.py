@@ -314,9 +314,7 @@ class Driver:
             else list(classify(jobs, reads, targets, embedder.encoder, cache=embedder.cache))
         )
         deliveries = [
-            Delivery(
-                job, verdict, read if read.crop is None else replace(read, crop=None), targets[job.dataset]
-            )
+            Delivery(job, verdict, read.sha256, read.size, targets[job.dataset])
             for job, verdict, read in zip(jobs, verdicts, reads, strict=True)
             if self.policy.deliverable(job, verdict, settings) and verdict is not None
         ]

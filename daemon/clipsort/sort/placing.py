@@ -9,10 +9,14 @@ account). Here the placer thread starts a child as it starts, hands it each batc
 What crosses: one message a batch each way over a socket pair. To the child, the batch's
 :class:`~clipsort.sort.pipeline.Parcel`\\ s (what placing needs of a file: its job, decision,
 route, dataset folder; nothing of its classifier or model) and the log format and level in force;
-back, each file's result (its :class:`~clipsort.sort.pipeline.Outcome`, or the error that kept it
-where it was) and the lines the child logged. The child runs
-:func:`~clipsort.sort.pipeline.deliver_parcels`, the code the placer thread runs, with a journal
-connection of its own, so the safety properties are the same code's: every intent journalled
+back, each file's result and the lines the child logged. A file placed is answered with its
+destination alone, by its name where it went into its route's folder, as nearly every file does
+(everything else in its :class:`~clipsort.sort.pipeline.Outcome` comes from the parcel, which the
+parent still holds: :meth:`~clipsort.sort.pipeline.Parcel.outcome`); a file not placed, with the
+error that kept it where it was. Unpickling whole outcomes made two ``Path`` objects and a
+``Decision`` per file in the parent, more than half of its placer thread's CPU (bench/README.md).
+The child runs :func:`~clipsort.sort.pipeline.deliver_parcels`, the code the placer thread runs,
+with a journal connection of its own, so the safety properties are the same code's: every intent journalled
 before any file moves, every move through the mover relative to the dataset's folder, the inode
 check after the rename.
 
@@ -44,14 +48,35 @@ from pathlib import Path
 import structlog
 
 from clipsort.children import Child, connect
-from clipsort.errors import JournalError
+from clipsort.errors import ClipsortError, JournalError
 from clipsort.layout import DatasetLayout
 from clipsort.logs import LogFormat, configure_logging, shape, write_lines
-from clipsort.sort.pipeline import Parcel, Result, deliver_parcels
+from clipsort.sort.pipeline import Outcome, Parcel, Result, deliver_parcels
 from clipsort.store.journal import Journal
 from clipsort.store.recovery import recover
 
 log = structlog.get_logger()
+
+# What the child answers for one file: a name in its route's folder, the path it went to elsewhere,
+# or the error that kept it where it was.
+Answer = str | Path | OSError | ClipsortError
+
+
+def _answer(parcel: Parcel, result: Result) -> Answer:
+    """The child's side: ``result`` as it crosses back (see the module)."""
+    if not isinstance(result, Outcome):
+        return result
+    destination = result.destination
+    return destination.name if destination.parent == parcel.route.folder else destination
+
+
+def _result(parcel: Parcel, answer: Answer) -> Result:
+    """The parent's side: the file's result again, from its parcel and the child's answer."""
+    if isinstance(answer, str):
+        return parcel.outcome(parcel.route.folder / answer, dry_run=False)
+    if isinstance(answer, Path):
+        return parcel.outcome(answer, dry_run=False)
+    return answer
 
 
 class PlacingProcess:
@@ -79,7 +104,7 @@ class PlacingProcess:
         child = self._child or self._start()
         try:
             child.connection.send_bytes(pickle.dumps((parcels, shape()), protocol=pickle.HIGHEST_PROTOCOL))
-            answer: tuple[list[Result], str] = pickle.loads(child.connection.recv_bytes())
+            answer: tuple[list[Answer], str] = pickle.loads(child.connection.recv_bytes())
         except (EOFError, OSError):
             self._child = None
             how = _end(child)
@@ -87,10 +112,10 @@ class PlacingProcess:
             raise ChildProcessError(
                 f"the placing process ended ({how}) with a batch of {len(parcels)} files"
             ) from None
-        results, lines = answer
+        answers, lines = answer
         if lines:
             write_lines(lines)
-        return results
+        return [_result(parcel, answer) for parcel, answer in zip(parcels, answers, strict=True)]
 
     def close(self) -> None:
         """End the child (it finishes no batch: none is in flight when the placer thread calls this)."""
@@ -148,19 +173,20 @@ def _serve(connection: Connection, folder: str) -> None:
             if wanted != configured:
                 configure_logging(wanted[0], wanted[1], stream=lines)
                 configured = wanted
-            results: list[Result]
+            answers: list[Answer]
             try:
                 if folder and journal is None:  # opened here, at the first batch, as in the thread
                     journal = Journal(Path(folder))
             except JournalError as exc:  # a full or read-only state folder: nothing moves, all wait
-                results = [exc for _ in parcels]
+                answers = [exc for _ in parcels]
             else:
                 results = deliver_parcels(parcels, journal=journal, dry_run=False)
+                answers = [_answer(parcel, result) for parcel, result in zip(parcels, results, strict=True)]
             text = lines.getvalue()
             lines.seek(0)
             lines.truncate()
             try:
-                connection.send_bytes(pickle.dumps((results, text), protocol=pickle.HIGHEST_PROTOCOL))
+                connection.send_bytes(pickle.dumps((answers, text), protocol=pickle.HIGHEST_PROTOCOL))
             except OSError:
                 return
     finally:
