@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-FORMAT = 2  # raised whenever what an entry holds, or how its graphs are made, changes
+FORMAT = 3  # raised whenever what an entry holds, or how its graphs are made, changes
 IMAGE, TEXT, META, TOKENIZER = "image.pt", "text.pt", "meta.json", "tokenizer.json"
 
 Graph = Callable[..., torch.Tensor]

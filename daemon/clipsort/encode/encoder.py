@@ -419,7 +419,7 @@ class _PixelEmbeddings(torch.nn.Module):
     every pixel, more than the two-layer stand-in model's whole forward pass.
     """
 
-    weight: torch.Tensor  # (patch * patch * channels) x width, buffers registered in __init__
+    weight: torch.Tensor  # width x (patch * patch * channels), buffers registered in __init__
     bias: torch.Tensor  # 1 x width, fp32
 
     def __init__(self, embeddings: Any, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -433,9 +433,13 @@ class _PixelEmbeddings(torch.nn.Module):
         bias = -(weight * (mean.view(1, -1, 1, 1) * scale)).sum(dim=(1, 2, 3))
         if conv.bias is not None:
             bias = bias + conv.bias.detach().float()
-        # Rows in the crops' own order (row, column, channel), so a patch's pixels are one run; in
-        # the model's precision (0-255 are exact in bf16 and fp16), its products' too.
-        rows = (weight * scale).permute(2, 3, 1, 0).reshape(-1, weight.shape[0])
+        # One row per output channel, its values in the crops' own order (row, column, channel), so
+        # a patch's pixels are one run; in the model's precision (0-255 are exact in bf16 and fp16),
+        # its products' too. The product is taken as weights x patches (width x patches), not
+        # patches x weights: with the stand-in's width of 8 against 150,528 values a patch, the
+        # CPU's matrix product took half the time that way round (0.10 against 0.21 ms a picture,
+        # fp32, one thread); with ViT-B/32's or the tests' model's shapes the two measured alike.
+        rows = (weight * scale).permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
         self.register_buffer("weight", rows.to(conv.weight.dtype).contiguous(), persistent=False)
         self.register_buffer("bias", bias.view(1, -1), persistent=False)
         self.patch = patch
@@ -459,10 +463,13 @@ class _PixelEmbeddings(torch.nn.Module):
         # Each chunk's product in the weights' precision (autocast would cast the chunk twice),
         # summed in fp32 so that chunks of a long row add no rounding of their own.
         with torch.autocast(rows.device.type, enabled=False):
-            weight, embedded = self.weight, self.bias
+            weight, summed = self.weight, None
             for start in range(0, rows.shape[1], PATCH_CHUNK):
                 chunk = rows[:, start : start + PATCH_CHUNK].to(weight.dtype)
-                embedded = embedded + torch.mm(chunk, weight[start : start + PATCH_CHUNK]).float()
+                product = torch.mm(weight[:, start : start + PATCH_CHUNK], chunk.t()).float()
+                summed = product if summed is None else summed + product
+            assert summed is not None
+            embedded = summed.t() + self.bias
         class_token: torch.Tensor = self.class_embedding
         patches = embedded.to(class_token.dtype).reshape(pixel_values.shape[0], grid * grid, -1)
         tokens = torch.cat([class_token.expand(patches.shape[0], 1, -1), patches], dim=1)
