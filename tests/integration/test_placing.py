@@ -9,14 +9,16 @@ import signal
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from clipsort.cli import app
+from clipsort.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
 from clipsort.encode.encoder import Encoder
 from clipsort.errors import JournalError
 from clipsort.sort import placing
-from clipsort.sort.pipeline import Delivery, Outcome, Parcel, classify
+from clipsort.sort.pipeline import Delivery, HeldVectors, Outcome, Parcel, classify
 from clipsort.sort.placing import PlacingProcess
 from clipsort.store.journal import Journal
 from tests.helpers import RGB, decoded_batch, tree
@@ -38,10 +40,11 @@ def sorted_with(root: Path, model: Path, place_in: str) -> tuple[list[dict[str, 
     done = runner.invoke(app, ["sort", "--root", str(root), "--json"])
     assert done.exit_code == 0, done.stderr
     records = [json.loads(line.replace(str(root), "ROOT")) for line in done.stdout.splitlines()]
-    with Journal(root / ".clipsort") as journal:
+    with Journal(root / ".clipsort") as journal, EmbeddingCache(root / ".clipsort" / EMBEDDINGS_DB) as cache:
+        # Each row with whether its file's vector was kept (by the placing process, in its mode).
         rows = sorted(
             f"{e.intent.source.name} {e.state} {e.intent.placement} {e.intent.label} {e.intent.sha256} "
-            f"{e.destination and e.destination.relative_to(root)}"
+            f"{e.destination and e.destination.relative_to(root)} {bool(cache.models_of(e.intent.sha256))}"
             for e in journal.entries()
         )
     return records, rows, done.stderr
@@ -59,6 +62,7 @@ def test_files_placed_by_the_placing_process_land_as_the_thread_places_them(
     assert tree(tmp_path / "thread" / "ds") == tree(tmp_path / "process" / "ds")
     assert records["process"] == records["thread"] and len(records["thread"]) == 18
     assert rows["process"] == rows["thread"] and len(rows["thread"]) == 18
+    assert all(row.endswith(" True") for row in rows["process"]), "every file's vector kept"
     assert "ROOT/ds/Dataset/red/img0000_1.png" in {r["destination"] for r in records["process"]}
     assert (tmp_path / "process" / "ds" / "Dataset" / "red" / "img0000_1.xmp").exists()
 
@@ -94,6 +98,24 @@ def test_an_answer_makes_the_outcome_the_child_had_wherever_the_file_went(
         assert placing._result(parcel, answer) == outcome
     error = FileExistsError(17, "taken")
     assert placing._result(parcel, placing._answer(parcel, error)) is error
+
+
+def test_vectors_go_to_a_cache_file_made_again_after_its_state_folder_was_deleted(tmp_path: Path) -> None:
+    """The placing process's cache connection follows its file: after the file is deleted (the
+    daemon makes its state folder again), the next batch's vectors land in the new file, where
+    the daemon reads, not in the deleted one's inode."""
+    path = tmp_path / EMBEDDINGS_DB
+    caches = placing._Caches()
+    try:
+        one, two = np.ones(4, dtype=np.float32), np.full(4, 2, dtype=np.float32)
+        caches.put(HeldVectors(path, [("m", {"a" * 64: one})]))
+        path.unlink()
+        caches.put(HeldVectors(path, [("m", {"b" * 64: two})]))
+        with EmbeddingCache(path) as cache:
+            found = cache.get("m", ["a" * 64, "b" * 64])
+        assert list(found) == ["b" * 64] and np.array_equal(found["b" * 64], two)
+    finally:
+        caches.close()
 
 
 def test_a_placing_process_killed_between_batches_fails_one_batch_and_the_next_starts_another(

@@ -91,42 +91,52 @@ def test_a_stopped_placing_process_holds_its_batch_while_the_next_is_classified(
     data_root: Path, tiny_model: Path
 ) -> None:
     """``place_in = "process"``: the placing process stopped (SIGSTOP, a real stall from outside) holds
-    the first batch's moves while the model classifies the second; two files taken away meanwhile
+    the first batch's moves while the model classifies the next; two files taken away meanwhile
     are skipped, whichever side meets them (the process at its rename, the placer thread's check
-    before it hands a batch over), and the rest land once it runs again."""
+    before it hands a batch over), and the rest land once it runs again, their vectors cached by
+    the placing process before their moves."""
     make_dataset(data_root / "rgb", {"red": "red", "blue": "blue"}, references=2)
     settings = load_settings(
         None, {"root": data_root, "model": str(tiny_model), "batch_size": 2, "settle_seconds": 0.1}
     )
     assert settings.place_in == "process"
-    files = {data_root / "rgb" / "Images" / f"p{k}.png": color for k, color in enumerate(COLORS)}
+    staging = data_root / "staging"
+    staging.mkdir()
+    files = {staging / f"p{k}.png": color for k, color in enumerate(COLORS)}
+    for k, (path, color) in enumerate(files.items()):
+        save(draw(np.random.default_rng(k), color), path)
+    keys = {path.name: content_hash(path) for path in files}
+    inbox, dataset = data_root / "rgb" / "Images", data_root / "rgb" / "Dataset"
     with running(settings, ["rgb"]) as service:
         placing = service.worker.driver.placing
         assert placing is not None
         wait_until(lambda: placing.pid is not None, timeout=60)  # started, and said it is ready
         pid = placing.pid
         assert pid is not None
+
+        def classified_batches() -> float:
+            return service.metrics.registry.get_sample_value("clipsort_batch_size_count") or 0.0
+
         os.kill(pid, signal.SIGSTOP)
         try:
-            for k, (path, color) in enumerate(files.items()):
-                save(draw(np.random.default_rng(k), color), path)
-            keys = [content_hash(path) for path in files]
-            wait_until(
-                lambda: len(service.cache.get(service.embedder.clip.identity, keys)) == len(files), timeout=30
-            )
-            assert all(path.exists() for path in files)
+            for path in files:
+                path.rename(inbox / path.name)
+            # One batch is with the stopped process; another was classified all the same.
+            wait_until(lambda: classified_batches() >= 2, timeout=30)
+            assert sorted(path.name for path in inbox.iterdir()) == sorted(keys)
             for path, color in files.items():
                 if color == "blue":
-                    path.unlink()
+                    (inbox / path.name).unlink()
         finally:
             os.kill(pid, signal.SIGCONT)
-        dataset = data_root / "rgb" / "Dataset"
         for path, color in files.items():
             if color == "red":
                 wait_until((dataset / color / path.name).exists, timeout=30)
-        wait_until(lambda: not list((data_root / "rgb" / "Images").iterdir()), timeout=30)
-        assert placing.pid == pid, "the same process placed both batches"
+        wait_until(lambda: not list(inbox.iterdir()), timeout=30)
+        assert placing.pid == pid, "the same process placed every batch"
         assert service.journal.planned() == []
+        red = [keys[path.name] for path, color in files.items() if color == "red"]
+        assert set(service.cache.get(service.embedder.clip.identity, red)) == set(red)
     assert tree(dataset) == {"red": ["p0.png", "p3.png"]}
 
 

@@ -40,6 +40,7 @@ from clipsort.encode.encoder import Encoder, resolve_device
 from clipsort.errors import ImageRejected
 from clipsort.sort.pipeline import (
     Delivery,
+    HeldVectors,
     Result,
     classify,
     classify_with_fallback,
@@ -176,6 +177,7 @@ class Classified:
     deliveries: list[Delivery]
     encoder: Encoder | None
     settings: Settings
+    vectors: HeldVectors | None = None  # (a placing process) the batch's vectors, for it to cache
 
 
 class Policy(Protocol):
@@ -308,10 +310,14 @@ class Driver:
             return 0
         if batch.encoder is not embedder.encoder:  # crops made for a model swapped out since
             reads = [replace(read, crop=None) for read in reads]
+        cache = embedder.cache
+        # With a placing process, it caches the vectors as it takes the batch (see HeldVectors).
+        held = None if self.placing is None or cache is None else HeldVectors(cache.path)
+        store = cache if held is None else held
         verdicts: list[Verdict] = (
-            classify_with_fallback(jobs, reads, targets, embedder.encoder, cache=embedder.cache)
+            classify_with_fallback(jobs, reads, targets, embedder.encoder, cache=store)
             if self.policy.falls_back
-            else list(classify(jobs, reads, targets, embedder.encoder, cache=embedder.cache))
+            else list(classify(jobs, reads, targets, embedder.encoder, cache=store))
         )
         deliveries = [
             Delivery(job, verdict, read.sha256, read.size, targets[job.dataset])
@@ -319,7 +325,7 @@ class Driver:
             if self.policy.deliverable(job, verdict, settings) and verdict is not None
         ]
         if deliveries:
-            self._placing.put(Classified(deliveries, embedder.encoder, settings))
+            self._placing.put(Classified(deliveries, embedder.encoder, settings, held))
         return len(jobs)
 
     @property
@@ -358,7 +364,7 @@ class Driver:
         results = (
             deliver_parcels(parcels, journal=self.journal, dry_run=self.dry_run)
             if self.placing is None
-            else self.placing.place(parcels)
+            else self.placing.place(parcels, batch.vectors)
         )
         self.policy.after_placing(
             [(item.job, result) for item, result in zip(ready, results, strict=True)], batch.settings

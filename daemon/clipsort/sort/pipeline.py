@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 import structlog
@@ -21,7 +21,6 @@ from PIL import Image
 from clipsort.classify.modes import Decision, Inputs
 from clipsort.classify.targets import Target
 from clipsort.decode.decoding import Decoded
-from clipsort.encode.embedcache import EmbeddingCache
 from clipsort.encode.vectors import Vectors
 from clipsort.errors import ClipsortError, ImageRejected, JournalError
 from clipsort.files import content_hash
@@ -79,6 +78,31 @@ class Outcome:
         return data | dict(self.extra)
 
 
+class VectorStore(Protocol):
+    """Where :func:`classify` keeps each file's vector under its content hash: the vector cache
+    (:class:`~clipsort.encode.embedcache.EmbeddingCache`), or :class:`HeldVectors`."""
+
+    def put(self, model: str, vectors: Mapping[str, Vectors]) -> None: ...
+
+
+@dataclass
+class HeldVectors:
+    """A batch's vectors held for the vector cache at ``path``, to be written by the placing process
+    just before it places the batch (:mod:`clipsort.sort.placing`).
+
+    Why: writing a batch's vectors is a transaction of random-key inserts, 15-25 us a file of
+    CPU in the interpreter that classifies, whose CPU per file caps its rate (issue 37). The
+    placing process writes them before the batch's first move, so a file is never in a class
+    folder without its vector kept, as when the classifying thread wrote them.
+    """
+
+    path: Path
+    puts: list[tuple[str, dict[str, Vectors]]] = field(default_factory=list)
+
+    def put(self, model: str, vectors: Mapping[str, Vectors]) -> None:
+        self.puts.append((model, dict(vectors)))
+
+
 def classify(
     jobs: Sequence[Job],
     reads: Sequence[Decoded],
@@ -86,7 +110,7 @@ def classify(
     encoder: Encoder | None,
     *,
     on_cpu: bool = False,
-    cache: EmbeddingCache | None = None,
+    cache: VectorStore | None = None,
 ) -> list[Decision | ImageRejected]:
     """A decision, or the reason it cannot be read, for each job's file in order.
 
@@ -155,7 +179,7 @@ def classify_with_fallback(
     targets: Mapping[str, Target],
     encoder: Encoder | None,
     *,
-    cache: EmbeddingCache | None = None,
+    cache: VectorStore | None = None,
 ) -> list[Decision | ImageRejected | None]:
     """:func:`classify`, surviving inference failures such as running out of GPU memory.
 

@@ -8,7 +8,9 @@ account). Here the placer thread starts a child as it starts, hands it each batc
 
 What crosses: one message a batch each way over a socket pair. To the child, the batch's
 :class:`~clipsort.sort.pipeline.Parcel`\\ s (what placing needs of a file: its job, decision,
-route, dataset folder; nothing of its classifier or model) and the log format and level in force;
+route, dataset folder; nothing of its classifier or model), the log format and level in force,
+and the batch's vectors, which the child writes to the vector cache before the batch's moves
+(:class:`~clipsort.sort.pipeline.HeldVectors`);
 back, each file's result and the lines the child logged. A file placed is answered with its
 destination alone, by its name where it went into its route's folder, as nearly every file does
 (everything else in its :class:`~clipsort.sort.pipeline.Outcome` comes from the parcel, which the
@@ -36,9 +38,12 @@ is where it is found), the batch's placing fails (the daemon gives its files bac
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import pickle
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -48,10 +53,11 @@ from pathlib import Path
 import structlog
 
 from clipsort.children import Child, connect
+from clipsort.encode.embedcache import EmbeddingCache
 from clipsort.errors import ClipsortError, JournalError
 from clipsort.layout import DatasetLayout
 from clipsort.logs import LogFormat, configure_logging, shape, write_lines
-from clipsort.sort.pipeline import Outcome, Parcel, Result, deliver_parcels
+from clipsort.sort.pipeline import HeldVectors, Outcome, Parcel, Result, deliver_parcels
 from clipsort.store.journal import Journal
 from clipsort.store.recovery import recover
 
@@ -96,14 +102,16 @@ class PlacingProcess:
         """The child's process id while one runs."""
         return None if self._child is None else self._child.pid
 
-    def place(self, parcels: Sequence[Parcel]) -> list[Result]:
+    def place(self, parcels: Sequence[Parcel], vectors: HeldVectors | None = None) -> list[Result]:
         """As :func:`~clipsort.sort.pipeline.deliver_parcels` with this process's journal, done by
-        the child (never a dry run: that moves nothing and stays in the caller's thread)."""
+        the child (never a dry run: that moves nothing and stays in the caller's thread), which
+        first caches the batch's ``vectors``."""
         if not parcels:
             return []
         child = self._child or self._start()
+        message = (parcels, shape(), vectors)
         try:
-            child.connection.send_bytes(pickle.dumps((parcels, shape()), protocol=pickle.HIGHEST_PROTOCOL))
+            child.connection.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
             answer: tuple[list[Answer], str] = pickle.loads(child.connection.recv_bytes())
         except (EOFError, OSError):
             self._child = None
@@ -159,20 +167,62 @@ def _end(child: Child) -> str:
     return how
 
 
+class _Caches:
+    """The child's connections to the vector caches it is sent vectors for, by file.
+
+    A cache file deleted or replaced under the daemon (its state folder deleted, see
+    :meth:`clipsort.service.wiring.Service._state_replaced`) is opened again at the next batch:
+    SQLite would go on writing into the deleted file's inode, where no reader looks.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[Path, tuple[EmbeddingCache, int]] = {}
+
+    def put(self, held: HeldVectors) -> None:
+        """Cache ``held``'s vectors; a cache that cannot be opened is logged and left out (a cache
+        only saves work)."""
+        try:
+            cache = self._cache(held.path)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("cache_write_failed", path=str(held.path), error=str(exc), effect="vectors not kept")
+            return
+        for model, vectors in held.puts:
+            cache.put(model, vectors)
+
+    def _cache(self, path: Path) -> EmbeddingCache:
+        opened = self._open.get(path)
+        if opened is not None:
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == opened[1]:
+                    return opened[0]
+            opened[0].close()
+            del self._open[path]
+        cache = EmbeddingCache(path)
+        self._open[path] = (cache, os.stat(path).st_ino)
+        return cache
+
+    def close(self) -> None:
+        for cache, _ in self._open.values():
+            cache.close()
+
+
 def _serve(connection: Connection, folder: str) -> None:
     """The child: place each batch it is sent until its socket closes."""
     journal: Journal | None = None
+    caches = _Caches()
     lines = io.StringIO()
     configured: tuple[LogFormat, str] | None = None
     try:
         while True:
             try:
-                parcels, wanted = pickle.loads(connection.recv_bytes())
+                parcels, wanted, vectors = pickle.loads(connection.recv_bytes())
             except (EOFError, OSError):  # the parent closed it, or ended
                 return
             if wanted != configured:
                 configure_logging(wanted[0], wanted[1], stream=lines)
                 configured = wanted
+            if vectors is not None:
+                caches.put(vectors)
             answers: list[Answer]
             try:
                 if folder and journal is None:  # opened here, at the first batch, as in the thread
@@ -190,6 +240,7 @@ def _serve(connection: Connection, folder: str) -> None:
             except OSError:
                 return
     finally:
+        caches.close()
         if journal is not None:
             journal.close()
 
