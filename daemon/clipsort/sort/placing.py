@@ -177,15 +177,21 @@ class _Caches:
 
     def __init__(self) -> None:
         self._open: dict[Path, tuple[EmbeddingCache, int]] = {}
+        self._failing: set[Path] = set()  # caches that could not be opened: logged once, until one opens
 
     def put(self, held: HeldVectors) -> None:
-        """Cache ``held``'s vectors; a cache that cannot be opened is logged and left out (a cache
-        only saves work)."""
+        """Cache ``held``'s vectors; a cache that cannot be opened is logged (once while it cannot)
+        and left out (a cache only saves work), as a cache's failing writes are."""
         try:
             cache = self._cache(held.path)
         except (OSError, sqlite3.Error) as exc:
-            log.error("cache_write_failed", path=str(held.path), error=str(exc), effect="vectors not kept")
+            if held.path not in self._failing:
+                log.error(
+                    "cache_write_failed", path=str(held.path), error=str(exc), effect="vectors not kept"
+                )
+            self._failing.add(held.path)
             return
+        self._failing.discard(held.path)
         for model, vectors in held.puts:
             cache.put(model, vectors)
 
