@@ -54,7 +54,7 @@ from clipsort.work import Job
 Verdict = Decision | ImageRejected | None  # None: inference failed even on the CPU
 
 
-PlaceIn = Literal["process", "thread"]  # where the placer thread places: itself, or a process it feeds
+PlaceIn = Literal["process", "thread"]  # where the placer thread places: a process it feeds, or itself
 
 
 def needs_vectors(job: Job, targets: Mapping[str, Target]) -> bool:

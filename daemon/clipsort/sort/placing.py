@@ -16,9 +16,10 @@ destination alone, by its name where it went into its route's folder, as nearly 
 (everything else in its :class:`~clipsort.sort.pipeline.Outcome` comes from the parcel, which the
 parent still holds: :meth:`~clipsort.sort.pipeline.Parcel.outcome`); a file not placed, with the
 error that kept it where it was. Unpickling whole outcomes made two ``Path`` objects and a
-``Decision`` per file in the parent, more than half of its placer thread's CPU (bench/README.md).
-The child runs :func:`~clipsort.sort.pipeline.deliver_parcels`, the code the placer thread runs,
-with a journal connection of its own, so the safety properties are the same code's: every intent journalled
+``Decision`` per file in the parent (half of its placer thread's CPU in a profile, which inflates
+pathlib's many small calls; 5-10 us a file measured apart, bench/README.md). The child runs
+:func:`~clipsort.sort.pipeline.deliver_parcels`, the code the placer thread runs, with a journal
+connection of its own, so the safety properties are the same code's: every intent journalled
 before any file moves, every move through the mover relative to the dataset's folder, the inode
 check after the rename.
 
