@@ -15,6 +15,7 @@ runs with no reader in the way; :func:`reclaim` truncates it after a prune.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from pathlib import Path
 
@@ -49,3 +50,15 @@ def reclaim(db: sqlite3.Connection) -> None:
     # that returns no rows is stepped once by execute(), which so freed a single page.
     db.executescript("PRAGMA incremental_vacuum;")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+
+def replaced(path: Path, inode: int) -> bool:
+    """Whether the file a connection opened as inode ``inode`` was deleted or replaced at ``path``.
+
+    SQLite keeps writing to a deleted file's inode without complaint, where no reader looks, so a
+    writer that must survive its state folder being deleted checks this before it writes.
+    """
+    try:
+        return os.stat(path).st_ino != inode
+    except FileNotFoundError:
+        return True

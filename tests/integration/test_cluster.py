@@ -22,12 +22,11 @@ from clipsort.config import load_settings
 from clipsort.layout import discover
 from clipsort.store.journal import Journal
 from clipsort.store.mover import make_state_dir
-from tests.helpers import publish_copy, tree
+from tests.helpers import RGB, publish_copy, tree
 from tests.synthetic import draw, make_dataset, save
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
-RGB = {"red": "red", "green": "green", "blue": "blue"}
 INBOX = ["red", "green", "blue", "yellow", "red", "blue"] * 4  # yellow: none of these
 MODES = ("reference", "text", "mixed", "finetuned")  # a dataset of each, named by its mode
 

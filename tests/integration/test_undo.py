@@ -16,10 +16,8 @@ from clipsort.errors import JournalError
 from clipsort.store.journal import Conclusion, Intent, Journal
 from clipsort.store.mover import make_state_dir
 from clipsort.times import parse_since
-from tests.helpers import clipsort_process, tree
+from tests.helpers import RGB, clipsort_process, tree
 from tests.synthetic import make_dataset
-
-RGB = {"red": "red", "green": "green", "blue": "blue"}
 
 
 @pytest.fixture

@@ -29,11 +29,10 @@ from clipsort.service.status import read_status
 from clipsort.store.journal import Journal
 from clipsort.web.app import Pages, create_app
 from clipsort.web.thumbnails import Thumbnails
-from tests.helpers import running_service, work_beside
+from tests.helpers import RGB, running_service, work_beside
 from tests.synthetic import draw, grid, make_dataset, save
 from tests.waiting import wait_until
 
-RGB = {"red": "red", "green": "green", "blue": "blue"}
 PAGE = "http://127.0.0.1:8765"  # web_host and web_port's defaults: the page's own address
 SAME_ORIGIN = {"Origin": PAGE}
 TOKEN = "a-token-of-twenty-chars"

@@ -18,10 +18,8 @@ from typer.testing import CliRunner
 
 from clipsort import __version__
 from clipsort.cli import app
-from tests.helpers import clipsort_process, python_process, tree
+from tests.helpers import RGB, clipsort_process, python_process, tree
 from tests.synthetic import draw, make_dataset, save, tiny_vit
-
-RGB = {"red": "red", "green": "green", "blue": "blue"}
 
 
 @pytest.fixture

@@ -20,11 +20,10 @@ from pathlib import Path
 import pytest
 
 from clipsort.store.journal import Journal
-from tests.helpers import REPO, clipsort_process, python_process
+from tests.helpers import REPO, RGB, clipsort_process, python_process
 from tests.synthetic import make_dataset
 from tests.waiting import wait_until
 
-RGB = {"red": "red", "green": "green", "blue": "blue"}
 FILES = 240  # per dataset, two datasets
 
 

@@ -15,10 +15,9 @@ from clipsort.config import DEFAULT_SIDECARS
 from clipsort.ingest.sidecars import companions, is_sidecar, renamed
 from clipsort.store.journal import Journal
 from tests.daemonproc import Daemon, drop, picture_bytes, start
+from tests.helpers import RGB
 from tests.synthetic import make_dataset
 from tests.waiting import wait_until
-
-RGB = {"red": "red", "green": "green", "blue": "blue"}
 
 
 def test_names_that_are_a_pictures_sidecars() -> None:

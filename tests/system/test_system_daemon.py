@@ -19,11 +19,9 @@ from typer.testing import CliRunner
 
 from clipsort.cli import app
 from tests.daemonproc import Daemon, children, drop, free_port, picture_bytes, sha, sorted_files, start
-from tests.helpers import publish_copy, tree
+from tests.helpers import RGB, publish_copy, tree
 from tests.synthetic import draw, grid, make_dataset, save
 from tests.waiting import wait_until
-
-RGB = {"red": "red", "green": "green", "blue": "blue"}
 
 
 def test_drops_of_every_kind_land_complete_in_their_class(

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from clipsort.store.journal import Journal
 from tests.daemonproc import Daemon, drop, picture_bytes, sha, start
+from tests.helpers import RGB
 from tests.synthetic import make_dataset
 from tests.waiting import wait_until
 
-RGB = {"red": "red", "green": "green", "blue": "blue"}
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -21,11 +21,9 @@ from PIL import Image
 
 from clipsort.store.journal import Journal
 from tests.daemonproc import Daemon, children, drop, picture_bytes, sha, slots, sorted_files, start
-from tests.helpers import clipsort_process, remove_deep
+from tests.helpers import RGB, clipsort_process, remove_deep
 from tests.synthetic import draw, make_dataset, save
 from tests.waiting import wait_until, wait_until_dead_unreaped
-
-RGB = {"red": "red", "green": "green", "blue": "blue"}
 
 
 def removed(folder: Path) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import sqlite3
 import threading
 import time
@@ -29,7 +30,7 @@ import structlog
 
 from clipsort.encode.vectors import Vectors
 from clipsort.files import content_hash
-from clipsort.statedb import add_column, connect, reclaim
+from clipsort.statedb import add_column, connect, reclaim, replaced
 
 log = structlog.get_logger()
 
@@ -76,6 +77,7 @@ class EmbeddingCache:
             if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchall():
                 add_column(self._db, table, "used", "REAL NOT NULL DEFAULT 0")
         self._db.executescript(SCHEMA)
+        self._inode = os.stat(path).st_ino
 
     def close(self) -> None:
         with self._lock:
@@ -83,10 +85,14 @@ class EmbeddingCache:
 
     def reopen(self) -> None:
         """A fresh (empty) cache file at ``path``, after the state folder was deleted under this process."""
-        fresh = connect(self.path, SCHEMA, synchronous="NORMAL")
         with self._lock:
-            old, self._db = self._db, fresh
-        old.close()
+            self._reopen()
+
+    def _reopen(self) -> None:
+        """(Under the lock.) The new file first: while it cannot be made, the old connection stays."""
+        fresh = connect(self.path, SCHEMA, synchronous="NORMAL")
+        self._db.close()
+        self._db, self._inode = fresh, os.stat(self.path).st_ino
 
     def __enter__(self) -> EmbeddingCache:
         return self
@@ -168,6 +174,10 @@ class EmbeddingCache:
         now = self.clock()
         rows = [(model, key, np.asarray(v, dtype=np.float32).tobytes(), now) for key, v in vectors.items()]
         with self._lock, self._best_effort():
+            # Written where readers look: a file deleted under this process (its state folder
+            # removed; the placing process has no supervisor to call reopen()) is made again.
+            if replaced(self.path, self._inode):
+                self._reopen()
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)", rows)
             self._db.execute("COMMIT")

@@ -39,9 +39,7 @@ is where it is found), the batch's placing fails (the daemon gives its files bac
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import pickle
 import signal
 import sqlite3
@@ -169,47 +167,33 @@ def _end(child: Child) -> str:
 
 
 class _Caches:
-    """The child's connections to the vector caches it is sent vectors for, by file.
-
-    A cache file deleted or replaced under the daemon (its state folder deleted, see
-    :meth:`clipsort.service.wiring.Service._state_replaced`) is opened again at the next batch:
-    SQLite would go on writing into the deleted file's inode, where no reader looks.
-    """
+    """The child's vector caches, by file, opened at the first batch that brings vectors for one
+    (each follows its file if the state folder is made again: :meth:`EmbeddingCache.put`)."""
 
     def __init__(self) -> None:
-        self._open: dict[Path, tuple[EmbeddingCache, int]] = {}
+        self._open: dict[Path, EmbeddingCache] = {}
         self._failing: set[Path] = set()  # caches that could not be opened: logged once, until one opens
 
     def put(self, held: HeldVectors) -> None:
         """Cache ``held``'s vectors; a cache that cannot be opened is logged (once while it cannot)
         and left out (a cache only saves work), as a cache's failing writes are."""
-        try:
-            cache = self._cache(held.path)
-        except (OSError, sqlite3.Error) as exc:
-            if held.path not in self._failing:
-                log.error(
-                    "cache_write_failed", path=str(held.path), error=str(exc), effect="vectors not kept"
-                )
-            self._failing.add(held.path)
-            return
-        self._failing.discard(held.path)
+        cache = self._open.get(held.path)
+        if cache is None:
+            try:
+                cache = self._open[held.path] = EmbeddingCache(held.path)
+            except (OSError, sqlite3.Error) as exc:
+                if held.path not in self._failing:
+                    log.error(
+                        "cache_write_failed", path=str(held.path), error=str(exc), effect="vectors not kept"
+                    )
+                self._failing.add(held.path)
+                return
+            self._failing.discard(held.path)
         for model, vectors in held.puts:
             cache.put(model, vectors)
 
-    def _cache(self, path: Path) -> EmbeddingCache:
-        opened = self._open.get(path)
-        if opened is not None:
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(path).st_ino == opened[1]:
-                    return opened[0]
-            opened[0].close()
-            del self._open[path]
-        cache = EmbeddingCache(path)
-        self._open[path] = (cache, os.stat(path).st_ino)
-        return cache
-
     def close(self) -> None:
-        for cache, _ in self._open.values():
+        for cache in self._open.values():
             cache.close()
 
 

@@ -30,7 +30,7 @@ import orjson
 import structlog
 
 from clipsort.errors import JournalError
-from clipsort.statedb import add_column, connect, reclaim
+from clipsort.statedb import add_column, connect, reclaim, replaced
 
 log = structlog.get_logger()
 
@@ -207,11 +207,7 @@ class Journal:
         SQLite keeps writing to a deleted file's inode without complaint, so
         every later entry would be lost with it; a stat per transaction notices.
         """
-        try:
-            same = os.stat(self.path).st_ino == self._inode
-        except FileNotFoundError:
-            same = False
-        if same:
+        if not replaced(self.path, self._inode):
             return
         # The new file first: while it cannot be made (its folder is gone too) the old connection
         # stays open, so readers get a JournalError, never "cannot operate on a closed database".
