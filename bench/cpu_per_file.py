@@ -11,7 +11,8 @@ is the most files per second it can ever sort. It is measured from outside, as t
 utime + stime (never its decoding processes': ``decode_in = "processes"``), with a two-layer
 random CLIP of width 8 that sees each picture as one 224-pixel patch standing in for the GPU, run
 on one operator thread (``model_threads = 1``, what automatic gives on a GPU host: more threads
-spin beside the decoders, and their CPU is no pipeline's):
+spin beside the decoders, and their CPU is no pipeline's), in batches of 256 (``batch_size``'s
+automatic value on a GPU host; ``--batch-size 32`` measures the CPU's):
 
 - **daemon**: the real daemon, a burst of the files renamed into its inbox; its CPU from the first
   rename to the last file filed (and, where the burst made its ``Dataset/`` busy, until that was
@@ -57,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.reports import bench_parser, files_for, machine, write_report
+from clipsort.config import GPU_BATCH
 
 IDLE_SETTLE_SECONDS = 3.0  # after a burst: the quiet inbox's scan, the learner's last round, a status write
 
@@ -168,6 +170,7 @@ def daemon_cpu(
     idle_seconds: float = 20.0,
     profile: Path | None = None,
     place_in: str = "process",
+    batch_size: int = GPU_BATCH,
 ) -> dict[str, Any]:
     """The daemon's own CPU per file over a burst of ``files``, and the per-thread account (with
     ``profile``, each thread's cProfile statistics written there: see ``PROFILE_THREADS``)."""
@@ -193,6 +196,7 @@ def daemon_cpu(
         status_seconds=status_seconds,
         decode_in="processes",
         place_in=place_in,
+        batch_size=batch_size,
         model_threads=1,
         metrics_port=port,
     )
@@ -271,7 +275,7 @@ def thread_ms(before: dict[str, float], after: dict[str, float], per: float, dig
 
 
 def sort_run_cpu(
-    model: Path, files: list[Path], work: Path, place_in: str = "process"
+    model: Path, files: list[Path], work: Path, place_in: str = "process", batch_size: int = GPU_BATCH
 ) -> tuple[float, float, float, float, float]:
     """``clipsort sort``'s own CPU seconds over ``files`` (a fresh data root), the model's share of
     them, the garbage collector's, its elapsed time, and its CPU seconds on the files (from the
@@ -291,6 +295,7 @@ def sort_run_cpu(
         "CLIPSORT_MODEL": str(model),
         "CLIPSORT_DECODE_IN": "processes",
         "CLIPSORT_PLACE_IN": place_in,
+        "CLIPSORT_BATCH_SIZE": str(batch_size),
         "CLIPSORT_MODEL_THREADS": "1",
         "CLIPSORT_STATE_DIR": str(work / "state"),
         "HF_HUB_OFFLINE": "1",
@@ -305,7 +310,12 @@ def sort_run_cpu(
 
 
 def sort_cpu(
-    model: Path, files: list[Path], work: Path, rounds: int = 3, place_in: str = "process"
+    model: Path,
+    files: list[Path],
+    work: Path,
+    rounds: int = 3,
+    place_in: str = "process",
+    batch_size: int = GPU_BATCH,
 ) -> dict[str, Any]:
     """``clipsort sort``'s CPU per file: an N-file run less a one-file run, per file less one; the
     median over ``rounds`` such pairs.
@@ -320,10 +330,10 @@ def sort_cpu(
     pairs = []
     for round_ in range(rounds):
         one, one_model, one_gc, _, one_worked = sort_run_cpu(
-            model, files[:1], work / f"one-{round_}", place_in
+            model, files[:1], work / f"one-{round_}", place_in, batch_size
         )
         many, many_model, many_gc, elapsed, many_worked = sort_run_cpu(
-            model, files, work / f"many-{round_}", place_in
+            model, files, work / f"many-{round_}", place_in, batch_size
         )
         cpu, model_ms = (many_worked - one_worked) * per_file, (many_model - one_model) * per_file
         pairs.append(
@@ -387,6 +397,12 @@ def main(argv: list[str] | None = None) -> None:
         default="process",
         help="the place_in setting: placing in a process of its own (its default) or on the placer thread",
     )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=GPU_BATCH,
+        help="the batch_size setting: 256, its automatic value on a GPU host, which this stands for",
+    )
     args = parser.parse_args(argv)
     count = files_for(args, quick=40)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -400,13 +416,20 @@ def main(argv: list[str] | None = None) -> None:
         "model": "two-layer random CLIP (hidden 8, 224-pixel input, one 224-pixel patch)",
         "decode_in": "processes",
         "place_in": args.place_in,
+        "batch_size": args.batch_size,
     }
     with tempfile.TemporaryDirectory(prefix="clipsort-bench-") as scratch:
         work = Path(scratch)
         model = kept_clip(width=8, patch=224)
         files = distinct_jpegs(work / "files", count)
         report["daemon"] = daemon_cpu(
-            model, files, work / "daemon", 1.0 if args.quick else 20.0, args.profile, args.place_in
+            model,
+            files,
+            work / "daemon",
+            1.0 if args.quick else 20.0,
+            args.profile,
+            args.place_in,
+            args.batch_size,
         )
         batch = report["daemon"]["mean_batch"]
         kernel = report["daemon"]["kernel_ms_per_file"]
@@ -417,7 +440,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"daemon idle: {idle['cpu_percent']:.2f} % of a core over {idle['seconds']:g} s", flush=True)
         for name, ms in sorted(idle["threads_ms_per_second"].items(), key=lambda item: -item[1]):
             print(f"  {name:<28} {ms:.2f} ms/s", flush=True)
-        report["sort"] = sort_cpu(model, files, work / "sort", 1 if args.quick else 3, args.place_in)
+        report["sort"] = sort_cpu(
+            model, files, work / "sort", 1 if args.quick else 3, args.place_in, args.batch_size
+        )
         spread = ", ".join(f"{ms:.3f}" for ms in report["sort"]["rounds_pipeline_ms_per_file"])
         collector = report["sort"]["collector_ms_per_file"]
         print(f"sort:   {shares(report['sort'])}, the collector {collector:.3f}", flush=True)

@@ -136,6 +136,22 @@ class DatasetSettings(BaseModel):
     sidecar_suffixes: tuple[str, ...] = DEFAULT_SIDECARS
 
 
+# Images per forward pass where ``batch_size`` is automatic (0). On a GPU the model takes a big batch
+# in about the time of a small one, and each batch costs the host's interpreter a share of its own
+# (the batch's futures, messages, journal statements): 256 fed an H200 at 27,700 images/s, and with a
+# near-free model cost the daemon a fifth less CPU per file than 32 (bench/README.md, issue 37). On
+# the CPU the model's time grows with the batch, so a small one keeps a single file's wait short.
+GPU_BATCH = 256
+CPU_BATCH = 32
+
+
+def resolve_batch(size: int, device: str) -> int:
+    """Images per forward pass for the ``batch_size`` setting ``size`` (0: automatic) on ``device``."""
+    if size:
+        return size
+    return GPU_BATCH if device.startswith("cuda") else CPU_BATCH
+
+
 class Settings(BaseSettings):
     """Every option clipsort reads; ``config.toml`` documents each one."""
 
@@ -163,11 +179,13 @@ class Settings(BaseSettings):
             "same decisions as fp32 on at least 99% of pictures (tested)."
         ),
     )
-    batch_size: PositiveInt = Field(
-        32,
+    batch_size: NonNegativeInt = Field(
+        0,
         description=(
-            "Images encoded per forward pass. Measured (bench/README.md, ViT-B/32): 28.6 images/s at 32 "
-            "on 2 CPUs against 16.8 one at a time; on a GPU use 256 (27,700 images/s on an H200)."
+            "Images encoded per forward pass. 0 is automatic: 256 when the model runs on a GPU, 32 "
+            "elsewhere. Measured (bench/README.md): ViT-B/32 on 2 CPUs 28.6 images/s at 32 against 16.8 "
+            "one at a time; 27,700 images/s at 256 on an H200; with a near-free model, 256 cost the "
+            "daemon's own interpreter a fifth less CPU per file than 32 (issue 37)."
         ),
     )
     decode_workers: PositiveInt = Field(

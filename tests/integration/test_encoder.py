@@ -18,8 +18,11 @@ import torch
 from PIL import Image
 from structlog.testing import capture_logs
 
+from clipsort.config import CPU_BATCH, GPU_BATCH, load_settings, resolve_batch
+from clipsort.decode.images import DecodeLimits
 from clipsort.encode import encoder as encoder_module
 from clipsort.encode.compiled import CompiledClip
+from clipsort.encode.embeddings import Embedder
 from clipsort.encode.encoder import (
     Encoder,
     _pictures,
@@ -92,6 +95,20 @@ def test_model_threads_are_automatic_per_device() -> None:
     assert resolve_threads(0, "cpu") is None
     assert resolve_threads(0, "cuda:0") == 1
     assert resolve_threads(3, "cpu") == 3
+
+
+def test_batch_size_is_automatic_per_device(tiny_model: Path, data_root: Path) -> None:
+    """0 (the default) gives 256 on a GPU and 32 elsewhere; a number is kept. The embedder answers
+    for the device its model was loaded on."""
+    assert (resolve_batch(0, "cpu"), resolve_batch(0, "mps")) == (CPU_BATCH, CPU_BATCH) == (32, 32)
+    assert resolve_batch(0, "cuda") == resolve_batch(0, "cuda:1") == GPU_BATCH == 256
+    assert resolve_batch(8, "cuda:0") == resolve_batch(8, "cpu") == 8
+    settings = load_settings(None, {"model": str(tiny_model)})
+    assert settings.batch_size == 0
+    embedder = Embedder(Encoder(str(tiny_model), "cpu"), DecodeLimits(("PNG",), 10**8, 2**30))
+    assert embedder.batch_size(settings) == 32
+    assert embedder.batch_size(settings.model_copy(update={"batch_size": 5})) == 5
+    assert Embedder(None, embedder.limits).batch_size(settings.model_copy(update={"device": "cpu"})) == 32
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core cannot show a second one idle")

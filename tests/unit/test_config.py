@@ -69,7 +69,7 @@ def test_the_unknown_knob_is_automatic_per_kind_of_mode_unless_set(data_root: Pa
     ("text", "needle"),
     [
         ('mode = "bogus"\n', "mode = 'bogus'"),
-        ("batch_size = 0\n", "batch_size = 0"),
+        ("batch_size = -1\n", "batch_size = -1"),
         ('colour = "red"\n', "colour: unknown option"),
         ('[datasets.x]\nmood = "text"\n', "datasets.x.mood: unknown option"),
         ('prompt_templates = ["no placeholder"]\n', "prompt_templates"),

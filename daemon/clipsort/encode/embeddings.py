@@ -10,6 +10,7 @@ import numpy as np
 import structlog
 from PIL import Image
 
+from clipsort.config import Settings, resolve_batch
 from clipsort.decode.images import Crop, DecodeLimits
 from clipsort.encode.embedcache import EmbeddingCache, text_key
 from clipsort.encode.vectors import Vectors
@@ -52,6 +53,14 @@ class Embedder:
         if self.encoder is None:
             raise ModelLoadError("no CLIP model is loaded: every dataset is classified by a checkpoint")
         return self.encoder
+
+    def batch_size(self, settings: Settings) -> int:
+        """Images per forward pass: the ``batch_size`` setting, or where it is automatic (0) the
+        size for the device the model runs on (:func:`~clipsort.encode.encoder.resolve_batch`)."""
+        from clipsort.encode.encoder import resolve_device  # noqa: PLC0415  (it loads torch)
+
+        device = self.encoder.device if self.encoder is not None else resolve_device(settings.device)
+        return resolve_batch(settings.batch_size, device)
 
     def decoding(self, *, vectors: bool = True) -> tuple[int, Callable[[Image.Image], Crop] | None]:
         """The shortest edge pictures are decoded to, and what makes one the model's input.

@@ -48,7 +48,7 @@ import structlog
 
 from clipsort.classify.modes.finetuned import FinetunedClassifier
 from clipsort.classify.targets import Corrected, Target
-from clipsort.config import Settings
+from clipsort.config import Settings, resolve_batch
 from clipsort.decode.decoding import Decoded
 from clipsort.decode.images import DecodeLimits
 from clipsort.encode.embedcache import EmbeddingCache
@@ -160,8 +160,9 @@ class Engine:
         wants_gpu = settings.device in ("auto", "cuda") or settings.device.startswith("cuda")
         if gpus and wants_gpu:
             per = settings.ray_actors_per_gpu
-            return cls(settings.ray_actors or gpus * per, 1.0 / per, settings.batch_size)
-        return cls(settings.ray_actors or 1, 0.0, settings.batch_size)
+            batch = resolve_batch(settings.batch_size, "cuda")
+            return cls(settings.ray_actors or gpus * per, 1.0 / per, batch)
+        return cls(settings.ray_actors or 1, 0.0, resolve_batch(settings.batch_size, "cpu"))
 
 
 class ClusterRun:
@@ -387,7 +388,7 @@ class ClusterRun:
                 counts["already_placed"] += 1
             elif row.listed.dataset in self.targets:
                 ready.append(row)
-        size = self.settings.batch_size
+        size = resolve_batch(self.settings.batch_size, "cpu")  # placed here, on the CPU
         for start in range(0, len(ready), size):
             batch = ready[start : start + size]
             deliveries = [

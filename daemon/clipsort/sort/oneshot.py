@@ -113,7 +113,7 @@ def run(
     placed meanwhile is finished and reported. Once ``stop`` is set (Ctrl-C) no further batch is
     classified: the one handed to the placer is placed whole, the rest stays in the inbox.
     """
-    size = settings.batch_size
+    size = embedder.batch_size(settings)
     batches = [  # one dataset's files each
         [job_for(item.target.layout.name, path) for path in item.files[start : start + size]]
         for item in work

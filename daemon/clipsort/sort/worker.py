@@ -127,7 +127,7 @@ class Worker:
                 # Files waiting: start decoding them (up to decode_ahead batches) before the oldest is
                 # classified, so the decoders have work while it is. None waiting: classify at once.
                 held = jobs = self._work.take(
-                    self.settings.batch_size,
+                    self.embedder.batch_size(self.settings),
                     wait=0.0 if driver.decoding else IDLE_WAIT,
                     linger=0.0 if driver.decoding else self.settings.max_batch_delay_ms / 1000,
                 )
