@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,9 +24,11 @@ from clipsort.encode.encoder import Encoder
 from clipsort.encode.factory import make_embedder
 from clipsort.layout import DatasetLayout
 from clipsort.learn.corrections import corrected_from, examples, observe
+from clipsort.service.learner import Learner
 from clipsort.sort.oneshot import gather, run
 from clipsort.store.journal import Conclusion, Correction, Journal
 from tests.synthetic import MISLEADING, draw, make_dataset, save
+from tests.waiting import wait_until
 
 World = tuple[DatasetLayout, Settings, Journal, Embedder]
 
@@ -226,3 +229,36 @@ def test_eval_reports_accuracy_with_and_without_corrections(world: World, tiny_m
     effect = json.loads(result.stdout.splitlines()[-1])["corrections"]["reference-max"]
     assert effect["examples"] == 3
     assert effect["without"] <= 1 / 3 and effect["with"] == 1.0
+
+
+def test_the_learner_leaves_out_the_files_the_placer_reported_until_its_next_round(world: World) -> None:
+    """After a burst the learner looks at what changed in Dataset/: a file the placer reported
+    filing, still at its path with its inode, is left out of that look; a file a person put in the
+    place of a reported one (another inode) and one the placer never reported are looked at. A round
+    forgets what it was told: the next look judges the reported file as any other."""
+    layout, settings, journal, embedder = world
+    learning = settings.model_copy(update={"learn_from_dataset": True})  # any file met is a correction
+    red = layout.class_dir("red")
+    since = time.time()
+    reported, swapped, _unreported = (
+        save(draw(np.random.default_rng(seed), "blue", "circle"), red / f"{name}.png")
+        for seed, name in ((31, "reported"), (32, "swapped"), (33, "unreported"))
+    )
+    learner = Learner(learning, journal, embedder)
+    learner.placed([(layout.name, path, path.lstat().st_ino) for path in (reported, swapped)])
+    staged = save(draw(np.random.default_rng(34), "blue", "square"), layout.root / ".staged.png")
+    os.rename(staged, swapped)  # a person's file under the reported name: another inode
+
+    def corrected() -> set[str]:
+        return {correction.path.name for correction in journal.corrections(dataset=layout.name)}
+
+    learner.start()
+    try:
+        learner.scan(layout.name, changed_since=since)
+        wait_until(lambda: {"swapped.png", "unreported.png"} <= corrected(), timeout=30)
+        # One look judged all three in name order: the reported file was passed over, not pending.
+        assert "reported.png" not in corrected()
+        learner.scan(layout.name, changed_since=since)
+        wait_until(lambda: "reported.png" in corrected(), timeout=30)
+    finally:
+        learner.stop()

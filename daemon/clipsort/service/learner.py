@@ -6,9 +6,11 @@ this module is the thread that feeds it, which only the running daemon has.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
@@ -23,6 +25,11 @@ from clipsort.work import drain
 
 log = structlog.get_logger()
 
+# Files the placer reported filing, kept per dataset until its next round: a burst's are all there
+# for the look after it. Beyond this many (a burst of bursts with Dataset/ never still) the rest are
+# looked up in the journal as before: a bound on memory (about 200 bytes each), not on correctness.
+PLACED_KEPT = 50_000
+
 
 class Learner:
     """The daemon's thread that turns arrivals in class folders into corrections."""
@@ -34,6 +41,9 @@ class Learner:
         # whose inode changed since then: see scan).
         self._arrivals: queue.Queue[tuple[str, Path | float | None]] = queue.Queue(maxsize=10_000)
         self._in_flight: dict[tuple[str, Path], float] = {}  # arrivals to look at again: first seen
+        # Per dataset, (path, inode) of each file the placer filed since the dataset's last round.
+        self._placed: dict[str, set[tuple[str, int]]] = {}
+        self._placed_lock = threading.Lock()  # the placer's thread adds, the learner's takes
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="clipsort-learner", daemon=True)
 
@@ -57,6 +67,29 @@ class Learner:
             self._arrivals.put_nowait((dataset, path))
         except queue.Full:
             log.warning("learner_full", file=str(path))
+
+    def placed(self, files: Sequence[tuple[str, Path, int]]) -> None:
+        """Files clipsort itself just filed, as (dataset, path, inode); from the placer's thread.
+
+        Why: after a burst, the look at what changed in ``Dataset/`` meets every file the burst
+        filed, and each cost a ``Path``, an ``lstat`` and a journal lookup only to be found
+        clipsort's own (the learner's whole share of the burst, issue 37). A file still at the path
+        it was filed at, with the inode it was filed with (a rename keeps it), is left out of that
+        look before a ``Path`` is made for it. A person's move gives it another path, and a file a
+        person put in its place another inode, so both are still looked at. The one thing missed:
+        a file of a person's, under the same name, that got the deleted file's inode back from the
+        file system between the filing and the look (seconds), which is no correction of its class.
+        """
+        with self._placed_lock:
+            for dataset, path, inode in files:
+                own = self._placed.setdefault(dataset, set())
+                if len(own) < PLACED_KEPT:
+                    own.add((os.fspath(path), inode))
+
+    def _take_placed(self, dataset: str) -> frozenset[tuple[str, int]]:
+        """What the placer reported filing in ``dataset`` since its last round, forgotten here."""
+        with self._placed_lock:
+            return frozenset(self._placed.pop(dataset, ()))
 
     def scan(self, dataset: str, changed_since: float | None = None) -> None:
         """Look at every file in ``Dataset/`` and ``Clases/``: arrivals before the watch or while down.
@@ -97,13 +130,14 @@ class Learner:
         paths = [path for path in arrived if isinstance(path, Path)]
         times = [when for when in arrived if isinstance(when, float)]
         changed: list[Path] | None = None  # with times: what changed in Dataset/ since the first
+        own = self._take_placed(dataset)  # taken before listing: what was filed before the look
         if None in arrived:
-            paths += scan(layout.sorted, self.settings.ignore_patterns)
+            paths += scan(layout.sorted, self.settings.ignore_patterns, known=own)
             paths += scan(layout.classes, self.settings.ignore_patterns)
         elif times:
             # The kernel stamps ctime from a clock that may lag time.time() by a tick: a second's slack.
             since = min(times) - 1.0
-            changed = changed_since(scan(layout.sorted, self.settings.ignore_patterns), since)
+            changed = changed_since(scan(layout.sorted, self.settings.ignore_patterns, known=own), since)
             paths += changed
         in_flight: list[Path] = []
         try:

@@ -191,7 +191,14 @@ class Service:
         )
         self.watcher = self._new_watcher(settings)
         self.worker = Worker(
-            settings, self.embedder, self.catalog, self.intake, self.work, self.metrics, self.journal
+            settings,
+            self.embedder,
+            self.catalog,
+            self.intake,
+            self.work,
+            self.metrics,
+            self.journal,
+            on_placed=self.learner.placed,
         )
         self._running = True
         layouts = discover(settings.root)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -56,6 +56,10 @@ class Recorder(Protocol):
         """A failure that will be retried."""
 
 
+# Told of each batch's files filed, as (dataset, where, inode): the learner (see Learner.placed).
+Placed = Callable[[Sequence[tuple[str, Path, int]]], None]
+
+
 class Worker:
     """Micro-batching inference over all datasets with one resident model."""
 
@@ -68,6 +72,7 @@ class Worker:
         work: FairQueue,
         metrics: Recorder,
         journal: Journal,
+        on_placed: Placed | None = None,
     ) -> None:
         self._settings = Mailbox(settings)
         self.embedder = embedder
@@ -79,7 +84,7 @@ class Worker:
         self._pool = Decoders.configured(settings, embedder.limits)
         self._stop = threading.Event()
         self._swap: Embedder | None = None
-        self.policy = RetryAndGoOn(intake, metrics)
+        self.policy = RetryAndGoOn(intake, metrics, on_placed)
         self.driver = Driver(self.policy, journal, place_in=settings.place_in)
         self.heartbeat = time.monotonic()
         self._checked_checkpoints = 0.0
@@ -197,9 +202,10 @@ class Worker:
 class RetryAndGoOn:
     """The daemon's policy: a file that cannot be placed now waits in the inbox and is tried again."""
 
-    def __init__(self, intake: Intake, metrics: Recorder) -> None:
+    def __init__(self, intake: Intake, metrics: Recorder, on_placed: Placed | None = None) -> None:
         self._intake = intake
         self._metrics = metrics
+        self._on_placed = on_placed
         self._retries: dict[str, tuple[float, float]] = {}  # cause -> (delay, when it last doubled)
         self._blocked = False  # files wait because the journal cannot be written (under _lock)
         self._lock = threading.Lock()  # the model's and the placer's thread both back off
@@ -257,6 +263,8 @@ class RetryAndGoOn:
                     self._intake.expedite(dataset)
             self._intake.release(*(job for job, _ in placed))
             self._metrics.record([(outcome, age(job)) for job, outcome in placed])
+            if self._on_placed is not None:  # a rename keeps the inode the file was read with
+                self._on_placed([(job.dataset, out.destination, job.signature.inode) for job, out in placed])
         for job, result in results:
             if not isinstance(result, Outcome):
                 self._not_placed(job, result, settings)
