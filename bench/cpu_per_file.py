@@ -39,6 +39,10 @@ The journal's rows, the moves and the canonical lines are done by the placing pr
 either: the measure is what the interpreter that classifies spends, which caps its rate.
 ``--place-in thread`` measures the placer thread doing that work itself.
 
+``--device cuda`` (``bench/gpu.sh``) runs the stand-in on a GPU: there the model's share is what it
+costs the CPU to launch its kernels and wait for them, and the figure is the one the measure is
+about, on the host it is about.
+
 CPU per file disturbs less than wall time when other work shares the machine, but quote it with
 the machine's load in mind; the report carries both runs' elapsed time too.
 """
@@ -59,6 +63,11 @@ from typing import Any
 
 from bench.reports import bench_parser, files_for, machine, write_report
 from clipsort.config import GPU_BATCH
+
+# The settings a run measures under, beside those it always sets (decoding in processes, one model
+# thread): given to the daemon, and to sort as its CLIPSORT_* environment.
+Chosen = dict[str, str | int]
+CHOSEN: Chosen = {"place_in": "process", "batch_size": GPU_BATCH, "device": "cpu"}
 
 IDLE_SETTLE_SECONDS = 3.0  # after a burst: the quiet inbox's scan, the learner's last round, a status write
 
@@ -169,8 +178,7 @@ def daemon_cpu(
     work: Path,
     idle_seconds: float = 20.0,
     profile: Path | None = None,
-    place_in: str = "process",
-    batch_size: int = GPU_BATCH,
+    chosen: Chosen | None = None,
 ) -> dict[str, Any]:
     """The daemon's own CPU per file over a burst of ``files``, and the per-thread account (with
     ``profile``, each thread's cProfile statistics written there: see ``PROFILE_THREADS``)."""
@@ -195,9 +203,8 @@ def daemon_cpu(
         settle_seconds=0.05,
         status_seconds=status_seconds,
         decode_in="processes",
-        place_in=place_in,
-        batch_size=batch_size,
         model_threads=1,
+        **(chosen or CHOSEN),
         metrics_port=port,
     )
     hook = work / "name-threads"
@@ -275,7 +282,7 @@ def thread_ms(before: dict[str, float], after: dict[str, float], per: float, dig
 
 
 def sort_run_cpu(
-    model: Path, files: list[Path], work: Path, place_in: str = "process", batch_size: int = GPU_BATCH
+    model: Path, files: list[Path], work: Path, chosen: Chosen | None = None
 ) -> tuple[float, float, float, float, float]:
     """``clipsort sort``'s own CPU seconds over ``files`` (a fresh data root), the model's share of
     them, the garbage collector's, its elapsed time, and its CPU seconds on the files (from the
@@ -294,8 +301,7 @@ def sort_run_cpu(
         **os.environ,
         "CLIPSORT_MODEL": str(model),
         "CLIPSORT_DECODE_IN": "processes",
-        "CLIPSORT_PLACE_IN": place_in,
-        "CLIPSORT_BATCH_SIZE": str(batch_size),
+        **{f"CLIPSORT_{name.upper()}": str(value) for name, value in (chosen or CHOSEN).items()},
         "CLIPSORT_MODEL_THREADS": "1",
         "CLIPSORT_STATE_DIR": str(work / "state"),
         "HF_HUB_OFFLINE": "1",
@@ -314,8 +320,7 @@ def sort_cpu(
     files: list[Path],
     work: Path,
     rounds: int = 3,
-    place_in: str = "process",
-    batch_size: int = GPU_BATCH,
+    chosen: Chosen | None = None,
 ) -> dict[str, Any]:
     """``clipsort sort``'s CPU per file: an N-file run less a one-file run, per file less one; the
     median over ``rounds`` such pairs.
@@ -329,11 +334,9 @@ def sort_cpu(
     per_file = 1e3 / max(len(files) - 1, 1)
     pairs = []
     for round_ in range(rounds):
-        one, one_model, one_gc, _, one_worked = sort_run_cpu(
-            model, files[:1], work / f"one-{round_}", place_in, batch_size
-        )
+        one, one_model, one_gc, _, one_worked = sort_run_cpu(model, files[:1], work / f"one-{round_}", chosen)
         many, many_model, many_gc, elapsed, many_worked = sort_run_cpu(
-            model, files, work / f"many-{round_}", place_in, batch_size
+            model, files, work / f"many-{round_}", chosen
         )
         cpu, model_ms = (many_worked - one_worked) * per_file, (many_model - one_model) * per_file
         pairs.append(
@@ -403,6 +406,11 @@ def main(argv: list[str] | None = None) -> None:
         default=GPU_BATCH,
         help="the batch_size setting: 256, its automatic value on a GPU host, which this stands for",
     )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the stand-in model runs: cpu, or cuda on a GPU host (bench/gpu.sh), the real case",
+    )
     args = parser.parse_args(argv)
     count = files_for(args, quick=40)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -417,7 +425,9 @@ def main(argv: list[str] | None = None) -> None:
         "decode_in": "processes",
         "place_in": args.place_in,
         "batch_size": args.batch_size,
+        "device": args.device,
     }
+    chosen: Chosen = {"place_in": args.place_in, "batch_size": args.batch_size, "device": args.device}
     with tempfile.TemporaryDirectory(prefix="clipsort-bench-") as scratch:
         work = Path(scratch)
         model = kept_clip(width=8, patch=224)
@@ -428,8 +438,7 @@ def main(argv: list[str] | None = None) -> None:
             work / "daemon",
             1.0 if args.quick else 20.0,
             args.profile,
-            args.place_in,
-            args.batch_size,
+            chosen,
         )
         batch = report["daemon"]["mean_batch"]
         kernel = report["daemon"]["kernel_ms_per_file"]
@@ -440,9 +449,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"daemon idle: {idle['cpu_percent']:.2f} % of a core over {idle['seconds']:g} s", flush=True)
         for name, ms in sorted(idle["threads_ms_per_second"].items(), key=lambda item: -item[1]):
             print(f"  {name:<28} {ms:.2f} ms/s", flush=True)
-        report["sort"] = sort_cpu(
-            model, files, work / "sort", 1 if args.quick else 3, args.place_in, args.batch_size
-        )
+        report["sort"] = sort_cpu(model, files, work / "sort", 1 if args.quick else 3, chosen)
         spread = ", ".join(f"{ms:.3f}" for ms in report["sort"]["rounds_pipeline_ms_per_file"])
         collector = report["sort"]["collector_ms_per_file"]
         print(f"sort:   {shares(report['sort'])}, the collector {collector:.3f}", flush=True)

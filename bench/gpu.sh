@@ -1,6 +1,7 @@
 #!/bin/sh
-# The throughput benchmark on a CUDA machine, in one command, a few minutes:
-#   sh bench/gpu.sh            (results: $OUT or bench/results, throughput-gpu.json)
+# The throughput benchmark on a CUDA machine, then the interpreter's CPU per file with the model on
+# the GPU (issue 37's measure where it is meant), in one command, a few minutes:
+#   sh bench/gpu.sh            (results: $OUT or bench/results, throughput-gpu.json, cpu-per-file-gpu.json)
 # Wheels in .whl/ (for packages the machine lacks: pydantic, structlog, watchdog...) are
 # installed to /tmp/site first; see bench/README.md.
 set -eu
@@ -19,3 +20,4 @@ echo "jpeg decoders: $JPEG_DECODERS"
 python3 -m bench.throughput --device cuda --jpeg-decoders "$JPEG_DECODERS" --batch-size 256 --decode-workers 16 \
     --counts "${COUNTS:-64,256,8192}" --rounds "${ROUNDS:-2}" --model-only 8192 --singles 20 --rss 1000,10000 \
     --out "$OUT/throughput-gpu.json"
+python3 -m bench.cpu_per_file --device cuda --out "$OUT/cpu-per-file-gpu.json"

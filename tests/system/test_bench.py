@@ -118,7 +118,7 @@ def test_cpu_per_file_smoke_run_reports_both_processes_and_the_thread_account(tm
     assert {"worker", "placer"} <= set(threads) and all(ms >= 0 for ms in threads.values()), threads
     assert report["sort"]["one_file_cpu_s"] > 0 and report["sort"]["elapsed_s"] > 0
     # Batches of at most 256 (batch_size's automatic value on a GPU host, which the bench stands for).
-    assert report["batch_size"] == 256
+    assert (report["batch_size"], report["device"], report["place_in"]) == (256, "cpu", "process")
     assert 1 <= report["daemon"]["mean_batch"] <= 40, report["daemon"]
     assert 0 <= report["daemon"]["kernel_ms_per_file"] <= report["daemon"]["cpu_ms_per_file"]
     # --quick runs sort's pair of runs once; the full run's median is of three.
