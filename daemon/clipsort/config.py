@@ -139,7 +139,7 @@ class DatasetSettings(BaseModel):
 # Images per forward pass where ``batch_size`` is automatic (0). On a GPU the model takes a big batch
 # in about the time of a small one, and each batch costs the host's interpreter a share of its own
 # (the batch's futures, messages, journal statements): 256 fed an H200 at 27,700 images/s, and with a
-# near-free model cost the daemon a fifth less CPU per file than 32 (bench/README.md, issue 37). On
+# near-free model cost the daemon about a quarter less CPU per file than 32 (bench/README.md). On
 # the CPU the model's time grows with the batch, so a small one keeps a single file's wait short.
 GPU_BATCH = 256
 CPU_BATCH = 32
@@ -185,7 +185,7 @@ class Settings(BaseSettings):
             "Images encoded per forward pass. 0 is automatic: 256 when the model runs on a GPU, 32 "
             "elsewhere. Measured (bench/README.md): ViT-B/32 on 2 CPUs 28.6 images/s at 32 against 16.8 "
             "one at a time; 27,700 images/s at 256 on an H200; with a near-free model, 256 cost the "
-            "daemon's own interpreter a fifth less CPU per file than 32 (issue 37)."
+            "daemon's own interpreter about a quarter less CPU per file than 32."
         ),
     )
     decode_workers: PositiveInt = Field(

@@ -56,7 +56,7 @@ class Embedder:
 
     def batch_size(self, settings: Settings) -> int:
         """Images per forward pass: the ``batch_size`` setting, or where it is automatic (0) the
-        size for the device the model runs on (:func:`~clipsort.encode.encoder.resolve_batch`)."""
+        size for the device the model runs on (:func:`~clipsort.config.resolve_batch`)."""
         from clipsort.encode.encoder import resolve_device  # noqa: PLC0415  (it loads torch)
 
         device = self.encoder.device if self.encoder is not None else resolve_device(settings.device)

@@ -57,7 +57,7 @@ class Recorder(Protocol):
 
 
 # Told of each batch's files filed, as (dataset, where, inode): the learner (see Learner.placed).
-Placed = Callable[[Sequence[tuple[str, Path, int]]], None]
+OnPlaced = Callable[[Sequence[tuple[str, Path, int]]], None]
 
 
 class Worker:
@@ -72,7 +72,7 @@ class Worker:
         work: FairQueue,
         metrics: Recorder,
         journal: Journal,
-        on_placed: Placed | None = None,
+        on_placed: OnPlaced | None = None,
     ) -> None:
         self._settings = Mailbox(settings)
         self.embedder = embedder
@@ -202,7 +202,7 @@ class Worker:
 class RetryAndGoOn:
     """The daemon's policy: a file that cannot be placed now waits in the inbox and is tried again."""
 
-    def __init__(self, intake: Intake, metrics: Recorder, on_placed: Placed | None = None) -> None:
+    def __init__(self, intake: Intake, metrics: Recorder, on_placed: OnPlaced | None = None) -> None:
         self._intake = intake
         self._metrics = metrics
         self._on_placed = on_placed
