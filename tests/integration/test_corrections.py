@@ -234,7 +234,7 @@ def test_eval_reports_accuracy_with_and_without_corrections(world: World, tiny_m
 def test_the_learner_leaves_out_the_files_the_placer_reported_until_its_next_round(world: World) -> None:
     """After a burst the learner looks at what changed in Dataset/: a file the placer reported
     filing, still at its path with its inode, is left out of that look; a file a person put in the
-    place of a reported one (another inode) and one the placer never reported are looked at. A round
+    place of a reported one (another inode) and one the placer never reported are looked at. A look
     forgets what it was told: the next look judges the reported file as any other."""
     layout, settings, journal, embedder = world
     learning = settings.model_copy(update={"learn_from_dataset": True})  # any file met is a correction

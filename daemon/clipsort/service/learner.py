@@ -25,9 +25,10 @@ from clipsort.work import drain
 
 log = structlog.get_logger()
 
-# Files the placer reported filing, kept per dataset until its next round: a burst's are all there
-# for the look after it. Beyond this many (a burst of bursts with Dataset/ never still) the rest are
-# looked up in the journal as before: a bound on memory (about 200 bytes each), not on correctness.
+# Files the placer reported filing, kept per dataset until a look at its Dataset/ or their own event:
+# a burst's are all there for the look after it. Beyond this many (a burst of bursts with Dataset/
+# never still) the rest are looked up in the journal as before: a bound on memory (about 200 bytes
+# each), not on correctness.
 PLACED_KEPT = 50_000
 
 
@@ -41,8 +42,8 @@ class Learner:
         # whose inode changed since then: see scan).
         self._arrivals: queue.Queue[tuple[str, Path | float | None]] = queue.Queue(maxsize=10_000)
         self._in_flight: dict[tuple[str, Path], float] = {}  # arrivals to look at again: first seen
-        # Per dataset, (path, inode) of each file the placer filed since the dataset's last round.
-        self._placed: dict[str, set[tuple[str, int]]] = {}
+        # Per dataset, path -> inode of each file the placer filed that no look or event has met yet.
+        self._placed: dict[str, dict[str, int]] = {}
         self._placed_lock = threading.Lock()  # the placer's thread adds, the learner's takes
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="clipsort-learner", daemon=True)
@@ -79,17 +80,27 @@ class Learner:
         person put in its place another inode, so both are still looked at. The one thing missed:
         a file of a person's, under the same name, that got the deleted file's inode back from the
         file system between the filing and the look (seconds), which is no correction of its class.
+        While ``Dataset/`` is watched each file's own event reaches the learner and takes it out
+        again (:meth:`_filed`), so what is kept is what no event has brought: a burst's.
         """
         with self._placed_lock:
             for dataset, path, inode in files:
-                own = self._placed.setdefault(dataset, set())
+                own = self._placed.setdefault(dataset, {})
                 if len(own) < PLACED_KEPT:
-                    own.add((os.fspath(path), inode))
+                    own[os.fspath(path)] = inode
 
-    def _take_placed(self, dataset: str) -> frozenset[tuple[str, int]]:
-        """What the placer reported filing in ``dataset`` since its last round, forgotten here."""
+    def _filed(self, dataset: str, arrived: Sequence[Path], look: bool) -> frozenset[tuple[str, int]]:
+        """(path, inode) of what the placer filed in ``dataset`` for a ``look`` at its ``Dataset/``,
+        all of it forgotten here; without one, only the files that ``arrived`` by their own events
+        (which the journal judges) are forgotten, and nothing is returned."""
         with self._placed_lock:
-            return frozenset(self._placed.pop(dataset, ()))
+            if look:
+                return frozenset(self._placed.pop(dataset, {}).items())
+            own = self._placed.get(dataset)
+            if own:
+                for path in arrived:
+                    own.pop(os.fspath(path), None)
+            return frozenset()
 
     def scan(self, dataset: str, changed_since: float | None = None) -> None:
         """Look at every file in ``Dataset/`` and ``Clases/``: arrivals before the watch or while down.
@@ -130,7 +141,8 @@ class Learner:
         paths = [path for path in arrived if isinstance(path, Path)]
         times = [when for when in arrived if isinstance(when, float)]
         changed: list[Path] | None = None  # with times: what changed in Dataset/ since the first
-        own = self._take_placed(dataset)  # taken before listing: what was filed before the look
+        # Taken before listing: what was filed before the look.
+        own = self._filed(dataset, paths, look=None in arrived or bool(times))
         if None in arrived:
             paths += scan(layout.sorted, self.settings.ignore_patterns, known=own)
             paths += scan(layout.classes, self.settings.ignore_patterns)
