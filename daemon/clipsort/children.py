@@ -26,6 +26,8 @@ import subprocess
 import sys
 from multiprocessing.connection import Connection, wait
 
+from clipsort.heap import keep_freed_memory
+
 STARTUP_SECONDS = 60.0  # a fresh interpreter's imports, on a loaded machine
 READY = "ready"
 _PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -88,6 +90,7 @@ def connect(argv: list[str], *, die_with_parent: bool = False) -> Connection | N
     # parent's group is still pending, and ignoring a pending signal discards it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    keep_freed_memory()  # a decoder's pictures, as the parent's batches (clipsort.heap)
     if die_with_parent:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != int(argv[2]):

@@ -330,3 +330,84 @@ def test_a_worker_whose_parent_ended_while_it_started_ends_without_a_word(tmp_pa
     ours.close()  # gone before the worker's imports are done
     _, errors = worker.communicate(timeout=120)
     assert (worker.returncode, errors) == (0, "")
+
+
+def _mapped_slot(address: int, nbytes: int) -> bool:
+    """Whether [address, address + nbytes) lies in one of this process's mappings of a slot."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, *_, path = line.split()
+        start, end = (int(bound, 16) for bound in span.split("-"))
+        if start <= address and address + nbytes <= end and path.startswith(f"/dev/shm/{SLOT_PREFIX}"):
+            return True
+    return False
+
+
+class Registrar:
+    """A :class:`~clipsort.decode.decodeprocesses.Pinning` that keeps a ledger, as CUDA's driver
+    would, and holds the pool to its contract against this process's real mappings: a range is
+    registered while mapped, and unregistered while still mapped, never after."""
+
+    def __init__(self, *, refuse: bool = False) -> None:
+        self.refuse = refuse
+        self.live: dict[int, int] = {}  # address -> bytes
+        self.registrations = 0
+        self.lock = threading.Lock()
+        self.faults: list[str] = []  # broken contracts (an assert in the pool's thread would be lost)
+
+    def register(self, address: int, nbytes: int) -> bool:
+        with self.lock:
+            if not _mapped_slot(address, nbytes) or address in self.live:
+                self.faults.append(f"register {address:#x}+{nbytes}")
+            self.registrations += 1
+            if self.refuse:
+                return False
+            self.live[address] = nbytes
+            return True
+
+    def unregister(self, address: int) -> None:
+        with self.lock:
+            nbytes = self.live.pop(address, None)
+            if nbytes is None or not _mapped_slot(address, nbytes):
+                self.faults.append(f"unregister {address:#x}")
+
+    def holds(self, crop: np.ndarray) -> bool:
+        """Whether ``crop`` lies in a registered range."""
+        at = crop.__array_interface__["data"][0]
+        with self.lock:
+            return any(start <= at and at + crop.nbytes <= start + size for start, size in self.live.items())
+
+
+def test_a_pool_pins_each_slot_once_while_mapped_and_unpins_it_before_unmapping(tmp_path: Path) -> None:
+    """The GPU's slots (issue 37): each mapping is registered when made, not per batch; the crops a
+    batch lends lie in a registered range; a slot grown for a bigger batch unregisters its old
+    mapping first, and closing the pool unregisters every one, while still mapped."""
+    files = photos(tmp_path, 6)
+    expected = [in_a_thread(path)[2] for path in files]
+    registrar = Registrar()
+    with ProcessDecodePool(LIMITS, 2, timeout=30, slots=2, lends=True, pinning=registrar) as pool:
+        for round_ in range(3):  # batches of two: the two slots, each mapped and pinned once
+            batch = pool.start(files[2 * round_ : 2 * round_ + 2], SIDE)
+            crops = [read.crop for read in pool.collect(batch, 30)]
+            assert same(crops, expected[2 * round_ : 2 * round_ + 2])
+            assert all(crop is not None and registrar.holds(crop) for crop in crops)
+            pool.release(batch)
+        assert registrar.registrations == 2, "a slot reused by later batches is registered again"
+        grown = pool.start(files, SIDE)  # six crops: the slot it takes is mapped anew, bigger
+        crops = [read.crop for read in pool.collect(grown, 30)]
+        assert same(crops, expected) and all(crop is not None and registrar.holds(crop) for crop in crops)
+        assert registrar.registrations == 3 and len(registrar.live) == 2
+        pool.release(grown)
+    assert not registrar.live, "a slot closed with its pages still registered"
+    assert not registrar.faults, registrar.faults
+
+
+def test_a_slot_the_driver_refuses_to_pin_is_used_as_it_is(tmp_path: Path) -> None:
+    """A refused registration (a locked-memory limit) costs nothing but the pinning: the batch decodes,
+    and nothing is unregistered that was never registered."""
+    files = photos(tmp_path, 3)
+    registrar = Registrar(refuse=True)
+    with ProcessDecodePool(LIMITS, 2, timeout=30, slots=1, lends=True, pinning=registrar) as pool:
+        batch = pool.start(files, SIDE)
+        assert same([read.crop for read in pool.collect(batch, 30)], [in_a_thread(path)[2] for path in files])
+        pool.release(batch)
+    assert registrar.registrations == 1 and not registrar.faults, registrar.faults

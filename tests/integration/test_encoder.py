@@ -8,6 +8,7 @@ import shutil
 import socket
 import threading
 import time
+from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,14 @@ from PIL import Image
 from structlog.testing import capture_logs
 
 from clipsort.config import CPU_BATCH, GPU_BATCH, load_settings, resolve_batch
+from clipsort.decode.decodeprocesses import address_of
 from clipsort.decode.images import DecodeLimits
 from clipsort.encode import encoder as encoder_module
 from clipsort.encode.compiled import CompiledClip
 from clipsort.encode.embeddings import Embedder
 from clipsort.encode.encoder import (
     Encoder,
+    ImageTower,
     _pictures,
     cpu_has_bf16,
     load_clip,
@@ -34,6 +37,7 @@ from clipsort.encode.encoder import (
     resolve_threads,
 )
 from clipsort.encode.hub import looks_like_path
+from clipsort.encode.pinned import CudaHostRegistration
 from clipsort.encode.plainclip import PlainClip
 from clipsort.errors import ModelLoadError
 from tests.helpers import clipsort_process, python_process
@@ -323,6 +327,45 @@ def test_crops_that_are_rows_of_one_array_reach_the_model_without_a_copy(encoder
     rows = [batch[k] for k in range(6)]
     copies = [row.copy() for row in rows]
     assert np.allclose(encoder.encode_images(rows), encoder.encode_images(copies), atol=1e-6)
+    # Given a pinned staging buffer (the CUDA path), rows of an array that is not pinned itself
+    # are stacked into it: only a slot registered for the GPU is copied from where it lies.
+    staging = np.zeros((8, side, side, 3), np.uint8)
+    stacked = tower.pixels(rows[1:5], staging).permute(0, 2, 3, 1).numpy()
+    assert np.shares_memory(stacked, staging) and not np.shares_memory(stacked, batch)
+    assert np.array_equal(stacked, batch[1:5])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_slot_registered_for_the_gpu_is_copied_from_where_it_lies() -> None:
+    """On CUDA a decoding slot page-locked by :class:`CudaHostRegistration` reads as pinned, so the
+    tower copies a batch to the GPU straight from it (no stacking into its staging buffer); once
+    unregistered it is stacked again. The copy reaches the GPU intact."""
+    side = 32
+    memory = shared_memory.SharedMemory(create=True, size=4 * side * side * 3)
+    try:
+        slot = np.ndarray((4, side, side, 3), np.uint8, buffer=memory.buf)
+        slot[:] = np.random.default_rng(5).integers(0, 256, slot.shape, dtype=np.uint8)
+        rows = [slot[k] for k in range(4)]
+        tower, registration, address = (
+            ImageTower(side, "cuda", None),
+            CudaHostRegistration(),
+            address_of(memory),
+        )
+        staging = tower.staging(4)
+        assert staging is not None
+        assert registration.register(address, memory.size)
+        try:
+            pixels = tower.pixels(rows, staging)
+            assert pixels.is_pinned() and pixels.data_ptr() == address
+            on_gpu = pixels.to("cuda", non_blocking=True)
+            assert np.array_equal(on_gpu.permute(0, 2, 3, 1).cpu().numpy(), slot)
+        finally:
+            registration.unregister(address)
+        assert tower.pixels(rows, staging).data_ptr() != address
+        del slot, rows, pixels
+    finally:
+        memory.close()
+        memory.unlink()
 
 
 @pytest.mark.parametrize("shape", ["patches in chunks", "one patch a picture"])

@@ -61,6 +61,7 @@ from dataclasses import dataclass, field, replace
 from multiprocessing import resource_tracker, shared_memory
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -191,22 +192,41 @@ def reclaim_slots(*, own: bool = False) -> int:
     return freed
 
 
-class _Slot:
-    """One batch's worth of shared memory, grown when a batch needs more."""
+class Pinning(Protocol):
+    """Page-locks the slots' memory for a GPU's copies (:mod:`clipsort.encode.pinned`): each
+    mapping registered once, when it is made, and unregistered before it is unmapped."""
 
-    def __init__(self) -> None:
+    def register(self, address: int, nbytes: int) -> bool:
+        """Lock ``nbytes`` at ``address``; False where that was refused (the slot is used as it is)."""
+
+    def unregister(self, address: int) -> None:
+        """Undo a :meth:`register` that returned True."""
+
+
+class _Slot:
+    """One batch's worth of shared memory, grown when a batch needs more (and pinned, with ``pinning``)."""
+
+    def __init__(self, pinning: Pinning | None = None) -> None:
         self.memory: shared_memory.SharedMemory | None = None
+        self.pinning = pinning
+        self.pinned: int | None = None  # the address registered with pinning, while it is
 
     def fit(self, nbytes: int) -> shared_memory.SharedMemory:
         if self.memory is None or self.memory.size < nbytes:
             self.free()
             name = f"{SLOT_PREFIX}{_owner()}-{uuid.uuid4().hex[:12]}"
             self.memory = shared_memory.SharedMemory(name, create=True, size=nbytes)
+            if self.pinning is not None:  # once a mapping: the batches that reuse it pay nothing
+                address = address_of(self.memory)
+                self.pinned = address if self.pinning.register(address, self.memory.size) else None
         return self.memory
 
     def free(self) -> None:
         if self.memory is None:
             return
+        if self.pinning is not None and self.pinned is not None:  # before the pages can be unmapped
+            self.pinning.unregister(self.pinned)
+            self.pinned = None
         memory, self.memory = self.memory, None
         # A stopping daemon reclaims its own slots (reclaim_slots) while a dispatcher may still be
         # ending: the segment can be gone already.
@@ -220,6 +240,14 @@ class _Slot:
             # the last such crop goes, which unmaps it; this lets go of ours and closes the file.
             memory._mmap = None  # type: ignore[attr-defined]
             memory.close()
+
+
+def address_of(memory: shared_memory.SharedMemory) -> int:
+    """Where ``memory`` is mapped in this process (a view made and dropped: no export outlives it)."""
+    assert memory.buf is not None, "a closed segment has no address"
+    view = np.frombuffer(memory.buf, np.uint8, count=0)
+    address: int = view.__array_interface__["data"][0]
+    return address
 
 
 @dataclass
@@ -286,6 +314,7 @@ class ProcessDecodePool:
         slots: int = SLOTS,
         memory_mb: int = 0,
         lends: bool = False,
+        pinning: Pinning | None = None,
     ) -> None:
         reclaim_slots()  # before making its own: what a killed daemon or sort left in /dev/shm
         self.lends = lends  # crops are views of the slots, each batch's until release() (see the module)
@@ -298,7 +327,7 @@ class ProcessDecodePool:
         self.memory_mb = memory_mb  # each worker's heap limit (0: none)
         self.kills = 0  # workers killed from outside while decoding (for tests and the status)
         self._slots: queue.Queue[_Slot] = queue.Queue()
-        self._all_slots = [_Slot() for _ in range(slots)]
+        self._all_slots = [_Slot(pinning) for _ in range(slots)]  # pinned for a GPU's copies, if given
         for slot in self._all_slots:
             self._slots.put(slot)
         self._chunks: queue.Queue[_Chunk | None] = queue.Queue()

@@ -222,13 +222,16 @@ class ImageTower:
     ) -> torch.Tensor:
         """uint8 N x 3 x size x size of pictures, or of their :meth:`crop` where already made.
 
-        With ``out`` (N or more crops' room) the crops are stacked into it, not into a new array.
+        Crops that are the consecutive rows of one array (a decoding slot's) are read where they
+        are. With ``out`` (N or more crops' room, pinned: :meth:`staging`) they are stacked into it
+        instead, unless their array is pinned itself (a slot registered for the GPU's copies:
+        :mod:`clipsort.encode.pinned`).
         """
         crops = [item if isinstance(item, np.ndarray) else self.crop(item) for item in images]
-        rows = _rows_of_one_array(crops) if out is None else None
-        stacked = (
-            rows if rows is not None else np.stack(crops, out=None if out is None else out[: len(crops)])
-        )
+        rows = _rows_of_one_array(crops)
+        if rows is not None and (out is None or torch.from_numpy(rows).is_pinned()):
+            return torch.from_numpy(rows).permute(0, 3, 1, 2)
+        stacked = np.stack(crops, out=None if out is None else out[: len(crops)])
         return torch.from_numpy(stacked).permute(0, 3, 1, 2)
 
     def staging(self, count: int) -> npt.NDArray[np.uint8] | None:
@@ -238,7 +241,8 @@ class ImageTower:
         allocation and a copy); a batch is stacked straight into this buffer instead. Reusing it is
         safe: its copy to the device is queued on the stream before the forward pass, whose result
         :meth:`__call__` brings back to the host, so the copy is done before the next batch writes.
-        None off CUDA, where nothing is copied.
+        (The same holds for a pinned decoding slot copied from directly: the batch driver releases
+        the slot once :meth:`__call__` has returned.) None off CUDA, where nothing is copied.
         """
         if not self.device.startswith("cuda"):
             return None

@@ -37,7 +37,7 @@ from clipsort.encode.embeddings import Embedder
 from clipsort.encode.encoder import Encoder, model_cpu_seconds, resolve_device
 from clipsort.encode.factory import make_embedder, make_encoder
 from clipsort.errors import ConfigError
-from clipsort.heap import Frozen, freeze_survivors
+from clipsort.heap import Frozen, freeze_survivors, give_back_freed_memory
 from clipsort.ingest.intake import Intake
 from clipsort.ingest.watcher import Watcher
 from clipsort.ingest.workqueue import FairQueue
@@ -397,10 +397,12 @@ class Service:
 
         Each round also freezes the heap (:func:`clipsort.heap.freeze_survivors`): what lives by then
         is kept out of later full collections, and a model or checkpoint replaced since the last
-        round is collected. The first, at start, reports the freeze :meth:`start` did before the
-        threads started.
+        round is collected; and the C allocator's free memory goes back to the kernel
+        (:func:`clipsort.heap.give_back_freed_memory`: a burst's batches left it kept for reuse).
+        The first, at start, reports the freeze :meth:`start` did before the threads started.
         """
         frozen, self._frozen = self._frozen or freeze_survivors(), None
+        given_back = give_back_freed_memory()  # what a burst's batches left free (clipsort.heap)
         try:
             swept = sweep(self.settings, self.cache, self.journal, time.time())
         except Exception as exc:  # a full or broken state folder must not end the daemon; next round retries
@@ -410,7 +412,7 @@ class Service:
         self.state_bytes = swept.state_bytes
         self.metrics.state_bytes.set(swept.state_bytes)
         heap = {f"heap_{key}": value for key, value in asdict(frozen).items()}
-        log.info("state_swept", **asdict(swept), **heap)
+        log.info("state_swept", **asdict(swept), **heap, heap_given_back=given_back)
 
     def _healthy(self, window: float) -> bool:
         """Pinging systemd's watchdog only while every part lives and the worker makes progress."""

@@ -55,6 +55,7 @@ from clipsort.encode.embedcache import EmbeddingCache
 from clipsort.encode.encoder import Encoder, resolve_device
 from clipsort.encode.factory import make_embedder
 from clipsort.errors import FileReplaced
+from clipsort.heap import keep_freed_memory
 from clipsort.layout import DatasetLayout
 from clipsort.sort.clustertasks import Decoding, decode_batch, list_folder, list_inbox
 from clipsort.sort.oneshot import Work, gather
@@ -110,6 +111,7 @@ class Classifier:
 
         from clipsort.encode.factory import make_encoder  # noqa: PLC0415  (in the actor: its GPU)
 
+        keep_freed_memory()  # the batches' blocks reused, as in the local engine (clipsort.heap)
         self.encoder = make_encoder(settings) if clip else None
         # Put once by the driver, fetched by each actor (Ray leaves a reference in kwargs as is).
         found: Mapping[str, Target] = ray.get(targets)

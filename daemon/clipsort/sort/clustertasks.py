@@ -20,6 +20,7 @@ from clipsort.config import Settings
 from clipsort.decode.decoding import read_and_decode
 from clipsort.decode.images import DecodeLimits, centre_crop
 from clipsort.files import entries, scan
+from clipsort.heap import keep_freed_memory
 from clipsort.ingest.sidecars import split
 from clipsort.sort.shards import Listed, listed_rows, manifest_table
 from clipsort.work import Signature
@@ -65,6 +66,7 @@ def decode_batch(batch: Any, decoding: Decoding) -> Any:
     """Read and decode each file of a manifest batch; the reads travel pickled to the actors."""
     import pyarrow as pa  # noqa: PLC0415
 
+    keep_freed_memory()  # once a worker process in effect; later calls set the same (clipsort.heap)
     reads = []
     for row in listed_rows(batch):
         side = decoding.crops.get(row.dataset)

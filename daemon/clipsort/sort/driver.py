@@ -31,12 +31,13 @@ from typing import Literal, Protocol
 from clipsort.classify.modes import Decision
 from clipsort.classify.targets import Target
 from clipsort.config import Settings
-from clipsort.decode.decodeprocesses import ProcessDecodePool
+from clipsort.decode.decodeprocesses import Pinning, ProcessDecodePool
 from clipsort.decode.decoding import Decoded, DecodePool, Decoding
 from clipsort.decode.devicejpeg import DeviceJpeg
 from clipsort.decode.images import DecodeLimits
 from clipsort.encode.embeddings import Embedder
 from clipsort.encode.encoder import Encoder, resolve_device
+from clipsort.encode.pinned import CudaHostRegistration
 from clipsort.errors import ImageRejected
 from clipsort.sort.pipeline import (
     Delivery,
@@ -91,13 +92,21 @@ class Decoders:
         ahead: int = 2,
         memory_mb: int = 0,
         jpeg_device: str | None = None,
+        pinning: Pinning | None = None,
     ) -> None:
         self.threads = DecodePool(limits, workers)
         # A slot per batch decoded ahead, one for the batch being collected and classified: its
-        # crops are read where the workers wrote them, and the driver releases it once classified.
+        # crops are read where the workers wrote them (pinned, for a GPU's copy: ``pinning``), and
+        # the driver releases it once classified.
         self.processes = (
             ProcessDecodePool(
-                limits, workers, timeout=timeout, slots=ahead + 1, memory_mb=memory_mb, lends=True
+                limits,
+                workers,
+                timeout=timeout,
+                slots=ahead + 1,
+                memory_mb=memory_mb,
+                lends=True,
+                pinning=pinning,
             )
             if processes
             else None
@@ -110,6 +119,7 @@ class Decoders:
     def configured(cls, settings: Settings, limits: DecodeLimits, *, processes: bool = True) -> Decoders:
         """The pools ``settings`` ask for; processes only where configured and ``processes``."""
         workers, in_processes, ahead, on_device = cls._shape(settings)
+        device = resolve_device(settings.device)
         return cls(
             limits,
             workers,
@@ -117,7 +127,8 @@ class Decoders:
             timeout=settings.decode_timeout_seconds,
             ahead=ahead,
             memory_mb=settings.decode_memory_mb,
-            jpeg_device=resolve_device(settings.device) if on_device else None,
+            jpeg_device=device if on_device else None,
+            pinning=_pinning(device) if processes and in_processes else None,
         )
 
     @staticmethod
@@ -166,6 +177,11 @@ class Decoders:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _pinning(device: str) -> Pinning | None:
+    """The slots page-locked where the model runs on CUDA (:mod:`clipsort.encode.pinned`)."""
+    return CudaHostRegistration() if device.startswith("cuda") else None
 
 
 @dataclass(frozen=True)
