@@ -83,7 +83,10 @@ def test_drops_of_every_kind_land_complete_in_their_class(
             assert sha(path) == originals[path.name], f"{path.name} was not moved whole"
     # Start-up froze what it made before the threads started, and housekeeping's first round says so
     # (clipsort.heap): with torch and a model loaded, far more than a bare interpreter's few thousand.
-    assert daemon.wait_event("state_swept")["heap_frozen"] > 50_000
+    # The round also handed the allocator's free memory back (whether there was any to hand back
+    # depends on the start; tests/unit/test_heap.py holds what the call does).
+    swept = daemon.wait_event("state_swept")
+    assert swept["heap_frozen"] > 50_000 and isinstance(swept["heap_given_back"], bool)
     assert daemon.stop() == 0
 
 
