@@ -54,7 +54,7 @@ from clipsort.encode.encoder import Encoder, load_model
 from clipsort.encode.factory import make_embedder
 from clipsort.layout import discover
 from clipsort.logs import configure_logging
-from clipsort.sort.oneshot import decoders_for, gather, run
+from clipsort.sort.oneshot import batches_of, decoders_for, gather, placing_for, run
 from clipsort.store.journal import Journal
 from clipsort.store.mover import make_state_dir
 from tests.daemonproc import Daemon, cpu_seconds_of
@@ -186,8 +186,9 @@ def sort_pipeline(
 ) -> float:
     """Images/s of `clipsort sort`'s pipeline, with the model, the class index and the decoders ready.
 
-    `clipsort sort` starts its decoding processes before it loads the model, so by its first batch
-    they have started; here they are started, and waited for, before the clock.
+    `clipsort sort` starts its decoding processes and its placing process before it loads the
+    model, so by its first batch they have started; here they are started, and waited for, before
+    the clock.
 
     With ``usage``, it gets the run's CPU per file (:func:`cpu_per_file`).
     """
@@ -200,7 +201,8 @@ def sort_pipeline(
     make_state_dir(settings.state_path)
     journal = Journal(settings.state_path)
     done: list[object] = []
-    with decoders_for(settings) as decoders:
+    batches = batches_of({"bench": files}, settings)
+    with decoders_for(settings) as decoders, placing_for(settings, batches=batches, dry_run=False) as placing:
         pids: list[int] = []
         if (processes := decoders.processes) is not None:
             wait_until(lambda: len(processes.pids) == settings.decode_workers, timeout=60)
@@ -215,6 +217,7 @@ def sort_pipeline(
             dry_run=False,
             on_outcome=done.append,
             decoders=decoders,
+            placing=placing,
         )
         elapsed = time.perf_counter() - started
         if usage is not None:  # read while the workers live: their start is not the run's

@@ -211,7 +211,8 @@ class Settings(BaseSettings):
             "Where files are journalled and moved: a process of its own that the placer thread hands "
             "one message a batch (0.10-0.15 ms less CPU per file in the interpreter that classifies, "
             "which caps its rate; bench/README.md, issue 37), or the placer thread itself. Read when "
-            "the daemon or `sort` starts."
+            "the daemon or `sort` starts; a `sort` of one batch places in the thread (a process's start "
+            "would cost more than it saves)."
         ),
     )
     decode_memory_mb: PositiveInt = Field(

@@ -118,16 +118,26 @@ def test_vectors_go_to_a_cache_file_made_again_after_its_state_folder_was_delete
         caches.close()
 
 
+@pytest.mark.parametrize("started", ["with its journal", "before the journal was opened"])
 def test_a_placing_process_killed_between_batches_fails_one_batch_and_the_next_starts_another(
-    data_root: Path, encoder: Encoder
+    data_root: Path, encoder: Encoder, started: str
 ) -> None:
-    """The batch sent to a dead process raises and moves nothing; sent again, a new process places it."""
+    """The batch sent to a dead process raises and moves nothing; sent again, a new process places it.
+    Alike for a process `clipsort sort` started before it opened the journal (oneshot.placing_for),
+    which the driver attaches to it then."""
     items = parcels(data_root, encoder, list(RGB) * 2, seed=6)
     first, second = items[:3], items[3:]
     state = data_root / ".clipsort"
     state.mkdir()
+    early = started == "before the journal was opened"
+    placing = PlacingProcess(None, folder=state) if early else None
+    if placing is not None:
+        placing.start()
     with Journal(state) as journal:
-        placing = PlacingProcess(journal)
+        if placing is None:
+            placing = PlacingProcess(journal)
+        else:
+            placing.attach(journal)
         try:
             done = placing.place(first)
             assert all(isinstance(r, Outcome) for r in done)

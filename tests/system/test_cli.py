@@ -200,8 +200,10 @@ def test_python_dash_m_runs_the_cli_in_a_real_process(data_root: Path, tiny_mode
 def test_sort_starts_decoding_and_placing_processes_only_when_an_inbox_holds_files(
     data_root: Path, tiny_model: Path
 ) -> None:
-    """An empty inbox: ``clipsort sort`` starts no decoding process and no placing process; one file:
-    each of the decoding workers starts, and the placing process."""
+    """An empty inbox: ``clipsort sort`` starts no decoding process and no placing process; one
+    batch: each of the decoding workers starts, and the placer thread places it; two batches: the
+    placing process starts too, before the model loads (its start overlaps the model's load, not
+    the first batch's decoding); a dry run starts none."""
     make_dataset(data_root / "ds", {"red": "red", "blue": "blue"}, references=2)
     env = {
         **os.environ,
@@ -209,20 +211,28 @@ def test_sort_starts_decoding_and_placing_processes_only_when_an_inbox_holds_fil
         "CLIPSORT_DECODE_IN": "processes",
         "CLIPSORT_DECODE_WORKERS": "2",
         "CLIPSORT_PLACE_IN": "process",
+        "CLIPSORT_BATCH_SIZE": "1",
     }
 
-    def started() -> tuple[int, int]:
+    def started(*flags: str) -> tuple[int, int]:
         """Decoding processes and placing processes the run started."""
-        done = clipsort_process("sort", "--root", str(data_root), "--model", str(tiny_model), env=env)
+        command = ("sort", "--root", str(data_root), "--model", str(tiny_model), *flags)
+        done = clipsort_process(*command, env=env)
         assert done.returncode == 0, done.stderr
         lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
         events = [line["event"] for line in lines]
+        if "placer_started" in events:
+            assert events.index("placer_started") < events.index("model_loading"), events
         return events.count("decoder_started"), events.count("placer_started")
 
     assert started() == (0, 0)
     save(draw(np.random.default_rng(4), "blue", "circle"), data_root / "ds" / "Images" / "sky.png")
+    assert started() == (2, 0)
+    for name, colour in (("sea.png", "blue"), ("rose.png", "red")):
+        save(draw(np.random.default_rng(5), colour, "circle"), data_root / "ds" / "Images" / name)
+    assert started("--dry-run") == (2, 0)
     assert started() == (2, 1)
-    assert tree(data_root / "ds" / "Dataset") == {"blue": ["sky.png"]}
+    assert tree(data_root / "ds" / "Dataset") == {"blue": ["sea.png", "sky.png"], "red": ["rose.png"]}
 
 
 def test_a_model_that_is_not_a_clip_is_one_line_and_exit_2(

@@ -150,7 +150,7 @@ def _sort(
     from clipsort.encode.embedcache import EMBEDDINGS_DB, EmbeddingCache
     from clipsort.encode.factory import make_embedder, make_encoder
     from clipsort.learn.corrections import corrected_from
-    from clipsort.sort.oneshot import decoders_for, gather, run, waiting
+    from clipsort.sort.oneshot import batches_of, decoders_for, gather, placing_for, run, waiting
 
     interrupt.check()
 
@@ -159,6 +159,9 @@ def _sort(
         found = waiting(layouts, settings)
         needed = needs_clip(settings, names) and any(found.values())  # nothing to sort: no decoding process
         decoders = stack.enter_context(decoders_for(settings, processes=needed))
+        # And the placing process (placing_for says why).
+        batches = batches_of(found, settings)
+        placing = stack.enter_context(placing_for(settings, batches=batches, dry_run=dry_run))
         interrupt.check()
         encoder = make_encoder(settings) if needs_clip(settings, names) else None  # none if all fine-tuned
         interrupt.check()
@@ -191,6 +194,7 @@ def _sort(
                 on_outcome=record,
                 decoders=decoders,
                 stop=interrupt.requested,
+                placing=placing,
             )
         except OSError as exc:  # the first file that could not be moved (disk full, permissions): one line
             where = f" {exc.filename!r}" if exc.filename else ""

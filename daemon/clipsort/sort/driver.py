@@ -228,14 +228,28 @@ class Driver:
     """Decode ahead, classify here, place behind; one instance per run or per daemon."""
 
     def __init__(
-        self, policy: Policy, journal: Journal | None, *, dry_run: bool = False, place_in: PlaceIn = "process"
+        self,
+        policy: Policy,
+        journal: Journal | None,
+        *,
+        dry_run: bool = False,
+        place_in: PlaceIn = "process",
+        placing: PlacingProcess | None = None,
     ) -> None:
         self.policy = policy
         self.journal = journal
         self.dry_run = dry_run
         # The placer thread places each batch itself, or hands it to a process it starts and ends
         # (see clipsort.sort.placing); the thread, its queue and the policy are the same either way.
-        self.placing = PlacingProcess(journal) if place_in == "process" and not dry_run else None
+        # ``placing``: one the caller started already (`clipsort sort`, while the model loads), used
+        # where this run places in a process; the caller ends it where not.
+        if place_in != "process" or dry_run:
+            placing = None
+        elif placing is None:
+            placing = PlacingProcess(journal)
+        else:
+            placing.attach(journal)
+        self.placing = placing
         self.failure: Exception | None = None  # what stopped placing, raised by finish()
         # One classified batch waits while the last is placed: memory stays bounded, and the model
         # blocks (as it should) when the disk is slower than it.

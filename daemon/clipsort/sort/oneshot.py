@@ -7,8 +7,9 @@ no model) fails before the first file moves.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -16,16 +17,18 @@ from typing import ClassVar
 import structlog
 
 from clipsort.classify.targets import Corrected, Target, make_target
-from clipsort.config import Settings
+from clipsort.config import Settings, resolve_batch
 from clipsort.decode.images import DecodeLimits
 from clipsort.encode.embeddings import Embedder
+from clipsort.encode.encoder import resolve_device
 from clipsort.errors import DecoderKilled, FileReplaced, NoClassesError
 from clipsort.files import scan
 from clipsort.ingest.sidecars import pictures_of, split
 from clipsort.layout import DatasetLayout
 from clipsort.signals import SignalFlag
-from clipsort.sort.driver import Classified, Decoders, Driver, Verdict
+from clipsort.sort.driver import Classified, Decoders, Driver, PlaceIn, Verdict
 from clipsort.sort.pipeline import Delivery, Outcome, Result
+from clipsort.sort.placing import PlacingProcess
 from clipsort.store.journal import Journal
 from clipsort.work import Job, Signature
 
@@ -99,11 +102,14 @@ def run(
     on_outcome: Callable[[Outcome], None],
     decoders: Decoders | None = None,
     stop: SignalFlag | None = None,
+    placing: PlacingProcess | None = None,
 ) -> None:
     """Classify and place every gathered file through the batch driver, as the daemon does.
 
     ``decoders`` (see :func:`decoders_for`) are the caller's, started ahead so that the decoding
-    processes start while the model loads; without, the run starts and closes its own.
+    processes start while the model loads; without, the run starts and closes its own. So is
+    ``placing`` (:func:`placing_for`), the placing process; without, the run starts its own where
+    ``place_in`` asks for one.
 
     Batches k+1 to k+``decode_ahead`` decode while batch k is encoded and batch
     k-1 is journalled and moved. Every placement is journalled when a ``journal`` is given (not on
@@ -119,9 +125,8 @@ def run(
         for item in work
         for start in range(0, len(item.files), size)
     ]
-    # Nothing to place starts no placing process (as no decoding ones: see decoders_for below).
-    place_in = settings.place_in if batches else "thread"
-    driver = Driver(StopAtFirst(on_outcome), journal, dry_run=dry_run, place_in=place_in)
+    place_in = place_in_for(settings, len(batches))
+    driver = Driver(StopAtFirst(on_outcome), journal, dry_run=dry_run, place_in=place_in, placing=placing)
     targets = {item.target.layout.name: item.target for item in work}
     with contextlib.ExitStack() as stack:
         pool = decoders or stack.enter_context(decoders_for(settings, processes=bool(batches)))
@@ -148,6 +153,46 @@ def decoders_for(settings: Settings, *, processes: bool = True) -> Decoders:
     ``clipsort sort`` starts them before it loads the model, and they are ready by the first batch.
     """
     return Decoders.configured(settings, DecodeLimits.from_settings(settings), processes=processes)
+
+
+def place_in_for(settings: Settings, batches: int) -> PlaceIn:
+    """Where a one-shot run of ``batches`` batches places its files: ``place_in``, but in the
+    placer thread for a run of one batch or none. A placing process costs a fresh interpreter's
+    start (0.3-0.5 s of CPU) to save 0.1-0.15 ms of the classifying interpreter's CPU a file, which
+    a batch of 32 (or even 256) files never pays back: a one-batch `sort` of sixteen 12-megapixel
+    JPEGs ran at 0.85-0.9 of the thread's rate with one (bench/README.md)."""
+    return settings.place_in if batches > 1 else "thread"
+
+
+def batches_of(found: Mapping[str, Sequence[Path]], settings: Settings) -> int:
+    """How many batches :func:`run` makes of the files :func:`waiting` found (one dataset's each),
+    at the automatic batch size of the device the model will load on."""
+    size = resolve_batch(settings.batch_size, resolve_device(settings.device))
+    return sum(math.ceil(len(files) / size) for files in found.values())
+
+
+@contextlib.contextmanager
+def placing_for(settings: Settings, *, batches: int, dry_run: bool) -> Iterator[PlacingProcess | None]:
+    """The placing process a one-shot run of ``batches`` batches hands them to, started now; None
+    where the run places in its own thread (:func:`place_in_for`, a dry run). It opens the state
+    folder's journal at its first batch; the run's own is attached to it by the driver, and nothing
+    is created before then (a run whose model fails to load leaves no state folder).
+
+    Why now: a placing process is a fresh interpreter (0.3-0.5 s of CPU to start). Started by the
+    run, as before, its start fell on the first batch and competed with the decoding for the cores:
+    a run of eight 12-megapixel JPEGs took 0.4 s longer on 2 cores (bench/README.md). Started before
+    the model loads, as the decoding processes are, it is ready by the first batch. The run's placer
+    thread ends it; leaving the block ends it if the run never started.
+    """
+    if place_in_for(settings, batches) != "process" or dry_run:
+        yield None
+        return
+    placing = PlacingProcess(None, folder=settings.state_path)
+    placing.start()
+    try:
+        yield placing
+    finally:
+        placing.close()
 
 
 @dataclass(frozen=True)

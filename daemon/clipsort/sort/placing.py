@@ -92,9 +92,17 @@ class PlacingProcess:
     with the thread that started it.
     """
 
-    def __init__(self, journal: Journal | None) -> None:
+    def __init__(self, journal: Journal | None, *, folder: Path | None = None) -> None:
         self._journal = journal
+        # The state folder whose journal the child opens at its first batch (the journal's own, or
+        # one not opened yet where the process starts first: `clipsort sort`, see oneshot.placing_for).
+        self._folder = folder if folder is not None else None if journal is None else journal.path.parent
         self._child: Child | None = None
+
+    def attach(self, journal: Journal | None) -> None:
+        """The parent's journal, opened after this process started: what :meth:`place` concludes
+        from when the child dies with a batch."""
+        self._journal = journal
 
     @property
     def pid(self) -> int | None:
@@ -141,8 +149,7 @@ class PlacingProcess:
                 log.error("placer_not_started", error=str(exc), action="starting another at the next batch")
 
     def _start(self) -> Child:
-        folder = "" if self._journal is None else str(self._journal.path.parent)
-        child = Child(__name__, folder)
+        child = Child(__name__, "" if self._folder is None else str(self._folder))
         if not child.started():
             raise ChildProcessError("the placing process did not start")
         log.info("placer_started", pid=child.pid)
