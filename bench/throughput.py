@@ -52,6 +52,7 @@ from bench.reports import bench_parser, write_report
 from clipsort.config import Settings, load_settings
 from clipsort.encode.encoder import Encoder, load_model
 from clipsort.encode.factory import make_embedder
+from clipsort.heap import keep_freed_memory
 from clipsort.layout import discover
 from clipsort.logs import configure_logging
 from clipsort.sort.oneshot import batches_of, decoders_for, gather, placing_for, run
@@ -412,6 +413,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    keep_freed_memory()  # `sort`'s pipeline runs in this process: set up as the `clipsort` command's
     configure_logging("console", "warning")  # one line per sorted file would drown the results
     counts = [int(c) for c in args.counts.split(",")]
     options = {
