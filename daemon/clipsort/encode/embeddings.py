@@ -55,12 +55,8 @@ class Embedder:
         return self.encoder
 
     def batch_size(self, settings: Settings) -> int:
-        """Images per forward pass: the ``batch_size`` setting, or where it is automatic (0) the
-        size for the device the model runs on (:func:`~clipsort.config.resolve_batch`)."""
-        from clipsort.encode.encoder import resolve_device  # noqa: PLC0415  (it loads torch)
-
-        device = self.encoder.device if self.encoder is not None else resolve_device(settings.device)
-        return resolve_batch(settings.batch_size, device)
+        """Images per forward pass: :func:`batch_size_on` the device the model runs on."""
+        return batch_size_on(settings, None if self.encoder is None else self.encoder.device)
 
     def decoding(self, *, vectors: bool = True) -> tuple[int, Callable[[Image.Image], Crop] | None]:
         """The shortest edge pictures are decoded to, and what makes one the model's input.
@@ -142,3 +138,14 @@ class Embedder:
         if not keys:
             return np.zeros((0, self.clip.dimension), dtype=np.float32)
         return np.stack([known[key] for key in keys]).astype(np.float32)
+
+
+def batch_size_on(settings: Settings, device: str | None = None) -> int:
+    """Images per forward pass: the ``batch_size`` setting, or where it is automatic (0) the size
+    for ``device`` (:func:`~clipsort.config.resolve_batch`), by default the one ``settings.device``
+    names, where a model not loaded yet will run."""
+    if device is None:
+        from clipsort.encode.encoder import resolve_device  # noqa: PLC0415  (it loads torch)
+
+        device = resolve_device(settings.device)
+    return resolve_batch(settings.batch_size, device)

@@ -17,10 +17,9 @@ from typing import ClassVar
 import structlog
 
 from clipsort.classify.targets import Corrected, Target, make_target
-from clipsort.config import Settings, resolve_batch
+from clipsort.config import Settings
 from clipsort.decode.images import DecodeLimits
-from clipsort.encode.embeddings import Embedder
-from clipsort.encode.encoder import resolve_device
+from clipsort.encode.embeddings import Embedder, batch_size_on
 from clipsort.errors import DecoderKilled, FileReplaced, NoClassesError
 from clipsort.files import scan
 from clipsort.ingest.sidecars import pictures_of, split
@@ -167,7 +166,7 @@ def place_in_for(settings: Settings, batches: int) -> PlaceIn:
 def batches_of(found: Mapping[str, Sequence[Path]], settings: Settings) -> int:
     """How many batches :func:`run` makes of the files :func:`waiting` found (one dataset's each),
     at the automatic batch size of the device the model will load on."""
-    size = resolve_batch(settings.batch_size, resolve_device(settings.device))
+    size = batch_size_on(settings)
     return sum(math.ceil(len(files) / size) for files in found.values())
 
 
