@@ -59,6 +59,9 @@ BEFORE = {
 }
 
 
+Made = dict[str, tuple[tuple[str, ...], dict[str, str]]]  # dataset -> (its classes, file -> true word)
+
+
 def names(classes: tuple[int, ...]) -> tuple[str, ...]:
     return tuple(WORDS[digit] for digit in classes)
 
@@ -69,7 +72,7 @@ def trained(seed: int) -> Encoder:
     return Encoder(str(digits_clip(seed)), device="cpu")
 
 
-def make_datasets(root: Path) -> dict[str, tuple[tuple[str, ...], dict[str, str]]]:
+def make_datasets(root: Path) -> Made:
     """One dataset per class set under ``root``: name -> (its classes, file -> true word)."""
     made = {}
     for classes, offset in CLASS_SETS:
@@ -79,7 +82,7 @@ def make_datasets(root: Path) -> dict[str, tuple[tuple[str, ...], dict[str, str]
 
 
 @pytest.fixture
-def datasets(data_root: Path) -> dict[str, tuple[tuple[str, ...], dict[str, str]]]:
+def datasets(data_root: Path) -> Made:
     """The class sets' datasets under the test's data root."""
     return make_datasets(data_root)
 
@@ -101,7 +104,7 @@ def by_dataset(outcomes: list[Outcome]) -> dict[str, list[Outcome]]:
 
 @pytest.mark.parametrize("mode", ["reference", "text", "mixed"])
 def test_real_strangers_stay_out_at_the_held_share_asked_for(
-    data_root: Path, datasets: dict[str, tuple[tuple[str, ...], dict[str, str]]], mode: str
+    data_root: Path, datasets: Made, mode: str
 ) -> None:
     """Default settings, every CLIP mode: >= 0.80 of strangers kept out with <= 0.10 of in-class held.
 
@@ -136,9 +139,7 @@ class Judged:
     held: npt.NDArray[np.bool_]  # held by the gate
 
 
-def judged(
-    root: Path, made: dict[str, tuple[tuple[str, ...], dict[str, str]]], seed: int, mode: str
-) -> list[Judged]:
+def judged(root: Path, made: Made, seed: int, mode: str) -> list[Judged]:
     """Every dataset under ``root`` classified and gated as the pipeline does, with default settings.
 
     ``z``: the gate's score (nearest reference plus description) less the mean of its class's
@@ -175,22 +176,30 @@ def judged(
     return found
 
 
+def shares_when(sets: list[Judged], held: list[npt.NDArray[np.bool_]]) -> dict[str, float]:
+    """Strangers kept out, in-class filed right and in-class held when ``held`` (one array per set) is
+    what is held back: means over the sets."""
+    return {
+        "kept_out": float(np.mean([np.mean(h[~s.inside]) for s, h in zip(sets, held, strict=True)])),
+        "right": float(np.mean([np.mean((s.right & ~h)[s.inside]) for s, h in zip(sets, held, strict=True)])),
+        "held": float(np.mean([np.mean(h[s.inside]) for s, h in zip(sets, held, strict=True)])),
+    }
+
+
 def best_cut(sets: list[Judged], kept_out: float) -> dict[str, float]:
     """One cut on ``z`` for every set, chosen knowing the inboxes: the most in-class filed right among
-    the cuts keeping out at least ``kept_out`` of strangers (means over the sets)."""
+    the cuts keeping out at least ``kept_out`` of strangers."""
     best = {"kept_out": 0.0, "right": 0.0, "held": 1.0}
     for cut in np.unique(np.concatenate([s.z for s in sets])):
-        out = float(np.mean([np.mean(s.z[~s.inside] < cut) for s in sets]))
-        right = float(np.mean([np.mean((s.z >= cut)[s.inside] & s.right[s.inside]) for s in sets]))
-        if out >= kept_out and right > best["right"]:
-            held = float(np.mean([np.mean(s.z[s.inside] < cut) for s in sets]))
-            best = {"kept_out": out, "right": right, "held": held}
+        found = shares_when(sets, [s.z < cut for s in sets])
+        if found["kept_out"] >= kept_out and found["right"] > best["right"]:
+            best = found
     return best
 
 
 @pytest.mark.parametrize("mode", ["reference", "text", "mixed"])
 def test_the_rule_files_as_many_right_as_a_cut_chosen_knowing_the_inboxes(
-    data_root: Path, datasets: dict[str, tuple[tuple[str, ...], dict[str, str]]], mode: str
+    data_root: Path, datasets: Made, mode: str
 ) -> None:
     """Calibrated on the references alone, the gate is on its score's frontier: within 0.01 of the
     in-class filed right of the best single cut chosen knowing the inboxes, at the strangers it keeps out.
@@ -199,11 +208,7 @@ def test_the_rule_files_as_many_right_as_a_cut_chosen_knowing_the_inboxes(
     score does better there (docs: text mode's in-class filed right). Ten sets, three trainings.
     """
     sets = [found for seed in TRAININGS for found in judged(data_root, datasets, seed, mode)]
-    rule = {
-        "kept_out": float(np.mean([np.mean(s.held[~s.inside]) for s in sets])),
-        "right": float(np.mean([np.mean(s.right[s.inside] & ~s.held[s.inside]) for s in sets])),
-        "held": float(np.mean([np.mean(s.held[s.inside]) for s in sets])),
-    }
+    rule = shares_when(sets, [s.held for s in sets])
     oracle, at_target = best_cut(sets, rule["kept_out"]), best_cut(sets, 0.80)
     for name, row in (
         ("the rule", rule),
@@ -214,9 +219,7 @@ def test_the_rule_files_as_many_right_as_a_cut_chosen_knowing_the_inboxes(
     assert rule["right"] >= oracle["right"] - 0.01, (rule, oracle)
 
 
-def test_the_knob_trades_strangers_kept_out_against_pictures_held(
-    data_root: Path, datasets: dict[str, tuple[tuple[str, ...], dict[str, str]]]
-) -> None:
+def test_the_knob_trades_strangers_kept_out_against_pictures_held(data_root: Path, datasets: Made) -> None:
     """unknown_held, per dataset: a larger share held keeps more strangers out, and holds more."""
     found = {}
     for held in (0.02, 0.15):
