@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from clipsort.classify.modes.base import Inputs
 from clipsort.classify.targets import make_target
-from clipsort.classify.unknown import MAD_TO_SIGMA, own_scores
+from clipsort.classify.unknown import location_and_spread, own_scores
 from clipsort.cli import app
 from clipsort.config import load_settings
 from clipsort.encode.encoder import Encoder
@@ -159,8 +159,7 @@ def judged(root: Path, made: Made, seed: int, mode: str) -> list[Judged]:
         assert all(d.familiar and d.familiar.basis == "reference+description" for d in decisions)
         labels = index.reference_labels
         own = own_scores(index, np.arange(len(labels)))
-        location = np.bincount(labels, weights=own) / np.bincount(labels)
-        spread = MAD_TO_SIGMA * float(np.median(np.abs(own - location[labels])))
+        location, spread = location_and_spread(own, labels, len(index.classes))
         given = np.asarray([index.classes.index(d.label) for d in decisions])
         score = np.asarray([d.familiar.score for d in decisions if d.familiar])
         classes, truth = made[layout.name]

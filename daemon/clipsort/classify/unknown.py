@@ -93,6 +93,16 @@ def student_quantile(probability: float, freedom: float) -> float:
     return z + (z**3 + z) / (4 * nu) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * nu**2)
 
 
+def location_and_spread(scores: Floats, truth: Labels, classes: int) -> tuple[npt.NDArray[np.float64], float]:
+    """Per class the mean of its ``scores`` (0 without any), and their spread pooled over the
+    classes: a robust standard deviation of the scores about their class's mean (at least
+    ``MIN_SPREAD``). Where :func:`threshold_at` starts."""
+    counts = np.bincount(truth, minlength=classes)
+    means = np.bincount(truth, weights=scores, minlength=classes) / np.maximum(counts, 1)
+    spread = max(MAD_TO_SIGMA * float(np.median(np.abs(scores - means[truth]))), MIN_SPREAD)
+    return means, spread
+
+
 def threshold_at(scores: Floats, truth: Labels, classes: int, held: float) -> tuple[Floats, float]:
     """Per class, the score below which ``held`` of its new pictures should fall; and the pooled one.
 
@@ -108,9 +118,7 @@ def threshold_at(scores: Floats, truth: Labels, classes: int, held: float) -> tu
     if not len(scores):
         return thresholds, float("nan")
     counts = np.bincount(truth, minlength=classes)
-    means = np.bincount(truth, weights=scores, minlength=classes) / np.maximum(counts, 1)
-    residuals = scores - means[truth]
-    spread = max(MAD_TO_SIGMA * float(np.median(np.abs(residuals))), MIN_SPREAD)
+    means, spread = location_and_spread(scores, truth, classes)
     below = student_quantile(held, float(len(scores) - np.count_nonzero(counts))) * spread
     for label in np.flatnonzero(counts):
         own = scores[truth == label]

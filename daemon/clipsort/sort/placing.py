@@ -96,7 +96,9 @@ class PlacingProcess:
         self._journal = journal
         # The state folder whose journal the child opens at its first batch (the journal's own, or
         # one not opened yet where the process starts first: `clipsort sort`, see oneshot.placing_for).
-        self._folder = folder if folder is not None else None if journal is None else journal.path.parent
+        if folder is None and journal is not None:
+            folder = journal.path.parent
+        self._folder = folder
         self._child: Child | None = None
 
     def attach(self, journal: Journal | None) -> None:
