@@ -183,6 +183,12 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: Text
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        # One write a call, its newline included: print() (structlog's PrintLogger) writes the text
+        # and the newline apart, and a line-buffered stderr flushes a batch's text at its inner
+        # newlines, so its last line reached the file without its newline until the next write. A
+        # daemon killed in between, or a child sharing stderr (the decoding processes, Python's
+        # resource tracker) writing in between, left two records on one line (measured: a
+        # resource-tracker warning after a SIGKILL; JSON-lines readers then fail on it).
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -103,3 +104,36 @@ def test_a_batch_of_json_lines_is_what_one_logger_call_per_line_writes(
     assert list(batch[0]) == list(one) and {**batch[0], "timestamp": one["timestamp"]} == one
     assert batch[1]["event"] == "sorted" and batch[1]["level"] == "info" and batch[1]["run"] == "r1"
     assert batch[1]["timestamp"].endswith("Z")
+
+
+class Writes(io.RawIOBase):
+    """A file that records each write(2) it is given, under the buffers Python puts over stderr."""
+
+    def __init__(self) -> None:
+        self.calls: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: object) -> int:
+        chunk = bytes(data)  # type: ignore[call-overload]
+        self.calls.append(chunk)
+        return len(chunk)
+
+
+def test_every_write_to_the_log_ends_a_line() -> None:
+    """A logger call, and log_many's batch, reach the file as one write each, ending with its newline.
+
+    Python's stderr is line-buffered: text written in two parts (the lines, then the newline, as
+    print() writes) reached the file in two writes, so a process killed between them, or another
+    process sharing the file writing between them, left two records on one line.
+    """
+    raw = Writes()
+    stream = io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8", line_buffering=True)
+    configure_logging("json", level="info", stream=stream)
+    fields = {**outcome().as_dict(), "mode": "reference-max"}
+    structlog.get_logger().info("sorted", **fields)
+    log_many([("info", "sorted", fields)] * 3)
+    assert [call.count(b"\n") for call in raw.calls] == [1, 3], raw.calls
+    assert all(call.endswith(b"\n") for call in raw.calls)
+    assert all(json.loads(line)["event"] == "sorted" for line in b"".join(raw.calls).splitlines())
